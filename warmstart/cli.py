@@ -1,0 +1,204 @@
+"""The `warmstart` command. Errors are one line saying what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from warmstart import __version__
+from warmstart.errors import ConfigError, WarmstartError
+
+
+class CLIError(Exception):
+    """A one-line message for the user; exit status 1 (2 for bad usage or config)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CLIError(f"{message} (see `{self.prog} --help`)", status=2)
+
+
+Command = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, Command] = {}
+REGISTRARS: list[Callable[[Any], None]] = []
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    def wrap(fn: Command) -> Command:
+        COMMANDS[name] = fn
+        return fn
+
+    return wrap
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="warmstart", description="Serve self-hosted LLMs warm, without keeping them loaded.")
+    parser.add_argument("--version", action="version", version=f"warmstart {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="run the gateway (default model: smollm2-135m-instruct)")
+    _config_flags(serve)
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8000)")
+    serve.add_argument("--data-dir", help="where logs, audit and history live")
+    serve.add_argument("--keep-alive", help="default keep-alive for models that set none (e.g. 5m, 0, -1)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    ps = sub.add_parser("ps", help="show models, replicas and their last cold start")
+    _client_flags(ps)
+    ps.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    warm = sub.add_parser("warm", help="load a model now, before requests arrive")
+    _client_flags(warm)
+    warm.add_argument("model")
+    warm.add_argument("--keep-alive", help="how long it stays loaded when idle (e.g. 30m, -1 for ever)")
+    warm.add_argument("--no-wait", action="store_true", help="return at once instead of when it is warm")
+
+    unload = sub.add_parser("unload", help="unload a model (busy replicas finish their requests first)")
+    _client_flags(unload)
+    unload.add_argument("model")
+
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def _config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="path to warmstart.toml (default: ./warmstart.toml if present)")
+
+
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="server URL (default: $WARMSTART_URL or http://127.0.0.1:8000)")
+    p.add_argument("--admin-key", help="admin API key (default: $WARMSTART_ADMIN_KEY)")
+
+
+def load(args: argparse.Namespace, flags: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
+    from warmstart.config import find_config_file, load_config
+
+    path = find_config_file(getattr(args, "config", None), os.environ)
+    return load_config(path, os.environ, flags or {})
+
+
+@command("serve")
+def _serve(args: argparse.Namespace) -> int:
+    from warmstart.serve import run
+
+    config = load(args, {
+        "server.host": args.host, "server.port": args.port, "server.data_dir": args.data_dir,
+        "server.log_level": args.log_level, "defaults.keep_alive": args.keep_alive,
+    })
+    return run(config)
+
+
+# ---- talking to a running server ---------------------------------------------------------------
+
+def server_url(args: argparse.Namespace) -> str:
+    return (getattr(args, "url", None) or os.environ.get("WARMSTART_URL") or "http://127.0.0.1:8000").rstrip("/")
+
+
+def call(args: argparse.Namespace, method: str, path: str, body: Any = None, timeout: float = 660) -> tuple[int, Any]:
+    url = server_url(args) + path
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"content-type": "application/json"}
+    key = getattr(args, "admin_key", None) or os.environ.get("WARMSTART_ADMIN_KEY")
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            payload = json.loads(exc.read() or b"null")
+        except ValueError:
+            payload = None
+        return exc.code, payload
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CLIError(f"cannot reach warmstart at {server_url(args)} ({reason}); is `warmstart serve` running? "
+                       "Pass --url or set WARMSTART_URL") from None
+
+
+def _error_text(status: int, payload: Any) -> str:
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        return f"{payload['error'].get('message')} (HTTP {status})"
+    return f"the server answered HTTP {status}"
+
+
+@command("ps")
+def _ps(args: argparse.Namespace) -> int:
+    from warmstart.cli_format import ps_table
+
+    status, payload = call(args, "GET", "/v1/models", timeout=10)
+    if status != 200:
+        raise CLIError(_error_text(status, payload))
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print(ps_table(payload["data"]))
+    return 0
+
+
+@command("warm")
+def _warm(args: argparse.Namespace) -> int:
+    from warmstart.cli_format import phases_line
+
+    body: dict[str, Any] = {"wait": not args.no_wait}
+    if args.keep_alive is not None:
+        body["keep_alive"] = args.keep_alive
+    status, payload = call(args, "POST", f"/admin/models/{args.model}/warm", body)
+    if status not in (200, 202):
+        raise CLIError(_error_text(status, payload))
+    last = payload.get("last_start") or {}
+    line = f"{args.model}: {payload.get('state')}"
+    if last and not args.no_wait:
+        line += f" in {last.get('total_s', 0):.2f} s ({phases_line(last.get('phases', {}))})"
+    print(line)
+    return 0
+
+
+@command("unload")
+def _unload(args: argparse.Namespace) -> int:
+    status, payload = call(args, "POST", f"/admin/models/{args.model}/unload", {})
+    if status != 200:
+        raise CLIError(_error_text(status, payload))
+    print(f"{args.model}: {payload.get('state')} ({payload.get('stopped', 0)} replica(s) stopped)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # commands that live in their own modules register themselves on import
+    for module in ("warmstart.cli_extra",):
+        try:
+            __import__(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except CLIError as exc:
+        print(f"warmstart: error: {exc}", file=sys.stderr)
+        return exc.status
+    except ConfigError as exc:
+        print(f"warmstart: error: {exc}", file=sys.stderr)
+        return 2
+    except WarmstartError as exc:
+        print(f"warmstart: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,44 @@
+"""Plain-text tables for the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from warmstart.durations import format_duration
+
+
+def phases_line(phases: dict[str, float]) -> str:
+    return " ".join(f"{name} {seconds:.2f}s" for name, seconds in phases.items())
+
+
+def ps_table(models: list[dict[str, Any]]) -> str:
+    header = ("MODEL", "ENGINE", "STATE", "REPLICAS", "QUEUE", "UNLOADS IN", "LAST START")
+    rows = [header]
+    details = []
+    for m in models:
+        replicas = m.get("replicas", [])
+        expiries = [r["expires_in_s"] for r in replicas if r.get("expires_in_s") is not None]
+        busy = [r for r in replicas if r.get("in_flight")]
+        if any(r.get("state") == "warm" for r in replicas) and not expiries and not busy:
+            until = "never"
+        elif busy:
+            until = "busy"
+        else:
+            until = format_duration(min(expiries)) if expiries else "-"
+        state = m.get("state", "?")
+        starting = [r for r in replicas if r.get("state") == "starting"]
+        if starting and starting[0].get("phase"):
+            state += f" ({starting[0]['phase']})"
+        last = m.get("last_start")
+        last_text = f"{last['total_s']:.2f}s {last['trigger']} {last['outcome']}" if last else "-"
+        rows.append((m["id"], m.get("engine", "?"), state, str(len(replicas)), str(m.get("queue_depth", 0)),
+                     until, last_text))
+        if last and last.get("phases"):
+            details.append(f"  {m['id']}: {phases_line(last['phases'])}")
+        if m.get("last_failure") and state.startswith("failed"):
+            details.append(f"  {m['id']} failed: {m['last_failure']}")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    if details:
+        lines += ["", "last cold start by phase:"] + details
+    return "\n".join(lines)

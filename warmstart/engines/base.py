@@ -1,0 +1,81 @@
+"""The engine protocol: start a model in its own process with phase reports, serve it over HTTP, stop it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from warmstart.config import ModelConfig
+
+# Phase names shared by every engine, in the order a start goes through them.
+SPAWN, IMPORT, LOAD, KV_INIT, COMPILE, WARMUP, READY = (
+    "spawn", "import", "load", "kv_init", "compile", "warmup", "ready",
+)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    chat: bool
+    completions: bool = True
+    sleep: bool = False
+    context_length: int | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {
+            "chat": self.chat,
+            "completions": self.completions,
+            "sleep": self.sleep,
+            "context_length": self.context_length,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass
+class StartReport:
+    """Phases of one start as they happen: the pool shows the current one, telemetry records each."""
+
+    on_change: Callable[[StartReport], None] | None = None
+    phases: list[tuple[str, float]] = field(default_factory=list)
+    current: str | None = None
+
+    def enter(self, name: str) -> None:
+        self.current = name
+        if self.on_change:
+            self.on_change(self)
+
+    def done(self, name: str, seconds: float) -> None:
+        self.phases.append((name, max(0.0, seconds)))
+        self.current = None
+        if self.on_change:
+            self.on_change(self)
+
+    @property
+    def total(self) -> float:
+        return sum(s for _, s in self.phases)
+
+
+class EngineProcess(Protocol):
+    pid: int
+    base_url: str
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait_exit(self) -> int: ...
+
+    async def stop(self, timeout: float) -> None: ...
+
+
+class Engine(Protocol):
+    kind: str
+
+    def version(self) -> str: ...
+
+    def inspect(self, model: ModelConfig, path: Path) -> Capabilities:
+        """What the model can do, found without loading it."""
+
+    async def start(self, model: ModelConfig, path: Path, report: StartReport, name: str) -> EngineProcess:
+        """Start a replica; return once it answers its health check. Raises EngineError."""

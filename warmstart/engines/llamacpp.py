@@ -1,0 +1,89 @@
+"""The llama.cpp engine: a replica is `python -m warmstart.engines.llamacpp_worker` on one GGUF file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from warmstart.config import ModelConfig
+from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, StartReport
+from warmstart.engines.gguf import read_gguf
+from warmstart.engines.health import wait_healthy
+from warmstart.engines.process import ManagedProcess
+from warmstart.errors import EngineError
+
+
+def replica_log_path(data_dir: Path, replica: str) -> Path:
+    return data_dir / "logs" / (re.sub(r"[^A-Za-z0-9._-]", "_", replica) + ".log")
+
+
+class LlamaCppEngine:
+    kind = "llamacpp"
+
+    def __init__(self, data_dir: Path, python: str = sys.executable) -> None:
+        self.data_dir = data_dir
+        self.python = python
+
+    def version(self) -> str:
+        try:
+            return "llama-cpp-python " + importlib.metadata.version("llama-cpp-python")
+        except importlib.metadata.PackageNotFoundError:
+            return "llama-cpp-python (not installed)"
+
+    def inspect(self, model: ModelConfig, path: Path) -> Capabilities:
+        info = read_gguf(path)
+        chat = model.chat if model.chat is not None else bool(
+            info.chat_template or model.options.get("chat_format"))
+        n_ctx = int(model.options.get("n_ctx") or info.context_length or 512)
+        notes = () if chat else ("no chat template in the GGUF: completions only",)
+        return Capabilities(chat=chat, completions=True, sleep=False, context_length=n_ctx,
+                            notes=notes + ("sleep: not supported by llama.cpp; a replica is loaded or cold",))
+
+    async def start(self, model: ModelConfig, path: Path, report: StartReport, name: str) -> ManagedProcess:
+        options: dict[str, Any] = dict(model.options)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        report.enter(SPAWN)
+        proc = await ManagedProcess.spawn(
+            [self.python, "-m", "warmstart.engines.llamacpp_worker", "--model", str(path),
+             "--name", model.name, "--options", json.dumps(options)],
+            env=env, log_path=replica_log_path(self.data_dir, name), with_reports=True,
+        )
+        try:
+            port = await self._follow(proc, report)
+            proc.base_url = f"http://127.0.0.1:{port}"
+            report.enter(READY)
+            t = time.monotonic()
+            await wait_healthy(proc, proc.base_url + "/health", timeout=30.0)
+            report.done(READY, time.monotonic() - t)
+            return proc
+        except BaseException:
+            proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(proc.wait_exit())
+            raise
+
+    async def _follow(self, proc: ManagedProcess, report: StartReport) -> int:
+        error = None
+        async for message in proc.read_reports():
+            if "started" in message:
+                report.done(SPAWN, float(message["started"]) - proc.spawned_at)
+            elif "enter" in message:
+                report.enter(str(message["enter"]))
+            elif "phase" in message:
+                report.done(str(message["phase"]), float(message["seconds"]))
+            elif "listening" in message:
+                return int(message["listening"])
+            elif "error" in message:
+                error = str(message["error"])
+        code = await proc.wait_exit()
+        detail = error or proc.log_tail(5) or "no output"
+        phase = report.current or IMPORT
+        raise EngineError(f"llama.cpp engine exited with code {code} during {phase}: {detail}")

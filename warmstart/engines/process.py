@@ -1,0 +1,116 @@
+"""Engine processes: each in its own session, ended with its whole process group, never outliving warmstart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from warmstart.errors import EngineError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: SIGTERM it when warmstart dies, even by kill -9.
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ManagedProcess:
+    """One engine process: spawned with a report pipe, its output in a log file."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log_path: Path, reports: asyncio.StreamReader | None,
+                 spawned_at: float) -> None:
+        self._proc = proc
+        self.pid = proc.pid
+        self.log_path = log_path
+        self.reports = reports
+        self.spawned_at = spawned_at
+        self.base_url = ""
+
+    @classmethod
+    async def spawn(cls, argv: Sequence[str], *, env: dict[str, str], log_path: Path,
+                    with_reports: bool = False, cwd: str | None = None) -> ManagedProcess:
+        import time
+
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - handed to the child
+        read_fd = write_fd = -1
+        pass_fds: tuple[int, ...] = ()
+        if with_reports:
+            read_fd, write_fd = os.pipe()
+            pass_fds = (write_fd,)
+            env = {**env, "WARMSTART_REPORT_FD": str(write_fd)}
+        spawned_at = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=cwd,
+                pass_fds=pass_fds, start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            if with_reports:
+                os.close(read_fd)
+                os.close(write_fd)
+            raise EngineError(f"could not start {argv[0]}: {exc.strerror or exc}") from exc
+        finally:
+            log.close()
+        reports = None
+        if with_reports:
+            os.close(write_fd)
+            loop = asyncio.get_running_loop()
+            reports = asyncio.StreamReader(limit=1 << 20)
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reports),
+                                         os.fdopen(read_fd, "rb", buffering=0))
+        return cls(proc, log_path, reports, spawned_at)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    async def wait_exit(self) -> int:
+        return await self._proc.wait()
+
+    async def read_reports(self) -> AsyncIterator[dict]:
+        """JSON lines the child writes on its report pipe, until it closes the pipe or exits."""
+        assert self.reports is not None
+        while True:
+            line = await self.reports.readline()
+            if not line:
+                return
+            with contextlib.suppress(ValueError):
+                yield json.loads(line)
+
+    async def stop(self, timeout: float) -> None:
+        """SIGTERM the process group, then SIGKILL what is left after `timeout`."""
+        if self._proc.returncode is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self._proc.wait(), timeout)
+            except TimeoutError:
+                pass
+        # children the engine started (vLLM's engine core) go with the group
+        self._signal_group(signal.SIGKILL)
+        await self._proc.wait()
+
+    def kill(self) -> None:
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            data = self.log_path.read_bytes()[-8192:]
+        except OSError:
+            return ""
+        text = data.decode("utf-8", "replace").strip().splitlines()
+        return "\n".join(text[-lines:])

@@ -1,0 +1,34 @@
+"""Engine kinds by name, and the options each accepts in config (validated, never passed to a shell)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from warmstart.errors import ConfigError
+
+from warmstart.engines.options import BY_KIND, OptionTypes
+
+
+def option_types(kind: str) -> OptionTypes:
+    return BY_KIND.get(kind, {})
+
+
+def validate_options(kind: str, options: dict[str, Any], where: str) -> dict[str, Any]:
+    types = option_types(kind)
+    for key, value in options.items():
+        if key not in types:
+            known = ", ".join(sorted(types)) or "none"
+            raise ConfigError(f"{where}.{key}", value, f"unknown option for engine {kind}; known: {known}")
+        expected = types[key]
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if not ok:
+            name = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
+            raise ConfigError(f"{where}.{key}", value, f"must be of type {name}")
+    return options
+
+
+def create_engines(data_dir: Path) -> dict[str, Any]:
+    from warmstart.engines.llamacpp import LlamaCppEngine
+
+    return {"llamacpp": LlamaCppEngine(data_dir)}

@@ -1,0 +1,52 @@
+"""Admin routes: warm and unload a model (what `warmstart warm` and `warmstart unload` call)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Body
+from starlette.responses import JSONResponse
+
+from warmstart.durations import parse_duration
+from warmstart.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from warmstart.gateway.app import Services
+
+
+def router(services: Services) -> APIRouter:
+    api = APIRouter(prefix="/admin", tags=["admin"])
+    pool = services.pool
+
+    def view(name: str) -> dict[str, Any]:
+        return next(v for v in pool.snapshot() if v["name"] == name)
+
+    @api.post("/models/{model:path}/warm")
+    async def warm(model: str, body: dict[str, Any] | None = Body(default=None)) -> JSONResponse:
+        """Start a replica of the model unless one is loaded; with wait=true, answer once it is warm."""
+        body = body or {}
+        keep_alive = None
+        if body.get("keep_alive") is not None:
+            try:
+                keep_alive = parse_duration(body["keep_alive"])
+            except ValueError as exc:
+                raise InvalidRequest(f"Invalid 'keep_alive': {exc}", param="keep_alive") from None
+        wait = body.get("wait", True)
+        if not isinstance(wait, bool):
+            raise InvalidRequest("'wait' must be true or false", param="wait")
+        pool.entry(model)
+        await pool.capabilities(model)
+        pool.ensure_warm(model, "manual", keep_alive=keep_alive)
+        if wait:
+            await pool.wait_warm(model, services.config.server.start_timeout)
+        state = pool.state_of(model).value
+        status = 200 if state == "warm" or not wait else 503
+        return JSONResponse(view(model), status_code=status if state != "failed" else 503)
+
+    @api.post("/models/{model:path}/unload")
+    async def unload(model: str) -> JSONResponse:
+        """Stop the model's replicas: idle ones now, busy ones when their requests end."""
+        stopped = await pool.unload(model)
+        return JSONResponse({"stopped": stopped, **view(model)})
+
+    return api

@@ -1,0 +1,52 @@
+"""OpenAI request bodies as warmstart accepts them: strictly typed, with warmstart's `keep_alive` extension."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    # extra fields pass through to the engine; types are checked strictly ("5" is not an integer)
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant", "tool", "developer", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class _GenerationRequest(_Strict):
+    model: str = Field(min_length=1, max_length=256)
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=1, description="Only n=1 is supported.")
+    stop: str | list[str] | None = Field(default=None)
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    stream_options: dict[str, Any] | None = None
+    user: str | None = None
+    keep_alive: float | str | None = Field(
+        default=None,
+        description="warmstart extension (Ollama's semantics): how long the model stays loaded after this "
+                    "request, in seconds or as '5m'; 0 unloads at once, negative never unloads.",
+    )
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: str | list[str] | list[int] = Field(description="A string, a one-element array of strings, or token ids.")
+
+
+class WarmRequest(_Strict):
+    model: str = Field(min_length=1, max_length=256)
+    keep_alive: float | str | None = None

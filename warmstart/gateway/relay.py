@@ -1,0 +1,166 @@
+"""Forwarding a request to a leased replica: retry once if it died before answering, relay streams,
+and stop the work when the client leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from warmstart.errors import Unavailable
+from warmstart.gateway.translate import sse_error
+from warmstart.pool.pool import Lease, Pool
+
+log = logging.getLogger("warmstart.gateway")
+T = TypeVar("T")
+_UPSTREAM_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+_JSON = {"content-type": "application/json"}
+
+
+class ClientGone(Exception):
+    """The client disconnected; whatever it asked for is abandoned."""
+
+
+async def wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def race(awaitable: Awaitable[T], disconnect: asyncio.Future[None]) -> T:
+    """Await `awaitable` unless the client disconnects first; then cancel it and raise ClientGone."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise ClientGone()
+
+
+def served_headers(lease: Lease) -> dict[str, str]:
+    return {
+        "x-warmstart-start": lease.start,
+        "x-warmstart-wait-ms": f"{lease.waited_s * 1000:.1f}",
+        "x-warmstart-replica": lease.replica.id,
+    }
+
+
+Finish = Callable[[Lease | None, int, float | None], None]
+
+
+class Relay:
+    """Sends one generation request to the pool's replicas and answers the client."""
+
+    def __init__(self, pool: Pool, session: aiohttp.ClientSession, clock_now: Callable[[], float]) -> None:
+        self.pool = pool
+        self.session = session
+        self.now = clock_now
+
+    async def forward(self, request: Request, model: str, path: str, body: bytes, stream: bool,
+                      keep_alive: float | None, arrived: float, finish: Finish) -> Response:
+        disconnect = asyncio.ensure_future(wait_disconnect(request))
+        handed_off = False
+        try:
+            for attempt in (0, 1):
+                lease = await race(self.pool.acquire(model, keep_alive=keep_alive), disconnect)
+                try:
+                    upstream = await race(self.session.post(lease.base_url + path, data=body, headers=_JSON),
+                                          disconnect)
+                    if stream and upstream.status == 200:
+                        first = await race(upstream.content.readany(), disconnect)
+                        if not first:
+                            raise aiohttp.ServerDisconnectedError("engine closed the stream before any bytes")
+                        handed_off = True
+                        return RelayStream(first, upstream, lease, disconnect, arrived, self.now, finish)
+                    data = await race(upstream.read(), disconnect)
+                    upstream.release()
+                except _UPSTREAM_ERRORS as exc:
+                    # nothing reached the client yet: the replica is replaced and the request tried once more
+                    lease.fail(f"{type(exc).__name__}: {exc}")
+                    lease.release()
+                    if attempt == 0:
+                        self.pool.metrics.retries.labels(model).inc()
+                        log.warning("request to %s failed before any bytes (%s); retrying once", model, exc)
+                        continue
+                    raise Unavailable(f"model '{model}' failed twice while answering; retry later",
+                                      retry_after=1) from exc
+                except ClientGone:
+                    lease.release()
+                    raise
+                lease.release()
+                finish(lease, upstream.status, self.now() - arrived)
+                headers = served_headers(lease)
+                return Response(data, status_code=upstream.status, headers=headers, media_type="application/json")
+            raise AssertionError("unreachable")
+        except ClientGone:
+            finish(None, 499, None)
+            return Response(status_code=499)
+        finally:
+            if not handed_off:
+                disconnect.cancel()
+
+
+class RelayStream(Response):
+    """An SSE stream relayed byte for byte; a cut upstream ends it with an error event, a client
+    that leaves closes the upstream connection, which stops the engine's generation."""
+
+    def __init__(self, first: bytes, upstream: aiohttp.ClientResponse, lease: Lease,
+                 disconnect: asyncio.Future[None], arrived: float, now: Callable[[], float],
+                 finish: Finish) -> None:
+        super().__init__(status_code=200, media_type="text/event-stream",
+                         headers={"cache-control": "no-cache", **served_headers(lease)})
+        self.first, self.upstream, self.lease = first, upstream, lease
+        self.disconnect, self.arrived, self.now, self.finish = disconnect, arrived, now, finish
+        self.ttft = now() - arrived
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status = 200
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            pump = asyncio.ensure_future(self._pump(send))
+            done, _ = await asyncio.wait({pump, self.disconnect}, return_when=asyncio.FIRST_COMPLETED)
+            if pump not in done:
+                status = 499
+                pump.cancel()
+                with contextlib.suppress(BaseException):
+                    await pump
+            else:
+                try:
+                    pump.result()
+                except OSError:  # the client went away while we were sending
+                    status = 499
+        finally:
+            if status == 499:
+                self.upstream.close()  # the engine sees the disconnect and stops generating
+            else:
+                self.upstream.release()
+            self.lease.release()
+            self.disconnect.cancel()
+            self.finish(self.lease, status, self.ttft)
+
+    async def _pump(self, send: Send) -> None:
+        await send({"type": "http.response.body", "body": self.first, "more_body": True})
+        tail = self.first[-2:]
+        try:
+            async for data in self.upstream.content.iter_any():
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+                tail = (tail + data)[-2:]
+        except _UPSTREAM_ERRORS as exc:
+            self.lease.fail(f"stream cut: {type(exc).__name__}: {exc}")
+            prefix = b"" if tail == b"\n\n" else b"\n\n"
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": prefix + sse_error(f"the engine stopped in the middle of the answer ({exc}); "
+                                                   "the answer is incomplete")})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+

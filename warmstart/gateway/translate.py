@@ -1,0 +1,118 @@
+"""Pure translations between the wire and warmstart: request checks, engine bodies, error bodies."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from warmstart.durations import parse_duration
+from warmstart.engines.base import Capabilities
+from warmstart.errors import InvalidRequest, RateLimited, RequestError, Unavailable, openai_error_body
+from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
+
+GenerationRequest = ChatCompletionRequest | CompletionRequest
+
+
+def keep_alive_of(req: GenerationRequest) -> float | None:
+    if req.keep_alive is None:
+        return None
+    try:
+        return parse_duration(req.keep_alive)
+    except ValueError as exc:
+        raise InvalidRequest(f"Invalid 'keep_alive': {exc}", param="keep_alive") from None
+
+
+def check_request(req: GenerationRequest, caps: Capabilities) -> None:
+    """Refuse what the model cannot do before a replica is started for it."""
+    if isinstance(req, ChatCompletionRequest) and not caps.chat:
+        raise InvalidRequest(
+            f"The model '{req.model}' has no chat template, so it cannot serve chat completions; "
+            "send a prompt to /v1/completions instead.", param="messages", code="chat_not_supported")
+    if isinstance(req, CompletionRequest):
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str) and len(prompt) != 1:
+            raise InvalidRequest("Only one prompt per request is supported; send an array of one string.",
+                                 param="prompt")
+        if isinstance(prompt, list) and not prompt:
+            raise InvalidRequest("'prompt' must not be an empty array.", param="prompt")
+    limit = caps.context_length
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(req, name, None)
+        if value is not None and limit is not None and value > limit:
+            raise InvalidRequest(
+                f"'{name}' is {value}, more than this model's context length of {limit} tokens.",
+                param=name, code="context_length_exceeded")
+    if isinstance(req.stop, list) and len(req.stop) > 4:
+        raise InvalidRequest("'stop' takes at most 4 sequences.", param="stop")
+
+
+def engine_body(req: GenerationRequest) -> bytes:
+    """The body an engine receives: the client's request minus warmstart's own fields."""
+    body = req.model_dump(exclude_unset=True, exclude={"keep_alive"})
+    if isinstance(req, CompletionRequest) and isinstance(req.prompt, list) and req.prompt \
+            and isinstance(req.prompt[0], str):
+        body["prompt"] = req.prompt[0]
+    if body.get("max_completion_tokens") is not None and body.get("max_tokens") is None:
+        body["max_tokens"] = body["max_completion_tokens"]
+    body["model"] = req.model
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def error_response(exc: RequestError | Unavailable) -> tuple[int, dict[str, Any], dict[str, str]]:
+    headers: dict[str, str] = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(exc, (Unavailable, RateLimited)) and retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+    param = getattr(exc, "param", None)
+    return exc.status, openai_error_body(exc.message, exc.type, exc.code, param), headers
+
+
+def validation_message(errors: Sequence[dict[str, Any]]) -> tuple[str, str | None]:
+    """One sentence for the first pydantic error, naming the field as OpenAI does."""
+    if not errors:
+        return "Invalid request.", None
+    err = errors[0]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    kind = err.get("type", "")
+    if kind in ("json_invalid", "json_type"):
+        return "The request body is not valid JSON: " + str(err.get("ctx", {}).get("error", err.get("msg"))), None
+    if not loc:
+        return f"Invalid request body: {err.get('msg')}", None
+    param = _param_path(loc)
+    if kind == "missing":
+        return f"Missing required parameter: '{param}'.", param
+    if kind == "extra_forbidden":
+        return f"Unrecognized request argument supplied: '{param}'.", param
+    got = err.get("input")
+    shown = json.dumps(got)[:80] if _jsonable(got) else type(got).__name__
+    return f"Invalid value for '{param}': {err.get('msg')} (got {shown}).", param
+
+
+def _param_path(loc: list[str]) -> str:
+    out = ""
+    for part in loc:
+        if part.isdigit():
+            out += f"[{part}]"
+        elif part in ("str", "int", "float", "bool", "list[str]", "list[int]", "list[dict[str,any]]",
+                      "list[dict[str, any]]", "dict[str,any]", "list[ChatMessage]", "literal"):
+            continue  # union branches pydantic names in its locations
+        elif "[" in part or part.startswith(("function-", "lax-", "strict-")):
+            continue
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def sse_error(message: str, code: str = "stream_interrupted") -> bytes:
+    payload = openai_error_body(message, "server_error", code)
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"

@@ -1,0 +1,625 @@
+"""The pool: the one owner of the replica table. Gateways take leases; policies hand it a desired warm set.
+
+All mutation happens in plain (non-async) methods on the event loop's thread, so no two
+changes interleave; process work (start, stop) runs in tasks that report back through them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from warmstart.clock import Clock
+from warmstart.config import Config, ModelConfig
+from warmstart.engines.base import Capabilities, Engine, StartReport
+from warmstart.errors import (
+    DeadlineExceeded,
+    ModelNotFound,
+    ModelStartFailed,
+    QueueFull,
+    StoreError,
+    Unavailable,
+    WarmstartError,
+)
+from warmstart.policy import keepalive
+from warmstart.pool.replica import Replica, next_replica_id
+from warmstart.pool.scaling import replicas_to_start
+from warmstart.pool.states import LIVE, ReplicaState, model_state
+from warmstart.store.sources import resolve_model_path
+from warmstart.telemetry.metrics import Metrics
+
+log = logging.getLogger("warmstart.pool")
+S = ReplicaState
+LOADED = (S.STARTING, S.WARM, S.SLEEPING, S.STOPPING)
+
+
+@dataclass(frozen=True)
+class StartRecord:
+    """One finished start (or failed one), kept for `ps`, /v1/models and the dashboard."""
+
+    replica: str
+    trigger: str
+    outcome: str
+    phases: tuple[tuple[str, float], ...]
+    total_s: float
+    at: float  # wall time the start began
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "replica": self.replica,
+            "trigger": self.trigger,
+            "outcome": self.outcome,
+            "phases": {name: round(s, 4) for name, s in self.phases},
+            "total_s": round(self.total_s, 4),
+            "at": self.at,
+            "error": self.error,
+        }
+
+
+class AuditSink(Protocol):
+    """Where the pool reports initializations, unloads and failures (the audit log)."""
+
+    async def record(self, event: str, *, model: ModelConfig, path: Path | None, replica: Replica,
+                     engine: Engine, outcome: str, error: str | None = None, reason: str | None = None) -> None: ...
+
+
+class NullAudit:
+    async def record(self, event: str, **_: Any) -> None:
+        return None
+
+
+@dataclass
+class Waiter:
+    future: asyncio.Future[Lease]
+    arrived: float
+    cold: bool
+    keep_alive: float | None
+
+
+@dataclass
+class ModelEntry:
+    config: ModelConfig
+    engine: Engine
+    replicas: list[Replica] = field(default_factory=list)
+    waiters: deque[Waiter] = field(default_factory=deque)
+    starts: deque[StartRecord] = field(default_factory=lambda: deque(maxlen=50))
+    path: Path | None = None
+    capabilities: Capabilities | None = None
+    inspect_error: str | None = None
+    inspect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # set by the warming controller: keep at least one replica loaded until then
+    warm_until: float = -math.inf
+    warm_trigger: str = "schedule"
+    last_failure: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+class Lease:
+    """A request's claim on one slot of a warm replica; release it exactly once."""
+
+    __slots__ = ("_pool", "replica", "cold", "waited_s", "keep_alive", "_released")
+
+    def __init__(self, pool: Pool, replica: Replica, cold: bool, waited_s: float, keep_alive: float | None):
+        self._pool, self.replica, self.cold = pool, replica, cold
+        self.waited_s, self.keep_alive, self._released = waited_s, keep_alive, False
+
+    @property
+    def base_url(self) -> str:
+        assert self.replica.process is not None
+        return self.replica.process.base_url
+
+    @property
+    def start(self) -> str:
+        return "cold" if self.cold else "warm"
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._pool._release(self)
+
+    def fail(self, reason: str) -> None:
+        """The replica broke under this request (connection refused or cut): replace it."""
+        self._pool._replica_broken(self.replica, reason)
+
+
+class Pool:
+    def __init__(self, config: Config, engines: Mapping[str, Engine], clock: Clock, metrics: Metrics,
+                 audit: AuditSink | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = metrics
+        self.audit: AuditSink = audit or NullAudit()
+        self.models: dict[str, ModelEntry] = {
+            m.name: ModelEntry(config=m, engine=engines[m.engine]) for m in config.models
+        }
+        self.arrival_listeners: list[Callable[[str, float], None]] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._closing = False
+        for entry in self.models.values():
+            self._update_gauges(entry)
+
+    # ---- lookups -------------------------------------------------------------------------
+
+    def entry(self, name: str) -> ModelEntry:
+        try:
+            return self.models[name]
+        except KeyError:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ModelNotFound(f"The model '{name}' does not exist. Models served here: {known}.",
+                                param="model") from None
+
+    async def capabilities(self, name: str) -> Capabilities:
+        """What a model can do, found from its file without loading it (resolved once)."""
+        entry = self.entry(name)
+        if entry.capabilities is not None:
+            return entry.capabilities
+        async with entry.inspect_lock:
+            if entry.capabilities is None:
+                path = await self._resolve(entry)
+                try:
+                    entry.capabilities = await asyncio.to_thread(entry.engine.inspect, entry.config, path)
+                except StoreError as exc:
+                    raise ModelStartFailed(f"model '{name}' cannot be used: {exc}", retry_after=None) from exc
+        return entry.capabilities
+
+    async def prepare(self) -> None:
+        """Resolve and inspect every model in the background at start-up, so a first request does not
+        pay for it (an `assemble:` model is written once); problems are logged, not fatal."""
+        for name in list(self.models):
+            try:
+                await self.capabilities(name)
+            except WarmstartError as exc:
+                log.warning("%s", exc)
+
+    async def _resolve(self, entry: ModelEntry) -> Path:
+        if entry.path is None:
+            try:
+                entry.path = await asyncio.to_thread(
+                    resolve_model_path, entry.config.path, self.config.server.data_dir)
+            except StoreError as exc:
+                entry.inspect_error = str(exc)
+                raise ModelStartFailed(f"model '{entry.name}' cannot be started: {exc}", retry_after=None) from exc
+        return entry.path
+
+    # ---- leases --------------------------------------------------------------------------
+
+    async def acquire(self, name: str, keep_alive: float | None = None, deadline_s: float | None = None) -> Lease:
+        """A lease on a warm replica of `name`, starting one if needed; held up to the deadline.
+
+        Raises QueueFull at once when the model's queue is full, DeadlineExceeded past the deadline.
+        """
+        entry = self.entry(name)
+        if self._closing:
+            raise Unavailable("warmstart is shutting down", retry_after=5)
+        now = self.clock.now()
+        for listener in self.arrival_listeners:
+            listener(name, self.clock.wall())
+        self._reap_failed(entry)
+        if not entry.waiters:
+            replica = self._best_free(entry)
+            if replica is not None:
+                return self._lease(entry, replica, cold=False, arrived=now, keep_alive=keep_alive)
+        if len(entry.waiters) >= self.config.server.queue_size:
+            raise QueueFull(
+                f"model '{name}' has {len(entry.waiters)} requests waiting, the most it holds; retry later",
+                retry_after=self._retry_after(entry))
+        cold = not any(r.state is S.WARM for r in entry.replicas)
+        waiter = Waiter(asyncio.get_running_loop().create_future(), now, cold, keep_alive)
+        entry.waiters.append(waiter)
+        self._scale(entry)
+        self._update_gauges(entry)
+        deadline = self.config.server.queue_deadline if deadline_s is None else deadline_s
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.future), deadline)
+        except TimeoutError:
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+                return waiter.future.result()
+            waiter.future.cancel()
+            raise DeadlineExceeded(
+                f"model '{name}' did not become ready within {deadline:g} s; retry later",
+                retry_after=self._retry_after(entry)) from None
+        except asyncio.CancelledError:
+            # the client went away while held: give back a lease it may just have received
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+                waiter.future.result().release()
+            waiter.future.cancel()
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                entry.waiters.remove(waiter)
+            self._update_gauges(entry)
+
+    def _best_free(self, entry: ModelEntry) -> Replica | None:
+        best = None
+        for replica in entry.replicas:
+            if replica.free_slots > 0 and not replica.unload_when_idle and (
+                    best is None or replica.in_flight < best.in_flight):
+                best = replica
+        return best
+
+    def _lease(self, entry: ModelEntry, replica: Replica, cold: bool, arrived: float,
+               keep_alive: float | None) -> Lease:
+        replica.in_flight += 1
+        replica.idle_since = None
+        self._disarm_expiry(replica)
+        waited = max(0.0, self.clock.now() - arrived)
+        self.metrics.request_wait_seconds.labels(entry.name).observe(waited)
+        return Lease(self, replica, cold, waited, keep_alive)
+
+    def _dispatch(self, entry: ModelEntry) -> None:
+        while entry.waiters:
+            replica = self._best_free(entry)
+            if replica is None:
+                break
+            waiter = entry.waiters.popleft()
+            if waiter.future.done():
+                continue
+            waiter.future.set_result(
+                self._lease(entry, replica, waiter.cold, waiter.arrived, waiter.keep_alive))
+        self._update_gauges(entry)
+
+    def _release(self, lease: Lease) -> None:
+        replica = lease.replica
+        entry = self.models[replica.model]
+        replica.in_flight = max(0, replica.in_flight - 1)
+        replica.served += 1
+        replica.keep_alive = entry.config.keep_alive if lease.keep_alive is None else lease.keep_alive
+        if replica.state is not S.WARM:
+            return
+        self._dispatch(entry)
+        if replica.in_flight == 0:
+            replica.idle_since = self.clock.now()
+            self._arm_expiry(entry, replica)
+
+    def _retry_after(self, entry: ModelEntry) -> float:
+        recent = [s.total_s for s in entry.starts if s.outcome == "ok"]
+        return float(max(1, math.ceil(max(recent[-5:], default=1.0))))
+
+    # ---- scaling and starts --------------------------------------------------------------
+
+    def _scale(self, entry: ModelEntry) -> None:
+        if self._closing:
+            return
+        self._reap_failed(entry)
+        live = [r for r in entry.replicas if r.state in LIVE]
+        n = replicas_to_start(
+            waiting=sum(1 for w in entry.waiters if not w.future.done()),
+            free_warm_slots=sum(r.free_slots for r in entry.replicas),
+            starting=sum(1 for r in entry.replicas if r.state is S.STARTING),
+            live=len(live),
+            capacity=entry.config.max_concurrency,
+            max_replicas=entry.config.max_replicas,
+        )
+        for _ in range(n):
+            self._start_replica(entry, "request")
+
+    def _reap_failed(self, entry: ModelEntry) -> None:
+        for replica in [r for r in entry.replicas if r.state is S.FAILED]:
+            replica.move(S.COLD)
+            entry.replicas.remove(replica)
+        self._update_gauges(entry)
+
+    def _start_replica(self, entry: ModelEntry, trigger: str) -> Replica:
+        now = self.clock.now()
+        replica = Replica(
+            id=next_replica_id(entry.name), model=entry.name, trigger=trigger,
+            capacity=entry.config.max_concurrency, keep_alive=entry.config.keep_alive,
+            created_at=now, created_wall=self.clock.wall(), accounted_to=now,
+        )
+        replica.report = StartReport(on_change=lambda _r: None)
+        replica.move(S.STARTING)
+        entry.replicas.append(replica)
+        self._update_gauges(entry)
+        self._spawn(self._run_start(entry, replica), name=f"start {replica.id}")
+        return replica
+
+    async def _run_start(self, entry: ModelEntry, replica: Replica) -> None:
+        began = self.clock.now()
+        cfg = entry.config
+        try:
+            path = await self._resolve(entry)
+            if entry.capabilities is None:
+                await self.capabilities(entry.name)
+            proc = await asyncio.wait_for(
+                entry.engine.start(cfg, path, replica.report, replica.id), self.config.server.start_timeout)
+            replica.process = proc
+            if replica.state is not S.STARTING:  # unloaded while starting
+                await proc.stop(self.config.server.stop_timeout)
+                return
+            await self.audit.record("start", model=cfg, path=path, replica=replica, engine=entry.engine,
+                                    outcome="ok")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = _describe(exc, cfg.name, self.config.server.start_timeout)
+            if replica.process is not None:
+                await replica.process.stop(self.config.server.stop_timeout)
+            self._start_failed(entry, replica, error, began)
+            with contextlib.suppress(Exception):
+                await self.audit.record("start", model=cfg, path=entry.path, replica=replica,
+                                        engine=entry.engine, outcome="failed", error=error)
+            return
+        total = self.clock.now() - began
+        self._record_start(entry, replica, "ok", total, None)
+        self._account(replica)
+        replica.move(S.WARM)
+        replica.warm_at = self.clock.now()
+        replica.idle_since = replica.warm_at
+        self._update_gauges(entry)
+        self._spawn(self._monitor(entry, replica), name=f"monitor {replica.id}")
+        self._dispatch(entry)
+        if replica.in_flight == 0:
+            self._arm_expiry(entry, replica)
+        self._scale(entry)
+
+    def _start_failed(self, entry: ModelEntry, replica: Replica, error: str, began: float) -> None:
+        self._account(replica)
+        replica.error = error
+        entry.last_failure = error
+        replica.move(S.FAILED)
+        self._record_start(entry, replica, "failed", self.clock.now() - began, error)
+        self.metrics.replica_failures.labels(entry.name, "start").inc()
+        log.warning("replica %s failed to start: %s", replica.id, error)
+        if not any(r.state in (S.STARTING, S.WARM) for r in entry.replicas):
+            # nothing else will serve them: tell every held request now rather than at the deadline
+            while entry.waiters:
+                waiter = entry.waiters.popleft()
+                if not waiter.future.done():
+                    waiter.future.set_exception(ModelStartFailed(error, retry_after=None))
+        self._update_gauges(entry)
+
+    def _record_start(self, entry: ModelEntry, replica: Replica, outcome: str, total: float,
+                      error: str | None) -> None:
+        phases = tuple(replica.report.phases)
+        entry.starts.append(StartRecord(replica.id, replica.trigger, outcome, phases, total,
+                                        replica.created_wall, error))
+        self.metrics.starts.labels(entry.name, replica.trigger, outcome).inc()
+        if outcome == "ok":
+            hist = self.metrics.cold_start_seconds
+            for name, seconds in phases:
+                hist.labels(entry.name, entry.config.engine, name).observe(seconds)
+            hist.labels(entry.name, entry.config.engine, "total").observe(total)
+
+    async def _monitor(self, entry: ModelEntry, replica: Replica) -> None:
+        proc = replica.process
+        assert proc is not None
+        code = await proc.wait_exit()
+        if replica.state in (S.WARM, S.SLEEPING):
+            self._fail_replica(entry, replica, f"engine process {proc.pid} exited unexpectedly (code {code})")
+
+    def _fail_replica(self, entry: ModelEntry, replica: Replica, error: str) -> None:
+        self._account(replica)
+        self._disarm_expiry(replica)
+        replica.error = error
+        entry.last_failure = error
+        replica.move(S.FAILED)
+        self.metrics.replica_failures.labels(entry.name, "running").inc()
+        log.warning("replica %s failed: %s", replica.id, error)
+        self._spawn(self.audit.record("failure", model=entry.config, path=entry.path, replica=replica,
+                                      engine=entry.engine, outcome="failed", error=error), name="audit")
+        self._update_gauges(entry)
+        self._scale(entry)
+
+    def _replica_broken(self, replica: Replica, reason: str) -> None:
+        entry = self.models[replica.model]
+        if replica.state is S.WARM:
+            if replica.process is not None:
+                replica.process.kill()
+            self._fail_replica(entry, replica, f"engine process stopped answering: {reason}")
+
+    # ---- keep-alive and stops -------------------------------------------------------------
+
+    def _arm_expiry(self, entry: ModelEntry, replica: Replica) -> None:
+        self._disarm_expiry(replica)
+        if replica.state is not S.WARM or replica.in_flight > 0 or replica.idle_since is None:
+            return
+        keep = 0.0 if replica.unload_when_idle else replica.keep_alive
+        deadline = keepalive.expiry(replica.idle_since, keep)
+        others = [r for r in entry.replicas if r is not replica and r.state is S.WARM]
+        if not others and not replica.unload_when_idle:
+            deadline = max(deadline, entry.warm_until)
+        if math.isinf(deadline):
+            replica.expires_at = None
+            return
+        replica.expires_at = deadline
+        replica.expiry_task = self._spawn(self._expire_at(entry, replica, deadline), name=f"expiry {replica.id}")
+
+    def _disarm_expiry(self, replica: Replica) -> None:
+        task, replica.expiry_task, replica.expires_at = replica.expiry_task, None, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _expire_at(self, entry: ModelEntry, replica: Replica, deadline: float) -> None:
+        await self.clock.sleep(deadline - self.clock.now())
+        if replica.state is S.WARM and replica.in_flight == 0 and replica.expires_at == deadline:
+            replica.expiry_task = None
+            await self._stop(entry, replica, "keep-alive")
+
+    async def _stop(self, entry: ModelEntry, replica: Replica, reason: str) -> None:
+        if replica.state not in (S.STARTING, S.WARM, S.SLEEPING):
+            return
+        self._disarm_expiry(replica)
+        self._account(replica)
+        replica.move(S.STOPPING)
+        self._update_gauges(entry)
+        if replica.process is not None:
+            await replica.process.stop(self.config.server.stop_timeout)
+        self._account(replica)
+        replica.move(S.COLD)
+        with contextlib.suppress(ValueError):
+            entry.replicas.remove(replica)
+        self.metrics.unloads.labels(entry.name, reason).inc()
+        log.info("replica %s unloaded (%s)", replica.id, reason)
+        if replica.warm_at is not None:
+            with contextlib.suppress(Exception):
+                await self.audit.record("unload", model=entry.config, path=entry.path, replica=replica,
+                                        engine=entry.engine, outcome="ok", reason=reason)
+        self._update_gauges(entry)
+        self._scale(entry)
+
+    # ---- commands from the CLI, hints and the warming controller ----------------------------
+
+    def ensure_warm(self, name: str, trigger: str, keep_alive: float | None = None) -> ReplicaState:
+        """Start a replica of `name` unless one is live; returns the model's state."""
+        entry = self.entry(name)
+        self._reap_failed(entry)
+        live = [r for r in entry.replicas if r.state in (S.STARTING, S.WARM, S.SLEEPING)]
+        if not live:
+            replica = self._start_replica(entry, trigger)
+            if keep_alive is not None:
+                replica.keep_alive = keep_alive
+        else:
+            for replica in live:
+                replica.unload_when_idle = False
+                if keep_alive is not None:
+                    replica.keep_alive = keep_alive
+                if replica.state is S.WARM and replica.in_flight == 0:
+                    replica.idle_since = self.clock.now()
+                    self._arm_expiry(entry, replica)
+        return self.state_of(name)
+
+    def set_warm_until(self, name: str, until: float, trigger: str) -> None:
+        """The controller's desired warm set: keep at least one replica loaded until `until`."""
+        entry = self.entry(name)
+        entry.warm_until, entry.warm_trigger = until, trigger
+        if until > self.clock.now():
+            self.ensure_warm(name, trigger)
+        for replica in entry.replicas:
+            if replica.state is S.WARM and replica.in_flight == 0 and replica.idle_since is not None:
+                self._arm_expiry(entry, replica)
+
+    async def wait_warm(self, name: str, timeout: float) -> ReplicaState:
+        deadline = self.clock.now() + timeout
+        while self.clock.now() < deadline:
+            state = self.state_of(name)
+            if state in (S.WARM, S.FAILED, S.COLD):
+                return state
+            await asyncio.sleep(0.05)
+        return self.state_of(name)
+
+    async def unload(self, name: str) -> int:
+        """Stop every replica of `name`: idle ones now, busy ones when their last request ends."""
+        entry = self.entry(name)
+        entry.warm_until = -math.inf
+        stops = []
+        for replica in list(entry.replicas):
+            if replica.state is S.STARTING or (replica.state is S.WARM and replica.in_flight == 0):
+                stops.append(self._stop(entry, replica, "manual"))
+            elif replica.state is S.WARM:
+                replica.unload_when_idle = True
+        await asyncio.gather(*stops)
+        return len(stops)
+
+    async def shutdown(self) -> None:
+        self._closing = True
+        stops = []
+        for entry in self.models.values():
+            while entry.waiters:
+                waiter = entry.waiters.popleft()
+                if not waiter.future.done():
+                    waiter.future.set_exception(Unavailable("warmstart is shutting down", retry_after=5))
+            for replica in list(entry.replicas):
+                stops.append(self._stop(entry, replica, "shutdown"))
+        await asyncio.gather(*stops, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---- views ----------------------------------------------------------------------------
+
+    def state_of(self, name: str) -> ReplicaState:
+        return model_state([r.state for r in self.entry(name).replicas])
+
+    def account_all(self) -> None:
+        for entry in self.models.values():
+            for replica in entry.replicas:
+                self._account(replica)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        now = self.clock.now()
+        self.account_all()
+        return [self._model_view(entry, now) for entry in self.models.values()]
+
+    def _model_view(self, entry: ModelEntry, now: float) -> dict[str, Any]:
+        cfg = entry.config
+        replicas = []
+        for r in entry.replicas:
+            replicas.append({
+                "id": r.id,
+                "state": r.state.value,
+                "phase": r.report.current if r.state is S.STARTING else None,
+                "phases": {name: round(s, 4) for name, s in r.report.phases},
+                "pid": r.pid,
+                "in_flight": r.in_flight,
+                "served": r.served,
+                "trigger": r.trigger,
+                "keep_alive_s": None if math.isinf(r.keep_alive) else r.keep_alive,
+                "idle_s": None if r.idle_since is None else round(now - r.idle_since, 3),
+                "expires_in_s": None if r.expires_at is None else round(max(0.0, r.expires_at - now), 3),
+                "error": r.error,
+            })
+        last = entry.starts[-1].to_dict() if entry.starts else None
+        caps = entry.capabilities.to_dict() if entry.capabilities else None
+        return {
+            "name": cfg.name,
+            "engine": cfg.engine,
+            "state": self.state_of(cfg.name).value,
+            "replicas": replicas,
+            "queue_depth": len(entry.waiters),
+            "keep_alive_s": None if math.isinf(cfg.keep_alive) else cfg.keep_alive,
+            "max_replicas": cfg.max_replicas,
+            "max_concurrency": cfg.max_concurrency,
+            "warm_until_s": None if entry.warm_until <= now else (
+                None if math.isinf(entry.warm_until) else round(entry.warm_until - now, 3)),
+            "last_start": last,
+            "starts": [s.to_dict() for s in list(entry.starts)[-10:]],
+            "last_failure": entry.last_failure,
+            "capabilities": caps,
+            "path": str(entry.path) if entry.path else cfg.path,
+        }
+
+    # ---- bookkeeping ------------------------------------------------------------------------
+
+    def _account(self, replica: Replica) -> None:
+        now = self.clock.now()
+        if replica.accounted_to is not None and replica.state in LOADED:
+            self.metrics.replica_loaded_seconds.labels(replica.model).inc(max(0.0, now - replica.accounted_to))
+        replica.accounted_to = now
+
+    def _update_gauges(self, entry: ModelEntry) -> None:
+        counts = {state: 0 for state in S}
+        for replica in entry.replicas:
+            counts[replica.state] += 1
+        for state, n in counts.items():
+            self.metrics.replicas.labels(entry.name, state.value).set(n)
+        self.metrics.queue_depth.labels(entry.name).set(len(entry.waiters))
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pool task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def _describe(exc: BaseException, model: str, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"model '{model}' did not start within {timeout:g} s"
+    if isinstance(exc, WarmstartError):
+        return str(exc)
+    return f"model '{model}' failed to start: {type(exc).__name__}: {exc}"

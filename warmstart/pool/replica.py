@@ -1,0 +1,54 @@
+"""A replica: one engine process serving one model, and where it is in its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+
+from warmstart.engines.base import EngineProcess, StartReport
+from warmstart.pool.states import ReplicaState, transition
+
+_ids = itertools.count(1)
+
+
+def next_replica_id(model: str) -> str:
+    return f"{model}#{next(_ids)}"
+
+
+@dataclass
+class Replica:
+    id: str
+    model: str
+    trigger: str
+    capacity: int
+    keep_alive: float
+    created_at: float
+    created_wall: float
+    state: ReplicaState = ReplicaState.COLD
+    in_flight: int = 0
+    served: int = 0
+    idle_since: float | None = None
+    warm_at: float | None = None
+    error: str | None = None
+    process: EngineProcess | None = None
+    report: StartReport = field(default_factory=StartReport)
+    # the idle timer that unloads this replica when keep-alive runs out
+    expiry_task: asyncio.Task | None = None
+    expires_at: float | None = None
+    # the time up to which loaded seconds have been counted
+    accounted_to: float | None = None
+    unload_when_idle: bool = False
+
+    def move(self, target: ReplicaState) -> None:
+        self.state = transition(self.state, target)
+
+    @property
+    def free_slots(self) -> int:
+        if self.state is not ReplicaState.WARM:
+            return 0
+        return max(0, self.capacity - self.in_flight)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None

@@ -1,0 +1,75 @@
+"""Assemble and run the server: config -> engines -> pool -> gateway -> uvicorn on a socket we bound."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import sys
+
+from warmstart.clock import SystemClock
+from warmstart.config import Config
+from warmstart.errors import WarmstartError
+
+log = logging.getLogger("warmstart")
+
+
+class StartupError(WarmstartError):
+    pass
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise StartupError(f"cannot listen on {host}:{port}: {why}; stop the other server or pass --port") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def build_app(config: Config):  # type: ignore[no-untyped-def]
+    from warmstart.engines.registry import create_engines
+    from warmstart.gateway.app import create_app
+    from warmstart.pool.pool import Pool
+    from warmstart.telemetry.metrics import Metrics
+
+    data_dir = config.server.data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create the data directory {data_dir}: {exc.strerror}; "
+                           "set server.data_dir or WARMSTART_DATA_DIR") from None
+    clock = SystemClock()
+    metrics = Metrics()
+    pool = Pool(config, create_engines(data_dir), clock, metrics)
+    return create_app(config, pool, metrics, clock)
+
+
+def run(config: Config) -> int:
+    import uvicorn
+
+    logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sock = bind(config.server.host, config.server.port)
+    app = build_app(config)
+    host, port = sock.getsockname()[:2]
+    names = ", ".join(m.name for m in config.models)
+    print(f"warmstart serving http://{host}:{port}  models: {names}  data: {config.server.data_dir}",
+          file=sys.stderr, flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=config.server.log_level, access_log=False,
+                                           loop="uvloop", http="httptools", timeout_graceful_shutdown=5))
+
+    async def main() -> None:
+        pool = app.state.services.pool
+        prepare = asyncio.create_task(pool.prepare())
+        await server.serve(sockets=[sock])
+        prepare.cancel()
+
+    asyncio.run(main())
+    return 0

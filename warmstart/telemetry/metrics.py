@@ -1,0 +1,52 @@
+"""Every Prometheus metric warmstart exports, defined once, in its own registry per server."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Cold starts run from ~0.2 s (a tiny GGUF) to minutes (a 70B model from network storage).
+COLD_START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
+TRIGGERS = ("request", "keep-alive", "schedule", "prediction", "hint", "manual")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.cold_start_seconds = Histogram(
+            "warmstart_cold_start_seconds", "Duration of each phase of a replica start, and phase=\"total\".",
+            ["model", "engine", "phase"], buckets=COLD_START_BUCKETS, registry=r)
+        self.requests = Counter(
+            "warmstart_requests", "Requests answered, by how they were served and their HTTP status.",
+            ["model", "start", "code"], registry=r)
+        self.request_wait_seconds = Histogram(
+            "warmstart_request_wait_seconds", "Time a request was held waiting for a replica.",
+            ["model"], buckets=WAIT_BUCKETS, registry=r)
+        self.ttft_seconds = Histogram(
+            "warmstart_time_to_first_token_seconds", "Arrival to first token (first byte of the answer).",
+            ["model", "start"], buckets=TTFT_BUCKETS, registry=r)
+        self.replicas = Gauge(
+            "warmstart_replicas", "Replicas by lifecycle state.", ["model", "state"], registry=r)
+        self.queue_depth = Gauge(
+            "warmstart_queue_depth", "Requests held waiting for a replica.", ["model"], registry=r)
+        self.replica_loaded_seconds = Counter(
+            "warmstart_replica_loaded_seconds", "Replica-seconds loaded (starting, warm or sleeping): the basis of cost.",
+            ["model"], registry=r)
+        self.starts = Counter(
+            "warmstart_starts", "Replica starts by what triggered them and how they ended.",
+            ["model", "trigger", "outcome"], registry=r)
+        self.unloads = Counter(
+            "warmstart_unloads", "Replica stops by reason.", ["model", "reason"], registry=r)
+        self.replica_failures = Counter(
+            "warmstart_replica_failures", "Replicas that failed (start failure or unexpected exit).",
+            ["model", "stage"], registry=r)
+        self.retries = Counter(
+            "warmstart_request_retries", "Requests retried on a new replica after theirs died before answering.",
+            ["model"], registry=r)
+        self.hints = Counter(
+            "warmstart_hints", "Warm hints received, by outcome.", ["model", "outcome"], registry=r)
+        self.audit_failures = Counter(
+            "warmstart_audit_write_failures", "Audit records that could not be written.", registry=r)
