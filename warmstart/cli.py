@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -30,7 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Command] = {}
-REGISTRARS: list[Callable[[Any], None]] = []
+# Modules that add commands: each has `register(subparsers)` and marks its handlers with @command.
+EXTENSIONS: tuple[str, ...] = ()
 
 
 def command(name: str) -> Callable[[Command], Command]:
@@ -68,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     _client_flags(unload)
     unload.add_argument("model")
 
-    for register in REGISTRARS:
-        register(sub)
+    for module in EXTENSIONS:
+        importlib.import_module(module).register(sub)
     return parser
 
 
@@ -177,13 +179,6 @@ def _unload(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # commands that live in their own modules register themselves on import
-    for module in ("warmstart.cli_extra",):
-        try:
-            __import__(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
