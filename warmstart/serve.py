@@ -48,7 +48,7 @@ def build_app(config: Config):  # type: ignore[no-untyped-def]
                            "set server.data_dir or WARMSTART_DATA_DIR") from None
     clock = SystemClock()
     metrics = Metrics()
-    pool = Pool(config, create_engines(data_dir), clock, metrics)
+    pool = Pool(config, create_engines(data_dir, config.models), clock, metrics)
     return create_app(config, pool, metrics, clock)
 
 

@@ -38,7 +38,7 @@ class ManagedProcess:
 
     @classmethod
     async def spawn(cls, argv: Sequence[str], *, env: dict[str, str], log_path: Path,
-                    with_reports: bool = False, cwd: str | None = None) -> ManagedProcess:
+                    with_reports: bool = False, cwd: str | None = None, with_stdin: bool = False) -> ManagedProcess:
         import time
 
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,7 @@ class ManagedProcess:
         spawned_at = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=cwd,
+                *argv, stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=cwd,
                 pass_fds=pass_fds, start_new_session=True, preexec_fn=_die_with_parent,
             )
         except OSError as exc:
@@ -76,7 +76,27 @@ class ManagedProcess:
         return self._proc.returncode
 
     async def wait_exit(self) -> int:
-        return await self._proc.wait()
+        code = await self._proc.wait()
+        # what it started (vLLM's engine core and workers) must not outlive it
+        self._signal_group(signal.SIGKILL)
+        return code
+
+    async def send(self, data: bytes) -> None:
+        """Write to the child's stdin (spawned with_stdin): how a waiting runtime gets its model."""
+        stdin = self._proc.stdin
+        if stdin is None:
+            raise EngineError("this engine process takes no input")
+        try:
+            stdin.write(data)
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise EngineError(f"engine process {self.pid} is gone: {exc}") from exc
+
+    def move_log(self, path: Path) -> None:
+        """Give the log a new name (the child keeps writing to the same file)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.log_path, path)
+        self.log_path = path
 
     async def read_reports(self) -> AsyncIterator[dict]:
         """JSON lines the child writes on its report pipe, until it closes the pipe or exits."""

@@ -1,0 +1,1 @@
+"""Benchmarks behind `warmstart bench NAME`: each measures a target against a baseline in the same run."""
