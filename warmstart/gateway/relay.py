@@ -119,6 +119,7 @@ class RelayStream(Response):
                  finish: Finish) -> None:
         super().__init__(status_code=200, media_type="text/event-stream",
                          headers={"cache-control": "no-cache", **served_headers(lease)})
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.first, self.upstream, self.lease = first, upstream, lease
         self.disconnect, self.arrived, self.now, self.finish = disconnect, arrived, now, finish
         self.ttft = now() - arrived

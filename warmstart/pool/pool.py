@@ -571,6 +571,7 @@ class Pool:
                 "phase": r.report.current if r.state is S.STARTING else None,
                 "phases": {name: round(s, 4) for name, s in r.report.phases},
                 "pid": r.pid,
+                "url": r.process.base_url if r.process is not None else None,
                 "in_flight": r.in_flight,
                 "served": r.served,
                 "trigger": r.trigger,
