@@ -100,6 +100,7 @@ class ModelEntry:
     warm_until: float = -math.inf
     warm_trigger: str = "schedule"
     last_failure: str | None = None
+    wait_histogram: Any = None  # this model's warmstart_request_wait_seconds child
 
     @property
     def name(self) -> str:
@@ -142,7 +143,9 @@ class Pool:
         self.metrics = metrics
         self.audit: AuditSink = audit or NullAudit()
         self.models: dict[str, ModelEntry] = {
-            m.name: ModelEntry(config=m, engine=engines[m.engine]) for m in config.models
+            m.name: ModelEntry(config=m, engine=engines[m.engine],
+                               wait_histogram=metrics.request_wait_seconds.labels(m.name))
+            for m in config.models
         }
         self.arrival_listeners: list[Callable[[str, float], None]] = []
         self._tasks: set[asyncio.Task] = set()
@@ -194,6 +197,19 @@ class Pool:
         return entry.path
 
     # ---- leases --------------------------------------------------------------------------
+
+    def try_acquire(self, name: str, keep_alive: float | None = None) -> Lease | None:
+        """The warm fast path: a lease at once if a warm replica has a free slot and nobody waits."""
+        entry = self.entry(name)
+        if entry.waiters or self._closing:
+            return None
+        replica = self._best_free(entry)
+        if replica is None:
+            return None
+        wall = self.clock.wall()
+        for listener in self.arrival_listeners:
+            listener(name, wall)
+        return self._lease(entry, replica, cold=False, arrived=self.clock.now(), keep_alive=keep_alive)
 
     async def acquire(self, name: str, keep_alive: float | None = None, deadline_s: float | None = None) -> Lease:
         """A lease on a warm replica of `name`, starting one if needed; held up to the deadline.
@@ -256,7 +272,7 @@ class Pool:
         replica.idle_since = None
         self._disarm_expiry(replica)
         waited = max(0.0, self.clock.now() - arrived)
-        self.metrics.request_wait_seconds.labels(entry.name).observe(waited)
+        entry.wait_histogram.observe(waited)
         return Lease(self, replica, cold, waited, keep_alive)
 
     def _dispatch(self, entry: ModelEntry) -> None:
@@ -279,7 +295,8 @@ class Pool:
         replica.keep_alive = entry.config.keep_alive if lease.keep_alive is None else lease.keep_alive
         if replica.state is not S.WARM:
             return
-        self._dispatch(entry)
+        if entry.waiters:
+            self._dispatch(entry)
         if replica.in_flight == 0:
             replica.idle_since = self.clock.now()
             self._arm_expiry(entry, replica)
