@@ -66,3 +66,10 @@ def test_invalid_toml_is_a_config_error(tmp_path):
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.toml", env={})
+
+
+def test_the_documented_example_config_is_valid():
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "warmstart.example.toml", env={})
+    assert [m.name for m in config.models] == ["smollm2-135m-instruct", "gemma-3-270m"]
+    assert config.server.queue_deadline == 120 and config.models[0].options["n_ctx"] == 2048
