@@ -1,1 +1,1 @@
-"""Benchmarks behind `warmstart bench NAME`: each measures a target against a baseline in the same run."""
+"""Benchmarks behind `warmstart bench NAME`: each module has `main(argv) -> int`, prints a table and writes JSON."""

@@ -40,11 +40,25 @@ class Generator:
         self.n_ctx = llm.n_ctx()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="generate")
+        self._cancel = threading.Event()  # the running generation's; replaced under the lock per call
         self.active = 0
         self.requests = 0
         self.tokens = 0
         self.cancelled = 0
         self.stopping = threading.Event()
+        # Every completion, chat or not, draws its tokens from Llama.generate: checking there between
+        # tokens stops a generation whose client left. (Logits processors cannot: llama-cpp-python
+        # calls them from a C callback that swallows exceptions.)
+        original = llm.generate
+
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            for token in original(*args, **kwargs):
+                if self._cancel.is_set() or self.stopping.is_set():
+                    raise Cancelled()
+                self.tokens += 1
+                yield token
+
+        llm.generate = generate
 
     def warm_up(self) -> None:
         # one real generation allocates compute buffers and compiles the chat template
@@ -59,18 +73,13 @@ class Generator:
                 "n_ctx": self.n_ctx}
 
     def _call(self, kind: str, body: dict[str, Any], stream: bool, cancel: threading.Event) -> Any:
-        def watch(_input_ids: Any, scores: Any) -> Any:
-            if cancel.is_set() or self.stopping.is_set():
-                raise Cancelled()
-            self.tokens += 1
-            return scores
-
+        self._cancel = cancel
         kwargs = {k: body[k] for k in _SAMPLING if body.get(k) is not None}
         if "logit_bias" in kwargs:
             kwargs["logit_bias"] = {int(k): float(v) for k, v in kwargs["logit_bias"].items()}
-        kwargs["logits_processor"] = [watch]
         if kind == "chat":
-            return self.llm.create_chat_completion(messages=body["messages"], stream=stream, **kwargs)
+            return self.llm.create_chat_completion(messages=_text_messages(body["messages"]), stream=stream,
+                                                   **kwargs)
         return self.llm.create_completion(prompt=body["prompt"], stream=stream, **kwargs)
 
     async def complete(self, kind: str, body: dict[str, Any], cancel: threading.Event) -> dict[str, Any]:
@@ -92,6 +101,8 @@ class Generator:
                 try:
                     for chunk in self._call(kind, body, True, cancel):
                         put(("chunk", chunk))
+                except Cancelled:
+                    self.cancelled += 1
                 except Exception as exc:  # handed to the async side, which answers with it
                     put(("error", exc))
                 finally:
@@ -121,6 +132,20 @@ class Generator:
             raise
         finally:
             self.active -= 1
+
+
+def _text_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI content arrays ([{"type": "text", "text": ...}]) as plain text, which chat templates expect."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            if len(parts) != len(content):
+                raise ValueError("this model accepts text content only")
+            message = {**message, "content": "".join(parts)}
+        out.append(message)
+    return out
 
 
 def _error(status: int, message: str, code: str | None = None, param: str | None = None) -> JSONResponse:

@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # inherited by accepted connections: a response's headers and body leave at once (no Nagle wait)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((args.host, args.port))
         sock.listen(128)
         app = service.create_app(engine)
@@ -122,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             report.close()
             await task
 
-        import asyncio
+        import uvloop
 
-        asyncio.run(serve())
+        uvloop.run(serve())
         return 0
     except Exception as exc:  # reported to the parent, which names it in the failed start
         report.send(error=f"{type(exc).__name__}: {exc}")

@@ -21,6 +21,7 @@ from warmstart.clock import Clock, SystemClock
 from warmstart.config import Config
 from warmstart.errors import RequestError, Unavailable, openai_error_body
 from warmstart.gateway import admin
+from warmstart.gateway.fastpath import FastPath
 from warmstart.gateway.limits import BodyLimit
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from warmstart.gateway.relay import Relay
@@ -47,8 +48,33 @@ class Services:
     relay: Relay | None = None
     started_wall: float = 0.0
 
+    def __post_init__(self) -> None:
+        # labelled metric children, looked up once per label set rather than on every request
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._ttft: dict[tuple[str, str], Any] = {}
 
-def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> FastAPI:
+    def counted(self, model: str, start: str, status: int) -> Any:
+        key = (model, start, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.metrics.requests.labels(model, start, str(status))
+        return child
+
+    def ttft(self, model: str, start: str) -> Any:
+        key = (model, start)
+        child = self._ttft.get(key)
+        if child is None:
+            child = self._ttft[key] = self.metrics.ttft_seconds.labels(model, start)
+        return child
+
+
+def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> FastPath:
+    """The ASGI app: the generation routes' fast path in front of the FastAPI app (`.app`)."""
+    app = create_fastapi_app(config, pool, metrics, clock)
+    return FastPath(app, app.state.services)
+
+
+def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> FastAPI:
     clock = clock or SystemClock()
     services = Services(config=config, pool=pool, metrics=metrics, clock=clock, started_wall=time.time())
 
@@ -72,11 +98,11 @@ def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None
 
     @app.post("/v1/chat/completions", tags=["openai"])
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await _generate(services, request, body, "/v1/chat/completions")
+        return await generate(services, request, body, "/v1/chat/completions")
 
     @app.post("/v1/completions", tags=["openai"])
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await _generate(services, request, body, "/v1/completions")
+        return await generate(services, request, body, "/v1/completions")
 
     @app.get("/v1/models", tags=["openai"])
     async def list_models() -> dict[str, Any]:
@@ -107,7 +133,7 @@ def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None
     return app
 
 
-async def _generate(services: Services, request: Request, req: GenerationRequest, path: str) -> Response:
+async def generate(services: Services, request: Request, req: GenerationRequest, path: str) -> Response:
     arrived = services.clock.now()
     pool = services.pool
     caps = await pool.capabilities(req.model)
@@ -119,16 +145,16 @@ async def _generate(services: Services, request: Request, req: GenerationRequest
 
     def finish(lease: Lease | None, status: int, ttft: float | None) -> None:
         start = lease.start if lease is not None else "cold"
-        metrics.requests.labels(model, start, str(status)).inc()
+        services.counted(model, start, status).inc()
         if ttft is not None and status == 200:
-            metrics.ttft_seconds.labels(model, start).observe(ttft)
+            services.ttft(model, start).observe(ttft)
 
     try:
         return await services.relay.forward(request, model, path, engine_body(req), req.stream, keep_alive,
                                             arrived, finish)
     except Unavailable as exc:
         warm = pool.state_of(model).value == "warm"
-        metrics.requests.labels(model, "warm" if warm else "cold", str(exc.status)).inc()
+        services.counted(model, "warm" if warm else "cold", exc.status).inc()
         raise
 
 

@@ -72,18 +72,11 @@ class Relay:
         handed_off = False
         try:
             for attempt in (0, 1):
-                lease = await race(self.pool.acquire(model, keep_alive=keep_alive), disconnect)
+                lease = self.pool.try_acquire(model, keep_alive)
+                if lease is None:
+                    lease = await race(self.pool.acquire(model, keep_alive=keep_alive), disconnect)
                 try:
-                    upstream = await race(self.session.post(lease.base_url + path, data=body, headers=_JSON),
-                                          disconnect)
-                    if stream and upstream.status == 200:
-                        first = await race(upstream.content.readany(), disconnect)
-                        if not first:
-                            raise aiohttp.ServerDisconnectedError("engine closed the stream before any bytes")
-                        handed_off = True
-                        return RelayStream(first, upstream, lease, disconnect, arrived, self.now, finish)
-                    data = await race(upstream.read(), disconnect)
-                    upstream.release()
+                    upstream, data = await race(self._exchange(lease, path, body, stream), disconnect)
                 except _UPSTREAM_ERRORS as exc:
                     # nothing reached the client yet: the replica is replaced and the request tried once more
                     lease.fail(f"{type(exc).__name__}: {exc}")
@@ -97,10 +90,13 @@ class Relay:
                 except ClientGone:
                     lease.release()
                     raise
+                if stream and upstream.status == 200:
+                    handed_off = True
+                    return RelayStream(data, upstream, lease, disconnect, arrived, self.now, finish)
                 lease.release()
                 finish(lease, upstream.status, self.now() - arrived)
-                headers = served_headers(lease)
-                return Response(data, status_code=upstream.status, headers=headers, media_type="application/json")
+                return Response(data, status_code=upstream.status, headers=served_headers(lease),
+                                media_type="application/json")
             raise AssertionError("unreachable")
         except ClientGone:
             finish(None, 499, None)
@@ -108,6 +104,23 @@ class Relay:
         finally:
             if not handed_off:
                 disconnect.cancel()
+
+    async def _exchange(self, lease: Lease, path: str, body: bytes,
+                        stream: bool) -> tuple[aiohttp.ClientResponse, bytes]:
+        """Send the request; return the whole answer, or for a stream its first bytes."""
+        upstream = await self.session.post(lease.base_url + path, data=body, headers=_JSON)
+        try:
+            if stream and upstream.status == 200:
+                first = await upstream.content.readany()
+                if not first:
+                    raise aiohttp.ServerDisconnectedError("engine closed the stream before any bytes")
+                return upstream, first
+            data = await upstream.read()
+        except BaseException:
+            upstream.close()
+            raise
+        upstream.release()
+        return upstream, data
 
 
 class RelayStream(Response):
@@ -119,6 +132,7 @@ class RelayStream(Response):
                  finish: Finish) -> None:
         super().__init__(status_code=200, media_type="text/event-stream",
                          headers={"cache-control": "no-cache", **served_headers(lease)})
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.first, self.upstream, self.lease = first, upstream, lease
         self.disconnect, self.arrived, self.now, self.finish = disconnect, arrived, now, finish
         self.ttft = now() - arrived

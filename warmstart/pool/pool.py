@@ -95,10 +95,12 @@ class ModelEntry:
     capabilities: Capabilities | None = None
     inspect_error: str | None = None
     inspect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
     # set by the warming controller: keep at least one replica loaded until then
     warm_until: float = -math.inf
     warm_trigger: str = "schedule"
     last_failure: str | None = None
+    wait_histogram: Any = None  # this model's warmstart_request_wait_seconds child
 
     @property
     def name(self) -> str:
@@ -141,7 +143,9 @@ class Pool:
         self.metrics = metrics
         self.audit: AuditSink = audit or NullAudit()
         self.models: dict[str, ModelEntry] = {
-            m.name: ModelEntry(config=m, engine=engines[m.engine]) for m in config.models
+            m.name: ModelEntry(config=m, engine=engines[m.engine],
+                               wait_histogram=metrics.request_wait_seconds.labels(m.name))
+            for m in config.models
         }
         self.engines = engines
         self.arrival_listeners: list[Callable[[str, float], None]] = []
@@ -199,6 +203,19 @@ class Pool:
 
     # ---- leases --------------------------------------------------------------------------
 
+    def try_acquire(self, name: str, keep_alive: float | None = None) -> Lease | None:
+        """The warm fast path: a lease at once if a warm replica has a free slot and nobody waits."""
+        entry = self.entry(name)
+        if entry.waiters or self._closing:
+            return None
+        replica = self._best_free(entry)
+        if replica is None:
+            return None
+        wall = self.clock.wall()
+        for listener in self.arrival_listeners:
+            listener(name, wall)
+        return self._lease(entry, replica, cold=False, arrived=self.clock.now(), keep_alive=keep_alive)
+
     async def acquire(self, name: str, keep_alive: float | None = None, deadline_s: float | None = None) -> Lease:
         """A lease on a warm replica of `name`, starting one if needed; held up to the deadline.
 
@@ -225,15 +242,15 @@ class Pool:
         self._scale(entry)
         self._update_gauges(entry)
         deadline = self.config.server.queue_deadline if deadline_s is None else deadline_s
+        timer = asyncio.ensure_future(self.clock.sleep(deadline))
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), deadline)
-        except TimeoutError:
-            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+            await asyncio.wait({waiter.future, timer}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter.future.done():
                 return waiter.future.result()
             waiter.future.cancel()
             raise DeadlineExceeded(
                 f"model '{name}' did not become ready within {deadline:g} s; retry later",
-                retry_after=self._retry_after(entry)) from None
+                retry_after=self._retry_after(entry))
         except asyncio.CancelledError:
             # the client went away while held: give back a lease it may just have received
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
@@ -241,6 +258,7 @@ class Pool:
             waiter.future.cancel()
             raise
         finally:
+            timer.cancel()
             with contextlib.suppress(ValueError):
                 entry.waiters.remove(waiter)
             self._update_gauges(entry)
@@ -259,7 +277,7 @@ class Pool:
         replica.idle_since = None
         self._disarm_expiry(replica)
         waited = max(0.0, self.clock.now() - arrived)
-        self.metrics.request_wait_seconds.labels(entry.name).observe(waited)
+        entry.wait_histogram.observe(waited)
         return Lease(self, replica, cold, waited, keep_alive)
 
     def _dispatch(self, entry: ModelEntry) -> None:
@@ -282,7 +300,8 @@ class Pool:
         replica.keep_alive = entry.config.keep_alive if lease.keep_alive is None else lease.keep_alive
         if replica.state is not S.WARM:
             return
-        self._dispatch(entry)
+        if entry.waiters:
+            self._dispatch(entry)
         if replica.in_flight == 0:
             replica.idle_since = self.clock.now()
             self._arm_expiry(entry, replica)
@@ -296,7 +315,8 @@ class Pool:
     def _scale(self, entry: ModelEntry) -> None:
         if self._closing:
             return
-        self._reap_failed(entry)
+        if entry.waiters:
+            self._reap_failed(entry)  # failed replicas are replaced by the requests that wait
         live = [r for r in entry.replicas if r.state in LIVE]
         n = replicas_to_start(
             waiting=sum(1 for w in entry.waiters if not w.future.done()),
@@ -505,13 +525,20 @@ class Pool:
                 self._arm_expiry(entry, replica)
 
     async def wait_warm(self, name: str, timeout: float) -> ReplicaState:
-        deadline = self.clock.now() + timeout
-        while self.clock.now() < deadline:
-            state = self.state_of(name)
-            if state in (S.WARM, S.FAILED, S.COLD):
-                return state
-            await asyncio.sleep(0.05)
-        return self.state_of(name)
+        """Wait until the model is warm, failed or cold again (or the timeout passes)."""
+        entry = self.entry(name)
+        timer = asyncio.ensure_future(self.clock.sleep(timeout))
+        try:
+            while not timer.done():
+                state = self.state_of(name)
+                if state in (S.WARM, S.FAILED, S.COLD):
+                    return state
+                changed = asyncio.ensure_future(entry.changed.wait())
+                await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+            return self.state_of(name)
+        finally:
+            timer.cancel()
 
     async def unload(self, name: str) -> int:
         """Stop every replica of `name`: idle ones now, busy ones when their last request ends."""
@@ -571,6 +598,7 @@ class Pool:
                 "phase": r.report.current if r.state is S.STARTING else None,
                 "phases": {name: round(s, 4) for name, s in r.report.phases},
                 "pid": r.pid,
+                "url": r.process.base_url if r.process is not None else None,
                 "in_flight": r.in_flight,
                 "served": r.served,
                 "trigger": r.trigger,
@@ -609,6 +637,9 @@ class Pool:
         replica.accounted_to = now
 
     def _update_gauges(self, entry: ModelEntry) -> None:
+        # wake whoever waits for a change of this model, then arm a fresh event for the next one
+        entry.changed.set()
+        entry.changed = asyncio.Event()
         counts = {state: 0 for state in S}
         for replica in entry.replicas:
             counts[replica.state] += 1

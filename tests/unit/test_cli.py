@@ -1,0 +1,50 @@
+"""CLI errors are one line saying what is wrong and how to fix it; never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "warmstart", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd)
+
+
+@pytest.mark.parametrize("toml,needle", [
+    ("[server]\nport = 99999\n", "server.port = 99999"),
+    ("[server\n", "not valid TOML"),
+    ('[[models]]\nname = "a"\nengine = "llamacpp"\npath = "a.gguf"\n[models.options]\nn_ctx = "big"\n',
+     "models[0].options.n_ctx = 'big'"),
+])
+def test_bad_config_is_one_line_naming_field_and_value(tmp_path, toml, needle):
+    path = tmp_path / "warmstart.toml"
+    path.write_text(toml)
+    out = run("serve", "--config", str(path))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warmstart: error: config:") and needle in lines[0]
+
+
+def test_port_in_use_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = run("serve", "--port", str(port), "--data-dir", str(tmp_path))
+    assert out.returncode == 1 and "address already in use" in out.stderr and "--port" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_command_and_bad_flag():
+    out = run("frobnicate")
+    assert out.returncode == 2 and "invalid choice" in out.stderr and "Traceback" not in out.stderr
+    out = run("serve", "--port", "abc")
+    assert out.returncode == 2 and "--port" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_client_commands_say_how_to_reach_a_server():
+    out = run("ps", "--url", "http://127.0.0.1:9")
+    assert out.returncode == 1 and "warmstart serve" in out.stderr and "--url" in out.stderr

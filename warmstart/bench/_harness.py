@@ -1,0 +1,150 @@
+"""Shared pieces of the benchmarks: a warmstart server in a subprocess, timing over keep-alive HTTP, tables."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`warmstart serve` with a given config text, in its own data directory."""
+
+    def __init__(self, config_text: str, workdir: Path | None = None) -> None:
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="warmstart-bench-"))
+        self.port = free_port()
+        self.config = self.workdir / "warmstart.toml"
+        self.config.write_text(config_text)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerProcess:
+        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - kept by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "warmstart", "serve", "--config", str(self.config), "--port", str(self.port),
+             "--data-dir", str(self.workdir / "data"), "--log-level", "warning"],
+            stdout=log, stderr=log, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if request_json(self.url, "GET", "/readyz")[0] == 200:
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("warmstart did not become ready; see " + str(self.workdir / "server.log"))
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def request_json(base: str, method: str, path: str, body: Any = None, timeout: float = 600) -> tuple[int, Any]:
+    host, port = base.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body),
+                     headers={"content-type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, json.loads(data) if data else None
+    finally:
+        conn.close()
+
+
+class Client:
+    """One keep-alive connection, as a benchmark client would hold."""
+
+    def __init__(self, base: str) -> None:
+        host, port = base.split("//")[1].split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=600)
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[float, int, bytes, dict[str, str]]:
+        data = json.dumps(body).encode()
+        t = time.perf_counter()
+        self.conn.request("POST", path, body=data, headers={"content-type": "application/json"})
+        resp = self.conn.getresponse()
+        payload = resp.read()
+        return time.perf_counter() - t, resp.status, payload, dict(resp.getheaders())
+
+    def first_token(self, path: str, body: dict[str, Any]) -> tuple[float, float, dict[str, str]]:
+        """Seconds to the first SSE event carrying generated text, and to the end of the stream."""
+        data = json.dumps({**body, "stream": True}).encode()
+        t = time.perf_counter()
+        self.conn.request("POST", path, body=data, headers={"content-type": "application/json"})
+        resp = self.conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:200]!r}")
+        first = None
+        while True:
+            line = resp.readline()
+            if not line:
+                break
+            if first is None and line.startswith(b"data: {") and _has_text(line[6:]):
+                first = time.perf_counter() - t
+        return (first if first is not None else time.perf_counter() - t), time.perf_counter() - t, \
+            dict(resp.getheaders())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _has_text(data: bytes) -> bool:
+    try:
+        choice = json.loads(data)["choices"][0]
+    except (ValueError, KeyError, IndexError):
+        return False
+    return bool(choice.get("text") or (choice.get("delta") or {}).get("content"))
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
+    cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in row) for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform,
+            "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def write_json(path: str | None, result: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,30 @@
+"""`warmstart bench NAME [options]`: run one benchmark module from warmstart.bench."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+
+import warmstart.bench
+from warmstart.cli import CLIError, command
+
+
+def available() -> list[str]:
+    return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(warmstart.bench.__path__)
+                  if not m.name.startswith("_"))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON with --json)",
+                       description="Benchmarks: " + ", ".join(available()))
+    p.add_argument("name", help="one of: " + ", ".join(available()))
+    p.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark (see NAME --help)")
+
+
+@command("bench")
+def _bench(args: argparse.Namespace) -> int:
+    if args.name not in available():
+        raise CLIError(f"no benchmark named {args.name!r}; choose one of: {', '.join(available())}", status=2)
+    module = importlib.import_module("warmstart.bench." + args.name.replace("-", "_"))
+    return int(module.main(args.args) or 0)

@@ -1,0 +1,86 @@
+"""The two generation routes served straight from ASGI, ahead of the framework's per-request layers.
+
+FastAPI still declares the same routes (so the OpenAPI schema documents them, and they behave the
+same when reached through it); this front door only skips its middleware, dependency solving and
+response wrapping, which cost more CPU per request than the rest of the gateway together.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from warmstart.errors import RequestError, Unavailable, openai_error_body
+from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from warmstart.gateway.translate import error_response, validation_message
+
+if TYPE_CHECKING:
+    from warmstart.gateway.app import Services
+
+log = logging.getLogger("warmstart.gateway")
+ROUTES: dict[str, type[BaseModel]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+}
+
+
+class FastPath:
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.services = services
+        self.max_bytes = services.config.server.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        model = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if model is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        from warmstart.gateway.app import generate
+
+        request = Request(scope, receive)
+        try:
+            body = await self._body(scope, receive)
+            try:
+                req = model.model_validate_json(body)
+            except ValidationError as exc:
+                message, param = validation_message(exc.errors())
+                response = JSONResponse(openai_error_body(message, "invalid_request_error", "invalid_request",
+                                                          param), status_code=400)
+            else:
+                response = await generate(self.services, request, req, scope["path"])
+        except (RequestError, Unavailable) as exc:
+            status, payload, headers = error_response(exc)
+            response = JSONResponse(payload, status_code=status, headers=headers)
+        except Exception:
+            log.exception("unexpected error")
+            response = JSONResponse(openai_error_body("internal error in warmstart; see its log", "server_error",
+                                                      "internal_error"), status_code=500)
+        await response(scope, request.receive, send)
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        from warmstart.errors import PayloadTooLarge
+
+        too_large = PayloadTooLarge(
+            f"Request body is larger than the limit of {self.max_bytes} bytes (server.max_body_bytes).")
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                raise too_large
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Unavailable("client disconnected before sending the body", retry_after=None)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
