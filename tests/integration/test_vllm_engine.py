@@ -56,7 +56,10 @@ def srv() -> Iterator[Server]:
     ]))
     server = Server(config_path=config, data_dir=work / "data", port=free_port()).start()
     yield server
+    pool = server.model("tiny")["runtime_pool"]
     server.stop()
+    # warmstart's shutdown stops the runtimes still waiting for a model
+    assert not any(pid_alive(pid) for pid in pool["pids"])
 
 
 def runtime_ready(srv: Server) -> dict | None:

@@ -10,7 +10,7 @@ llama-cpp-python's own server) started from a command line with placeholders.
                 health_path = "/v1/models", ready_pattern = "Uvicorn running on" }
 
 The command is an argument list, never a shell: each placeholder ({port}, {model_path}, {model_name},
-{host}, {python}) is replaced inside its own argument. warmstart picks the port. The server is
+{host}, {python}) is replaced inside its own argument (and in `env` values: OLLAMA_HOST = "{host}:{port}"). warmstart picks the port. The server is
 ready when `health_path` answers 200 (and, with `ready_pattern`, once that line is in its output).
 """
 
@@ -75,7 +75,7 @@ class CommandEngine:
                   "python": sys.executable}
         argv = expand(list(options["command"]), values)
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
-               **{str(k): str(v) for k, v in options.get("env", {}).items()}}
+               **{str(k): str(v).format_map(values) for k, v in options.get("env", {}).items()}}
         env.pop("WARMSTART_REPORT_FD", None)
         log_path = self.data_dir / "logs" / (safe_name(name) + ".log")
         began = time.monotonic()

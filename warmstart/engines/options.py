@@ -74,18 +74,12 @@ def check_command(options: dict[str, Any], where: str) -> None:
                           'is required: the server as a list, e.g. ["llama-server", "-m", "{model_path}", '
                           '"--port", "{port}"]')
     _strings(argv, f"{where}.command", "a command line as a list")
-    fields = set()
-    for arg in argv:
-        try:
-            fields |= {f for _, f, _, _ in string.Formatter().parse(arg) if f is not None}
-        except ValueError as exc:
-            raise ConfigError(f"{where}.command", arg, f"has a bad placeholder ({exc}); write {{{{ for a brace")
-    unknown = fields - COMMAND_PLACEHOLDERS
-    if unknown:
-        raise ConfigError(f"{where}.command", argv, f"unknown placeholder {{{sorted(unknown)[0]}}}; known: "
-                          + ", ".join("{" + p + "}" for p in sorted(COMMAND_PLACEHOLDERS)))
-    if "port" not in fields:
-        raise ConfigError(f"{where}.command", argv, "must pass {port}: warmstart picks the port the server binds")
+    _env(options, where)
+    fields = _placeholders(argv, f"{where}.command")
+    env_fields = _placeholders([str(v) for v in options.get("env", {}).values()], f"{where}.env")
+    if "port" not in fields | env_fields:
+        raise ConfigError(f"{where}.command", argv, "must pass {port} (in the command or an env value): "
+                          "warmstart picks the port the server binds")
     health = options.get("health_path", "/v1/models")
     if not health.startswith("/"):
         raise ConfigError(f"{where}.health_path", health, "must be a path starting with /")
@@ -95,7 +89,20 @@ def check_command(options: dict[str, Any], where: str) -> None:
         except re.error as exc:
             raise ConfigError(f"{where}.ready_pattern", options["ready_pattern"],
                               f"is not a valid regular expression: {exc}") from None
-    _env(options, where)
+
+
+def _placeholders(values: list[str], where: str) -> set[str]:
+    fields: set[str] = set()
+    for value in values:
+        try:
+            fields |= {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except ValueError as exc:
+            raise ConfigError(where, value, f"has a bad placeholder ({exc}); write {{{{ for a brace") from None
+    unknown = fields - COMMAND_PLACEHOLDERS
+    if unknown:
+        raise ConfigError(where, values, f"unknown placeholder {{{sorted(unknown)[0]}}}; known: "
+                          + ", ".join("{" + p + "}" for p in sorted(COMMAND_PLACEHOLDERS)))
+    return fields
 
 
 CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {"vllm": check_vllm, "command": check_command}

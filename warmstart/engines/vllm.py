@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import socket
@@ -32,6 +33,7 @@ from warmstart.engines.runtime import RuntimePool
 from warmstart.engines.vllm_log import PhaseClock, last_error, split_lines
 from warmstart.errors import EngineError, StoreError
 
+log = logging.getLogger("warmstart.engines.vllm")
 API_SERVER = "vllm.entrypoints.openai.api_server"
 RUNTIME = "warmstart.engines.vllm_runtime"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # holds the `warmstart` package
@@ -114,7 +116,11 @@ class VllmEngine:
         chat = model.chat if model.chat is not None else has_template
         context = model.options.get("max_model_len") or config.get("max_position_embeddings")
         notes = [] if chat else ["no chat template in the tokenizer: completions only"]
-        if probe(self.python(model))["cpu"]:
+        info = probe(self.python(model))
+        if not info["version"]:
+            notes.append(f"vLLM is not installed for {self.python(model)}: run scripts/install.d/30-vllm.sh "
+                         "or set the model's `python` option")
+        elif info["cpu"]:
             notes.append("sleep: vLLM's sleep mode is not supported on CPU; a replica is loaded or cold")
         else:
             notes.append("sleep: vLLM supports sleep mode on GPUs, but warmstart does not drive it yet; "
@@ -219,9 +225,15 @@ class VllmEngine:
         runtime = pool.take() if use_pool and pool is not None else None
         began = time.monotonic()
         try:
+            proc = None
             if runtime is not None:
-                proc, offset = await self._hand(runtime, argv, env, log_path, report)
-            else:
+                try:
+                    proc, offset = await self._hand(runtime, argv, env, log_path, report)
+                except EngineError as exc:  # the runtime died waiting: start from nothing instead
+                    log.warning("%s; starting vLLM without it", exc)
+                    report.phases.clear()  # the wasted wait stays in the start's total, not in a phase
+                    began = time.monotonic()
+            if proc is None:
                 report.enter(IMPORT)
                 proc = await ManagedProcess.spawn([self.python(model), "-m", API_SERVER, *argv],
                                                   env={**self.base_env(), **env}, log_path=log_path)

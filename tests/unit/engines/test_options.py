@@ -61,6 +61,13 @@ def test_a_bad_vllm_option_names_its_field(options, field, says):
     assert says in str(err.value)
 
 
+def test_the_port_may_be_passed_in_an_environment_variable():
+    cfg = parse(model("command", command=["ollama", "serve"], env={"OLLAMA_HOST": "{host}:{port}"}))
+    assert cfg.models[0].options["env"]["OLLAMA_HOST"] == "{host}:{port}"
+    with pytest.raises(ConfigError, match="unknown placeholder"):
+        parse(model("command", command=["ollama", "serve"], env={"OLLAMA_HOST": "{hots}:{port}"}))
+
+
 def test_placeholders_fill_inside_their_own_argument_and_never_split_it():
     argv = expand(["srv", "--model={model_path}", "--port", "{port}", "--alias", "{model_name}", "{{literal}}"],
                   {"model_path": "/m/a b.gguf", "port": "9000", "model_name": "x; rm -rf /", "host": "127.0.0.1",
