@@ -104,3 +104,16 @@ async def test_close_stops_the_waiting_runtimes(tmp_path):
     await runtimes.close()
     assert not any(pid_alive(p) for p in pids)
     assert tree_rss(pids[0]) == 0
+
+
+async def test_runtimes_prepare_at_idle_priority_and_get_normal_priority_when_taken(tmp_path):
+    runtimes = pool(tmp_path)
+    runtimes.refill()
+    await until(lambda: runtimes.stats()["ready"] == 1)
+    [pid] = runtimes.stats()["pids"]
+    # idle only where the priority can be given back (root, CAP_SYS_NICE or RLIMIT_NICE >= 20)
+    assert os.sched_getscheduler(pid) == (os.SCHED_IDLE if runtimes.idle_priority else os.SCHED_OTHER)
+    runtime = runtimes.take()
+    assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+    await runtimes.close()
+    await runtime.process.stop(2)

@@ -24,6 +24,42 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _die_with_parent_idle() -> None:
+    # Also: run only on CPU time nothing else wants (a runtime preparing in the background)
+    _die_with_parent()
+    with contextlib.suppress(Exception):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def can_restore_priority() -> bool:
+    """Whether a process moved to SCHED_IDLE can be given normal priority back (root, CAP_SYS_NICE,
+    or RLIMIT_NICE allowing nice 0); only then is it safe to prepare runtimes at idle priority."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    if os.geteuid() == 0:
+        return True
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+
+
+def restore_priority(pid: int) -> bool:
+    """Every thread of `pid` back to the normal scheduling policy; False if that was refused."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return False
+    ok = True
+    for tid in tids:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        except ProcessLookupError:
+            continue
+        except OSError:
+            ok = False
+    return ok
+
+
 class ManagedProcess:
     """One engine process: spawned with a report pipe, its output in a log file."""
 
@@ -38,7 +74,8 @@ class ManagedProcess:
 
     @classmethod
     async def spawn(cls, argv: Sequence[str], *, env: dict[str, str], log_path: Path,
-                    with_reports: bool = False, cwd: str | None = None, with_stdin: bool = False) -> ManagedProcess:
+                    with_reports: bool = False, cwd: str | None = None, with_stdin: bool = False,
+                    idle: bool = False) -> ManagedProcess:
         import time
 
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +90,8 @@ class ManagedProcess:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=cwd,
-                pass_fds=pass_fds, start_new_session=True, preexec_fn=_die_with_parent,
+                pass_fds=pass_fds, start_new_session=True,
+                preexec_fn=_die_with_parent_idle if idle else _die_with_parent,
             )
         except OSError as exc:
             if with_reports:

@@ -268,7 +268,8 @@ class VllmEngine:
         with contextlib.suppress(OSError):
             proc.move_log(log_path)
         offset = proc.log_path.stat().st_size
-        order = {"argv": argv, "env": env, "fork": True}
+        # fork unless the model's env asks vLLM for spawn (then the runtime saves only the API server's imports)
+        order = {"argv": argv, "env": env, "fork": env.get("VLLM_WORKER_MULTIPROC_METHOD", "fork") == "fork"}
         try:
             await runtime.hand((json.dumps(order) + "\n").encode())
         except BaseException:

@@ -35,9 +35,6 @@ PRELOAD = (
     "vllm.v1.engine.core_client",
     "vllm.v1.executor.multiproc_executor",
     "vllm.v1.executor.uniproc_executor",
-    "vllm.v1.worker.cpu_worker",
-    "vllm.v1.worker.cpu_model_runner",
-    "vllm.v1.worker.gpu_worker",
     "vllm.model_executor.model_loader",
     "vllm.model_executor.models.llama",
     "vllm.model_executor.models.qwen2",
@@ -45,6 +42,9 @@ PRELOAD = (
     "transformers.models.llama",
     "transformers.tokenization_utils_fast",
 )
+# the worker that this platform's engine core will run (finding the platform touches no GPU: NVML only)
+PRELOAD_CPU = ("vllm.v1.worker.cpu_worker", "vllm.v1.worker.cpu_model_runner")
+PRELOAD_GPU = ("vllm.v1.worker.gpu_worker", "vllm.v1.worker.gpu_model_runner")
 
 
 def _die_with_parent() -> None:
@@ -83,7 +83,13 @@ def preload() -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         importlib.import_module(API_SERVER)
-        for name in PRELOAD:
+        try:
+            from vllm.platforms import current_platform
+
+            workers = PRELOAD_CPU if current_platform.is_cpu() else PRELOAD_GPU
+        except Exception:
+            workers = PRELOAD_CPU + PRELOAD_GPU
+        for name in PRELOAD + workers:
             try:
                 importlib.import_module(name)
             except Exception:  # another platform's worker, an older vLLM layout
@@ -124,6 +130,39 @@ def keep_fork() -> None:
     cls.check_and_update_config = classmethod(check_and_update_config)
 
 
+def bind_forked_cpu_workers() -> None:
+    """vLLM's CPU executor pins a worker's OpenMP threads by setting OMP_NUM_THREADS and OMP_PLACES
+    just before it starts the worker (utils/ompmultiprocessing.py), for libgomp to read when a fresh
+    process loads it. A forked worker has libgomp loaded already (torch was imported), so those
+    variables arrive too late: two unpinned threads then fight the engine core's busy loop and
+    generation runs several times slower. Apply them by hand when the worker starts."""
+    try:
+        from vllm.v1.worker import cpu_worker
+    except ImportError:
+        return
+    original = cpu_worker.CPUWorker.init_device
+
+    def init_device(self):  # type: ignore[no-untyped-def]
+        import re
+
+        import torch
+
+        threads = os.environ.get("OMP_NUM_THREADS")
+        # one of these, by which OpenMP runtime is preloaded (libgomp, Intel's, or none)
+        places = os.environ.get("OMP_PLACES") or os.environ.get("GOMP_CPU_AFFINITY") or \
+            os.environ.get("KMP_AFFINITY", "").partition("proclist=")[2]
+        cpus = [int(c) for c in re.findall(r"\d+", places)]
+        if threads and threads.isdigit():
+            torch.set_num_threads(int(threads))
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # this thread, and the OpenMP threads it starts
+        print(f"warmstart: forked CPU worker {os.getpid()}: {threads or 'default'} OpenMP threads "
+              f"on CPUs {cpus or 'all'}", flush=True)
+        return original(self)
+
+    cpu_worker.CPUWorker.init_device = init_device
+
+
 def main() -> int:
     _die_with_parent()
     _report({"started": _T0})
@@ -145,6 +184,7 @@ def main() -> int:
     if order.get("fork", True):
         os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
         keep_fork()
+        bind_forked_cpu_workers()
     _report({"accepted": time.monotonic()})
     _close_report()
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the order pipe is done with
