@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         "plain_empty_caches_s": round(plain["tiny, plain, empty caches"]["ttft_s"], 3),
         "runtime_rss_bytes": ws["bench-tiny"]["runtime_rss_bytes"],
         "runtime_import_s": round(ws["bench-tiny"]["runtime_import_s"], 2),
-        "runs": {label: {"ttft_s": round(r["ttft_s"], 3), "gen64_s": round(r["gen64_s"], 3), "phases": {k: round(v, 3) for k, v in r["phases"].items()}}
+        "runs": {label: {"ttft_s": round(r["ttft_s"], 3), "gen64_s": round(r["gen64_s"], 3),
+                         "phases": {k: round(v, 3) for k, v in r["phases"].items()}}
                  for label, r in runs.items()},
         "machine": {**machine(), "load_avg_before": load_before[:2], "load_avg_after": os.getloadavg()[:2]},
     }
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         result["1b"] = {"plain_s": round(plain["1b, plain"]["ttft_s"], 3),
                         "warmstart_s": round(ws["bench-1b"]["ttft_s"], 3),
                         "speedup": round(plain["1b, plain"]["ttft_s"] / ws["bench-1b"]["ttft_s"], 2),
-                        "parameters": json.loads((models["bench-1b"] / "warmstart-model.json").read_text())["parameters"]}
+                        "parameters": json.loads(
+                            (models["bench-1b"] / "warmstart-model.json").read_text())["parameters"]}
 
     rows = [("tiny (1.4M)", f"{result['plain_s']:.2f}", f"{result['warmstart_s']:.2f}", f"{result['speedup']:.1f}x")]
     if "1b" in sizes:

@@ -10,7 +10,8 @@ llama-cpp-python's own server) started from a command line with placeholders.
                 health_path = "/v1/models", ready_pattern = "Uvicorn running on" }
 
 The command is an argument list, never a shell: each placeholder ({port}, {model_path}, {model_name},
-{host}, {python}) is replaced inside its own argument (and in `env` values: OLLAMA_HOST = "{host}:{port}"). warmstart picks the port. The server is
+{host}, {python}) is replaced inside its own argument (and in `env` values: OLLAMA_HOST = "{host}:{port}").
+warmstart picks the port. The server is
 ready when `health_path` answers 200 (and, with `ready_pattern`, once that line is in its output).
 """
 

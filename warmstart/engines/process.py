@@ -89,7 +89,8 @@ class ManagedProcess:
         spawned_at = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=cwd,
+                *argv, stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,
+                stdout=log, stderr=log, env=env, cwd=cwd,
                 pass_fds=pass_fds, start_new_session=True,
                 preexec_fn=_die_with_parent_idle if idle else _die_with_parent,
             )

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from warmstart.errors import ConfigError
-
 from warmstart.engines.options import BY_KIND, CHECKS, OptionTypes
+from warmstart.errors import ConfigError
 
 
 def option_types(kind: str) -> OptionTypes:

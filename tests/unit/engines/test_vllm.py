@@ -86,8 +86,10 @@ def test_a_gguf_file_is_not_a_vllm_model_folder(tmp_path):
 
 def test_runtimes_are_planned_per_interpreter_with_the_largest_size(tmp_path):
     a = ModelConfig(name="a", engine="vllm", path="/m", options=MappingProxyType({"python": "/p/python"}))
-    b = ModelConfig(name="b", engine="vllm", path="/m", options=MappingProxyType({"python": "/p/python", "runtimes": 2}))
-    c = ModelConfig(name="c", engine="vllm", path="/m", options=MappingProxyType({"python": "/q/python", "runtimes": 0}))
+    b = ModelConfig(name="b", engine="vllm", path="/m",
+                    options=MappingProxyType({"python": "/p/python", "runtimes": 2}))
+    c = ModelConfig(name="c", engine="vllm", path="/m",
+                    options=MappingProxyType({"python": "/q/python", "runtimes": 0}))
     engine = VllmEngine(tmp_path, (a, b, c))
     assert {p: pool.size for p, pool in engine.pools.items()} == {"/p/python": 2, "/q/python": 0}
     assert engine.runtime_view(c) is None
