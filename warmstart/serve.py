@@ -65,7 +65,13 @@ def run(config: Config) -> int:
     names = ", ".join(m.name for m in config.models)
     print(f"warmstart serving http://{host}:{port}  models: {names}  data: {config.server.data_dir}",
           file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=config.server.log_level, access_log=False,
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # type: ignore[no-untyped-def]
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal after a graceful stop; for us that stop is a normal exit (0)
+            self._captured_signals.clear()
+
+    server = Server(uvicorn.Config(app, log_level=config.server.log_level, access_log=False,
                                            loop="uvloop", http="httptools", timeout_graceful_shutdown=5))
 
     async def main() -> None:
