@@ -110,25 +110,35 @@ def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None
 async def _generate(services: Services, request: Request, req: GenerationRequest, path: str) -> Response:
     arrived = services.clock.now()
     pool = services.pool
-    caps = await pool.capabilities(req.model)
-    check_request(req, caps)
-    keep_alive = keep_alive_of(req)
-    assert services.relay is not None
     model = req.model
     metrics = services.metrics
+    pool.entry(model)  # an unknown model is a 404 and not counted: a label per made-up name would be unbounded
+    # how it would be served if no lease says otherwise: warm when a warm replica exists on arrival
+    arrival_start = "warm" if pool.state_of(model).value == "warm" else "cold"
+    counted = False
 
     def finish(lease: Lease | None, status: int, ttft: float | None) -> None:
-        start = lease.start if lease is not None else "cold"
+        nonlocal counted
+        counted = True
+        start = lease.start if lease is not None else arrival_start
         metrics.requests.labels(model, start, str(status)).inc()
-        if ttft is not None and status == 200:
+        if ttft is not None:
             metrics.ttft_seconds.labels(model, start).observe(ttft)
 
     try:
+        caps = await pool.capabilities(model)
+        check_request(req, caps)
+        keep_alive = keep_alive_of(req)
+        assert services.relay is not None
         return await services.relay.forward(request, model, path, engine_body(req), req.stream, keep_alive,
                                             arrived, finish)
-    except Unavailable as exc:
-        warm = pool.state_of(model).value == "warm"
-        metrics.requests.labels(model, "warm" if warm else "cold", str(exc.status)).inc()
+    except (RequestError, Unavailable) as exc:
+        if not counted:
+            finish(None, exc.status, None)
+        raise
+    except Exception:
+        if not counted:
+            finish(None, 500, None)
         raise
 
 

@@ -70,8 +70,10 @@ class Relay:
                       keep_alive: float | None, arrived: float, finish: Finish) -> Response:
         disconnect = asyncio.ensure_future(wait_disconnect(request))
         handed_off = False
+        lease: Lease | None = None
         try:
             for attempt in (0, 1):
+                lease = None
                 lease = await race(self.pool.acquire(model, keep_alive=keep_alive), disconnect)
                 try:
                     upstream = await race(self.session.post(lease.base_url + path, data=body, headers=_JSON),
@@ -98,12 +100,13 @@ class Relay:
                     lease.release()
                     raise
                 lease.release()
-                finish(lease, upstream.status, self.now() - arrived)
+                # without streaming, the first token reaches the client with the whole answer
+                finish(lease, upstream.status, self.now() - arrived if upstream.status == 200 else None)
                 headers = served_headers(lease)
                 return Response(data, status_code=upstream.status, headers=headers, media_type="application/json")
             raise AssertionError("unreachable")
         except ClientGone:
-            finish(None, 499, None)
+            finish(lease, 499, None)
             return Response(status_code=499)
         finally:
             if not handed_off:

@@ -10,6 +10,7 @@ WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 1
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
 TRIGGERS = ("request", "keep-alive", "schedule", "prediction", "hint", "manual")
+START_OUTCOMES = ("ok", "failed", "cancelled")
 
 
 class Metrics:
@@ -19,6 +20,10 @@ class Metrics:
         self.cold_start_seconds = Histogram(
             "warmstart_cold_start_seconds", "Duration of each phase of a replica start, and phase=\"total\".",
             ["model", "engine", "phase"], buckets=COLD_START_BUCKETS, registry=r)
+        self.cold_start_last_seconds = Gauge(
+            "warmstart_cold_start_last_seconds",
+            "Duration of each phase of the model's most recent successful start, and phase=\"total\".",
+            ["model", "engine", "phase"], registry=r)
         self.requests = Counter(
             "warmstart_requests", "Requests answered, by how they were served and their HTTP status.",
             ["model", "start", "code"], registry=r)
