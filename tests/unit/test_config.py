@@ -1,0 +1,68 @@
+import math
+from pathlib import Path
+
+import pytest
+
+from warmstart.config import load_config, parse_config
+from warmstart.errors import ConfigError
+
+
+def test_no_file_gives_the_two_embedded_models_on_loopback():
+    config = load_config(None, env={})
+    assert config.server.host == "127.0.0.1" and config.server.port == 8000
+    assert [m.name for m in config.models] == ["smollm2-135m-instruct", "gemma-3-270m"]
+    smol = config.models[0]
+    assert smol.engine == "llamacpp" and smol.keep_alive == 300 and smol.max_replicas == 1
+    assert config.server.queue_deadline == 120
+
+
+def test_file_then_environment_then_flags(tmp_path: Path):
+    path = tmp_path / "warmstart.toml"
+    path.write_text('[server]\nport = 9000\nhost = "127.0.0.1"\n[defaults]\nkeep_alive = "10m"\n'
+                    '[[models]]\nname = "a"\nengine = "llamacpp"\npath = "a.gguf"\nkeep_alive = -1\n'
+                    '[[models]]\nname = "b"\nengine = "llamacpp"\npath = "/abs/b.gguf"\nmax_replicas = 3\n'
+                    '[models.options]\nn_ctx = 512\n')
+    config = load_config(path, env={"WARMSTART_PORT": "9100"}, flags={"server.host": "0.0.0.0"})
+    assert config.server.port == 9100 and config.server.host == "0.0.0.0"
+    a, b = config.models
+    assert math.isinf(a.keep_alive) and a.path == str(tmp_path / "a.gguf")
+    assert b.keep_alive == 600 and b.max_replicas == 3 and b.options["n_ctx"] == 512
+    assert load_config(path, env={}, flags={"server.port": 9200}).server.port == 9200
+
+
+@pytest.mark.parametrize("raw,field,value", [
+    ({"server": {"port": 70000}}, "server.port", 70000),
+    ({"server": {"port": "eighty"}}, "server.port", "eighty"),
+    ({"server": {"host": "example.com"}}, "server.host", "example.com"),
+    ({"server": {"queue_deadline": "soon"}}, "server.queue_deadline", "soon"),
+    ({"server": {"prot": 1}}, "server.prot", 1),
+    ({"models": [{"name": "a", "engine": "tensorrt", "path": "x"}]}, "models[0].engine", "tensorrt"),
+    ({"models": [{"name": "a", "engine": "llamacpp"}]}, "models[0].path", None),
+    ({"models": [{"name": "a", "engine": "llamacpp", "path": "x", "keep_alive": "5 minutes"}]},
+     "models[0].keep_alive", "5 minutes"),
+    ({"models": [{"name": "a", "engine": "llamacpp", "path": "x", "max_replicas": 0}]}, "models[0].max_replicas", 0),
+    ({"models": [{"name": "a", "engine": "llamacpp", "path": "x", "options": {"n_ctx": "big"}}]},
+     "models[0].options.n_ctx", "big"),
+    ({"models": [{"name": "a", "engine": "llamacpp", "path": "x", "options": {"shell": "rm -rf /"}}]},
+     "models[0].options.shell", "rm -rf /"),
+    ({"models": [{"name": "a", "engine": "llamacpp", "path": "x"}, {"name": "a", "engine": "llamacpp", "path": "y"}]},
+     "models[1].name", "a"),
+    ({"models": [{"name": "bad name!", "engine": "llamacpp", "path": "x"}]}, "models[0].name", "bad name!"),
+])
+def test_a_bad_config_names_the_field_and_the_value(raw, field, value):
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, base_dir=Path("/tmp"))
+    assert err.value.field == field and err.value.value == value
+    assert field in str(err.value) and repr(value) in str(err.value)
+
+
+def test_invalid_toml_is_a_config_error(tmp_path):
+    path = tmp_path / "warmstart.toml"
+    path.write_text("[server\nport = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path, env={})
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml", env={})
