@@ -22,7 +22,7 @@ RULES = DEPLOY / "warmstart-rules.yml"
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+    return subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60, cwd=cwd, check=False)
 
 
 def installed() -> bool:

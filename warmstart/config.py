@@ -93,7 +93,7 @@ class Config:
     server: ServerConfig
     models: tuple[ModelConfig, ...]
     source: Path | None = None
-    audit: AuditConfig = AuditConfig()
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     @property
     def audit_dir(self) -> Path:

@@ -352,11 +352,14 @@ class Pool:
                 await proc.stop(self.config.server.stop_timeout)
                 await self._start_cancelled(entry, replica, began)
                 return
-            replica.report.enter(AUDIT_PHASE)
+            audited = not isinstance(self.audit, NullAudit)  # no audit log, no audit phase
+            if audited:
+                replica.report.enter(AUDIT_PHASE)
             audit_began = self.clock.now()
             await self.audit.record("start", model=cfg, path=path, replica=replica, engine=entry.engine,
                                     outcome="ok", seconds=audit_began - began)
-            replica.report.done(AUDIT_PHASE, self.clock.now() - audit_began)
+            if audited:
+                replica.report.done(AUDIT_PHASE, self.clock.now() - audit_began)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -443,10 +446,6 @@ class Pool:
 
     def _fail_replica(self, entry: ModelEntry, replica: Replica, error: str) -> None:
         now = self.clock.now()
-        # was it meant to stay loaded? (idle within its keep-alive, or inside a warming window)
-        kept = replica.in_flight == 0 and (
-            entry.warm_until > now or (replica.expires_at is None and math.isinf(replica.keep_alive))
-            or (replica.expires_at is not None and replica.expires_at > now))
         self._account(replica)
         self._disarm_expiry(replica)
         replica.error = error
@@ -459,11 +458,6 @@ class Pool:
                                       seconds=now - replica.created_at), name="audit")
         self._update_gauges(entry)
         self._scale(entry)
-        # replace it once: a replacement that fails in turn is not replaced again (no crash loop)
-        if kept and not self._closing and replica.trigger != "keep-alive" and not any(
-                r.state in (S.STARTING, S.WARM, S.SLEEPING) for r in entry.replicas):
-            replacement = self._start_replica(entry, "keep-alive")
-            replacement.keep_alive = replica.keep_alive
 
     def _replica_broken(self, replica: Replica, reason: str) -> None:
         entry = self.models[replica.model]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -219,7 +220,10 @@ class AuditWriter:
     def append(self, fields: Mapping[str, Any], wall: float) -> dict[str, Any]:
         """Write one record (adding time, seq, prev, hash); durable when this returns. Raises OSError."""
         with self._lock:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:  # something that is not a folder holds its name
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.directory)) from None
             with _locked(self.directory):
                 tail = _scan(self.directory)
                 head = read_head(self.directory)
@@ -361,7 +365,7 @@ class AuditLog:
                 fields["digest_error"] = str(exc)
         try:
             fields["engine_version"] = engine.version()
-        except Exception as exc:  # an engine that cannot say its version still gets its start recorded
+        except Exception as exc:  # noqa: BLE001 - an engine that cannot say its version still gets its record
             fields["engine_version"] = f"unknown ({type(exc).__name__}: {exc})"
         self.writer.append(fields, self.clock.wall())
 

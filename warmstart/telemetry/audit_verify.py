@@ -156,7 +156,7 @@ def verify(directory: Path) -> Verification:
 
 def record_time(record: dict[str, Any]) -> datetime | None:
     try:
-        return datetime.fromisoformat(str(record.get("time", "")).replace("Z", "+00:00"))
+        return datetime.fromisoformat(str(record.get("time", "")))
     except ValueError:
         return None
 
@@ -190,7 +190,7 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
     text = text.strip()
     now = now or datetime.now(UTC)
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(text)
         return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
     except ValueError:
         pass
