@@ -119,7 +119,7 @@ def records_table(records: list[dict[str, Any]]) -> str:
             detail = f"acknowledged {len(r.get('torn') or [])} torn line(s)"
         else:
             detail = r.get("error") or (f"reason: {r['reason']}" if r.get("reason") else " ".join(
-                f"{p.get('phase')} {p.get('seconds', 0):.2f}s" for p in r.get("phases") or []))
+                f"{p.get('phase')} {float(p.get('seconds') or 0):.2f}s" for p in r.get("phases") or []))
         rows.append((
             when.strftime("%Y-%m-%d %H:%M:%S") if when else str(r.get("time")),
             str(r.get("seq")), str(r.get("event")), str(r.get("model") or "-"), str(r.get("trigger") or "-"),

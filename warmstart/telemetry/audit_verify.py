@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,8 +61,18 @@ class Verification:
         }
 
 
+def regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def read_lines(directory: Path) -> Iterator[Line]:
+    """Every line of every file of the log, in order (a file that is not a regular file is skipped)."""
     for path in segments(directory):
+        if not regular(path):
+            continue
         data = path.read_bytes()
         pieces = data.split(b"\n")
         terminated_all = data.endswith(b"\n")
@@ -75,6 +86,11 @@ def read_lines(directory: Path) -> Iterator[Line]:
 def verify(directory: Path) -> Verification:
     """Walk the chain from the first record; stop at the first line that breaks it."""
     result = Verification(directory=directory, files=[p.name for p in segments(directory)])
+    for path in segments(directory):
+        if not regular(path):
+            result.problem = Problem(path.name, None, "invalid", "is not a regular file (a link to a device "
+                                     "or a folder?): the log cannot be read from it")
+            return result
     lines = list(read_lines(directory))
     acknowledged: dict[tuple[str, int, str], Line] = {}
     later: dict[int, int] = {}  # seq -> index of the last line holding it

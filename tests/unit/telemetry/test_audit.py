@@ -296,6 +296,9 @@ async def test_a_record_that_cannot_be_written_refuses_the_start_and_is_counted(
     # an unload cannot be refused: it is counted and logged
     await sink.record("unload", model=model, path=weights, replica=replica, engine=LlamaLike(), outcome="ok")
     assert metrics.registry.get_sample_value("warmstart_audit_write_failures_total") == 2
+    if breakage is dev_full_log:  # verify names the file it cannot read, rather than reading /dev/full forever
+        problem = verify(tmp_path / "audit").problem
+        assert (problem.file, problem.kind) == ("audit-000001.jsonl", "invalid")
 
 
 async def test_audit_not_required_lets_the_start_go_on_and_counts_the_loss(tmp_path):
