@@ -10,7 +10,6 @@ WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 1
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
 TRIGGERS = ("request", "keep-alive", "schedule", "prediction", "hint", "manual")
-START_OUTCOMES = ("ok", "failed", "cancelled")
 
 
 class Metrics:
