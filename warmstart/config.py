@@ -79,10 +79,25 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    # refuse a model start whose audit record cannot be written (disk full, permissions)
+    required: bool = True
+    # None: <server.data_dir>/audit
+    dir: Path | None = None
+    # start a new file (the chain continues) when the current one would grow past this
+    rotate_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     models: tuple[ModelConfig, ...]
     source: Path | None = None
+    audit: AuditConfig = field(default_factory=AuditConfig)
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.audit.dir if self.audit.dir is not None else self.server.data_dir / "audit"
 
     def model(self, name: str) -> ModelConfig | None:
         for model in self.models:
@@ -132,8 +147,9 @@ def load_config(
 
 
 def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = None) -> Config:
-    _only_keys(raw, "", {"server", "defaults", "models"})
+    _only_keys(raw, "", {"server", "defaults", "models", "audit"})
     server = _parse_server(raw.get("server", {}))
+    audit = _parse_audit(raw.get("audit", {}), base_dir)
     defaults = raw.get("defaults", {})
     _expect(isinstance(defaults, Mapping), "defaults", defaults, "must be a table")
     _only_keys(defaults, "defaults", {"keep_alive", "max_replicas"})
@@ -146,7 +162,7 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = N
     for i, model in enumerate(models):
         _expect(model.name not in seen, f"models[{i}].name", model.name, "is used by two models")
         seen.add(model.name)
-    return Config(server=server, models=models, source=source)
+    return Config(server=server, models=models, source=source, audit=audit)
 
 
 def _parse_server(raw: Any) -> ServerConfig:
@@ -174,6 +190,25 @@ def _parse_server(raw: Any) -> ServerConfig:
         start_timeout=_duration(raw, "start_timeout", d.start_timeout, "server", finite=True),
         stop_timeout=_duration(raw, "stop_timeout", d.stop_timeout, "server", finite=True),
         log_level=log_level,
+    )
+
+
+def _parse_audit(raw: Any, base_dir: Path) -> AuditConfig:
+    _expect(isinstance(raw, Mapping), "audit", raw, "must be a table")
+    _only_keys(raw, "audit", set(AuditConfig.__dataclass_fields__))
+    d = AuditConfig()
+    required = raw.get("required", d.required)
+    _expect(isinstance(required, bool), "audit.required", required, "must be true or false")
+    directory = raw.get("dir")
+    if directory is not None:
+        _expect(isinstance(directory, str) and bool(directory), "audit.dir", directory,
+                "must be a non-empty path")
+        directory = Path(directory).expanduser()
+        directory = directory if directory.is_absolute() else (base_dir / directory).resolve()
+    return AuditConfig(
+        required=required,
+        dir=directory,
+        rotate_bytes=_int(raw, "rotate_bytes", d.rotate_bytes, "audit", lo=1024, hi=1 << 40),
     )
 
 

@@ -41,6 +41,8 @@ def build_app(config: Config):  # type: ignore[no-untyped-def]
     from warmstart.engines.registry import create_engines
     from warmstart.gateway.app import create_app
     from warmstart.pool.pool import Pool
+    from warmstart.store.digest import DigestCache
+    from warmstart.telemetry.audit import AuditLog
     from warmstart.telemetry.metrics import Metrics
 
     data_dir = config.server.data_dir
@@ -51,8 +53,12 @@ def build_app(config: Config):  # type: ignore[no-untyped-def]
                            "set server.data_dir or WARMSTART_DATA_DIR") from None
     clock = SystemClock()
     metrics = Metrics()
-    pool = Pool(config, create_engines(data_dir), clock, metrics)
-    return create_app(config, pool, metrics, clock)
+    audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=DigestCache(data_dir / "digests.json"),
+                     required=config.audit.required, rotate_bytes=config.audit.rotate_bytes)
+    pool = Pool(config, create_engines(data_dir), clock, metrics, audit=audit)
+    app = create_app(config, pool, metrics, clock)
+    app.services.audit = audit
+    return app
 
 
 def run(config: Config) -> int:
@@ -76,7 +82,13 @@ def run(config: Config) -> int:
 
     async def main() -> None:
         pool = app.services.pool
-        prepare = asyncio.create_task(pool.prepare())
+
+        async def prepare_models() -> None:
+            await pool.prepare()
+            # hash the weights now, so the first start's audit record finds the digest cached
+            await app.services.audit.prime([entry.path for entry in pool.models.values() if entry.path is not None])
+
+        prepare = asyncio.create_task(prepare_models())
         await server.serve(sockets=[sock])
         prepare.cancel()
 

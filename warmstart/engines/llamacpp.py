@@ -57,12 +57,12 @@ class LlamaCppEngine:
             env=env, log_path=replica_log_path(self.data_dir, name), with_reports=True,
         )
         try:
-            port = await self._follow(proc, report)
+            port, last_phase_end = await self._follow(proc, report)
             proc.base_url = f"http://127.0.0.1:{port}"
             report.enter(READY)
-            t = time.monotonic()
             await wait_healthy(proc, proc.base_url + "/health", timeout=30.0)
-            report.done(READY, time.monotonic() - t)
+            # ready: from the end of the last phase (the engine's HTTP server starting) to a healthy answer
+            report.done(READY, time.monotonic() - last_phase_end)
             return proc
         except BaseException:
             proc.kill()
@@ -70,17 +70,21 @@ class LlamaCppEngine:
                 await asyncio.shield(proc.wait_exit())
             raise
 
-    async def _follow(self, proc: ManagedProcess, report: StartReport) -> int:
+    async def _follow(self, proc: ManagedProcess, report: StartReport) -> tuple[int, float]:
+        """Phase reports until the engine listens; returns its port and when its last phase ended."""
         error = None
+        last_phase_end = time.monotonic()
         async for message in proc.read_reports():
             if "started" in message:
                 report.done(SPAWN, float(message["started"]) - proc.spawned_at)
+                last_phase_end = time.monotonic()
             elif "enter" in message:
                 report.enter(str(message["enter"]))
             elif "phase" in message:
                 report.done(str(message["phase"]), float(message["seconds"]))
+                last_phase_end = time.monotonic()
             elif "listening" in message:
-                return int(message["listening"])
+                return int(message["listening"]), last_phase_end
             elif "error" in message:
                 error = str(message["error"])
         code = await proc.wait_exit()
