@@ -21,6 +21,7 @@ from warmstart.clock import Clock, SystemClock
 from warmstart.config import Config
 from warmstart.errors import RequestError, Unavailable, openai_error_body
 from warmstart.gateway import admin
+from warmstart.gateway.auth import Auth
 from warmstart.gateway.fastpath import FastPath
 from warmstart.gateway.limits import BodyLimit
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
@@ -69,10 +70,20 @@ class Services:
         return child
 
 
-def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> FastPath:
-    """The ASGI app: the generation routes' fast path in front of the FastAPI app (`.app`)."""
-    app = create_fastapi_app(config, pool, metrics, clock)
-    return FastPath(app, app.state.services)
+class Gateway:
+    """The ASGI app: API keys, then the generation routes' fast path, then the FastAPI app."""
+
+    def __init__(self, app: FastAPI, config: Config) -> None:
+        self.app = app
+        self.services: Services = app.state.services
+        self._asgi = Auth(FastPath(app, self.services), config.auth, config.auth_required, config.loopback_only)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._asgi(scope, receive, send)
+
+
+def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> Gateway:
+    return Gateway(create_fastapi_app(config, pool, metrics, clock), config)
 
 
 def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> FastAPI:
