@@ -51,6 +51,9 @@ def build_app(config: Config):  # type: ignore[no-untyped-def]
     except OSError as exc:
         raise StartupError(f"cannot create the data directory {data_dir}: {exc.strerror}; "
                            "set server.data_dir or WARMSTART_DATA_DIR") from None
+    from warmstart.engines.ledger import ProcessLedger
+
+    ProcessLedger(data_dir / "run" / "engines").sweep()  # engines an earlier, crashed warmstart left behind
     clock = SystemClock()
     metrics = Metrics()
     audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=DigestCache(data_dir / "digests.json"),

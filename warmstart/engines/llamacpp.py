@@ -17,6 +17,7 @@ from warmstart.config import ModelConfig
 from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, StartReport
 from warmstart.engines.gguf import read_gguf
 from warmstart.engines.health import wait_healthy
+from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.process import ManagedProcess
 from warmstart.errors import EngineError
 
@@ -31,6 +32,7 @@ class LlamaCppEngine:
     def __init__(self, data_dir: Path, python: str = sys.executable) -> None:
         self.data_dir = data_dir
         self.python = python
+        self.ledger = ProcessLedger(data_dir / "run" / "engines")
 
     def version(self) -> str:
         try:
@@ -55,6 +57,7 @@ class LlamaCppEngine:
             [self.python, "-m", "warmstart.engines.llamacpp_worker", "--model", str(path),
              "--name", model.name, "--options", json.dumps(options)],
             env=env, log_path=replica_log_path(self.data_dir, name), with_reports=True,
+            ledger=self.ledger, replica=name,
         )
         try:
             port, last_phase_end = await self._follow(proc, report)

@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from warmstart.engines.ledger import ProcessLedger
 from warmstart.errors import EngineError
 
 _PR_SET_PDEATHSIG = 1
@@ -35,10 +36,12 @@ class ManagedProcess:
         self.reports = reports
         self.spawned_at = spawned_at
         self.base_url = ""
+        self._ledger: ProcessLedger | None = None
 
     @classmethod
     async def spawn(cls, argv: Sequence[str], *, env: dict[str, str], log_path: Path,
-                    with_reports: bool = False, cwd: str | None = None) -> ManagedProcess:
+                    with_reports: bool = False, cwd: str | None = None,
+                    ledger: ProcessLedger | None = None, replica: str = "") -> ManagedProcess:
         import time
 
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,14 +72,21 @@ class ManagedProcess:
             reports = asyncio.StreamReader(limit=1 << 20)
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reports),
                                          os.fdopen(read_fd, "rb", buffering=0))
-        return cls(proc, log_path, reports, spawned_at)
+        managed = cls(proc, log_path, reports, spawned_at)
+        if ledger is not None:
+            ledger.record(proc.pid, list(argv), replica)
+            managed._ledger = ledger
+        return managed
 
     @property
     def returncode(self) -> int | None:
         return self._proc.returncode
 
     async def wait_exit(self) -> int:
-        return await self._proc.wait()
+        code = await self._proc.wait()
+        if self._ledger is not None:
+            self._ledger.forget(self.pid)
+        return code
 
     async def read_reports(self) -> AsyncIterator[dict]:
         """JSON lines the child writes on its report pipe, until it closes the pipe or exits."""
@@ -98,7 +108,7 @@ class ManagedProcess:
                 pass
         # children the engine started (vLLM's engine core) go with the group
         self._signal_group(signal.SIGKILL)
-        await self._proc.wait()
+        await self.wait_exit()
 
     def kill(self) -> None:
         self._signal_group(signal.SIGKILL)
