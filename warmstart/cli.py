@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Command] = {}
 # Modules that add commands: each has `register(subparsers)` and marks its handlers with @command.
-EXTENSIONS: tuple[str, ...] = ("warmstart.cli_bench",)
+EXTENSIONS: tuple[str, ...] = ("warmstart.cli_bench", "warmstart.telemetry.audit_cli")
 
 
 def command(name: str) -> Callable[[Command], Command]:
@@ -81,7 +81,8 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="server URL (default: $WARMSTART_URL or http://127.0.0.1:8000)")
-    p.add_argument("--admin-key", help="admin API key (default: $WARMSTART_ADMIN_KEY)")
+    p.add_argument("--api-key", help="API key, when the server requires one (default: $WARMSTART_API_KEY)")
+    p.add_argument("--admin-key", help="admin key for warm/unload (default: $WARMSTART_ADMIN_KEY)")
 
 
 def load(args: argparse.Namespace, flags: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
@@ -112,7 +113,9 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None, tim
     url = server_url(args) + path
     data = None if body is None else json.dumps(body).encode()
     headers = {"content-type": "application/json"}
-    key = getattr(args, "admin_key", None) or os.environ.get("WARMSTART_ADMIN_KEY")
+    admin = getattr(args, "admin_key", None) or os.environ.get("WARMSTART_ADMIN_KEY")
+    api = getattr(args, "api_key", None) or os.environ.get("WARMSTART_API_KEY")
+    key = (admin or api) if path.startswith("/admin/") else (api or admin)
     if key:
         headers["authorization"] = f"Bearer {key}"
     req = urllib.request.Request(url, data=data, method=method, headers=headers)

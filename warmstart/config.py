@@ -46,6 +46,8 @@ ENV_VARS = {
     "WARMSTART_QUEUE_DEADLINE": ("server", "queue_deadline"),
     "WARMSTART_KEEP_ALIVE": ("defaults", "keep_alive"),
     "WARMSTART_MAX_REPLICAS": ("defaults", "max_replicas"),
+    "WARMSTART_API_KEYS": ("auth", "api_keys"),
+    "WARMSTART_ADMIN_KEYS": ("auth", "admin_keys"),
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -79,10 +81,47 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    # refuse a model start whose audit record cannot be written (disk full, permissions)
+    required: bool = True
+    # None: <server.data_dir>/audit
+    dir: Path | None = None
+    # start a new file (the chain continues) when the current one would grow past this
+    rotate_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # Bearer keys for the /v1 API (and /metrics); an admin key also opens /admin.
+    api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()
+    # None: required exactly when server.host is not a loopback address
+    required: bool | None = None
+
+    def __repr__(self) -> str:  # keys never reach a log line or a traceback
+        return f"AuthConfig(api_keys=<{len(self.api_keys)}>, admin_keys=<{len(self.admin_keys)}>, " \
+               f"required={self.required})"
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     models: tuple[ModelConfig, ...]
     source: Path | None = None
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+    @property
+    def loopback_only(self) -> bool:
+        return is_loopback(self.server.host)
+
+    @property
+    def auth_required(self) -> bool:
+        return (not self.loopback_only) if self.auth.required is None else self.auth.required
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.audit.dir if self.audit.dir is not None else self.server.data_dir / "audit"
 
     def model(self, name: str) -> ModelConfig | None:
         for model in self.models:
@@ -132,8 +171,10 @@ def load_config(
 
 
 def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = None) -> Config:
-    _only_keys(raw, "", {"server", "defaults", "models"})
+    _only_keys(raw, "", {"server", "defaults", "models", "audit", "auth"})
     server = _parse_server(raw.get("server", {}))
+    audit = _parse_audit(raw.get("audit", {}), base_dir)
+    auth = _parse_auth(raw.get("auth", {}), server, base_dir)
     defaults = raw.get("defaults", {})
     _expect(isinstance(defaults, Mapping), "defaults", defaults, "must be a table")
     _only_keys(defaults, "defaults", {"keep_alive", "max_replicas"})
@@ -146,7 +187,53 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = N
     for i, model in enumerate(models):
         _expect(model.name not in seen, f"models[{i}].name", model.name, "is used by two models")
         seen.add(model.name)
-    return Config(server=server, models=models, source=source)
+    return Config(server=server, models=models, source=source, audit=audit, auth=auth)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_auth(raw: Any, server: ServerConfig, base_dir: Path) -> AuthConfig:
+    _expect(isinstance(raw, Mapping), "auth", raw, "must be a table")
+    _only_keys(raw, "auth", {"api_keys", "admin_keys", "api_keys_file", "required"})
+    required = raw.get("required")
+    _expect(required is None or isinstance(required, bool), "auth.required", required, "must be true or false")
+    keys = {}
+    for name in ("api_keys", "admin_keys"):
+        value = raw.get(name, [])
+        if isinstance(value, str):  # from the environment: comma-separated
+            value = [k.strip() for k in value.split(",") if k.strip()]
+        _expect(isinstance(value, list) and all(isinstance(k, str) for k in value), f"auth.{name}",
+                "<hidden>", "must be a list of strings")
+        for key in value:
+            _expect(len(key) >= 16 and key.isprintable() and " " not in key, f"auth.{name}", "<hidden>",
+                    "each key must be at least 16 printable characters without spaces (e.g. `openssl rand -hex 24`)")
+        keys[name] = list(value)
+    if raw.get("api_keys_file"):
+        path = Path(str(raw["api_keys_file"])).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        try:
+            lines = [line.strip() for line in path.read_text().splitlines()]
+        except OSError as exc:
+            raise ConfigError("auth.api_keys_file", str(path), f"cannot be read: {exc.strerror}") from None
+        for key in (k for k in lines if k and not k.startswith("#")):
+            _expect(len(key) >= 16 and " " not in key, "auth.api_keys_file", str(path),
+                    "each key must be at least 16 characters without spaces")
+            keys["api_keys"].append(key)
+    auth = AuthConfig(api_keys=tuple(keys["api_keys"]), admin_keys=tuple(keys["admin_keys"]), required=required)
+    needed = (not is_loopback(server.host)) if required is None else required
+    if needed and not auth.api_keys and not auth.admin_keys:
+        why = (f"the server binds {server.host}, beyond loopback, so API keys are required"
+               if required is None else "auth.required is true")
+        raise ConfigError("auth.api_keys", [], f"{why}: set auth.api_keys or WARMSTART_API_KEYS "
+                          "(or bind 127.0.0.1)")
+    return auth
 
 
 def _parse_server(raw: Any) -> ServerConfig:
@@ -174,6 +261,25 @@ def _parse_server(raw: Any) -> ServerConfig:
         start_timeout=_duration(raw, "start_timeout", d.start_timeout, "server", finite=True),
         stop_timeout=_duration(raw, "stop_timeout", d.stop_timeout, "server", finite=True),
         log_level=log_level,
+    )
+
+
+def _parse_audit(raw: Any, base_dir: Path) -> AuditConfig:
+    _expect(isinstance(raw, Mapping), "audit", raw, "must be a table")
+    _only_keys(raw, "audit", set(AuditConfig.__dataclass_fields__))
+    d = AuditConfig()
+    required = raw.get("required", d.required)
+    _expect(isinstance(required, bool), "audit.required", required, "must be true or false")
+    directory = raw.get("dir")
+    if directory is not None:
+        _expect(isinstance(directory, str) and bool(directory), "audit.dir", directory,
+                "must be a non-empty path")
+        directory = Path(directory).expanduser()
+        directory = directory if directory.is_absolute() else (base_dir / directory).resolve()
+    return AuditConfig(
+        required=required,
+        dir=directory,
+        rotate_bytes=_int(raw, "rotate_bytes", d.rotate_bytes, "audit", lo=1024, hi=1 << 40),
     )
 
 

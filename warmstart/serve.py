@@ -41,6 +41,8 @@ def build_app(config: Config):  # type: ignore[no-untyped-def]
     from warmstart.engines.registry import create_engines
     from warmstart.gateway.app import create_app
     from warmstart.pool.pool import Pool
+    from warmstart.store.digest import DigestCache
+    from warmstart.telemetry.audit import AuditLog
     from warmstart.telemetry.metrics import Metrics
 
     data_dir = config.server.data_dir
@@ -49,10 +51,17 @@ def build_app(config: Config):  # type: ignore[no-untyped-def]
     except OSError as exc:
         raise StartupError(f"cannot create the data directory {data_dir}: {exc.strerror}; "
                            "set server.data_dir or WARMSTART_DATA_DIR") from None
+    from warmstart.engines.ledger import ProcessLedger
+
+    ProcessLedger(data_dir / "run" / "engines").sweep()  # engines an earlier, crashed warmstart left behind
     clock = SystemClock()
     metrics = Metrics()
-    pool = Pool(config, create_engines(data_dir, config.models), clock, metrics)
-    return create_app(config, pool, metrics, clock)
+    audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=DigestCache(data_dir / "digests.json"),
+                     required=config.audit.required, rotate_bytes=config.audit.rotate_bytes)
+    pool = Pool(config, create_engines(data_dir, config.models), clock, metrics, audit=audit)
+    app = create_app(config, pool, metrics, clock)
+    app.services.audit = audit
+    return app
 
 
 def run(config: Config) -> int:
@@ -65,12 +74,24 @@ def run(config: Config) -> int:
     names = ", ".join(m.name for m in config.models)
     print(f"warmstart serving http://{host}:{port}  models: {names}  data: {config.server.data_dir}",
           file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=config.server.log_level, access_log=False,
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # type: ignore[no-untyped-def]
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal after a graceful stop; for us that stop is a normal exit (0)
+            self._captured_signals.clear()
+
+    server = Server(uvicorn.Config(app, log_level=config.server.log_level, access_log=False,
                                            loop="uvloop", http="httptools", timeout_graceful_shutdown=5))
 
     async def main() -> None:
         pool = app.services.pool
-        prepare = asyncio.create_task(pool.prepare())
+
+        async def prepare_models() -> None:
+            await pool.prepare()
+            # hash the weights now, so the first start's audit record finds the digest cached
+            await app.services.audit.prime([entry.path for entry in pool.models.values() if entry.path is not None])
+
+        prepare = asyncio.create_task(prepare_models())
         await server.serve(sockets=[sock])
         prepare.cancel()
 

@@ -279,3 +279,25 @@ def test_cli_ps_warm_and_unload_talk_to_the_running_server(start_server):
     out = run("warm", "nope")
     assert out.returncode == 1 and out.stderr.startswith("warmstart: error:") and "nope" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_auth_required_on_a_server_with_keys_and_the_cli_sends_them(start_server):
+    api, admin = "api-key-0123456789abcdef", "admin-key-0123456789abcdef"
+    srv = start_server([smollm2()], sections={"auth": {"api_keys": [api], "admin_keys": [admin]}})
+    status, _, body = srv.post("/v1/chat/completions", chat(max_tokens=2))
+    assert status == 401 and body["error"]["code"] == "missing_api_key"
+    status, headers, body = srv.post("/v1/chat/completions", chat(max_tokens=2),
+                                     headers={"authorization": f"Bearer {api}"})
+    assert status == 200
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key=api, max_retries=0)
+    assert client.models.list().data[0].id == SMOL
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=srv.url + "/v1", api_key="wrong-key-0123456789", max_retries=0).models.list()
+    env = {**os.environ, "WARMSTART_URL": srv.url, "WARMSTART_API_KEY": api}
+    cmd = [".venv/bin/warmstart"] if os.path.exists(".venv/bin/warmstart") else ["warmstart"]
+    out = subprocess.run([*cmd, "unload", SMOL], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 1 and "admin" in out.stderr
+    out = subprocess.run([*cmd, "unload", SMOL], capture_output=True, text=True, timeout=60,
+                         env={**env, "WARMSTART_ADMIN_KEY": admin})
+    assert out.returncode == 0, out.stderr
+    assert api not in srv.log() and admin not in srv.log()

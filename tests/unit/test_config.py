@@ -22,7 +22,8 @@ def test_file_then_environment_then_flags(tmp_path: Path):
                     '[[models]]\nname = "a"\nengine = "llamacpp"\npath = "a.gguf"\nkeep_alive = -1\n'
                     '[[models]]\nname = "b"\nengine = "llamacpp"\npath = "/abs/b.gguf"\nmax_replicas = 3\n'
                     '[models.options]\nn_ctx = 512\n')
-    config = load_config(path, env={"WARMSTART_PORT": "9100"}, flags={"server.host": "0.0.0.0"})
+    config = load_config(path, env={"WARMSTART_PORT": "9100", "WARMSTART_API_KEYS": "k" * 20},
+                         flags={"server.host": "0.0.0.0"})
     assert config.server.port == 9100 and config.server.host == "0.0.0.0"
     a, b = config.models
     assert math.isinf(a.keep_alive) and a.path == str(tmp_path / "a.gguf")
@@ -73,3 +74,30 @@ def test_the_documented_example_config_is_valid():
     config = load_config(root / "warmstart.example.toml", env={})
     assert [m.name for m in config.models] == ["smollm2-135m-instruct", "gemma-3-270m"]
     assert config.server.queue_deadline == 120 and config.models[0].options["n_ctx"] == 2048
+
+
+def test_binding_beyond_loopback_requires_api_keys():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"server": {"host": "0.0.0.0"}}, base_dir=Path("/tmp"))
+    assert err.value.field == "auth.api_keys" and "0.0.0.0" in str(err.value) and "WARMSTART_API_KEYS" in str(err.value)
+    config = load_config(None, env={"WARMSTART_HOST": "0.0.0.0", "WARMSTART_API_KEYS": "a" * 16 + ",b" * 1 + "c" * 16})
+    assert config.auth_required and len(config.auth.api_keys) == 2
+    assert not load_config(None, env={}).auth_required
+    assert parse_config({"auth": {"required": True, "api_keys": ["x" * 16]}}, base_dir=Path("/tmp")).auth_required
+
+
+def test_keys_are_checked_and_never_shown():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"auth": {"api_keys": ["short-secret"]}}, base_dir=Path("/tmp"))
+    assert "short-secret" not in str(err.value) and "16" in str(err.value)
+    config = parse_config({"auth": {"api_keys": ["s3cret-s3cret-s3cret"]}}, base_dir=Path("/tmp"))
+    assert "s3cret" not in repr(config) and "s3cret" not in repr(config.auth)
+
+
+def test_api_keys_file(tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# one per line\nfirst-key-0123456789\n\nsecond-key-0123456789\n")
+    config = parse_config({"auth": {"api_keys_file": "keys.txt"}}, base_dir=tmp_path)
+    assert config.auth.api_keys == ("first-key-0123456789", "second-key-0123456789")
+    with pytest.raises(ConfigError, match="auth.api_keys_file"):
+        parse_config({"auth": {"api_keys_file": "missing.txt"}}, base_dir=tmp_path)

@@ -30,6 +30,7 @@ import aiohttp
 from warmstart.config import ModelConfig
 from warmstart.engines.base import LOAD, READY, SPAWN, Capabilities, StartReport
 from warmstart.engines.gguf import read_gguf
+from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.process import ManagedProcess
 from warmstart.engines.vllm import free_port, safe_name
 from warmstart.engines.vllm_log import last_error, split_lines
@@ -46,6 +47,7 @@ class CommandEngine:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
+        self.ledger = ProcessLedger(data_dir / "run" / "engines")
 
     def version(self) -> str:
         return "command (any OpenAI-compatible server)"
@@ -81,7 +83,7 @@ class CommandEngine:
         log_path = self.data_dir / "logs" / (safe_name(name) + ".log")
         began = time.monotonic()
         report.enter(SPAWN)
-        proc = await ManagedProcess.spawn(argv, env=env, log_path=log_path)
+        proc = await ManagedProcess.spawn(argv, env=env, log_path=log_path, ledger=self.ledger, replica=name)
         offset = proc.log_path.stat().st_size
         report.done(SPAWN, time.monotonic() - began)
         proc.base_url = f"http://127.0.0.1:{port}"

@@ -17,6 +17,7 @@ from warmstart.config import ModelConfig
 from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, StartReport
 from warmstart.engines.gguf import read_gguf
 from warmstart.engines.health import wait_healthy
+from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.process import ManagedProcess
 from warmstart.errors import EngineError
 
@@ -31,6 +32,7 @@ class LlamaCppEngine:
     def __init__(self, data_dir: Path, python: str = sys.executable) -> None:
         self.data_dir = data_dir
         self.python = python
+        self.ledger = ProcessLedger(data_dir / "run" / "engines")
 
     def version(self) -> str:
         try:
@@ -55,14 +57,15 @@ class LlamaCppEngine:
             [self.python, "-m", "warmstart.engines.llamacpp_worker", "--model", str(path),
              "--name", model.name, "--options", json.dumps(options)],
             env=env, log_path=replica_log_path(self.data_dir, name), with_reports=True,
+            ledger=self.ledger, replica=name,
         )
         try:
-            port = await self._follow(proc, report)
+            port, last_phase_end = await self._follow(proc, report)
             proc.base_url = f"http://127.0.0.1:{port}"
             report.enter(READY)
-            t = time.monotonic()
             await wait_healthy(proc, proc.base_url + "/health", timeout=30.0)
-            report.done(READY, time.monotonic() - t)
+            # ready: from the end of the last phase (the engine's HTTP server starting) to a healthy answer
+            report.done(READY, time.monotonic() - last_phase_end)
             return proc
         except BaseException:
             proc.kill()
@@ -70,17 +73,21 @@ class LlamaCppEngine:
                 await asyncio.shield(proc.wait_exit())
             raise
 
-    async def _follow(self, proc: ManagedProcess, report: StartReport) -> int:
+    async def _follow(self, proc: ManagedProcess, report: StartReport) -> tuple[int, float]:
+        """Phase reports until the engine listens; returns its port and when its last phase ended."""
         error = None
+        last_phase_end = time.monotonic()
         async for message in proc.read_reports():
             if "started" in message:
                 report.done(SPAWN, float(message["started"]) - proc.spawned_at)
+                last_phase_end = time.monotonic()
             elif "enter" in message:
                 report.enter(str(message["enter"]))
             elif "phase" in message:
                 report.done(str(message["phase"]), float(message["seconds"]))
+                last_phase_end = time.monotonic()
             elif "listening" in message:
-                return int(message["listening"])
+                return int(message["listening"]), last_phase_end
             elif "error" in message:
                 error = str(message["error"])
         code = await proc.wait_exit()

@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from warmstart.engines.ledger import ProcessLedger
 from warmstart.errors import EngineError
 
 _PR_SET_PDEATHSIG = 1
@@ -71,11 +72,12 @@ class ManagedProcess:
         self.reports = reports
         self.spawned_at = spawned_at
         self.base_url = ""
+        self._ledger: ProcessLedger | None = None
 
     @classmethod
     async def spawn(cls, argv: Sequence[str], *, env: dict[str, str], log_path: Path,
                     with_reports: bool = False, cwd: str | None = None, with_stdin: bool = False,
-                    idle: bool = False) -> ManagedProcess:
+                    idle: bool = False, ledger: ProcessLedger | None = None, replica: str = "") -> ManagedProcess:
         import time
 
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,11 @@ class ManagedProcess:
             reports = asyncio.StreamReader(limit=1 << 20)
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reports),
                                          os.fdopen(read_fd, "rb", buffering=0))
-        return cls(proc, log_path, reports, spawned_at)
+        managed = cls(proc, log_path, reports, spawned_at)
+        if ledger is not None:
+            ledger.record(proc.pid, list(argv), replica)
+            managed._ledger = ledger
+        return managed
 
     @property
     def returncode(self) -> int | None:
@@ -118,6 +124,8 @@ class ManagedProcess:
         code = await self._proc.wait()
         # what it started (vLLM's engine core and workers) must not outlive it
         self._signal_group(signal.SIGKILL)
+        if self._ledger is not None:
+            self._ledger.forget(self.pid)
         return code
 
     async def send(self, data: bytes) -> None:
@@ -157,7 +165,7 @@ class ManagedProcess:
                 pass
         # children the engine started (vLLM's engine core) go with the group
         self._signal_group(signal.SIGKILL)
-        await self._proc.wait()
+        await self.wait_exit()
 
     def kill(self) -> None:
         self._signal_group(signal.SIGKILL)

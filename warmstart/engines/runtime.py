@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.process import ManagedProcess, can_restore_priority, restore_priority
 from warmstart.errors import EngineError
 
@@ -60,12 +61,14 @@ class Runtime:
 class RuntimePool:
     """Up to `size` runtimes of one command line. One owner: the engine that made it."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_dir: Path, size: int) -> None:
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_dir: Path, size: int,
+                 ledger: ProcessLedger | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.env = env
         self.log_dir = log_dir
         self.size = size
+        self.ledger = ledger  # so that a warmstart restarted after a crash ends runtimes left behind
         self.idle: list[Runtime] = []
         self.handed_out = 0
         self.spawned = 0
@@ -105,7 +108,8 @@ class RuntimePool:
         self._seq += 1
         log_path = self.log_dir / f"runtime-{self.name}-{os.getpid()}-{self._seq}.log"
         proc = await ManagedProcess.spawn(self.argv, env=self.env, log_path=log_path, with_reports=True,
-                                          with_stdin=True, idle=self.idle_priority)
+                                          with_stdin=True, idle=self.idle_priority, ledger=self.ledger,
+                                          replica=f"runtime {self.name}")
         self.spawned += 1
         runtime = Runtime(proc, time.monotonic())
         runtime.reader = asyncio.get_running_loop().create_task(self._read(runtime), name=f"runtime {proc.pid}")

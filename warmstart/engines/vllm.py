@@ -27,6 +27,7 @@ import aiohttp
 
 from warmstart.config import ModelConfig
 from warmstart.engines.base import ENGINE_INIT, HANDOFF, IMPORT, READY, WARMUP, Capabilities, StartReport
+from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.options import VLLM_FLAGS
 from warmstart.engines.process import ManagedProcess
 from warmstart.engines.runtime import RuntimePool
@@ -85,6 +86,7 @@ class VllmEngine:
     def __init__(self, data_dir: Path, models: tuple[ModelConfig, ...] = ()) -> None:
         self.data_dir = data_dir
         self.root = data_dir / "vllm"
+        self.ledger = ProcessLedger(data_dir / "run" / "engines")
         self.pools: dict[str, RuntimePool] = {}
         self.architectures: set[str] = set()
         for model in models:
@@ -188,7 +190,7 @@ class VllmEngine:
         pool = self.pools.get(python)
         if pool is None:
             name = "vllm" if python == default_python() else f"vllm-{len(self.pools) + 1}"
-            pool = RuntimePool(name, [python, "-m", RUNTIME], {}, self.data_dir / "logs", size)
+            pool = RuntimePool(name, [python, "-m", RUNTIME], {}, self.data_dir / "logs", size, ledger=self.ledger)
             self.pools[python] = pool
         pool.size = max(pool.size, size)
 
@@ -236,7 +238,8 @@ class VllmEngine:
             if proc is None:
                 report.enter(IMPORT)
                 proc = await ManagedProcess.spawn([self.python(model), "-m", API_SERVER, *argv],
-                                                  env={**self.base_env(), **env}, log_path=log_path)
+                                                  env={**self.base_env(), **env}, log_path=log_path,
+                                                  ledger=self.ledger, replica=name)
                 offset = proc.log_path.stat().st_size
             try:
                 proc.base_url = f"http://127.0.0.1:{port}"

@@ -21,6 +21,7 @@ from warmstart.clock import Clock, SystemClock
 from warmstart.config import Config
 from warmstart.errors import RequestError, Unavailable, openai_error_body
 from warmstart.gateway import admin
+from warmstart.gateway.auth import Auth
 from warmstart.gateway.fastpath import FastPath
 from warmstart.gateway.limits import BodyLimit
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
@@ -47,6 +48,7 @@ class Services:
     clock: Clock
     relay: Relay | None = None
     started_wall: float = 0.0
+    audit: Any = None
 
     def __post_init__(self) -> None:
         # labelled metric children, looked up once per label set rather than on every request
@@ -68,10 +70,20 @@ class Services:
         return child
 
 
-def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> FastPath:
-    """The ASGI app: the generation routes' fast path in front of the FastAPI app (`.app`)."""
-    app = create_fastapi_app(config, pool, metrics, clock)
-    return FastPath(app, app.state.services)
+class Gateway:
+    """The ASGI app: API keys, then the generation routes' fast path, then the FastAPI app."""
+
+    def __init__(self, app: FastAPI, config: Config) -> None:
+        self.app = app
+        self.services: Services = app.state.services
+        self._asgi = Auth(FastPath(app, self.services), config.auth, config.auth_required, config.loopback_only)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._asgi(scope, receive, send)
+
+
+def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> Gateway:
+    return Gateway(create_fastapi_app(config, pool, metrics, clock), config)
 
 
 def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> FastAPI:
@@ -136,25 +148,35 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
 async def generate(services: Services, request: Request, req: GenerationRequest, path: str) -> Response:
     arrived = services.clock.now()
     pool = services.pool
-    caps = await pool.capabilities(req.model)
-    check_request(req, caps)
-    keep_alive = keep_alive_of(req)
-    assert services.relay is not None
     model = req.model
     metrics = services.metrics
+    pool.entry(model)  # an unknown model is a 404 and not counted: a label per made-up name would be unbounded
+    # how it would be served if no lease says otherwise: warm when a warm replica exists on arrival
+    arrival_start = "warm" if pool.state_of(model).value == "warm" else "cold"
+    counted = False
 
     def finish(lease: Lease | None, status: int, ttft: float | None) -> None:
-        start = lease.start if lease is not None else "cold"
+        nonlocal counted
+        counted = True
+        start = lease.start if lease is not None else arrival_start
         services.counted(model, start, status).inc()
-        if ttft is not None and status == 200:
+        if ttft is not None:
             services.ttft(model, start).observe(ttft)
 
     try:
+        caps = await pool.capabilities(model)
+        check_request(req, caps)
+        keep_alive = keep_alive_of(req)
+        assert services.relay is not None
         return await services.relay.forward(request, model, path, engine_body(req), req.stream, keep_alive,
                                             arrived, finish)
-    except Unavailable as exc:
-        warm = pool.state_of(model).value == "warm"
-        services.counted(model, "warm" if warm else "cold", exc.status).inc()
+    except (RequestError, Unavailable) as exc:
+        if not counted:
+            finish(None, exc.status, None)
+        raise
+    except Exception:
+        if not counted:
+            finish(None, 500, None)
         raise
 
 

@@ -70,6 +70,7 @@ class Relay:
                       keep_alive: float | None, arrived: float, finish: Finish) -> Response:
         disconnect = asyncio.ensure_future(wait_disconnect(request))
         handed_off = False
+        lease: Lease | None = None
         try:
             for attempt in (0, 1):
                 lease = self.pool.try_acquire(model, keep_alive)
@@ -94,12 +95,13 @@ class Relay:
                     handed_off = True
                     return RelayStream(data, upstream, lease, disconnect, arrived, self.now, finish)
                 lease.release()
-                finish(lease, upstream.status, self.now() - arrived)
+                # without streaming, the first token reaches the client with the whole answer
+                finish(lease, upstream.status, self.now() - arrived if upstream.status == 200 else None)
                 return Response(data, status_code=upstream.status, headers=served_headers(lease),
                                 media_type="application/json")
             raise AssertionError("unreachable")
         except ClientGone:
-            finish(None, 499, None)
+            finish(lease, 499, None)
             return Response(status_code=499)
         finally:
             if not handed_off:

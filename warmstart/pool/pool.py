@@ -20,6 +20,7 @@ from warmstart.clock import Clock
 from warmstart.config import Config, ModelConfig
 from warmstart.engines.base import Capabilities, Engine, StartReport
 from warmstart.errors import (
+    AuditError,
     DeadlineExceeded,
     ModelNotFound,
     ModelStartFailed,
@@ -33,11 +34,13 @@ from warmstart.pool.replica import Replica, next_replica_id
 from warmstart.pool.scaling import replicas_to_start
 from warmstart.pool.states import LIVE, ReplicaState, model_state
 from warmstart.store.sources import resolve_model_path
-from warmstart.telemetry.metrics import Metrics
+from warmstart.telemetry.metrics import TRIGGERS, Metrics
 
 log = logging.getLogger("warmstart.pool")
 S = ReplicaState
 LOADED = (S.STARTING, S.WARM, S.SLEEPING, S.STOPPING)
+# the last phase of a start: its audit record is written (and fsynced) before the replica is warm
+AUDIT_PHASE = "audit"
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,9 @@ class AuditSink(Protocol):
     """Where the pool reports initializations, unloads and failures (the audit log)."""
 
     async def record(self, event: str, *, model: ModelConfig, path: Path | None, replica: Replica,
-                     engine: Engine, outcome: str, error: str | None = None, reason: str | None = None) -> None: ...
+                     engine: Engine, outcome: str, error: str | None = None, reason: str | None = None,
+                     seconds: float | None = None) -> None:
+        """`seconds`: for a start, how long it took; for an unload or failure, how long the replica lived."""
 
 
 class NullAudit:
@@ -153,6 +158,7 @@ class Pool:
         self._closing = False
         for entry in self.models.values():
             self._update_gauges(entry)
+            self._init_series(entry.name)
 
     # ---- lookups -------------------------------------------------------------------------
 
@@ -262,6 +268,9 @@ class Pool:
             with contextlib.suppress(ValueError):
                 entry.waiters.remove(waiter)
             self._update_gauges(entry)
+            leased = waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None
+            if not leased:  # held, then refused or abandoned: the wait still happened (a lease records its own)
+                self.metrics.request_wait_seconds.labels(name).observe(max(0.0, self.clock.now() - now))
 
     def _best_free(self, entry: ModelEntry) -> Replica | None:
         best = None
@@ -336,6 +345,8 @@ class Pool:
         self._update_gauges(entry)
 
     def _start_replica(self, entry: ModelEntry, trigger: str) -> Replica:
+        if trigger not in TRIGGERS:
+            raise ValueError(f"unknown start trigger {trigger!r}; one of {', '.join(TRIGGERS)}")
         now = self.clock.now()
         replica = Replica(
             id=next_replica_id(entry.name), model=entry.name, trigger=trigger,
@@ -361,19 +372,31 @@ class Pool:
             replica.process = proc
             if replica.state is not S.STARTING:  # unloaded while starting
                 await proc.stop(self.config.server.stop_timeout)
+                await self._start_cancelled(entry, replica, began)
                 return
+            audited = not isinstance(self.audit, NullAudit)  # no audit log, no audit phase
+            if audited:
+                replica.report.enter(AUDIT_PHASE)
+            audit_began = self.clock.now()
             await self.audit.record("start", model=cfg, path=path, replica=replica, engine=entry.engine,
-                                    outcome="ok")
+                                    outcome="ok", seconds=audit_began - began)
+            if audited:
+                replica.report.done(AUDIT_PHASE, self.clock.now() - audit_began)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             error = _describe(exc, cfg.name, self.config.server.start_timeout)
             if replica.process is not None:
                 await replica.process.stop(self.config.server.stop_timeout)
-            self._start_failed(entry, replica, error, began)
+            if replica.state is not S.STARTING:
+                await self._start_cancelled(entry, replica, began)
+                return
             with contextlib.suppress(Exception):
                 await self.audit.record("start", model=cfg, path=entry.path, replica=replica,
-                                        engine=entry.engine, outcome="failed", error=error)
+                                        engine=entry.engine, outcome="failed", error=error,
+                                        seconds=self.clock.now() - began)
+            stage = "audit" if isinstance(exc, AuditError) else "start"
+            self._start_failed(entry, replica, error, began, stage)
             return
         total = self.clock.now() - began
         self._record_start(entry, replica, "ok", total, None)
@@ -388,13 +411,25 @@ class Pool:
             self._arm_expiry(entry, replica)
         self._scale(entry)
 
-    def _start_failed(self, entry: ModelEntry, replica: Replica, error: str, began: float) -> None:
+    async def _start_cancelled(self, entry: ModelEntry, replica: Replica, began: float) -> None:
+        """The replica was unloaded while its engine was starting; the engine has been stopped now."""
+        # _stop counted up to its move to COLD; the engine process was loaded until now
+        self.metrics.replica_loaded_seconds.labels(entry.name).inc(
+            max(0.0, self.clock.now() - (replica.accounted_to or began)))
+        self._record_start(entry, replica, "cancelled", self.clock.now() - began, None)
+        with contextlib.suppress(Exception):
+            await self.audit.record("start", model=entry.config, path=entry.path, replica=replica,
+                                    engine=entry.engine, outcome="cancelled", reason="unloaded while starting",
+                                    seconds=self.clock.now() - began)
+
+    def _start_failed(self, entry: ModelEntry, replica: Replica, error: str, began: float,
+                      stage: str = "start") -> None:
         self._account(replica)
         replica.error = error
         entry.last_failure = error
         replica.move(S.FAILED)
         self._record_start(entry, replica, "failed", self.clock.now() - began, error)
-        self.metrics.replica_failures.labels(entry.name, "start").inc()
+        self.metrics.replica_failures.labels(entry.name, stage).inc()
         log.warning("replica %s failed to start: %s", replica.id, error)
         if not any(r.state in (S.STARTING, S.WARM) for r in entry.replicas):
             # nothing else will serve them: tell every held request now rather than at the deadline
@@ -411,10 +446,18 @@ class Pool:
                                         replica.created_wall, error))
         self.metrics.starts.labels(entry.name, replica.trigger, outcome).inc()
         if outcome == "ok":
-            hist = self.metrics.cold_start_seconds
+            hist, last = self.metrics.cold_start_seconds, self.metrics.cold_start_last_seconds
+            engine = entry.config.engine
             for name, seconds in phases:
-                hist.labels(entry.name, entry.config.engine, name).observe(seconds)
-            hist.labels(entry.name, entry.config.engine, "total").observe(total)
+                hist.labels(entry.name, engine, name).observe(seconds)
+            hist.labels(entry.name, engine, "total").observe(total)
+            # the last start replaces the previous one's phases, including any this start did not go through
+            for sample in list(last.collect()[0].samples):
+                if sample.labels["model"] == entry.name:
+                    last.remove(entry.name, sample.labels["engine"], sample.labels["phase"])
+            for name, seconds in phases:
+                last.labels(entry.name, engine, name).set(seconds)
+            last.labels(entry.name, engine, "total").set(total)
 
     async def _monitor(self, entry: ModelEntry, replica: Replica) -> None:
         proc = replica.process
@@ -424,6 +467,7 @@ class Pool:
             self._fail_replica(entry, replica, f"engine process {proc.pid} exited unexpectedly (code {code})")
 
     def _fail_replica(self, entry: ModelEntry, replica: Replica, error: str) -> None:
+        now = self.clock.now()
         self._account(replica)
         self._disarm_expiry(replica)
         replica.error = error
@@ -432,7 +476,8 @@ class Pool:
         self.metrics.replica_failures.labels(entry.name, "running").inc()
         log.warning("replica %s failed: %s", replica.id, error)
         self._spawn(self.audit.record("failure", model=entry.config, path=entry.path, replica=replica,
-                                      engine=entry.engine, outcome="failed", error=error), name="audit")
+                                      engine=entry.engine, outcome="failed", error=error,
+                                      seconds=now - replica.created_at), name="audit")
         self._update_gauges(entry)
         self._scale(entry)
 
@@ -489,7 +534,8 @@ class Pool:
         if replica.warm_at is not None:
             with contextlib.suppress(Exception):
                 await self.audit.record("unload", model=entry.config, path=entry.path, replica=replica,
-                                        engine=entry.engine, outcome="ok", reason=reason)
+                                        engine=entry.engine, outcome="ok", reason=reason,
+                                        seconds=self.clock.now() - replica.created_at)
         self._update_gauges(entry)
         self._scale(entry)
 
@@ -635,6 +681,18 @@ class Pool:
         if replica.accounted_to is not None and replica.state in LOADED:
             self.metrics.replica_loaded_seconds.labels(replica.model).inc(max(0.0, now - replica.accounted_to))
         replica.accounted_to = now
+
+    def _init_series(self, name: str) -> None:
+        """Create the counters' series at zero, so the first start or failure shows as an increase."""
+        m = self.metrics
+        m.replica_loaded_seconds.labels(name)
+        for trigger in TRIGGERS:
+            for outcome in ("ok", "failed"):
+                m.starts.labels(name, trigger, outcome)
+        for stage in ("start", "running", "audit"):
+            m.replica_failures.labels(name, stage)
+        for start in ("warm", "cold"):
+            m.requests.labels(name, start, "200")
 
     def _update_gauges(self, entry: ModelEntry) -> None:
         # wake whoever waits for a change of this model, then arm a fresh event for the next one

@@ -19,6 +19,10 @@ class Metrics:
         self.cold_start_seconds = Histogram(
             "warmstart_cold_start_seconds", "Duration of each phase of a replica start, and phase=\"total\".",
             ["model", "engine", "phase"], buckets=COLD_START_BUCKETS, registry=r)
+        self.cold_start_last_seconds = Gauge(
+            "warmstart_cold_start_last_seconds",
+            "Duration of each phase of the model's most recent successful start, and phase=\"total\".",
+            ["model", "engine", "phase"], registry=r)
         self.requests = Counter(
             "warmstart_requests", "Requests answered, by how they were served and their HTTP status.",
             ["model", "start", "code"], registry=r)

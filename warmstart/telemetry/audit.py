@@ -1,0 +1,376 @@
+"""The audit log of model initializations: append-only JSON Lines, hash-chained, fsynced per record.
+
+The audit directory holds:
+    audit-000001.jsonl, audit-000002.jsonl, ...  segments in order; the highest one is appended to
+    head.json                                     seq and hash of the last record written (shows a cut tail)
+    .lock                                         flock'ed by each writer, so two processes never interleave
+
+Each line is one record in canonical JSON (sorted keys, no spaces). `hash` is the sha256 of the
+record without `hash`; `prev` is the `hash` of the record before it (64 zeros before the first);
+`seq` counts from 1 across segments, so a rotation keeps one chain. A line torn by a crash (the log
+ends without a newline) is closed and acknowledged by a `recovery` record from the next writer,
+which continues the chain from the last whole record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import stat
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from warmstart import __version__
+from warmstart.errors import AuditError, StoreError
+from warmstart.store.digest import DigestCache
+
+if TYPE_CHECKING:
+    from warmstart.clock import Clock
+    from warmstart.config import ModelConfig
+    from warmstart.engines.base import Engine
+    from warmstart.pool.replica import Replica
+    from warmstart.telemetry.metrics import Metrics
+
+log = logging.getLogger("warmstart.audit")
+
+FORMAT = 1
+GENESIS = "0" * 64
+HEAD = "head.json"
+_SEGMENT = re.compile(r"^audit-(\d{6,})\.jsonl$")
+_MAX_ERROR = 4000  # characters of error text kept in a record
+_SCAN = 64 * 1024  # bytes read from the end of the log to find its last record
+
+
+# ---- the record format, shared with the verifier ------------------------------------------------
+
+def canonical(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode()
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
+
+
+def parse_record(raw: bytes) -> dict[str, Any] | None:
+    """The record on one line, or None when the line is not a record at all (its hash is not checked)."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if type(obj.get("seq")) is not int or not isinstance(obj.get("event"), str):
+        return None
+    if not all(isinstance(obj.get(k), str) and len(obj[k]) == 64 for k in ("hash", "prev")):
+        return None
+    return obj
+
+
+def segment_name(index: int) -> str:
+    return f"audit-{index:06d}.jsonl"
+
+
+def segments(directory: Path) -> list[Path]:
+    """The log's files in chain order."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = [(int(m.group(1)), name) for name in names if (m := _SEGMENT.match(name))]
+    return [directory / name for _, name in sorted(found)]
+
+
+def read_head(directory: Path) -> dict[str, Any] | None:
+    try:
+        head = json.loads((directory / HEAD).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(head, dict) and type(head.get("seq")) is int and isinstance(head.get("hash"), str):
+        return head
+    return None
+
+
+def utc_iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def line_digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+# ---- the writer -----------------------------------------------------------------------------------
+
+@dataclass
+class _Tail:
+    """Where the log stands: its last whole record, and what follows it in the newest segment."""
+
+    seq: int = 0
+    hash: str = GENESIS
+    segment: Path | None = None
+    size: int = 0
+    # lines after the last record in the newest segment: (line number, bytes); crash debris or damage
+    torn: list[tuple[int, bytes]] = field(default_factory=list)
+    open_line: bool = False  # the newest segment does not end with a newline
+
+
+def _last_record(path: Path, size: int) -> tuple[dict[str, Any] | None, list[bytes], bool]:
+    """The last record in a file, the lines after it, and whether the file ends inside a line."""
+    window = _SCAN
+    while True:
+        with open(path, "rb") as f:
+            f.seek(max(0, size - window))
+            data = f.read(min(size, window))
+        whole = window >= size
+        open_line = not data.endswith(b"\n")
+        lines = data.split(b"\n")
+        if not open_line:
+            lines.pop()  # the empty piece after the final newline
+        if not whole:
+            lines = lines[1:]  # the window may start inside a line
+        after: list[bytes] = []
+        for raw in reversed(lines):
+            record = parse_record(raw)
+            if record is not None:
+                return record, after[::-1], open_line
+            after.append(raw)
+        if whole:
+            return None, after[::-1], open_line
+        window *= 4
+
+
+def _scan(directory: Path) -> _Tail:
+    files = segments(directory)
+    if not files:
+        return _Tail()
+    tail = _Tail(segment=files[-1], size=files[-1].stat().st_size)
+    for path in reversed(files):
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            continue
+        record, after, open_line = _last_record(path, st.st_size)
+        if path == files[-1]:
+            tail.open_line = open_line
+            if after:
+                total = path.read_bytes().count(b"\n") + (1 if open_line else 0)
+                first = total - len(after) + 1
+                tail.torn = [(first + i, raw) for i, raw in enumerate(after)]
+        if record is not None:
+            tail.seq, tail.hash = record["seq"], record["hash"]
+            break
+    return tail
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append all of `data` and fsync; on failure, cut the file back to where it was if possible."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, before)  # leave no half record behind; if this fails, the next writer repairs
+            raise
+    finally:
+        os.close(fd)
+
+
+class AuditWriter:
+    """Appends records to the chain; thread-safe and safe against other processes on the same directory."""
+
+    def __init__(self, directory: Path, rotate_bytes: int = 16 * 1024 * 1024) -> None:
+        self.directory = Path(directory)
+        self.rotate_bytes = rotate_bytes
+        self._lock = threading.Lock()
+
+    def append(self, fields: Mapping[str, Any], wall: float) -> dict[str, Any]:
+        """Write one record (adding time, seq, prev, hash); durable when this returns. Raises OSError."""
+        with self._lock:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:  # something that is not a folder holds its name
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.directory)) from None
+            with _locked(self.directory):
+                tail = _scan(self.directory)
+                head = read_head(self.directory)
+                head_seq = head["seq"] if head else 0
+                seq, prev = tail.seq, tail.hash
+                if head_seq > tail.seq:
+                    log.error("the audit log in %s ends at record %d but %d were written: records were removed; "
+                              "run `warmstart audit verify`", self.directory, tail.seq, head_seq)
+                    seq = head_seq  # keep the gap visible to the verifier
+                if tail.torn or tail.open_line:
+                    assert tail.segment is not None
+                    data = b"\n" if tail.open_line else b""
+                    if tail.torn and head_seq <= tail.seq:
+                        # debris after the last durable record: a write cut short by a crash
+                        recovery = self._seal({"event": "recovery", "torn": [
+                            {"file": tail.segment.name, "line": n, "bytes": len(raw), "sha256": line_digest(raw)}
+                            for n, raw in tail.torn]}, wall, seq + 1, prev)
+                        data += canonical(recovery) + b"\n"
+                        seq, prev = recovery["seq"], recovery["hash"]
+                        log.warning("audit log: acknowledged %d line(s) torn by an interrupted write in %s",
+                                    len(tail.torn), tail.segment.name)
+                    _append(tail.segment, data)
+                    tail.size += len(data)
+                record = self._seal(fields, wall, seq + 1, prev)
+                line = canonical(record) + b"\n"
+                target = self._segment_for(tail, len(line))
+                _append(target, line)
+                self._write_head(record, target)
+                return record
+
+    def _seal(self, fields: Mapping[str, Any], wall: float, seq: int, prev: str) -> dict[str, Any]:
+        record = {"v": FORMAT, "time": utc_iso(wall), **fields, "seq": seq, "prev": prev}
+        record["hash"] = record_hash(record)
+        return record
+
+    def _segment_for(self, tail: _Tail, size: int) -> Path:
+        if tail.segment is not None and (tail.size == 0 or tail.size + size <= self.rotate_bytes):
+            return tail.segment
+        index = 1
+        if tail.segment is not None:
+            m = _SEGMENT.match(tail.segment.name)
+            assert m is not None
+            index = int(m.group(1)) + 1
+        path = self.directory / segment_name(index)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640))
+        _fsync_dir(self.directory)  # the new file survives a crash before its first record does
+        return path
+
+    def _write_head(self, record: Mapping[str, Any], segment: Path) -> None:
+        head = self.directory / HEAD
+        tmp = self.directory / (HEAD + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"seq": record["seq"], "hash": record["hash"], "file": segment.name}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, head)
+        except OSError as exc:
+            # the record itself is durable; a stale head only weakens the check for a cut tail
+            log.warning("audit log: could not update %s: %s", head, exc.strerror or exc)
+
+
+# ---- the pool's audit sink ----------------------------------------------------------------------------
+
+def weights_digest(cache: DigestCache, path: Path) -> tuple[str, int, bool]:
+    """sha256, size and whether it came from the cache; a folder (several files) gets one digest of
+    its files' digests and relative names."""
+    if not path.is_dir():
+        d = cache.digest(path)
+        return d.sha256, d.size, d.cached
+    manifest, size, cached = hashlib.sha256(), 0, True
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        d = cache.digest(file)
+        manifest.update(f"{d.sha256}  {file.relative_to(path).as_posix()}\n".encode())
+        size, cached = size + d.size, cached and d.cached
+    return manifest.hexdigest(), size, cached
+
+
+class AuditLog:
+    """The pool's AuditSink: one record per start, unload and failure, durable before `record` returns."""
+
+    def __init__(self, directory: Path, *, clock: Clock, metrics: Metrics | None = None,
+                 digests: DigestCache | None = None, required: bool = True,
+                 rotate_bytes: int = 16 * 1024 * 1024) -> None:
+        self.writer = AuditWriter(directory, rotate_bytes)
+        self.clock = clock
+        self.metrics = metrics
+        self.digests = digests or DigestCache(None)
+        self.required = required
+        self.host = socket.gethostname()
+
+    @property
+    def directory(self) -> Path:
+        return self.writer.directory
+
+    async def record(self, event: str, *, model: ModelConfig, path: Path | None, replica: Replica,
+                     engine: Engine, outcome: str, error: str | None = None, reason: str | None = None,
+                     seconds: float | None = None) -> None:
+        fields: dict[str, Any] = {
+            "event": event,
+            "model": model.name,
+            "replica": replica.id,
+            "trigger": replica.trigger,
+            "engine": model.engine,
+            "options": dict(model.options),
+            "path": str(path) if path is not None else model.path,
+            "replica_started": utc_iso(replica.created_wall),
+            # a start's phases; an unload or failure names the start it ends by `replica`
+            "phases": [{"phase": name, "seconds": round(s, 6)} for name, s in replica.report.phases]
+            if event == "start" else [],
+            "seconds": None if seconds is None else round(seconds, 6),
+            "outcome": outcome,
+            "error": None if error is None else error[:_MAX_ERROR],
+            "reason": reason,
+            "host": self.host,
+            "pid": os.getpid(),
+            "warmstart_version": __version__,
+        }
+        try:
+            await asyncio.to_thread(self._write, fields, path, engine)
+        except OSError as exc:
+            if self.metrics is not None:
+                self.metrics.audit_failures.inc()
+            where = exc.filename or self.directory
+            problem = f"audit log: cannot write {where}: {exc.strerror or exc}"
+            log.error("%s (%s record of %s lost)", problem, event, replica.id)
+            if self.required and event == "start" and outcome == "ok":
+                raise AuditError(
+                    f"{problem}. The start of model '{model.name}' was refused because audit.required is true; "
+                    f"free disk space or fix the permissions of {self.directory}, "
+                    "or set audit.required = false") from None
+
+    def _write(self, fields: dict[str, Any], path: Path | None, engine: Engine) -> None:
+        fields["sha256"] = fields["size"] = fields["sha256_cached"] = None
+        if path is not None:
+            try:
+                fields["sha256"], fields["size"], fields["sha256_cached"] = weights_digest(self.digests, path)
+            except StoreError as exc:
+                fields["digest_error"] = str(exc)
+        try:
+            fields["engine_version"] = engine.version()
+        except Exception as exc:  # noqa: BLE001 - an engine that cannot say its version still gets its record
+            fields["engine_version"] = f"unknown ({type(exc).__name__}: {exc})"
+        self.writer.append(fields, self.clock.wall())
+
+    async def prime(self, paths: list[Path]) -> None:
+        """Hash model files ahead of their first start (a cached digest makes that start's record cheap)."""
+        for path in paths:
+            with contextlib.suppress(StoreError, OSError):
+                await asyncio.to_thread(weights_digest, self.digests, path)

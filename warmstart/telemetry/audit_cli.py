@@ -1,0 +1,177 @@
+"""`warmstart audit verify | show | export`: read the audit log in the data directory (no server needed)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from warmstart.cli import CLIError, command
+from warmstart.telemetry.audit_verify import Verification, parse_when, record_time, select, verify
+
+CSV_COLUMNS = ("time", "seq", "event", "model", "replica", "trigger", "outcome", "seconds", "path", "size",
+               "sha256", "engine", "engine_version", "options", "host", "error", "reason", "hash")
+
+
+def register(sub: Any) -> None:
+    audit = sub.add_parser("audit", help="check and report the audit log of model initializations")
+    verbs = audit.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=type(audit))
+    verbs.required = True
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="path to warmstart.toml (default: ./warmstart.toml if present)")
+        p.add_argument("--data-dir", help="the server's data directory (default: server.data_dir)")
+
+    def filters(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--since", help="from this time: 2026-11-22, 2026-11-22T13:00Z, or ago: 24h, 7d")
+        p.add_argument("--until", help="before this time (same forms as --since)")
+        p.add_argument("--model", help="only this model's records")
+
+    v = verbs.add_parser("verify", help="check the hash chain; name the first bad line")
+    common(v)
+    v.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    s = verbs.add_parser("show", help="list records as a table")
+    common(s)
+    filters(s)
+    s.add_argument("-n", "--last", type=int, default=50, help="show the last N records (0: all; default 50)")
+    s.add_argument("--json", action="store_true", help="print the records as JSON lines")
+
+    e = verbs.add_parser("export", help="write the selected records as JSON or CSV")
+    common(e)
+    filters(e)
+    e.add_argument("--format", choices=["json", "csv"], default="json")
+    e.add_argument("-o", "--output", help="file to write (default: standard output)")
+
+
+def audit_dir(args: argparse.Namespace) -> Path:
+    from warmstart.cli import load
+
+    config = load(args, {"server.data_dir": args.data_dir})
+    directory = config.audit_dir
+    if not directory.is_dir():
+        raise CLIError(f"no audit log in {directory}: nothing was recorded there yet; "
+                       "pass --data-dir (or --config) of the server whose log you want")
+    return directory
+
+
+@command("audit")
+def _audit(args: argparse.Namespace) -> int:
+    directory = audit_dir(args)
+    if args.audit_command == "verify":
+        return _verify(directory, args)
+    return _show(directory, args) if args.audit_command == "show" else _export(directory, args)
+
+
+def verification_text(result: Verification) -> str:
+    files = f"{len(result.files)} file{'s' if len(result.files) != 1 else ''}"
+    if result.ok:
+        span = f" (seq {result.first_seq}-{result.last_seq})" if result.records else ""
+        lines = [f"audit log OK: {result.records} records{span} in {files} under {result.directory}; chain intact"]
+    else:
+        assert result.problem is not None
+        intact = f"the {result.records} records before it are intact" if result.records else "no record before it"
+        lines = [f"audit log BROKEN at {result.problem.where()}: {result.problem.message}",
+                 f"({result.problem.kind}; {intact}; {files} under {result.directory})"]
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)
+
+
+def _verify(directory: Path, args: argparse.Namespace) -> int:
+    result = verify(directory)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else verification_text(result))
+    return 0 if result.ok else 1
+
+
+def _selected(directory: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    try:
+        since = parse_when(args.since) if args.since else None
+        until = parse_when(args.until) if args.until else None
+    except ValueError as exc:
+        raise CLIError(f"--since/--until: {exc}", status=2) from None
+    return select(directory, since=since, until=until, model=args.model)
+
+
+def _show(directory: Path, args: argparse.Namespace) -> int:
+    records = _selected(directory, args)
+    if args.last > 0:
+        records = records[-args.last:]
+    if args.json:
+        for record in records:
+            print(json.dumps(record))
+        return 0
+    print(records_table(records) if records else "no audit records match")
+    return 0
+
+
+def records_table(records: list[dict[str, Any]]) -> str:
+    header = ("TIME (UTC)", "SEQ", "EVENT", "MODEL", "TRIGGER", "OUTCOME", "SECONDS", "SHA256", "DETAIL")
+    rows = [header]
+    for r in records:
+        when = record_time(r)
+        seconds = r.get("seconds")
+        if r.get("event") == "recovery":
+            detail = f"acknowledged {len(r.get('torn') or [])} torn line(s)"
+        else:
+            detail = r.get("error") or (f"reason: {r['reason']}" if r.get("reason") else " ".join(
+                f"{p.get('phase')} {float(p.get('seconds') or 0):.2f}s" for p in r.get("phases") or []))
+        rows.append((
+            when.strftime("%Y-%m-%d %H:%M:%S") if when else str(r.get("time")),
+            str(r.get("seq")), str(r.get("event")), str(r.get("model") or "-"), str(r.get("trigger") or "-"),
+            str(r.get("outcome") or "-"), f"{seconds:.2f}" if isinstance(seconds, (int, float)) else "-",
+            (r.get("sha256") or "-")[:12], detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join("  ".join([cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]).rstrip()
+                     for row in rows)
+
+
+def _export(directory: Path, args: argparse.Namespace) -> int:
+    records = _selected(directory, args)
+    result = verify(directory)
+    if not result.ok:
+        print(f"warmstart: warning: {verification_text(result).splitlines()[0]}", file=sys.stderr)
+    if args.format == "csv":
+        text = records_csv(records)
+    else:
+        text = json.dumps({
+            "exported": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "filters": {"since": args.since, "until": args.until, "model": args.model},
+            "verification": result.to_dict(),
+            "records": records,
+        }, indent=2) + "\n"
+    if args.output:
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            raise CLIError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+        print(f"wrote {len(records)} records to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def records_csv(records: list[dict[str, Any]]) -> str:
+    """One row per record; each phase gets its own column (`phase_load_s`), in the order phases first appear."""
+    phases: list[str] = []
+    for r in records:
+        for p in r.get("phases") or []:
+            if p.get("phase") not in phases:
+                phases.append(str(p.get("phase")))
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(list(CSV_COLUMNS) + [f"phase_{p}_s" for p in phases])
+    for r in records:
+        row = [json.dumps(r.get(c), sort_keys=True) if c == "options" else _cell(r.get(c)) for c in CSV_COLUMNS]
+        by_phase = {str(p.get("phase")): p.get("seconds") for p in r.get("phases") or []}
+        row += [_cell(by_phase.get(p)) for p in phases]
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
