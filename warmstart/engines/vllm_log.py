@@ -8,6 +8,7 @@ vLLM prints a line when each step of its start ends; the time between two such l
 | engine_init | "Starting to load model"                           | config, engine-core and worker processes up     |
 | load        | "Loading weights took" / "Model loading took"      | weights read into device memory                 |
 | compile     | "torch.compile takes" / "Graph capturing finished" | torch.compile, CUDA-graph capture               |
+|             | / "Warming up done." (CPU)                         |                                                 |
 | kv_init     | "KV cache size"                                    | memory profiling, KV-cache allocation           |
 | warmup      | "init engine (profile, create kv cache, warmup"    | the rest of engine start-up (warm-up runs)      |
 | ready       | the first successful health check (not a log line) | API server routes, uvicorn, first answer        |
@@ -28,7 +29,8 @@ MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (IMPORT, re.compile(r"non-default args:|vLLM API server version")),
     (ENGINE_INIT, re.compile(r"Starting to load model")),
     (LOAD, re.compile(r"Loading weights took|Model loading took")),
-    (COMPILE, re.compile(r"torch\.compile takes|Graph capturing finished|Compiling a graph for")),
+    # GPU: torch.compile, then CUDA graphs after the KV cache; CPU: "Warming up done." ends its compile run
+    (COMPILE, re.compile(r"torch\.compile takes|Graph capturing finished|Compiling a graph for|Warming up done\.")),
     (KV_INIT, re.compile(r"KV cache size:|# (?:GPU|CPU) blocks:")),
     (WARMUP, re.compile(r"init engine \(profile, create kv cache, warmup model\) took")),
 )

@@ -52,6 +52,18 @@ def test_a_gpu_start_counts_compile_and_graph_capture_as_compile():
     assert compile_total == 15.0 + 3.0 + 17.0
 
 
+def test_a_cpu_start_that_compiles_reports_the_compile_run():
+    lines = CPU_START[:5] + [
+        (38.1, "(Worker pid=29423) INFO 11-22 13:50:56 [cpu_model_runner.py:87] Warming up model for the compilation..."),
+        (144.0, "(Worker pid=29423) INFO 11-22 13:52:42 [decorators.py:743] [backbone] saved AOT compiled function"),
+        (144.5, "(Worker pid=29423) INFO 11-22 13:52:43 [cpu_model_runner.py:91] Warming up done."),
+    ] + CPU_START[5:]
+    lines[5 + 3:] = [(at + 106.0, line) for at, line in lines[5 + 3:]]
+    done, _, _ = run(lines)
+    assert [name for name, _ in done] == ["import", "engine_init", "load", "compile", "kv_init", "warmup"]
+    assert dict(done)["compile"] == 106.5
+
+
 def test_a_runtime_that_imported_before_the_model_came_reports_no_import_phase():
     done, _, _ = run(CPU_START, started=9.0, imported_before=True)
     assert done[0] == ("engine_init", 28.8)
