@@ -98,11 +98,17 @@ class ModelEntry:
     # set by the warming controller: keep at least one replica loaded until then
     warm_until: float = -math.inf
     warm_trigger: str = "schedule"
+    # set by the warming controller for models whose keep-alive it picks: the pool's own idle keep-alive
+    keep_alive_override: float | None = None
     last_failure: str | None = None
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def keep_alive(self) -> float:
+        return self.config.keep_alive if self.keep_alive_override is None else self.keep_alive_override
 
 
 class Lease:
@@ -274,7 +280,7 @@ class Pool:
         entry = self.models[replica.model]
         replica.in_flight = max(0, replica.in_flight - 1)
         replica.served += 1
-        replica.keep_alive = entry.config.keep_alive if lease.keep_alive is None else lease.keep_alive
+        replica.keep_alive = entry.keep_alive if lease.keep_alive is None else lease.keep_alive
         if replica.state is not S.WARM:
             return
         self._dispatch(entry)
@@ -314,7 +320,7 @@ class Pool:
         now = self.clock.now()
         replica = Replica(
             id=next_replica_id(entry.name), model=entry.name, trigger=trigger,
-            capacity=entry.config.max_concurrency, keep_alive=entry.config.keep_alive,
+            capacity=entry.config.max_concurrency, keep_alive=entry.keep_alive,
             created_at=now, created_wall=self.clock.wall(), accounted_to=now,
         )
         replica.report = StartReport(on_change=lambda _r: None)
@@ -424,11 +430,9 @@ class Pool:
         self._disarm_expiry(replica)
         if replica.state is not S.WARM or replica.in_flight > 0 or replica.idle_since is None:
             return
-        keep = 0.0 if replica.unload_when_idle else replica.keep_alive
-        deadline = keepalive.expiry(replica.idle_since, keep)
         others = [r for r in entry.replicas if r is not replica and r.state is S.WARM]
-        if not others and not replica.unload_when_idle:
-            deadline = max(deadline, entry.warm_until)
+        deadline = keepalive.unload_deadline(replica.idle_since, replica.keep_alive, entry.warm_until,
+                                             sole_replica=not others, unload_when_idle=replica.unload_when_idle)
         if math.isinf(deadline):
             replica.expires_at = None
             return
