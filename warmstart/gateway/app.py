@@ -20,7 +20,7 @@ from warmstart import __version__
 from warmstart.clock import Clock, SystemClock
 from warmstart.config import Config
 from warmstart.errors import RequestError, Unavailable, openai_error_body
-from warmstart.gateway import admin
+from warmstart.gateway import admin, hint
 from warmstart.gateway.limits import BodyLimit
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from warmstart.gateway.relay import Relay
@@ -46,11 +46,16 @@ class Services:
     clock: Clock
     relay: Relay | None = None
     started_wall: float = 0.0
+    warming: Any = None  # the WarmingRunner, when [warming] is enabled
 
 
 def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> FastAPI:
     clock = clock or SystemClock()
     services = Services(config=config, pool=pool, metrics=metrics, clock=clock, started_wall=time.time())
+    if config.warming.enabled:
+        from warmstart.warming.runner import new_runner
+
+        services.warming = new_runner(config, pool, clock, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -58,9 +63,13 @@ def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         services.relay = Relay(pool, session, clock.now)
+        if services.warming is not None:
+            await services.warming.start()
         try:
             yield
         finally:
+            if services.warming is not None:
+                await services.warming.stop()
             await pool.shutdown()
             await session.close()
 
@@ -104,6 +113,7 @@ def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(admin.router(services))
+    app.include_router(hint.router(services))
     return app
 
 
