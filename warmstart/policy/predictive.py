@@ -56,6 +56,9 @@ class PredictiveParams:
     # time-of-day profile slot, and how many distinct days a wake-up must recur on before it is pre-warmed
     slot: float = 600.0
     min_days: float = 2.0
+    min_recurrence: float = 0.25
+    # a habit is pre-warmed from 2 standard deviations of its times before their mean; at least this many s
+    min_spread: float = 30.0
     # how far ahead profile spans are planned, and how often the policy re-decides
     horizon: float = 3 * 3600.0
     review: float = 900.0
@@ -85,6 +88,11 @@ class PredictiveState:
     wake_w: np.ndarray = field(default_factory=lambda: np.zeros(0))
     wake_days: np.ndarray = field(default_factory=lambda: np.zeros(0))
     wake_last_day: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    wake_count: np.ndarray = field(default_factory=lambda: np.zeros(0))  # distinct days, not decayed
+    # per slot: decayed number of wake-ups and the sums of their offsets into the slot (and squares)
+    wake_n: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    wake_off: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    wake_off2: np.ndarray = field(default_factory=lambda: np.zeros(0))
     wake_dow: np.ndarray = field(default_factory=lambda: np.zeros(7))  # wake-up weight per weekday
     seen_dow: np.ndarray = field(default_factory=lambda: np.zeros(7))  # decayed days observed per weekday
     last_day: float = -1.0  # the last whole day counted as observed
@@ -96,16 +104,17 @@ class PredictivePolicy:
     def __init__(self, params: PredictiveParams | None = None) -> None:
         self.p = params or PredictiveParams()
         self.slots = int(round(DAY / self.p.slot))
-        self._spent_w = np.append(WIDTHS, 0.0)[None, :]
+        spent_w = np.append(WIDTHS, 0.0)[None, :]
         # the prior of a model with no history: gaps log-uniform from 1 s to 2 days, bursts of one request
         mids = np.sqrt(np.maximum(EDGES[:-1], 0.5) * np.minimum(EDGES[1:], 4 * DAY))
         flat_n = ((EDGES[:-1] >= 1) & (EDGES[:-1] < 2 * DAY)).astype(np.float64)
-        flat_idle = (np.clip(mids[:, None] - EDGES[None, :-1], 0.0, self._spent_w) * flat_n[:, None]).sum(axis=0)
+        flat_idle = (np.clip(mids[:, None] - EDGES[None, :-1], 0.0, spent_w) * flat_n[:, None]).sum(axis=0)
         self._flat = (flat_n, flat_n.copy(), flat_idle)
 
     def initial_state(self) -> PredictiveState:
         z = np.zeros(self.slots)
-        return PredictiveState(wake_w=z, wake_days=z.copy(), wake_last_day=np.full(self.slots, -1.0))
+        return PredictiveState(wake_w=z, wake_days=z.copy(), wake_last_day=np.full(self.slots, -1.0),
+                               wake_count=z.copy(), wake_n=z.copy(), wake_off=z.copy(), wake_off2=z.copy())
 
     # ---- learning ------------------------------------------------------------------------------------
 
@@ -114,6 +123,7 @@ class PredictivePolicy:
         decay = 1.0 if math.isinf(s.updated) else 0.5 ** (max(0.0, now - s.updated) / p.half_life)
         n, w, idle = s.n * decay, s.w * decay, s.idle * decay
         wake_w, wake_days, wake_last_day = s.wake_w * decay, s.wake_days * decay, s.wake_last_day
+        wake_count, wake_n, wake_off, wake_off2 = s.wake_count, s.wake_n * decay, s.wake_off * decay, s.wake_off2 * decay
         wake_dow, seen_dow = s.wake_dow * decay, s.seen_dow * decay
         new = obs.arrivals
         first_seen = s.first_seen if not math.isnan(s.first_seen) else (float(new[0]) if len(new) else math.nan)
@@ -137,27 +147,38 @@ class PredictivePolicy:
                 burst = (np.searchsorted(allv, gap_ends + c, side="left") - (idx + 1)).astype(np.float64)
                 ctx = self.context(idx + 1 - np.searchsorted(allv, allv[idx] - p.recent_window, side="right"))
                 b = np.clip(np.searchsorted(EDGES, gaps, side="right") - 1, 0, NB - 1)
-                np.add.at(n, (ctx, b), 1.0)
-                np.add.at(w, (ctx, b), burst)
-                spent = np.clip(gaps[:, None] - EDGES[None, :-1], 0.0, self._spent_w)
-                for ci in np.unique(ctx):
-                    idle[ci] += spent[ctx == ci].sum(axis=0)
+                cell = ctx * NB + b
+                counts = np.bincount(cell, minlength=NC * NB).reshape(NC, NB)
+                n += counts
+                w += np.bincount(cell, weights=burst, minlength=NC * NB).reshape(NC, NB)
+                # idle seconds a replica kept warm through bin j spends there: the full width for gaps that
+                # outlast the bin, the part after the bin's start for gaps that end in it
+                sums = np.bincount(cell, weights=gaps, minlength=NC * NB).reshape(NC, NB)
+                longer = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]  # gaps in bin j or later
+                outlast = np.concatenate([longer[:, 1:], np.zeros((NC, 1))], axis=1)
+                idle[:, :-1] += (outlast[:, :-1] * WIDTHS + sums[:, :-1] - EDGES[:-2] * counts[:, :-1])
                 ka = np.where(np.isnan(s.keep_alive), p.fallback_keep_alive, s.keep_alive)[ctx]
                 wake = gaps > np.maximum(ka, p.slot)
                 if wake.any():
-                    wake_last_day = wake_last_day.copy()
+                    wake_last_day, wake_count = wake_last_day.copy(), wake_count.copy()
                     for t, weight in zip(gap_ends[wake], burst[wake], strict=True):
                         slot = int((t % DAY) // p.slot)
                         day = math.floor(t / DAY)
+                        offset = t % p.slot
                         wake_w[slot] += weight
+                        wake_n[slot] += 1.0
+                        wake_off[slot] += offset
+                        wake_off2[slot] += offset * offset
                         wake_dow[_weekday(day)] += weight
                         if wake_last_day[slot] != day:
                             wake_days[slot] += 1.0
+                            wake_count[slot] += 1.0
                             wake_last_day[slot] = day
                 pending = float(allv[i0 + k])
             allv = allv[np.searchsorted(allv, pending - p.recent_window, side="right"):]
         return replace(s, updated=now, first_seen=first_seen, buf=allv, pending=pending, n=n, w=w, idle=idle,
-                       wake_w=wake_w, wake_days=wake_days, wake_last_day=wake_last_day, wake_dow=wake_dow,
+                       wake_w=wake_w, wake_days=wake_days, wake_last_day=wake_last_day, wake_count=wake_count,
+                       wake_n=wake_n, wake_off=wake_off, wake_off2=wake_off2, wake_dow=wake_dow,
                        seen_dow=seen_dow, last_day=last_day)
 
     @staticmethod
@@ -242,27 +263,46 @@ class PredictivePolicy:
         return out
 
     def profile_spans(self, s: PredictiveState, now: float, c: float) -> tuple[WarmSpan, ...]:
-        """Pre-warm the time-of-day slots in which the model regularly wakes up after a long silence."""
+        """Pre-warm the times of day at which the model regularly wakes up after a long silence.
+
+        A slot qualifies when wake-ups in it recurred on at least `min_days` days and on at least
+        `min_recurrence` of the days observed lately; it is pre-warmed around the wake-ups' usual offset
+        (mean +- 2 standard deviations, one cold start ahead) when the cold requests expected there are
+        worth the replica-seconds that costs.
+        """
         p = self.p
         days = float(s.seen_dow.sum())
         if days < p.min_days or not s.wake_w.any():
             return ()
         lam = p.cold_request_cost
-        per_day = s.wake_w / days
+        # wake-ups near a slot's edge fall on either side of it: judge each slot with its two neighbours
+        pooled = [sum(np.roll(a, k) for k in (-1, 0, 1)) for a in (s.wake_w, s.wake_days, s.wake_count, s.wake_n)]
+        wake_w, wake_days, wake_count, wake_n = pooled
+        wake_off = np.roll(s.wake_off, 1) - p.slot * np.roll(s.wake_n, 1) + s.wake_off \
+            + np.roll(s.wake_off, -1) + p.slot * np.roll(s.wake_n, -1)
+        wake_off2 = (np.roll(s.wake_off2, 1) - 2 * p.slot * np.roll(s.wake_off, 1) + p.slot ** 2 * np.roll(s.wake_n, 1)
+                     + s.wake_off2
+                     + np.roll(s.wake_off2, -1) + 2 * p.slot * np.roll(s.wake_off, -1)
+                     + p.slot ** 2 * np.roll(s.wake_n, -1))
+        per_day = wake_w / days
         # day-of-week factor, shrunk towards 1 until each weekday has been seen a few times
         mean_rate = s.wake_dow.sum() / days
-        spans = []
+        spans: list[WarmSpan] = []
         t = math.floor(now / p.slot) * p.slot
         while t < now + p.horizon:
             slot = int((t % DAY) // p.slot)
-            if s.wake_days[slot] >= p.min_days - 1e-9:
+            if wake_count[slot] >= p.min_days and wake_days[slot] >= p.min_recurrence * days and wake_n[slot] > 0:
                 wd = _weekday(math.floor(t / DAY))
                 seen = s.seen_dow[wd]
                 factor = 1.0
                 if mean_rate > 0 and seen > 0:
                     factor = (seen * (s.wake_dow[wd] / seen) / mean_rate + 2.0) / (seen + 2.0)
-                if lam * per_day[slot] * factor > p.slot + c:
-                    spans.append(WarmSpan(t - c - p.lead, t + p.slot, "prediction"))
+                mean = wake_off[slot] / wake_n[slot]
+                sd = max(p.min_spread, math.sqrt(max(0.0, wake_off2[slot] / wake_n[slot] - mean * mean)))
+                lo, hi = max(-p.slot, mean - 2 * sd), min(2 * p.slot, mean + 2 * sd)
+                start, end = t + lo - c - p.lead, t + hi + c
+                if lam * per_day[slot] * factor > end - start and not (spans and spans[-1].end >= end):
+                    spans.append(WarmSpan(start, end, "prediction"))
             t += p.slot
         return tuple(sp for sp in spans if sp.end > now)
 

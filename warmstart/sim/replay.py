@@ -37,6 +37,8 @@ class ModelOutcome:
     starts: Counter = field(default_factory=Counter)
     # (time, trigger) of every start, when asked for
     start_log: list[tuple[float, str]] | None = None
+    # arrival times of the cold requests, when starts are logged
+    cold_times: np.ndarray | None = None
 
 
 def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, cold_start: float,
@@ -148,4 +150,5 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
     advance(end)
     if loaded:
         loaded_s += max(0.0, end - start_at)
-    return ModelOutcome(model, n, cold, waits[waits >= 0], loaded_s, starts, start_log)
+    cold_times = arr[waits >= 0] if log_starts else None
+    return ModelOutcome(model, n, cold, waits[waits >= 0], loaded_s, starts, start_log, cold_times)
