@@ -55,30 +55,36 @@ def evaluate(plan: Plan, last_arrival: float | None, now: float, recent: int = 1
     Overlapping and touching spans chain: the model stays loaded to the end of the chain. The trigger is
     the highest-priority one among the spans covering `now`.
     """
-    spans = [(s.start, s.end, s.trigger) for s in plan.spans if s.end > s.start]
-    if last_arrival is not None:
-        for s in plan.after_arrival:
-            if s.end > s.start and s.min_recent <= recent <= s.max_recent:
-                spans.append((last_arrival + s.start, last_arrival + s.end, s.trigger))
     until, trigger, rank, upcoming = -math.inf, "", 99, math.inf
-    for start, end, trig in spans:
-        if start <= now:
-            if now < end:
-                if end > until:
-                    until = end
-                r = PRIORITY.get(trig, 9)
-                if r < rank:
-                    trigger, rank = trig, r
-        elif start < upcoming:
-            upcoming = start
+    shift = last_arrival if last_arrival is not None else 0.0
+    for group, offset, relative in ((plan.spans, 0.0, False),
+                                    (plan.after_arrival if last_arrival is not None else (), shift, True)):
+        for s in group:
+            start, end = s.start + offset, s.end + offset
+            if end <= start or (relative and not s.min_recent <= recent <= s.max_recent):
+                continue
+            if start <= now:
+                if now < end:
+                    if end > until:
+                        until = end
+                    r = PRIORITY.get(s.trigger, 9)
+                    if r < rank:
+                        trigger, rank = s.trigger, r
+            elif start < upcoming:
+                upcoming = start
     if rank == 99:
         return None, upcoming
-    grew = len(spans) > 1
-    while grew:
-        grew = False
-        for start, end, _ in spans:
-            if start <= until < end:
-                until, grew = end, True
+    if len(plan.spans) + len(plan.after_arrival) > 1:
+        spans = [(s.start, s.end) for s in plan.spans if s.end > s.start]
+        if last_arrival is not None:
+            spans += [(shift + s.start, shift + s.end) for s in plan.after_arrival
+                      if s.end > s.start and s.min_recent <= recent <= s.max_recent]
+        grew = True
+        while grew:
+            grew = False
+            for start, end in spans:
+                if start <= until < end:
+                    until, grew = end, True
     return (until, trigger), upcoming
 
 

@@ -98,12 +98,21 @@ class PredictiveState:
     last_day: float = -1.0  # the last whole day counted as observed
     # the keep-alive in force per recent-rate class (to tell wake-ups apart)
     keep_alive: np.ndarray = field(default_factory=lambda: np.full(NC, np.nan))
+    # what was learned: bumped when gaps (`gaps_seen`) or wake-ups (`wakes_seen`) are added
+    gaps_seen: int = 0
+    wakes_seen: int = 0
+    # the keep-alive spans last derived, and from what (gaps_seen, cold start, decay epoch): reused while
+    # nothing new was learned, since deriving them is most of a decision's cost
+    after: tuple[WarmSpan, ...] = ()
+    after_key: tuple[float, ...] = ()
 
 
 class PredictivePolicy:
     def __init__(self, params: PredictiveParams | None = None) -> None:
         self.p = params or PredictiveParams()
         self.slots = int(round(DAY / self.p.slot))
+        self._prev = np.roll(np.arange(self.slots), 1)  # index of the slot before each slot, around midnight
+        self._next = np.roll(np.arange(self.slots), -1)
         spent_w = np.append(WIDTHS, 0.0)[None, :]
         # the prior of a model with no history: gaps log-uniform from 1 s to 2 days, bursts of one request
         mids = np.sqrt(np.maximum(EDGES[:-1], 0.5) * np.minimum(EDGES[1:], 4 * DAY))
@@ -135,6 +144,7 @@ class PredictivePolicy:
                 seen_dow[_weekday(day)] += 1.0
                 last_day = day
         allv = np.concatenate([s.buf, new]) if len(s.buf) else new
+        gaps_seen, wakes_seen = s.gaps_seen, s.wakes_seen
         pending = s.pending if not math.isnan(s.pending) else (float(allv[0]) if len(allv) else math.nan)
         if len(allv) >= 2:
             i0 = int(np.searchsorted(allv, pending, side="left"))
@@ -175,11 +185,13 @@ class PredictivePolicy:
                             wake_count[slot] += 1.0
                             wake_last_day[slot] = day
                 pending = float(allv[i0 + k])
+                gaps_seen = s.gaps_seen + k
+                wakes_seen = s.wakes_seen + int(np.count_nonzero(wake))
             allv = allv[np.searchsorted(allv, pending - p.recent_window, side="right"):]
         return replace(s, updated=now, first_seen=first_seen, buf=allv, pending=pending, n=n, w=w, idle=idle,
                        wake_w=wake_w, wake_days=wake_days, wake_last_day=wake_last_day, wake_count=wake_count,
                        wake_n=wake_n, wake_off=wake_off, wake_off2=wake_off2, wake_dow=wake_dow,
-                       seen_dow=seen_dow, last_day=last_day)
+                       seen_dow=seen_dow, last_day=last_day, gaps_seen=gaps_seen, wakes_seen=wakes_seen)
 
     @staticmethod
     def context(recent: np.ndarray) -> np.ndarray:
@@ -190,6 +202,21 @@ class PredictivePolicy:
     def decide(self, obs: Observation, state: PredictiveState, now: float) -> tuple[Plan, PredictiveState]:
         p, c = self.p, obs.cold_start_s
         s = self.observe(obs, state, now)
+        # the prior does not decay with the data: re-derive at least every quarter half-life
+        epoch = math.floor(now / (p.half_life / 4))
+        key = (float(s.gaps_seen), c, float(epoch))
+        if s.after_key != key:
+            after, kas = self.keep_alive_spans(s, c)
+            s = replace(s, keep_alive=kas, after=after, after_key=key)
+        spans = self.profile_spans(s, now, c)
+        quiet = not len(obs.arrivals) and (math.isnan(s.pending) or now - s.pending > p.review)
+        review = now + (p.horizon / 2 if quiet else p.review)
+        return Plan(spans=spans, after_arrival=s.after, review_at=review,
+                    recent_window=p.recent_window), s
+
+    def keep_alive_spans(self, s: PredictiveState, c: float) -> tuple[tuple[WarmSpan, ...], np.ndarray]:
+        """Per recent-rate class: how long to keep the model after a request (and a later pre-warm)."""
+        p = self.p
         after: list[WarmSpan] = []
         kas = np.empty(NC)
         wake = self.wake_burst(s)
@@ -200,10 +227,7 @@ class PredictivePolicy:
             spans = self.keep_spans(*hist, c, seen=s.n[ci] if s.n[ci].sum() >= p.min_gaps else s.n.sum(axis=0))
             kas[ci] = spans[0].end if spans else 0.0
             after += [WarmSpan(sp.start, sp.end, sp.trigger, lo, hi) for sp in spans]
-        s = replace(s, keep_alive=kas)
-        spans = self.profile_spans(s, now, c)
-        return Plan(spans=spans, after_arrival=tuple(after), review_at=now + p.review,
-                    recent_window=p.recent_window), s
+        return tuple(after), kas
 
     def wake_burst(self, s: PredictiveState) -> float:
         """The requests a cold start after a long gap made wait, on average (one pseudo-gap of one request
@@ -262,6 +286,17 @@ class PredictivePolicy:
             out.append(WarmSpan(max(ka, span[0] - c - p.lead), float(span[1]), "prediction"))
         return out
 
+    def pooled_profile(self, s: PredictiveState) -> tuple[np.ndarray, ...]:
+        """Wake-ups near a slot's edge fall on either side of it: each slot is judged with its two neighbours
+        (offsets taken from the slot's own start)."""
+        p = self.p
+        prev, nxt = self._prev, self._next
+        pooled = [a[prev] + a + a[nxt] for a in (s.wake_w, s.wake_days, s.wake_count, s.wake_n)]
+        n, o, o2, w = s.wake_n, s.wake_off, s.wake_off2, p.slot
+        off = (o[prev] - w * n[prev]) + o + (o[nxt] + w * n[nxt])
+        off2 = (o2[prev] - 2 * w * o[prev] + w * w * n[prev]) + o2 + (o2[nxt] + 2 * w * o[nxt] + w * w * n[nxt])
+        return (*pooled, off, off2)
+
     def profile_spans(self, s: PredictiveState, now: float, c: float) -> tuple[WarmSpan, ...]:
         """Pre-warm the times of day at which the model regularly wakes up after a long silence.
 
@@ -275,15 +310,7 @@ class PredictivePolicy:
         if days < p.min_days or not s.wake_w.any():
             return ()
         lam = p.cold_request_cost
-        # wake-ups near a slot's edge fall on either side of it: judge each slot with its two neighbours
-        pooled = [sum(np.roll(a, k) for k in (-1, 0, 1)) for a in (s.wake_w, s.wake_days, s.wake_count, s.wake_n)]
-        wake_w, wake_days, wake_count, wake_n = pooled
-        wake_off = np.roll(s.wake_off, 1) - p.slot * np.roll(s.wake_n, 1) + s.wake_off \
-            + np.roll(s.wake_off, -1) + p.slot * np.roll(s.wake_n, -1)
-        wake_off2 = (np.roll(s.wake_off2, 1) - 2 * p.slot * np.roll(s.wake_off, 1) + p.slot ** 2 * np.roll(s.wake_n, 1)
-                     + s.wake_off2
-                     + np.roll(s.wake_off2, -1) + 2 * p.slot * np.roll(s.wake_off, -1)
-                     + p.slot ** 2 * np.roll(s.wake_n, -1))
+        wake_w, wake_days, wake_count, wake_n, wake_off, wake_off2 = self.pooled_profile(s)
         per_day = wake_w / days
         # day-of-week factor, shrunk towards 1 until each weekday has been seen a few times
         mean_rate = s.wake_dow.sum() / days

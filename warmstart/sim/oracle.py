@@ -12,7 +12,7 @@ import numpy as np
 from warmstart.policy.observation import Observation
 from warmstart.policy.plan import Plan, WarmSpan
 
-CHAINS_PER_PLAN = 64
+CHAINS_PER_PLAN = 8
 
 
 class OraclePolicy:
