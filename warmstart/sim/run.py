@@ -101,3 +101,39 @@ def causal_bound(trace: Trace, cold_start: float) -> dict[str, Any]:
     requests = trace.requests
     return {"first_burst_requests": first,
             "max_warm_fraction": (requests - first) / requests if requests else math.nan}
+
+
+HINDSIGHT_KEEPALIVES = (0, 30, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200,
+                        10800, 14400, 21600, 43200, 86400)
+
+
+def hindsight_keepalive(trace: Trace, cold_start: float, max_cost_fraction: float,
+                        exchange_rates: Sequence[float] = (5, 10, 20, 30, 50, 100)) -> dict[str, Any]:
+    """Not a policy: the best fixed keep-alive for each model chosen knowing the whole trace in advance (for
+    each exchange rate of replica-seconds per cold request, each model gets the keep-alive minimising
+    loaded seconds + rate x cold requests), replayed, and the warmest that stays within `max_cost_fraction`.
+    What any keep-alive-shaped policy could at best achieve by learning a keep-alive per model."""
+    best: dict[str, Any] | None = None
+    per_model = {}
+    for model, arr in trace.arrivals.items():
+        gaps = np.diff(arr)
+        burst = (np.searchsorted(arr, arr[1:] + cold_start) - np.arange(1, len(arr))).astype(np.float64)
+        per_model[model] = (gaps, burst)
+    for rate in exchange_rates:
+        outcomes = []
+        for model, arr in trace.arrivals.items():
+            gaps, burst = per_model[model]
+
+            def score(ka: float, gaps: np.ndarray = gaps, burst: np.ndarray = burst) -> float:
+                covered = gaps <= ka
+                return float(np.where(covered, gaps, ka + cold_start).sum() + rate * burst[~covered].sum())
+
+            ka = min(HINDSIGHT_KEEPALIVES, key=score)
+            outcomes.append(replay_model(model, arr, start=trace.start, end=trace.end, cold_start=cold_start,
+                                         keep_alive=float(ka)))
+        result = summarize(outcomes, trace)
+        result["exchange_rate"] = rate
+        if result["cost_fraction"] <= max_cost_fraction and (best is None or
+                                                             result["warm_fraction"] > best["warm_fraction"]):
+            best = result
+    return best or {}

@@ -23,6 +23,7 @@ def test_after_arrival_spans_follow_the_last_request_and_its_recent_rate():
     assert warm_target(plan, 1000.0, 1700.0, recent=5) is None
     assert evaluate(plan, 1000.0, 1700.0, recent=5)[1] == 4000.0
     assert warm_target(plan, None, 1000.0) is None
+    assert warm_target(plan, 0.0, 10.0, recent=5) == (600.0, "keep-alive")  # a last request at t=0 counts
 
 
 def test_merge_takes_every_span_and_the_earliest_review():

@@ -70,7 +70,10 @@ def test_bench_warming_reports_every_policy_beside_fixed_keep_alives_and_the_ora
     report = json.loads(out.read_text())
     assert set(report["policies"]) == {"keepalive-60s", "keepalive-600s", "schedule", "predictive", "default"}
     assert KEYS <= set(report["oracle"])
-    assert report["target"]["results"]["default"]["target_met"] in (True, False)
+    target = report["target"]
+    assert target["results"]["default"]["target_met"] in (True, False)
+    assert 0 < target["causal_bound"]["max_warm_fraction"] < 1
+    assert target["hindsight_keepalive"]["warm_fraction"] <= 1
     text = capsys.readouterr().out
     assert "default:" in text and "x the oracle" in text
 
