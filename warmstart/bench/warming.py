@@ -13,7 +13,7 @@ from warmstart.cli import CLIError
 
 TARGET_WARM = 0.998
 TARGET_COST_RATIO = 1.5
-KEEPALIVES = "60,120,300,600,1800,3600"
+KEEPALIVES = "60,120,180,240,300,600,1800,3600"
 POLICIES = "schedule,predictive,default"
 
 
@@ -85,8 +85,9 @@ def main(argv: list[str]) -> int:
     print(f"no policy that learns from history can exceed {100 * bound['max_warm_fraction']:.3f} % warm here: "
           f"{bound['first_burst_requests']:,} requests arrive within one cold start of their model's first request")
     if hindsight:
+        ratio = hindsight["cost_fraction"] / oracle["cost_fraction"]
         print(f"a keep-alive per model chosen knowing the whole trace in advance reaches "
-              f"{100 * hindsight['warm_fraction']:.3f} % warm at {hindsight['cost_fraction'] / oracle['cost_fraction']:.2f}x")
+              f"{100 * hindsight['warm_fraction']:.3f} % warm at {ratio:.2f}x")
     report["target"] = {"warm_fraction": TARGET_WARM, "cost_ratio": TARGET_COST_RATIO, "results": verdicts,
                         "causal_bound": bound, "hindsight_keepalive": hindsight}
     if args.json:

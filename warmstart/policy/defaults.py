@@ -23,7 +23,8 @@ def predictive_params(overrides: Mapping[str, Any]) -> PredictiveParams:
     known = {f.name for f in fields(PredictiveParams)}
     unknown = set(overrides) - known
     if unknown:
-        raise ValueError(f"unknown predictive setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        raise ValueError(f"unknown predictive setting(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(sorted(known))}")
     return PredictiveParams(**{k: float(v) for k, v in overrides.items()})
 
 

@@ -8,9 +8,9 @@ models, and a global budget of hint-paid replica-seconds per rolling hour. A ref
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Mapping
 
 from warmstart.policy.observation import Observation
 from warmstart.policy.plan import Plan, WarmSpan
@@ -104,7 +104,8 @@ def decide(req: HintRequest, state: HintState, now: float, limits: HintLimits) -
             HintState(buckets=_bounded(buckets, now, limits), spent=spent))
 
 
-def _bounded(buckets: dict[str, tuple[float, float]], now: float, limits: HintLimits) -> Mapping[str, tuple[float, float]]:
+def _bounded(buckets: dict[str, tuple[float, float]], now: float,
+             limits: HintLimits) -> Mapping[str, tuple[float, float]]:
     if len(buckets) > limits.max_clients:
         # a client whose bucket has refilled is no different from a new one: forget those first, then the oldest
         full_after = limits.client_burst / limits.client_rate if limits.client_rate > 0 else math.inf

@@ -27,7 +27,6 @@ from warmstart.policy.observation import Observation
 from warmstart.policy.plan import Plan, WarmSpan
 
 DAY = 86400.0
-WEEK = 7 * DAY
 # gap histogram edges, seconds (the last bin is open: never kept warm through)
 EDGES = np.array([0, 1, 2, 3, 5, 7, 10, 15, 20, 30, 45, 60, 90, 120, 150, 180, 240, 300, 360, 450, 600,
                   750, 900, 1200, 1500, 1800, 2400, 3000, 3600, 4500, 5400, 7200, 9000, 10800, 14400,
@@ -132,7 +131,8 @@ class PredictivePolicy:
         decay = 1.0 if math.isinf(s.updated) else 0.5 ** (max(0.0, now - s.updated) / p.half_life)
         n, w, idle = s.n * decay, s.w * decay, s.idle * decay
         wake_w, wake_days, wake_last_day = s.wake_w * decay, s.wake_days * decay, s.wake_last_day
-        wake_count, wake_n, wake_off, wake_off2 = s.wake_count, s.wake_n * decay, s.wake_off * decay, s.wake_off2 * decay
+        wake_count, wake_n = s.wake_count, s.wake_n * decay
+        wake_off, wake_off2 = s.wake_off * decay, s.wake_off2 * decay
         wake_dow, seen_dow = s.wake_dow * decay, s.seen_dow * decay
         new = obs.arrivals
         first_seen = s.first_seen if not math.isnan(s.first_seen) else (float(new[0]) if len(new) else math.nan)

@@ -32,7 +32,8 @@ class OraclePolicy:
     def decide(self, obs: Observation, state: int, now: float) -> tuple[Plan, int]:
         i = int(np.searchsorted(self.ends, now, side="left"))
         j = min(i + CHAINS_PER_PLAN, len(self.starts))
-        spans = tuple(WarmSpan(float(s), float(e), "prediction") for s, e in zip(self.starts[i:j], self.ends[i:j]))
+        spans = tuple(WarmSpan(float(s), float(e), "prediction")
+                      for s, e in zip(self.starts[i:j], self.ends[i:j], strict=True))
         review = float(self.starts[j - 1]) if j - i > 1 else (float(self.ends[i]) if i < j else float("inf"))
         return Plan(spans=spans, review_at=review), j
 

@@ -33,6 +33,7 @@ def plot(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, out
     """Cost (% of always-on) against warm requests (%), one point per policy; fixed keep-alives joined."""
     try:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -56,9 +57,12 @@ def plot(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, out
         ax.plot(100 * oracle["cost_fraction"], 100 * oracle["warm_fraction"], "*", color="black", markersize=12,
                 label="oracle (perfect foresight)")
         ax.axvline(150 * oracle["cost_fraction"], color="0.8", linestyle="--", linewidth=1)
-        ax.annotate("1.5x oracle", (150 * oracle["cost_fraction"], ax.get_ylim()[0]), fontsize=8, color="0.5",
-                    xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("replica-seconds loaded, % of always-on")
+        ax.annotate("1.5x oracle", (150 * oracle["cost_fraction"], ax.get_ylim()[1]), fontsize=8, color="0.5",
+                    xytext=(3, -12), textcoords="offset points")
+    ax.set_xscale("log")
+    for axis_format in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        axis_format(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("replica-seconds loaded, % of always-on (log scale)")
     ax.set_ylabel("requests served warm, %")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)

@@ -124,7 +124,7 @@ def hindsight_keepalive(trace: Trace, cold_start: float, max_cost_fraction: floa
         for model, arr in trace.arrivals.items():
             gaps, burst = per_model[model]
 
-            def score(ka: float, gaps: np.ndarray = gaps, burst: np.ndarray = burst) -> float:
+            def score(ka: float, gaps: np.ndarray = gaps, burst: np.ndarray = burst, rate: float = rate) -> float:
                 covered = gaps <= ka
                 return float(np.where(covered, gaps, ka + cold_start).sum() + rate * burst[~covered].sum())
 
