@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import time
 
 import pytest
 
@@ -83,6 +84,11 @@ def test_over_the_hourly_budget_a_hint_starts_nothing(start_server):
 def test_request_arrivals_are_kept_in_sqlite(start_server, tmp_path):
     data = tmp_path / "data-keep"
     srv = start_server([smollm2()], sections={"warming": {"tick": "0.5s"}}, data_dir=data)
+    # a model whose keep-alive the controller picks still stays loaded when a person warms it
+    status, _, body = srv.post(f"/admin/models/{MODEL}/warm", {"wait": True})
+    assert status == 200 and body["state"] == "warm"
+    time.sleep(2)  # four ticks of the controller
+    assert srv.model(MODEL)["state"] == "warm"
     for _ in range(2):
         assert srv.post("/v1/chat/completions", chat(max_tokens=2))[0] == 200
     srv.stop()

@@ -477,6 +477,9 @@ class Pool:
     def ensure_warm(self, name: str, trigger: str, keep_alive: float | None = None) -> ReplicaState:
         """Start a replica of `name` unless one is live; returns the model's state."""
         entry = self.entry(name)
+        if keep_alive is None and trigger == "manual":
+            # a person asked: the configured keep-alive, even where the warming controller picks it otherwise
+            keep_alive = entry.config.keep_alive
         self._reap_failed(entry)
         live = [r for r in entry.replicas if r.state in (S.STARTING, S.WARM, S.SLEEPING)]
         if not live:
