@@ -143,6 +143,8 @@ class PredictivePolicy:
             for day in range(int(max(last_day + 1, math.floor(first_seen / DAY))), today):
                 seen_dow[_weekday(day)] += 1.0
                 last_day = day
+        if len(s.buf) and len(new) and new[0] < s.buf[-1]:
+            new = np.maximum(new, s.buf[-1])  # a wall clock stepped back: no negative gaps
         allv = np.concatenate([s.buf, new]) if len(s.buf) else new
         gaps_seen, wakes_seen = s.gaps_seen, s.wakes_seen
         pending = s.pending if not math.isnan(s.pending) else (float(allv[0]) if len(allv) else math.nan)

@@ -169,7 +169,7 @@ class WarmingRunner:
             self._apply(mw)
 
     def _decide(self, mw: ModelWarming, now: float) -> None:
-        obs = Observation(mw.name, np.array(mw.pending, dtype=np.float64), self._cold_start(mw.name),
+        obs = Observation(mw.name, np.sort(np.array(mw.pending, dtype=np.float64)), self._cold_start(mw.name),
                           tuple(mw.hints))
         mw.pending, mw.hints = [], []
         mw.plan, mw.state = mw.controller.decide(obs, mw.state, now)
