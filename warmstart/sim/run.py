@@ -93,6 +93,15 @@ def summarize(outcomes: list[ModelOutcome], trace: Trace) -> dict[str, Any]:
     }
 
 
+def oracle_summary(trace: Trace, cold_start: float) -> dict[str, Any]:
+    """The oracle's report in closed form (what replaying `OraclePolicy` gives, faster)."""
+    from warmstart.sim.oracle import oracle_cost
+
+    outcomes = [ModelOutcome(m, len(a), 0, np.empty(0), oracle_cost(a, cold_start), Counter())
+                for m, a in trace.arrivals.items()]
+    return summarize(outcomes, trace)
+
+
 def causal_bound(trace: Trace, cold_start: float) -> dict[str, Any]:
     """The most requests any policy that learns from history can serve warm: nothing is known about a model
     before its first request, so that request and those in the cold start it triggers wait (unless the model

@@ -66,3 +66,16 @@ def test_a_longer_keep_alive_is_never_colder_and_never_cheaper():
             for ka in (60.0, 300.0, 3600.0)]
     assert runs[0].cold >= runs[1].cold >= runs[2].cold
     assert runs[0].loaded_s <= runs[1].loaded_s <= runs[2].loaded_s
+
+
+def test_the_oracle_summary_in_closed_form_equals_the_replayed_oracle():
+    from warmstart.sim.run import oracle_summary
+
+    rng = np.random.default_rng(5)
+    arrivals = {m: 50.0 + np.cumsum(rng.weibull(0.5, 400) * scale) for m, scale in (("a", 20.0), ("b", 400.0))}
+    trace = Trace("t", arrivals, 0.0, max(float(a[-1]) for a in arrivals.values()) + 1)
+    replayed = simulate(trace, make_policy("oracle"), 30.0)
+    closed = oracle_summary(trace, 30.0)
+    for key in ("requests", "warm_fraction", "cold_requests", "wait_p50_s", "wait_p99_s"):
+        assert closed[key] == replayed[key]
+    assert closed["cost_fraction"] == pytest.approx(replayed["cost_fraction"])
