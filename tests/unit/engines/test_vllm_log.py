@@ -54,7 +54,8 @@ def test_a_gpu_start_counts_compile_and_graph_capture_as_compile():
 
 def test_a_cpu_start_that_compiles_reports_the_compile_run():
     lines = CPU_START[:5] + [
-        (38.1, "(Worker pid=29423) INFO 11-22 13:50:56 [cpu_model_runner.py:87] Warming up model for the compilation..."),
+        (38.1, "(Worker pid=29423) INFO 11-22 13:50:56 [cpu_model_runner.py:87] "
+               "Warming up model for the compilation..."),
         (144.0, "(Worker pid=29423) INFO 11-22 13:52:42 [decorators.py:743] [backbone] saved AOT compiled function"),
         (144.5, "(Worker pid=29423) INFO 11-22 13:52:43 [cpu_model_runner.py:91] Warming up done."),
     ] + CPU_START[5:]
