@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import Server, chat, config_text, free_port, pid_alive
-from warmstart.bench.tiny_llama import build_in
+from warmstart.bench._tiny_llama import build_in
 from warmstart.engines.vllm import default_python
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm, pytest.mark.timeout(600)]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.bench._harness import Client, ServerProcess, free_port, machine, request_json, table, write_json
-from warmstart.bench.tiny_llama import build_in
+from warmstart.bench._tiny_llama import build_in
 from warmstart.engines.vllm import API_SERVER, PACKAGE_ROOT, default_python
 from warmstart.engines.vllm_log import PhaseClock, split_lines
 

@@ -2,7 +2,7 @@
 Hugging Face layout vLLM loads (config.json, model.safetensors, tokenizer.json, tokenizer_config.json).
 
 Nothing is downloaded. Runs in vLLM's Python (it needs torch, safetensors and tokenizers):
-    .venv-vllm/bin/python -m warmstart.bench.tiny_llama OUT_DIR [--size tiny|1b]
+    .venv-vllm/bin/python -m warmstart.bench._tiny_llama OUT_DIR [--size tiny|1b]
 `build_in(python, out, size)` does that from warmstart's own Python.
 """
 
@@ -121,7 +121,7 @@ def build_in(python: str, out: Path, size: str = "tiny", timeout: float = 900) -
     if marker.is_file() and json.loads(marker.read_text()).get("size") == size:
         return out
     env = {**os.environ, "PYTHONPATH": str(package_root())}
-    subprocess.run([python, "-m", "warmstart.bench.tiny_llama", str(out), "--size", size],
+    subprocess.run([python, "-m", "warmstart.bench._tiny_llama", str(out), "--size", size],
                    check=True, env=env, timeout=timeout, stdout=subprocess.DEVNULL)
     return out
 
