@@ -1,0 +1,1 @@
+"""The benchmarks behind `warmstart bench NAME`: each module here with a `main(argv)` is one."""
