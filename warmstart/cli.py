@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Command] = {}
 # Modules that add commands: each has `register(subparsers)` and marks its handlers with @command.
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("warmstart.bench._command", "warmstart.store.cli")
 
 
 def command(name: str) -> Callable[[Command], Command]:
