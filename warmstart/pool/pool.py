@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from warmstart.clock import Clock
 from warmstart.config import Config, ModelConfig
@@ -34,6 +34,9 @@ from warmstart.pool.scaling import replicas_to_start
 from warmstart.pool.states import LIVE, ReplicaState, model_state
 from warmstart.store.sources import resolve_model_path
 from warmstart.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from warmstart.store.model_store import ModelStore
 
 log = logging.getLogger("warmstart.pool")
 S = ReplicaState
@@ -135,11 +138,13 @@ class Lease:
 
 class Pool:
     def __init__(self, config: Config, engines: Mapping[str, Engine], clock: Clock, metrics: Metrics,
-                 audit: AuditSink | None = None) -> None:
+                 audit: AuditSink | None = None, store: ModelStore | None = None) -> None:
         self.config = config
         self.clock = clock
         self.metrics = metrics
         self.audit: AuditSink = audit or NullAudit()
+        # integrity before starts and the RAM tier between them (warmstart.store); None: neither
+        self.store = store
         self.models: dict[str, ModelEntry] = {
             m.name: ModelEntry(config=m, engine=engines[m.engine]) for m in config.models
         }
@@ -311,6 +316,8 @@ class Pool:
         self._update_gauges(entry)
 
     def _start_replica(self, entry: ModelEntry, trigger: str) -> Replica:
+        if self.store is not None:
+            self.store.replica_starting(entry.name)
         now = self.clock.now()
         replica = Replica(
             id=next_replica_id(entry.name), model=entry.name, trigger=trigger,
@@ -331,6 +338,8 @@ class Pool:
             path = await self._resolve(entry)
             if entry.capabilities is None:
                 await self.capabilities(entry.name)
+            if self.store is not None:  # refuses files that do not match the manifest; RAM tier's path
+                path = await self.store.before_start(cfg, path)
             proc = await asyncio.wait_for(
                 entry.engine.start(cfg, path, replica.report, replica.id), self.config.server.start_timeout)
             replica.process = proc
@@ -453,6 +462,9 @@ class Pool:
         self._account(replica)
         replica.move(S.STOPPING)
         self._update_gauges(entry)
+        if self.store is not None:  # the last replica on keep-alive: weights to the RAM tier, not to disk
+            last = not any(r is not replica and r.state in (S.STARTING, S.WARM, S.SLEEPING) for r in entry.replicas)
+            await self.store.before_stop(entry.config, entry.path, reason, last)
         if replica.process is not None:
             await replica.process.stop(self.config.server.stop_timeout)
         self._account(replica)
@@ -519,6 +531,8 @@ class Pool:
             elif replica.state is S.WARM:
                 replica.unload_when_idle = True
         await asyncio.gather(*stops)
+        if self.store is not None and not any(r.state in LIVE for r in entry.replicas):
+            await self.store.evict(name, "manual unload")
         return len(stops)
 
     async def shutdown(self) -> None:
@@ -532,6 +546,8 @@ class Pool:
             for replica in list(entry.replicas):
                 stops.append(self._stop(entry, replica, "shutdown"))
         await asyncio.gather(*stops, return_exceptions=True)
+        if self.store is not None:
+            await self.store.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -545,6 +561,8 @@ class Pool:
         for entry in self.models.values():
             for replica in entry.replicas:
                 self._account(replica)
+        if self.store is not None:
+            self.store.account()
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = self.clock.now()
@@ -587,6 +605,7 @@ class Pool:
             "last_failure": entry.last_failure,
             "capabilities": caps,
             "path": str(entry.path) if entry.path else cfg.path,
+            "tier": self.store.view(cfg.name) if self.store is not None else None,
         }
 
     # ---- bookkeeping ------------------------------------------------------------------------
@@ -595,6 +614,8 @@ class Pool:
         now = self.clock.now()
         if replica.accounted_to is not None and replica.state in LOADED:
             self.metrics.replica_loaded_seconds.labels(replica.model).inc(max(0.0, now - replica.accounted_to))
+            if self.store is not None:
+                self.store.add_loaded_seconds(replica.model, max(0.0, now - replica.accounted_to))
         replica.accounted_to = now
 
     def _update_gauges(self, entry: ModelEntry) -> None:
