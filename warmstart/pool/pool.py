@@ -179,11 +179,15 @@ class Pool:
         return entry.capabilities
 
     async def prepare(self) -> None:
-        """Resolve and inspect every model in the background at start-up, so a first request does not
-        pay for it (an `assemble:` model is written once); problems are logged, not fatal."""
+        """Resolve, inspect and (for the store's manifest) hash every model in the background at start-up,
+        so a first request does not pay for it (an `assemble:` model is written once); problems are
+        logged, not fatal."""
         for name in list(self.models):
             try:
                 await self.capabilities(name)
+                if self.store is not None and self.store.settings.verify_on_start:
+                    # hash a model without a manifest now rather than on its first start
+                    await self.store.check(self.models[name].config, await self._resolve(self.models[name]))
             except WarmstartError as exc:
                 log.warning("%s", exc)
 

@@ -186,18 +186,20 @@ def _read_into(fd: int, view: memoryview, offset: int) -> int:
 
 
 class FastLoader:
-    """Loads safetensors files with `threads` parallel readers in `chunk`-byte pieces.
+    """Loads safetensors files in `chunk`-byte pieces: up to `io_threads` O_DIRECT reads in flight (the
+    disk wants depth), at most `threads` page-cache copies at once (they want CPUs, no more).
 
     direct: "auto" (O_DIRECT for chunks not in the page cache), "never" or "always".
     """
 
-    def __init__(self, *, threads: int | None = None, chunk: int = DEFAULT_CHUNK, direct: str = "auto",
-                 pool: ArenaPool | None = None, prefault: bool = True) -> None:
+    def __init__(self, *, threads: int | None = None, io_threads: int = 16, chunk: int = DEFAULT_CHUNK,
+                 direct: str = "auto", pool: ArenaPool | None = None, prefault: bool = True) -> None:
         if direct not in ("auto", "never", "always"):
             raise ValueError("direct must be auto, never or always")
         if chunk <= 0 or chunk % PAGE:
             raise ValueError(f"chunk must be a positive multiple of {PAGE}")
-        self.threads = threads or max(4, 2 * (os.cpu_count() or 1))
+        self.threads = threads or max(2, os.cpu_count() or 1)
+        self.io_threads = max(io_threads, self.threads)
         self.chunk = chunk
         self.direct = direct
         self.pool = pool if pool is not None else ArenaPool()
@@ -226,6 +228,7 @@ class FastLoader:
         plan = self._plan(path, size)
         local = threading.local()
         no_direct: list[bool] = []  # set once O_DIRECT is refused here (tmpfs, some FUSE)
+        copies = threading.BoundedSemaphore(self.threads)
         fds: list[int] = []
         fds_lock = threading.Lock()
 
@@ -249,10 +252,12 @@ class FastLoader:
                 except OSError:  # no O_DIRECT on this filesystem (tmpfs, some FUSE): read through the cache
                     no_direct.append(True)
                     direct = False
-                    got = _read_into(fd_for(False), into[offset:offset + length], offset)
+                    with copies:
+                        got = _read_into(fd_for(False), into[offset:offset + length], offset)
             else:
                 direct = False
-                got = _read_into(fd_for(False), into[offset:offset + length], offset)
+                with copies:
+                    got = _read_into(fd_for(False), into[offset:offset + length], offset)
             if got < length:
                 raise StoreError(f"{path} ended early at byte {offset + got} (expected {size} bytes); "
                                  "was it truncated while loading?")
@@ -263,7 +268,8 @@ class FastLoader:
         if len(into) < round_up(size, PAGE):
             raise StoreError(f"buffer of {len(into)} bytes is too small for {path} ({size} bytes)")
         try:
-            with ThreadPoolExecutor(max_workers=min(self.threads, len(plan)) or 1,
+            workers = self.io_threads if any(d for _, _, d in plan) else self.threads
+            with ThreadPoolExecutor(max_workers=min(workers, len(plan)) or 1,
                                     thread_name_prefix="warmstart-load") as ex:
                 return sum(ex.map(work, plan))
         except OSError as exc:
