@@ -168,6 +168,15 @@ class ModelStore:
             if state.accounted_to is None:
                 continue
             resident = self.tier.resident(name)
+            if resident is not None and not resident.alive:  # the holder was killed: the pages are unpinned
+                log.warning("the RAM tier's holder of model %s exited; the model is back on disk", name)
+                self.tier.release(name)
+                self.metrics.ram_tier_bytes.labels(name).set(0)
+                state.accounted_to, state.until = None, -math.inf
+                if state.timer is not None and state.timer is not asyncio.current_task():
+                    state.timer.cancel()
+                state.timer = None
+                continue
             if self.live_replicas(name) == 0 and resident is not None:
                 seconds = max(0.0, now - state.accounted_to)
                 state.seconds["ram"] += seconds

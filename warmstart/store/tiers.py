@@ -165,7 +165,7 @@ class Resident:
 
     def to_dict(self) -> dict:
         return {"method": self.method, "bytes": self.bytes, "hold_s": round(self.seconds_to_hold, 4),
-                "alive": self.alive}
+                "alive": self.alive, "holder_pid": self.holder.pid if self.holder is not None else None}
 
 
 class RamTier:
