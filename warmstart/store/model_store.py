@@ -21,9 +21,10 @@ from typing import Any
 
 from warmstart.clock import Clock
 from warmstart.config import Config, ModelConfig
+from warmstart.errors import StoreError
 from warmstart.policy import tiering
 from warmstart.store.manifest import ManifestStore
-from warmstart.store.tiers import GiB, RamTier, TierRefused, gib
+from warmstart.store.tiers import GiB, RamTier, gib
 from warmstart.telemetry.metrics import Metrics
 
 log = logging.getLogger("warmstart.store")
@@ -100,7 +101,7 @@ class ModelStore:
         async with state.lock:
             try:
                 resident = await asyncio.to_thread(self.tier.hold, model.name, [path])
-            except TierRefused as exc:
+            except (StoreError, OSError) as exc:  # refused, or the file went away: never block the stop
                 state.last_refusal = str(exc)
                 self.metrics.ram_tier_refusals.labels(model.name).inc()
                 log.warning("%s; the model goes cold", exc)
