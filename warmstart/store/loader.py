@@ -25,7 +25,7 @@ from typing import Any
 
 from warmstart.errors import StoreError
 from warmstart.store.buffers import PAGE, Arena, ArenaPool, round_up
-from warmstart.store.pagecache import residency
+from warmstart.store.pagecache import chunk_residency
 
 # safetensors dtype -> (bytes per element, numpy name or None, torch attribute)
 DTYPES: dict[str, tuple[int, str | None, str]] = {
@@ -284,14 +284,8 @@ class FastLoader:
             return [(o, n, False) for o, n in chunks]
         if self.direct == "always":
             return [(o, n, True) for o, n in chunks]
-        vec = residency(Path(path))
-        per_chunk = self.chunk // PAGE
-        plan = []
-        for i, (o, n) in enumerate(chunks):
-            pages = vec[i * per_chunk:(i + 1) * per_chunk]
-            cached = len(pages) - pages.count(0)
-            plan.append((o, n, cached * 2 < len(pages)))
-        return plan
+        resident = chunk_residency(Path(path), self.chunk)
+        return [(o, n, fraction < 0.5) for (o, n), fraction in zip(chunks, resident)]
 
 
 def load_to_cuda(path: Path | str, device: str = "cuda", *, threads: int = 8, chunk: int = 64 << 20,

@@ -45,6 +45,42 @@ def residency(path: Path) -> bytes:
         os.close(fd)
 
 
+def chunk_residency(path: Path, chunk: int, *, windows: int = 3, window_pages: int = 8) -> list[float]:
+    """For each `chunk`-byte piece of the file, the resident fraction of a few sampled page windows.
+
+    mincore over a whole 3.4 GB file costs 0.1-0.2 s here (a walk of every page); three windows of
+    eight pages per chunk tell cached from uncached chunks in a few milliseconds."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return []
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, _MAP_FAILED):
+            raise StoreError(f"cannot map {path}: {os.strerror(ctypes.get_errno())}")
+        try:
+            vec = ctypes.create_string_buffer(window_pages)
+            out = []
+            for start in range(0, size, chunk):
+                length = min(chunk, size - start)
+                span = max(0, length - window_pages * PAGE)
+                seen = hits = 0
+                for w in range(windows):
+                    offset = start + (span * w // max(1, windows - 1)) // PAGE * PAGE
+                    n = min(window_pages * PAGE, size - offset)
+                    if _libc.mincore(addr + offset, n, vec) != 0:
+                        raise StoreError(f"mincore failed on {path}: {os.strerror(ctypes.get_errno())}")
+                    pages = (n + PAGE - 1) // PAGE
+                    seen += pages
+                    hits += sum(1 for b in vec.raw[:pages] if b & 1)
+                out.append(hits / seen if seen else 1.0)
+            return out
+        finally:
+            _libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
 def resident_fraction(path: Path) -> float:
     vec = residency(path)
     if not vec:

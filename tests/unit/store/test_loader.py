@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import pytest
@@ -147,3 +148,21 @@ def test_load_to_cuda_is_bit_identical_on_a_real_gpu(every_dtype):
     for name, ref in expected.items():
         assert got[name].is_cuda
         assert _bytes(got[name].cpu()) == _bytes(ref), name
+
+
+def test_auto_reads_uncached_chunks_direct_and_cached_chunks_through_the_cache(tmp_path):
+    from warmstart.store.pagecache import chunk_residency, evict
+
+    path = tmp_path / "half.safetensors"
+    _write_raw(path, {"w": {"dtype": "U8", "shape": [8 << 20], "data_offsets": [0, 8 << 20]}}, os.urandom(8 << 20))
+    size = path.stat().st_size
+    evict(path)
+    with open(path, "rb") as f:  # the second half into the page cache
+        f.seek(size // 2)
+        f.read()
+    chunk = 1 << 20
+    resident = chunk_residency(path, chunk)
+    assert resident[0] == 0.0 and resident[-1] == 1.0
+    with FastLoader(chunk=chunk).load(path) as ckpt:
+        assert size // 2 - chunk <= ckpt.stats.direct_bytes <= size // 2 + chunk
+        assert bytes(ckpt.raw("w")) == path.read_bytes()[ckpt.header.data_start:]
