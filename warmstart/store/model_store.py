@@ -34,7 +34,6 @@ TIERS = ("loaded", "ram")
 @dataclass
 class _Residency:
     config: ModelConfig
-    path: Path | None = None
     until: float = -math.inf  # when the RAM keep-alive runs out (while not loaded)
     accounted_to: float | None = None  # RAM seconds counted up to here
     timer: asyncio.Task | None = None
@@ -81,9 +80,6 @@ class ModelStore:
         """Check integrity; return the path the engine should open (the RAM tier's copy when it has one)."""
         if self.settings.verify_on_start:
             await self.check(model, path)
-        state = self.models.get(model.name)
-        if state is not None:
-            state.path = path
         return self.tier.path_for(model.name, path)
 
     async def before_stop(self, model: ModelConfig, path: Path | None, reason: str, last: bool) -> None:
@@ -107,7 +103,6 @@ class ModelStore:
                 log.warning("%s; the model goes cold", exc)
                 return
             state.last_refusal = None
-            state.path = path
             state.until = decision.until
             state.accounted_to = self.clock.now()
             self.metrics.ram_tier_bytes.labels(model.name).set(resident.bytes)
