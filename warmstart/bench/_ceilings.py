@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,14 +30,20 @@ def touched(size: int) -> Arena:
 
 
 def parallel_read(path: Path, into: memoryview, threads: int, *, direct: bool, chunk: int = CHUNK) -> float:
-    """Seconds to read the whole file into `into` (same offsets) with `threads` readers."""
+    """Seconds to read the whole file into `into` (same offsets) with `threads` readers taking the
+    next chunk as they finish one (a stalled reader does not hold up the others)."""
     size = path.stat().st_size
-    starts = list(range(0, size, chunk))
+    starts = iter(range(0, size, chunk))
+    lock = threading.Lock()
 
-    def worker(k: int) -> None:
+    def worker(_: int) -> None:
         fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
         try:
-            for start in starts[k::threads]:
+            while True:
+                with lock:
+                    start = next(starts, None)
+                if start is None:
+                    return
                 length = min(chunk, size - start)
                 view = into[start:start + (round_up(length, PAGE) if direct else length)]
                 done = 0
