@@ -12,7 +12,7 @@ def phases_line(phases: dict[str, float]) -> str:
 
 
 def ps_table(models: list[dict[str, Any]]) -> str:
-    header = ("MODEL", "ENGINE", "STATE", "REPLICAS", "QUEUE", "UNLOADS IN", "LAST START")
+    header = ("MODEL", "ENGINE", "STATE", "TIER", "REPLICAS", "QUEUE", "UNLOADS IN", "LAST START")
     rows = [header]
     details = []
     for m in models:
@@ -31,20 +31,41 @@ def ps_table(models: list[dict[str, Any]]) -> str:
             state += f" ({starting[0]['phase']})"
         last = m.get("last_start")
         last_text = f"{last['total_s']:.2f}s {last['trigger']} {last['outcome']}" if last else "-"
-        rows.append((m["id"], m.get("engine", "?"), state, str(len(replicas)), str(m.get("queue_depth", 0)),
-                     until, last_text))
+        rows.append((m["id"], m.get("engine", "?"), state, tier_cell(m.get("tier")), str(len(replicas)),
+                     str(m.get("queue_depth", 0)), until, last_text))
         if last and last.get("phases"):
             details.append(f"  {m['id']}: {phases_line(last['phases'])}")
+        if m.get("tier"):
+            details.append(tier_line(m["id"], m["tier"]))
         if m.get("last_failure") and state.startswith("failed"):
             details.append(f"  {m['id']} failed: {m['last_failure']}")
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     if details:
-        lines += ["", "last cold start by phase:"] + details
+        lines += ["", "last cold start by phase, seconds per tier:"] + details
     runtimes = runtime_lines(models)
     if runtimes:
         lines += ["", "pre-initialized runtimes (waiting for a model):"] + runtimes
     return "\n".join(lines)
+
+
+def tier_cell(tier: dict[str, Any] | None) -> str:
+    """Where the model's weights are: loaded, ram (held in RAM, how long still) or disk."""
+    if not tier:
+        return "-"
+    if tier["tier"] == "ram" and tier.get("ram"):
+        left = tier["ram"].get("until_s")
+        return f"ram ({tier['ram']['method']}, {'for ever' if left is None else format_duration(left)})"
+    return str(tier["tier"])
+
+
+def tier_line(model: str, tier: dict[str, Any]) -> str:
+    seconds = tier.get("seconds", {})
+    line = (f"  {model}: loaded {format_duration(seconds.get('loaded', 0))}, ram {format_duration(seconds.get('ram', 0))}"
+            f" (RAM cost {tier.get('ram_cost', 0):.4f} at {tier.get('ram_price_per_gib_hour', 0):g}/GiB-hour)")
+    if tier.get("last_refusal"):
+        line += f"; last demotion refused: {tier['last_refusal']}"
+    return line
 
 
 def runtime_lines(models: list[dict[str, Any]]) -> list[str]:

@@ -68,6 +68,8 @@ class ModelConfig:
     # keep_alive = "auto" (or none given while predictive warming is on): the warming controller picks how
     # long the model stays loaded after a request (`keep_alive` applies only where no controller runs)
     keep_alive_auto: bool = False
+    # after keep-alive unloads the last replica, hold the weights in RAM this long (0: straight to disk)
+    ram_keep_alive: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,18 @@ class WarmingConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """The model store and its RAM tier (warmstart/store)."""
+
+    verify_on_start: bool = True  # the cheap size/mtime/inode check against the manifest
+    ram_method: str = "auto"  # auto | mlock | tmpfs
+    ram_max: int | None = None  # bytes the RAM tier may hold in all; None: what memory allows
+    ram_reserve: int = 2 << 30  # bytes left free for engines and everything else
+    ram_price: float = 0.005  # cost per GiB-hour held in RAM (in the unit of your replica price)
+    tmpfs_dir: Path | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     models: tuple[ModelConfig, ...]
@@ -158,6 +172,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     warming: WarmingConfig = field(default_factory=WarmingConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     @property
     def loopback_only(self) -> bool:
@@ -219,16 +234,17 @@ def load_config(
 
 
 def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = None) -> Config:
-    _only_keys(raw, "", {"server", "defaults", "models", "audit", "auth", "warming"})
+    _only_keys(raw, "", {"server", "defaults", "models", "audit", "auth", "warming", "store"})
     server = _parse_server(raw.get("server", {}))
     audit = _parse_audit(raw.get("audit", {}), base_dir)
     auth = _parse_auth(raw.get("auth", {}), server, base_dir)
     warming_raw = raw.get("warming", {})
     _expect(isinstance(warming_raw, Mapping), "warming", warming_raw, "must be a table")
     predictive_on = _bool(warming_raw, "predictive", True, "warming") and _bool(warming_raw, "enabled", True, "warming")
+    store = _parse_store(raw.get("store", {}))
     defaults = raw.get("defaults", {})
     _expect(isinstance(defaults, Mapping), "defaults", defaults, "must be a table")
-    _only_keys(defaults, "defaults", {"keep_alive", "max_replicas"})
+    _only_keys(defaults, "defaults", {"keep_alive", "max_replicas", "ram_keep_alive"})
     models_raw = raw.get("models")
     if models_raw is None:
         models_raw = [dict(m) for m in BUILTIN_MODELS]
@@ -239,7 +255,8 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = N
         _expect(model.name not in seen, f"models[{i}].name", model.name, "is used by two models")
         seen.add(model.name)
     warming = _parse_warming(warming_raw, seen)
-    return Config(server=server, models=models, source=source, audit=audit, auth=auth, warming=warming)
+    return Config(server=server, models=models, source=source, audit=audit, auth=auth, warming=warming,
+                  store=store)
 
 
 def is_loopback(host: str) -> bool:
@@ -286,6 +303,33 @@ def _parse_auth(raw: Any, server: ServerConfig, base_dir: Path) -> AuthConfig:
         raise ConfigError("auth.api_keys", [], f"{why}: set auth.api_keys or WARMSTART_API_KEYS "
                           "(or bind 127.0.0.1)")
     return auth
+
+
+def _parse_store(raw: Any) -> StoreConfig:
+    from warmstart.store.tiers import METHODS, parse_size
+
+    _expect(isinstance(raw, Mapping), "store", raw, "must be a table")
+    _only_keys(raw, "store", set(StoreConfig.__dataclass_fields__))
+    d = StoreConfig()
+    verify = raw.get("verify_on_start", d.verify_on_start)
+    _expect(isinstance(verify, bool), "store.verify_on_start", verify, "must be true or false")
+    method = raw.get("ram_method", d.ram_method)
+    _expect(method in METHODS, "store.ram_method", method, f"must be one of {', '.join(METHODS)}")
+    sizes: dict[str, int | None] = {}
+    for key in ("ram_max", "ram_reserve"):
+        value = raw.get(key, getattr(d, key))
+        try:
+            sizes[key] = None if value is None else parse_size(value)
+        except ValueError as exc:
+            raise ConfigError(f"store.{key}", value, str(exc)) from None
+    price = raw.get("ram_price", d.ram_price)
+    _expect(isinstance(price, (int, float)) and not isinstance(price, bool) and price >= 0 and math.isfinite(price),
+            "store.ram_price", price, "must be a number >= 0 (cost per GiB-hour)")
+    tmpfs = raw.get("tmpfs_dir")
+    _expect(tmpfs is None or isinstance(tmpfs, str), "store.tmpfs_dir", tmpfs, "must be a path")
+    return StoreConfig(verify_on_start=verify, ram_method=method, ram_max=sizes["ram_max"],
+                       ram_reserve=sizes["ram_reserve"] or 0, ram_price=float(price),
+                       tmpfs_dir=Path(tmpfs).expanduser() if tmpfs else None)
 
 
 def _parse_server(raw: Any) -> ServerConfig:
@@ -376,6 +420,7 @@ def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path,
         options=MappingProxyType(options),
         chat=chat,
         keep_alive_auto=auto,
+        ram_keep_alive=_duration(merged, "ram_keep_alive", 0.0, where),
     )
 
 

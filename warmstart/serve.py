@@ -59,9 +59,21 @@ def build_app(config: Config):  # type: ignore[no-untyped-def]
     audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=DigestCache(data_dir / "digests.json"),
                      required=config.audit.required, rotate_bytes=config.audit.rotate_bytes)
     pool = Pool(config, create_engines(data_dir, config.models), clock, metrics, audit=audit)
+    pool.store = build_store(config, pool, clock, metrics)
     app = create_app(config, pool, metrics, clock)
     app.services.audit = audit
     return app
+
+
+def build_store(config: Config, pool, clock, metrics):  # type: ignore[no-untyped-def]
+    """Integrity checks and the RAM tier for the pool's models (warmstart.store)."""
+    from warmstart.pool.states import LIVE
+    from warmstart.store.model_store import ModelStore
+
+    def live_replicas(name: str) -> int:
+        return sum(1 for r in pool.models[name].replicas if r.state in LIVE)
+
+    return ModelStore(config, clock, metrics, live_replicas=live_replicas)
 
 
 def run(config: Config) -> int:

@@ -48,3 +48,14 @@ def test_unknown_command_and_bad_flag():
 def test_client_commands_say_how_to_reach_a_server():
     out = run("ps", "--url", "http://127.0.0.1:9")
     assert out.returncode == 1 and "warmstart serve" in out.stderr and "--url" in out.stderr
+
+
+def test_help_of_every_command_prints():
+    out = run("--help")
+    assert out.returncode == 0 and "Traceback" not in out.stderr
+    commands = [line.split()[0] for line in out.stdout.split("COMMAND", 2)[-1].splitlines()[1:]
+                if line.startswith("    ") and not line.startswith("     ") and line.split()]
+    assert {"serve", "ps", "warm", "unload", "simulate", "bench", "audit", "models"} <= set(commands)
+    for name in commands:
+        sub = run(name, "--help")
+        assert sub.returncode == 0 and "usage:" in sub.stdout and "Traceback" not in sub.stderr, name

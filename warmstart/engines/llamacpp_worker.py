@@ -49,6 +49,20 @@ def _die_with_parent() -> None:
             sys.exit(0)
 
 
+def _without_repack() -> None:
+    # llama-cpp-python has no keyword for llama_model_params.use_extra_bufts: set it on the defaults it reads
+    from llama_cpp import llama_cpp as low
+
+    defaults = low.llama_model_default_params
+
+    def params():  # type: ignore[no-untyped-def]
+        p = defaults()
+        p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
+
+
 def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     report = _Reporter()
@@ -84,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                 ctx_seconds[0] += time.monotonic() - started
 
         _internals.LlamaContext.__init__ = timed_context
+        if options.get("repack") is False:
+            _without_repack()
         report.send(enter="load")
         t = time.monotonic()
         llm = llama_cpp.Llama(model_path=args.model, verbose=False, **service.llama_kwargs(options))

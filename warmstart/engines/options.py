@@ -18,8 +18,9 @@ LLAMACPP: OptionTypes = {
     "n_gpu_layers": int, "seed": int, "use_mmap": bool, "use_mlock": bool, "flash_attn": bool,
     "chat_format": str,
 }
-# read by warmstart's llama.cpp worker itself
-LLAMACPP_OWN: OptionTypes = {"warmup": bool}
+# read by warmstart's llama.cpp worker itself; repack=false keeps weights in the file mapping instead of
+# copying them into llama.cpp's CPU_REPACK buffer (a start from the RAM tier is then a mapping, not a copy)
+LLAMACPP_OWN: OptionTypes = {"warmup": bool, "repack": bool}
 
 # vLLM server flags, passed as --flag-name VALUE (a true bool as --flag-name, a false one left out)
 VLLM_FLAGS: OptionTypes = {

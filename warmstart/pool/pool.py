@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from warmstart.clock import Clock
 from warmstart.config import Config, ModelConfig
@@ -35,6 +35,9 @@ from warmstart.pool.scaling import replicas_to_start
 from warmstart.pool.states import LIVE, ReplicaState, model_state
 from warmstart.store.sources import resolve_model_path
 from warmstart.telemetry.metrics import TRIGGERS, Metrics
+
+if TYPE_CHECKING:
+    from warmstart.store.model_store import ModelStore
 
 log = logging.getLogger("warmstart.pool")
 S = ReplicaState
@@ -148,11 +151,13 @@ class Lease:
 
 class Pool:
     def __init__(self, config: Config, engines: Mapping[str, Engine], clock: Clock, metrics: Metrics,
-                 audit: AuditSink | None = None) -> None:
+                 audit: AuditSink | None = None, store: ModelStore | None = None) -> None:
         self.config = config
         self.clock = clock
         self.metrics = metrics
         self.audit: AuditSink = audit or NullAudit()
+        # integrity before starts and the RAM tier between them (warmstart.store); None: neither
+        self.store = store
         self.models: dict[str, ModelEntry] = {
             m.name: ModelEntry(config=m, engine=engines[m.engine],
                                wait_histogram=metrics.request_wait_seconds.labels(m.name))
@@ -191,15 +196,18 @@ class Pool:
         return entry.capabilities
 
     async def prepare(self) -> None:
-        """Resolve and inspect every model in the background at start-up, so a first request does not
-        pay for it (an `assemble:` model is written once); problems are logged, not fatal.
-        Engines that keep pre-initialized runtimes start filling them first."""
+        """Resolve, inspect and (for the store's manifest) hash every model in the background at start-up,
+        so a first request does not pay for it (an `assemble:` model is written once); problems are
+        logged, not fatal. Engines that keep pre-initialized runtimes start filling them first."""
         for engine in {id(e): e for e in self.engines.values()}.values():
             if hasattr(engine, "open"):
                 await engine.open()
         for name in list(self.models):
             try:
                 await self.capabilities(name)
+                if self.store is not None and self.store.settings.verify_on_start:
+                    # hash a model without a manifest now rather than on its first start
+                    await self.store.check(self.models[name].config, await self._resolve(self.models[name]))
             except WarmstartError as exc:
                 log.warning("%s", exc)
 
@@ -353,6 +361,8 @@ class Pool:
     def _start_replica(self, entry: ModelEntry, trigger: str) -> Replica:
         if trigger not in TRIGGERS:
             raise ValueError(f"unknown start trigger {trigger!r}; one of {', '.join(TRIGGERS)}")
+        if self.store is not None:
+            self.store.replica_starting(entry.name)
         now = self.clock.now()
         replica = Replica(
             id=next_replica_id(entry.name), model=entry.name, trigger=trigger,
@@ -373,6 +383,8 @@ class Pool:
             path = await self._resolve(entry)
             if entry.capabilities is None:
                 await self.capabilities(entry.name)
+            if self.store is not None:  # refuses files that do not match the manifest; RAM tier's path
+                path = await self.store.before_start(cfg, path)
             proc = await asyncio.wait_for(
                 entry.engine.start(cfg, path, replica.report, replica.id), self.config.server.start_timeout)
             replica.process = proc
@@ -537,6 +549,9 @@ class Pool:
         self._account(replica)
         replica.move(S.STOPPING)
         self._update_gauges(entry)
+        if self.store is not None:  # the last replica on keep-alive: weights to the RAM tier, not to disk
+            last = not any(r is not replica and r.state in (S.STARTING, S.WARM, S.SLEEPING) for r in entry.replicas)
+            await self.store.before_stop(entry.config, entry.path, reason, last)
         if replica.process is not None:
             await replica.process.stop(self.config.server.stop_timeout)
         self._account(replica)
@@ -614,6 +629,8 @@ class Pool:
             elif replica.state is S.WARM:
                 replica.unload_when_idle = True
         await asyncio.gather(*stops)
+        if self.store is not None and not any(r.state in LIVE for r in entry.replicas):
+            await self.store.evict(name, "manual unload")
         return len(stops)
 
     async def shutdown(self) -> None:
@@ -629,6 +646,8 @@ class Pool:
         await asyncio.gather(*stops, return_exceptions=True)
         await asyncio.gather(*(e.close() for e in {id(e): e for e in self.engines.values()}.values()
                                if hasattr(e, "close")), return_exceptions=True)
+        if self.store is not None:
+            await self.store.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -645,6 +664,8 @@ class Pool:
         from warmstart.engines.runtime import account_runtimes
 
         account_runtimes(self.engines.values(), self.metrics, self.clock.now())
+        if self.store is not None:
+            self.store.account()
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = self.clock.now()
@@ -689,6 +710,7 @@ class Pool:
             "capabilities": caps,
             "runtime_pool": entry.engine.runtime_view(cfg) if hasattr(entry.engine, "runtime_view") else None,
             "path": str(entry.path) if entry.path else cfg.path,
+            "tier": self.store.view(cfg.name) if self.store is not None else None,
         }
 
     # ---- bookkeeping ------------------------------------------------------------------------
@@ -697,6 +719,8 @@ class Pool:
         now = self.clock.now()
         if replica.accounted_to is not None and replica.state in LOADED:
             self.metrics.replica_loaded_seconds.labels(replica.model).inc(max(0.0, now - replica.accounted_to))
+            if self.store is not None:
+                self.store.add_loaded_seconds(replica.model, max(0.0, now - replica.accounted_to))
         replica.accounted_to = now
 
     def _init_series(self, name: str) -> None:

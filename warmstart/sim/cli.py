@@ -15,7 +15,7 @@ DEFAULT_POLICIES = "keepalive-300s,keepalive-3600s,predictive,default,oracle"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("simulate", help="replay a trace through warming policies: warm %, cold waits, cost",
+    p = sub.add_parser("simulate", help="replay a trace through warming policies: warm %%, cold waits, cost",
                        description="Replay a request trace on virtual time through the same policy and pool "
                                    "code the server runs, and report per policy the requests served warm, the "
                                    "cold waits and the replica-seconds loaded as a fraction of always-on.")

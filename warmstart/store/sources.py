@@ -1,7 +1,8 @@
 """Resolve a model's `path` as written in config to a file on disk.
 
-Three forms:
+Four forms:
 - a filesystem path;
+- `store:NAME`: a model added to the store with `warmstart models add` (its manifest's file or folder);
 - `package:MODULE/relative/file`: a file shipped inside an installed Python package (found without
   importing the package, which may need dependencies that were not installed);
 - `assemble:MODULE`: a package with `assemble(output_path=...)` that writes the file (chunked
@@ -31,6 +32,15 @@ def resolve_model_path(spec: str, data_dir: Path) -> Path:
         if not path.is_file():
             raise StoreError(f"model file {relative!r} is not in package {module} ({path})")
         return path
+    if spec.startswith("store:"):
+        from warmstart.store.manifest import ManifestStore
+
+        name = spec[len("store:"):]
+        manifest = ManifestStore(data_dir).get(name)
+        if manifest is None:
+            raise StoreError(f"no model named '{name}' in the store at {data_dir}; add it with "
+                             f"`warmstart models add PATH --name {name}`")
+        return Path(manifest.root)
     if spec.startswith("assemble:"):
         module = spec[len("assemble:"):]
         _package_dir(module)

@@ -63,5 +63,15 @@ class Metrics:
             ["engine"], registry=r)
         self.runtime_handoffs = Counter(
             "warmstart_runtime_handoffs", "Cold starts that took a pre-initialized runtime.", ["engine"], registry=r)
+        self.replica_tier_seconds = Counter(
+            "warmstart_replica_tier_seconds",
+            "Seconds per tier: tier=\"loaded\" replica-seconds loaded, tier=\"ram\" seconds held in RAM with none loaded.",
+            ["model", "tier"], registry=r)
+        self.ram_tier_bytes = Gauge(
+            "warmstart_ram_tier_bytes", "Bytes of the model's weight files held in RAM by the RAM tier.",
+            ["model"], registry=r)
+        self.ram_tier_refusals = Counter(
+            "warmstart_ram_tier_refusals", "Demotions to RAM refused (memory, budget or lock limit): the model went cold.",
+            ["model"], registry=r)
         self.audit_failures = Counter(
             "warmstart_audit_write_failures", "Audit records that could not be written.", registry=r)

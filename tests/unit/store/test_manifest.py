@@ -1,0 +1,119 @@
+"""Manifests: digests computed once, cheap checks before a start, mismatches refused, verify re-hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from warmstart.errors import IntegrityError, StoreError
+from warmstart.store.manifest import ManifestStore
+from warmstart.store.sources import resolve_model_path
+
+
+@pytest.fixture
+def model(tmp_path):
+    f = tmp_path / "models" / "tiny.gguf"
+    f.parent.mkdir()
+    f.write_bytes(b"GGUF" + os.urandom(4096))
+    return f
+
+
+def test_add_records_name_engine_format_size_and_sha256(tmp_path, model):
+    store = ManifestStore(tmp_path / "data")
+    m = store.add(model)
+    assert (m.name, m.engine, m.format, m.size, m.pinned) == ("tiny", "llamacpp", "gguf", 4100, True)
+    assert m.files[0].sha256 == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert m.source == f"add {model}"
+    assert [x.name for x in ManifestStore(tmp_path / "data").list()] == ["tiny"]  # persisted
+    with pytest.raises(StoreError, match="already in the store"):
+        store.add(model)
+    assert resolve_model_path("store:tiny", tmp_path / "data") == model
+    with pytest.raises(StoreError, match="no model named 'other' in the store"):
+        resolve_model_path("store:other", tmp_path / "data")
+
+
+def test_the_start_check_hashes_once_then_only_stats(tmp_path, model):
+    store = ManifestStore(tmp_path / "data")
+    first = store.check("tiny-model", model, engine="llamacpp", source="path")
+    assert not first.pinned and store.digests.hashed == 1  # trust on first use
+    for _ in range(3):
+        store.check("tiny-model", model, engine="llamacpp", source="path")
+    assert store.digests.hashed == 1
+    restarted = ManifestStore(tmp_path / "data")  # the digest cache survives a restart
+    restarted.check("tiny-model", model, engine="llamacpp", source="path")
+    assert restarted.digests.hashed == 0
+
+
+def test_a_touched_file_with_the_same_bytes_passes_after_one_rehash(tmp_path, model):
+    store = ManifestStore(tmp_path / "data")
+    store.check("m", model, engine="llamacpp", source="path")
+    os.utime(model, ns=(10**18, 10**18))
+    store.check("m", model, engine="llamacpp", source="path")
+    assert store.digests.hashed == 2
+    store.check("m", model, engine="llamacpp", source="path")
+    assert store.digests.hashed == 2  # the manifest took the new mtime
+
+
+def test_modified_truncated_or_missing_files_are_refused(tmp_path, model):
+    store = ManifestStore(tmp_path / "data")
+    store.check("m", model, engine="llamacpp", source="path")
+    data = bytearray(model.read_bytes())
+    data[100] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"model 'm': .*tiny.gguf has sha256 .* its manifest says .*modified"):
+        store.check("m", model, engine="llamacpp", source="path")
+    model.write_bytes(bytes(data[:50]))
+    with pytest.raises(IntegrityError, match="is 50 bytes, its manifest says 4100"):
+        store.check("m", model, engine="llamacpp", source="path")
+    model.unlink()
+    with pytest.raises(StoreError, match="not found|missing"):
+        store.check("m", model, engine="llamacpp", source="path")
+
+
+def test_pinned_models_refuse_other_files_unpinned_follow_their_config(tmp_path, model):
+    other = model.with_name("other.gguf")
+    other.write_bytes(b"GGUF other")
+    store = ManifestStore(tmp_path / "data")
+    store.add(model, name="pinned")
+    with pytest.raises(IntegrityError, match="pinned in the store"):
+        store.check("pinned", other, engine="llamacpp", source="path")
+    store.check("loose", model, engine="llamacpp", source="path")
+    moved = store.check("loose", other, engine="llamacpp", source="path")
+    assert moved.files[0].path == str(other)
+
+
+def test_verify_rehashes_and_finds_what_the_cheap_check_cannot(tmp_path, model):
+    store = ManifestStore(tmp_path / "data")
+    store.add(model, name="m")
+    assert [c.status for c in store.verify("m")] == ["ok"]
+    st = model.stat()
+    data = bytearray(model.read_bytes())
+    data[7] ^= 1
+    with open(model, "r+b") as f:  # same size, same inode, mtime put back: invisible to stat
+        f.write(bytes(data))
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))
+    store.check("m", model, engine="llamacpp", source="path")  # the cheap check cannot see it
+    [check] = store.verify("m")
+    assert check.status == "changed" and check.actual == hashlib.sha256(bytes(data)).hexdigest()
+    with pytest.raises(IntegrityError, match="modified"):  # what verify found refuses every start
+        store.check("m", model, engine="llamacpp", source="path")
+    data[7] ^= 1
+    with open(model, "r+b") as f:  # restored: starts pass again
+        f.write(bytes(data))
+    store.check("m", model, engine="llamacpp", source="path")
+    assert store.get("m").failed_verify == ()
+    model.unlink()
+    assert [c.status for c in store.verify("m")] == ["missing"]
+
+
+def test_a_folder_model_lists_every_file(tmp_path):
+    folder = tmp_path / "hf-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    m = ManifestStore(tmp_path / "data").add(folder)
+    assert (m.name, m.format, m.engine, len(m.files)) == ("hf-model", "safetensors", "vllm", 2)
+    with pytest.raises(StoreError, match="not valid"):
+        ManifestStore(tmp_path / "data").add(folder, name="../escape")

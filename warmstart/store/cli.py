@@ -1,0 +1,113 @@
+"""`warmstart models list | add PATH | verify [NAME] | rm NAME`: the model store, read from the data directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from warmstart.cli import CLIError, command, load
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    models = sub.add_parser("models", help="the model store: manifests with sha256 digests (list, add, verify, rm)")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", parser_class=type(models))
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="path to warmstart.toml (for its data directory)")
+        p.add_argument("--data-dir", help="the data directory holding the store (default: the config's)")
+
+    ls = msub.add_parser("list", help="models in the store")
+    common(ls)
+    ls.add_argument("--json", action="store_true", help="print the manifests as JSON")
+    add = msub.add_parser("add", help="hash a model file (or folder) and record its manifest")
+    common(add)
+    add.add_argument("path")
+    add.add_argument("--name", help="the model's name (default: the file name without its suffix)")
+    add.add_argument("--engine", choices=("llamacpp", "vllm", "command"), help="default: from the format")
+    add.add_argument("--replace", action="store_true", help="replace a manifest of the same name")
+    verify = msub.add_parser("verify", help="re-hash models' files against their manifests (all when no NAME)")
+    common(verify)
+    verify.add_argument("name", nargs="?")
+    rm = msub.add_parser("rm", help="remove a model's manifest (its files stay where they are)")
+    common(rm)
+    rm.add_argument("name")
+
+
+def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from warmstart.store.manifest import ManifestStore
+
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else load(args).server.data_dir
+    return ManifestStore(data_dir)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@command("models")
+def _models(args: argparse.Namespace) -> int:
+    action = args.models_command
+    if action is None:
+        raise CLIError("say what to do: warmstart models list | add PATH | verify [NAME] | rm NAME", status=2)
+    store = _store(args)
+    if action == "list":
+        manifests = store.list()
+        if args.json:
+            print(json.dumps([m.to_dict() for m in manifests], indent=2))
+            return 0
+        if not manifests:
+            print("no models in the store; add one with `warmstart models add PATH` (served models are added "
+                  "on their first start)")
+            return 0
+        rows = [("NAME", "ENGINE", "FORMAT", "SIZE", "FILES", "SHA256", "PINNED", "SOURCE")]
+        for m in manifests:
+            rows.append((m.name, m.engine, m.format, _size(m.size), str(len(m.files)), m.files[0].sha256[:12],
+                         "yes" if m.pinned else "no", m.source))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+        return 0
+    if action == "add":
+        path = Path(args.path).expanduser()
+        if not path.exists():
+            raise CLIError(f"no such file or folder: {path}")
+        t = time.monotonic()
+        manifest = store.add(path, name=args.name, engine=args.engine, replace_existing=args.replace)
+        print(f"added {manifest.name}: {manifest.format}, {len(manifest.files)} file(s), {_size(manifest.size)}, "
+              f"sha256 {manifest.files[0].sha256[:16]}... ({time.monotonic() - t:.1f} s); serve it with "
+              f'path = "store:{manifest.name}"')
+        return 0
+    if action == "verify":
+        names = [args.name] if args.name else [m.name for m in store.list()]
+        if not names:
+            print("no models in the store")
+            return 0
+        bad = 0
+        for name in names:
+            t = time.monotonic()
+            checks = store.verify(name)
+            wrong = [c for c in checks if c.status != "ok"]
+            if not wrong:
+                print(f"{name}: ok ({len(checks)} file(s) re-hashed in {time.monotonic() - t:.1f} s)")
+                continue
+            bad += 1
+            for c in wrong:
+                detail = "missing" if c.status == "missing" else f"sha256 {c.actual[:16]}..., expected {c.expected[:16]}..."  # type: ignore[index]
+                print(f"{name}: {c.path}: {detail}")
+        if bad:
+            raise CLIError(f"{bad} model(s) do not match their manifests; starts of them are refused until the files "
+                           "are restored or re-added with `warmstart models add PATH --name NAME --replace`")
+        return 0
+    if action == "rm":
+        if not store.remove(args.name):
+            raise CLIError(f"no model named '{args.name}' in the store; see `warmstart models list`")
+        print(f"removed {args.name} from the store (its files were left on disk)")
+        return 0
+    raise CLIError(f"unknown action {action}", status=2)
+

@@ -1,0 +1,245 @@
+"""Model manifests: what a model is made of (files, sizes, sha256), kept in the data directory, and
+the integrity checks made from them.
+
+A start checks cheaply: each file's size, mtime and inode against the manifest; a file whose stat
+changed is re-hashed (once, through the DigestCache) and refused if its sha256 differs. `verify`
+re-hashes everything. A model started without a manifest gets one on its first start (trust on
+first use); a manifest made by `warmstart models add` is pinned: other files under its name are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from warmstart.errors import IntegrityError, StoreError
+from warmstart.store.digest import DigestCache
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+def store_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "store"
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    path: str
+    size: int
+    sha256: str
+    mtime_ns: int
+    inode: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    engine: str
+    format: str
+    source: str
+    root: str  # the file or folder the model was added from
+    files: tuple[ManifestFile, ...]
+    added_at: float
+    pinned: bool = False
+    # files `verify` found changed: every start re-hashes them until they match again
+    failed_verify: tuple[str, ...] = ()
+    verified_at: float | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["files"] = [asdict(f) for f in self.files]
+        d["size"] = self.size
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        files = tuple(ManifestFile(**f) for f in d["files"])
+        return cls(name=d["name"], engine=d["engine"], format=d["format"], source=d["source"], root=d["root"],
+                   files=files, added_at=float(d["added_at"]), pinned=bool(d.get("pinned", False)),
+                   failed_verify=tuple(d.get("failed_verify") or ()), verified_at=d.get("verified_at"))
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    path: str
+    status: str  # ok | changed | missing
+    expected: str
+    actual: str | None = None
+
+
+def model_files(root: Path) -> list[Path]:
+    """The files a model is made of: the file itself, or every regular file under a folder."""
+    root = Path(root)
+    if root.is_file():
+        return [root.resolve()]
+    if root.is_dir():
+        files = sorted(p.resolve() for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise StoreError(f"model folder {root} has no files")
+        return files
+    raise StoreError(f"model path not found: {root}")
+
+
+def detect_format(files: list[Path]) -> str:
+    suffixes = {f.suffix.lower() for f in files}
+    if ".gguf" in suffixes:
+        return "gguf"
+    if ".safetensors" in suffixes:
+        return "safetensors"
+    if len(files) == 1:
+        try:
+            with open(files[0], "rb") as f:
+                if f.read(4) == b"GGUF":
+                    return "gguf"
+        except OSError:
+            pass
+    return "unknown"
+
+
+def default_engine(fmt: str) -> str:
+    return {"gguf": "llamacpp", "safetensors": "vllm"}.get(fmt, "command")
+
+
+class ManifestStore:
+    """Manifests as JSON files in DATA_DIR/store/manifests; digests cached in DATA_DIR/store/digests.json."""
+
+    def __init__(self, data_dir: Path, digests: DigestCache | None = None) -> None:
+        self.root = store_dir(data_dir)
+        self.folder = self.root / "manifests"
+        self.digests = digests or DigestCache(self.root / "digests.json")
+
+    def _file(self, name: str) -> Path:
+        return self.folder / (urllib.parse.quote(name, safe="") + ".json")
+
+    # -- reading
+
+    def get(self, name: str) -> Manifest | None:
+        try:
+            return Manifest.from_dict(json.loads(self._file(name).read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"the manifest of model '{name}' ({self._file(name)}) is unreadable: {exc}; "
+                             f"remove it with `warmstart models rm {name}` and add the model again") from exc
+
+    def list(self) -> list[Manifest]:
+        if not self.folder.is_dir():
+            return []
+        out = []
+        for p in sorted(self.folder.glob("*.json")):
+            m = self.get(urllib.parse.unquote(p.stem))
+            if m is not None:
+                out.append(m)
+        return out
+
+    # -- changes
+
+    def add(self, root: Path, *, name: str | None = None, engine: str | None = None, source: str | None = None,
+            pinned: bool = True, replace_existing: bool = False) -> Manifest:
+        """Hash the model's files and write its manifest; refuses to overwrite another unless told to."""
+        root = Path(root).expanduser()
+        name = name or (root.stem if root.is_file() else root.name)
+        if not NAME.match(name) or ".." in name.split("/"):
+            raise StoreError(f"model name {name!r} is not valid: use 1-128 letters, digits or ._:/- "
+                             "starting with a letter or digit (pass --name)")
+        files = model_files(root)
+        existing = self.get(name)
+        if existing is not None and not replace_existing:
+            raise StoreError(f"model '{name}' is already in the store ({existing.root}); "
+                             "pass --replace to replace it or --name to add it under another name")
+        fmt = detect_format(files)
+        entries = []
+        for f in files:
+            digest = self.digests.digest(f)
+            st = f.stat()
+            entries.append(ManifestFile(str(f), digest.size, digest.sha256, st.st_mtime_ns, st.st_ino))
+        manifest = Manifest(name=name, engine=engine or default_engine(fmt), format=fmt,
+                            source=source or f"add {root.resolve()}", root=str(root.resolve()),
+                            files=tuple(entries), added_at=time.time(), pinned=pinned)
+        self._write(manifest)
+        return manifest
+
+    def remove(self, name: str) -> bool:
+        try:
+            self._file(name).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _write(self, manifest: Manifest) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self._file(manifest.name)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest.to_dict(), indent=2))
+        os.replace(tmp, target)
+
+    # -- integrity
+
+    def check(self, name: str, root: Path, *, engine: str, source: str) -> Manifest:
+        """The cheap check before a start; raises IntegrityError on a mismatch. Creates the manifest
+        on a model's first start, and again when an unpinned model's config names other files."""
+        manifest = self.get(name)
+        files = {str(f) for f in model_files(root)}
+        if manifest is None:
+            return self.add(root, name=name, engine=engine, source=source, pinned=False)
+        listed = {f.path for f in manifest.files}
+        if listed != files:
+            if manifest.pinned:
+                raise IntegrityError(
+                    f"model '{name}' is pinned in the store to {manifest.root}, but its config names {root}; "
+                    f"run `warmstart models add {root} --name {name} --replace` to accept the new files")
+            return self.add(root, name=name, engine=engine, source=source, pinned=False, replace_existing=True)
+        updated = []
+        for entry in manifest.files:
+            updated.append(self._check_file(name, entry, rehash=entry.path in manifest.failed_verify))
+        if tuple(updated) != manifest.files or manifest.failed_verify:
+            manifest = replace(manifest, files=tuple(updated), failed_verify=())
+            self._write(manifest)
+        return manifest
+
+    def _check_file(self, name: str, entry: ManifestFile, rehash: bool = False) -> ManifestFile:
+        try:
+            st = os.stat(entry.path)
+        except OSError as exc:
+            raise IntegrityError(f"model '{name}': {entry.path} is missing ({exc.strerror}); restore it or "
+                                 f"run `warmstart models rm {name}` and add the model again") from None
+        if (st.st_size, st.st_mtime_ns, st.st_ino) == (entry.size, entry.mtime_ns, entry.inode) and not rehash:
+            return entry
+        if st.st_size != entry.size:
+            raise IntegrityError(
+                f"model '{name}': {entry.path} is {st.st_size} bytes, its manifest says {entry.size}; the file was "
+                f"changed or truncated. Restore it, or run `warmstart models add {entry.path} --name {name} "
+                "--replace` if the change is intended")
+        digest = self.digests.digest(Path(entry.path), force=rehash)
+        if digest.sha256 != entry.sha256:
+            raise IntegrityError(
+                f"model '{name}': {entry.path} has sha256 {digest.sha256[:16]}..., its manifest says "
+                f"{entry.sha256[:16]}...; the file was modified. Restore it, or run `warmstart models add "
+                f"{entry.path} --name {name} --replace` if the change is intended")
+        return replace(entry, mtime_ns=st.st_mtime_ns, inode=st.st_ino)  # same bytes, touched or copied
+
+    def verify(self, name: str) -> list[FileCheck]:
+        """Re-hash every file of the model (no cache) against its manifest."""
+        manifest = self.get(name)
+        if manifest is None:
+            raise StoreError(f"no model named '{name}' in the store; see `warmstart models list`")
+        results = []
+        for entry in manifest.files:
+            if not os.path.exists(entry.path):
+                results.append(FileCheck(entry.path, "missing", entry.sha256))
+                continue
+            actual = self.digests.digest(Path(entry.path), force=True).sha256
+            results.append(FileCheck(entry.path, "ok" if actual == entry.sha256 else "changed", entry.sha256, actual))
+        bad = tuple(c.path for c in results if c.status != "ok")
+        self._write(replace(manifest, failed_verify=bad, verified_at=time.time()))
+        return results

@@ -1,0 +1,213 @@
+"""The pool's side of the store: an integrity check before every start, the RAM tier between starts,
+and the seconds each model spends in each tier (loaded, ram).
+
+The pool calls four hooks (`before_start`, `before_stop`, `evict`, `replica_starting`) and
+`add_loaded_seconds`/`account` for bookkeeping; the RAM tier's timers live here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from warmstart.clock import Clock
+from warmstart.config import Config, ModelConfig
+from warmstart.errors import StoreError
+from warmstart.policy import tiering
+from warmstart.store.manifest import ManifestStore
+from warmstart.store.tiers import GiB, RamTier, gib
+from warmstart.telemetry.metrics import Metrics
+
+log = logging.getLogger("warmstart.store")
+TIERS = ("loaded", "ram")
+
+
+@dataclass
+class _Residency:
+    config: ModelConfig
+    until: float = -math.inf  # when the RAM keep-alive runs out (while not loaded)
+    accounted_to: float | None = None  # RAM seconds counted up to here
+    timer: asyncio.Task | None = None
+    seconds: dict[str, float] = field(default_factory=lambda: {t: 0.0 for t in TIERS})
+    ram_gib_seconds: float = 0.0  # the basis of RAM cost
+    last_refusal: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ModelStore:
+    def __init__(self, config: Config, clock: Clock, metrics: Metrics, *,
+                 live_replicas: Callable[[str], int], tier: RamTier | None = None,
+                 manifests: ManifestStore | None = None) -> None:
+        self.config = config
+        self.settings = config.store
+        self.clock = clock
+        self.metrics = metrics
+        self.live_replicas = live_replicas
+        self.manifests = manifests or ManifestStore(config.server.data_dir)
+        self.tier = tier or RamTier(method=self.settings.ram_method, max_bytes=self.settings.ram_max,
+                                    reserve_bytes=self.settings.ram_reserve,
+                                    tmpfs_dir=self.settings.tmpfs_dir or default_tmpfs_dir(config.server.data_dir))
+        self.models = {m.name: _Residency(m) for m in config.models}
+        self._check_locks: dict[str, asyncio.Lock] = {}
+        # copies left by a warmstart that was killed: nothing holds them any more
+        if self.tier.tmpfs_dir.is_dir() and self.settings.tmpfs_dir is None:
+            shutil.rmtree(self.tier.tmpfs_dir, ignore_errors=True)
+
+    # ---- integrity --------------------------------------------------------------------------------
+
+    async def check(self, model: ModelConfig, path: Path) -> None:
+        """The cheap integrity check (hashing only on first use or a changed stat); IntegrityError on a mismatch."""
+        lock = self._check_locks.setdefault(model.name, asyncio.Lock())
+        async with lock:  # one hash per model even when starts race
+            await asyncio.to_thread(self.manifests.check, model.name, path, engine=model.engine, source=model.path)
+
+    # ---- hooks the pool calls -----------------------------------------------------------------------
+
+    def replica_starting(self, name: str) -> None:
+        """A replica is about to be added: close the RAM seconds counted so far (the model is loaded from now)."""
+        self.account()
+
+    async def before_start(self, model: ModelConfig, path: Path) -> Path:
+        """Check integrity; return the path the engine should open (the RAM tier's copy when it has one)."""
+        if self.settings.verify_on_start:
+            await self.check(model, path)
+        return self.tier.path_for(model.name, path)
+
+    async def before_stop(self, model: ModelConfig, path: Path | None, reason: str, last: bool) -> None:
+        """The replica is about to stop. The last one on keep-alive demotes the model to RAM (held
+        before the engine exits, so its pages are still cached); a manual unload or shutdown frees it."""
+        state = self.models.get(model.name)
+        if state is None or not last:
+            return
+        decision = tiering.on_last_stop(reason=reason, ram_keep_alive=model.ram_keep_alive, now=self.clock.now())
+        if isinstance(decision, tiering.ToDisk):
+            await self.evict(model.name, decision.reason)
+            return
+        if path is None:
+            return
+        async with state.lock:
+            try:
+                resident = await asyncio.to_thread(self.tier.hold, model.name, [path])
+            except (StoreError, OSError) as exc:  # refused, or the file went away: never block the stop
+                state.last_refusal = str(exc)
+                self.metrics.ram_tier_refusals.labels(model.name).inc()
+                log.warning("%s; the model goes cold", exc)
+                return
+            state.last_refusal = None
+            state.until = decision.until
+            state.accounted_to = self.clock.now()
+            self.metrics.ram_tier_bytes.labels(model.name).set(resident.bytes)
+            log.info("model %s demoted to RAM (%s, %s, held in %.2f s)", model.name, resident.method,
+                     gib(resident.bytes), resident.seconds_to_hold)
+            self._arm(state)
+
+    async def evict(self, name: str, reason: str) -> bool:
+        """Let the model's RAM residency go (back to disk)."""
+        state = self.models.get(name)
+        if state is None or self.tier.resident(name) is None:
+            return False
+        self.account()
+        if state.timer is not None and state.timer is not asyncio.current_task():
+            state.timer.cancel()
+        state.timer = None
+        await asyncio.to_thread(self.tier.release, name)
+        state.accounted_to = None
+        state.until = -math.inf
+        self.metrics.ram_tier_bytes.labels(name).set(0)
+        log.info("model %s left RAM (%s)", name, reason)
+        return True
+
+    def _arm(self, state: _Residency) -> None:
+        if state.timer is not None:
+            state.timer.cancel()
+        state.timer = None
+        if math.isinf(state.until):
+            return
+        state.timer = asyncio.get_running_loop().create_task(self._expire(state), name=f"ram {state.config.name}")
+
+    async def _expire(self, state: _Residency) -> None:
+        name = state.config.name
+        while True:
+            await self.clock.sleep(state.until - self.clock.now())
+            decision = tiering.on_ram_expiry(loaded=self.live_replicas(name) > 0,
+                                             ram_keep_alive=state.config.ram_keep_alive, now=self.clock.now())
+            if isinstance(decision, tiering.ToDisk):
+                state.timer = None
+                await self.evict(name, decision.reason)
+                return
+            state.until = decision.until
+            if math.isinf(state.until):
+                state.timer = None
+                return
+
+    # ---- bookkeeping ------------------------------------------------------------------------------
+
+    def add_loaded_seconds(self, name: str, seconds: float) -> None:
+        state = self.models.get(name)
+        if state is not None and seconds > 0:
+            state.seconds["loaded"] += seconds
+            self.metrics.replica_tier_seconds.labels(name, "loaded").inc(seconds)
+
+    def account(self) -> None:
+        """Count RAM seconds up to now for every model held in RAM with no replica loaded."""
+        now = self.clock.now()
+        for name, state in self.models.items():
+            if state.accounted_to is None:
+                continue
+            resident = self.tier.resident(name)
+            if resident is not None and not resident.alive:  # the holder was killed: the pages are unpinned
+                log.warning("the RAM tier's holder of model %s exited; the model is back on disk", name)
+                self.tier.release(name)
+                self.metrics.ram_tier_bytes.labels(name).set(0)
+                state.accounted_to, state.until = None, -math.inf
+                if state.timer is not None and state.timer is not asyncio.current_task():
+                    state.timer.cancel()
+                state.timer = None
+                continue
+            if self.live_replicas(name) == 0 and resident is not None:
+                seconds = max(0.0, now - state.accounted_to)
+                state.seconds["ram"] += seconds
+                state.ram_gib_seconds += seconds * resident.bytes / GiB
+                self.metrics.replica_tier_seconds.labels(name, "ram").inc(seconds)
+            state.accounted_to = now
+
+    def view(self, name: str) -> dict[str, Any]:
+        state = self.models[name]
+        resident = self.tier.resident(name)
+        now = self.clock.now()
+        held = resident.to_dict() if resident is not None else None
+        if held is not None:
+            held["until_s"] = None if math.isinf(state.until) else round(max(0.0, state.until - now), 3)
+        tier = "loaded" if self.live_replicas(name) > 0 else ("ram" if resident is not None else "disk")
+        return {
+            "tier": tier,
+            "ram": held,
+            "seconds": {k: round(v, 3) for k, v in state.seconds.items()},
+            "ram_cost": round(state.ram_gib_seconds / 3600 * self.settings.ram_price, 6),
+            "ram_price_per_gib_hour": self.settings.ram_price,
+            "ram_keep_alive_s": None if math.isinf(state.config.ram_keep_alive) else state.config.ram_keep_alive,
+            "last_refusal": state.last_refusal,
+        }
+
+    async def close(self) -> None:
+        for state in self.models.values():
+            if state.timer is not None:
+                state.timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await state.timer
+        await asyncio.to_thread(self.tier.close)
+
+
+def default_tmpfs_dir(data_dir: Path) -> Path:
+    """A folder on /dev/shm of this user and data directory, so two servers never share copies."""
+    tag = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:10]
+    return Path("/dev/shm") / f"warmstart-{os.getuid()}-{tag}"
