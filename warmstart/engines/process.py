@@ -44,8 +44,12 @@ class ManagedProcess:
                     ledger: ProcessLedger | None = None, replica: str = "") -> ManagedProcess:
         import time
 
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - handed to the child
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - handed to the child
+        except OSError as exc:
+            raise EngineError(f"cannot write the engine log {log_path}: {exc.strerror or exc}; the data directory "
+                              "must be writable: free disk space or fix its permissions (server.data_dir)") from None
         read_fd = write_fd = -1
         pass_fds: tuple[int, ...] = ()
         if with_reports:
