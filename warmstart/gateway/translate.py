@@ -37,6 +37,10 @@ def check_request(req: GenerationRequest, caps: Capabilities) -> None:
                                  param="prompt")
         if isinstance(prompt, list) and not prompt:
             raise InvalidRequest("'prompt' must not be an empty array.", param="prompt")
+        if prompt == "" or prompt == [""]:
+            raise InvalidRequest("'prompt' must not be empty.", param="prompt")
+        if isinstance(prompt, list) and isinstance(prompt[0], int) and min(prompt) < 0:  # type: ignore[type-var]
+            raise InvalidRequest("Token ids in 'prompt' must not be negative.", param="prompt")
     limit = caps.context_length
     for name in ("max_tokens", "max_completion_tokens"):
         value = getattr(req, name, None)

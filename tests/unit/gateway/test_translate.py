@@ -70,3 +70,11 @@ def test_error_responses_are_openai_shaped():
     assert status == 404 and body["error"]["code"] == "model_not_found" and body["error"]["param"] == "model"
     status, body, headers = error_response(DeadlineExceeded("too slow", retry_after=2.2))
     assert status == 503 and headers["retry-after"] == "3" and body["error"]["type"] == "server_error"
+
+
+@pytest.mark.parametrize("prompt,message", [("", "must not be empty"), ([""], "must not be empty"),
+                                            ([5, -1], "must not be negative")])
+def test_an_empty_prompt_or_negative_token_ids_are_refused_before_any_engine(prompt, message):
+    with pytest.raises(InvalidRequest, match=message) as err:
+        check_request(CompletionRequest.model_validate({"model": "m", "prompt": prompt}), BASE)
+    assert err.value.param == "prompt"
