@@ -89,6 +89,7 @@ class LlamaCppEngine:
                 report.done(str(message["phase"]), float(message["seconds"]))
                 last_phase_end = time.monotonic()
             elif "listening" in message:
+                proc.close_reports()  # the worker's last report
                 return int(message["listening"]), last_phase_end
             elif "error" in message:
                 error = str(message["error"])

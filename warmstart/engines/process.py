@@ -37,6 +37,7 @@ class ManagedProcess:
         self.spawned_at = spawned_at
         self.base_url = ""
         self._ledger: ProcessLedger | None = None
+        self._reports_transport: asyncio.BaseTransport | None = None
 
     @classmethod
     async def spawn(cls, argv: Sequence[str], *, env: dict[str, str], log_path: Path,
@@ -70,13 +71,15 @@ class ManagedProcess:
         finally:
             log.close()
         reports = None
+        transport = None
         if with_reports:
             os.close(write_fd)
             loop = asyncio.get_running_loop()
             reports = asyncio.StreamReader(limit=1 << 20)
-            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reports),
-                                         os.fdopen(read_fd, "rb", buffering=0))
+            transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reports),
+                                                        os.fdopen(read_fd, "rb", buffering=0))
         managed = cls(proc, log_path, reports, spawned_at)
+        managed._reports_transport = transport
         if ledger is not None:
             ledger.record(proc.pid, list(argv), replica)
             managed._ledger = ledger
@@ -86,8 +89,15 @@ class ManagedProcess:
     def returncode(self) -> int | None:
         return self._proc.returncode
 
+    def close_reports(self) -> None:
+        """Close the report pipe: uvloop does not close a pipe at EOF, so each replica would leak its fd."""
+        if self._reports_transport is not None:
+            self._reports_transport.close()
+            self._reports_transport = None
+
     async def wait_exit(self) -> int:
         code = await self._proc.wait()
+        self.close_reports()
         if self._ledger is not None:
             self._ledger.forget(self.pid)
         return code
