@@ -32,6 +32,8 @@ class GGUFInfo:
     # this reader does not know, so only its start is certain)
     data_end: int | None = None
     data_start_min: int = 0  # the last tensor's data starts here at least
+    # bytes of the longest entry in the vocabulary: no token covers more bytes of text than this
+    max_token_bytes: int | None = None
 
     @property
     def architecture(self) -> str:
@@ -70,17 +72,35 @@ def _read_cached(path: str, size: int, mtime_ns: int, inode: int) -> GGUFInfo:
                 raise StoreError(f"{path}: GGUF version {version} is too old (2 or later is needed)")
             tensor_count, kv_count = struct.unpack("<QQ", _read(f, 16))
             metadata = {}
+            max_token = None
             for _ in range(kv_count):
                 key = _string(f)
                 vtype, = struct.unpack("<I", _read(f, 4))
-                metadata[key] = _value(f, vtype)
+                if key == "tokenizer.ggml.tokens" and vtype == _ARRAY:
+                    metadata[key], max_token = _longest_string(f)
+                else:
+                    metadata[key] = _value(f, vtype)
             data_end, last_start = _tensor_extent(f, tensor_count, int(metadata.get("general.alignment", 32)))
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (struct.error, UnicodeDecodeError, EOFError) as exc:
         raise StoreError(f"{path} is truncated or corrupt: its GGUF header cannot be read ({exc})") from exc
     return GGUFInfo(version=version, tensor_count=tensor_count, metadata=metadata, data_end=data_end,
-                    data_start_min=last_start)
+                    data_start_min=last_start, max_token_bytes=max_token)
+
+
+def _longest_string(f: BinaryIO) -> tuple[str, int | None]:
+    """Skip an array, returning its summary and, for strings, the longest one's length in bytes."""
+    item_type, count = struct.unpack("<IQ", _read(f, 12))
+    if item_type != _STRING:
+        f.seek(-12, 1)
+        return str(_value(f, _ARRAY)), None
+    longest = 0
+    for _ in range(count):
+        n, = struct.unpack("<Q", _read(f, 8))
+        longest = max(longest, n)
+        f.seek(n, 1)
+    return f"<array of {count}>", longest
 
 
 def check_complete(path: Path) -> GGUFInfo:

@@ -47,6 +47,7 @@ class LlamaCppEngine:
         n_ctx = int(model.options.get("n_ctx") or info.context_length or 512)
         notes = () if chat else ("no chat template in the GGUF: completions only",)
         return Capabilities(chat=chat, completions=True, sleep=False, context_length=n_ctx,
+                            max_token_bytes=info.max_token_bytes,
                             notes=notes + ("sleep: not supported by llama.cpp; a replica is loaded or cold",))
 
     async def start(self, model: ModelConfig, path: Path, report: StartReport, name: str) -> ManagedProcess:
