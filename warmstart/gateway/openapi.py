@@ -1,0 +1,71 @@
+"""The API schema as the gateway really answers: errors in OpenAI's format with their real statuses.
+
+FastAPI documents a 422 with its own validation body for every route that takes input; warmstart
+answers 400 with `{"error": {...}}` instead (and 401, 403, 404, 413, 429, 503 where they apply).
+Clients generated from the schema, and the schema-driven fuzz test, rely on this being true.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "ErrorResponse",
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["message", "type", "param", "code"],
+        "properties": {
+            "message": {"type": "string"},
+            "type": {"type": "string"},
+            "param": {"type": ["string", "null"]},
+            "code": {"type": ["string", "null"]},
+        },
+    }},
+}
+_WHY = {
+    "400": "Invalid request (OpenAI error format)",
+    "401": "Missing or wrong API key",
+    "403": "The key may not use this endpoint",
+    "404": "Unknown model",
+    "413": "Request body over server.max_body_bytes",
+    "429": "Rate limited (Retry-After)",
+    "503": "The model cannot serve now: queue full, deadline passed, start failed (Retry-After when retrying helps)",
+}
+
+
+def _statuses(path: str, method: str) -> tuple[str, ...]:
+    if path.startswith("/admin/"):
+        return ("400", "401", "403", "404", "413", "503")
+    if path.startswith("/v1/") and method == "post":
+        return ("400", "401", "404", "413", "429", "503")
+    if path.startswith("/v1/"):
+        return ("401", "404") if "{" in path else ("401",)
+    return ()
+
+
+def install(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
+            components["ErrorResponse"] = ERROR_SCHEMA
+            ref = {"$ref": "#/components/schemas/ErrorResponse"}
+            for path, operations in schema.get("paths", {}).items():
+                for method, operation in operations.items():
+                    responses = operation.setdefault("responses", {})
+                    responses.pop("422", None)
+                    for status in _statuses(path, method):
+                        responses[status] = {"description": _WHY[status],
+                                             "content": {"application/json": {"schema": ref}}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
