@@ -80,6 +80,7 @@ def fd_kinds(pid: int) -> dict[str, int]:
     return kinds
 
 
+@pytest.mark.slow
 def test_replica_starts_and_unloads_leave_no_file_descriptor_behind(start_server):
     srv = start_server([smollm2(options={"n_ctx": 256})])
     after = []
