@@ -105,12 +105,18 @@ class ModelEntry:
     # set by the warming controller: keep at least one replica loaded until then
     warm_until: float = -math.inf
     warm_trigger: str = "schedule"
+    # set by the warming controller for models whose keep-alive it picks: the pool's own idle keep-alive
+    keep_alive_override: float | None = None
     last_failure: str | None = None
     wait_histogram: Any = None  # this model's warmstart_request_wait_seconds child
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def keep_alive(self) -> float:
+        return self.config.keep_alive if self.keep_alive_override is None else self.keep_alive_override
 
 
 class Lease:
@@ -153,6 +159,7 @@ class Pool:
                                wait_histogram=metrics.request_wait_seconds.labels(m.name))
             for m in config.models
         }
+        self.engines = engines
         self.arrival_listeners: list[Callable[[str, float], None]] = []
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
@@ -204,7 +211,11 @@ class Pool:
 
     async def prepare(self) -> None:
         """Resolve and inspect every model in the background at start-up, so a first request does not
-        pay for it (an `assemble:` model is written once); problems are logged, not fatal."""
+        pay for it (an `assemble:` model is written once); problems are logged, not fatal.
+        Engines that keep pre-initialized runtimes start filling them first."""
+        for engine in {id(e): e for e in self.engines.values()}.values():
+            if hasattr(engine, "open"):
+                await engine.open()
         for name in list(self.models):
             try:
                 await self.capabilities(name)
@@ -320,7 +331,7 @@ class Pool:
         entry = self.models[replica.model]
         replica.in_flight = max(0, replica.in_flight - 1)
         replica.served += 1
-        replica.keep_alive = entry.config.keep_alive if lease.keep_alive is None else lease.keep_alive
+        replica.keep_alive = lease.keep_alive  # None: the model's own, settled when the idle clock starts
         if replica.state is not S.WARM:
             return
         if entry.waiters:
@@ -364,7 +375,7 @@ class Pool:
         now = self.clock.now()
         replica = Replica(
             id=next_replica_id(entry.name), model=entry.name, trigger=trigger,
-            capacity=entry.config.max_concurrency, keep_alive=entry.config.keep_alive,
+            capacity=entry.config.max_concurrency, keep_alive=None,
             created_at=now, created_wall=self.clock.wall(), accounted_to=now,
         )
         replica.report = StartReport(on_change=lambda _r: None)
@@ -508,16 +519,24 @@ class Pool:
         self._disarm_expiry(replica)
         if replica.state is not S.WARM or replica.in_flight > 0 or replica.idle_since is None:
             return
-        keep = 0.0 if replica.unload_when_idle else replica.keep_alive
-        deadline = keepalive.expiry(replica.idle_since, keep)
         others = [r for r in entry.replicas if r is not replica and r.state is S.WARM]
-        if not others and not replica.unload_when_idle:
-            deadline = max(deadline, entry.warm_until)
+        deadline = keepalive.unload_deadline(replica.idle_since, self._keep_alive(entry, replica, bool(others)),
+                                             entry.warm_until,
+                                             sole_replica=not others, unload_when_idle=replica.unload_when_idle)
         if math.isinf(deadline):
             replica.expires_at = None
             return
         replica.expires_at = deadline
         replica.expiry_task = self._spawn(self._expire_at(entry, replica, deadline), name=f"expiry {replica.id}")
+
+    @staticmethod
+    def _keep_alive(entry: ModelEntry, replica: Replica, others_warm: bool) -> float:
+        """A request's keep-alive if it set one; else the model's. A keep-alive the warming controller
+        picks (keep_alive "auto") governs the model's last replica; extra replicas scale down after the
+        model's configured keep-alive, as they would without the controller."""
+        if replica.keep_alive is not None:
+            return replica.keep_alive
+        return entry.config.keep_alive if others_warm else entry.keep_alive
 
     def _disarm_expiry(self, replica: Replica) -> None:
         task, replica.expiry_task, replica.expires_at = replica.expiry_task, None, None
@@ -558,6 +577,9 @@ class Pool:
     def ensure_warm(self, name: str, trigger: str, keep_alive: float | None = None) -> ReplicaState:
         """Start a replica of `name` unless one is live; returns the model's state."""
         entry = self.entry(name)
+        if keep_alive is None and trigger == "manual":
+            # a person asked: the configured keep-alive, even where the warming controller picks it otherwise
+            keep_alive = entry.config.keep_alive
         self._reap_failed(entry)
         live = [r for r in entry.replicas if r.state in (S.STARTING, S.WARM, S.SLEEPING)]
         if not live:
@@ -624,6 +646,8 @@ class Pool:
             for replica in list(entry.replicas):
                 stops.append(self._stop(entry, replica, "shutdown"))
         await asyncio.gather(*stops, return_exceptions=True)
+        await asyncio.gather(*(e.close() for e in {id(e): e for e in self.engines.values()}.values()
+                               if hasattr(e, "close")), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -637,6 +661,9 @@ class Pool:
         for entry in self.models.values():
             for replica in entry.replicas:
                 self._account(replica)
+        from warmstart.engines.runtime import account_runtimes
+
+        account_runtimes(self.engines.values(), self.metrics, self.clock.now())
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = self.clock.now()
@@ -657,7 +684,7 @@ class Pool:
                 "in_flight": r.in_flight,
                 "served": r.served,
                 "trigger": r.trigger,
-                "keep_alive_s": None if math.isinf(r.keep_alive) else r.keep_alive,
+                "keep_alive_s": _seconds(entry.keep_alive if r.keep_alive is None else r.keep_alive),
                 "idle_s": None if r.idle_since is None else round(now - r.idle_since, 3),
                 "expires_in_s": None if r.expires_at is None else round(max(0.0, r.expires_at - now), 3),
                 "error": r.error,
@@ -679,6 +706,7 @@ class Pool:
             "starts": [s.to_dict() for s in list(entry.starts)[-10:]],
             "last_failure": entry.last_failure,
             "capabilities": caps,
+            "runtime_pool": entry.engine.runtime_view(cfg) if hasattr(entry.engine, "runtime_view") else None,
             "path": str(entry.path) if entry.path else cfg.path,
         }
 
@@ -723,6 +751,10 @@ class Pool:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("pool task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def _seconds(value: float) -> float | None:
+    return None if math.isinf(value) else value
 
 
 def _describe(exc: BaseException, model: str, timeout: float) -> str:
