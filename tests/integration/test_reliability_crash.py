@@ -1,11 +1,13 @@
 """kill -9 under load: of an engine (the others and a new replica take over), and of warmstart itself
-(a restart finds the audit chain whole and no engine left behind, even one that could not die)."""
+(a restart finds the audit chain and the request history whole and no engine left behind, even one
+that could not die)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import sqlite3
 import time
 
 import pytest
@@ -18,6 +20,21 @@ from warmstart.loadtest.trace import TraceRequest
 
 pytestmark = pytest.mark.integration
 EXPECTED_UNDER_FAULT = {"stream_interrupted"}  # a stream cut after its first bytes: said so, in the stream
+
+
+def history(data_dir) -> tuple[int, float, str]:
+    """Rows and latest arrival in the request history (SQLite), and its integrity check."""
+    path = data_dir / "history.sqlite3"
+    if not path.exists():
+        return 0, 0.0, "missing"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        rows, last = db.execute("SELECT count(*), coalesce(max(t), 0) FROM arrivals").fetchone()
+        return rows, last, db.execute("PRAGMA integrity_check").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0, 0.0, "missing"
+    finally:
+        db.close()
 
 
 def steady_plan(rate: float, seconds: float, prompt: int = 24, output: int = 24):
@@ -71,7 +88,8 @@ def test_kill_9_of_an_engine_under_load_loses_no_request(start_server):
 @pytest.mark.slow
 def test_kill_9_of_warmstart_under_load_then_restart(start_server, tmp_path, request):
     data_dir = tmp_path / "data"
-    srv = start_server([smollm2(max_replicas=2, keep_alive=-1)], data_dir=data_dir)
+    warming = {"warming": {"tick": "1s"}}  # request history is flushed to SQLite every second
+    srv = start_server([smollm2(max_replicas=2, keep_alive=-1)], data_dir=data_dir, sections=warming)
     the_plan = steady_plan(rate=4, seconds=30)
     state = {}
 
@@ -86,6 +104,8 @@ def test_kill_9_of_warmstart_under_load_then_restart(start_server, tmp_path, req
             # so it outlives warmstart, as a wedged engine or its own child processes would
             os.kill(pids[0], signal.SIGSTOP)
             time.sleep(1)
+            srv.wait_for(lambda: history(data_dir)[0] >= 8, timeout=30)
+            state["history"] = history(data_dir)  # what was written before the crash
             os.kill(srv.proc.pid, signal.SIGKILL)
             srv.proc.wait(10)
             state["pids"], state["stuck"] = pids, pids[0]
@@ -112,12 +132,18 @@ def test_kill_9_of_warmstart_under_load_then_restart(start_server, tmp_path, req
     restarted.start()
     assert not pid_alive(stuck)  # the restarted warmstart ended what its crashed predecessor left behind
     assert workers_of(data_dir) == [] or set(workers_of(data_dir)).isdisjoint(pids)
+    # the request history survived whole: the database is sound and holds what was written before
+    rows, last, check = history(data_dir)
+    before_rows, before_last, _ = state["history"]
+    assert check == "ok" and rows >= before_rows and last >= before_last
     verified = audit_verify(data_dir)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verified.stdout.startswith("audit log OK: ")
     status, headers, _ = restarted.post("/v1/chat/completions", chat(max_tokens=4))
     assert (status, headers["x-warmstart-start"]) == (200, "cold")
     assert "ended engine process group" in restarted.log()
+    restarted.wait_for(lambda: history(data_dir)[0] > rows, timeout=15)  # and it goes on recording
     print(f"\n[reliability] warmstart kill -9 under load: {len(sent_before_crash)} answered before the crash, "
           f"the rest failed fast ({sorted({o.error for o in outcomes if o.error})}); 1 wedged engine ended "
-          f"by the restart; audit verify: {verified.stdout.splitlines()[0]}")
+          f"by the restart; request history {before_rows} rows before the crash, {rows} after (integrity {check}); "
+          f"audit verify: {verified.stdout.splitlines()[0][:40]}")
