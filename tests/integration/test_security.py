@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 
 import pytest
 
 from tests.faults import SMOL
-from tests.support import chat, smollm2
+from tests.support import SMOLLM2, chat, smollm2
 
 pytestmark = pytest.mark.integration
 
@@ -66,4 +67,20 @@ def test_engine_options_reach_the_engine_literally_never_through_a_shell(start_s
     assert status == 503 and body["error"]["code"] == "model_start_failed"
     # llama-cpp-python names the chat format it was given: the whole string, byte for byte
     assert f"Invalid chat handler: {value}" in body["error"]["message"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("pwned")) == []
+
+
+def test_a_command_engines_arguments_and_environment_arrive_literally(start_server, tmp_path):
+    marker, record = tmp_path / "pwned", tmp_path / "argv.json"
+    value = f"$(touch {marker}-subst); touch {marker}-semicolon | tee {marker}-pipe `touch {marker}-tick` > {marker}-gt"
+    # braces are doubled: the command's placeholders are {port} and the like
+    script = ("import json, os, sys; json.dump({{'argv': sys.argv[1:], 'env': os.environ.get('ODD')}}, "
+              "open(sys.argv[1], 'w')); sys.exit(7)")
+    srv = start_server([{"name": "odd", "engine": "command", "path": SMOLLM2, "options": {
+        "command": [sys.executable, "-c", script, str(record), value, "--port={port}"], "env": {"ODD": value}}}])
+    status, _, body = srv.post("/v1/chat/completions", chat(model="odd", max_tokens=2))
+    assert status == 503 and "exited with code 7" in body["error"]["message"]
+    seen = json.loads(record.read_text())
+    assert seen["argv"][:2] == [str(record), value] and seen["argv"][2].startswith("--port=")
+    assert seen["env"] == value
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("pwned")) == []
