@@ -36,9 +36,21 @@ _WHY = {
     "429": "Rate limited (Retry-After)",
     "503": "The model cannot serve now: queue full, deadline passed, start failed (Retry-After when retrying helps)",
 }
+_WHY_HINT = {"403": "Hints are off, or not for this model or origin", "429": "Rate limit or hourly budget (Retry-After)"}
+
+
+# the warm hint (warmstart/gateway/hint.py) reads its model from the query or a body of any content type
+# (as navigator.sendBeacon sends it), which FastAPI cannot see: described here
+_HINT_MODEL = {"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
+               "description": "The model to warm (or in a JSON body: {\"model\": ...})."}
+_HINT_OK = {"description": "Accepted: the model's state and what the hint did", "content": {"application/json": {
+    "schema": {"type": "object", "properties": {"model": {"type": "string"}, "state": {"type": "string"},
+                                                "outcome": {"type": "string"}, "warm_for_s": {"type": "number"}}}}}}
 
 
 def _statuses(path: str, method: str) -> tuple[str, ...]:
+    if path == "/v1/warm":
+        return ("400", "403", "404", "413", "429") if method == "post" else ("400", "403", "404", "429")
     if path.startswith("/admin/"):
         return ("400", "401", "403", "404", "413", "503")
     if path.startswith("/v1/") and method == "post":
@@ -62,8 +74,16 @@ def install(app: FastAPI) -> None:
                 for method, operation in operations.items():
                     responses = operation.setdefault("responses", {})
                     responses.pop("422", None)
+                    if path == "/v1/warm":
+                        responses.pop("200", None)
+                        responses["202"] = _HINT_OK
+                        operation["parameters"] = [_HINT_MODEL]
+                        if method == "post":
+                            operation["requestBody"] = {"required": False, "content": {"application/json": {
+                                "schema": {"type": "object", "properties": {"model": {"type": "string"}}}}}}
                     for status in _statuses(path, method):
-                        responses[status] = {"description": _WHY[status],
+                        why = _WHY_HINT.get(status, _WHY[status]) if path == "/v1/warm" else _WHY[status]
+                        responses[status] = {"description": why,
                                              "content": {"application/json": {"schema": ref}}}
             app.openapi_schema = schema
         return app.openapi_schema
