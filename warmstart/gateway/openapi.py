@@ -34,9 +34,10 @@ _WHY = {
     "404": "Unknown model",
     "413": "Request body over server.max_body_bytes",
     "429": "Rate limited (Retry-After)",
-    "503": "The model cannot serve now: queue full, deadline passed, start failed (Retry-After when retrying helps)",
+    "503": "The model cannot serve now: queue full, deadline passed, start failed (Retry-After if a retry helps)",
 }
-_WHY_HINT = {"403": "Hints are off, or not for this model or origin", "429": "Rate limit or hourly budget (Retry-After)"}
+_WHY_HINT = {"403": "Hints are off, or not for this model or origin",
+             "429": "Rate limit or hourly budget (Retry-After)"}
 
 
 # the warm hint (warmstart/gateway/hint.py) reads its model from the query or a body of any content type
