@@ -33,7 +33,10 @@ def bind(host: str, port: int) -> socket.socket:
         why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
         raise StartupError(f"cannot listen on {host}:{port}: {why}; stop the other server or pass --port") from None
     sock.listen(2048)
-    sock.set_inheritable(True)
+    # never inheritable: uvloop ignores close_fds, so an engine process would hold the listening socket,
+    # and after a crash of warmstart the kernel would accept connections that nobody answers and a
+    # restarted warmstart could not bind its port until that engine was gone
+    sock.set_inheritable(False)
     return sock
 
 

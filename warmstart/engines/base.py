@@ -24,6 +24,9 @@ class Capabilities:
     sleep: bool = False
     context_length: int | None = None
     notes: tuple[str, ...] = ()
+    # the most bytes of text one token can stand for (None: unknown); with the context length it
+    # bounds the prompt a model can take, so a far larger one is refused before any engine reads it
+    max_token_bytes: int | None = None
 
     def to_dict(self) -> dict:
         return {

@@ -1,4 +1,5 @@
-"""Read a GGUF file's metadata (architecture, context length, chat template) without loading weights."""
+"""Read a GGUF file's metadata (architecture, context length, chat template) without loading weights,
+and where its tensor data ends, so a truncated file is named as such before an engine tries it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ from warmstart.errors import StoreError
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+# ggml tensor types: (elements per block, bytes per block), from ggml's type traits
+_GGML_BLOCKS = {
+    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 36),
+    10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
+    16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18), 21: (256, 110), 22: (256, 82),
+    23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2),
+    34: (256, 54), 35: (256, 66), 39: (32, 17),
+}
 
 
 @dataclass(frozen=True)
@@ -19,6 +28,12 @@ class GGUFInfo:
     version: int
     tensor_count: int
     metadata: dict
+    # the byte where the last tensor's data ends: a shorter file is truncated (None: a tensor type
+    # this reader does not know, so only its start is certain)
+    data_end: int | None = None
+    data_start_min: int = 0  # the last tensor's data starts here at least
+    # bytes of the longest entry in the vocabulary: no token covers more bytes of text than this
+    max_token_bytes: int | None = None
 
     @property
     def architecture(self) -> str:
@@ -57,15 +72,71 @@ def _read_cached(path: str, size: int, mtime_ns: int, inode: int) -> GGUFInfo:
                 raise StoreError(f"{path}: GGUF version {version} is too old (2 or later is needed)")
             tensor_count, kv_count = struct.unpack("<QQ", _read(f, 16))
             metadata = {}
+            max_token = None
             for _ in range(kv_count):
                 key = _string(f)
                 vtype, = struct.unpack("<I", _read(f, 4))
-                metadata[key] = _value(f, vtype)
+                if key == "tokenizer.ggml.tokens" and vtype == _ARRAY:
+                    metadata[key], max_token = _longest_string(f)
+                else:
+                    metadata[key] = _value(f, vtype)
+            data_end, last_start = _tensor_extent(f, tensor_count, int(metadata.get("general.alignment", 32)))
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (struct.error, UnicodeDecodeError, EOFError) as exc:
         raise StoreError(f"{path} is truncated or corrupt: its GGUF header cannot be read ({exc})") from exc
-    return GGUFInfo(version=version, tensor_count=tensor_count, metadata=metadata)
+    return GGUFInfo(version=version, tensor_count=tensor_count, metadata=metadata, data_end=data_end,
+                    data_start_min=last_start, max_token_bytes=max_token)
+
+
+def _longest_string(f: BinaryIO) -> tuple[str, int | None]:
+    """Skip an array, returning its summary and, for strings, the longest one's length in bytes."""
+    item_type, count = struct.unpack("<IQ", _read(f, 12))
+    if item_type != _STRING:
+        f.seek(-12, 1)
+        return str(_value(f, _ARRAY)), None
+    longest = 0
+    for _ in range(count):
+        n, = struct.unpack("<Q", _read(f, 8))
+        longest = max(longest, n)
+        f.seek(n, 1)
+    return f"<array of {count}>", longest
+
+
+def check_complete(path: Path) -> GGUFInfo:
+    """The file's info, or a StoreError when the file ends before its tensor data does."""
+    info = read_gguf(path)
+    size = path.stat().st_size
+    end = info.data_end if info.data_end is not None else info.data_start_min + 1
+    if size < end:
+        raise StoreError(f"model file {path} is truncated: its tensor data ends at byte {end:,} but the file has "
+                         f"{size:,} bytes ({size / end:.0%}); copy or download it again")
+    return info
+
+
+def _tensor_extent(f: BinaryIO, count: int, alignment: int) -> tuple[int | None, int]:
+    """Where the tensor data ends (None if a type is unknown), and where the last tensor starts."""
+    if count > 1 << 24 or alignment <= 0:
+        raise EOFError(f"implausible tensor count {count} or alignment {alignment}")
+    end, last_start, known = 0, 0, True
+    for _ in range(count):
+        _string(f)
+        n_dims, = struct.unpack("<I", _read(f, 4))
+        if n_dims > 8:
+            raise EOFError(f"a tensor with {n_dims} dimensions is implausible")
+        dims = struct.unpack(f"<{n_dims}Q", _read(f, 8 * n_dims))
+        ggml_type, offset = struct.unpack("<IQ", _read(f, 12))
+        elements = 1
+        for d in dims:
+            elements *= d
+        block = _GGML_BLOCKS.get(ggml_type)
+        if block is None:
+            known = False
+        else:
+            end = max(end, offset + elements // block[0] * block[1])
+        last_start = max(last_start, offset)
+    data_start = -(-f.tell() // alignment) * alignment
+    return (data_start + end if known else None), data_start + last_start
 
 
 def _read(f: BinaryIO, n: int) -> bytes:

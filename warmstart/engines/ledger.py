@@ -66,7 +66,7 @@ class ProcessLedger:
             try:
                 entry = json.loads(path.read_text())
             except (OSError, ValueError):
-                path.unlink(missing_ok=True)
+                _remove(path)
                 continue
             owner = entry.get("warmstart_pid")
             if owner and owner != os.getpid() and _cmdline(owner) and "warmstart" in (_cmdline(owner) or ""):
@@ -81,5 +81,11 @@ class ProcessLedger:
                 log.warning("ended engine process group %s left behind by an earlier warmstart (replica %s)",
                             pgid, entry.get("replica"))
                 ended.append(entry)
-            path.unlink(missing_ok=True)
+            _remove(path)
         return ended
+
+
+def _remove(path: Path) -> None:
+    # a read-only data directory must not stop warmstart from starting; the entry is retried next time
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from warmstart.config import ModelConfig
 from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, StartReport
-from warmstart.engines.gguf import read_gguf
+from warmstart.engines.gguf import check_complete, read_gguf
 from warmstart.engines.health import wait_healthy
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.process import ManagedProcess
@@ -47,10 +47,13 @@ class LlamaCppEngine:
         n_ctx = int(model.options.get("n_ctx") or info.context_length or 512)
         notes = () if chat else ("no chat template in the GGUF: completions only",)
         return Capabilities(chat=chat, completions=True, sleep=False, context_length=n_ctx,
+                            max_token_bytes=info.max_token_bytes,
                             notes=notes + ("sleep: not supported by llama.cpp; a replica is loaded or cold",))
 
     async def start(self, model: ModelConfig, path: Path, report: StartReport, name: str) -> ManagedProcess:
         options: dict[str, Any] = dict(model.options)
+        if path.is_file():  # a truncated file is named as such, not left to llama.cpp's "failed to load"
+            await asyncio.to_thread(check_complete, path)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         report.enter(SPAWN)
         proc = await ManagedProcess.spawn(
@@ -87,6 +90,7 @@ class LlamaCppEngine:
                 report.done(str(message["phase"]), float(message["seconds"]))
                 last_phase_end = time.monotonic()
             elif "listening" in message:
+                proc.close_reports()  # the worker's last report
                 return int(message["listening"]), last_phase_end
             elif "error" in message:
                 error = str(message["error"])

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from jinja2 import TemplateError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -17,9 +18,13 @@ from starlette.routing import Route
 
 from warmstart.engines.options import LLAMACPP as LLAMA_OPTIONS
 
-# request fields passed to llama-cpp-python, by OpenAI name
-_SAMPLING = ("max_tokens", "temperature", "top_p", "stop", "seed", "presence_penalty",
-             "frequency_penalty", "logit_bias", "top_k", "min_p", "repeat_penalty")
+# request fields passed to llama-cpp-python, by OpenAI name, with the JSON types each accepts
+_NUMBER = (int, float)
+_SAMPLING: dict[str, tuple[type, ...]] = {
+    "max_tokens": (int,), "temperature": _NUMBER, "top_p": _NUMBER, "stop": (str, list), "seed": (int,),
+    "presence_penalty": _NUMBER, "frequency_penalty": _NUMBER, "logit_bias": (dict,), "top_k": (int,),
+    "min_p": _NUMBER, "repeat_penalty": _NUMBER,
+}
 
 
 def llama_kwargs(options: dict[str, Any]) -> dict[str, Any]:
@@ -38,6 +43,7 @@ class Generator:
         self.name = name
         self.chat = bool(llm.metadata.get("tokenizer.chat_template") or options.get("chat_format"))
         self.n_ctx = llm.n_ctx()
+        self.n_vocab = llm.n_vocab()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="generate")
         self._cancel = threading.Event()  # the running generation's; replaced under the lock per call
@@ -135,17 +141,60 @@ class Generator:
 
 
 def _text_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """OpenAI content arrays ([{"type": "text", "text": ...}]) as plain text, which chat templates expect."""
+    """OpenAI content arrays ([{"type": "text", "text": ...}]) as plain text, and no content (an
+    assistant turn that only called a tool) as empty text: chat templates expect a string."""
     out = []
     for message in messages:
         content = message.get("content")
         if isinstance(content, list):
-            parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-            if len(parts) != len(content):
-                raise ValueError("this model accepts text content only")
-            message = {**message, "content": "".join(parts)}
+            message = {**message, "content": "".join(p["text"] for p in content)}
+        elif content is None:
+            message = {**message, "content": ""}
         out.append(message)
     return out
+
+
+def check_body(gen: Generator, kind: str, body: dict[str, Any]) -> tuple[str, str] | None:
+    """What this engine cannot take in a request, as (message, param), before any generation starts:
+    a client's mistake is a 400, not an engine failure."""
+    for name, types in _SAMPLING.items():
+        value = body.get(name)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            return f"'{name}' must be {' or '.join(_JSON_NAMES[t] for t in types)}", name
+    stop = body.get("stop")
+    if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
+        return "'stop' must be a string or an array of strings", "stop"
+    bias = body.get("logit_bias")
+    if isinstance(bias, dict):
+        for key, value in bias.items():
+            if not (str(key).lstrip("-").isdigit() and 0 <= int(key) < gen.n_vocab) \
+                    or not isinstance(value, _NUMBER) or isinstance(value, bool):
+                return (f"'logit_bias' maps token ids (0 to {gen.n_vocab - 1}) to numbers; "
+                        f"{json.dumps(key)}: {json.dumps(value)} is not one"), "logit_bias"
+    if kind == "chat":
+        for i, message in enumerate(body["messages"]):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                return f"messages[{i}] must be an object with a 'role'", f"messages[{i}]"
+            content = message.get("content")
+            if isinstance(content, list):
+                if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                           for p in content):
+                    return "this model accepts text content only (parts of type 'text')", f"messages[{i}].content"
+            elif content is not None and not isinstance(content, str):
+                return f"messages[{i}].content must be a string or an array of text parts", f"messages[{i}].content"
+        return None
+    prompt = body["prompt"]
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if prompt in ("", []):
+        return "'prompt' must not be empty", "prompt"
+    if isinstance(prompt, list) and not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < gen.n_vocab for t in prompt):
+        return f"'prompt' as an array holds one string, or token ids from 0 to {gen.n_vocab - 1}", "prompt"
+    return None
+
+
+_JSON_NAMES = {int: "an integer", float: "a number", str: "a string", list: "an array", dict: "an object"}
 
 
 def _error(status: int, message: str, code: str | None = None, param: str | None = None) -> JSONResponse:
@@ -155,6 +204,9 @@ def _error(status: int, message: str, code: str | None = None, param: str | None
 
 def _engine_error(exc: Exception, kind: str) -> JSONResponse:
     text = str(exc)
+    if isinstance(exc, TemplateError):  # the model's own chat template refused the conversation
+        return _error(400, f"this model's chat template cannot render these messages: {text}",
+                      code="invalid_request", param="messages")
     if "context window" in text:
         return _error(400, f"This model's maximum context length was exceeded: {text}",
                       code="context_length_exceeded", param="messages" if kind == "chat" else "prompt")
@@ -186,6 +238,9 @@ def create_app(gen: Generator) -> Starlette:
                 return _error(400, "'messages' must be a non-empty array", param="messages")
         elif not isinstance(body.get("prompt"), (str, list)):
             return _error(400, "'prompt' must be a string or an array", param="prompt")
+        problem = check_body(gen, kind, body)
+        if problem is not None:
+            return _error(400, problem[0], code="invalid_request", param=problem[1])
         cancel = threading.Event()
         if body.get("stream"):
             return await _streaming(gen, kind, body, cancel)

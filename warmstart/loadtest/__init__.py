@@ -1,0 +1,1 @@
+"""`warmstart loadtest`: an open-loop replay of a real request trace against a running warmstart."""
