@@ -144,6 +144,7 @@
       messages.push({ role: "assistant", content: answer });
       meta.replaceChildren(...served(), " · first token after " + seconds(((first ?? end) - t0) / 1000) +
         " · " + chunks + " chunks in " + seconds((end - t0) / 1000));
+      out.dataset.chunks = String(chunks);
       out.dataset.done = "true";
     } catch (err) {
       clearInterval(ticker);
