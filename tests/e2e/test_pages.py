@@ -5,6 +5,7 @@ answer, the dashboard follows the start phase by phase."""
 from __future__ import annotations
 
 import re
+import time
 import urllib.parse
 
 import pytest
@@ -40,6 +41,15 @@ def metric(srv, name: str, **labels: str) -> float:
             if got == want:
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def until(page, expression: str, timeout: float = 60) -> None:
+    """Wait until `expression` is true in the page (polled with evaluate: the pages' Content-Security-Policy
+    forbids the string evaluation wait_for_function uses)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"{expression} still false after {timeout} s"
+        page.wait_for_timeout(100)
 
 
 def loopback_only(requests, srv) -> None:
@@ -95,7 +105,7 @@ def test_the_playground_warms_the_model_on_load_streams_a_warm_answer_and_the_da
     assert len(chats) == 1 and '"stream":true' in chats[0].replace(" ", "")
 
     # the cards count it: one request, served warm; the hint; one start
-    dash.wait_for_function("document.getElementById('c-requests').textContent === '1'")
+    until(dash, "document.getElementById('c-requests').textContent === '1'")
     assert dash.text_content("#c-ratio") == "100%"
     assert dash.text_content("#c-starts") == "1"
     assert int(dash.text_content("#c-hints")) >= 1 and "0 refused" in dash.text_content("#c-hints-sub")
@@ -125,7 +135,7 @@ def test_a_refused_hint_leaves_the_model_cold_and_the_first_prompt_is_served_col
 
     dash = browser.new_page()
     dash.goto(srv.url + "/")
-    dash.wait_for_function("document.getElementById('c-requests').textContent === '1'")
+    until(dash, "document.getElementById('c-requests').textContent === '1'")
     assert dash.text_content("#c-ratio") == "0%"
     assert "1 cold" in dash.text_content("#c-requests-sub")
     assert re.search(r"[1-9]\d* refused", dash.text_content("#c-hints-sub"))
@@ -141,26 +151,26 @@ def test_the_dashboard_with_hundreds_of_models_asks_for_the_key_and_stays_usable
     page.wait_for_selector("#keyform:not([hidden])")
     page.fill("#keyinput", "not-the-key-0000000")
     page.press("#keyinput", "Enter")
-    page.wait_for_function("document.getElementById('keymessage').textContent.includes('not accepted')")
+    until(page, "document.getElementById('keymessage').textContent.includes('not accepted')")
     page.fill("#keyinput", API_KEY)
     page.click("#keyform button")
     page.wait_for_selector("#keyform", state="hidden")
-    page.wait_for_function("document.querySelectorAll('#rows tr').length === 300")
+    until(page, "document.querySelectorAll('#rows tr').length === 300")
     assert page.text_content("#counts") == "300 models: 300 cold"
     assert page.evaluate("sessionStorage.getItem('warmstart.apiKey')") == API_KEY
 
     page.fill("#filter", "m-29")
-    page.wait_for_function("document.querySelectorAll('#rows tr').length === 10")
+    until(page, "document.querySelectorAll('#rows tr').length === 10")
     assert page.eval_on_selector_all("#rows tr", "rs => rs.map(r => r.dataset.model)") == [
         f"m-{i}" for i in range(290, 300)]
     page.fill("#filter", "")
     page.select_option("#show", "warm")
-    page.wait_for_function("document.querySelectorAll('#rows tr').length === 0")
+    until(page, "document.querySelectorAll('#rows tr').length === 0")
     page.select_option("#show", "all")
 
     # the key stays for the tab: a reload goes straight to the data
     page.reload()
-    page.wait_for_function("document.querySelectorAll('#rows tr').length === 300")
+    until(page, "document.querySelectorAll('#rows tr').length === 300")
     assert page.is_hidden("#keyform")
     assert page.text_content("#live").startswith("live")
     page.screenshot(path=str(artifacts / "dashboard-300-models.png"))

@@ -56,8 +56,9 @@
     if (s < 1) return Math.round(s * 1000) + " ms";
     if (s < 10) return s.toFixed(2) + " s";
     if (s < 120) return s.toFixed(1) + " s";
-    const m = Math.floor(s / 60);
-    if (m < 120) return m + "m " + String(Math.round(s % 60)).padStart(2, "0") + "s";
+    const whole = Math.round(s);
+    const m = Math.floor(whole / 60);
+    if (m < 120) return m + "m " + String(whole % 60).padStart(2, "0") + "s";
     return Math.floor(m / 60) + "h " + String(m % 60).padStart(2, "0") + "m";
   }
 

@@ -62,7 +62,7 @@
     set($("c-hints"), count(t.hints));
     set($("c-hints-sub"), count(t.hints - t.hints_refused) + " accepted · " + count(t.hints_refused) + " refused");
     const states = Object.entries(data.states).sort((a, b) => (RANK[a[0]] ?? 9) - (RANK[b[0]] ?? 9));
-    set($("counts"), data.models.length + " models: " + states.map(([s, n]) => n + " " + s).join(" · "));
+    set($("counts"), data.models.length + (data.models.length === 1 ? " model: " : " models: ") + states.map(([s, n]) => n + " " + s).join(" · "));
   }
 
   function visible(m, filter, show) {
