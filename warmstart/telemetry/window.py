@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,41 +45,78 @@ def read_counters(metrics: Metrics) -> Sample:
             r = rows[model] = [0.0] * WIDTH
         return r
 
-    for s in _samples(metrics.requests, "_total"):
-        if s.value:
-            r = row(s.labels["model"])
-            r[REQ_WARM if s.labels["start"] == "warm" else REQ_COLD] += s.value
-            if not s.labels["code"].startswith("2"):
-                r[REQ_ERRORS] += s.value
-    for s in _samples(metrics.replica_loaded_seconds, "_total"):
-        if s.value:
-            row(s.labels["model"])[LOADED_S] += s.value
-    for s in _samples(metrics.starts, "_total"):
-        if s.value and s.labels["outcome"] in ("ok", "failed"):
-            row(s.labels["model"])[STARTS_OK if s.labels["outcome"] == "ok" else STARTS_FAILED] += s.value
-    for s in _samples(metrics.hints, "_total"):
-        if s.value:
-            row(s.labels["model"])[HINTS_OK if s.labels["outcome"] in HINT_ACCEPTED else HINTS_REFUSED] += s.value
-    index = {b: i for i, b in enumerate(BOUNDS)}
-    for s in _samples(metrics.ttft_seconds, "_bucket", "_count", "_sum"):
-        if not s.value or s.labels["start"] not in STARTS:
-            continue
-        base = _TTFT + STARTS.index(s.labels["start"]) * _PER_START
-        r = row(s.labels["model"])
-        if s.name.endswith("_count"):
-            r[base] = s.value
-        elif s.name.endswith("_sum"):
-            r[base + 1] = s.value
-        else:
-            r[base + 2 + index[float(s.labels["le"])]] = s.value
+    for (model, start, code), value in counter_values(metrics.requests, ("model", "start", "code")):
+        if value:
+            r = row(model)
+            r[REQ_WARM if start == "warm" else REQ_COLD] += value
+            if not code.startswith("2"):
+                r[REQ_ERRORS] += value
+    for (model,), value in counter_values(metrics.replica_loaded_seconds, ("model",)):
+        if value:
+            row(model)[LOADED_S] += value
+    for (model, _trigger, outcome), value in counter_values(metrics.starts, ("model", "trigger", "outcome")):
+        if value and outcome in ("ok", "failed"):
+            row(model)[STARTS_OK if outcome == "ok" else STARTS_FAILED] += value
+    for (model, outcome), value in counter_values(metrics.hints, ("model", "outcome")):
+        if value:
+            row(model)[HINTS_OK if outcome in HINT_ACCEPTED else HINTS_REFUSED] += value
+    for (model, start), count, total, buckets in histogram_values(metrics.ttft_seconds, ("model", "start")):
+        if count and start in STARTS:
+            base = _TTFT + STARTS.index(start) * _PER_START
+            row(model)[base:base + _PER_START] = [count, total, *buckets]
     return {model: tuple(r) for model, r in rows.items()}
 
 
-def _samples(metric: Any, *suffixes: str) -> Iterable[Any]:
+# Reading the children directly is 20 times faster than collect(), which builds a sample (and a _created
+# sample) for each of the thousands of series hundreds of models have; collect() is the fallback should
+# prometheus_client's internals change.
+
+def counter_values(metric: Any, names: tuple[str, ...]) -> list[tuple[tuple[str, ...], float]]:
+    try:
+        with metric._lock:
+            children = list(metric._metrics.items())
+        return [(labels, child._value.get()) for labels, child in children]
+    except AttributeError:
+        return counter_values_collected(metric, names)
+
+
+def counter_values_collected(metric: Any, names: tuple[str, ...]) -> list[tuple[tuple[str, ...], float]]:
+    return [(tuple(s.labels[n] for n in names), s.value)
+            for family in metric.collect() for s in family.samples if s.name.endswith("_total")]
+
+
+def histogram_values(metric: Any, names: tuple[str, ...]) -> list[tuple[tuple[str, ...], float, float, list[float]]]:
+    """(labels, count, sum, cumulative bucket counts) per child."""
+    try:
+        with metric._lock:
+            children = list(metric._metrics.items())
+        out = []
+        for labels, child in children:
+            cumulative, running = [], 0.0
+            for bucket in child._buckets:
+                running += bucket.get()
+                cumulative.append(running)
+            out.append((labels, running, child._sum.get(), cumulative))
+        return out
+    except AttributeError:
+        return histogram_values_collected(metric, names)
+
+
+def histogram_values_collected(metric: Any,
+                               names: tuple[str, ...]) -> list[tuple[tuple[str, ...], float, float, list[float]]]:
+    index = {b: i for i, b in enumerate(BOUNDS)}
+    found: dict[tuple[str, ...], list[Any]] = {}
     for family in metric.collect():
         for s in family.samples:
-            if s.name.endswith(suffixes):
-                yield s
+            labels = tuple(s.labels[n] for n in names)
+            entry = found.setdefault(labels, [0.0, 0.0, [0.0] * len(BOUNDS)])
+            if s.name.endswith("_count"):
+                entry[0] = s.value
+            elif s.name.endswith("_sum"):
+                entry[1] = s.value
+            elif s.name.endswith("_bucket"):
+                entry[2][index[float(s.labels["le"])]] = s.value
+    return [(labels, count, total, buckets) for labels, (count, total, buckets) in found.items()]
 
 
 def quantile(q: float, cumulative: tuple[float, ...] | list[float]) -> float | None:

@@ -113,3 +113,25 @@ def test_samples_older_than_the_baseline_are_dropped_and_unchanged_rows_shared()
     rows = [s["a"] for _, s in w._samples]
     assert all(r is rows[0] for r in rows)  # nothing changed: one tuple for every sample
     assert not math.isinf(w.figures(1000.0)[0])
+
+
+def test_reading_the_children_directly_agrees_with_collect():
+    from warmstart.telemetry.window import (
+        counter_values,
+        counter_values_collected,
+        histogram_values,
+        histogram_values_collected,
+    )
+
+    m = Metrics()
+    for model in ("a", "b"):
+        served(m, model, "warm", 0.03)
+        served(m, model, "cold", 4.0, code="503")
+        m.starts.labels(model, "hint", "ok").inc(2)
+    served(m, "a", "warm", 700.0)  # beyond the last finite bucket
+    names = ("model", "start", "code")
+    assert sorted(counter_values(m.requests, names)) == sorted(counter_values_collected(m.requests, names))
+    fast = sorted(histogram_values(m.ttft_seconds, ("model", "start")))
+    slow = sorted(histogram_values_collected(m.ttft_seconds, ("model", "start")))
+    assert fast == slow and len(fast) == 4
+    assert dict((labels, buckets[-1]) for labels, _, _, buckets in fast)[("a", "warm")] == 2
