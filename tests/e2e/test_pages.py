@@ -90,7 +90,7 @@ def test_the_playground_warms_the_model_on_load_streams_a_warm_answer_and_the_da
     for name, seconds in bars:
         assert seconds == pytest.approx(phases[name], abs=1e-4)
     assert "by hint" in dash.text_content(".laststart h3")
-    assert dash.text_content(f'tr[data-model="{MODEL}"] td:nth-child(5)').startswith("by hint")
+    assert dash.text_content(f'tr[data-model="{MODEL}"] td:nth-child(5)').startswith("hint · ")
 
     # a prompt: the answer streams in, served warm without waiting
     play.fill("#prompt", "What is the capital of France? Answer in one sentence.")

@@ -131,8 +131,8 @@
     set(c.replicas, live ? live + (busy ? " (" + busy + " busy)" : "") : "–");
     set(c.unload, unloadText(m));
     const last = m.last_start;
-    set(c.last, m.state === "starting" ? "by " + m.trigger + ", under way" :
-      last ? "by " + last.trigger + " · " + (last.outcome === "ok" ? seconds(last.total_s) : last.outcome) : "–");
+    set(c.last, m.state === "starting" ? m.trigger + " · under way" :
+      last ? last.trigger + " · " + (last.outcome === "ok" ? seconds(last.total_s) : last.outcome) : "–");
     const h = m.hour;
     set(c.requests, h ? count(h.warm) + " / " + count(h.cold) : "–");
     set(c.ratio, h ? percent(h.warm_ratio) : "–");
