@@ -13,16 +13,20 @@ import gzip
 import hashlib
 import html
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from warmstart import __version__
 from warmstart.telemetry.window import Figures, HourWindow
+
+log = logging.getLogger("warmstart.gateway")
 
 if TYPE_CHECKING:
     from warmstart.gateway.app import Services
@@ -81,7 +85,7 @@ def router(services: Services) -> APIRouter:
                                  "x-content-type-options": "nosniff", "referrer-policy": "same-origin"})
 
     @api.get("/", include_in_schema=False)
-    async def dashboard_page(request: Request) -> Response:
+    async def dashboard_page() -> Response:
         return page("dashboard.html")
 
     @api.get("/playground", include_in_schema=False)
@@ -95,7 +99,7 @@ def router(services: Services) -> APIRouter:
     async def static(name: str, request: Request) -> Response:
         asset = assets.get(name)
         if asset is None or name.endswith(".html"):
-            return Response("not found\n", status_code=404, media_type="text/plain")
+            raise HTTPException(404, f"No asset named '{name}'.")
         headers = {"etag": asset.etag, "cache-control": "no-cache", "x-content-type-options": "nosniff"}
         if request.headers.get("if-none-match") == asset.etag:
             return Response(status_code=304, headers=headers)
@@ -119,8 +123,11 @@ def router(services: Services) -> APIRouter:
 async def _sample_forever(window: HourWindow, services: Services) -> None:
     while True:
         await services.clock.sleep(window.interval)
-        services.pool.account_all()
-        window.sample(services.clock.now())
+        try:
+            services.pool.account_all()
+            window.sample(services.clock.now())
+        except Exception:  # a bad sample must not end the sampling: the next one may work
+            log.exception("dashboard: sampling the metrics failed")
 
 
 def default_chat_model(services: Services) -> str:

@@ -206,9 +206,6 @@ class HourWindow:
         while len(self._samples) > 1 and self._samples[1][0] <= now - self.span:
             self._samples.popleft()
 
-    def due(self, now: float) -> bool:
-        return now - self._samples[-1][0] >= self.interval
-
     def figures(self, now: float) -> tuple[float, dict[str, Figures], Figures]:
         """(the window's length in seconds, figures per model, figures of all models together)."""
         current = read_counters(self.metrics)

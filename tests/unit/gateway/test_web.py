@@ -50,7 +50,8 @@ def test_pages_and_their_assets_are_served_by_warmstart_itself(tmp_path):
                 assert ref.startswith("/"), ref  # same origin, nothing from a CDN
                 if ref.startswith("/static/"):
                     assert c.get(ref).status_code == 200, ref
-        assert c.get("/static/nope.js").status_code == 404
+        missing = c.get("/static/nope.js")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
         assert c.get("/static/../pool/pool.py").status_code == 404
 
 
