@@ -74,6 +74,8 @@ def test_the_playground_warms_the_model_on_load_streams_a_warm_answer_and_the_da
     assert not [u for _, u, _ in browser.requests if u.endswith("/v1/chat/completions")]
     assert warm["last_start"]["trigger"] == "hint" and warm["replicas"][0]["trigger"] == "hint"
     assert metric(srv, "warmstart_hints_total", model=MODEL, outcome="started") == 1
+    # sent by /warmstart.js, the script a user's own page includes
+    assert (("GET", srv.url + "/warmstart.js") in [(m, u) for m, u, _ in browser.requests])
     assert [m for m, u, _ in browser.requests if urllib.parse.urlsplit(u).path == "/v1/warm"]
     play.wait_for_selector('#state[data-state="warm"]')
     assert "ready" in play.text_content("#status")

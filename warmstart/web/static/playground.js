@@ -9,13 +9,6 @@
   const messages = [];
   let busy = false;
 
-  // Without /warmstart.js (a server whose warm hint is turned off or older), send the same hints from here.
-  if (!window.warmstart && model) {
-    const hint = () => fetch("/v1/warm", { method: "POST", body: JSON.stringify({ model }), keepalive: true }).catch(() => {});
-    hint();
-    $("prompt").addEventListener("focus", hint);
-  }
-
   $("snippet").textContent = '<script src="' + location.origin + '/warmstart.js" data-model="' + model +
     '" data-prompt="textarea" defer></script>';
 
