@@ -65,6 +65,9 @@ class ModelConfig:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # None: find out from the model file (a GGUF's chat template)
     chat: bool | None = None
+    # keep_alive = "auto" (or none given while predictive warming is on): the warming controller picks how
+    # long the model stays loaded after a request (`keep_alive` applies only where no controller runs)
+    keep_alive_auto: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,57 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleConfig:
+    """Keep `model` warm during each window ("07:55-18:00 Mon-Fri", "03:00 for 10m"), in time zone `tz`."""
+
+    model: str
+    windows: tuple[str, ...]
+    tz: str = "UTC"
+
+
+@dataclass(frozen=True)
+class HintConfig:
+    enabled: bool = True
+    # how long a hint keeps its model warm
+    warm_for: float = 120.0
+    # per client (IP address): hints per minute, and how many it may send at once
+    per_client_per_minute: float = 6.0
+    per_client_burst: int = 3
+    # models a hint may warm; None: all
+    models: tuple[str, ...] | None = None
+    # replica-seconds hints may pay for per rolling hour, all models together
+    budget_per_hour: float = 3600.0
+    # origins allowed to send hints from a browser (CORS); "*" for any
+    cors_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WarmingConfig:
+    """[warming]: the controller that warms models ahead of requests (schedule, hint, predictive)."""
+
+    enabled: bool = True
+    # learn each model's arrivals; pick keep-alives and pre-warm for models with keep_alive "auto"
+    predictive: bool = True
+    # how often the controller re-plans
+    tick: float = 5.0
+    # how long request arrival times are kept (SQLite in the data directory)
+    history_retention: float = 28 * 86400.0
+    # assumed cold start of a model before one was measured
+    cold_start_estimate: float = 30.0
+    # expert settings of the predictive policy (warmstart.policy.predictive.PredictiveParams), in seconds
+    predictive_settings: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    hint: HintConfig = field(default_factory=HintConfig)
+    schedules: tuple[ScheduleConfig, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     models: tuple[ModelConfig, ...]
     source: Path | None = None
     audit: AuditConfig = field(default_factory=AuditConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    warming: WarmingConfig = field(default_factory=WarmingConfig)
 
     @property
     def loopback_only(self) -> bool:
@@ -171,10 +219,13 @@ def load_config(
 
 
 def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = None) -> Config:
-    _only_keys(raw, "", {"server", "defaults", "models", "audit", "auth"})
+    _only_keys(raw, "", {"server", "defaults", "models", "audit", "auth", "warming"})
     server = _parse_server(raw.get("server", {}))
     audit = _parse_audit(raw.get("audit", {}), base_dir)
     auth = _parse_auth(raw.get("auth", {}), server, base_dir)
+    warming_raw = raw.get("warming", {})
+    _expect(isinstance(warming_raw, Mapping), "warming", warming_raw, "must be a table")
+    predictive_on = _bool(warming_raw, "predictive", True, "warming") and _bool(warming_raw, "enabled", True, "warming")
     defaults = raw.get("defaults", {})
     _expect(isinstance(defaults, Mapping), "defaults", defaults, "must be a table")
     _only_keys(defaults, "defaults", {"keep_alive", "max_replicas"})
@@ -182,12 +233,13 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = N
     if models_raw is None:
         models_raw = [dict(m) for m in BUILTIN_MODELS]
     _expect(isinstance(models_raw, list), "models", models_raw, "must be an array of tables ([[models]])")
-    models = tuple(_parse_model(m, i, defaults, base_dir) for i, m in enumerate(models_raw))
+    models = tuple(_parse_model(m, i, defaults, base_dir, predictive_on) for i, m in enumerate(models_raw))
     seen: set[str] = set()
     for i, model in enumerate(models):
         _expect(model.name not in seen, f"models[{i}].name", model.name, "is used by two models")
         seen.add(model.name)
-    return Config(server=server, models=models, source=source, audit=audit, auth=auth)
+    warming = _parse_warming(warming_raw, seen)
+    return Config(server=server, models=models, source=source, audit=audit, auth=auth, warming=warming)
 
 
 def is_loopback(host: str) -> bool:
@@ -283,10 +335,11 @@ def _parse_audit(raw: Any, base_dir: Path) -> AuditConfig:
     )
 
 
-def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path) -> ModelConfig:
+def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path,
+                 predictive: bool = False) -> ModelConfig:
     where = f"models[{i}]"
     _expect(isinstance(raw, Mapping), where, raw, "must be a table")
-    _only_keys(raw, where, set(ModelConfig.__dataclass_fields__))
+    _only_keys(raw, where, set(ModelConfig.__dataclass_fields__) - {"keep_alive_auto"})
     for key in ("name", "engine", "path"):
         _expect(key in raw, f"{where}.{key}", None, "is required")
     name = raw["name"]
@@ -299,6 +352,12 @@ def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path) 
     if ":" not in path.split("/")[0] and not Path(path).expanduser().is_absolute():
         path = str((base_dir / Path(path)).resolve())
     merged = {**defaults, **raw}
+    auto = merged.get("keep_alive") == "auto" or ("keep_alive" not in merged and predictive)
+    _expect(not auto or predictive, f"{where}.keep_alive", "auto",
+            "needs predictive warming ([warming] predictive = true); or give a duration such as '5m'")
+    if auto:
+        # the fixed keep-alive a server without its warming controller would use
+        merged["keep_alive"] = 300.0
     options = raw.get("options", {})
     _expect(isinstance(options, Mapping), f"{where}.options", options, "must be a table")
     from warmstart.engines.registry import validate_options
@@ -316,7 +375,101 @@ def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path) 
         max_concurrency=_int(raw, "max_concurrency", default_conc, where, lo=1, hi=100_000),
         options=MappingProxyType(options),
         chat=chat,
+        keep_alive_auto=auto,
     )
+
+
+def _parse_warming(raw: Mapping[str, Any], models: set[str]) -> WarmingConfig:
+    d = WarmingConfig()
+    _only_keys(raw, "warming", {"enabled", "predictive", "tick", "history_retention", "cold_start_estimate",
+                                "settings", "hint", "schedule"})
+    settings = raw.get("settings", {})
+    _expect(isinstance(settings, Mapping), "warming.settings", settings, "must be a table")
+    if settings:
+        from dataclasses import fields
+
+        from warmstart.policy.predictive import PredictiveParams
+
+        _only_keys(settings, "warming.settings", {f.name for f in fields(PredictiveParams)})
+    parsed_settings = {k: _duration(settings, k, 0.0, "warming.settings", finite=True) for k in settings}
+    hint_raw = raw.get("hint", {})
+    _expect(isinstance(hint_raw, Mapping), "warming.hint", hint_raw, "must be a table")
+    _only_keys(hint_raw, "warming.hint", set(HintConfig.__dataclass_fields__))
+    h = HintConfig()
+    allow = hint_raw.get("models")
+    if allow is not None:
+        _expect(isinstance(allow, list) and all(isinstance(m, str) for m in allow), "warming.hint.models", allow,
+                "must be a list of model names")
+        for m in allow:
+            _expect(m in models, "warming.hint.models", m, f"is not a model served here ({', '.join(sorted(models))})")
+    origins = hint_raw.get("cors_origins", [])
+    _expect(isinstance(origins, list) and all(isinstance(o, str) and (o == "*" or re.match(r"^https?://[^/]+$", o))
+                                              for o in origins),
+            "warming.hint.cors_origins", origins, "must be a list of origins such as 'https://example.com', or ['*']")
+    per_minute = hint_raw.get("per_client_per_minute", h.per_client_per_minute)
+    _expect(isinstance(per_minute, (int, float)) and not isinstance(per_minute, bool) and 0 < per_minute <= 10_000,
+            "warming.hint.per_client_per_minute", per_minute, "must be a number above 0")
+    hint = HintConfig(
+        enabled=_bool(hint_raw, "enabled", h.enabled, "warming.hint"),
+        warm_for=_positive(hint_raw, "warm_for", h.warm_for, "warming.hint"),
+        per_client_per_minute=float(per_minute),
+        per_client_burst=_int(hint_raw, "per_client_burst", h.per_client_burst, "warming.hint", lo=1, hi=10_000),
+        models=tuple(allow) if allow is not None else None,
+        budget_per_hour=_duration(hint_raw, "budget_per_hour", h.budget_per_hour, "warming.hint", finite=True),
+        cors_origins=tuple(origins),
+    )
+    schedules_raw = raw.get("schedule", [])
+    _expect(isinstance(schedules_raw, list), "warming.schedule", schedules_raw,
+            "must be an array of tables ([[warming.schedule]])")
+    schedules = tuple(_parse_schedule(s, i, models) for i, s in enumerate(schedules_raw))
+    return WarmingConfig(
+        enabled=_bool(raw, "enabled", d.enabled, "warming"),
+        predictive=_bool(raw, "predictive", d.predictive, "warming"),
+        tick=_positive(raw, "tick", d.tick, "warming"),
+        history_retention=_positive(raw, "history_retention", d.history_retention, "warming"),
+        cold_start_estimate=_positive(raw, "cold_start_estimate", d.cold_start_estimate, "warming"),
+        predictive_settings=MappingProxyType(parsed_settings),
+        hint=hint,
+        schedules=schedules,
+    )
+
+
+def _parse_schedule(raw: Any, i: int, models: set[str]) -> ScheduleConfig:
+    from warmstart.policy.schedule import parse_window, zone
+
+    where = f"warming.schedule[{i}]"
+    _expect(isinstance(raw, Mapping), where, raw, "must be a table")
+    _only_keys(raw, where, {"model", "when", "tz"})
+    model = raw.get("model")
+    _expect(isinstance(model, str) and model in models, f"{where}.model", model,
+            f"must name a model served here ({', '.join(sorted(models))})")
+    when = raw.get("when")
+    windows = [when] if isinstance(when, str) else when
+    _expect(isinstance(windows, list) and bool(windows) and all(isinstance(w, str) for w in windows),
+            f"{where}.when", when, "must be a window such as '07:55-18:00 Mon-Fri' or '03:00 for 10m', or a list")
+    for w in windows:
+        try:
+            parse_window(w)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.when", w, str(exc)) from None
+    tz = raw.get("tz", "UTC")
+    try:
+        zone(str(tz))
+    except ValueError as exc:
+        raise ConfigError(f"{where}.tz", tz, str(exc)) from None
+    return ScheduleConfig(model=model, windows=tuple(windows), tz=str(tz))
+
+
+def _bool(raw: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
+    value = raw.get(key, default)
+    _expect(isinstance(value, bool), f"{where}.{key}", value, "must be true or false")
+    return value
+
+
+def _positive(raw: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    seconds = _duration(raw, key, default, where, finite=True)
+    _expect(seconds > 0, f"{where}.{key}", raw.get(key, default), "must be a positive duration")
+    return seconds
 
 
 def _expect(ok: bool, field_name: str, value: object, reason: str) -> None:

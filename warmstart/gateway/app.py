@@ -20,7 +20,7 @@ from warmstart import __version__
 from warmstart.clock import Clock, SystemClock
 from warmstart.config import Config
 from warmstart.errors import RequestError, Unavailable, openai_error_body
-from warmstart.gateway import admin, web
+from warmstart.gateway import admin, hint, web
 from warmstart.gateway.auth import Auth
 from warmstart.gateway.fastpath import FastPath
 from warmstart.gateway.limits import BodyLimit
@@ -49,6 +49,7 @@ class Services:
     relay: Relay | None = None
     started_wall: float = 0.0
     audit: Any = None
+    warming: Any = None  # the WarmingRunner, when [warming] is enabled
 
     def __post_init__(self) -> None:
         # labelled metric children, looked up once per label set rather than on every request
@@ -89,6 +90,10 @@ def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None
 def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> FastAPI:
     clock = clock or SystemClock()
     services = Services(config=config, pool=pool, metrics=metrics, clock=clock, started_wall=time.time())
+    if config.warming.enabled:
+        from warmstart.warming.runner import new_runner
+
+        services.warming = new_runner(config, pool, clock, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -96,9 +101,13 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         services.relay = Relay(pool, session, clock.now)
+        if services.warming is not None:
+            await services.warming.start()
         try:
             yield
         finally:
+            if services.warming is not None:
+                await services.warming.stop()
             await pool.shutdown()
             await session.close()
 
@@ -142,6 +151,7 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(admin.router(services))
+    app.include_router(hint.router(services))
     app.include_router(web.router(services))
     return app
 

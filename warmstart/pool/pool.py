@@ -104,12 +104,18 @@ class ModelEntry:
     # set by the warming controller: keep at least one replica loaded until then
     warm_until: float = -math.inf
     warm_trigger: str = "schedule"
+    # set by the warming controller for models whose keep-alive it picks: the pool's own idle keep-alive
+    keep_alive_override: float | None = None
     last_failure: str | None = None
     wait_histogram: Any = None  # this model's warmstart_request_wait_seconds child
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def keep_alive(self) -> float:
+        return self.config.keep_alive if self.keep_alive_override is None else self.keep_alive_override
 
 
 class Lease:
@@ -301,7 +307,7 @@ class Pool:
         entry = self.models[replica.model]
         replica.in_flight = max(0, replica.in_flight - 1)
         replica.served += 1
-        replica.keep_alive = entry.config.keep_alive if lease.keep_alive is None else lease.keep_alive
+        replica.keep_alive = lease.keep_alive  # None: the model's own, settled when the idle clock starts
         if replica.state is not S.WARM:
             return
         if entry.waiters:
@@ -345,7 +351,7 @@ class Pool:
         now = self.clock.now()
         replica = Replica(
             id=next_replica_id(entry.name), model=entry.name, trigger=trigger,
-            capacity=entry.config.max_concurrency, keep_alive=entry.config.keep_alive,
+            capacity=entry.config.max_concurrency, keep_alive=None,
             created_at=now, created_wall=self.clock.wall(), accounted_to=now,
         )
         replica.report = StartReport(on_change=lambda _r: None)
@@ -489,16 +495,24 @@ class Pool:
         self._disarm_expiry(replica)
         if replica.state is not S.WARM or replica.in_flight > 0 or replica.idle_since is None:
             return
-        keep = 0.0 if replica.unload_when_idle else replica.keep_alive
-        deadline = keepalive.expiry(replica.idle_since, keep)
         others = [r for r in entry.replicas if r is not replica and r.state is S.WARM]
-        if not others and not replica.unload_when_idle:
-            deadline = max(deadline, entry.warm_until)
+        deadline = keepalive.unload_deadline(replica.idle_since, self._keep_alive(entry, replica, bool(others)),
+                                             entry.warm_until,
+                                             sole_replica=not others, unload_when_idle=replica.unload_when_idle)
         if math.isinf(deadline):
             replica.expires_at = None
             return
         replica.expires_at = deadline
         replica.expiry_task = self._spawn(self._expire_at(entry, replica, deadline), name=f"expiry {replica.id}")
+
+    @staticmethod
+    def _keep_alive(entry: ModelEntry, replica: Replica, others_warm: bool) -> float:
+        """A request's keep-alive if it set one; else the model's. A keep-alive the warming controller
+        picks (keep_alive "auto") governs the model's last replica; extra replicas scale down after the
+        model's configured keep-alive, as they would without the controller."""
+        if replica.keep_alive is not None:
+            return replica.keep_alive
+        return entry.config.keep_alive if others_warm else entry.keep_alive
 
     def _disarm_expiry(self, replica: Replica) -> None:
         task, replica.expiry_task, replica.expires_at = replica.expiry_task, None, None
@@ -539,6 +553,9 @@ class Pool:
     def ensure_warm(self, name: str, trigger: str, keep_alive: float | None = None) -> ReplicaState:
         """Start a replica of `name` unless one is live; returns the model's state."""
         entry = self.entry(name)
+        if keep_alive is None and trigger == "manual":
+            # a person asked: the configured keep-alive, even where the warming controller picks it otherwise
+            keep_alive = entry.config.keep_alive
         self._reap_failed(entry)
         live = [r for r in entry.replicas if r.state in (S.STARTING, S.WARM, S.SLEEPING)]
         if not live:
@@ -638,7 +655,7 @@ class Pool:
                 "in_flight": r.in_flight,
                 "served": r.served,
                 "trigger": r.trigger,
-                "keep_alive_s": None if math.isinf(r.keep_alive) else r.keep_alive,
+                "keep_alive_s": _seconds(entry.keep_alive if r.keep_alive is None else r.keep_alive),
                 "idle_s": None if r.idle_since is None else round(now - r.idle_since, 3),
                 "expires_in_s": None if r.expires_at is None else round(max(0.0, r.expires_at - now), 3),
                 "error": r.error,
@@ -704,6 +721,10 @@ class Pool:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("pool task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def _seconds(value: float) -> float | None:
+    return None if math.isinf(value) else value
 
 
 def _describe(exc: BaseException, model: str, timeout: float) -> str:

@@ -22,7 +22,7 @@ class Replica:
     model: str
     trigger: str
     capacity: int
-    keep_alive: float
+    keep_alive: float | None  # set by a request or a command; None: the model's own
     created_at: float
     created_wall: float
     state: ReplicaState = ReplicaState.COLD

@@ -22,12 +22,16 @@ BODIES = [
 ]
 
 
+def _app(data_dir):
+    config = load_config(None, env={}, flags={"server.data_dir": str(data_dir), "server.max_body_bytes": 65536})
+    metrics = Metrics()
+    return create_app(config, Pool(config, create_engines(data_dir), SystemClock(), metrics), metrics)
+
+
 @pytest.fixture
 def apps(tmp_path):
-    config = load_config(None, env={}, flags={"server.data_dir": str(tmp_path), "server.max_body_bytes": 65536})
-    metrics = Metrics()
-    front = create_app(config, Pool(config, create_engines(tmp_path), SystemClock(), metrics), metrics)
-    with TestClient(front) as fast, TestClient(front.app) as framework:
+    # two apps: each TestClient runs its app's lifespan on its own event loop
+    with TestClient(_app(tmp_path / "a")) as fast, TestClient(_app(tmp_path / "b").app) as framework:
         yield fast, framework
 
 

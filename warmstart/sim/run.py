@@ -1,0 +1,148 @@
+"""Run named policies over a trace and report warm fraction, cost and cold waits per policy."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from warmstart.policy.controller import Controller
+from warmstart.sim.oracle import OraclePolicy
+from warmstart.sim.replay import ModelOutcome, replay_model
+from warmstart.sim.traces import Trace
+
+_KEEPALIVE = re.compile(r"^keepalive-(\d+(?:\.\d+)?)s$")
+
+
+@dataclass(frozen=True)
+class SimPolicy:
+    """How the simulated server is set up for one named policy: the pool's keep-alive and a controller
+    per model (None: the pool alone)."""
+
+    name: str
+    keep_alive: float
+    controller: Callable[[str, np.ndarray, float], Controller | None]
+
+
+class UnknownPolicy(ValueError):
+    pass
+
+
+def policy_names() -> list[str]:
+    return ["keepalive-<seconds>s", "schedule", "predictive", "default", "oracle"]
+
+
+def make_policy(name: str, *, schedule: Sequence[str] = (), tz: str = "UTC",
+                predictive: dict[str, Any] | None = None) -> SimPolicy:
+    from warmstart.policy import defaults
+
+    if m := _KEEPALIVE.match(name):
+        return SimPolicy(name, float(m.group(1)), lambda _m, _a, _c: None)
+    if name == "oracle":
+        return SimPolicy(name, 0.0, lambda _m, arr, c: Controller([OraclePolicy(arr, c)]))
+    if name == "predictive":
+        params = defaults.predictive_params(predictive or {})
+        return SimPolicy(name, 0.0, lambda _m, _a, _c: Controller([defaults.predictive(params)]))
+    if name == "default":
+        params = defaults.predictive_params(predictive or {})
+        return SimPolicy(name, defaults.AUTO_KEEP_ALIVE_FLOOR,
+                         lambda _m, _a, _c: defaults.controller(predictive=defaults.predictive(params),
+                                                                 schedule=schedule, tz=tz))
+    if name == "schedule":
+        windows = tuple(schedule) or defaults.EXAMPLE_SCHEDULE
+        return SimPolicy(name, defaults.FIXED_KEEP_ALIVE,
+                         lambda _m, _a, _c: defaults.controller(schedule=windows, tz=tz))
+    raise UnknownPolicy(f"unknown policy {name!r}; use {', '.join(policy_names())}")
+
+
+def simulate(trace: Trace, policy: SimPolicy, cold_start: float) -> dict[str, Any]:
+    outcomes = []
+    for model, arr in trace.arrivals.items():
+        controller = policy.controller(model, arr, cold_start)
+        # a controller may act one cold start before the trace begins, as it would on a running server
+        begin = trace.start - (cold_start if controller is not None else 0.0)
+        outcomes.append(replay_model(model, arr, start=begin, end=trace.end, cold_start=cold_start,
+                                     keep_alive=policy.keep_alive, controller=controller))
+    return summarize(outcomes, trace)
+
+
+def summarize(outcomes: list[ModelOutcome], trace: Trace) -> dict[str, Any]:
+    requests = sum(o.requests for o in outcomes)
+    cold = sum(o.cold for o in outcomes)
+    waits = np.concatenate([o.waits for o in outcomes]) if outcomes else np.empty(0)
+    always_on = len(outcomes) * (trace.end - trace.start)
+    loaded = sum(o.loaded_s for o in outcomes)
+    starts: Counter = Counter()
+    for o in outcomes:
+        starts.update(o.starts)
+    return {
+        "requests": requests,
+        "warm_fraction": (requests - cold) / requests if requests else math.nan,
+        "cost_fraction": loaded / always_on if always_on else math.nan,
+        "wait_p50_s": float(np.percentile(waits, 50)) if len(waits) else 0.0,
+        "wait_p99_s": float(np.percentile(waits, 99)) if len(waits) else 0.0,
+        "cold_requests": cold,
+        "starts": dict(sorted(starts.items())),
+        "loaded_replica_s": loaded,
+        "models": len(outcomes),
+    }
+
+
+def oracle_summary(trace: Trace, cold_start: float) -> dict[str, Any]:
+    """The oracle's report in closed form (what replaying `OraclePolicy` gives, faster)."""
+    from warmstart.sim.oracle import oracle_cost
+
+    outcomes = [ModelOutcome(m, len(a), 0, np.empty(0), oracle_cost(a, cold_start), Counter())
+                for m, a in trace.arrivals.items()]
+    return summarize(outcomes, trace)
+
+
+def causal_bound(trace: Trace, cold_start: float) -> dict[str, Any]:
+    """The most requests any policy that learns from history can serve warm: nothing is known about a model
+    before its first request, so that request and those in the cold start it triggers wait (unless the model
+    is kept loaded from the start of the trace, at up to always-on cost)."""
+    first = sum(int(np.searchsorted(arr, arr[0] + cold_start, side="left")) for arr in trace.arrivals.values())
+    requests = trace.requests
+    return {"first_burst_requests": first,
+            "max_warm_fraction": (requests - first) / requests if requests else math.nan}
+
+
+HINDSIGHT_KEEPALIVES = (0, 30, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200,
+                        10800, 14400, 21600, 43200, 86400)
+
+
+def hindsight_keepalive(trace: Trace, cold_start: float, max_cost_fraction: float,
+                        exchange_rates: Sequence[float] = (5, 10, 20, 30, 50, 100)) -> dict[str, Any]:
+    """Not a policy: the best fixed keep-alive for each model chosen knowing the whole trace in advance (for
+    each exchange rate of replica-seconds per cold request, each model gets the keep-alive minimising
+    loaded seconds + rate x cold requests), replayed, and the warmest that stays within `max_cost_fraction`.
+    What any keep-alive-shaped policy could at best achieve by learning a keep-alive per model."""
+    best: dict[str, Any] | None = None
+    per_model = {}
+    for model, arr in trace.arrivals.items():
+        gaps = np.diff(arr)
+        burst = (np.searchsorted(arr, arr[1:] + cold_start) - np.arange(1, len(arr))).astype(np.float64)
+        per_model[model] = (gaps, burst)
+    for rate in exchange_rates:
+        outcomes = []
+        for model, arr in trace.arrivals.items():
+            gaps, burst = per_model[model]
+
+            def score(ka: float, gaps: np.ndarray = gaps, burst: np.ndarray = burst, rate: float = rate) -> float:
+                covered = gaps <= ka
+                return float(np.where(covered, gaps, ka + cold_start).sum() + rate * burst[~covered].sum())
+
+            ka = min(HINDSIGHT_KEEPALIVES, key=score)
+            outcomes.append(replay_model(model, arr, start=trace.start, end=trace.end, cold_start=cold_start,
+                                         keep_alive=float(ka)))
+        result = summarize(outcomes, trace)
+        result["exchange_rate"] = rate
+        if result["cost_fraction"] <= max_cost_fraction and (best is None or
+                                                             result["warm_fraction"] > best["warm_fraction"]):
+            best = result
+    return best or {}

@@ -1,0 +1,233 @@
+"""The warming task: each tick it asks every model's controller for a plan and hands the pool the desired
+warm set (`pool.set_warm_until`); requests and hints re-apply the plan at once.
+
+It owns the controllers' states, the hint limiter's state and the request history; everything runs on the
+event loop, so no two changes interleave. The decisions come from warmstart.policy, the same code the
+simulator replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sqlite3
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from warmstart.clock import Clock
+from warmstart.config import Config, ModelConfig
+from warmstart.policy import hint as hints
+from warmstart.policy.controller import Controller
+from warmstart.policy.defaults import AUTO_KEEP_ALIVE_FLOOR, predictive_params
+from warmstart.policy.hint import HintDecision, HintLimits, HintPolicy, HintRequest, HintState
+from warmstart.policy.observation import Observation
+from warmstart.policy.plan import IDLE, Plan, evaluate
+from warmstart.policy.predictive import PredictivePolicy
+from warmstart.policy.schedule import SchedulePolicy, parse_window, zone
+from warmstart.pool.pool import Pool
+from warmstart.pool.states import ReplicaState
+from warmstart.telemetry.metrics import Metrics
+from warmstart.warming.history import ArrivalHistory
+
+log = logging.getLogger("warmstart.warming")
+# how much history is replayed into the policy per step when the server starts
+REPLAY_STEP = 3600.0
+PRUNE_EVERY = 3600.0
+
+
+@dataclass
+class ModelWarming:
+    name: str
+    controller: Controller
+    state: Any
+    plan: Plan = IDLE
+    pending: list[float] = field(default_factory=list)  # arrivals not yet shown to the controller
+    hints: list[tuple[float, float]] = field(default_factory=list)
+    last: float | None = None
+    recent: deque[float] = field(default_factory=deque)
+    applied: tuple[float, str] = (-math.inf, "")
+
+
+def build_controller(config: Config, model: ModelConfig) -> Controller:
+    """The policies the server runs for one model: its schedules, hints, and the predictive policy when
+    it picks the model's keep-alive. The tick is added to every lead time, since plans apply on ticks."""
+    warming = config.warming
+    policies: list[Any] = []
+    for sched in warming.schedules:
+        if sched.model == model.name:
+            policies.append(SchedulePolicy(tuple(parse_window(w) for w in sched.windows), zone(sched.tz),
+                                           lead=warming.tick))
+    if warming.hint.enabled:
+        policies.append(HintPolicy())
+    if warming.predictive and model.keep_alive_auto:
+        params = predictive_params(warming.predictive_settings)
+        policies.append(PredictivePolicy(replace(params, lead=params.lead + warming.tick)))
+    return Controller(policies)
+
+
+def hint_limits(config: Config) -> HintLimits:
+    h = config.warming.hint
+    return HintLimits(warm_for=h.warm_for, client_rate=h.per_client_per_minute / 60.0,
+                      client_burst=float(h.per_client_burst),
+                      models=frozenset(h.models) if h.models is not None else None,
+                      budget_per_hour=h.budget_per_hour)
+
+
+class WarmingRunner:
+    def __init__(self, config: Config, pool: Pool, clock: Clock, metrics: Metrics,
+                 history: ArrivalHistory | None = None) -> None:
+        self.config = config
+        self.pool = pool
+        self.clock = clock
+        self.metrics = metrics
+        self.history = history
+        self.tick = config.warming.tick
+        self.models: dict[str, ModelWarming] = {}
+        for model in config.models:
+            controller = build_controller(config, model)
+            self.models[model.name] = ModelWarming(model.name, controller, controller.initial_state())
+        self.limits = hint_limits(config)
+        self.hint_state = HintState()
+        self._task: asyncio.Task | None = None
+        self._last_prune = -math.inf
+
+    # ---- life ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for model in self.config.models:
+            if model.keep_alive_auto and self.config.warming.predictive:
+                self.pool.entry(model.name).keep_alive_override = AUTO_KEEP_ALIVE_FLOOR
+        if self.history is not None:
+            try:
+                await asyncio.to_thread(self.history.open)
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("request history unavailable (%s): %s; predictions start from scratch",
+                            self.history.path, exc)
+                self.history = None
+        if self.history is not None:
+            now = self.clock.wall()
+            past = await asyncio.to_thread(self.history.load, now - self.config.warming.history_retention)
+            for name, arrivals in past.items():
+                if name in self.models:
+                    self._replay(self.models[name], arrivals, now)
+        self.pool.arrival_listeners.append(self.on_arrival)
+        self.step()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="warming")
+
+    async def stop(self) -> None:
+        if self.on_arrival in self.pool.arrival_listeners:
+            self.pool.arrival_listeners.remove(self.on_arrival)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.history is not None:
+            await asyncio.to_thread(self.history.close)
+
+    def _replay(self, mw: ModelWarming, arrivals: np.ndarray, now: float) -> None:
+        """Teach the controller the history it missed while the server was down, an hour at a time."""
+        if not len(arrivals):
+            return
+        t = math.floor(arrivals[0] / REPLAY_STEP) * REPLAY_STEP + REPLAY_STEP
+        i = 0
+        while i < len(arrivals) and t < now:
+            j = int(np.searchsorted(arrivals, t, side="left"))
+            mw.plan, mw.state = mw.controller.decide(Observation(mw.name, arrivals[i:j], self._cold_start(mw.name)),
+                                                     mw.state, t)
+            i, t = j, t + REPLAY_STEP
+        mw.pending = [float(x) for x in arrivals[i:]]
+        mw.last = float(arrivals[-1])
+        mw.plan = IDLE  # decided afresh at the first step, on the present
+
+    async def _run(self) -> None:
+        while True:
+            await self.clock.sleep(self.tick)
+            try:
+                self.step()
+                if self.history is not None:
+                    await asyncio.to_thread(self.history.flush)
+                    now = self.clock.wall()
+                    if now - self._last_prune >= PRUNE_EVERY:
+                        self._last_prune = now
+                        await asyncio.to_thread(self.history.prune, now)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("warming step failed; trying again next tick")
+
+    # ---- deciding and applying -----------------------------------------------------------------------
+
+    def step(self) -> None:
+        """One tick: re-plan the models whose plan asked for it, then apply every plan to the pool."""
+        now = self.clock.wall()
+        for mw in self.models.values():
+            if now >= mw.plan.review_at or mw.plan is IDLE or mw.hints:
+                self._decide(mw, now)
+            self._apply(mw)
+
+    def _decide(self, mw: ModelWarming, now: float) -> None:
+        obs = Observation(mw.name, np.sort(np.array(mw.pending, dtype=np.float64)), self._cold_start(mw.name),
+                          tuple(mw.hints))
+        mw.pending, mw.hints = [], []
+        mw.plan, mw.state = mw.controller.decide(obs, mw.state, now)
+
+    def _apply(self, mw: ModelWarming) -> None:
+        now_wall, now = self.clock.wall(), self.clock.now()
+        target, _ = evaluate(mw.plan, mw.last, now_wall, len(mw.recent))
+        want = target if target is not None else (-math.inf, "")
+        if want == mw.applied:
+            return
+        mw.applied = want
+        until = want[0] if math.isinf(want[0]) else now + (want[0] - now_wall)
+        self.pool.set_warm_until(mw.name, until, want[1] or "keep-alive")
+
+    def on_arrival(self, model: str, wall: float) -> None:
+        """The pool saw a request: record it and re-apply the plan once the request has its lease or start
+        (so a start it needs is counted as the request's, not the controller's)."""
+        mw = self.models.get(model)
+        if mw is None:
+            return
+        mw.pending.append(wall)
+        mw.last = wall
+        mw.recent.append(wall)
+        window = mw.plan.recent_window
+        while mw.recent and mw.recent[0] <= wall - window:
+            mw.recent.popleft()
+        if self.history is not None:
+            self.history.add(model, wall)
+        asyncio.get_running_loop().call_soon(self._apply, mw)
+
+    def _cold_start(self, model: str) -> float:
+        """p95 of the model's recent successful starts, or the configured estimate before there are any."""
+        starts = [s.total_s for s in self.pool.entry(model).starts if s.outcome == "ok"][-20:]
+        if not starts:
+            return self.config.warming.cold_start_estimate
+        return float(np.percentile(starts, 95))
+
+    # ---- hints ---------------------------------------------------------------------------------------
+
+    def hint(self, model: str, client: str) -> HintDecision:
+        """A warm hint from `client`: decided by the limiter; an accepted one warms the model at once."""
+        now = self.clock.wall()
+        mw = self.models.get(model)
+        known = mw is not None
+        loaded = known and self.pool.state_of(model) in (ReplicaState.STARTING, ReplicaState.WARM)
+        warm_until = mw.applied[0] if mw is not None else -math.inf
+        req = HintRequest(model=model, client=client, known=known, loaded=loaded, warm_until=warm_until,
+                          cold_start_s=self._cold_start(model) if known else 0.0)
+        decision, self.hint_state = hints.decide(req, self.hint_state, now, self.limits)
+        self.metrics.hints.labels(model if known else "", decision.outcome).inc()
+        if decision.accepted and mw is not None:
+            mw.hints.append((now, self.limits.warm_for))
+            self._decide(mw, now)
+            self._apply(mw)
+        return decision
+
+
+def new_runner(config: Config, pool: Pool, clock: Clock, metrics: Metrics) -> WarmingRunner:
+    """The runner the server uses, with its request history in the data directory."""
+    history = ArrivalHistory(config.server.data_dir / "history.sqlite3", config.warming.history_retention)
+    return WarmingRunner(config, pool, clock, metrics, history)
