@@ -41,4 +41,19 @@ def ps_table(models: list[dict[str, Any]]) -> str:
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     if details:
         lines += ["", "last cold start by phase:"] + details
+    runtimes = runtime_lines(models)
+    if runtimes:
+        lines += ["", "pre-initialized runtimes (waiting for a model):"] + runtimes
     return "\n".join(lines)
+
+
+def runtime_lines(models: list[dict[str, Any]]) -> list[str]:
+    """One line per runtime pool (models of one engine interpreter share it)."""
+    pools = {}
+    for m in models:
+        pool = m.get("runtime_pool")
+        if pool:
+            pools[pool["engine"]] = pool
+    return [f"  {name}: {p['ready']} ready, {p['starting']} starting, {p['rss_bytes'] / 2**20:.0f} MiB resident, "
+            f"{p['handed_out']} handed out" + (f"; last error: {p['last_error']}" if p.get("last_error") else "")
+            for name, p in pools.items()]

@@ -58,7 +58,7 @@ def build_app(config: Config):  # type: ignore[no-untyped-def]
     metrics = Metrics()
     audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=DigestCache(data_dir / "digests.json"),
                      required=config.audit.required, rotate_bytes=config.audit.rotate_bytes)
-    pool = Pool(config, create_engines(data_dir), clock, metrics, audit=audit)
+    pool = Pool(config, create_engines(data_dir, config.models), clock, metrics, audit=audit)
     app = create_app(config, pool, metrics, clock)
     app.services.audit = audit
     return app

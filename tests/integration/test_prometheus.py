@@ -164,7 +164,12 @@ def test_prometheus_scrapes_warmstart_with_the_right_values_and_every_expression
             return sorted((a["labels"]["alertname"], a["labels"].get("model", "")) for a in alerts
                           if a["state"] == "firing")
 
-        assert prom.wait_for(firing, what="an alert firing") == [("WarmstartReplicaFailures", "broken")]
+        # the cold-start variation alert depends on how steady this machine's starts are, so it may
+        # legitimately fire too; every other alert must stay quiet
+        def firing_but_timing() -> list[tuple[str, str]]:
+            return [a for a in firing() if a[0] != "WarmstartColdStartUnstable"]
+
+        assert prom.wait_for(firing_but_timing, what="an alert firing") == [("WarmstartReplicaFailures", "broken")]
 
         # every rule has been evaluated by Prometheus without error
         def rules_evaluated() -> list[dict]:

@@ -173,8 +173,11 @@ def test_full_queue_and_deadline_answer_503_with_retry_after(start_server):
 
 def test_max_replicas_starts_another_replica_when_requests_queue(start_server):
     srv = start_server([smollm2(max_replicas=2)])
+    # enough work per request (~2 s each) that the first replica cannot drain the queue alone
+    # before the second one is up, however slow this machine is today
+    body = {"model": SMOL, "prompt": "Count:", "max_tokens": 128, "logit_bias": NO_EOS}
     with ThreadPoolExecutor(6) as ex:
-        results = list(ex.map(lambda i: srv.post("/v1/chat/completions", chat(max_tokens=48)), range(6)))
+        results = list(ex.map(lambda i: srv.post("/v1/completions", body), range(6)))
     assert all(status == 200 for status, _, _ in results)
     model = srv.model(SMOL)
     assert len(model["replicas"]) == 2 and len({h["x-warmstart-replica"] for _, h, _ in results}) == 2

@@ -13,6 +13,8 @@ from warmstart.config import ModelConfig
 SPAWN, IMPORT, LOAD, KV_INIT, COMPILE, WARMUP, READY = (
     "spawn", "import", "load", "kv_init", "compile", "warmup", "ready",
 )
+# vLLM: config, engine-core and worker processes up; handing a model to a pre-initialized runtime
+ENGINE_INIT, HANDOFF = "engine_init", "handoff"
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,13 @@ class StartReport:
             self.on_change(self)
 
     def done(self, name: str, seconds: float) -> None:
-        self.phases.append((name, max(0.0, seconds)))
+        # a phase met twice (vLLM compiles, then captures graphs) is one phase with both times
+        for i, (known, before) in enumerate(self.phases):
+            if known == name:
+                self.phases[i] = (name, before + max(0.0, seconds))
+                break
+        else:
+            self.phases.append((name, max(0.0, seconds)))
         self.current = None
         if self.on_change:
             self.on_change(self)

@@ -25,6 +25,42 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _die_with_parent_idle() -> None:
+    # Also: run only on CPU time nothing else wants (a runtime preparing in the background)
+    _die_with_parent()
+    with contextlib.suppress(Exception):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def can_restore_priority() -> bool:
+    """Whether a process moved to SCHED_IDLE can be given normal priority back (root, CAP_SYS_NICE,
+    or RLIMIT_NICE allowing nice 0); only then is it safe to prepare runtimes at idle priority."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    if os.geteuid() == 0:
+        return True
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+
+
+def restore_priority(pid: int) -> bool:
+    """Every thread of `pid` back to the normal scheduling policy; False if that was refused."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return False
+    ok = True
+    for tid in tids:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        except ProcessLookupError:
+            continue
+        except OSError:
+            ok = False
+    return ok
+
+
 class ManagedProcess:
     """One engine process: spawned with a report pipe, its output in a log file."""
 
@@ -40,8 +76,8 @@ class ManagedProcess:
 
     @classmethod
     async def spawn(cls, argv: Sequence[str], *, env: dict[str, str], log_path: Path,
-                    with_reports: bool = False, cwd: str | None = None,
-                    ledger: ProcessLedger | None = None, replica: str = "") -> ManagedProcess:
+                    with_reports: bool = False, cwd: str | None = None, with_stdin: bool = False,
+                    idle: bool = False, ledger: ProcessLedger | None = None, replica: str = "") -> ManagedProcess:
         import time
 
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,8 +91,10 @@ class ManagedProcess:
         spawned_at = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=cwd,
-                pass_fds=pass_fds, start_new_session=True, preexec_fn=_die_with_parent,
+                *argv, stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,
+                stdout=log, stderr=log, env=env, cwd=cwd,
+                pass_fds=pass_fds, start_new_session=True,
+                preexec_fn=_die_with_parent_idle if idle else _die_with_parent,
             )
         except OSError as exc:
             if with_reports:
@@ -84,9 +122,28 @@ class ManagedProcess:
 
     async def wait_exit(self) -> int:
         code = await self._proc.wait()
+        # what it started (vLLM's engine core and workers) must not outlive it
+        self._signal_group(signal.SIGKILL)
         if self._ledger is not None:
             self._ledger.forget(self.pid)
         return code
+
+    async def send(self, data: bytes) -> None:
+        """Write to the child's stdin (spawned with_stdin): how a waiting runtime gets its model."""
+        stdin = self._proc.stdin
+        if stdin is None:
+            raise EngineError("this engine process takes no input")
+        try:
+            stdin.write(data)
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise EngineError(f"engine process {self.pid} is gone: {exc}") from exc
+
+    def move_log(self, path: Path) -> None:
+        """Give the log a new name (the child keeps writing to the same file)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.log_path, path)
+        self.log_path = path
 
     async def read_reports(self) -> AsyncIterator[dict]:
         """JSON lines the child writes on its report pipe, until it closes the pipe or exits."""

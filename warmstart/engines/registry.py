@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from warmstart.engines.options import BY_KIND, CHECKS, OptionTypes
 from warmstart.errors import ConfigError
-
-from warmstart.engines.options import BY_KIND, OptionTypes
 
 
 def option_types(kind: str) -> OptionTypes:
@@ -25,10 +24,17 @@ def validate_options(kind: str, options: dict[str, Any], where: str) -> dict[str
         if not ok:
             name = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
             raise ConfigError(f"{where}.{key}", value, f"must be of type {name}")
+    check = CHECKS.get(kind)
+    if check is not None:
+        check(options, where)
     return options
 
 
-def create_engines(data_dir: Path) -> dict[str, Any]:
+def create_engines(data_dir: Path, models: tuple[Any, ...] = ()) -> dict[str, Any]:
+    """One engine object per kind; `models` (the configured ones) size the pre-initialized runtimes."""
+    from warmstart.engines.command import CommandEngine
     from warmstart.engines.llamacpp import LlamaCppEngine
+    from warmstart.engines.vllm import VllmEngine
 
-    return {"llamacpp": LlamaCppEngine(data_dir)}
+    return {"llamacpp": LlamaCppEngine(data_dir), "vllm": VllmEngine(data_dir, tuple(models)),
+            "command": CommandEngine(data_dir)}

@@ -158,6 +158,7 @@ class Pool:
                                wait_histogram=metrics.request_wait_seconds.labels(m.name))
             for m in config.models
         }
+        self.engines = engines
         self.arrival_listeners: list[Callable[[str, float], None]] = []
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
@@ -191,7 +192,11 @@ class Pool:
 
     async def prepare(self) -> None:
         """Resolve and inspect every model in the background at start-up, so a first request does not
-        pay for it (an `assemble:` model is written once); problems are logged, not fatal."""
+        pay for it (an `assemble:` model is written once); problems are logged, not fatal.
+        Engines that keep pre-initialized runtimes start filling them first."""
+        for engine in {id(e): e for e in self.engines.values()}.values():
+            if hasattr(engine, "open"):
+                await engine.open()
         for name in list(self.models):
             try:
                 await self.capabilities(name)
@@ -622,6 +627,8 @@ class Pool:
             for replica in list(entry.replicas):
                 stops.append(self._stop(entry, replica, "shutdown"))
         await asyncio.gather(*stops, return_exceptions=True)
+        await asyncio.gather(*(e.close() for e in {id(e): e for e in self.engines.values()}.values()
+                               if hasattr(e, "close")), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -635,6 +642,9 @@ class Pool:
         for entry in self.models.values():
             for replica in entry.replicas:
                 self._account(replica)
+        from warmstart.engines.runtime import account_runtimes
+
+        account_runtimes(self.engines.values(), self.metrics, self.clock.now())
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = self.clock.now()
@@ -677,6 +687,7 @@ class Pool:
             "starts": [s.to_dict() for s in list(entry.starts)[-10:]],
             "last_failure": entry.last_failure,
             "capabilities": caps,
+            "runtime_pool": entry.engine.runtime_view(cfg) if hasattr(entry.engine, "runtime_view") else None,
             "path": str(entry.path) if entry.path else cfg.path,
         }
 

@@ -52,5 +52,16 @@ class Metrics:
             ["model"], registry=r)
         self.hints = Counter(
             "warmstart_hints", "Warm hints received, by outcome.", ["model", "outcome"], registry=r)
+        self.runtimes = Gauge(
+            "warmstart_runtimes", "Pre-initialized engine runtimes waiting for a model, by state (ready, starting).",
+            ["engine", "state"], registry=r)
+        self.runtime_rss_bytes = Gauge(
+            "warmstart_runtime_rss_bytes", "Resident memory of the pre-initialized runtimes waiting for a model.",
+            ["engine"], registry=r)
+        self.runtime_seconds = Counter(
+            "warmstart_runtime_seconds", "Runtime-seconds of pre-initialized runtimes kept waiting: their cost.",
+            ["engine"], registry=r)
+        self.runtime_handoffs = Counter(
+            "warmstart_runtime_handoffs", "Cold starts that took a pre-initialized runtime.", ["engine"], registry=r)
         self.audit_failures = Counter(
             "warmstart_audit_write_failures", "Audit records that could not be written.", registry=r)

