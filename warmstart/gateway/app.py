@@ -20,7 +20,7 @@ from warmstart import __version__
 from warmstart.clock import Clock, SystemClock
 from warmstart.config import Config
 from warmstart.errors import RequestError, Unavailable, openai_error_body
-from warmstart.gateway import admin, hint, openapi
+from warmstart.gateway import admin, hint, openapi, web
 from warmstart.gateway.auth import Auth
 from warmstart.gateway.fastpath import FastPath
 from warmstart.gateway.limits import BodyLimit
@@ -152,6 +152,7 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
 
     app.include_router(admin.router(services))
     app.include_router(hint.router(services))
+    app.include_router(web.router(services))
     openapi.install(app)
     return app
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
@@ -130,7 +131,9 @@ def _hint(services: Services, request: Request, model: Any) -> dict[str, Any]:
         raise PermissionDenied("Warm hints are turned off on this server ([warming.hint] enabled = false).")
     origin = request.headers.get("origin")
     allowed = set(hint.cors_origins)
-    if origin and "*" not in allowed and origin not in allowed:
+    # browsers send Origin on a same-origin POST too (sendBeacon does): a page warmstart serves itself is allowed
+    same_origin = origin is not None and urlsplit(origin).netloc == request.headers.get("host")
+    if origin and not same_origin and "*" not in allowed and origin not in allowed:
         services.metrics.hints.labels(model if model in services.pool.models else "", "origin_not_allowed").inc()
         raise PermissionDenied(f"Warm hints from {origin} are not accepted; add it to [warming.hint] cors_origins.")
     client = request.client.host if request.client else "unknown"
