@@ -84,6 +84,14 @@
     const body = out.querySelector(".text");
     const meta = el("span", { class: "meta", text: "waiting…" });
     out.append(meta);
+    const badge = $("state");
+    if (badge.dataset.state === "cold" || badge.dataset.state === "failed") {
+      // this request starts the model: say so now rather than at the next poll (a start can be shorter than one)
+      badge.className = "badge s-starting";
+      badge.dataset.state = "starting";
+      badge.textContent = "starting";
+      $("status").textContent = "starting the model for this prompt";
+    }
     const t0 = performance.now();
     const ticker = setInterval(() => { meta.textContent = "waiting… " + seconds((performance.now() - t0) / 1000); }, 100);
     let answer = "";
