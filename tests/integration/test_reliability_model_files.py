@@ -60,3 +60,48 @@ def test_truncated_model_files_are_refused_clearly_audited_and_other_models_keep
     assert audit_verify(srv.data_dir).returncode == 0
     print(f"\n[reliability] truncated model files: {json.dumps(half_error)[:160]}...; "
           f"{len(failed)} failed-start and 1 refusal audit record(s); the healthy model served 12/12 meanwhile")
+
+
+@pytest.mark.slow
+def test_a_model_file_modified_after_its_manifest_is_refused_audited_and_other_models_keep_serving(
+        start_server, tmp_path):
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(smol_file().read_bytes())
+    srv = start_server([smollm2(keep_alive=-1), damaged("copy", copy)])
+    # trust on first use: the first start records the file's digest in the model's manifest
+    assert srv.post("/v1/completions", {"model": "copy", "prompt": "Hello", "max_tokens": 2})[0] == 200
+    assert srv.post("/admin/models/copy/unload", {})[0] == 200
+    srv.wait_for(lambda: srv.model("copy")["replicas"] == [])
+    assert srv.post("/v1/chat/completions", chat(max_tokens=2))[0] == 200
+    [good] = srv.model(SMOL)["replicas"]
+
+    with copy.open("r+b") as f:  # one byte of the last tensor's data changed; the size stays the same
+        f.seek(-4096, 2)
+        byte = f.read(1)
+        f.seek(-4096, 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+    async def traffic():
+        good_load = asyncio.ensure_future(burst(srv.url, [chat(max_tokens=16) for _ in range(12)], timeout=120))
+        bad = await burst(srv.url, [{"model": "copy", "prompt": "Hello", "max_tokens": 4} for _ in range(3)],
+                          timeout=120)
+        return await good_load, bad
+
+    good_answers, bad_answers = asyncio.run(traffic())
+    assert [a.status for a in good_answers] == [200] * 12  # the healthy model went on serving throughout
+    for answer in bad_answers:
+        error = answer.json()["error"]
+        assert answer.status == 503 and error["code"] == "model_start_failed", error
+        assert f"model 'copy': {copy} has sha256" in error["message"]
+        assert "its manifest says" in error["message"] and "the file was modified" in error["message"]
+    assert srv.model(SMOL)["replicas"][0]["pid"] == good["pid"]  # the same engine, never restarted
+    assert srv.model("copy")["replicas"] == [] or srv.model("copy")["state"] in ("failed", "cold")
+
+    log = [r for r in records(srv.data_dir / "audit") if r["model"] == "copy"]
+    assert [r["event"] for r in log][:2] == ["start", "unload"] and log[0]["outcome"] == "ok"
+    refused = [r for r in log[2:] if r["event"] == "start"]
+    assert refused and all(r["outcome"] == "failed" and "the file was modified" in r["error"] for r in refused)
+    assert refused[0]["phases"] == []  # refused before an engine process was spawned for it
+    assert audit_verify(srv.data_dir).returncode == 0
+    print(f"\n[reliability] modified model file: {bad_answers[0].json()['error']['message'][:150]}...; "
+          f"{len(refused)} refused-start audit record(s); the healthy model served 12/12 meanwhile")
