@@ -1,4 +1,5 @@
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,20 @@ def test_the_documented_example_config_is_valid():
     config = load_config(root / "warmstart.example.toml", env={})
     assert [m.name for m in config.models] == ["smollm2-135m-instruct", "gemma-3-270m"]
     assert config.server.queue_deadline == 120 and config.models[0].options["n_ctx"] == 2048
+    assert config.models[0].keep_alive_auto  # the example keeps the shipped default: learned keep-alive
+
+
+def test_the_commented_sections_of_the_example_config_are_valid_when_uncommented(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "warmstart.example.toml").read_text()
+    uncommented = re.sub(r"^# (\[|[a-z_]+ = )", r"\1", text, flags=re.M)
+    assert uncommented.count("[[models]]") == 3 and "[store]" in uncommented
+    (tmp_path / "full.toml").write_text(uncommented)
+    config = load_config(tmp_path / "full.toml", env={})
+    assert [m.engine for m in config.models] == ["llamacpp", "llamacpp", "vllm"]
+    assert config.models[0].ram_keep_alive == 7200 and config.store.ram_reserve == 2 << 30
+    assert config.warming.schedules[0].tz == "Europe/Oslo" and config.audit.dir == Path("/var/log/warmstart")
+    assert len(config.auth.api_keys) == 1 and config.warming.hint.cors_origins == ("https://app.example.com",)
 
 
 def test_binding_beyond_loopback_requires_api_keys():
