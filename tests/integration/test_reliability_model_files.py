@@ -19,6 +19,14 @@ def damaged(name: str, path) -> dict:
     return {"name": name, "engine": "llamacpp", "path": str(path), "options": {"n_ctx": 512}}
 
 
+async def traffic_beside(srv, damaged_models):
+    """12 chats to the healthy model while the damaged models are asked: (healthy answers, damaged answers)."""
+    good_load = asyncio.ensure_future(burst(srv.url, [chat(max_tokens=16) for _ in range(12)], timeout=120))
+    bad = await burst(srv.url, [{"model": m, "prompt": "Hello", "max_tokens": 4} for m in damaged_models],
+                      timeout=120)
+    return await good_load, bad
+
+
 @pytest.mark.slow
 def test_truncated_model_files_are_refused_clearly_audited_and_other_models_keep_serving(start_server, tmp_path):
     weights = smol_file().read_bytes()
@@ -29,13 +37,7 @@ def test_truncated_model_files_are_refused_clearly_audited_and_other_models_keep
     assert srv.post("/v1/chat/completions", chat(max_tokens=2))[0] == 200
     [good] = srv.model(SMOL)["replicas"]
 
-    async def traffic():
-        good_load = asyncio.ensure_future(burst(srv.url, [chat(max_tokens=16) for _ in range(12)], timeout=120))
-        bad = await burst(srv.url, [{"model": m, "prompt": "Hello", "max_tokens": 4}
-                                    for m in ("half", "header", "half", "header")], timeout=120)
-        return await good_load, bad
-
-    good_answers, bad_answers = asyncio.run(traffic())
+    good_answers, bad_answers = asyncio.run(traffic_beside(srv, ("half", "header", "half", "header")))
     assert [a.status for a in good_answers] == [200] * 12  # the healthy model went on serving throughout
     for answer in bad_answers:
         error = answer.json()["error"]
@@ -81,13 +83,7 @@ def test_a_model_file_modified_after_its_manifest_is_refused_audited_and_other_m
         f.seek(-4096, 2)
         f.write(bytes([byte[0] ^ 0xFF]))
 
-    async def traffic():
-        good_load = asyncio.ensure_future(burst(srv.url, [chat(max_tokens=16) for _ in range(12)], timeout=120))
-        bad = await burst(srv.url, [{"model": "copy", "prompt": "Hello", "max_tokens": 4} for _ in range(3)],
-                          timeout=120)
-        return await good_load, bad
-
-    good_answers, bad_answers = asyncio.run(traffic())
+    good_answers, bad_answers = asyncio.run(traffic_beside(srv, ("copy", "copy", "copy")))
     assert [a.status for a in good_answers] == [200] * 12  # the healthy model went on serving throughout
     for answer in bad_answers:
         error = answer.json()["error"]

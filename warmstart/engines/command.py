@@ -92,9 +92,7 @@ class CommandEngine:
                                    options.get("health_path", "/v1/models"), report, Path(argv[0]).name)
             return proc
         except BaseException:
-            proc.kill()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(proc.wait_exit())
+            await proc.abandon()
             raise
 
     async def _wait_ready(self, proc: ManagedProcess, offset: int, pattern: str | None, health: str,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import json
 import os
@@ -71,9 +70,7 @@ class LlamaCppEngine:
             report.done(READY, time.monotonic() - last_phase_end)
             return proc
         except BaseException:
-            proc.kill()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(proc.wait_exit())
+            await proc.abandon()
             raise
 
     async def _follow(self, proc: ManagedProcess, report: StartReport) -> tuple[int, float]:

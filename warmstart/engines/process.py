@@ -185,6 +185,12 @@ class ManagedProcess:
     def kill(self) -> None:
         self._signal_group(signal.SIGKILL)
 
+    async def abandon(self) -> None:
+        """Kill a start that failed or was cancelled, and reap it even if the caller is cancelled again."""
+        self.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.wait_exit())
+
     def _signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)

@@ -246,9 +246,7 @@ class VllmEngine:
                 await self._follow(proc, report, offset, began)
                 return proc
             except BaseException:
-                proc.kill()
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(proc.wait_exit())
+                await proc.abandon()
                 raise
         finally:
             if use_pool and pool is not None:
