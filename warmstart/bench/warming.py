@@ -35,13 +35,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cold-start", default="30")
     p.add_argument("--keepalives", default=KEEPALIVES, help="fixed keep-alives to compare, seconds")
     p.add_argument("--policies", default=POLICIES)
+    p.add_argument("--ram-keep-alive", default="0", help="the RAM tier, as in `warmstart simulate` (default 0, off)")
+    p.add_argument("--ram-cold-start", help="seconds a start from RAM takes (default: --cold-start / 1.9)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--plot", help="write a PNG of cost against warm %% here")
     return p
 
 
 def main(argv: list[str]) -> int:
-    from warmstart.sim.cli import run_simulation, write_json
+    from warmstart.sim.cli import DEFAULT_MODEL_GIB, run_simulation, write_json
     from warmstart.sim.report import PlotUnavailable, plot, table
     from warmstart.sim.run import causal_bound, hindsight_keepalive
     from warmstart.sim.traces import TraceError, read_trace
@@ -56,13 +58,15 @@ def main(argv: list[str]) -> int:
         raise CLIError(f"--trace {args.trace}: not found; pass the folder of ServeGen m-large chunk-N-trace.csv files")
     sim_args = argparse.Namespace(trace=args.trace, format="servegen", policy=",".join(names),
                                   cold_start=args.cold_start, days=args.days, max_rate=args.max_rate, seed=0,
-                                  schedule=[], tz="UTC", set=[], json=None, plot=None)
+                                  schedule=[], tz="UTC", set=[], json=None, plot=None,
+                                  ram_keep_alive=args.ram_keep_alive, ram_cold_start=args.ram_cold_start,
+                                  ram_price=None, model_gib=DEFAULT_MODEL_GIB)
     started = time.perf_counter()
     report = run_simulation(sim_args)
     report["wall_s"] = time.perf_counter() - started
     oracle = report["oracle"]
     print()
-    print(table(report["policies"], oracle))
+    print(table(report["policies"], oracle, tiers=report["ram_tier"]["keep_alive_s"] != 0))
     from warmstart.sim.cli import parse_days
 
     try:

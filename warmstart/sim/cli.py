@@ -12,6 +12,8 @@ from typing import Any
 from warmstart.cli import CLIError, command
 
 DEFAULT_POLICIES = "keepalive-300s,keepalive-3600s,predictive,default,oracle"
+# the weights of an 8B model in BF16 (15 GiB), rounded: what a RAM-resident second is priced for by default
+DEFAULT_MODEL_GIB = 16.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tz", default="UTC", help="time zone of --schedule windows (default UTC)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a predictive-policy setting, e.g. cold_request_cost=60 (repeatable)")
+    p.add_argument("--ram-keep-alive", default="0", metavar="SECONDS",
+                   help="the RAM tier: hold a model's weights in RAM this long after a keep-alive unload "
+                        "(like a model's ram_keep_alive: 3600, '1h', -1 for ever; default 0, off)")
+    p.add_argument("--ram-cold-start", metavar="SECONDS",
+                   help="seconds a start from RAM takes (default: --cold-start / 1.9, the speedup measured in "
+                        "docs/store.md)")
+    p.add_argument("--ram-price", type=float, metavar="PRICE",
+                   help="cost of one GiB-hour in RAM where a loaded replica-hour costs 1, like store.ram_price "
+                        "(default: store.ram_price's default, 0.005)")
+    p.add_argument("--model-gib", type=float, default=DEFAULT_MODEL_GIB, metavar="GiB",
+                   help=f"size of each model's weights, for the RAM price (default {DEFAULT_MODEL_GIB:g})")
     p.add_argument("--json", help="write the results as JSON to this file")
     p.add_argument("--plot", help="write a PNG of cost against warm %% to this file")
 
@@ -64,6 +77,34 @@ def parse_settings(items: list[str]) -> dict[str, float]:
     return out
 
 
+def parse_ram_tier(args: argparse.Namespace, cold: float) -> tuple[Any, float]:
+    """The RAM tier's options, checked: a RamTier (keep_alive 0 when it is off) and the price per GiB-hour."""
+    from warmstart.config import StoreConfig
+    from warmstart.durations import parse_duration
+    from warmstart.sim.run import MEASURED_RAM_SPEEDUP, RamTier, ram_price_per_s
+
+    try:
+        keep = parse_duration(args.ram_keep_alive)
+    except ValueError as exc:
+        raise CLIError(f"--ram-keep-alive {args.ram_keep_alive!r}: {exc}") from None
+    if args.ram_cold_start is None:
+        ram_cold = cold / MEASURED_RAM_SPEEDUP
+    else:
+        try:
+            ram_cold = float(args.ram_cold_start)
+        except ValueError:
+            ram_cold = math.nan
+        if not 0 < ram_cold <= cold:
+            raise CLIError(f"--ram-cold-start {args.ram_cold_start!r}: expected seconds above 0 and at most "
+                           f"the --cold-start ({cold:g})")
+    price = StoreConfig().ram_price if args.ram_price is None else args.ram_price
+    if not (price >= 0 and math.isfinite(price)):
+        raise CLIError(f"--ram-price {args.ram_price!r}: expected a number >= 0 (cost per GiB-hour)")
+    if not (args.model_gib > 0 and math.isfinite(args.model_gib)):
+        raise CLIError(f"--model-gib {args.model_gib!r}: expected a positive size in GiB")
+    return RamTier(keep, ram_cold, ram_price_per_s(price, args.model_gib)), price
+
+
 def run_simulation(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     from warmstart.policy.defaults import predictive_params
     from warmstart.policy.schedule import parse_window, zone
@@ -83,6 +124,7 @@ def run_simulation(args: argparse.Namespace, log: Any = print) -> dict[str, Any]
     if args.max_rate is not None and not args.max_rate > 0:
         raise CLIError("--max-rate must be a positive number of requests per second")
     days = parse_days(args.days)
+    ram, ram_price = parse_ram_tier(args, cold)
     settings = parse_settings(args.set)
     try:
         predictive_params(settings)
@@ -112,7 +154,7 @@ def run_simulation(args: argparse.Namespace, log: Any = print) -> dict[str, Any]
     seconds: dict[str, float] = {}
     for name, policy in policies.items():
         t = time.perf_counter()
-        results[name] = simulate(trace, policy, cold)
+        results[name] = simulate(trace, policy, cold, ram)
         seconds[name] = time.perf_counter() - t
         log(f"  {name}: {seconds[name]:.1f} s")
     # asked for by name, the oracle is replayed like the others; otherwise its closed form (the same figures)
@@ -121,6 +163,9 @@ def run_simulation(args: argparse.Namespace, log: Any = print) -> dict[str, Any]
         "trace": str(path), "format": fmt, "days": list(days) if days else None, "max_rate": args.max_rate,
         "seed": args.seed, "cold_start_s": cold, "models": len(trace.arrivals), "requests": trace.requests,
         "policies": results, "oracle": oracle, "seconds": seconds,
+        "ram_tier": {"keep_alive_s": None if math.isinf(ram.keep_alive) else ram.keep_alive,
+                     "cold_start_s": ram.cold_start, "price_per_gib_hour": ram_price,
+                     "model_gib": args.model_gib, "price_per_s": ram.price_per_s},
     }
 
 
@@ -129,7 +174,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from warmstart.sim.report import PlotUnavailable, plot, table
 
     report = run_simulation(args)
-    print(table(report["policies"], report["oracle"]))
+    print(table(report["policies"], report["oracle"], tiers=report["ram_tier"]["keep_alive_s"] != 0))
     if args.json:
         write_json(Path(args.json), report)
     if args.plot:

@@ -7,6 +7,10 @@ the controller's plan is applied with `plan.warm_target`, at the same moments th
 applies it: when a request arrives, when a planned span begins, and when the policy asked to be asked
 again. Requests take no time once a replica is ready (a cold one is served the moment it is ready), so
 each model needs one replica.
+
+The RAM tier follows warmstart.policy.tiering, as the model store does: a keep-alive unload holds the weights
+in RAM until `on_last_stop` says (`ram_keep_alive` after the unload); a start before then reads RAM and
+takes `ram_cold_start`, and the weights stay held while the replica is loaded (`on_ram_expiry`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from warmstart.policy import tiering
 from warmstart.policy.controller import Controller
 from warmstart.policy.keepalive import unload_deadline
 from warmstart.policy.observation import Observation
@@ -39,12 +44,23 @@ class ModelOutcome:
     start_log: list[tuple[float, str]] | None = None
     # arrival times of the cold requests, when starts are logged
     cold_times: np.ndarray | None = None
+    # seconds the weights were held in RAM with no replica loaded
+    ram_s: float = 0.0
+    # starts that read the weights from RAM (the others read disk)
+    ram_starts: int = 0
+    # per cold request (aligned with `waits`): whether it waited for a start from RAM
+    waited_on_ram: np.ndarray | None = None
 
 
 def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, cold_start: float,
-                 keep_alive: float, controller: Controller | None = None, log_starts: bool = False) -> ModelOutcome:
-    """Replay `arrivals` (ascending wall seconds in [start, end)) for one model."""
+                 keep_alive: float, controller: Controller | None = None, log_starts: bool = False,
+                 ram_keep_alive: float = 0.0, ram_cold_start: float | None = None) -> ModelOutcome:
+    """Replay `arrivals` (ascending wall seconds in [start, end)) for one model.
+
+    `ram_keep_alive` > 0 turns the RAM tier on (`ram_cold_start`: a start from RAM; default `cold_start`).
+    Policies are still shown the disk cold start as the model's cold start."""
     c = float(cold_start)
+    c_ram = c if ram_cold_start is None else float(ram_cold_start)
     arr = arrivals
     n = len(arr)
     waits = np.empty(n, dtype=np.float64)
@@ -60,6 +76,13 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
     loaded_s = 0.0
     cold = 0
     held = 0  # requests waiting for the replica that is starting
+    # the RAM tier: held since `ram_since` (None: not held, or held under a loaded replica) until `ram_until`
+    ram_since: float | None = None
+    ram_until = -INF
+    ram_s = 0.0
+    ram_starts = 0
+    from_ram = False  # the replica loaded last started from RAM
+    waited_on_ram = np.zeros(n, dtype=bool)
 
     plan = IDLE
     state = controller.initial_state() if controller is not None else None
@@ -77,8 +100,14 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
         return recent_counts[window]
 
     def launch(t: float, trigger: str) -> None:
-        nonlocal loaded, ready, start_at, ready_at, held
-        loaded, ready, start_at, ready_at, held = True, False, t, t + c, 0
+        nonlocal loaded, ready, start_at, ready_at, held, ram_since, ram_s, ram_starts, from_ram
+        from_ram = False
+        if ram_since is not None:
+            ram_s += min(t, ram_until) - ram_since
+            from_ram = t < ram_until  # the promotion; past the deadline the weights went back to disk
+            ram_since = None
+        ram_starts += from_ram
+        loaded, ready, start_at, ready_at, held = True, False, t, t + (c_ram if from_ram else c), 0
         starts[trigger] += 1
         if start_log is not None:
             start_log.append((t, trigger))
@@ -105,7 +134,7 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
 
     def advance(t: float) -> None:
         """Everything that happens before an arrival at `t` (or up to the end when t is the end)."""
-        nonlocal loaded, ready, idle_since, expiry, loaded_s, plan, state, review, shown
+        nonlocal loaded, ready, idle_since, expiry, loaded_s, plan, state, review, shown, ram_since, ram_until
         while True:
             if loaded and not ready and ready_at <= t and ready_at <= review and ready_at <= span_at:
                 ready = True
@@ -115,6 +144,9 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
             if loaded and ready and expiry < t and expiry <= review and expiry <= span_at:
                 loaded_s += expiry - start_at
                 loaded = ready = False
+                demotion = tiering.on_last_stop(reason="keep-alive", ram_keep_alive=ram_keep_alive, now=expiry)
+                if isinstance(demotion, tiering.HoldInRam):
+                    ram_since, ram_until = expiry, demotion.until
                 continue
             tn = review if review <= span_at else span_at
             if tn > t:
@@ -139,6 +171,7 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
                 launch(t, "request")
             held += 1
             waits[i] = ready_at - t
+            waited_on_ram[i] = from_ram
             cold += 1
         last = t
         if controller is not None:
@@ -150,5 +183,9 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
     advance(end)
     if loaded:
         loaded_s += max(0.0, end - start_at)
-    cold_times = arr[waits >= 0] if log_starts else None
-    return ModelOutcome(model, n, cold, waits[waits >= 0], loaded_s, starts, start_log, cold_times)
+    elif ram_since is not None:
+        ram_s += max(0.0, min(end, ram_until) - ram_since)
+    is_cold = waits >= 0
+    cold_times = arr[is_cold] if log_starts else None
+    return ModelOutcome(model, n, cold, waits[is_cold], loaded_s, starts, start_log, cold_times,
+                        ram_s, ram_starts, waited_on_ram[is_cold])

@@ -7,14 +7,25 @@ from pathlib import Path
 from typing import Any
 
 
-def table(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None) -> str:
+def table(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, tiers: bool = False) -> str:
+    """One row per policy. `tiers`: add the RAM tier's columns (hours per tier, cost by tier, starts and cold
+    waits by the tier the start read)."""
     rows = [("policy", "requests", "warm %", "cost % of always-on", "x oracle", "cold p50 s", "cold p99 s")]
+    if tiers:
+        rows[0] += ("loaded h", "RAM h", "RAM cost %", "total cost %", "starts RAM/disk", "RAM p50/p99 s",
+                    "disk p50/p99 s")
     base = oracle["cost_fraction"] if oracle else math.nan
     entries = list(policies.items()) + ([("oracle", oracle)] if oracle and "oracle" not in policies else [])
     for name, r in entries:
         ratio = r["cost_fraction"] / base if base and base > 0 else math.nan
-        rows.append((name, f"{r['requests']:,}", f"{100 * r['warm_fraction']:.3f}", f"{100 * r['cost_fraction']:.3f}",
-                     f"{ratio:.2f}", f"{r['wait_p50_s']:.1f}", f"{r['wait_p99_s']:.1f}"))
+        row = (name, f"{r['requests']:,}", f"{100 * r['warm_fraction']:.3f}", f"{100 * r['cost_fraction']:.3f}",
+               f"{ratio:.2f}", f"{r['wait_p50_s']:.1f}", f"{r['wait_p99_s']:.1f}")
+        if tiers:
+            row += (f"{r['loaded_replica_s'] / 3600:,.1f}", f"{r['ram_resident_s'] / 3600:,.1f}",
+                    f"{100 * r['ram_cost_fraction']:.3f}", f"{100 * r['total_cost_fraction']:.3f}",
+                    f"{r['starts_from_ram']:,}/{r['starts_from_disk']:,}",
+                    _pair(r["wait_ram_p50_s"], r["wait_ram_p99_s"]), _pair(r["wait_disk_p50_s"], r["wait_disk_p99_s"]))
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for k, row in enumerate(rows):
@@ -23,6 +34,10 @@ def table(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None) ->
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _pair(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{a:.1f} / {b:.1f}"
 
 
 class PlotUnavailable(Exception):

@@ -17,16 +17,36 @@ from warmstart.sim.replay import ModelOutcome, replay_model
 from warmstart.sim.traces import Trace
 
 _KEEPALIVE = re.compile(r"^keepalive-(\d+(?:\.\d+)?)s$")
+# a start from the RAM tier against one from disk, llama.cpp with repack = false (docs/store.md, "Measured here")
+MEASURED_RAM_SPEEDUP = 1.9
 
 
 @dataclass(frozen=True)
 class SimPolicy:
     """How the simulated server is set up for one named policy: the pool's keep-alive and a controller
-    per model (None: the pool alone)."""
+    per model (None: the pool alone). `ram_tier`: whether the RAM tier applies (the oracle stays on disk)."""
 
     name: str
     keep_alive: float
     controller: Callable[[str, np.ndarray, float], Controller | None]
+    ram_tier: bool = True
+
+
+@dataclass(frozen=True)
+class RamTier:
+    """The simulated RAM tier: weights stay in RAM `keep_alive` seconds after a keep-alive unload (0: off,
+    math.inf: for ever), a start from RAM takes `cold_start` seconds, and a second held in RAM costs
+    `price_per_s` loaded replica-seconds."""
+
+    keep_alive: float = 0.0
+    cold_start: float | None = None
+    price_per_s: float = 0.0
+
+
+def ram_price_per_s(ram_price: float, model_gib: float) -> float:
+    """store.ram_price is a price per GiB-hour in the unit a loaded replica-hour costs, so a second held in RAM
+    costs ram_price x GiB loaded replica-seconds."""
+    return ram_price * model_gib
 
 
 class UnknownPolicy(ValueError):
@@ -44,7 +64,7 @@ def make_policy(name: str, *, schedule: Sequence[str] = (), tz: str = "UTC",
     if m := _KEEPALIVE.match(name):
         return SimPolicy(name, float(m.group(1)), lambda _m, _a, _c: None)
     if name == "oracle":
-        return SimPolicy(name, 0.0, lambda _m, arr, c: Controller([OraclePolicy(arr, c)]))
+        return SimPolicy(name, 0.0, lambda _m, arr, c: Controller([OraclePolicy(arr, c)]), ram_tier=False)
     if name == "predictive":
         params = defaults.predictive_params(predictive or {})
         return SimPolicy(name, 0.0, lambda _m, _a, _c: Controller([defaults.predictive(params)]))
@@ -60,26 +80,36 @@ def make_policy(name: str, *, schedule: Sequence[str] = (), tz: str = "UTC",
     raise UnknownPolicy(f"unknown policy {name!r}; use {', '.join(policy_names())}")
 
 
-def simulate(trace: Trace, policy: SimPolicy, cold_start: float) -> dict[str, Any]:
+def simulate(trace: Trace, policy: SimPolicy, cold_start: float, ram: RamTier | None = None) -> dict[str, Any]:
+    ram = ram if ram is not None and policy.ram_tier else RamTier()
     outcomes = []
     for model, arr in trace.arrivals.items():
         controller = policy.controller(model, arr, cold_start)
         # a controller may act one cold start before the trace begins, as it would on a running server
         begin = trace.start - (cold_start if controller is not None else 0.0)
         outcomes.append(replay_model(model, arr, start=begin, end=trace.end, cold_start=cold_start,
-                                     keep_alive=policy.keep_alive, controller=controller))
-    return summarize(outcomes, trace)
+                                     keep_alive=policy.keep_alive, controller=controller,
+                                     ram_keep_alive=ram.keep_alive, ram_cold_start=ram.cold_start))
+    return summarize(outcomes, trace, ram.price_per_s)
 
 
-def summarize(outcomes: list[ModelOutcome], trace: Trace) -> dict[str, Any]:
+def summarize(outcomes: list[ModelOutcome], trace: Trace, ram_price_per_s: float = 0.0) -> dict[str, Any]:
+    """Per policy: warm requests, cold waits (all, and by the tier the start read), and cost: replica-seconds
+    loaded (`cost_fraction`), seconds held in RAM at `ram_price_per_s`, and both (`total_cost_fraction`),
+    over always-on (every model loaded all the time)."""
     requests = sum(o.requests for o in outcomes)
     cold = sum(o.cold for o in outcomes)
     waits = np.concatenate([o.waits for o in outcomes]) if outcomes else np.empty(0)
+    on_ram = np.concatenate([o.waited_on_ram if o.waited_on_ram is not None else np.zeros(len(o.waits), dtype=bool)
+                             for o in outcomes]) if outcomes else np.empty(0, dtype=bool)
     always_on = len(outcomes) * (trace.end - trace.start)
     loaded = sum(o.loaded_s for o in outcomes)
+    ram_s = sum(o.ram_s for o in outcomes)
+    ram_cost = ram_s * ram_price_per_s
     starts: Counter = Counter()
     for o in outcomes:
         starts.update(o.starts)
+    ram_starts = sum(o.ram_starts for o in outcomes)
     return {
         "requests": requests,
         "warm_fraction": (requests - cold) / requests if requests else math.nan,
@@ -90,7 +120,23 @@ def summarize(outcomes: list[ModelOutcome], trace: Trace) -> dict[str, Any]:
         "starts": dict(sorted(starts.items())),
         "loaded_replica_s": loaded,
         "models": len(outcomes),
+        # the RAM tier (all zero when it is off)
+        "ram_resident_s": ram_s,
+        "ram_cost_replica_s": ram_cost,
+        "ram_cost_fraction": ram_cost / always_on if always_on else math.nan,
+        "total_cost_fraction": (loaded + ram_cost) / always_on if always_on else math.nan,
+        "starts_from_ram": ram_starts,
+        "starts_from_disk": sum(starts.values()) - ram_starts,
+        "cold_from_ram": int(on_ram.sum()),
+        "cold_from_disk": int(len(on_ram) - on_ram.sum()),
+        **_percentiles("wait_disk", waits[~on_ram]),
+        **_percentiles("wait_ram", waits[on_ram]),
     }
+
+
+def _percentiles(prefix: str, waits: np.ndarray) -> dict[str, float | None]:
+    """p50 and p99 of `waits`, None when there are none."""
+    return {f"{prefix}_p{q}_s": float(np.percentile(waits, q)) if len(waits) else None for q in (50, 99)}
 
 
 def oracle_summary(trace: Trace, cold_start: float) -> dict[str, Any]:

@@ -12,6 +12,9 @@ from tests.unit.sim.test_traces import servegen_file
 from warmstart.cli import main
 
 KEYS = {"requests", "warm_fraction", "cost_fraction", "wait_p50_s", "wait_p99_s"}
+RAM_KEYS = {"loaded_replica_s", "ram_resident_s", "ram_cost_replica_s", "ram_cost_fraction", "total_cost_fraction",
+            "starts_from_ram", "starts_from_disk", "cold_from_ram", "cold_from_disk", "wait_ram_p50_s",
+            "wait_ram_p99_s", "wait_disk_p50_s", "wait_disk_p99_s"}
 
 
 @pytest.fixture
@@ -42,8 +45,35 @@ def test_simulate_writes_the_json_and_the_plot(jsonl: Path, tmp_path: Path, caps
     assert "keepalive-300s" in table and "x oracle" in table
 
 
+def test_simulate_with_the_ram_tier_reports_seconds_and_cost_per_tier(jsonl: Path, tmp_path: Path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--trace", str(jsonl), "--policy", "keepalive-300s,oracle", "--cold-start", "30",
+                 "--ram-keep-alive", "1h", "--ram-price", "0.01", "--model-gib", "8", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["ram_tier"] == {"keep_alive_s": 3600.0, "cold_start_s": pytest.approx(30 / 1.9),
+                                  "price_per_gib_hour": 0.01, "model_gib": 8.0, "price_per_s": 0.08}
+    r = report["policies"]["keepalive-300s"]
+    assert RAM_KEYS <= set(r)
+    assert r["starts_from_ram"] > 0 and r["ram_resident_s"] > 0
+    assert r["wait_ram_p99_s"] == pytest.approx(30 / 1.9)
+    assert r["total_cost_fraction"] == pytest.approx(r["cost_fraction"] + r["ram_cost_fraction"])
+    assert report["policies"]["oracle"]["ram_resident_s"] == 0
+    table = capsys.readouterr().out
+    assert "RAM h" in table and "starts RAM/disk" in table
+
+
+def test_simulate_without_the_ram_tier_prints_the_table_as_before(jsonl: Path, capsys):
+    assert main(["simulate", "--trace", str(jsonl), "--policy", "keepalive-300s"]) == 0
+    assert "RAM" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, message", [
     (["--trace", "/no/such/trace"], "no such file"),
+    (["--ram-keep-alive", "soon"], "--ram-keep-alive"),
+    (["--ram-cold-start", "40"], "at most the --cold-start"),
+    (["--ram-cold-start", "0"], "--ram-cold-start"),
+    (["--ram-price", "-1"], "--ram-price"),
+    (["--model-gib", "0"], "--model-gib"),
     (["--policy", "keepalive-5m"], "unknown policy"),
     (["--days", "3:1"], "--days"),
     (["--cold-start", "-4"], "--cold-start"),

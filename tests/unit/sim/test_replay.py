@@ -3,6 +3,8 @@ its closed form."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ from warmstart.policy.controller import Controller
 from warmstart.policy.keepalive import KeepAlivePolicy
 from warmstart.sim.oracle import OraclePolicy, oracle_cost
 from warmstart.sim.replay import replay_model
-from warmstart.sim.run import make_policy, simulate
+from warmstart.sim.run import RamTier, make_policy, ram_price_per_s, simulate
 from warmstart.sim.traces import Trace
 
 
@@ -79,3 +81,84 @@ def test_the_oracle_summary_in_closed_form_equals_the_replayed_oracle():
     for key in ("requests", "warm_fraction", "cold_requests", "wait_p50_s", "wait_p99_s"):
         assert closed[key] == replayed[key]
     assert closed["cost_fraction"] == pytest.approx(replayed["cost_fraction"])
+
+
+# ---- the RAM tier ------------------------------------------------------------------------------------
+
+def test_ram_tier_on_a_hand_checked_trace():
+    # keep-alive 300 s, cold start 30 s from disk and 12 s from RAM, RAM keep-alive 3600 s, 0..6000 s:
+    #   t=0    cold from disk: ready 30, unload 330 -> held in RAM until 3930
+    #   t=600  cold from RAM (RAM 330-600 = 270 s): waits 12, ready 612, unload 912 -> in RAM until 4512
+    #   t=5000 the RAM keep-alive ran out at 4512 (RAM 912-4512 = 3600 s): cold from disk, waits 30,
+    #          ready 5030, unload 5330 -> in RAM until 8930, past the end (RAM 5330-6000 = 670 s)
+    # loaded: 330 + 312 + 330 = 972 replica-seconds; RAM: 270 + 3600 + 670 = 4540 s
+    arrivals = np.array([0.0, 600.0, 5000.0])
+    out = replay_model("m", arrivals, start=0.0, end=6000.0, cold_start=30.0, keep_alive=300.0,
+                       ram_keep_alive=3600.0, ram_cold_start=12.0)
+    assert out.waits.tolist() == [30.0, 12.0, 30.0]
+    assert out.waited_on_ram.tolist() == [False, True, False]
+    assert out.loaded_s == pytest.approx(972.0)
+    assert out.ram_s == pytest.approx(4540.0)
+    assert out.ram_starts == 1
+
+    # at 0.005 per GiB-hour for 16 GiB, a second in RAM costs 0.08 loaded replica-seconds
+    price = ram_price_per_s(0.005, 16.0)
+    assert price == pytest.approx(0.08)
+    report = simulate(Trace("hand", {"m": arrivals}, 0.0, 6000.0), make_policy("keepalive-300s"), 30.0,
+                      RamTier(3600.0, 12.0, price))
+    assert report["cost_fraction"] == pytest.approx(972 / 6000)
+    assert report["ram_resident_s"] == pytest.approx(4540.0)
+    assert report["ram_cost_replica_s"] == pytest.approx(4540 * 0.08)
+    assert report["ram_cost_fraction"] == pytest.approx(4540 * 0.08 / 6000)
+    assert report["total_cost_fraction"] == pytest.approx((972 + 4540 * 0.08) / 6000)
+    assert (report["starts_from_ram"], report["starts_from_disk"]) == (1, 2)
+    assert (report["cold_from_ram"], report["cold_from_disk"]) == (1, 2)
+    assert (report["wait_ram_p50_s"], report["wait_ram_p99_s"]) == (12.0, 12.0)
+    assert (report["wait_disk_p50_s"], report["wait_disk_p99_s"]) == (30.0, 30.0)
+    assert report["warm_fraction"] == 0.0
+
+
+def test_the_ram_deadline_is_the_tiering_policys():
+    """A start at the very moment the RAM keep-alive ends reads disk (the store releases at the deadline);
+    one a moment earlier reads RAM; a RAM keep-alive for ever (-1, math.inf) keeps every later start in RAM."""
+    for second, from_ram in ((330.0 + 3600.0, False), (330.0 + 3599.0, True)):
+        out = replay_model("m", np.array([0.0, second]), start=0.0, end=10_000.0, cold_start=30.0,
+                           keep_alive=300.0, ram_keep_alive=3600.0, ram_cold_start=12.0)
+        assert out.waited_on_ram.tolist() == [False, from_ram]
+    out = replay_model("m", np.array([0.0, 1e5, 1e6]), start=0.0, end=2e6, cold_start=30.0, keep_alive=300.0,
+                       ram_keep_alive=math.inf, ram_cold_start=12.0)
+    assert out.waits.tolist() == [30.0, 12.0, 12.0]
+    assert out.ram_s == pytest.approx(2e6 - 3 * 312.0 - 18.0)
+
+
+def test_a_controller_start_reads_ram_too():
+    """The oracle starts one (disk) cold start ahead; from RAM the replica is ready early and the request warm."""
+    arrivals = np.array([100.0, 2000.0])
+    out = replay_model("m", arrivals, start=0.0, end=3000.0, cold_start=30.0, keep_alive=0.0,
+                       controller=Controller([OraclePolicy(arrivals, 30.0)]), log_starts=True,
+                       ram_keep_alive=3600.0, ram_cold_start=12.0)
+    assert out.cold == 0
+    assert out.start_log == [(70.0, "prediction"), (1970.0, "prediction")]
+    assert out.ram_starts == 1
+    assert out.ram_s == pytest.approx(1970.0 - 100.0 + 3000.0 - 2000.0)
+
+
+def test_ram_keep_alive_zero_gives_the_results_without_a_ram_tier():
+    rng = np.random.default_rng(13)
+    arrivals = {m: 50.0 + np.cumsum(rng.weibull(0.5, 300) * scale) for m, scale in (("a", 30.0), ("b", 600.0))}
+    trace = Trace("t", arrivals, 0.0, max(float(a[-1]) for a in arrivals.values()) + 1)
+    for name in ("keepalive-300s", "predictive", "default", "oracle"):
+        plain = simulate(trace, make_policy(name), 30.0)
+        off = simulate(trace, make_policy(name), 30.0, RamTier(0.0, 12.0, 0.08))
+        assert off == plain
+        assert off["ram_resident_s"] == 0 and off["starts_from_ram"] == 0
+        assert off["total_cost_fraction"] == off["cost_fraction"]
+        assert off["wait_ram_p50_s"] is None
+
+
+def test_the_oracle_stays_on_disk():
+    arrivals = {"a": np.array([100.0, 5000.0])}
+    trace = Trace("t", arrivals, 0.0, 6000.0)
+    report = simulate(trace, make_policy("oracle"), 30.0, RamTier(3600.0, 12.0, 0.08))
+    assert report["ram_resident_s"] == 0
+    assert report["loaded_replica_s"] == pytest.approx(oracle_cost(arrivals["a"], 30.0))
