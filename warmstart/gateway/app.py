@@ -161,7 +161,6 @@ async def generate(services: Services, request: Request, req: GenerationRequest,
     arrived = services.clock.now()
     pool = services.pool
     model = req.model
-    metrics = services.metrics
     pool.entry(model)  # an unknown model is a 404 and not counted: a label per made-up name would be unbounded
     # how it would be served if no lease says otherwise: warm when a warm replica exists on arrival
     arrival_start = "warm" if pool.state_of(model).value == "warm" else "cold"

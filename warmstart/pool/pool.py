@@ -10,14 +10,12 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from warmstart.clock import Clock
-from warmstart.config import Config, ModelConfig
+from warmstart.config import Config
 from warmstart.engines.base import Capabilities, Engine, StartReport
 from warmstart.errors import (
     AuditError,
@@ -30,9 +28,11 @@ from warmstart.errors import (
     WarmstartError,
 )
 from warmstart.policy import keepalive
+from warmstart.pool.entry import AuditSink, Lease, ModelEntry, NullAudit, StartRecord, Waiter
 from warmstart.pool.replica import Replica, next_replica_id
 from warmstart.pool.scaling import replicas_to_start
 from warmstart.pool.states import LIVE, ReplicaState, model_state
+from warmstart.pool.view import model_view
 from warmstart.store.sources import resolve_model_path
 from warmstart.telemetry.metrics import TRIGGERS, Metrics
 
@@ -44,110 +44,6 @@ S = ReplicaState
 LOADED = (S.STARTING, S.WARM, S.SLEEPING, S.STOPPING)
 # the last phase of a start: its audit record is written (and fsynced) before the replica is warm
 AUDIT_PHASE = "audit"
-
-
-@dataclass(frozen=True)
-class StartRecord:
-    """One finished start (or failed one), kept for `ps`, /v1/models and the dashboard."""
-
-    replica: str
-    trigger: str
-    outcome: str
-    phases: tuple[tuple[str, float], ...]
-    total_s: float
-    at: float  # wall time the start began
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "replica": self.replica,
-            "trigger": self.trigger,
-            "outcome": self.outcome,
-            "phases": {name: round(s, 4) for name, s in self.phases},
-            "total_s": round(self.total_s, 4),
-            "at": self.at,
-            "error": self.error,
-        }
-
-
-class AuditSink(Protocol):
-    """Where the pool reports initializations, unloads and failures (the audit log)."""
-
-    async def record(self, event: str, *, model: ModelConfig, path: Path | None, replica: Replica,
-                     engine: Engine, outcome: str, error: str | None = None, reason: str | None = None,
-                     seconds: float | None = None) -> None:
-        """`seconds`: for a start, how long it took; for an unload or failure, how long the replica lived."""
-
-
-class NullAudit:
-    async def record(self, event: str, **_: Any) -> None:
-        return None
-
-
-@dataclass
-class Waiter:
-    future: asyncio.Future[Lease]
-    arrived: float
-    cold: bool
-    keep_alive: float | None
-
-
-@dataclass
-class ModelEntry:
-    config: ModelConfig
-    engine: Engine
-    replicas: list[Replica] = field(default_factory=list)
-    waiters: deque[Waiter] = field(default_factory=deque)
-    starts: deque[StartRecord] = field(default_factory=lambda: deque(maxlen=50))
-    path: Path | None = None
-    capabilities: Capabilities | None = None
-    inspect_error: str | None = None
-    refused_audited: str | None = None  # the refusal last written to the audit log
-    inspect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    # set by the warming controller: keep at least one replica loaded until then
-    warm_until: float = -math.inf
-    warm_trigger: str = "schedule"
-    # set by the warming controller for models whose keep-alive it picks: the pool's own idle keep-alive
-    keep_alive_override: float | None = None
-    last_failure: str | None = None
-    wait_histogram: Any = None  # this model's warmstart_request_wait_seconds child
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def keep_alive(self) -> float:
-        return self.config.keep_alive if self.keep_alive_override is None else self.keep_alive_override
-
-
-class Lease:
-    """A request's claim on one slot of a warm replica; release it exactly once."""
-
-    __slots__ = ("_pool", "replica", "cold", "waited_s", "keep_alive", "_released")
-
-    def __init__(self, pool: Pool, replica: Replica, cold: bool, waited_s: float, keep_alive: float | None):
-        self._pool, self.replica, self.cold = pool, replica, cold
-        self.waited_s, self.keep_alive, self._released = waited_s, keep_alive, False
-
-    @property
-    def base_url(self) -> str:
-        assert self.replica.process is not None
-        return self.replica.process.base_url
-
-    @property
-    def start(self) -> str:
-        return "cold" if self.cold else "warm"
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._pool._release(self)
-
-    def fail(self, reason: str) -> None:
-        """The replica broke under this request (connection refused or cut): replace it."""
-        self._pool._replica_broken(self.replica, reason)
 
 
 class Pool:
@@ -689,48 +585,7 @@ class Pool:
     def snapshot(self) -> list[dict[str, Any]]:
         now = self.clock.now()
         self.account_all()
-        return [self._model_view(entry, now) for entry in self.models.values()]
-
-    def _model_view(self, entry: ModelEntry, now: float) -> dict[str, Any]:
-        cfg = entry.config
-        replicas = []
-        for r in entry.replicas:
-            replicas.append({
-                "id": r.id,
-                "state": r.state.value,
-                "phase": r.report.current if r.state is S.STARTING else None,
-                "phases": {name: round(s, 4) for name, s in r.report.phases},
-                "pid": r.pid,
-                "url": r.process.base_url if r.process is not None else None,
-                "in_flight": r.in_flight,
-                "served": r.served,
-                "trigger": r.trigger,
-                "keep_alive_s": _seconds(entry.keep_alive if r.keep_alive is None else r.keep_alive),
-                "idle_s": None if r.idle_since is None else round(now - r.idle_since, 3),
-                "expires_in_s": None if r.expires_at is None else round(max(0.0, r.expires_at - now), 3),
-                "error": r.error,
-            })
-        last = entry.starts[-1].to_dict() if entry.starts else None
-        caps = entry.capabilities.to_dict() if entry.capabilities else None
-        return {
-            "name": cfg.name,
-            "engine": cfg.engine,
-            "state": self.state_of(cfg.name).value,
-            "replicas": replicas,
-            "queue_depth": len(entry.waiters),
-            "keep_alive_s": None if math.isinf(cfg.keep_alive) else cfg.keep_alive,
-            "max_replicas": cfg.max_replicas,
-            "max_concurrency": cfg.max_concurrency,
-            "warm_until_s": None if entry.warm_until <= now else (
-                None if math.isinf(entry.warm_until) else round(entry.warm_until - now, 3)),
-            "last_start": last,
-            "starts": [s.to_dict() for s in list(entry.starts)[-10:]],
-            "last_failure": entry.last_failure,
-            "capabilities": caps,
-            "runtime_pool": entry.engine.runtime_view(cfg) if hasattr(entry.engine, "runtime_view") else None,
-            "path": str(entry.path) if entry.path else cfg.path,
-            "tier": self.store.view(cfg.name) if self.store is not None else None,
-        }
+        return [model_view(entry, self.state_of(entry.name), now, self.store) for entry in self.models.values()]
 
     # ---- bookkeeping ------------------------------------------------------------------------
 

@@ -125,7 +125,7 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
             expiry = max(t, unload_deadline(idle_since, keep_alive, warm_until))
 
     def apply(t: float) -> None:
-        nonlocal applied, span_at, recent
+        nonlocal applied, span_at
         target, span_at = evaluate(plan, last, t, recent)
         want = target if target is not None else (-INF, "")
         if want != applied:
