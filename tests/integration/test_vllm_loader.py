@@ -1,9 +1,11 @@
 """vLLM's `--load-format warmstart` (warmstart's fast loader) with the real vLLM CPU build and a tiny Llama.
 
-One warmstart server, two models on the same folder: `tiny-fast` loads with warmstart's loader,
+One warmstart server, three models on the same folder: `tiny-fast` loads with warmstart's loader,
 `tiny-vllm` with vLLM's own safetensors loader. Both start vLLM from nothing (no runtime), so
 vLLM *spawns* its engine core and worker: the loader must be registered in each of those fresh
-interpreters through the plugin entry point, not inherited. Two vLLM starts in all.
+interpreters through the plugin entry point, not inherited. `tiny-forked` loads with warmstart's
+loader from a pre-initialized runtime, whose engine core and worker are forked and inherit the
+registration. Three vLLM starts in all.
 Run alone with `pytest -m vllm tests/integration/test_vllm_loader.py`.
 """
 
@@ -21,6 +23,7 @@ from warmstart.engines.vllm import default_python
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm, pytest.mark.timeout(600)]
 OPTIONS = {"enforce_eager": True, "max_model_len": 512, "kv_cache_space_gib": 1, "max_num_seqs": 4, "runtimes": 0}
+RUNTIME_IMPORT_S = 240  # a runtime imports torch and vLLM at idle priority: 10 s quiet, far more when busy
 PROMPT = "the capital of norway is"
 
 
@@ -36,18 +39,20 @@ def srv() -> Iterator[Server]:
          "options": {**OPTIONS, "load_format": "warmstart"}},
         {"name": "tiny-vllm", "engine": "vllm", "path": str(model), "keep_alive": "30m",
          "options": {**OPTIONS, "load_format": "safetensors"}},
+        {"name": "tiny-forked", "engine": "vllm", "path": str(model), "keep_alive": "30m",
+         "options": {**OPTIONS, "load_format": "warmstart", "runtimes": 1}},
     ]))
     server = Server(config_path=config, data_dir=work / "data", port=free_port()).start()
     yield server
     server.stop()
 
 
-def complete(srv: Server, model: str) -> dict:
+def complete(srv: Server, model: str, start: str = "cold") -> dict:
     status, headers, body = srv.post("/v1/completions", {
         "model": model, "prompt": PROMPT, "max_tokens": 24, "temperature": 0, "logprobs": 1,
         "ignore_eos": True}, timeout=300)
     assert status == 200, body
-    assert headers["x-warmstart-start"] == "cold"
+    assert headers["x-warmstart-start"] == start
     return body
 
 
@@ -76,3 +81,13 @@ def test_the_log_shows_which_loader_read_the_weights_in_each_spawned_process(srv
     # the load phase is read from our loader's line as from vLLM's own
     for name in ("tiny-fast", "tiny-vllm"):
         assert "load" in srv.model(name)["last_start"]["phases"]
+
+
+def test_a_runtime_s_forked_processes_load_with_warmstart_s_loader_too(srv):
+    srv.wait_for(lambda: (srv.model("tiny-forked")["runtime_pool"] or {}).get("ready") == 1,
+                 timeout=RUNTIME_IMPORT_S, interval=0.5)
+    forked, fast = complete(srv, "tiny-forked"), complete(srv, "tiny-fast", start="warm")
+    assert forked["choices"][0]["text"] == fast["choices"][0]["text"]
+    assert "handoff" in srv.model("tiny-forked")["last_start"]["phases"]
+    log = replica_log(srv, "tiny-forked")
+    assert "(warmstart loader: 1 file," in log
