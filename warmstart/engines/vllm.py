@@ -41,6 +41,29 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # holds the `warms
 DEFAULT_RUNTIMES = 1
 
 
+# warmstart's model loader (vllm_loader.py) as a vLLM plugin: a distribution of one entry point,
+# found by importlib.metadata in every vLLM process that has its folder on sys.path
+PLUGIN_DIST = "warmstart_vllm_loader-1.dist-info"
+PLUGIN_FILES = {
+    "METADATA": "Metadata-Version: 2.1\nName: warmstart-vllm-loader\nVersion: 1\n",
+    "entry_points.txt": "[vllm.general_plugins]\nwarmstart = warmstart.engines.vllm_loader:register\n",
+}
+LOAD_FORMAT = "warmstart"
+
+
+def install_plugin(folder: Path) -> Path:
+    """Write the plugin's dist-info into `folder` (put on vLLM's PYTHONPATH); unchanged files are left."""
+    dist = folder / PLUGIN_DIST
+    dist.mkdir(parents=True, exist_ok=True)
+    for name, text in PLUGIN_FILES.items():
+        path = dist / name
+        if not path.is_file() or path.read_text() != text:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)  # a vLLM process reading it now sees the old file or the new one
+    return folder
+
+
 def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
@@ -157,8 +180,9 @@ class VllmEngine:
                "VLLM_CONFIG_ROOT": str(self.root / "config"), "VLLM_NO_USAGE_STATS": "1",
                "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         env.pop("WARMSTART_REPORT_FD", None)
+        plugins = install_plugin(self.root / "plugins")
         path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = str(PACKAGE_ROOT) + (os.pathsep + path if path else "")
+        env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), str(plugins)] + ([path] if path else []))
         return env
 
     def model_env(self, model: ModelConfig) -> dict[str, str]:

@@ -38,6 +38,7 @@ PRELOAD = (
     "vllm.model_executor.model_loader",
     "vllm.model_executor.models.llama",
     "vllm.model_executor.models.qwen2",
+    "warmstart.engines.vllm_loader",  # load_format "warmstart": imported here, registered by vLLM's plugin call
     "transformers",
     "transformers.models.llama",
     "transformers.tokenization_utils_fast",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 import threading
 from collections.abc import Callable
@@ -99,6 +100,35 @@ def read_header(path: Path | str) -> Header:
                              f"shape {list(shape)} x {dtype} or the file size")
         tensors[name] = TensorInfo(name, dtype, shape, data_start + begin, data_start + end)
     return Header(path, tensors, {str(k): str(v) for k, v in metadata.items()}, data_start, size)
+
+
+INDEX = "model.safetensors.index.json"
+
+
+def _natural(path: Path) -> list[Any]:
+    # model-00002-of-00010 before model-00010-of-00010, as vLLM orders shards
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def folder_files(folder: Path | str) -> list[Path]:
+    """The safetensors files of a Hugging Face model folder, in shard order. With an index
+    (model.safetensors.index.json) only the files it names: a folder can also hold a consolidated
+    copy of the same weights, and reading both would load every tensor twice."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors"), key=_natural)
+    index = folder / INDEX
+    if index.is_file():
+        try:
+            named = {str(f) for f in json.loads(index.read_text())["weight_map"].values()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StoreError(f"{index}: cannot read its weight_map ({exc})") from exc
+        missing = sorted(named - {f.name for f in files})
+        if missing:
+            raise StoreError(f"{index} names weight files that are not in {folder}: {', '.join(missing)}")
+        files = [f for f in files if f.name in named]
+    if not files:
+        raise StoreError(f"no *.safetensors weights in {folder}")
+    return files
 
 
 @dataclass(frozen=True)

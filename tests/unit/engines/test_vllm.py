@@ -9,7 +9,7 @@ from types import MappingProxyType
 import pytest
 
 from warmstart.config import ModelConfig
-from warmstart.engines.vllm import VllmEngine
+from warmstart.engines.vllm import PLUGIN_DIST, VllmEngine, install_plugin
 from warmstart.errors import StoreError
 
 
@@ -93,3 +93,27 @@ def test_runtimes_are_planned_per_interpreter_with_the_largest_size(tmp_path):
     engine = VllmEngine(tmp_path, (a, b, c))
     assert {p: pool.size for p, pool in engine.pools.items()} == {"/p/python": 2, "/q/python": 0}
     assert engine.runtime_view(c) is None
+
+
+def test_every_vllm_process_finds_warmstart_s_loader_plugin_on_its_path(tmp_path):
+    import importlib.metadata as md  # what vLLM's load_general_plugins reads
+
+    env = VllmEngine(tmp_path).base_env()
+    plugins = tmp_path / "vllm" / "plugins"
+    assert str(plugins) in env["PYTHONPATH"].split(":")
+    [dist] = md.distributions(path=[str(plugins)])
+    [entry] = dist.entry_points
+    assert (entry.group, entry.name, entry.value) == (
+        "vllm.general_plugins", "warmstart", "warmstart.engines.vllm_loader:register")
+    assert (Path(env["PYTHONPATH"].split(":")[0]) / "warmstart" / "engines" / "vllm_loader.py").is_file()
+
+
+def test_the_plugin_is_written_once_and_repaired_when_changed(tmp_path):
+    folder = install_plugin(tmp_path)
+    entry = folder / PLUGIN_DIST / "entry_points.txt"
+    before = entry.stat().st_mtime_ns
+    install_plugin(tmp_path)
+    assert entry.stat().st_mtime_ns == before  # unchanged: not rewritten under a reading vLLM
+    entry.write_text("[vllm.general_plugins]\n")
+    install_plugin(tmp_path)
+    assert "warmstart.engines.vllm_loader:register" in entry.read_text()

@@ -10,7 +10,7 @@ import pytest
 
 from warmstart.errors import StoreError
 from warmstart.store.buffers import ArenaPool
-from warmstart.store.loader import DTYPES, FastLoader, read_header
+from warmstart.store.loader import DTYPES, INDEX, FastLoader, folder_files, read_header
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -166,3 +166,41 @@ def test_auto_reads_uncached_chunks_direct_and_cached_chunks_through_the_cache(t
     with FastLoader(chunk=chunk).load(path) as ckpt:
         assert size // 2 - chunk <= ckpt.stats.direct_bytes <= size // 2 + chunk
         assert bytes(ckpt.raw("w")) == path.read_bytes()[ckpt.header.data_start:]
+
+
+def _touch(folder, *names):
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
+def test_a_folder_s_weight_files_come_in_shard_order(tmp_path):
+    _touch(tmp_path, "model-00010-of-00010.safetensors", "model-00002-of-00010.safetensors",
+           "model-00001-of-00010.safetensors", "tokenizer.json")
+    assert [f.name for f in folder_files(tmp_path)] == [
+        "model-00001-of-00010.safetensors", "model-00002-of-00010.safetensors", "model-00010-of-00010.safetensors"]
+
+
+def test_the_index_picks_the_shards_and_leaves_a_consolidated_copy_out(tmp_path):
+    _touch(tmp_path, "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "consolidated.safetensors")
+    (tmp_path / INDEX).write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors",
+        "c": "model-00002-of-00002.safetensors"}}))
+    assert [f.name for f in folder_files(tmp_path)] == ["model-00001-of-00002.safetensors",
+                                                        "model-00002-of-00002.safetensors"]
+
+
+def test_a_shard_the_index_names_but_the_folder_lacks_is_refused_by_name(tmp_path):
+    _touch(tmp_path, "model-00001-of-00002.safetensors")
+    (tmp_path / INDEX).write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(StoreError, match="model-00002-of-00002.safetensors"):
+        folder_files(tmp_path)
+
+
+def test_a_folder_without_weights_or_with_a_broken_index_is_refused(tmp_path):
+    with pytest.raises(StoreError, match="no \\*.safetensors"):
+        folder_files(tmp_path)
+    _touch(tmp_path, "model.safetensors")
+    (tmp_path / INDEX).write_text("{")
+    with pytest.raises(StoreError, match="weight_map"):
+        folder_files(tmp_path)
