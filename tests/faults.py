@@ -16,9 +16,10 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ROOT, Server, pid_alive
+from warmstart.sim.traces import shared_traces
 
 SMOL = "smollm2-135m-instruct"
-TRACES = ROOT.parent / "shared" / "traces"
+TRACES = shared_traces()
 
 
 def metric_samples(srv: Server, name: str) -> list[tuple[dict[str, str], float]]:

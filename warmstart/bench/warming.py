@@ -18,8 +18,9 @@ POLICIES = "schedule,predictive,default"
 
 
 def default_trace() -> Path:
-    # the repository's sibling `shared/traces` folder, where the project keeps its public traces
-    return Path(__file__).resolve().parents[3] / "shared" / "traces" / "servegen-m-large"
+    from warmstart.sim.traces import shared_traces
+
+    return shared_traces() / "servegen-m-large"
 
 
 class _Parser(argparse.ArgumentParser):

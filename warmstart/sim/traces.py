@@ -25,6 +25,18 @@ EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp()
 FORMATS = ("servegen", "azure", "jsonl")
 
 
+def shared_traces() -> Path:
+    """The project's public traces: $WARMSTART_TRACES, else `shared/traces` beside the checkout (as in this
+    project's workspace and CI) or inside it. The first candidate when none exists, so errors name it."""
+    import os
+
+    if env := os.environ.get("WARMSTART_TRACES"):
+        return Path(env).expanduser()
+    root = Path(__file__).resolve().parents[2]
+    candidates = [root.parent / "shared" / "traces", root / "shared" / "traces"]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
 class TraceError(Exception):
     """A trace that cannot be read: the message says which file and what is wrong."""
 

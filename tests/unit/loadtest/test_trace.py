@@ -1,11 +1,10 @@
-from pathlib import Path
 
 import pytest
 
 from warmstart.loadtest.trace import TraceError, read_trace
+from warmstart.sim.traces import shared_traces
 
-# shared/ lies beside the checkout (as in CI)
-AZURE = Path(__file__).resolve().parents[3].parent / "shared" / "traces" / "azure-2023" / "azure2023_conv.csv"
+AZURE = shared_traces() / "azure-2023" / "azure2023_conv.csv"
 
 
 def test_azure_rows_become_times_from_the_first_request(tmp_path):
@@ -19,7 +18,7 @@ def test_azure_rows_become_times_from_the_first_request(tmp_path):
         (0.0, 12, 3), (0.5, 374, 44), (4.8146, 396, 109)]
 
 
-@pytest.mark.skipif(not AZURE.exists(), reason="the shared traces are not beside this checkout")
+@pytest.mark.skipif(not AZURE.exists(), reason="the shared traces are not beside this checkout (set WARMSTART_TRACES)")
 def test_the_real_azure_conversation_trace_reads_whole():
     trace = read_trace(AZURE, "azure")
     assert len(trace) == 19_366 and trace[0].at == 0 and 3400 < trace[-1].at < 3600
