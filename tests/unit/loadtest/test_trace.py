@@ -1,4 +1,3 @@
-
 import pytest
 
 from warmstart.loadtest.trace import TraceError, read_trace
