@@ -16,10 +16,10 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ROOT, Server, pid_alive
-from warmstart.sim.traces import shared_traces
 
 SMOL = "smollm2-135m-instruct"
-TRACES = shared_traces()
+# the conversation trace the load and soak tests replay: a copy in tests/data, so a clean clone has it
+AZURE_CONV = ROOT / "tests" / "data" / "azure-2023" / "azure2023_conv.csv"
 
 
 def metric_samples(srv: Server, name: str) -> list[tuple[dict[str, str], float]]:

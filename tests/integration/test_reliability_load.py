@@ -11,11 +11,10 @@ import sys
 
 import pytest
 
-from tests.faults import SMOL, TRACES, burst, is_openai_error, metric_sum
+from tests.faults import AZURE_CONV, SMOL, burst, is_openai_error, metric_sum
 from tests.support import ROOT, chat, smollm2
 
 pytestmark = pytest.mark.integration
-AZURE_CONV = TRACES / "azure-2023" / "azure2023_conv.csv"
 
 
 @pytest.mark.slow

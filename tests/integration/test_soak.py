@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.faults import SMOL, TRACES, metric_sum, open_fds, rss_kib
+from tests.faults import AZURE_CONV, SMOL, metric_sum, open_fds, rss_kib
 from tests.support import smollm2
 from warmstart.loadtest.plan import Limits, plan
 from warmstart.loadtest.runner import replay
@@ -36,7 +36,7 @@ def abandon_stream(port: int) -> None:
 @pytest.mark.slow
 def test_soak_memory_and_open_files_do_not_grow(start_server):
     srv = start_server([smollm2(options={"n_ctx": 512}, keep_alive=f"{KEEP_ALIVE_S}s", max_replicas=2)])
-    trace = read_trace(TRACES / "azure-2023" / "azure2023_conv.csv", "azure")
+    trace = read_trace(AZURE_CONV, "azure")
     pid = srv.proc.pid
     samples: list[tuple[int, int]] = []  # (RSS KiB, open fds) at each idle point
     requests = errors = 0

@@ -1,9 +1,8 @@
 import pytest
 
 from warmstart.loadtest.trace import TraceError, read_trace
-from warmstart.sim.traces import shared_traces
 
-AZURE = shared_traces() / "azure-2023" / "azure2023_conv.csv"
+from tests.faults import AZURE_CONV as AZURE
 
 
 def test_azure_rows_become_times_from_the_first_request(tmp_path):
@@ -17,7 +16,6 @@ def test_azure_rows_become_times_from_the_first_request(tmp_path):
         (0.0, 12, 3), (0.5, 374, 44), (4.8146, 396, 109)]
 
 
-@pytest.mark.skipif(not AZURE.exists(), reason="the shared traces are not beside this checkout (set WARMSTART_TRACES)")
 def test_the_real_azure_conversation_trace_reads_whole():
     trace = read_trace(AZURE, "azure")
     assert len(trace) == 19_366 and trace[0].at == 0 and 3400 < trace[-1].at < 3600
