@@ -80,6 +80,12 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="path to warmstart.toml (default: ./warmstart.toml if present)")
 
 
+def data_dir_flags(p: argparse.ArgumentParser) -> None:
+    """For commands that read a server's data directory themselves, without the server (audit, models)."""
+    _config_flags(p)
+    p.add_argument("--data-dir", help="the server's data directory (default: the config's server.data_dir)")
+
+
 def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="server URL (default: $WARMSTART_URL or http://127.0.0.1:8000)")
     p.add_argument("--api-key", help="API key, when the server requires one (default: $WARMSTART_API_KEY)")

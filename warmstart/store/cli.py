@@ -7,31 +7,27 @@ import json
 import time
 from pathlib import Path
 
-from warmstart.cli import CLIError, command, load
+from warmstart.cli import CLIError, command, data_dir_flags, load
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="the model store: manifests with sha256 digests (list, add, verify, rm)")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION", parser_class=type(models))
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="path to warmstart.toml (for its data directory)")
-        p.add_argument("--data-dir", help="the data directory holding the store (default: the config's)")
-
     ls = msub.add_parser("list", help="models in the store")
-    common(ls)
+    data_dir_flags(ls)
     ls.add_argument("--json", action="store_true", help="print the manifests as JSON")
     add = msub.add_parser("add", help="hash a model file (or folder) and record its manifest")
-    common(add)
+    data_dir_flags(add)
     add.add_argument("path")
     add.add_argument("--name", help="the model's name (default: the file name without its suffix)")
     add.add_argument("--engine", choices=("llamacpp", "vllm", "command"), help="default: from the format")
     add.add_argument("--replace", action="store_true", help="replace a manifest of the same name")
     verify = msub.add_parser("verify", help="re-hash models' files against their manifests (all when no NAME)")
-    common(verify)
+    data_dir_flags(verify)
     verify.add_argument("name", nargs="?")
     rm = msub.add_parser("rm", help="remove a model's manifest (its files stay where they are)")
-    common(rm)
+    data_dir_flags(rm)
     rm.add_argument("name")
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from warmstart.cli import CLIError, command
+from warmstart.cli import CLIError, command, data_dir_flags
 from warmstart.telemetry.audit_verify import Verification, parse_when, record_time, select, verify
 
 CSV_COLUMNS = ("time", "seq", "event", "model", "replica", "trigger", "outcome", "seconds", "path", "size",
@@ -23,27 +23,23 @@ def register(sub: Any) -> None:
     verbs = audit.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=type(audit))
     verbs.required = True
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="path to warmstart.toml (default: ./warmstart.toml if present)")
-        p.add_argument("--data-dir", help="the server's data directory (default: server.data_dir)")
-
     def filters(p: argparse.ArgumentParser) -> None:
         p.add_argument("--since", help="from this time: 2026-11-22, 2026-11-22T13:00Z, or ago: 24h, 7d")
         p.add_argument("--until", help="before this time (same forms as --since)")
         p.add_argument("--model", help="only this model's records")
 
     v = verbs.add_parser("verify", help="check the hash chain; name the first bad line")
-    common(v)
+    data_dir_flags(v)
     v.add_argument("--json", action="store_true", help="print the result as JSON")
 
     s = verbs.add_parser("show", help="list records as a table")
-    common(s)
+    data_dir_flags(s)
     filters(s)
     s.add_argument("-n", "--last", type=int, default=50, help="show the last N records (0: all; default 50)")
     s.add_argument("--json", action="store_true", help="print the records as JSON lines")
 
     e = verbs.add_parser("export", help="write the selected records as JSON or CSV")
-    common(e)
+    data_dir_flags(e)
     filters(e)
     e.add_argument("--format", choices=["json", "csv"], default="json")
     e.add_argument("-o", "--output", help="file to write (default: standard output)")
