@@ -48,7 +48,6 @@ PLUGIN_FILES = {
     "METADATA": "Metadata-Version: 2.1\nName: warmstart-vllm-loader\nVersion: 1\n",
     "entry_points.txt": "[vllm.general_plugins]\nwarmstart = warmstart.engines.vllm_loader:register\n",
 }
-LOAD_FORMAT = "warmstart"
 
 
 def install_plugin(folder: Path) -> Path:
