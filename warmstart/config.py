@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -180,20 +180,16 @@ class Config:
 
     @property
     def auth_required(self) -> bool:
-        return (not self.loopback_only) if self.auth.required is None else self.auth.required
+        return auth_required(self.server.host, self.auth.required)
 
     @property
     def audit_dir(self) -> Path:
         return self.audit.dir if self.audit.dir is not None else self.server.data_dir / "audit"
 
-    def model(self, name: str) -> ModelConfig | None:
-        for model in self.models:
-            if model.name == name:
-                return model
-        return None
 
-    def with_server(self, **changes: Any) -> Config:
-        return replace(self, server=replace(self.server, **changes))
+def auth_required(host: str, required: bool | None) -> bool:
+    """Keys are required when `auth.required` says so, or, left unset, when the server binds beyond loopback."""
+    return (not is_loopback(host)) if required is None else required
 
 
 def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | None:
@@ -220,7 +216,6 @@ def load_config(
             raise ConfigError("--config", str(path), "file not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
-    raw = _deep_copy(raw)
     for var, (section, key) in ENV_VARS.items():
         if env.get(var) not in (None, ""):
             raw.setdefault(section, {})[key] = env[var]
@@ -296,7 +291,7 @@ def _parse_auth(raw: Any, server: ServerConfig, base_dir: Path) -> AuthConfig:
                     "each key must be at least 16 characters without spaces")
             keys["api_keys"].append(key)
     auth = AuthConfig(api_keys=tuple(keys["api_keys"]), admin_keys=tuple(keys["admin_keys"]), required=required)
-    needed = (not is_loopback(server.host)) if required is None else required
+    needed = auth_required(server.host, required)
     if needed and not auth.api_keys and not auth.admin_keys:
         why = (f"the server binds {server.host}, beyond loopback, so API keys are required"
                if required is None else "auth.required is true")
@@ -551,10 +546,3 @@ def _duration(raw: Mapping[str, Any], key: str, default: float, where: str, fini
         raise ConfigError(f"{where}.{key}", value, "must be a positive duration")
     return seconds
 
-
-def _deep_copy(raw: Any) -> Any:
-    if isinstance(raw, Mapping):
-        return {k: _deep_copy(v) for k, v in raw.items()}
-    if isinstance(raw, list):
-        return [_deep_copy(v) for v in raw]
-    return raw

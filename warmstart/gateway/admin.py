@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Body
 from starlette.responses import JSONResponse
 
-from warmstart.durations import parse_duration
 from warmstart.errors import InvalidRequest
+from warmstart.gateway.translate import parse_keep_alive
 
 if TYPE_CHECKING:
     from warmstart.gateway.app import Services
@@ -18,19 +18,11 @@ def router(services: Services) -> APIRouter:
     api = APIRouter(prefix="/admin", tags=["admin"])
     pool = services.pool
 
-    def view(name: str) -> dict[str, Any]:
-        return next(v for v in pool.snapshot() if v["name"] == name)
-
     @api.post("/models/{model:path}/warm")
     async def warm(model: str, body: dict[str, Any] | None = Body(default=None)) -> JSONResponse:
         """Start a replica of the model unless one is loaded; with wait=true, answer once it is warm."""
         body = body or {}
-        keep_alive = None
-        if body.get("keep_alive") is not None:
-            try:
-                keep_alive = parse_duration(body["keep_alive"])
-            except ValueError as exc:
-                raise InvalidRequest(f"Invalid 'keep_alive': {exc}", param="keep_alive") from None
+        keep_alive = parse_keep_alive(body.get("keep_alive"))
         wait = body.get("wait", True)
         if not isinstance(wait, bool):
             raise InvalidRequest("'wait' must be true or false", param="wait")
@@ -41,12 +33,12 @@ def router(services: Services) -> APIRouter:
             await pool.wait_warm(model, services.config.server.start_timeout)
         state = pool.state_of(model).value
         status = 200 if state == "warm" or not wait else 503
-        return JSONResponse(view(model), status_code=status if state != "failed" else 503)
+        return JSONResponse(pool.view(model), status_code=status if state != "failed" else 503)
 
     @api.post("/models/{model:path}/unload")
     async def unload(model: str) -> JSONResponse:
         """Stop the model's replicas: idle ones now, busy ones when their requests end."""
         stopped = await pool.unload(model)
-        return JSONResponse({"stopped": stopped, **view(model)})
+        return JSONResponse({"stopped": stopped, **pool.view(model)})
 
     return api

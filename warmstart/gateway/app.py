@@ -131,9 +131,7 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
 
     @app.get("/v1/models/{model:path}", tags=["openai"])
     async def get_model(model: str) -> dict[str, Any]:
-        pool.entry(model)
-        view = next(v for v in pool.snapshot() if v["name"] == model)
-        return _model_object(services, view)
+        return _model_object(services, pool.view(model))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -143,7 +141,7 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
     async def readyz() -> Response:
         if services.relay is None or pool._closing:
             return JSONResponse({"status": "not ready"}, status_code=503)
-        return JSONResponse({"status": "ready", "models": {v["name"]: v["state"] for v in pool.snapshot()}})
+        return JSONResponse({"status": "ready", "models": {name: pool.state_of(name).value for name in pool.models}})
 
     @app.get("/metrics", tags=["telemetry"], include_in_schema=False)
     async def prometheus_metrics() -> Response:

@@ -17,8 +17,8 @@ from warmstart.errors import (
     ModelNotFound,
     PermissionDenied,
     RateLimited,
+    PayloadTooLarge,
     RequestError,
-    openai_error_body,
 )
 from warmstart.gateway.translate import error_response
 
@@ -65,13 +65,15 @@ def router(services: Services) -> APIRouter:
             return {"access-control-allow-origin": origin, "vary": "Origin"}
         return {}
 
+    def refuse(request: Request, exc: RequestError) -> Response:
+        status, body, extra = error_response(exc)
+        return JSONResponse(body, status_code=status, headers={**cors(request), **extra})
+
     def answer(request: Request, model: Any) -> Response:
-        headers = cors(request)
         try:
-            return JSONResponse(_hint(services, request, model), status_code=202, headers=headers)
+            return JSONResponse(_hint(services, request, model, origins), status_code=202, headers=cors(request))
         except RequestError as exc:
-            status, body, extra = error_response(exc)
-            return JSONResponse(body, status_code=status, headers={**headers, **extra})
+            return refuse(request, exc)
 
     @api.post("/v1/warm")
     async def warm_post(request: Request) -> Response:
@@ -80,9 +82,7 @@ def router(services: Services) -> APIRouter:
         async for chunk in request.stream():
             raw += chunk
             if len(raw) > MAX_BODY:
-                return JSONResponse(openai_error_body(f"The body of a warm hint is at most {MAX_BODY} bytes.",
-                                                      "invalid_request_error", "payload_too_large"),
-                                    status_code=413, headers=cors(request))
+                return refuse(request, PayloadTooLarge(f"The body of a warm hint is at most {MAX_BODY} bytes."))
         model: Any = request.query_params.get("model")
         if raw.strip():
             try:
@@ -90,7 +90,7 @@ def router(services: Services) -> APIRouter:
             except ValueError:
                 body = None
             if not isinstance(body, dict):
-                return answer(request, _Bad('The body must be JSON like {"model": "name"}.'))
+                return refuse(request, InvalidRequest('The body must be JSON like {"model": "name"}.'))
             model = body.get("model", model)
         return answer(request, model)
 
@@ -115,14 +115,7 @@ def router(services: Services) -> APIRouter:
     return api
 
 
-class _Bad:
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
-def _hint(services: Services, request: Request, model: Any) -> dict[str, Any]:
-    if isinstance(model, _Bad):
-        raise InvalidRequest(model.message)
+def _hint(services: Services, request: Request, model: Any, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(model, str) or not model:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model")
     runner = services.warming
@@ -130,7 +123,6 @@ def _hint(services: Services, request: Request, model: Any) -> dict[str, Any]:
     if runner is None or not hint.enabled:
         raise PermissionDenied("Warm hints are turned off on this server ([warming.hint] enabled = false).")
     origin = request.headers.get("origin")
-    allowed = set(hint.cors_origins)
     # browsers send Origin on a same-origin POST too (sendBeacon does): a page warmstart serves itself is allowed
     same_origin = origin is not None and urlsplit(origin).netloc == request.headers.get("host")
     if origin and not same_origin and "*" not in allowed and origin not in allowed:

@@ -45,8 +45,3 @@ class ChatCompletionRequest(_GenerationRequest):
 
 class CompletionRequest(_GenerationRequest):
     prompt: str | list[str] | list[int] = Field(description="A string, a one-element array of strings, or token ids.")
-
-
-class WarmRequest(_Strict):
-    model: str = Field(min_length=1, max_length=256)
-    keep_alive: float | str | None = None

@@ -16,10 +16,15 @@ GenerationRequest = ChatCompletionRequest | CompletionRequest
 
 
 def keep_alive_of(req: GenerationRequest) -> float | None:
-    if req.keep_alive is None:
+    return parse_keep_alive(req.keep_alive)
+
+
+def parse_keep_alive(value: object) -> float | None:
+    """A request's `keep_alive` (seconds or "5m"; None: the model's own), or a 400 naming it."""
+    if value is None:
         return None
     try:
-        return parse_duration(req.keep_alive)
+        return parse_duration(value)
     except ValueError as exc:
         raise InvalidRequest(f"Invalid 'keep_alive': {exc}", param="keep_alive") from None
 

@@ -587,6 +587,13 @@ class Pool:
         self.account_all()
         return [model_view(entry, self.state_of(entry.name), now, self.store) for entry in self.models.values()]
 
+    def view(self, name: str) -> dict[str, Any]:
+        """One model as `snapshot` shows it (ModelNotFound for an unknown name)."""
+        entry = self.entry(name)
+        now = self.clock.now()
+        self.account_all()
+        return model_view(entry, self.state_of(name), now, self.store)
+
     # ---- bookkeeping ------------------------------------------------------------------------
 
     def _account(self, replica: Replica) -> None:
