@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -42,14 +41,11 @@ class Capabilities:
 class StartReport:
     """Phases of one start as they happen: the pool shows the current one, telemetry records each."""
 
-    on_change: Callable[[StartReport], None] | None = None
     phases: list[tuple[str, float]] = field(default_factory=list)
     current: str | None = None
 
     def enter(self, name: str) -> None:
         self.current = name
-        if self.on_change:
-            self.on_change(self)
 
     def done(self, name: str, seconds: float) -> None:
         # a phase met twice (vLLM compiles, then captures graphs) is one phase with both times
@@ -60,8 +56,6 @@ class StartReport:
         else:
             self.phases.append((name, max(0.0, seconds)))
         self.current = None
-        if self.on_change:
-            self.on_change(self)
 
     @property
     def total(self) -> float:

@@ -18,7 +18,6 @@ ready when `health_path` answers 200 (and, with `ready_pattern`, once that line 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import sys
@@ -31,8 +30,7 @@ from warmstart.config import ModelConfig
 from warmstart.engines.base import LOAD, READY, SPAWN, Capabilities, StartReport
 from warmstart.engines.gguf import read_gguf
 from warmstart.engines.ledger import ProcessLedger
-from warmstart.engines.process import ManagedProcess
-from warmstart.engines.vllm import free_port, safe_name
+from warmstart.engines.process import ManagedProcess, free_port, read_from, replica_log_path
 from warmstart.engines.vllm_log import last_error, split_lines
 from warmstart.errors import EngineError, StoreError
 
@@ -80,7 +78,7 @@ class CommandEngine:
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                **{str(k): str(v).format_map(values) for k, v in options.get("env", {}).items()}}
         env.pop("WARMSTART_REPORT_FD", None)
-        log_path = self.data_dir / "logs" / (safe_name(name) + ".log")
+        log_path = replica_log_path(self.data_dir, name)
         began = time.monotonic()
         report.enter(SPAWN)
         proc = await ManagedProcess.spawn(argv, env=env, log_path=log_path, ledger=self.ledger, replica=name)
@@ -106,16 +104,14 @@ class CommandEngine:
             interval = 0.02
             while True:
                 if not seen_line:
-                    with contextlib.suppress(OSError), open(proc.log_path, "rb") as f:
-                        f.seek(offset)
-                        chunk = f.read(1 << 20)
-                        offset += len(chunk)
-                        lines, pending = split_lines(pending + chunk)
-                        if any(ready_line.search(line) for line in lines):  # type: ignore[union-attr]
-                            seen_line = True
-                            report.done(LOAD, time.monotonic() - t)
-                            report.enter(READY)
-                            t = time.monotonic()
+                    chunk = read_from(proc.log_path, offset)
+                    offset += len(chunk)
+                    lines, pending = split_lines(pending + chunk)
+                    if any(ready_line.search(line) for line in lines):  # type: ignore[union-attr]
+                        seen_line = True
+                        report.done(LOAD, time.monotonic() - t)
+                        report.enter(READY)
+                        t = time.monotonic()
                 if proc.returncode is not None:
                     text = proc.log_tail(100)
                     raise EngineError(f"{program} exited with code {proc.returncode} before it was ready: "

@@ -69,7 +69,7 @@ class ProcessLedger:
                 _remove(path)
                 continue
             owner = entry.get("warmstart_pid")
-            if owner and owner != os.getpid() and _cmdline(owner) and "warmstart" in (_cmdline(owner) or ""):
+            if owner and owner != os.getpid() and "warmstart" in (_cmdline(owner) or ""):
                 continue  # another live warmstart owns it (two servers sharing a data dir)
             pgid = int(entry["pgid"])
             leader = _cmdline(pgid)

@@ -6,7 +6,6 @@ import asyncio
 import importlib.metadata
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -17,12 +16,8 @@ from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, StartRepo
 from warmstart.engines.gguf import check_complete, read_gguf
 from warmstart.engines.health import wait_healthy
 from warmstart.engines.ledger import ProcessLedger
-from warmstart.engines.process import ManagedProcess
+from warmstart.engines.process import ManagedProcess, replica_log_path
 from warmstart.errors import EngineError
-
-
-def replica_log_path(data_dir: Path, replica: str) -> Path:
-    return data_dir / "logs" / (re.sub(r"[^A-Za-z0-9._-]", "_", replica) + ".log")
 
 
 class LlamaCppEngine:

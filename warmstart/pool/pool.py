@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from warmstart.clock import Clock
 from warmstart.config import Config
-from warmstart.engines.base import Capabilities, Engine, StartReport
+from warmstart.engines.base import Capabilities, Engine
 from warmstart.errors import (
     AuditError,
     DeadlineExceeded,
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("warmstart.pool")
 S = ReplicaState
-LOADED = (S.STARTING, S.WARM, S.SLEEPING, S.STOPPING)
 # the last phase of a start: its audit record is written (and fsynced) before the replica is warm
 AUDIT_PHASE = "audit"
 
@@ -284,7 +283,6 @@ class Pool:
             capacity=entry.config.max_concurrency, keep_alive=None,
             created_at=now, created_wall=self.clock.wall(), accounted_to=now,
         )
-        replica.report = StartReport(on_change=lambda _r: None)
         replica.move(S.STARTING)
         entry.replicas.append(replica)
         self._update_gauges(entry)
@@ -598,7 +596,7 @@ class Pool:
 
     def _account(self, replica: Replica) -> None:
         now = self.clock.now()
-        if replica.accounted_to is not None and replica.state in LOADED:
+        if replica.accounted_to is not None and replica.state in LIVE:
             self.metrics.replica_loaded_seconds.labels(replica.model).inc(max(0.0, now - replica.accounted_to))
             if self.store is not None:
                 self.store.add_loaded_seconds(replica.model, max(0.0, now - replica.accounted_to))
@@ -637,10 +635,6 @@ class Pool:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("pool task %s failed", task.get_name(), exc_info=task.exception())
-
-
-def _seconds(value: float) -> float | None:
-    return None if math.isinf(value) else value
 
 
 def _describe(exc: BaseException, model: str, timeout: float) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
 import threading
 from dataclasses import dataclass
 
@@ -73,14 +72,6 @@ class Arena:
                 self.view[offset] = 0
         self.faulted = True
 
-    def release_memory(self) -> None:
-        """Give the pages back to the kernel; the arena stays usable (and faults again when used)."""
-        try:
-            self._map.madvise(mmap.MADV_DONTNEED, self._skip, self.capacity)
-        except (OSError, ValueError):
-            return
-        self.faulted = False
-
 
 @dataclass
 class _Slot:
@@ -138,15 +129,3 @@ class ArenaPool:
     def idle_bytes(self) -> int:
         with self._lock:
             return sum(s.arena.capacity for s in self._slots if not s.busy)
-
-
-def anon_huge_bytes() -> int:
-    """This process's anonymous memory backed by transparent huge pages (from /proc), 0 if unknown."""
-    try:
-        with open(f"/proc/{os.getpid()}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("AnonHugePages:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0

@@ -88,11 +88,6 @@ def resident_fraction(path: Path) -> float:
     return (len(vec) - vec.count(0)) / len(vec)
 
 
-def resident_bytes(path: Path) -> int:
-    vec = residency(path)
-    return min((len(vec) - vec.count(0)) * PAGE, Path(path).stat().st_size)
-
-
 def evict(path: Path) -> float:
     """Ask the kernel to drop the file's clean pages from the page cache; returns the fraction still
     resident (pages mapped or locked by a process stay)."""
