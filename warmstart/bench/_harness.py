@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -15,11 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from warmstart.engines.process import free_port
+from warmstart.loadtest.report import percentile as loadtest_percentile
 
 
 class ServerProcess:
@@ -119,12 +115,8 @@ def _has_text(data: bytes) -> bool:
 
 
 def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+    value = loadtest_percentile(values, q)  # the load test's interpolation; NaN in a table for no values
+    return float("nan") if value is None else value
 
 
 def median(values: list[float]) -> float:

@@ -20,7 +20,6 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -28,13 +27,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from warmstart.bench._harness import median
+
 COPYING_PEERS = ("safetensors-pread", "runai-model-streamer", "runai-model-streamer-ring", "tensorizer")
 LOADERS = ("warmstart", "warmstart-fresh-buffer", "safetensors-mmap", *COPYING_PEERS)
 MAPPING = ("safetensors-mmap",)
-
-
-def _median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
 
 
 def _cpu_busy() -> tuple[float, float]:
@@ -93,16 +90,16 @@ def measure_ceilings(path: Path, repeat: int) -> dict[str, Any]:
         for _ in range(repeat):
             evict(path)
             runs.append(size / parallel_read(path, buf.view, threads, direct=True) / 1e9)
-        cold[threads] = _median(runs)
+        cold[threads] = median(runs)
     parallel_read(path, buf.view, 2, direct=False)
     cached: dict[int, float] = {}
     for threads in (1, 2, 4, 8):
-        cached[threads] = _median([size / parallel_read(path, buf.view, threads, direct=False) / 1e9
+        cached[threads] = median([size / parallel_read(path, buf.view, threads, direct=False) / 1e9
                                    for _ in range(repeat)])
     other = touched(size)
-    memcpy = {t: _median([size / memcpy_seconds(buf, other, size, t) / 1e9 for _ in range(repeat)]) for t in (1, 2)}
+    memcpy = {t: median([size / memcpy_seconds(buf, other, size, t) / 1e9 for _ in range(repeat)]) for t in (1, 2)}
     del buf, other
-    fresh = {t: _median([size / fresh_read_seconds(path, t) / 1e9 for _ in range(repeat)]) for t in (1, 2)}
+    fresh = {t: median([size / fresh_read_seconds(path, t) / 1e9 for _ in range(repeat)]) for t in (1, 2)}
     best = lambda d: max(d, key=d.get)  # noqa: E731
     return {
         "cold_read_gbps": cold[best(cold)], "cold_read_threads": best(cold),
@@ -157,15 +154,15 @@ def measure_loaders(files: dict[str, Path], repeat: int, only: list[str]) -> dic
                 entry[f"{mode}_gbps"] = None
                 continue
             secs = [r["seconds"] for r in result["runs"]]
-            entry[f"{mode}_gbps"] = result["bytes"] / _median(secs) / 1e9
+            entry[f"{mode}_gbps"] = result["bytes"] / median(secs) / 1e9
             entry[f"{mode}_runs_s"] = [round(s, 4) for s in secs]
             entry[f"{mode}_resident_before"] = [r["resident_before"] for r in result["runs"]]
             if name in MAPPING:
-                entry[f"{mode}_map_only_s"] = _median([r["map_s"] for r in result["runs"]])
+                entry[f"{mode}_map_only_s"] = median([r["map_s"] for r in result["runs"]])
             if all("ceiling_s" in r for r in result["runs"]):
                 # each run against a ceiling read taken just before it, into the same buffer
-                entry[f"{mode}_paired_fraction"] = _median([r["ceiling_s"] / r["seconds"] for r in result["runs"]])
-                entry[f"{mode}_paired_ceiling_gbps"] = result["bytes"] / _median(
+                entry[f"{mode}_paired_fraction"] = median([r["ceiling_s"] / r["seconds"] for r in result["runs"]])
+                entry[f"{mode}_paired_ceiling_gbps"] = result["bytes"] / median(
                     [r["ceiling_s"] for r in result["runs"]]) / 1e9
         out[name] = entry
     return out
@@ -226,9 +223,9 @@ def measure_tiers_and_starts(gguf: Path, work: Path, repeat: int) -> dict[str, A
                     holds[method]["from_cache"].append(tier.hold("bench-7b", [gguf]).seconds_to_hold)
                     tier.release("bench-7b")
                 shutil.rmtree(tier.tmpfs_dir, ignore_errors=True)
-        starts[label] = {k: {"median_s": _median([r["total_s"] for r in v]), "runs": v} for k, v in runs.items()}
+        starts[label] = {k: {"median_s": median([r["total_s"] for r in v]), "runs": v} for k, v in runs.items()}
     for method, h in holds.items():
-        tiers[method] = {"hold_from_disk_s": _median(h["from_disk"]), "hold_from_cache_s": _median(h["from_cache"]),
+        tiers[method] = {"hold_from_disk_s": median(h["from_disk"]), "hold_from_cache_s": median(h["from_cache"]),
                          "runs": h}
     return {"tiers": tiers, "starts": starts}
 
@@ -266,9 +263,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
                             "ram": starts["repack"][f"ram_{chosen}"]["median_s"]},
             "ram_tmpfs": s["ram_tmpfs"]["median_s"],
             # the phases that read weights (load, and warmup's first touch of them) against the rest
-            "load_phase": {k: _median([r["phases"].get("load", 0) for r in s[k]["runs"]])
+            "load_phase": {k: median([r["phases"].get("load", 0) for r in s[k]["runs"]])
                            for k in ("disk", f"ram_{chosen}")},
-            "warmup_phase": {k: _median([r["phases"].get("warmup", 0) for r in s[k]["runs"]])
+            "warmup_phase": {k: median([r["phases"].get("warmup", 0) for r in s[k]["runs"]])
                              for k in ("disk", f"ram_{chosen}")},
         }
         targets["gguf_ram_start_5x_faster"] = disk / ram >= 5

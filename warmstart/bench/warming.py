@@ -47,7 +47,6 @@ def main(argv: list[str]) -> int:
     from warmstart.sim.cli import DEFAULT_MODEL_GIB, run_simulation, write_json
     from warmstart.sim.report import PlotUnavailable, plot, table
     from warmstart.sim.run import causal_bound, hindsight_keepalive
-    from warmstart.sim.traces import TraceError, read_trace
 
     args = parser().parse_args(argv)
     try:
@@ -63,17 +62,13 @@ def main(argv: list[str]) -> int:
                                   ram_keep_alive=args.ram_keep_alive, ram_cold_start=args.ram_cold_start,
                                   ram_price=None, model_gib=DEFAULT_MODEL_GIB)
     started = time.perf_counter()
-    report = run_simulation(sim_args)
+    traces: list[Any] = []
+    report = run_simulation(sim_args, on_trace=traces.append)
     report["wall_s"] = time.perf_counter() - started
     oracle = report["oracle"]
     print()
     print(table(report["policies"], oracle, tiers=report["ram_tier"]["keep_alive_s"] != 0))
-    from warmstart.sim.cli import parse_days
-
-    try:
-        trace = read_trace(Path(args.trace), "servegen", parse_days(args.days), args.max_rate, 0)
-    except TraceError as exc:
-        raise CLIError(str(exc)) from None
+    [trace] = traces
     bound = causal_bound(trace, report["cold_start_s"])
     hindsight = hindsight_keepalive(trace, report["cold_start_s"], TARGET_COST_RATIO * oracle["cost_fraction"])
     verdicts: dict[str, Any] = {}

@@ -1,7 +1,7 @@
 """The controller: combines a model's policies (schedule, hint, predictive, keep-alive) into one plan.
 
 Pure like its parts: `decide(observation, state, now) -> (plan, state)`. The live warming task and the
-simulator both call it and apply the plan with `warmstart.policy.plan.warm_target`.
+simulator both call it and apply the plan with `warmstart.policy.plan.evaluate`.
 """
 
 from __future__ import annotations

@@ -4,10 +4,11 @@ default` run the same combination."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 from warmstart.policy.controller import Controller, Policy
+from warmstart.policy.hint import HintPolicy
 from warmstart.policy.predictive import PredictiveParams, PredictivePolicy
 from warmstart.policy.schedule import SchedulePolicy, parse_window, zone
 
@@ -28,16 +29,14 @@ def predictive_params(overrides: Mapping[str, Any]) -> PredictiveParams:
     return PredictiveParams(**{k: float(v) for k, v in overrides.items()})
 
 
-def predictive(params: PredictiveParams | None = None) -> PredictivePolicy:
-    return PredictivePolicy(params)
-
-
-def controller(*, predictive: Policy | None = None, schedule: Sequence[str] = (), tz: str = "UTC",
-               lead: float = 0.0, extra: Sequence[Policy] = ()) -> Controller:
-    policies: list[Policy] = []
-    if schedule:
-        policies.append(SchedulePolicy(tuple(parse_window(w) for w in schedule), zone(tz), lead))
-    policies += list(extra)
+def controller(*, schedules: Sequence[tuple[Sequence[str], str]] = (), hints: bool = False,
+               predictive: PredictiveParams | None = None, lead: float = 0.0) -> Controller:
+    """One model's policies: its schedules (windows, time zone), the warm hint, and the predictive policy
+    (None: off). `lead` is added to every lead time (the server applies plans on ticks)."""
+    policies: list[Policy] = [SchedulePolicy(tuple(parse_window(w) for w in windows), zone(tz), lead)
+                              for windows, tz in schedules]
+    if hints:
+        policies.append(HintPolicy())
     if predictive is not None:
-        policies.append(predictive)
+        policies.append(PredictivePolicy(replace(predictive, lead=predictive.lead + lead)))
     return Controller(policies)

@@ -16,7 +16,6 @@ from warmstart.policy.observation import Observation
 from warmstart.policy.plan import Plan, WarmSpan
 
 HOUR = 3600.0
-OUTCOMES = ("started", "extended", "already_warm", "rate_limited", "not_allowed", "over_budget", "unknown_model")
 ACCEPTED = ("started", "extended", "already_warm")
 
 

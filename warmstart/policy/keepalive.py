@@ -18,10 +18,6 @@ def expiry(idle_since: float, keep_alive: float) -> float:
     return idle_since + max(0.0, keep_alive)
 
 
-def expired(idle_since: float, keep_alive: float, now: float) -> bool:
-    return now >= expiry(idle_since, keep_alive)
-
-
 def unload_deadline(idle_since: float, keep_alive: float, warm_until: float, *, sole_replica: bool = True,
                     unload_when_idle: bool = False) -> float:
     """When an idle replica unloads: its keep-alive after the idle clock started, or later if the warming

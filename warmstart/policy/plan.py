@@ -3,8 +3,8 @@
 A `Plan` says when a model should be loaded: absolute spans (a schedule, a hint, a predicted busy
 period) and spans relative to the model's last request (keep-alive, and a later pre-warm where the
 gaps between requests make one pay). The live controller and the simulator both apply a plan with
-`warm_target` and find its next change with `next_change`, so what the simulator measures is what the
-server does.
+`evaluate` (loaded until when, and when the plan next changes), so what the simulator measures is what
+the server does.
 """
 
 from __future__ import annotations
@@ -91,11 +91,6 @@ def evaluate(plan: Plan, last_arrival: float | None, now: float, recent: int = 1
 def warm_target(plan: Plan, last_arrival: float | None, now: float, recent: int = 1) -> tuple[float, str] | None:
     """Whether the model should be loaded at `now`: (until when, which trigger), or None."""
     return evaluate(plan, last_arrival, now, recent)[0]
-
-
-def next_change(plan: Plan, last_arrival: float | None, now: float, recent: int = 1) -> float:
-    """The next time after `now` at which a span of the plan begins (the model may be wanted loaded)."""
-    return evaluate(plan, last_arrival, now, recent)[1]
 
 
 def merge(plans: list[Plan]) -> Plan:

@@ -105,7 +105,8 @@ def parse_ram_tier(args: argparse.Namespace, cold: float) -> tuple[Any, float]:
     return RamTier(keep, ram_cold, ram_price_per_s(price, args.model_gib)), price
 
 
-def run_simulation(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
+def run_simulation(args: argparse.Namespace, log: Any = print, on_trace: Any = None) -> dict[str, Any]:
+    """Replay the trace for each policy; `on_trace(trace)` is handed the trace as read (the bench uses it)."""
     from warmstart.policy.defaults import predictive_params
     from warmstart.policy.schedule import parse_window, zone
     from warmstart.sim.run import UnknownPolicy, make_policy, oracle_summary, simulate
@@ -148,6 +149,8 @@ def run_simulation(args: argparse.Namespace, log: Any = print) -> dict[str, Any]
         raise CLIError(str(exc)) from None
     if not trace.arrivals:
         raise CLIError("no model in the trace has requests in the chosen days and under --max-rate")
+    if on_trace is not None:
+        on_trace(trace)
     log(f"trace {trace.name}: {trace.requests:,} requests, {len(trace.arrivals)} models, "
         f"{(trace.end - trace.start) / 86400:.2f} days (read in {time.perf_counter() - t0:.1f} s)")
     results: dict[str, Any] = {}

@@ -3,7 +3,7 @@
 The simulated pool mirrors warmstart.pool.pool for one model with one replica: a request that finds no
 ready replica is cold (also while a start is under way) and starts one (`replicas_to_start`); an idle
 replica unloads at `keepalive.unload_deadline` (its keep-alive, or the controller's warm-until);
-the controller's plan is applied with `plan.warm_target`, at the same moments the live controller
+the controller's plan is applied with `plan.evaluate`, at the same moments the live controller
 applies it: when a request arrives, when a planned span begins, and when the policy asked to be asked
 again. Requests take no time once a replica is ready (a cold one is served the moment it is ready), so
 each model needs one replica.

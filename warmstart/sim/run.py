@@ -67,16 +67,16 @@ def make_policy(name: str, *, schedule: Sequence[str] = (), tz: str = "UTC",
         return SimPolicy(name, 0.0, lambda _m, arr, c: Controller([OraclePolicy(arr, c)]), ram_tier=False)
     if name == "predictive":
         params = defaults.predictive_params(predictive or {})
-        return SimPolicy(name, 0.0, lambda _m, _a, _c: Controller([defaults.predictive(params)]))
+        return SimPolicy(name, 0.0, lambda _m, _a, _c: defaults.controller(predictive=params))
     if name == "default":
         params = defaults.predictive_params(predictive or {})
         return SimPolicy(name, defaults.AUTO_KEEP_ALIVE_FLOOR,
-                         lambda _m, _a, _c: defaults.controller(predictive=defaults.predictive(params),
-                                                                 schedule=schedule, tz=tz))
+                         lambda _m, _a, _c: defaults.controller(
+                             predictive=params, schedules=[(schedule, tz)] if schedule else ()))
     if name == "schedule":
         windows = tuple(schedule) or defaults.EXAMPLE_SCHEDULE
         return SimPolicy(name, defaults.FIXED_KEEP_ALIVE,
-                         lambda _m, _a, _c: defaults.controller(schedule=windows, tz=tz))
+                         lambda _m, _a, _c: defaults.controller(schedules=[(windows, tz)]))
     raise UnknownPolicy(f"unknown policy {name!r}; use {', '.join(policy_names())}")
 
 

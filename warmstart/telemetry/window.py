@@ -17,11 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from warmstart.policy.hint import ACCEPTED as ACCEPTED_HINTS  # every other outcome is a refusal
 from warmstart.telemetry.metrics import TTFT_BUCKETS, Metrics
 
 HOUR = 3600.0
-# hint outcomes that warm (or keep warm) a model; every other outcome is a refusal
-HINT_ACCEPTED = frozenset({"started", "extended", "already_warm"})
 STARTS = ("warm", "cold")
 
 # layout of one model's sample: a flat tuple of counter values
@@ -61,7 +60,7 @@ def read_counters(metrics: Metrics) -> Sample:
             row(model)[STARTS_OK if outcome == "ok" else STARTS_FAILED] += value
     for (model, outcome), value in counter_values(metrics.hints, ("model", "outcome")):
         if value:
-            row(model)[HINTS_OK if outcome in HINT_ACCEPTED else HINTS_REFUSED] += value
+            row(model)[HINTS_OK if outcome in ACCEPTED_HINTS else HINTS_REFUSED] += value
     for (model, start), count, total, buckets in histogram_values(metrics.ttft_seconds, ("model", "start")):
         if count and start in STARTS:
             base = _TTFT + STARTS.index(start) * _PER_START

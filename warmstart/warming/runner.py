@@ -13,7 +13,7 @@ import logging
 import math
 import sqlite3
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,12 +22,11 @@ from warmstart.clock import Clock
 from warmstart.config import Config, ModelConfig
 from warmstart.policy import hint as hints
 from warmstart.policy.controller import Controller
-from warmstart.policy.defaults import AUTO_KEEP_ALIVE_FLOOR, predictive_params
-from warmstart.policy.hint import HintDecision, HintLimits, HintPolicy, HintRequest, HintState
+from warmstart.policy import defaults
+from warmstart.policy.defaults import AUTO_KEEP_ALIVE_FLOOR
+from warmstart.policy.hint import HintDecision, HintLimits, HintRequest, HintState
 from warmstart.policy.observation import Observation
 from warmstart.policy.plan import IDLE, Plan, evaluate
-from warmstart.policy.predictive import PredictivePolicy
-from warmstart.policy.schedule import SchedulePolicy, parse_window, zone
 from warmstart.pool.pool import Pool
 from warmstart.pool.states import ReplicaState
 from warmstart.telemetry.metrics import Metrics
@@ -56,17 +55,12 @@ def build_controller(config: Config, model: ModelConfig) -> Controller:
     """The policies the server runs for one model: its schedules, hints, and the predictive policy when
     it picks the model's keep-alive. The tick is added to every lead time, since plans apply on ticks."""
     warming = config.warming
-    policies: list[Any] = []
-    for sched in warming.schedules:
-        if sched.model == model.name:
-            policies.append(SchedulePolicy(tuple(parse_window(w) for w in sched.windows), zone(sched.tz),
-                                           lead=warming.tick))
-    if warming.hint.enabled:
-        policies.append(HintPolicy())
-    if warming.predictive and model.keep_alive_auto:
-        params = predictive_params(warming.predictive_settings)
-        policies.append(PredictivePolicy(replace(params, lead=params.lead + warming.tick)))
-    return Controller(policies)
+    return defaults.controller(
+        schedules=[(s.windows, s.tz) for s in warming.schedules if s.model == model.name],
+        hints=warming.hint.enabled,
+        predictive=(defaults.predictive_params(warming.predictive_settings)
+                    if warming.predictive and model.keep_alive_auto else None),
+        lead=warming.tick)
 
 
 def hint_limits(config: Config) -> HintLimits:
