@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from warmstart.config import AuthConfig
+from warmstart.errors import openai_error_body
+from warmstart.gateway.limits import send_json_error
 
 PUBLIC = ("/healthz", "/readyz", "/v1/warm", "/warmstart.js")
 API = ("/v1/", "/metrics", "/api/")
@@ -99,9 +100,5 @@ class Auth:
 
 async def _refuse(send: Send, status: int, code: str, message: str) -> None:
     kind = "authentication_error" if status == 401 else "permission_error"
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="warmstart"'))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    challenge = ((b"www-authenticate", b'Bearer realm="warmstart"'),) if status == 401 else ()
+    await send_json_error(send, status, openai_error_body(message, kind, code), challenge)

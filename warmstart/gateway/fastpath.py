@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from warmstart.errors import RequestError, Unavailable, openai_error_body
+from warmstart.errors import PayloadTooLarge, RequestError, Unavailable, openai_error_body
+from warmstart.gateway.limits import too_large_message
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from warmstart.gateway.translate import error_response, validation_message
 
@@ -34,14 +35,15 @@ class FastPath:
         self.app = app
         self.services = services
         self.max_bytes = services.config.server.max_body_bytes
+        from warmstart.gateway.app import generate  # app.py builds this front door: imported once it exists
+
+        self.generate = generate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         model = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
         if model is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        from warmstart.gateway.app import generate
-
         request = Request(scope, receive)
         try:
             body = await self._body(scope, receive)
@@ -52,7 +54,7 @@ class FastPath:
                 response = JSONResponse(openai_error_body(message, "invalid_request_error", "invalid_request",
                                                           param), status_code=400)
             else:
-                response = await generate(self.services, request, req, scope["path"])
+                response = await self.generate(self.services, request, req, scope["path"])
         except (RequestError, Unavailable) as exc:
             status, payload, headers = error_response(exc)
             response = JSONResponse(payload, status_code=status, headers=headers)
@@ -63,13 +65,9 @@ class FastPath:
         await response(scope, request.receive, send)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
-        from warmstart.errors import PayloadTooLarge
-
-        too_large = PayloadTooLarge(
-            f"Request body is larger than the limit of {self.max_bytes} bytes (server.max_body_bytes).")
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
-                raise too_large
+                raise PayloadTooLarge(too_large_message(self.max_bytes))
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -78,7 +76,7 @@ class FastPath:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                raise too_large
+                raise PayloadTooLarge(too_large_message(self.max_bytes))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)

@@ -7,12 +7,27 @@ import json
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from warmstart.errors import openai_error_body
+
+
+def too_large_message(limit: int) -> str:
+    return f"Request body is larger than the limit of {limit} bytes (server.max_body_bytes)."
+
+
+async def send_json_error(send: Send, status: int, body: dict, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """An OpenAI-style error straight on an ASGI `send`, for the layers in front of the framework."""
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": data})
+
 
 class BodyTooLarge(HTTPException):
     """An HTTPException, so that frameworks reading the body pass it on rather than call it a parse error."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"Request body is larger than the limit of {limit} bytes (server.max_body_bytes).")
+        super().__init__(413, too_large_message(limit))
 
 
 class BodyLimit:
@@ -58,9 +73,5 @@ class BodyLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"error": {
-            "message": f"Request body is larger than the limit of {self.max_bytes} bytes (server.max_body_bytes).",
-            "type": "invalid_request_error", "param": None, "code": "payload_too_large"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, 413, openai_error_body(too_large_message(self.max_bytes), "invalid_request_error",
+                                                           "payload_too_large"))

@@ -170,7 +170,7 @@ class RelayStream(Response):
         try:
             async for data in self.upstream.content.iter_any():
                 await send({"type": "http.response.body", "body": data, "more_body": True})
-                tail = (tail + data)[-2:]
+                tail = (tail + data[-2:])[-2:]
         except _UPSTREAM_ERRORS as exc:
             self.lease.fail(f"stream cut: {type(exc).__name__}: {exc}")
             prefix = b"" if tail == b"\n\n" else b"\n\n"
