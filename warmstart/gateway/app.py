@@ -30,9 +30,10 @@ from warmstart.gateway.translate import (
     GenerationRequest,
     check_request,
     engine_body,
-    error_response,
+    error_json,
+    internal_error_json,
+    invalid_request_json,
     keep_alive_of,
-    validation_message,
 )
 from warmstart.pool.pool import Lease, Pool
 from warmstart.telemetry.metrics import Metrics
@@ -195,21 +196,15 @@ def _model_object(services: Services, view: dict[str, Any]) -> dict[str, Any]:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestError)
-    async def on_request_error(_request: Request, exc: RequestError) -> Response:
-        status, body, headers = error_response(exc)
-        return JSONResponse(body, status_code=status, headers=headers)
+    async def on_error(_request: Request, exc: RequestError | Unavailable) -> Response:
+        return error_json(exc)
 
-    @app.exception_handler(Unavailable)
-    async def on_unavailable(_request: Request, exc: Unavailable) -> Response:
-        status, body, headers = error_response(exc)
-        return JSONResponse(body, status_code=status, headers=headers)
+    app.add_exception_handler(RequestError, on_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Unavailable, on_error)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_request: Request, exc: RequestValidationError) -> Response:
-        message, param = validation_message(exc.errors())
-        return JSONResponse(openai_error_body(message, "invalid_request_error", "invalid_request", param),
-                            status_code=400)
+        return invalid_request_json(exc.errors())
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_request: Request, exc: StarletteHTTPException) -> Response:
@@ -221,5 +216,4 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def on_unexpected(_request: Request, exc: Exception) -> Response:
         log.exception("unexpected error")
-        return JSONResponse(openai_error_body("internal error in warmstart; see its log", "server_error",
-                                              "internal_error"), status_code=500)
+        return internal_error_json()

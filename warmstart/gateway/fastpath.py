@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from warmstart.errors import PayloadTooLarge, RequestError, Unavailable, openai_error_body
+from warmstart.errors import PayloadTooLarge, RequestError, Unavailable
 from warmstart.gateway.limits import too_large_message
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
-from warmstart.gateway.translate import error_response, validation_message
+from warmstart.gateway.translate import error_json, internal_error_json, invalid_request_json
 
 if TYPE_CHECKING:
     from warmstart.gateway.app import Services
@@ -50,18 +49,14 @@ class FastPath:
             try:
                 req = model.model_validate_json(body)
             except ValidationError as exc:
-                message, param = validation_message(exc.errors())
-                response = JSONResponse(openai_error_body(message, "invalid_request_error", "invalid_request",
-                                                          param), status_code=400)
+                response = invalid_request_json(exc.errors())
             else:
                 response = await self.generate(self.services, request, req, scope["path"])
         except (RequestError, Unavailable) as exc:
-            status, payload, headers = error_response(exc)
-            response = JSONResponse(payload, status_code=status, headers=headers)
+            response = error_json(exc)
         except Exception:
             log.exception("unexpected error")
-            response = JSONResponse(openai_error_body("internal error in warmstart; see its log", "server_error",
-                                                      "internal_error"), status_code=500)
+            response = internal_error_json()
         await response(scope, request.receive, send)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:

@@ -20,7 +20,7 @@ from warmstart.errors import (
     PayloadTooLarge,
     RequestError,
 )
-from warmstart.gateway.translate import error_response
+from warmstart.gateway.translate import error_json
 
 if TYPE_CHECKING:
     from warmstart.gateway.app import Services
@@ -66,8 +66,7 @@ def router(services: Services) -> APIRouter:
         return {}
 
     def refuse(request: Request, exc: RequestError) -> Response:
-        status, body, extra = error_response(exc)
-        return JSONResponse(body, status_code=status, headers={**cors(request), **extra})
+        return error_json(exc, cors(request))
 
     def answer(request: Request, model: Any) -> Response:
         try:

@@ -7,6 +7,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from starlette.responses import JSONResponse
+
 from warmstart.durations import parse_duration
 from warmstart.engines.base import Capabilities
 from warmstart.errors import InvalidRequest, RateLimited, RequestError, Unavailable, openai_error_body
@@ -110,6 +112,23 @@ def error_response(exc: RequestError | Unavailable) -> tuple[int, dict[str, Any]
         headers["retry-after"] = str(max(1, math.ceil(retry_after)))
     param = getattr(exc, "param", None)
     return exc.status, openai_error_body(exc.message, exc.type, exc.code, param), headers
+
+
+def error_json(exc: RequestError | Unavailable, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The HTTP answer to a warmstart error: its status, OpenAI's error body, Retry-After where it applies."""
+    status, body, extra = error_response(exc)
+    return JSONResponse(body, status_code=status, headers={**(headers or {}), **extra})
+
+
+def invalid_request_json(errors: Sequence[dict[str, Any]]) -> JSONResponse:
+    """The 400 for a body that does not validate (pydantic's errors), naming the first bad field."""
+    message, param = validation_message(errors)
+    return JSONResponse(openai_error_body(message, "invalid_request_error", "invalid_request", param), status_code=400)
+
+
+def internal_error_json() -> JSONResponse:
+    return JSONResponse(openai_error_body("internal error in warmstart; see its log", "server_error", "internal_error"),
+                        status_code=500)
 
 
 def validation_message(errors: Sequence[dict[str, Any]]) -> tuple[str, str | None]:
