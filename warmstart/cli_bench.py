@@ -16,15 +16,17 @@ def available() -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    names = ", ".join(available())
     p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON with --json)",
-                       description="Benchmarks: " + ", ".join(available()))
-    p.add_argument("name", help="one of: " + ", ".join(available()))
+                       description="Benchmarks: " + names)
+    p.add_argument("name", help="one of: " + names)
     p.add_argument("args", nargs=argparse.REMAINDER, help="options of that benchmark (see NAME --help)")
 
 
 @command("bench")
 def _bench(args: argparse.Namespace) -> int:
-    if args.name not in available():
-        raise CLIError(f"no benchmark named {args.name!r}; choose one of: {', '.join(available())}", status=2)
+    names = available()
+    if args.name not in names:
+        raise CLIError(f"no benchmark named {args.name!r}; choose one of: {', '.join(names)}", status=2)
     module = importlib.import_module("warmstart.bench." + args.name.replace("-", "_"))
     return int(module.main(args.args) or 0)

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from warmstart.durations import format_duration
+
+
+def columns(rows: Sequence[Sequence[str]], *, numbers: bool = False, rule: bool = False) -> list[str]:
+    """Rows of cells (the first one the header) padded into columns two spaces apart. Left-aligned, or with
+    `numbers` the first column left and the others right; `rule` puts a dashed line under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(widths[i]) if numbers and i else cell.ljust(widths[i])
+                       for i, cell in enumerate(row)).rstrip() for row in rows]
+    if rule:
+        lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
 
 
 def phases_line(phases: dict[str, float]) -> str:
@@ -39,8 +51,7 @@ def ps_table(models: list[dict[str, Any]]) -> str:
             details.append(tier_line(m["id"], m["tier"]))
         if m.get("last_failure") and state.startswith("failed"):
             details.append(f"  {m['id']} failed: {m['last_failure']}")
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines = columns(rows)
     if details:
         lines += ["", "last cold start by phase, seconds per tier:"] + details
     runtimes = runtime_lines(models)

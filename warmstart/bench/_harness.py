@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from warmstart.cli_format import columns
 from warmstart.engines.process import free_port
 from warmstart.loadtest.report import percentile as loadtest_percentile
 
@@ -125,10 +126,7 @@ def median(values: list[float]) -> float:
 
 def table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
     cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in row) for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join(columns(cells, rule=True))
 
 
 def machine() -> dict[str, Any]:

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from warmstart.cli_format import columns
 from warmstart.loadtest.plan import Plan
 from warmstart.loadtest.runner import Outcome
 
@@ -95,9 +96,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             d = summary[key] if start == "all" else summary[start][key]
             rows.append((f"{label} {start} ({unit})", str(d["n"]), *(_fmt(d[f"p{q}"]) for q in QUANTILES),
                          _fmt(d["max"])))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        lines.append("  ".join(c.rjust(widths[i]) if i else c.ljust(widths[i]) for i, c in enumerate(row)))
+    lines += columns([header, *rows], numbers=True)
     if summary["errors"]:
         lines += ["", "errors by kind:"] + [f"  {n:6d}  {kind}" for kind, n in summary["errors"].items()]
     lag = summary["client_lag_s"]

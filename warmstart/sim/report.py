@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from warmstart.cli_format import columns
+
 
 def table(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, tiers: bool = False) -> str:
     """One row per policy. `tiers`: add the RAM tier's columns (hours per tier, cost by tier, starts and cold
@@ -26,14 +28,7 @@ def table(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, ti
                     f"{r['starts_from_ram']:,}/{r['starts_from_disk']:,}",
                     _pair(r["wait_ram_p50_s"], r["wait_ram_p99_s"]), _pair(r["wait_disk_p50_s"], r["wait_disk_p99_s"]))
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for k, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells))
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join(columns(rows, numbers=True, rule=True))
 
 
 def _pair(a: float | None, b: float | None) -> str:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from warmstart.cli import CLIError, command, data_dir_flags, load
+from warmstart.cli_format import columns
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,9 +66,7 @@ def _models(args: argparse.Namespace) -> int:
         for m in manifests:
             rows.append((m.name, m.engine, m.format, _size(m.size), str(len(m.files)), m.files[0].sha256[:12],
                          "yes" if m.pinned else "no", m.source))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+        print("\n".join(columns(rows)))
         return 0
     if action == "add":
         path = Path(args.path).expanduser()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.cli import CLIError, command, data_dir_flags
+from warmstart.cli_format import columns
 from warmstart.telemetry.audit_verify import Verification, parse_when, record_time, select, verify
 
 CSV_COLUMNS = ("time", "seq", "event", "model", "replica", "trigger", "outcome", "seconds", "path", "size",
@@ -121,9 +122,7 @@ def records_table(records: list[dict[str, Any]]) -> str:
             str(r.get("seq")), str(r.get("event")), str(r.get("model") or "-"), str(r.get("trigger") or "-"),
             str(r.get("outcome") or "-"), f"{seconds:.2f}" if isinstance(seconds, (int, float)) else "-",
             (r.get("sha256") or "-")[:12], detail))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return "\n".join("  ".join([cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]).rstrip()
-                     for row in rows)
+    return "\n".join(columns(rows))
 
 
 def _export(directory: Path, args: argparse.Namespace) -> int:
