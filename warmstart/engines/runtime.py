@@ -40,6 +40,16 @@ class Runtime:
     def ready(self) -> bool:
         return self.imported.is_set() and self.process.returncode is None
 
+    async def wait_imported_or_exit(self) -> None:
+        """Returns once the runtime has finished its imports or has exited, whichever comes first."""
+        exited = asyncio.ensure_future(self.process.wait_exit())
+        imported = asyncio.ensure_future(self.imported.wait())
+        try:
+            await asyncio.wait({exited, imported}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            imported.cancel()
+
     async def hand(self, order: bytes, timeout: float = 60.0) -> float:
         """Send the model order; returns when the runtime has accepted it (monotonic time)."""
         self.accepted = asyncio.get_running_loop().create_future()
@@ -102,7 +112,7 @@ class RuntimePool:
                 continue
             self.idle.append(runtime)
             # one at a time: two runtimes importing at once take twice the CPU for no earlier gain
-            await self._wait_ready_or_exit(runtime)
+            await runtime.wait_imported_or_exit()
 
     async def _spawn(self) -> Runtime:
         self._seq += 1
@@ -132,15 +142,6 @@ class RuntimePool:
                 self._failed(runtime.error or f"runtime {runtime.process.pid} exited with code {code}: "
                              f"{runtime.process.log_tail(3) or 'no output'}")
                 self.refill()
-
-    async def _wait_ready_or_exit(self, runtime: Runtime) -> None:
-        exited = asyncio.ensure_future(runtime.process.wait_exit())
-        ready = asyncio.ensure_future(runtime.imported.wait())
-        try:
-            await asyncio.wait({exited, ready}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            exited.cancel()
-            ready.cancel()
 
     def _failed(self, error: str) -> None:
         self.failures += 1

@@ -269,11 +269,7 @@ class VllmEngine:
         t = time.monotonic()
         if not runtime.imported.is_set():  # still importing: wait for it, it is still ahead of a spawn
             report.enter(IMPORT)
-            exited = asyncio.ensure_future(proc.wait_exit())
-            imported = asyncio.ensure_future(runtime.imported.wait())
-            await asyncio.wait({exited, imported}, return_when=asyncio.FIRST_COMPLETED)
-            exited.cancel()
-            imported.cancel()
+            await runtime.wait_imported_or_exit()
             report.done(IMPORT, time.monotonic() - t)
             t = time.monotonic()
         report.enter(HANDOFF)
