@@ -13,7 +13,8 @@ from typing import Any
 
 from warmstart.cli import CLIError, command, data_dir_flags
 from warmstart.cli_format import columns
-from warmstart.telemetry.audit_verify import Verification, parse_when, record_time, select, verify
+from warmstart.telemetry.audit_verify import (Line, Verification, parse_when, read_lines, record_time, select,
+                                              verify)
 
 CSV_COLUMNS = ("time", "seq", "event", "model", "replica", "trigger", "outcome", "seconds", "path", "size",
                "sha256", "engine", "engine_version", "options", "host", "error", "reason", "hash")
@@ -85,17 +86,19 @@ def _verify(directory: Path, args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def _selected(directory: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+def _selected(directory: Path, args: argparse.Namespace) -> tuple[list[Line], list[dict[str, Any]]]:
+    """The log's lines (read once) and the records that pass --since, --until and --model."""
     try:
         since = parse_when(args.since) if args.since else None
         until = parse_when(args.until) if args.until else None
     except ValueError as exc:
         raise CLIError(f"--since/--until: {exc}", status=2) from None
-    return select(directory, since=since, until=until, model=args.model)
+    lines = list(read_lines(directory))
+    return lines, select(lines, since=since, until=until, model=args.model)
 
 
 def _show(directory: Path, args: argparse.Namespace) -> int:
-    records = _selected(directory, args)
+    _, records = _selected(directory, args)
     if args.last > 0:
         records = records[-args.last:]
     if args.json:
@@ -126,8 +129,8 @@ def records_table(records: list[dict[str, Any]]) -> str:
 
 
 def _export(directory: Path, args: argparse.Namespace) -> int:
-    records = _selected(directory, args)
-    result = verify(directory)
+    lines, records = _selected(directory, args)
+    result = verify(directory, lines)  # of the very lines exported, not a second read
     if not result.ok:
         print(f"warmstart: warning: {verification_text(result).splitlines()[0]}", file=sys.stderr)
     if args.format == "csv":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,15 +83,17 @@ def read_lines(directory: Path) -> Iterator[Line]:
             yield Line(path.name, i + 1, raw, terminated, parse_record(raw))
 
 
-def verify(directory: Path) -> Verification:
-    """Walk the chain from the first record; stop at the first line that breaks it."""
+def verify(directory: Path, lines: list[Line] | None = None) -> Verification:
+    """Walk the chain from the first record; stop at the first line that breaks it. `lines`: the log as
+    read_lines(directory) already read it (a report verifies exactly the lines it exports)."""
     result = Verification(directory=directory, files=[p.name for p in segments(directory)])
     for path in segments(directory):
         if not regular(path):
             result.problem = Problem(path.name, None, "invalid", "is not a regular file (a link to a device "
                                      "or a folder?): the log cannot be read from it")
             return result
-    lines = list(read_lines(directory))
+    if lines is None:
+        lines = list(read_lines(directory))
     acknowledged: dict[tuple[str, int, str], Line] = {}
     later: dict[int, int] = {}  # seq -> index of the last line holding it
     for index, line in enumerate(lines):
@@ -177,11 +179,12 @@ def record_time(record: dict[str, Any]) -> datetime | None:
         return None
 
 
-def select(directory: Path, since: datetime | None = None, until: datetime | None = None,
+def select(lines: Iterable[Line], since: datetime | None = None, until: datetime | None = None,
            model: str | None = None, events: set[str] | None = None) -> list[dict[str, Any]]:
-    """Whole records in log order (lines that are not records are skipped; `verify` reports them)."""
+    """Whole records of `lines` (read_lines), in log order (lines that are not records are skipped; `verify`
+    reports them)."""
     out = []
-    for line in read_lines(directory):
+    for line in lines:
         record = line.record
         if record is None:
             continue
