@@ -50,7 +50,8 @@ ENV_VARS = {
     "WARMSTART_ADMIN_KEYS": ("auth", "admin_keys"),
 }
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")  # in the config and in the model store
+MODEL_NAME_RULE = "1-128 letters, digits or ._:/- starting with a letter or digit"
 
 
 @dataclass(frozen=True)
@@ -382,8 +383,7 @@ def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path,
     for key in ("name", "engine", "path"):
         _expect(key in raw, f"{where}.{key}", None, "is required")
     name = raw["name"]
-    _expect(isinstance(name, str) and bool(_NAME.match(name)), f"{where}.name", name,
-            "must be 1-128 letters, digits or ._:/- and start with a letter or digit")
+    _expect(isinstance(name, str) and bool(MODEL_NAME.match(name)), f"{where}.name", name, f"must be {MODEL_NAME_RULE}")
     engine = raw["engine"]
     _expect(engine in ENGINES, f"{where}.engine", engine, f"must be one of {', '.join(ENGINES)}")
     path = raw["path"]

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from warmstart.config import MODEL_NAME, MODEL_NAME_RULE
 from warmstart.errors import IntegrityError, StoreError
 from warmstart.store.digest import DigestCache
-
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
 def store_dir(data_dir: Path) -> Path:
@@ -149,14 +147,17 @@ class ManifestStore:
         """Hash the model's files and write its manifest; refuses to overwrite another unless told to."""
         root = Path(root).expanduser()
         name = name or (root.stem if root.is_file() else root.name)
-        if not NAME.match(name) or ".." in name.split("/"):
-            raise StoreError(f"model name {name!r} is not valid: use 1-128 letters, digits or ._:/- "
-                             "starting with a letter or digit (pass --name)")
+        if not MODEL_NAME.match(name) or ".." in name.split("/"):
+            raise StoreError(f"model name {name!r} is not valid: use {MODEL_NAME_RULE} (pass --name)")
         files = model_files(root)
         existing = self.get(name)
         if existing is not None and not replace_existing:
             raise StoreError(f"model '{name}' is already in the store ({existing.root}); "
                              "pass --replace to replace it or --name to add it under another name")
+        return self._record(name, root, files, engine=engine, source=source, pinned=pinned)
+
+    def _record(self, name: str, root: Path, files: list[Path], *, engine: str | None, source: str | None,
+                pinned: bool) -> Manifest:
         fmt = detect_format(files)
         entries = []
         for f in files:
@@ -189,16 +190,15 @@ class ManifestStore:
         """The cheap check before a start; raises IntegrityError on a mismatch. Creates the manifest
         on a model's first start, and again when an unpinned model's config names other files."""
         manifest = self.get(name)
-        files = {str(f) for f in model_files(root)}
+        files = model_files(root)
         if manifest is None:
-            return self.add(root, name=name, engine=engine, source=source, pinned=False)
-        listed = {f.path for f in manifest.files}
-        if listed != files:
+            return self._record(name, root, files, engine=engine, source=source, pinned=False)
+        if {f.path for f in manifest.files} != {str(f) for f in files}:
             if manifest.pinned:
                 raise IntegrityError(
                     f"model '{name}' is pinned in the store to {manifest.root}, but its config names {root}; "
                     f"run `warmstart models add {root} --name {name} --replace` to accept the new files")
-            return self.add(root, name=name, engine=engine, source=source, pinned=False, replace_existing=True)
+            return self._record(name, root, files, engine=engine, source=source, pinned=False)
         updated = []
         for entry in manifest.files:
             updated.append(self._check_file(name, entry, rehash=entry.path in manifest.failed_verify))
