@@ -116,15 +116,18 @@ class ModelStore:
         if state is None or self.tier.resident(name) is None:
             return False
         self.account()
+        await asyncio.to_thread(self.tier.release, name)
+        self._left_ram(name, state)
+        log.info("model %s left RAM (%s)", name, reason)
+        return True
+
+    def _left_ram(self, name: str, state: _Residency) -> None:
+        """The model's RAM residency was released: stop its expiry timer, its accounting and its gauge."""
         if state.timer is not None and state.timer is not asyncio.current_task():
             state.timer.cancel()
         state.timer = None
-        await asyncio.to_thread(self.tier.release, name)
-        state.accounted_to = None
-        state.until = -math.inf
+        state.accounted_to, state.until = None, -math.inf
         self.metrics.ram_tier_bytes.labels(name).set(0)
-        log.info("model %s left RAM (%s)", name, reason)
-        return True
 
     def _arm(self, state: _Residency) -> None:
         if state.timer is not None:
@@ -167,11 +170,7 @@ class ModelStore:
             if resident is not None and not resident.alive:  # the holder was killed: the pages are unpinned
                 log.warning("the RAM tier's holder of model %s exited; the model is back on disk", name)
                 self.tier.release(name)
-                self.metrics.ram_tier_bytes.labels(name).set(0)
-                state.accounted_to, state.until = None, -math.inf
-                if state.timer is not None and state.timer is not asyncio.current_task():
-                    state.timer.cancel()
-                state.timer = None
+                self._left_ram(name, state)
                 continue
             if self.live_replicas(name) == 0 and resident is not None:
                 seconds = max(0.0, now - state.accounted_to)
