@@ -93,6 +93,7 @@ class RuntimePool:
         # bookkeeping for metrics (account_runtimes)
         self.accounted_to: float | None = None
         self.handoffs_counted = 0
+        self.last_stats: dict[str, Any] | None = None  # stats() as of the last account_runtimes (walks /proc)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -218,7 +219,7 @@ def account_runtimes(engines: Any, metrics: Any, now: float) -> None:
         for pool in engine.pools.values():
             if pool.size <= 0:
                 continue
-            stats = pool.stats()
+            stats = pool.last_stats = pool.stats()
             metrics.runtimes.labels(pool.name, "ready").set(stats["ready"])
             metrics.runtimes.labels(pool.name, "starting").set(stats["starting"])
             metrics.runtime_rss_bytes.labels(pool.name).set(stats["rss_bytes"])

@@ -218,11 +218,12 @@ class VllmEngine:
         await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)
 
     def runtime_view(self, model: ModelConfig) -> dict[str, Any] | None:
-        """The runtime pool a model's cold starts take from (for /v1/models and `warmstart ps`)."""
+        """The runtime pool a model's cold starts take from (for /v1/models and `warmstart ps`), as the
+        accounting every view does first last measured it: models sharing a pool walk /proc once, not each."""
         pool = self.pools.get(self.python(model))
         if pool is None or pool.size <= 0 or int(model.options.get("runtimes", DEFAULT_RUNTIMES)) <= 0:
             return None
-        return pool.stats()
+        return pool.last_stats if pool.last_stats is not None else pool.stats()
 
     # ---- a start --------------------------------------------------------------------------------
 

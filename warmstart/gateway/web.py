@@ -108,9 +108,9 @@ def router(services: Services) -> APIRouter:
     @api.get("/api/dashboard")
     async def dashboard_data(request: Request) -> Response:
         """Every model's state, replicas and recent starts, and the last hour's figures (see docs/web.md)."""
-        services.pool.account_all()  # replica-seconds up to now
+        views = services.pool.snapshot()  # accounts replica-seconds up to now, which the figures then read
         window_s, per_model, totals = window.figures(clock.now())
-        body = json.dumps(dashboard(services, window_s, per_model, totals), separators=(",", ":")).encode()
+        body = json.dumps(dashboard(services, views, window_s, per_model, totals), separators=(",", ":")).encode()
         headers = {"cache-control": "no-store"}
         if len(body) > GZIP_ABOVE and "gzip" in request.headers.get("accept-encoding", ""):
             body = gzip.compress(body, compresslevel=5)
@@ -140,11 +140,12 @@ def default_chat_model(services: Services) -> str:
     return entries[0].name if entries else ""
 
 
-def dashboard(services: Services, window_s: float, per_model: dict[str, Figures], totals: Figures) -> dict[str, Any]:
-    pool = services.pool
-    created = {r.id: r.created_at for entry in pool.models.values() for r in entry.replicas}
+def dashboard(services: Services, views: list[dict[str, Any]], window_s: float, per_model: dict[str, Figures],
+              totals: Figures) -> dict[str, Any]:
+    """The dashboard's data from the pool's snapshot (`views`) and the last hour's figures."""
+    created = {r.id: r.created_at for entry in services.pool.models.values() for r in entry.replicas}
     now = services.clock.now()
-    models = [model_row(view, per_model.get(view["name"]), created, now) for view in pool.snapshot()]
+    models = [model_row(view, per_model.get(view["name"]), created, now) for view in views]
     states: dict[str, int] = {}
     for m in models:
         states[m["state"]] = states.get(m["state"], 0) + 1

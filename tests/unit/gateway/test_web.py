@@ -130,8 +130,8 @@ async def test_the_dashboard_follows_a_start_phase_by_phase_on_virtual_time(tmp_
     window = HourWindow(metrics, started=clock.now())
 
     def view():
-        pool.account_all()
-        data = dashboard(services, *window.figures(clock.now()))
+        views = pool.snapshot()
+        data = dashboard(services, views, *window.figures(clock.now()))
         return data, {m["name"]: m for m in data["models"]}
 
     await pool.capabilities("m")
