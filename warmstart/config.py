@@ -18,6 +18,7 @@ from typing import Any
 
 from warmstart.durations import parse_duration
 from warmstart.errors import ConfigError
+from warmstart.names import MODEL_NAME, MODEL_NAME_RULE
 
 ENGINES = ("llamacpp", "vllm", "command")
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -50,8 +51,6 @@ ENV_VARS = {
     "WARMSTART_ADMIN_KEYS": ("auth", "admin_keys"),
 }
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")  # in the config and in the model store
-MODEL_NAME_RULE = "1-128 letters, digits or ._:/- starting with a letter or digit"
 
 
 @dataclass(frozen=True)

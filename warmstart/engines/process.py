@@ -7,7 +7,6 @@ import contextlib
 import ctypes
 import json
 import os
-import re
 import signal
 import socket
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.errors import EngineError
+from warmstart.names import safe_name
 
 _PR_SET_PDEATHSIG = 1
 
@@ -25,11 +25,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def safe_name(name: str) -> str:
-    """A model or replica name as a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def replica_log_path(data_dir: Path, replica: str) -> Path:

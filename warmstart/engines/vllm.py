@@ -27,10 +27,11 @@ from warmstart.config import ModelConfig
 from warmstart.engines.base import ENGINE_INIT, HANDOFF, IMPORT, READY, WARMUP, Capabilities, StartReport
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.options import VLLM_FLAGS
-from warmstart.engines.process import ManagedProcess, free_port, read_from, replica_log_path, safe_name
+from warmstart.engines.process import ManagedProcess, free_port, read_from, replica_log_path
 from warmstart.engines.runtime import RuntimePool
 from warmstart.engines.vllm_log import PhaseClock, last_error, split_lines
 from warmstart.errors import EngineError, StoreError
+from warmstart.names import safe_name
 
 log = logging.getLogger("warmstart.engines.vllm")
 API_SERVER = "vllm.entrypoints.openai.api_server"

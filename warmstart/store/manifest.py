@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from warmstart.config import MODEL_NAME, MODEL_NAME_RULE
 from warmstart.errors import IntegrityError, StoreError
+from warmstart.names import MODEL_NAME, MODEL_NAME_RULE
 from warmstart.store.digest import DigestCache
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from warmstart.errors import StoreError
+from warmstart.names import safe_name
 
 GiB = 1 << 30
 METHODS = ("auto", "mlock", "tmpfs")
@@ -299,7 +300,7 @@ class RamTier:
                         {f: f for f in files}, holder=proc)
 
     def _copy_files(self, model: str, files: list[Path], size: int) -> Resident:
-        target = self.tmpfs_dir / re.sub(r"[^A-Za-z0-9._-]", "_", model)
+        target = self.tmpfs_dir / safe_name(model)
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True, mode=0o700)
         served = {}
