@@ -54,6 +54,44 @@ def test_tmpfs_copy_serves_starts_and_is_removed_on_release(weights):
         shutil.rmtree(tier.tmpfs_dir, ignore_errors=True)
 
 
+@pytest.fixture
+def checkpoint(tmp_path, weights):
+    """A model folder as vLLM reads one: config beside the weights, one of them through a link (a Hugging Face
+    snapshot links to its blobs), a subfolder, and a hidden file that is not part of the model."""
+    folder = tmp_path / "tiny-llama"
+    (folder / "tokenizer").mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "tokenizer" / "tokenizer.json").write_bytes(os.urandom(1 << 20))
+    (folder / "model.safetensors").symlink_to(weights)
+    (folder / ".cache").write_text("not the model")
+    return folder
+
+
+@pytest.mark.parametrize("method", ["mlock", "tmpfs"])
+def test_a_model_folder_is_held_whole_and_a_start_opens_it_where_it_is_held(checkpoint, weights, method):
+    tier = RamTier(method=method, tmpfs_dir=Path("/dev/shm") / f"ws-test-{os.getpid()}")
+    if tier.choose_method(26 << 20) != method:
+        pytest.skip("this process may not mlock 25 MiB (no CAP_IPC_LOCK, small RLIMIT_MEMLOCK)")
+    evict(weights)
+    try:
+        resident = tier.hold("tiny", [checkpoint])
+        held = tier.path_for("tiny", checkpoint)
+        assert resident.bytes == (24 << 20) + (1 << 20) + len('{"model_type": "llama"}')
+        if method == "mlock":  # the same folder, its files (the linked one too) pinned in the page cache
+            assert held == checkpoint.resolve() and evict(weights) == 1.0
+        else:  # a copy with the same layout, the link copied as the file it names, the hidden file left out
+            assert held.is_dir() and str(held).startswith("/dev/shm/")
+            assert sorted(str(p.relative_to(held)) for p in held.rglob("*") if p.is_file()) == [
+                "config.json", "model.safetensors", "tokenizer/tokenizer.json"]
+            assert (held / "model.safetensors").read_bytes() == weights.read_bytes()
+            assert not (held / "model.safetensors").is_symlink()
+        tier.release("tiny")
+        assert tier.path_for("tiny", checkpoint) == checkpoint and not (method == "tmpfs" and held.exists())
+    finally:
+        tier.release("tiny")
+        shutil.rmtree(tier.tmpfs_dir, ignore_errors=True)
+
+
 def _without_ipc_lock(code: str, memlock: int) -> subprocess.CompletedProcess:
     if not (shutil.which("setpriv") and shutil.which("prlimit")):
         pytest.skip("needs setpriv and prlimit (util-linux) to run without CAP_IPC_LOCK")

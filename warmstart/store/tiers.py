@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from warmstart.errors import StoreError
+from warmstart.store.manifest import model_files
 from warmstart.names import safe_name
 
 GiB = 1 << 30
@@ -243,22 +244,24 @@ class RamTier:
 
     # -- changes
 
-    def hold(self, model: str, files: list[Path], timeout: float = 600.0) -> Resident:
-        """Hold `files` in RAM for `model` (a no-op if already held); raises TierRefused or StoreError."""
+    def hold(self, model: str, paths: list[Path], timeout: float = 600.0) -> Resident:
+        """Hold `paths` (files, or folders: every file in them) in RAM for `model` (a no-op if already
+        held); raises TierRefused or StoreError."""
         existing = self.resident(model)
         if existing is not None and existing.alive:
             return existing
         if existing is not None:
             self.release(model)
-        files = [Path(f).resolve() for f in files]
+        roots = [Path(p).resolve() for p in paths]
+        files = [f for root in roots for f in model_files(root)]
         size = sum(f.stat().st_size for f in files)
         method = self.choose_method(size)
         self.check_fits(model, size, method)
         started = time.monotonic()
         if method == "mlock":
-            resident = self._lock_files(model, files, size, timeout)
+            resident = self._lock_files(model, roots, files, size, timeout)
         else:
-            resident = self._copy_files(model, files, size)
+            resident = self._copy_files(model, roots, files, size)
         resident.seconds_to_hold = time.monotonic() - started
         with self._lock:
             self._residents[model] = resident
@@ -279,7 +282,7 @@ class RamTier:
         for model in list(self._residents):
             self.release(model)
 
-    def _lock_files(self, model: str, files: list[Path], size: int, timeout: float) -> Resident:
+    def _lock_files(self, model: str, roots: list[Path], files: list[Path], size: int, timeout: float) -> Resident:
         proc = subprocess.Popen([self.python, "-m", "warmstart.store.holder", *map(str, files)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert proc.stdout is not None
@@ -297,18 +300,21 @@ class RamTier:
                                            else f"the holder exited with code {proc.returncode}")
             raise TierRefused(f"cannot hold model '{model}' in RAM: {why}")
         return Resident(model, tuple(files), size, "mlock", time.monotonic(), 0.0,
-                        {f: f for f in files}, holder=proc)
+                        {root: root for root in roots}, holder=proc)
 
-    def _copy_files(self, model: str, files: list[Path], size: int) -> Resident:
+    def _copy_files(self, model: str, roots: list[Path], files: list[Path], size: int) -> Resident:
         target = self.tmpfs_dir / safe_name(model)
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True, mode=0o700)
         served = {}
         try:
-            for i, f in enumerate(files):
-                copy = target / f"{i}-{f.name}"
-                shutil.copyfile(f, copy)
-                served[f] = copy
+            for i, root in enumerate(roots):
+                copy = target / f"{i}-{root.name}"
+                if root.is_dir():  # same layout; links (a Hugging Face snapshot's) become the files they name
+                    shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".*"))
+                else:
+                    shutil.copyfile(root, copy)
+                served[root] = copy
         except OSError as exc:
             shutil.rmtree(target, ignore_errors=True)
             raise TierRefused(f"cannot copy model '{model}' to {target}: {exc.strerror or exc}") from exc
