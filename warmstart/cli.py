@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     _client_flags(unload)
     unload.add_argument("model")
 
+    hold = sub.add_parser("hold", help="hold a model's weights in RAM now, so its next start reads memory")
+    _client_flags(hold)
+    hold.add_argument("model")
+    hold.add_argument("--keep-alive", help="for how long (e.g. 2h; -1 until unloaded; 0 lets them go; "
+                                           "default: the model's ram_keep_alive, or 1h)")
+
     for module in EXTENSIONS:
         importlib.import_module(module).register(sub)
     return parser
@@ -89,7 +95,7 @@ def data_dir_flags(p: argparse.ArgumentParser) -> None:
 def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="server URL (default: $WARMSTART_URL or http://127.0.0.1:8000)")
     p.add_argument("--api-key", help="API key, when the server requires one (default: $WARMSTART_API_KEY)")
-    p.add_argument("--admin-key", help="admin key for warm/unload (default: $WARMSTART_ADMIN_KEY)")
+    p.add_argument("--admin-key", help="admin key for warm, unload and hold (default: $WARMSTART_ADMIN_KEY)")
 
 
 def load(args: argparse.Namespace, flags: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
@@ -185,6 +191,24 @@ def _unload(args: argparse.Namespace) -> int:
     if status != 200:
         raise CLIError(_error_text(status, payload))
     print(f"{args.model}: {payload.get('state')} ({payload.get('stopped', 0)} replica(s) stopped)")
+    return 0
+
+
+@command("hold")
+def _hold(args: argparse.Namespace) -> int:
+    from warmstart.durations import format_duration
+
+    body = {} if args.keep_alive is None else {"keep_alive": args.keep_alive}
+    status, payload = call(args, "POST", f"/admin/models/{args.model}/ram", body)
+    if status != 200:
+        raise CLIError(_error_text(status, payload))
+    ram = (payload.get("tier") or {}).get("ram")
+    if ram is None:
+        print(f"{args.model}: {payload.get('state')}, weights on disk")
+        return 0
+    left = "until unloaded" if ram.get("until_s") is None else f"for {format_duration(ram['until_s'])}"
+    print(f"{args.model}: {payload.get('state')}, weights held in RAM ({ram['method']}, "
+          f"{ram['bytes'] / 2**30:.2f} GiB, {left}; held in {ram['hold_s']:.2f} s)")
     return 0
 
 

@@ -66,7 +66,8 @@ def tier_cell(tier: dict[str, Any] | None) -> str:
         return "-"
     if tier["tier"] == "ram" and tier.get("ram"):
         left = tier["ram"].get("until_s")
-        return f"ram ({tier['ram']['method']}, {'for ever' if left is None else format_duration(left)})"
+        return (f"ram ({tier['ram']['method']}, {'for ever' if left is None else format_duration(left)}"
+                f"{', by hand' if tier.get('held_by_hand') else ''})")
     return str(tier["tier"])
 
 

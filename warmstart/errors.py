@@ -7,6 +7,7 @@
     │   ├── AuthenticationError    401
     │   ├── PermissionDenied       403
     │   ├── ModelNotFound          404
+    │   ├── Conflict               409 (e.g. a RAM-tier hold that does not fit)
     │   ├── PayloadTooLarge        413
     │   └── RateLimited            429 (+ Retry-After)
     ├── Unavailable            the server cannot serve now: 503 (+ Retry-After)
@@ -63,6 +64,11 @@ class PermissionDenied(RequestError):
 class ModelNotFound(RequestError):
     status = 404
     code = "model_not_found"
+
+
+class Conflict(RequestError):
+    status = 409
+    code = "conflict"
 
 
 class PayloadTooLarge(RequestError):

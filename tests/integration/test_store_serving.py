@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -66,6 +67,56 @@ def test_an_idle_replica_is_demoted_to_ram_then_promoted_by_a_request(start_serv
     if held["method"] == "mlock":
         assert evict(path) == 0.0  # released: the kernel may drop it again
     assert _metric(srv, "warmstart_ram_tier_bytes", model=MODEL) == 0
+
+
+def _cli(srv, *args: str) -> subprocess.CompletedProcess:
+    cmd = [".venv/bin/warmstart"] if os.path.exists(".venv/bin/warmstart") else ["warmstart"]
+    return subprocess.run([*cmd, *args, "--url", srv.url], capture_output=True, text=True, timeout=120)
+
+
+def test_a_hold_by_hand_outlasts_keep_alive_unloads_until_it_ends_or_is_released(start_server):
+    # no ram_keep_alive: without the hold every keep-alive unload would send the weights to disk
+    srv = start_server([smollm2(keep_alive="1s", options={"n_ctx": 512})])
+    path = Path(srv.model(MODEL)["path"])
+    out = _cli(srv, "hold", MODEL, "--keep-alive", "10m")
+    assert out.returncode == 0, out.stderr
+    assert f"{MODEL}: cold, weights held in RAM (" in out.stdout and "for 10m" in out.stdout
+    tier = _tier(srv)
+    assert tier["tier"] == "ram" and tier["held_by_hand"] and 590 < tier["ram"]["until_s"] <= 600
+    assert tier["ram"]["bytes"] == path.stat().st_size
+    if tier["ram"]["method"] == "mlock":
+        assert evict(path) == 1.0  # held before any start: the first start reads memory
+
+    status, headers, _ = srv.post("/v1/chat/completions", chat(max_tokens=4))
+    assert status == 200 and headers["x-warmstart-start"] == "cold" and _tier(srv)["tier"] == "loaded"
+    srv.wait_for(lambda: srv.model(MODEL)["state"] == "cold", timeout=30)  # unloaded by keep-alive ...
+    tier = _tier(srv)
+    assert tier["tier"] == "ram" and tier["held_by_hand"] and tier["ram"]["until_s"] > 500  # ... still held
+    assert re.search(r"cold +ram \((mlock|tmpfs), \d+m(\d+s)?, by hand\)", _cli(srv, "ps").stdout)
+    assert _metric(srv, "warmstart_ram_tier_bytes", model=MODEL) == path.stat().st_size
+
+    out = _cli(srv, "hold", MODEL, "--keep-alive", "0")
+    assert out.returncode == 0 and "weights on disk" in out.stdout
+    assert _tier(srv)["tier"] == "disk" and not _tier(srv)["held_by_hand"]
+    assert _metric(srv, "warmstart_ram_tier_bytes", model=MODEL) == 0
+
+
+def test_a_hold_by_hand_that_does_not_fit_is_refused_with_the_limit_and_bad_requests_get_4xx(start_server):
+    srv = start_server([smollm2(options={"n_ctx": 512})], sections={"store": {"ram_max": "1MiB"}})
+    status, _, body = srv.post(f"/admin/models/{MODEL}/ram", {"keep_alive": "1h"})
+    assert status == 409 and body["error"]["code"] == "ram_tier_refused"
+    assert "store.ram_max is 0.00 GiB" in body["error"]["message"]
+    assert _tier(srv)["tier"] == "disk" and "store.ram_max" in _tier(srv)["last_refusal"]
+    assert _metric(srv, "warmstart_ram_tier_refusals_total", model=MODEL) == 1
+    out = _cli(srv, "hold", MODEL)
+    assert out.returncode == 1 and out.stderr.startswith("warmstart: error: cannot hold model")
+    assert "(HTTP 409)" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    status, _, body = srv.post("/admin/models/nope/ram", {})
+    assert status == 404 and body["error"]["code"] == "model_not_found"
+    status, _, body = srv.post(f"/admin/models/{MODEL}/ram", {"keep_alive": "soon"})
+    assert status == 400 and body["error"]["param"] == "keep_alive"
+    status, _, _ = srv.post("/v1/chat/completions", chat(max_tokens=2))  # and the model still serves, from disk
+    assert status == 200
 
 
 def test_a_demotion_that_does_not_fit_is_refused_and_the_model_goes_cold(start_server):

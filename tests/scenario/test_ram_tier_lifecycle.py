@@ -88,3 +88,35 @@ async def test_a_manual_unload_or_a_model_without_ram_keep_alive_goes_to_disk(se
     await store.before_stop(model, weights, "keep-alive", last=True)
     assert store.tier.resident("m") is not None
     assert await store.evict("m", "manual unload") and store.view("m")["tier"] == "disk"
+
+
+async def test_a_hold_by_hand_outlasts_a_shorter_ram_keep_alive_and_counts_its_ram_seconds(setup):
+    store, model, weights, live, clock = setup  # the model's own ram_keep_alive is 60 s
+    await store.hold(model, weights, 300)
+    view = store.view("m")
+    assert view["tier"] == "ram" and view["held_by_hand"] and view["ram"]["until_s"] == 300
+    await clock.advance(20)
+    store.replica_starting("m")  # a request: loaded from RAM
+    live["m"] = 1
+    await clock.advance(30)
+    store.add_loaded_seconds("m", 30)
+    await store.before_stop(model, weights, "keep-alive", last=True)  # 60 s would end at 110: the hold wins
+    live["m"] = 0
+    assert store.view("m")["ram"]["until_s"] == 250
+    await clock.advance(249)
+    assert store.tier.resident("m") is not None and store.view("m")["held_by_hand"]
+    await clock.advance(2)
+    await _settle(lambda: store.tier.resident("m") is None)
+    view = store.view("m")
+    assert view["tier"] == "disk" and not view["held_by_hand"]
+    assert view["seconds"]["loaded"] == 30 and 20 + 250 <= view["seconds"]["ram"] <= 20 + 251
+
+
+async def test_a_hold_by_hand_of_zero_lets_the_weights_go_and_a_manual_unload_ends_a_hold(setup):
+    store, model, weights, live, clock = setup
+    await store.hold(model, weights, 300)
+    await store.hold(model, weights, 0)
+    assert store.tier.resident("m") is None and store.view("m")["tier"] == "disk"
+    await store.hold(model, weights, 300)
+    await store.before_stop(model, weights, "manual", last=True)
+    assert store.tier.resident("m") is None and not store.view("m")["held_by_hand"]

@@ -1,4 +1,4 @@
-"""Admin routes: warm and unload a model (what `warmstart warm` and `warmstart unload` call)."""
+"""Admin routes: warm, unload and hold a model in RAM (what `warmstart warm`, `unload` and `hold` call)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Body
 from starlette.responses import JSONResponse
 
-from warmstart.errors import InvalidRequest
+from warmstart.errors import Conflict, InvalidRequest, StoreError
 from warmstart.gateway.translate import parse_keep_alive
+
+DEFAULT_HOLD_S = 3600.0  # a hold by hand of a model that has no RAM keep-alive of its own
 
 if TYPE_CHECKING:
     from warmstart.gateway.app import Services
@@ -40,5 +42,20 @@ def router(services: Services) -> APIRouter:
         """Stop the model's replicas: idle ones now, busy ones when their requests end."""
         stopped = await pool.unload(model)
         return JSONResponse({"stopped": stopped, **pool.view(model)})
+
+    @api.post("/models/{model:path}/ram")
+    async def hold(model: str, body: dict[str, Any] | None = Body(default=None)) -> JSONResponse:
+        """Hold the model's weights in the RAM tier now, loaded or not, for `keep_alive` (default: its
+        ram_keep_alive, or 1h when it has none; -1 until unloaded; 0 lets them go back to disk). Answers
+        once they are held, or 409 with the limit that refused the hold."""
+        cfg = pool.entry(model).config
+        keep_alive = parse_keep_alive((body or {}).get("keep_alive"))
+        if keep_alive is None:
+            keep_alive = cfg.ram_keep_alive if cfg.ram_keep_alive != 0 else DEFAULT_HOLD_S
+        try:
+            await pool.hold_in_ram(model, keep_alive)
+        except StoreError as exc:
+            raise Conflict(str(exc), code="ram_tier_refused") from None
+        return JSONResponse(pool.view(model))
 
     return api

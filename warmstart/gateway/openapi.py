@@ -1,7 +1,7 @@
 """The API schema as the gateway really answers: errors in OpenAI's format with their real statuses.
 
 FastAPI documents a 422 with its own validation body for every route that takes input; warmstart
-answers 400 with `{"error": {...}}` instead (and 401, 403, 404, 413, 429, 503 where they apply).
+answers 400 with `{"error": {...}}` instead (and 401, 403, 404, 409, 413, 429, 503 where they apply).
 Clients generated from the schema, and the schema-driven fuzz test, rely on this being true.
 """
 
@@ -32,6 +32,7 @@ _WHY = {
     "401": "Missing or wrong API key",
     "403": "The key may not use this endpoint",
     "404": "Unknown model",
+    "409": "The RAM tier cannot hold the model: the message names the limit that refused it",
     "413": "Request body over server.max_body_bytes",
     "429": "Rate limited (Retry-After)",
     "503": "The model cannot serve now: queue full, deadline passed, start failed (Retry-After if a retry helps)",
@@ -52,6 +53,8 @@ _HINT_OK = {"description": "Accepted: the model's state and what the hint did", 
 def _statuses(path: str, method: str) -> tuple[str, ...]:
     if path == "/v1/warm":
         return ("400", "403", "404", "413", "429") if method == "post" else ("400", "403", "404", "429")
+    if path.endswith("/ram"):
+        return ("400", "401", "403", "404", "409", "413", "503")
     if path.startswith("/admin/"):
         return ("400", "401", "403", "404", "413", "503")
     if path.startswith("/v1/") and method == "post":

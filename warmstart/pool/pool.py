@@ -531,6 +531,14 @@ class Pool:
         finally:
             timer.cancel()
 
+    async def hold_in_ram(self, name: str, keep_alive: float) -> None:
+        """Hold the model's weights in the RAM tier now (loaded or not) for `keep_alive` seconds; 0 lets
+        them go. Raises StoreError (TierRefused) with the limit that refused it."""
+        entry = self.entry(name)
+        if self.store is None:
+            raise StoreError("the model store is off in this server, so there is no RAM tier")
+        await self.store.hold(entry.config, await self._resolve(entry), keep_alive)
+
     async def unload(self, name: str) -> int:
         """Stop every replica of `name`: idle ones now, busy ones when their last request ends."""
         entry = self.entry(name)

@@ -22,7 +22,7 @@ from typing import Any
 from warmstart.clock import Clock
 from warmstart.config import Config, ModelConfig
 from warmstart.errors import StoreError
-from warmstart.policy import tiering
+from warmstart.policy import keepalive, tiering
 from warmstart.store.manifest import ManifestStore
 from warmstart.store.tiers import GiB, RamTier, gib
 from warmstart.telemetry.metrics import Metrics
@@ -35,6 +35,7 @@ TIERS = ("loaded", "ram")
 class _Residency:
     config: ModelConfig
     until: float = -math.inf  # when the RAM keep-alive runs out (while not loaded)
+    held_until: float = -math.inf  # the end of a hold asked for by hand (`warmstart hold`)
     accounted_to: float | None = None  # RAM seconds counted up to here
     timer: asyncio.Task | None = None
     seconds: dict[str, float] = field(default_factory=lambda: {t: 0.0 for t in TIERS})
@@ -88,26 +89,43 @@ class ModelStore:
         state = self.models.get(model.name)
         if state is None or not last:
             return
-        decision = tiering.on_last_stop(reason=reason, ram_keep_alive=model.ram_keep_alive, now=self.clock.now())
+        decision = tiering.on_last_stop(reason=reason, ram_keep_alive=model.ram_keep_alive, now=self.clock.now(),
+                                        held_until=state.held_until)
         if isinstance(decision, tiering.ToDisk):
             await self.evict(model.name, decision.reason)
             return
         if path is None:
             return
+        with contextlib.suppress(StoreError, OSError):  # refused, or the file went away: never block the stop
+            await self._hold(state, path, decision.until, "demoted to RAM")
+
+    async def hold(self, model: ModelConfig, path: Path, keep_alive: float) -> None:
+        """Hold the model's weights in RAM now, for `keep_alive` seconds (math.inf: until unloaded or
+        released) whatever its own RAM keep-alive; 0 releases them. Raises TierRefused or StoreError."""
+        state = self.models[model.name]
+        if keep_alive == 0:
+            await self.evict(model.name, "released by hand")
+            return
+        state.held_until = keepalive.expiry(self.clock.now(), keep_alive)
+        await self._hold(state, path, state.held_until, "held in RAM by hand")
+
+    async def _hold(self, state: _Residency, path: Path, until: float, what: str) -> None:
+        name = state.config.name
         async with state.lock:
             try:
-                resident = await asyncio.to_thread(self.tier.hold, model.name, [path])
-            except (StoreError, OSError) as exc:  # refused, or the file went away: never block the stop
+                resident = await asyncio.to_thread(self.tier.hold, name, [path])
+            except (StoreError, OSError) as exc:
                 state.last_refusal = str(exc)
-                self.metrics.ram_tier_refusals.labels(model.name).inc()
+                self.metrics.ram_tier_refusals.labels(name).inc()
                 log.warning("%s; the model goes cold", exc)
-                return
+                raise
             state.last_refusal = None
-            state.until = decision.until
+            state.until = until
+            self.account()  # RAM seconds of a hold already running count up to now; a new one starts now
             state.accounted_to = self.clock.now()
-            self.metrics.ram_tier_bytes.labels(model.name).set(resident.bytes)
-            log.info("model %s demoted to RAM (%s, %s, held in %.2f s)", model.name, resident.method,
-                     gib(resident.bytes), resident.seconds_to_hold)
+            self.metrics.ram_tier_bytes.labels(name).set(resident.bytes)
+            log.info("model %s %s (%s, %s, held in %.2f s)", name, what, resident.method, gib(resident.bytes),
+                     resident.seconds_to_hold)
             self._arm(state)
 
     async def evict(self, name: str, reason: str) -> bool:
@@ -126,7 +144,7 @@ class ModelStore:
         if state.timer is not None and state.timer is not asyncio.current_task():
             state.timer.cancel()
         state.timer = None
-        state.accounted_to, state.until = None, -math.inf
+        state.accounted_to, state.until, state.held_until = None, -math.inf, -math.inf
         self.metrics.ram_tier_bytes.labels(name).set(0)
 
     def _arm(self, state: _Residency) -> None:
@@ -142,7 +160,8 @@ class ModelStore:
         while True:
             await self.clock.sleep(state.until - self.clock.now())
             decision = tiering.on_ram_expiry(loaded=self.live_replicas(name) > 0,
-                                             ram_keep_alive=state.config.ram_keep_alive, now=self.clock.now())
+                                             ram_keep_alive=state.config.ram_keep_alive, now=self.clock.now(),
+                                             held_until=state.held_until)
             if isinstance(decision, tiering.ToDisk):
                 state.timer = None
                 await self.evict(name, decision.reason)
@@ -194,6 +213,7 @@ class ModelStore:
             "ram_cost": round(state.ram_gib_seconds / 3600 * self.settings.ram_price, 6),
             "ram_price_per_gib_hour": self.settings.ram_price,
             "ram_keep_alive_s": None if math.isinf(state.config.ram_keep_alive) else state.config.ram_keep_alive,
+            "held_by_hand": resident is not None and state.held_until > now,
             "last_refusal": state.last_refusal,
         }
 

@@ -59,6 +59,17 @@ def test_keep_alive_demotes_to_ram_other_stops_free_the_memory():
     assert isinstance(on_last_stop(reason="shutdown", ram_keep_alive=600, now=100), ToDisk)
 
 
+def test_a_hold_asked_for_by_hand_runs_to_its_end_but_an_unload_still_frees_the_memory():
+    # keep-alive stops neither cut it short (no RAM keep-alive of its own) nor shorten it (a shorter one)
+    assert on_last_stop(reason="keep-alive", ram_keep_alive=0, now=100, held_until=500) == HoldInRam(500)
+    assert on_last_stop(reason="keep-alive", ram_keep_alive=60, now=100, held_until=500) == HoldInRam(500)
+    assert on_last_stop(reason="keep-alive", ram_keep_alive=600, now=100, held_until=500) == HoldInRam(700)
+    assert isinstance(on_last_stop(reason="keep-alive", ram_keep_alive=0, now=600, held_until=500), ToDisk)
+    assert isinstance(on_last_stop(reason="manual", ram_keep_alive=0, now=100, held_until=500), ToDisk)
+    assert on_ram_expiry(loaded=False, ram_keep_alive=0, now=300, held_until=500) == HoldInRam(500)
+    assert isinstance(on_ram_expiry(loaded=False, ram_keep_alive=0, now=500, held_until=500), ToDisk)
+
+
 def test_ram_keep_alive_runs_out_unless_a_replica_is_loaded_from_it():
     assert isinstance(on_ram_expiry(loaded=False, ram_keep_alive=600, now=700), ToDisk)
     assert on_ram_expiry(loaded=True, ram_keep_alive=600, now=700) == HoldInRam(1300)
