@@ -52,7 +52,6 @@ ENV_VARS = {
 }
 
 
-
 @dataclass(frozen=True)
 class ModelConfig:
     name: str

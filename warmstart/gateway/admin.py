@@ -10,8 +10,6 @@ from starlette.responses import JSONResponse
 from warmstart.errors import Conflict, InvalidRequest, StoreError
 from warmstart.gateway.translate import parse_keep_alive
 
-DEFAULT_HOLD_S = 3600.0  # a hold by hand of a model that has no RAM keep-alive of its own
-
 if TYPE_CHECKING:
     from warmstart.gateway.app import Services
 
@@ -48,10 +46,8 @@ def router(services: Services) -> APIRouter:
         """Hold the model's weights in the RAM tier now, loaded or not, for `keep_alive` (default: its
         ram_keep_alive, or 1h when it has none; -1 until unloaded; 0 lets them go back to disk). Answers
         once they are held, or 409 with the limit that refused the hold."""
-        cfg = pool.entry(model).config
+        pool.entry(model)  # 404 for an unknown model before the body is looked at
         keep_alive = parse_keep_alive((body or {}).get("keep_alive"))
-        if keep_alive is None:
-            keep_alive = cfg.ram_keep_alive if cfg.ram_keep_alive != 0 else DEFAULT_HOLD_S
         try:
             await pool.hold_in_ram(model, keep_alive)
         except StoreError as exc:

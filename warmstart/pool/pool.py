@@ -531,9 +531,9 @@ class Pool:
         finally:
             timer.cancel()
 
-    async def hold_in_ram(self, name: str, keep_alive: float) -> None:
-        """Hold the model's weights in the RAM tier now (loaded or not) for `keep_alive` seconds; 0 lets
-        them go. Raises StoreError (TierRefused) with the limit that refused it."""
+    async def hold_in_ram(self, name: str, keep_alive: float | None) -> None:
+        """Hold the model's weights in the RAM tier now (loaded or not) for `keep_alive` seconds (None: the
+        model's default); 0 lets them go. Raises StoreError (TierRefused) with the limit that refused it."""
         entry = self.entry(name)
         if self.store is None:
             raise StoreError("the model store is off in this server, so there is no RAM tier")

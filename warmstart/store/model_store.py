@@ -29,6 +29,7 @@ from warmstart.telemetry.metrics import Metrics
 
 log = logging.getLogger("warmstart.store")
 TIERS = ("loaded", "ram")
+DEFAULT_HOLD_S = 3600.0  # a hold by hand of a model that has no RAM keep-alive of its own
 
 
 @dataclass
@@ -96,13 +97,18 @@ class ModelStore:
             return
         if path is None:
             return
-        with contextlib.suppress(StoreError, OSError):  # refused, or the file went away: never block the stop
+        try:
             await self._hold(state, path, decision.until, "demoted to RAM")
+        except (StoreError, OSError) as exc:  # refused, or the file went away: never block the stop
+            log.warning("%s; the model goes cold", exc)
 
-    async def hold(self, model: ModelConfig, path: Path, keep_alive: float) -> None:
-        """Hold the model's weights in RAM now, for `keep_alive` seconds (math.inf: until unloaded or
-        released) whatever its own RAM keep-alive; 0 releases them. Raises TierRefused or StoreError."""
+    async def hold(self, model: ModelConfig, path: Path, keep_alive: float | None = None) -> None:
+        """Hold the model's weights in RAM now, for `keep_alive` seconds (None: the model's ram_keep_alive,
+        or DEFAULT_HOLD_S when it has none; math.inf: until unloaded or released) whatever its own RAM
+        keep-alive; 0 releases them. Raises TierRefused or StoreError, already counted as a refusal."""
         state = self.models[model.name]
+        if keep_alive is None:
+            keep_alive = model.ram_keep_alive if model.ram_keep_alive != 0 else DEFAULT_HOLD_S
         if keep_alive == 0:
             await self.evict(model.name, "released by hand")
             return
@@ -117,7 +123,6 @@ class ModelStore:
             except (StoreError, OSError) as exc:
                 state.last_refusal = str(exc)
                 self.metrics.ram_tier_refusals.labels(name).inc()
-                log.warning("%s; the model goes cold", exc)
                 raise
             state.last_refusal = None
             state.until = until

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from warmstart.errors import StoreError
-from warmstart.store.manifest import model_files
 from warmstart.names import safe_name
+from warmstart.store.manifest import model_files
 
 GiB = 1 << 30
 METHODS = ("auto", "mlock", "tmpfs")

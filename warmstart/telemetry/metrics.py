@@ -71,7 +71,8 @@ class Metrics:
             "warmstart_ram_tier_bytes", "Bytes of the model's weight files held in RAM by the RAM tier.",
             ["model"], registry=r)
         self.ram_tier_refusals = Counter(
-            "warmstart_ram_tier_refusals", "Demotions to RAM refused (memory, budget or lock limit): the model went cold.",
+            "warmstart_ram_tier_refusals",
+            "Holds in RAM refused (memory, budget or lock limit), on demotion (the model went cold) or by hand.",
             ["model"], registry=r)
         self.audit_failures = Counter(
             "warmstart_audit_write_failures", "Audit records that could not be written.", registry=r)
