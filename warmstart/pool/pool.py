@@ -148,7 +148,7 @@ class Pool:
         wall = self.clock.wall()
         for listener in self.arrival_listeners:
             listener(name, wall)
-        return self._lease(entry, replica, cold=False, arrived=self.clock.now(), keep_alive=keep_alive)
+        return self._lease(entry, replica, cold=False, waited=0.0, keep_alive=keep_alive)
 
     async def acquire(self, name: str, keep_alive: float | None = None, deadline_s: float | None = None) -> Lease:
         """A lease on a warm replica of `name`, starting one if needed; held up to the deadline.
@@ -164,8 +164,8 @@ class Pool:
         self._reap_failed(entry)
         if not entry.waiters:
             replica = self._best_free(entry)
-            if replica is not None:
-                return self._lease(entry, replica, cold=False, arrived=now, keep_alive=keep_alive)
+            if replica is not None:  # never held: no wait, whatever the bookkeeping above cost
+                return self._lease(entry, replica, cold=False, waited=0.0, keep_alive=keep_alive)
         if len(entry.waiters) >= self.config.server.queue_size:
             raise QueueFull(
                 f"model '{name}' has {len(entry.waiters)} requests waiting, the most it holds; retry later",
@@ -208,12 +208,13 @@ class Pool:
                 best = replica
         return best
 
-    def _lease(self, entry: ModelEntry, replica: Replica, cold: bool, arrived: float,
+    def _lease(self, entry: ModelEntry, replica: Replica, cold: bool, waited: float,
                keep_alive: float | None) -> Lease:
+        """A slot of `replica` for a request that was held `waited` seconds (0 for one never queued: two
+        clock reads around the bookkeeping would charge it for a thread switch it never waited for)."""
         replica.in_flight += 1
         replica.idle_since = None
         self._disarm_expiry(replica)
-        waited = max(0.0, self.clock.now() - arrived)
         entry.wait_histogram.observe(waited)
         return Lease(self, replica, cold, waited, keep_alive)
 
@@ -225,8 +226,8 @@ class Pool:
             waiter = entry.waiters.popleft()
             if waiter.future.done():
                 continue
-            waiter.future.set_result(
-                self._lease(entry, replica, waiter.cold, waiter.arrived, waiter.keep_alive))
+            waiter.future.set_result(self._lease(entry, replica, waiter.cold,
+                                                 max(0.0, self.clock.now() - waiter.arrived), waiter.keep_alive))
         self._update_gauges(entry)
 
     def _release(self, lease: Lease) -> None:
