@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.metadata
 import json
 import os
@@ -10,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from warmstart.config import ModelConfig
 from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, StartReport
@@ -59,6 +62,7 @@ class LlamaCppEngine:
         try:
             port, last_phase_end = await self._follow(proc, report)
             proc.base_url = f"http://127.0.0.1:{port}"
+            proc.count_active = functools.partial(_active_requests, proc.base_url + "/health")
             report.enter(READY)
             await wait_healthy(proc, proc.base_url + "/health", timeout=30.0)
             # ready: from the end of the last phase (the engine's HTTP server starting) to a healthy answer
@@ -90,3 +94,11 @@ class LlamaCppEngine:
         detail = error or proc.log_tail(5) or "no output"
         phase = report.current or IMPORT
         raise EngineError(f"llama.cpp engine exited with code {code} during {phase}: {detail}")
+
+
+async def _active_requests(url: str, session: aiohttp.ClientSession) -> int | None:
+    """The worker's count of requests it is still working on (its /health says, threads included)."""
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        if resp.status != 200:
+            return None
+        return int((await resp.json()).get("active", 0))

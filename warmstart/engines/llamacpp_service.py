@@ -47,6 +47,7 @@ class Generator:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="generate")
         self._cancel = threading.Event()  # the running generation's; replaced under the lock per call
+        self._count_lock = threading.Lock()
         self.active = 0
         self.requests = 0
         self.tokens = 0
@@ -129,14 +130,31 @@ class Generator:
             await asyncio.shield(future)
 
     async def _run(self, work: Any, cancel: threading.Event) -> Any:
-        self.active += 1
+        # `active` counts a request until its thread is done with it, not until its client stops waiting:
+        # the gateway gives a slot back only when the engine is idle again (work cannot stop mid-template)
+        def tracked() -> Any:
+            try:
+                return work()
+            finally:
+                self._finished()
+
+        with self._count_lock:
+            self.active += 1
         self.requests += 1
+        job = self._executor.submit(tracked)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+            return await asyncio.wrap_future(job)
         except Cancelled:
             self.cancelled += 1
             raise
-        finally:
+        except asyncio.CancelledError:
+            cancel.set()
+            if job.cancelled():  # it never started, so it will never finish
+                self._finished()
+            raise
+
+    def _finished(self) -> None:
+        with self._count_lock:
             self.active -= 1
 
 

@@ -182,9 +182,7 @@ class Pool:
             if waiter.future.done():
                 return waiter.future.result()
             waiter.future.cancel()
-            raise DeadlineExceeded(
-                f"model '{name}' did not become ready within {deadline:g} s; retry later",
-                retry_after=self._retry_after(entry))
+            raise DeadlineExceeded(self._deadline_message(entry, deadline), retry_after=self._retry_after(entry))
         except asyncio.CancelledError:
             # the client went away while held: give back a lease it may just have received
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
@@ -199,6 +197,19 @@ class Pool:
             leased = waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None
             if not leased:  # held, then refused or abandoned: the wait still happened (a lease records its own)
                 self.metrics.request_wait_seconds.labels(name).observe(max(0.0, self.clock.now() - now))
+
+    @staticmethod
+    def _deadline_message(entry: ModelEntry, deadline: float) -> str:
+        """Why a held request gave up: the model never got warm, or it was warm and every slot stayed busy."""
+        warm = [r for r in entry.replicas if r.state is S.WARM]
+        if warm:
+            slots = sum(r.capacity for r in warm)
+            return (f"model '{entry.name}' is warm, but all {slots} request slot(s) of its {len(warm)} replica(s) "
+                    f"stayed busy for {deadline:g} s ({len(entry.waiters)} requests waiting); retry later")
+        starting = sum(1 for r in entry.replicas if r.state is S.STARTING)
+        if starting:
+            return f"model '{entry.name}' was still starting after {deadline:g} s; retry later"
+        return f"model '{entry.name}' did not become ready within {deadline:g} s; retry later"
 
     def _best_free(self, entry: ModelEntry) -> Replica | None:
         best = None
