@@ -145,9 +145,17 @@ async def test_full_queue_refuses_at_once_and_deadline_refuses_with_retry_after(
     for task in held:
         with pytest.raises(DeadlineExceeded) as late:
             task.result()
-        assert late.value.retry_after >= 1
+        assert late.value.retry_after >= 1 and "still starting after 3 s" in late.value.message
     await clock.advance(3)  # the start goes on and the replica becomes warm for later requests
     assert pool.state_of("m") is S.WARM
+    # warm but busy: the refusal says so rather than "did not become ready"
+    busy = await pool.acquire("m")
+    waiting = spawn(pool.acquire("m"))
+    await clock.advance(3)
+    with pytest.raises(DeadlineExceeded) as late:
+        waiting.result()
+    assert "is warm, but all 1 request slot(s) of its 1 replica(s) stayed busy for 3 s" in late.value.message
+    busy.release()
     await pool.shutdown()
 
 
