@@ -162,7 +162,7 @@ class WarmingConfig:
 class StoreConfig:
     """The model store and its RAM tier (warmstart/store)."""
 
-    verify_on_start: bool = True  # the cheap size/mtime/inode check against the manifest
+    verify_on_start: bool = True  # the stat check (size, mtime, ctime, inode, device) against the manifest; a file whose stat changed is re-hashed
     ram_method: str = "auto"  # auto | mlock | tmpfs
     ram_max: int | None = None  # bytes the RAM tier may hold in all; None: what memory allows
     ram_reserve: int = 2 << 30  # bytes left free for engines and everything else
