@@ -123,3 +123,11 @@ def test_the_audit_directory_comes_from_the_config_file(tmp_path, capsys):
     config.write_text(f'[audit]\ndir = "{directory}"\n')
     code, out, _ = run(capsys, "audit", "verify", "--config", str(config))
     assert code == 0 and str(directory) in out
+
+
+def test_show_says_which_audit_log_it_read(tmp_path, capsys):
+    directory = make_log(tmp_path / "elsewhere")
+    config = tmp_path / "warmstart.toml"
+    config.write_text(f'[audit]\ndir = "{directory}"\n')
+    code, _, err = run(capsys, "audit", "show", "--config", str(config))
+    assert code == 0 and f"audit log read: {directory} (from {config})" in err
