@@ -113,8 +113,8 @@ def free_replica(replicas: Sequence[R]) -> R | None:
     """The warm replica with a free slot and the fewest requests in flight (the first on a tie); None if
     every slot is taken. A replica to be unloaded when idle takes no more requests."""
     best = None
-    for replica in replicas:
-        if replica.free_slots > 0 and not replica.unload_when_idle and (
+    for replica in replicas:  # free_slots > 0, spelled out: the replay calls this once per request
+        if replica.state is S.WARM and replica.in_flight < replica.capacity and not replica.unload_when_idle and (
                 best is None or replica.in_flight < best.in_flight):
             best = replica
     return best
@@ -164,8 +164,12 @@ def unload_at(replica: ReplicaFacts, replicas: Sequence[ReplicaFacts], now: floa
     warming controller's `warm_until` when it is the model's only warm replica."""
     if replica.state is not S.WARM or replica.in_flight > 0 or replica.idle_since is None:
         return None
-    others = any(r is not replica and r.state is S.WARM for r in replicas)
-    ka = keep_alive_of(replica, others_warm=others, configured=configured, model=model)
+    others = False
+    for r in replicas:  # a loop, not any(): the replay calls this once per request
+        if r is not replica and r.state is S.WARM:
+            others = True
+            break
+    ka = replica.keep_alive if replica.keep_alive is not None else configured if others else model
     deadline = keepalive.unload_deadline(replica.idle_since, ka, warm_until, sole_replica=not others,
                                          unload_when_idle=replica.unload_when_idle)
     return deadline if deadline >= now else now

@@ -195,9 +195,11 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
         advance(t)
         decision = rules.admit(replicas, held, INF)
         if isinstance(decision, rules.Serve):
-            # leased and released at once: the idle clock starts again now
+            # leased and released at once: the idle clock starts again now, and the expiry timer with it
             decision.replica.idle_since = t
-            arm(t)
+            at = rules.unload_at(decision.replica, replicas, t, configured=keep_alive, model=keep_alive,
+                                 warm_until=warm_until)
+            expiry = INF if at is None else at
             waits[i] = -1.0
         else:
             if rules.to_start(replicas, held + 1, capacity=1, max_replicas=1):
