@@ -59,7 +59,7 @@ class Pool:
             for m in config.models
         }
         self.engines = engines
-        self.arrival_listeners: list[Callable[[str, float], None]] = []
+        self._arrival_listeners: list[Callable[[str, float], None]] = []
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
         for entry in self.models.values():
@@ -145,7 +145,7 @@ class Pool:
         if not isinstance(decision, rules.Serve):
             return None
         wall = self.clock.wall()
-        for listener in self.arrival_listeners:
+        for listener in self._arrival_listeners:
             listener(name, wall)
         return self._lease(entry, decision.replica, cold=False, waited=0.0, keep_alive=keep_alive)
 
@@ -158,7 +158,7 @@ class Pool:
         if self._closing:
             raise Unavailable("warmstart is shutting down", retry_after=5)
         now = self.clock.now()
-        for listener in self.arrival_listeners:
+        for listener in self._arrival_listeners:
             listener(name, self.clock.wall())
         self._reap_failed(entry)
         decision = rules.admit(entry.replicas, len(entry.waiters), self.config.server.queue_size)
@@ -498,6 +498,32 @@ class Pool:
                     continue
                 replica.idle_since = self.clock.now()
             self._arm_expiry(entry, replica)
+
+    # ---- what the warming runner may ask and set (it never touches the table) ------------------------
+
+    def subscribe_arrivals(self, listener: Callable[[str, float], None]) -> Callable[[], None]:
+        """Call `listener(model, wall time)` for every request as it arrives; returns the unsubscribe."""
+        self._arrival_listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._arrival_listeners.remove(listener)
+
+        return unsubscribe
+
+    def set_keep_alive_floor(self, name: str, seconds: float | None) -> None:
+        """The pool's own idle keep-alive for the model's last replica while the warming controller picks
+        its keep-alive (keep_alive "auto"); None: the configured one again."""
+        self.entry(name).keep_alive_override = seconds
+
+    def start_seconds(self, name: str, last: int = 20) -> list[float]:
+        """How long the model's `last` successful starts took, oldest first."""
+        return [s.total_s for s in self.entry(name).starts if s.outcome == "ok"][-last:]
+
+    def outlook(self, name: str, cold_start: float) -> rules.Outlook:
+        """How long the model stays loaded as things stand (`rules.outlook`)."""
+        entry = self.entry(name)
+        return rules.outlook(entry.replicas, model=entry.keep_alive, cold_start=cold_start, now=self.clock.now())
 
     async def wait_warm(self, name: str, timeout: float) -> ReplicaState:
         """Wait until the model is warm, failed or cold again (or the timeout passes)."""

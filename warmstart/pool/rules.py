@@ -14,6 +14,7 @@ no I/O, no clock reads, no logging.
 - `ensure_warm` / `warm_until`: what a command, a hint or the warming controller asks for, as `Start`,
   `Rewarm` and `Rearm` decisions.
 - `on_unload`: a manual unload (`Stop` now, or `StopWhenIdle`).
+- `outlook`: how long the model stays loaded as things stand (`Outlook`; what a warm hint is charged).
 - `tier_on_stop`: where the weights go when a replica stops (RAM or disk; None while another stays).
 """
 
@@ -228,3 +229,36 @@ def tier_on_stop(replica: ReplicaFacts, replicas: Sequence[ReplicaFacts], *, rea
     if not last_running(replica, replicas):
         return None
     return tiering.on_last_stop(reason=reason, ram_keep_alive=ram_keep_alive, now=now, held_until=held_until)
+
+
+# ---- views -------------------------------------------------------------------------------------------
+
+class Expiring(ReplicaFacts, Protocol):
+    expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outlook:
+    """How long a model stays loaded as things stand: the keep-alive its last replica gets once idle,
+    in how many seconds it would unload (math.inf while a replica is busy or never unloads, -math.inf
+    when none is loaded), and whether a warm replica is idle (a warm hint restarts its idle clock)."""
+
+    keep_alive: float
+    unload_in: float
+    idle: bool
+
+
+def outlook(replicas: Sequence[Expiring], *, model: float, cold_start: float, now: float) -> Outlook:
+    """A starting replica stays `cold_start` + the `model` keep-alive; a warm idle one until its expiry
+    (`expires_at`, None: never)."""
+    unload_in, idle = -math.inf, False
+    for r in replicas:
+        if r.state is S.WARM:
+            if r.in_flight > 0 or r.expires_at is None:
+                unload_in = math.inf
+            else:
+                idle = True
+                unload_in = max(unload_in, r.expires_at - now)
+        elif r.state is S.STARTING:
+            unload_in = max(unload_in, cold_start + model)
+    return Outlook(model, unload_in, idle)

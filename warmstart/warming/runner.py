@@ -13,6 +13,7 @@ import logging
 import math
 import sqlite3
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,7 @@ class WarmingRunner:
         self.limits = hint_limits(config)
         self.hint_state = HintState()
         self._task: asyncio.Task | None = None
+        self._unsubscribe: Callable[[], None] = lambda: None
         self._last_prune = -math.inf
 
     # ---- life ----------------------------------------------------------------------------------------
@@ -94,7 +96,7 @@ class WarmingRunner:
     async def start(self) -> None:
         for model in self.config.models:
             if model.keep_alive_auto and self.config.warming.predictive:
-                self.pool.entry(model.name).keep_alive_override = AUTO_KEEP_ALIVE_FLOOR
+                self.pool.set_keep_alive_floor(model.name, AUTO_KEEP_ALIVE_FLOOR)
         if self.history is not None:
             try:
                 await asyncio.to_thread(self.history.open)
@@ -108,13 +110,12 @@ class WarmingRunner:
             for name, arrivals in past.items():
                 if name in self.models:
                     self._replay(self.models[name], arrivals, now)
-        self.pool.arrival_listeners.append(self.on_arrival)
+        self._unsubscribe = self.pool.subscribe_arrivals(self.on_arrival)
         self.step()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="warming")
 
     async def stop(self) -> None:
-        if self.on_arrival in self.pool.arrival_listeners:
-            self.pool.arrival_listeners.remove(self.on_arrival)
+        self._unsubscribe()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -198,24 +199,12 @@ class WarmingRunner:
         """How long the model's last replica stays once idle (its keep-alive), when the model would unload
         as things stand (wall time; inf while a replica is busy or never unloads), and whether a warm
         replica is idle (a hint restarts its idle clock)."""
-        entry = self.pool.entry(model)
-        keep_alive = entry.keep_alive
-        now, wall = self.clock.now(), self.clock.wall()
-        until, idle = -math.inf, False
-        for replica in entry.replicas:
-            if replica.state is ReplicaState.WARM:
-                if replica.in_flight > 0 or replica.expires_at is None:
-                    until = math.inf
-                else:
-                    idle = True
-                    until = max(until, wall + replica.expires_at - now)
-            elif replica.state is ReplicaState.STARTING:
-                until = max(until, wall + cold_start + keep_alive)
-        return keep_alive, until, idle
+        stays = self.pool.outlook(model, cold_start)
+        return stays.keep_alive, self.clock.wall() + stays.unload_in, stays.idle
 
     def _cold_start(self, model: str) -> float:
         """p95 of the model's recent successful starts, or the configured estimate before there are any."""
-        starts = [s.total_s for s in self.pool.entry(model).starts if s.outcome == "ok"][-20:]
+        starts = self.pool.start_seconds(model, 20)
         if not starts:
             return self.config.warming.cold_start_estimate
         return float(np.percentile(starts, 95))
