@@ -489,15 +489,10 @@ class Pool:
                 replica = self._start_replica(entry, decision.trigger)
                 replica.keep_alive = decision.keep_alive
                 continue
-            replica = decision.replica
-            if isinstance(decision, rules.Rewarm):
-                replica.unload_when_idle = False
-                if decision.keep_alive is not None:
-                    replica.keep_alive = decision.keep_alive
-                if replica.state is not S.WARM or replica.in_flight > 0:
-                    continue
-                replica.idle_since = self.clock.now()
-            self._arm_expiry(entry, replica)
+            if isinstance(decision, rules.Rewarm) and not decision.replica.rewarm(decision.keep_alive,
+                                                                                  self.clock.now()):
+                continue
+            self._arm_expiry(entry, decision.replica)
 
     # ---- what the warming runner may ask and set (it never touches the table) ------------------------
 

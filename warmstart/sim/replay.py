@@ -136,14 +136,8 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
             if isinstance(decision, rules.Start):
                 launch(t, decision.trigger, decision.keep_alive)
                 continue
-            replica = decision.replica
-            if isinstance(decision, rules.Rewarm):
-                replica.unload_when_idle = False
-                if decision.keep_alive is not None:
-                    replica.keep_alive = decision.keep_alive
-                if replica.state is not S.WARM or replica.in_flight > 0:
-                    continue
-                replica.idle_since = t  # ensure_warm restarts an idle replica's idle clock
+            if isinstance(decision, rules.Rewarm) and not decision.replica.rewarm(decision.keep_alive, t):
+                continue
             arm(t)
 
     def apply(t: float) -> None:
