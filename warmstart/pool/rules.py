@@ -173,7 +173,7 @@ def unload_at(replica: ReplicaFacts, replicas: Sequence[ReplicaFacts], now: floa
     ka = replica.keep_alive if replica.keep_alive is not None else configured if others else model
     deadline = keepalive.unload_deadline(replica.idle_since, ka, warm_until, sole_replica=not others,
                                          unload_when_idle=replica.unload_when_idle)
-    return deadline if deadline >= now else now
+    return max(deadline, now)
 
 
 # ---- commands: warm, warm until, unload ----------------------------------------------------------------
