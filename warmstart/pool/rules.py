@@ -193,14 +193,12 @@ def ensure_warm(replicas: Sequence[R], trigger: str, keep_alive: float | None = 
 
 def warm_until(replicas: Sequence[R], now: float, until: float, trigger: str, *, configured: float
                ) -> list[Start | Rewarm[R] | Rearm[R]]:
-    """The warming controller wants the model loaded until `until`: warm it if that is still ahead, then
-    re-arm every idle warm replica's unload time (`until` may have moved either way)."""
-    decisions: list[Start | Rewarm[R] | Rearm[R]] = []
+    """The warming controller wants the model loaded until `until`: warm it if that is still ahead (a
+    `Rewarm` re-arms an idle replica's unload time), else re-arm every idle warm replica's unload time
+    (`until` may have moved either way)."""
     if until > now:
-        decisions += ensure_warm(replicas, trigger, configured=configured)
-    decisions += [Rearm(r) for r in replicas
-                  if r.state is S.WARM and r.in_flight == 0 and r.idle_since is not None]
-    return decisions
+        return list(ensure_warm(replicas, trigger, configured=configured))
+    return [Rearm(r) for r in replicas if r.state is S.WARM and r.in_flight == 0 and r.idle_since is not None]
 
 
 def on_unload(replicas: Sequence[R]) -> list[Stop[R] | StopWhenIdle[R]]:

@@ -184,15 +184,16 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
                 review = plan.review_at
             apply(tn)
 
+    admit, unload_at, serve = rules.admit, rules.unload_at, rules.Serve  # once per request: no lookups
     for i in range(n):
         t = float(arr[i])
         advance(t)
-        decision = rules.admit(replicas, held, INF)
-        if isinstance(decision, rules.Serve):
+        decision = admit(replicas, held, INF)
+        if isinstance(decision, serve):
             # leased and released at once: the idle clock starts again now, and the expiry timer with it
             decision.replica.idle_since = t
-            at = rules.unload_at(decision.replica, replicas, t, configured=keep_alive, model=keep_alive,
-                                 warm_until=warm_until)
+            at = unload_at(decision.replica, replicas, t, configured=keep_alive, model=keep_alive,
+                           warm_until=warm_until)
             expiry = INF if at is None else at
             waits[i] = -1.0
         else:

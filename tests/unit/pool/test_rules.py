@@ -63,7 +63,7 @@ def test_warm_until_starts_a_replica_only_while_the_span_is_ahead_and_rearms_the
     assert rules.warm_until([], 10.0, 5.0, "schedule", configured=300.0) == []
     idle, busy = replica(), replica(in_flight=1)
     assert rules.warm_until([idle, busy], 10.0, 100.0, "prediction", configured=300.0) == [
-        rules.Rewarm(idle, None), rules.Rewarm(busy, None), rules.Rearm(idle)]
+        rules.Rewarm(idle, None), rules.Rewarm(busy, None)]
     assert rules.warm_until([idle, busy], 10.0, -math.inf, "", configured=300.0) == [rules.Rearm(idle)]
 
 
