@@ -30,6 +30,7 @@ from warmstart.pool.scaling import replicas_to_start
 from warmstart.pool.states import LIVE, ReplicaState
 
 S = ReplicaState
+WARM, STARTING = S.WARM, S.STARTING  # read once per request by the replay: plain globals, not enum lookups
 # a replica that may be started, serving or sleeping: one that keeps a model from being cold
 RUNNING = frozenset({S.STARTING, S.WARM, S.SLEEPING})
 
@@ -115,7 +116,7 @@ def free_replica(replicas: Sequence[R]) -> R | None:
     every slot is taken. A replica to be unloaded when idle takes no more requests."""
     best = None
     for replica in replicas:  # free_slots > 0, spelled out: the replay calls this once per request
-        if replica.state is S.WARM and replica.in_flight < replica.capacity and not replica.unload_when_idle and (
+        if replica.state is WARM and replica.in_flight < replica.capacity and not replica.unload_when_idle and (
                 best is None or replica.in_flight < best.in_flight):
             best = replica
     return best
@@ -130,7 +131,7 @@ def admit(replicas: Sequence[R], waiting: int, queue_size: float) -> Serve[R] | 
             return Serve(replica)
     if waiting >= queue_size:
         return Refuse(waiting)
-    return Hold(cold=not any(r.state is S.WARM for r in replicas))
+    return Hold(cold=not any(r.state is WARM for r in replicas))
 
 
 def to_start(replicas: Sequence[ReplicaFacts], waiting: int, *, capacity: int, max_replicas: int) -> int:
@@ -141,7 +142,7 @@ def to_start(replicas: Sequence[ReplicaFacts], waiting: int, *, capacity: int, m
     free = starting = live = 0
     for r in replicas:
         free += r.free_slots
-        starting += r.state is S.STARTING
+        starting += r.state is STARTING
         live += r.state in LIVE
     return replicas_to_start(waiting=waiting, free_warm_slots=free, starting=starting, live=live,
                              capacity=capacity, max_replicas=max_replicas)
@@ -163,11 +164,11 @@ def unload_at(replica: ReplicaFacts, replicas: Sequence[ReplicaFacts], now: floa
     """When `replica` unloads: None while it is not warm and idle, math.inf for never, and never before
     `now` (a deadline already past unloads at once). Its keep-alive after its idle clock started, or the
     warming controller's `warm_until` when it is the model's only warm replica."""
-    if replica.state is not S.WARM or replica.in_flight > 0 or replica.idle_since is None:
+    if replica.state is not WARM or replica.in_flight > 0 or replica.idle_since is None:
         return None
     others = False
     for r in replicas:  # a loop, not any(): the replay calls this once per request
-        if r is not replica and r.state is S.WARM:
+        if r is not replica and r.state is WARM:
             others = True
             break
     ka = replica.keep_alive if replica.keep_alive is not None else configured if others else model
@@ -198,16 +199,16 @@ def warm_until(replicas: Sequence[R], now: float, until: float, trigger: str, *,
     (`until` may have moved either way)."""
     if until > now:
         return list(ensure_warm(replicas, trigger, configured=configured))
-    return [Rearm(r) for r in replicas if r.state is S.WARM and r.in_flight == 0 and r.idle_since is not None]
+    return [Rearm(r) for r in replicas if r.state is WARM and r.in_flight == 0 and r.idle_since is not None]
 
 
 def on_unload(replicas: Sequence[R]) -> list[Stop[R] | StopWhenIdle[R]]:
     """A manual unload: idle and starting replicas stop now, busy ones when their last request ends."""
     decisions: list[Stop[R] | StopWhenIdle[R]] = []
     for r in replicas:
-        if r.state is S.STARTING or (r.state is S.WARM and r.in_flight == 0):
+        if r.state is STARTING or (r.state is WARM and r.in_flight == 0):
             decisions.append(Stop(r))
-        elif r.state is S.WARM:
+        elif r.state is WARM:
             decisions.append(StopWhenIdle(r))
     return decisions
 
@@ -251,12 +252,12 @@ def outlook(replicas: Sequence[Expiring], *, model: float, cold_start: float, no
     (`expires_at`, None: never)."""
     unload_in, idle = -math.inf, False
     for r in replicas:
-        if r.state is S.WARM:
+        if r.state is WARM:
             if r.in_flight > 0 or r.expires_at is None:
                 unload_in = math.inf
             else:
                 idle = True
                 unload_in = max(unload_in, r.expires_at - now)
-        elif r.state is S.STARTING:
+        elif r.state is STARTING:
             unload_in = max(unload_in, cold_start + model)
     return Outlook(model, unload_in, idle)

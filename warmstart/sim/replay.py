@@ -33,6 +33,7 @@ from warmstart.pool.states import ReplicaState
 
 INF = math.inf
 S = ReplicaState
+WARM, STARTING = S.WARM, S.STARTING  # read once per request: plain globals, not enum lookups
 
 
 @dataclass
@@ -153,14 +154,14 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
         nonlocal expiry, held, loaded_s, plan, state, review, shown, ram_since, ram_until
         while True:
             replica = replicas[0] if replicas else None
-            if (replica is not None and replica.state is S.STARTING and ready_at <= t and ready_at <= review
+            if (replica is not None and replica.state is STARTING and ready_at <= t and ready_at <= review
                     and ready_at <= span_at):
-                replica.move(S.WARM)
+                replica.move(WARM)
                 held = 0  # the held requests are served and released at once
                 replica.idle_since = ready_at
                 arm(ready_at)
                 continue
-            if replica is not None and replica.state is S.WARM and expiry < t and expiry <= review \
+            if replica is not None and replica.state is WARM and expiry < t and expiry <= review \
                     and expiry <= span_at:
                 loaded_s += expiry - replica.created_at
                 replica.move(S.STOPPING)
