@@ -1,5 +1,6 @@
-"""The warming task: each tick it asks every model's controller for a plan and hands the pool the desired
-warm set (`pool.set_warm_until`); requests and hints re-apply the plan at once.
+"""The warming task: it asks every model's controller for a plan and hands the pool the desired warm set
+(`pool.set_warm_until`) each tick, and also at the moment a plan asked to be asked again or a planned span
+begins (the moments the simulator's replay applies plans); requests and hints re-apply the plan at once.
 
 It owns the controllers' states, the hint limiter's state and the request history; everything runs on the
 event loop, so no two changes interleave. The decisions come from warmstart.policy, the same code the
@@ -50,6 +51,7 @@ class ModelWarming:
     last: float | None = None
     recent: deque[float] = field(default_factory=deque)
     applied: tuple[float, str] = (-math.inf, "")
+    span_at: float = math.inf  # when a span of the plan begins next (wall time)
 
 
 def build_controller(config: Config, model: ModelConfig) -> Controller:
@@ -89,6 +91,10 @@ class WarmingRunner:
         self.hint_state = HintState()
         self._task: asyncio.Task | None = None
         self._unsubscribe: Callable[[], None] = lambda: None
+        # the next step (wall time), and the event that wakes the task sooner when a plan moves it earlier
+        self._step_at = math.inf
+        self._wake = asyncio.Event()
+        self._last_flush = -math.inf
         self._last_prune = -math.inf
 
     # ---- life ----------------------------------------------------------------------------------------
@@ -137,14 +143,33 @@ class WarmingRunner:
         mw.last = float(arrivals[-1])
         mw.plan = IDLE  # decided afresh at the first step, on the present
 
+    def _until_next_step(self) -> float:
+        """Seconds to the next step: a tick, or sooner when a plan asked to be asked again or a planned span
+        begins, so a plan applies at the moment it says (as the simulator's replay applies it)."""
+        due = min((min(mw.plan.review_at, mw.span_at) for mw in self.models.values()), default=math.inf)
+        return max(0.0, min(self.tick, due - self.clock.wall()))
+
     async def _run(self) -> None:
         while True:
-            await self.clock.sleep(self.tick)
+            delay = self._until_next_step()
+            self._step_at = self.clock.wall() + delay
+            self._wake.clear()
+            timer = asyncio.ensure_future(self.clock.sleep(delay))
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({timer, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                due = timer.done() and not timer.cancelled()
+                timer.cancel()
+                woken.cancel()
+            if not due:  # a plan's next span moved earlier: sleep again, to it
+                continue
             try:
                 self.step()
-                if self.history is not None:
+                now = self.clock.wall()
+                if self.history is not None and now - self._last_flush >= self.tick:
+                    self._last_flush = now
                     await asyncio.to_thread(self.history.flush)
-                    now = self.clock.wall()
                     if now - self._last_prune >= PRUNE_EVERY:
                         self._last_prune = now
                         await asyncio.to_thread(self.history.prune, now)
@@ -171,7 +196,9 @@ class WarmingRunner:
 
     def _apply(self, mw: ModelWarming) -> None:
         now_wall, now = self.clock.wall(), self.clock.now()
-        target, _ = evaluate(mw.plan, mw.last, now_wall, len(mw.recent))
+        target, mw.span_at = evaluate(mw.plan, mw.last, now_wall, len(mw.recent))
+        if min(mw.span_at, mw.plan.review_at) < self._step_at:
+            self._wake.set()
         want = target if target is not None else (-math.inf, "")
         if want == mw.applied:
             return
