@@ -56,7 +56,8 @@ class ModelWarming:
 
 def build_controller(config: Config, model: ModelConfig) -> Controller:
     """The policies the server runs for one model: its schedules, hints, and the predictive policy when
-    it picks the model's keep-alive. The tick is added to every lead time, since plans apply on ticks."""
+    it picks the model's keep-alive. The tick is added to every lead time (a margin: plans apply when a span
+    begins, and at least every tick)."""
     warming = config.warming
     return defaults.controller(
         schedules=[(s.windows, s.tz) for s in warming.schedules if s.model == model.name],
