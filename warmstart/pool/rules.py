@@ -150,20 +150,15 @@ def to_start(replicas: Sequence[ReplicaFacts], waiting: int, *, capacity: int, m
 
 # ---- keep-alive --------------------------------------------------------------------------------------
 
-def keep_alive_of(replica: ReplicaFacts, *, others_warm: bool, configured: float, model: float) -> float:
-    """A request's keep-alive if it set one; else the model's. `model` is the keep-alive the warming
-    controller leaves the pool (keep_alive "auto": its floor) and governs the model's last replica; extra
-    replicas scale down after the `configured` keep-alive, as they would without the controller."""
-    if replica.keep_alive is not None:
-        return replica.keep_alive
-    return configured if others_warm else model
-
-
 def unload_at(replica: ReplicaFacts, replicas: Sequence[ReplicaFacts], now: float, *, configured: float,
               model: float, warm_until: float) -> float | None:
     """When `replica` unloads: None while it is not warm and idle, math.inf for never, and never before
     `now` (a deadline already past unloads at once). Its keep-alive after its idle clock started, or the
-    warming controller's `warm_until` when it is the model's only warm replica."""
+    warming controller's `warm_until` when it is the model's only warm replica.
+
+    The keep-alive is the request's if it set one, else the model's: `model` is the keep-alive the warming
+    controller leaves the pool (keep_alive "auto": its floor) and governs the model's last replica; extra
+    replicas scale down after the `configured` keep-alive, as they would without the controller."""
     if replica.state is not WARM or replica.in_flight > 0 or replica.idle_since is None:
         return None
     others = False
