@@ -236,6 +236,7 @@ class Pool:
         replica.in_flight = max(0, replica.in_flight - 1)
         replica.served += 1
         replica.keep_alive = lease.keep_alive  # None: the model's own, settled when the idle clock starts
+        replica.keep_alive_by_request = lease.keep_alive is not None
         if replica.state is not S.WARM:
             return
         if entry.waiters:

@@ -39,6 +39,9 @@ class Replica:
     # the time up to which loaded seconds have been counted
     accounted_to: float | None = None
     unload_when_idle: bool = False
+    # `keep_alive` came with the request just served (Ollama's semantics: it wins over the warming
+    # controller's warm-until, so 0 unloads after the request even under keep_alive "auto")
+    keep_alive_by_request: bool = False
 
     def move(self, target: ReplicaState) -> None:
         self.state = transition(self.state, target)
@@ -48,7 +51,7 @@ class Replica:
         warm idle one restarts its idle clock now. Returns whether it did (its expiry is then re-armed)."""
         self.unload_when_idle = False
         if keep_alive is not None:
-            self.keep_alive = keep_alive
+            self.keep_alive, self.keep_alive_by_request = keep_alive, False
         if self.state is not ReplicaState.WARM or self.in_flight > 0:
             return False
         self.idle_since = now

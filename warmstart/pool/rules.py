@@ -43,6 +43,7 @@ class ReplicaFacts(Protocol):
     in_flight: int
     idle_since: float | None
     keep_alive: float | None
+    keep_alive_by_request: bool
     unload_when_idle: bool
 
     @property
@@ -156,7 +157,8 @@ def unload_at(replica: ReplicaFacts, replicas: Sequence[ReplicaFacts], now: floa
     `now` (a deadline already past unloads at once). Its keep-alive after its idle clock started, or the
     warming controller's `warm_until` when it is the model's only warm replica.
 
-    The keep-alive is the request's if it set one, else the model's: `model` is the keep-alive the warming
+    The keep-alive is the request's if it set one (and then the controller's `warm_until` does not extend
+    it, as in Ollama a request's keep_alive 0 unloads at once), else the model's: `model` is the keep-alive the warming
     controller leaves the pool (keep_alive "auto": its floor) and governs the model's last replica; extra
     replicas scale down after the `configured` keep-alive, as they would without the controller."""
     if replica.state is not WARM or replica.in_flight > 0 or replica.idle_since is None:
@@ -167,7 +169,9 @@ def unload_at(replica: ReplicaFacts, replicas: Sequence[ReplicaFacts], now: floa
             others = True
             break
     ka = replica.keep_alive if replica.keep_alive is not None else configured if others else model
-    deadline = keepalive.unload_deadline(replica.idle_since, ka, warm_until, sole_replica=not others,
+    # a request's own keep-alive is what its client asked for: no warm-until of the controller's overrides it
+    deadline = keepalive.unload_deadline(replica.idle_since, ka, warm_until if not replica.keep_alive_by_request
+                                         else -math.inf, sole_replica=not others,
                                          unload_when_idle=replica.unload_when_idle)
     return max(deadline, now)
 

@@ -257,6 +257,10 @@ class WarmingRunner:
         if decision.accepted and mw is not None:
             mw.hints.append((now, self.limits.warm_for))
             self._decide(mw, now)
+            if not loaded:  # the hint starts it (whatever span of the plan it then falls under)
+                self.pool.ensure_warm(model, "hint")
+            # applied afresh: a plan applied before an unload by hand would otherwise count as still in force
+            mw.applied = (-math.inf, "")
             self._apply(mw)
         return decision
 
