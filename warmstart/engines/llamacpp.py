@@ -1,4 +1,6 @@
-"""The llama.cpp engine: a replica is `python -m warmstart.engines.llamacpp_worker` on one GGUF file."""
+"""The llama.cpp engine: a replica is llama.cpp's own server (llama-server, from the prebuilt xllamacpp
+wheel) run by `python -m warmstart.engines.llamacpp_worker` on one GGUF file, with one slot per
+concurrent request (`max_concurrency`), each slot holding the model's whole context."""
 
 from __future__ import annotations
 
@@ -20,6 +22,18 @@ from warmstart.engines.process import ManagedProcess, replica_log_path
 from warmstart.errors import EngineError
 
 
+# OpenAI request fields llama-server takes without a word and ignores (measured on xllamacpp 2026.10.11549):
+# a client asking for one of these gets a 400 naming it, not an answer that silently lacks it
+UNSUPPORTED_FIELDS = ("best_of", "echo", "suffix", "functions", "function_call", "audio", "modalities",
+                      "prediction", "web_search_options")
+MAX_CHOICES = 16  # `n`: llama-server runs each choice as its own sequence
+
+
+def slot_context(model: ModelConfig, path: Path) -> int:
+    """The context each slot holds: the model's `n_ctx` option, else the one it was trained with."""
+    return int(model.options.get("n_ctx") or read_gguf(path).context_length or 4096)
+
+
 class LlamaCppEngine:
     kind = "llamacpp"
 
@@ -30,18 +44,18 @@ class LlamaCppEngine:
 
     def version(self) -> str:
         try:
-            return "llama-cpp-python " + importlib.metadata.version("llama-cpp-python")
+            return "xllamacpp " + importlib.metadata.version("xllamacpp")
         except importlib.metadata.PackageNotFoundError:
-            return "llama-cpp-python (not installed)"
+            return "xllamacpp (not installed)"
 
     def inspect(self, model: ModelConfig, path: Path) -> Capabilities:
         info = read_gguf(path)
         chat = model.chat if model.chat is not None else bool(
             info.chat_template or model.options.get("chat_format"))
-        n_ctx = int(model.options.get("n_ctx") or info.context_length or 512)
         notes = () if chat else ("no chat template in the GGUF: completions only",)
-        return Capabilities(chat=chat, completions=True, sleep=False, context_length=n_ctx,
-                            max_token_bytes=info.max_token_bytes,
+        return Capabilities(chat=chat, completions=True, sleep=False, context_length=slot_context(model, path),
+                            max_token_bytes=info.max_token_bytes, unsupported_fields=UNSUPPORTED_FIELDS,
+                            max_choices=MAX_CHOICES, content_types=("text",),
                             notes=notes + ("sleep: not supported by llama.cpp; a replica is loaded or cold",))
 
     async def start(self, model: ModelConfig, path: Path, report: StartReport, name: str) -> ManagedProcess:
@@ -52,7 +66,8 @@ class LlamaCppEngine:
         report.enter(SPAWN)
         proc = await ManagedProcess.spawn(
             [self.python, "-m", "warmstart.engines.llamacpp_worker", "--model", str(path),
-             "--name", model.name, "--options", json.dumps(options)],
+             "--name", model.name, "--parallel", str(model.max_concurrency),
+             "--ctx", str(slot_context(model, path)), "--options", json.dumps(options)],
             env=env, log_path=replica_log_path(self.data_dir, name), with_reports=True,
             ledger=self.ledger, replica=name,
         )

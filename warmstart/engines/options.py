@@ -12,14 +12,15 @@ from warmstart.errors import ConfigError
 
 OptionTypes = dict[str, type | tuple[type, ...]]
 
-# llama_cpp.Llama keyword arguments
+# llama.cpp server settings (xllamacpp's CommonParams, llama-server's flags); n_ctx is each slot's context
 LLAMACPP: OptionTypes = {
     "n_ctx": int, "n_threads": int, "n_threads_batch": int, "n_batch": int, "n_ubatch": int,
     "n_gpu_layers": int, "seed": int, "use_mmap": bool, "use_mlock": bool, "flash_attn": bool,
-    "chat_format": str,
+    "chat_format": str, "cache_prompt": bool,
 }
-# read by warmstart's llama.cpp worker itself; repack=false keeps weights in the file mapping instead of
-# copying them into llama.cpp's CPU_REPACK buffer (a start from the RAM tier is then a mapping, not a copy)
+# read by warmstart's llama.cpp worker itself: warmup=false skips the server's warm-up run; repack=false
+# keeps weights in the file mapping instead of copying them into llama.cpp's CPU_REPACK buffer (a start
+# from the RAM tier is then a mapping, not a copy)
 LLAMACPP_OWN: OptionTypes = {"warmup": bool, "repack": bool}
 
 # vLLM server flags, passed as --flag-name VALUE (a true bool as --flag-name, a false one left out)

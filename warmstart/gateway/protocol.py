@@ -24,7 +24,8 @@ class _GenerationRequest(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=1, description="Only n=1 is supported.")
+    n: int | None = Field(default=None, ge=1, le=128,
+                          description="Choices to generate; each engine has its own limit (llama.cpp: 16, others: 1).")
     stop: str | list[str] | None = Field(default=None)
     seed: int | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)

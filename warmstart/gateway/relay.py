@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from warmstart.errors import Unavailable
-from warmstart.gateway.translate import sse_error
+from warmstart.gateway.translate import engine_error_body, sse_error
 from warmstart.pool.pool import Lease, Pool
 
 log = logging.getLogger("warmstart.gateway")
@@ -97,6 +97,8 @@ class Relay:
                 lease.release()
                 # without streaming, the first token reaches the client with the whole answer
                 finish(lease, upstream.status, self.now() - arrived if upstream.status == 200 else None)
+                if upstream.status != 200:
+                    data = engine_error_body(upstream.status, data, path)
                 return Response(data, status_code=upstream.status, headers=served_headers(lease),
                                 media_type="application/json")
             raise AssertionError("unreachable")

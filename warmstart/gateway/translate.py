@@ -58,6 +58,29 @@ def check_request(req: GenerationRequest, caps: Capabilities) -> None:
                 param=name, code="context_length_exceeded")
     if isinstance(req.stop, list) and len(req.stop) > 4:
         raise InvalidRequest("'stop' takes at most 4 sequences.", param="stop")
+    _check_supported(req, caps)
+
+
+def _check_supported(req: GenerationRequest, caps: Capabilities) -> None:
+    """Refuse a field the engine would silently ignore, and more choices than it makes, naming the field."""
+    extra = req.model_extra or {}
+    for name in caps.unsupported_fields:
+        value = extra.get(name)
+        inert = value is None or value is False or value in ("", [], {}) \
+            or (name == "best_of" and value == 1) or (name == "modalities" and value == ["text"])
+        if not inert:
+            raise InvalidRequest(f"'{name}' is not supported by this model's engine.", param=name,
+                                 code="unsupported_parameter")
+    if isinstance(req, ChatCompletionRequest) and caps.content_types is not None:
+        for i, message in enumerate(req.messages):
+            if isinstance(message.content, list) and any(
+                    not isinstance(p, dict) or p.get("type") not in caps.content_types for p in message.content):
+                raise InvalidRequest(f"This model reads content parts of type {', '.join(caps.content_types)} only.",
+                                     param=f"messages[{i}].content")
+    if req.n is not None and req.n > caps.max_choices:
+        raise InvalidRequest(f"'n' is {req.n}; this model's engine makes at most {caps.max_choices} "
+                             f"choice{'s' if caps.max_choices > 1 else ''} per request.", param="n",
+                             code="unsupported_parameter")
 
 
 def _check_prompt_size(req: GenerationRequest, caps: Capabilities) -> None:
@@ -103,6 +126,33 @@ def engine_body(req: GenerationRequest) -> bytes:
         body["max_tokens"] = body["max_completion_tokens"]
     body["model"] = req.model
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def engine_error_body(status: int, data: bytes, path: str) -> bytes:
+    """An engine's error answer in OpenAI's shape (string `code`, `param`); llama-server's context
+    overflow becomes OpenAI's `context_length_exceeded`. A body that is no JSON error passes unchanged."""
+    try:
+        error = json.loads(data)["error"]
+    except (ValueError, KeyError, TypeError):
+        return data
+    if not isinstance(error, dict):
+        return data
+    client = 400 <= status < 500
+    if error.get("type") == "exceed_context_size_error":
+        code, kind, param = "context_length_exceeded", "invalid_request_error", \
+            "messages" if path.endswith("chat/completions") else "prompt"
+    else:
+        code = error.get("code") if isinstance(error.get("code"), str) else \
+            ("invalid_request" if client else "engine_error")
+        kind = error.get("type") if error.get("type") in _OPENAI_TYPES else \
+            ("invalid_request_error" if client else "server_error")
+        param = error.get("param") if isinstance(error.get("param"), str) else None
+    message = str(error.get("message") or f"the engine answered HTTP {status}")
+    return json.dumps(openai_error_body(message, kind, code, param)).encode()
+
+
+_OPENAI_TYPES = frozenset({"invalid_request_error", "server_error", "not_found_error", "authentication_error",
+                           "permission_error", "rate_limit_error"})
 
 
 def error_response(exc: RequestError | Unavailable) -> tuple[int, dict[str, Any], dict[str, str]]:
