@@ -29,7 +29,7 @@ def main() -> None:
     params.fit_params = False
     if args.alias:
         params.model_alias = {args.alias}
-    xllamacpp.Server(params)
+    server = xllamacpp.Server(params)  # noqa: F841 (it serves while it lives)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     os._exit(0)
 

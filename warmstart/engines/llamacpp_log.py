@@ -33,7 +33,7 @@ MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 NEXT_PHASE = {LOAD: KV_INIT, KV_INIT: WARMUP}
 _LISTENING = re.compile(r"listening on (https?://\S+)")
-_FAILURE = re.compile(r" E .*")
+_ERROR = re.compile(r"^\d+\.\d{2}\.\d{3}\.\d{3} E (?:\w+ +)?(.*)$")
 
 
 def stamp_of(line: str) -> float | None:
@@ -58,10 +58,10 @@ def listening_url(line: str) -> str | None:
     return m.group(1) if m else None
 
 
-def last_error(log_text: str) -> str | None:
-    """The last error line (level E) of a server log: what a failed start names."""
-    found = [line.strip() for line in log_text.splitlines() if _FAILURE.search(line)]
-    return found[-1][:400] if found else None
+def error_of(line: str) -> str | None:
+    """The message of an error line (level E), without its stamp: what a failed start names."""
+    m = _ERROR.match(line)
+    return m.group(1).strip()[:400] if m else None
 
 
 @dataclass
@@ -73,11 +73,15 @@ class PhaseClock:
     on_enter: Callable[[str], None]
     last: float | None = None
     seen: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     def feed(self, line: str) -> str | None:
         at = stamp_of(line)
         if at is None:
             return None
+        error = error_of(line)
+        if error is not None:
+            self.errors.append(error)
         if self.last is None:
             self.last = at
             self.on_enter(LOAD)

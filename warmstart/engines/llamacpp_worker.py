@@ -169,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         log = _LogFollower(report)
         try:
             server = xllamacpp.Server(params)
-        finally:
-            log.release(timeout=5.0)
+        except RuntimeError as exc:  # xllamacpp says only "failed to init server": the log says why
+            log.release(timeout=0.2)
+            raise RuntimeError("; ".join(log.clock.errors[:2]) or str(exc)) from None
+        log.release(timeout=5.0)
         _set_verbosity(xllamacpp, SERVE_VERBOSITY)
         address = server.listening_address
         report.send(listening=int(address.rsplit(":", 1)[1]))

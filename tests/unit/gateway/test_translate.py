@@ -6,7 +6,14 @@ from pydantic import ValidationError
 from warmstart.engines.base import Capabilities
 from warmstart.errors import DeadlineExceeded, InvalidRequest, ModelNotFound
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
-from warmstart.gateway.translate import check_request, engine_body, error_response, keep_alive_of, validation_message
+from warmstart.gateway.translate import (
+    check_request,
+    engine_body,
+    engine_error_body,
+    error_response,
+    keep_alive_of,
+    validation_message,
+)
 
 CHAT = Capabilities(chat=True, context_length=2048)
 BASE = Capabilities(chat=False, context_length=2048)
@@ -96,3 +103,59 @@ def test_a_prompt_that_cannot_fit_the_context_is_refused_without_tokenizing():
     # without the vocabulary's longest token, text is left to the engine; token ids are still counted
     check_request(CompletionRequest.model_validate({"model": "m", "prompt": "x" * 10_000}),
                   Capabilities(chat=True, context_length=100))
+
+
+LLAMA = Capabilities(chat=True, context_length=2048, unsupported_fields=("best_of", "echo", "modalities"),
+                     max_choices=16, content_types=("text",))
+
+
+@pytest.mark.parametrize("field,value", [("best_of", 3), ("echo", True), ("modalities", ["text", "audio"])])
+def test_a_field_the_engine_would_ignore_is_refused_by_name(field, value):
+    with pytest.raises(InvalidRequest) as err:
+        check_request(chat(**{field: value}), LLAMA)
+    assert err.value.param == field and err.value.code == "unsupported_parameter" and field in err.value.message
+    check_request(chat(**{field: value}), CHAT)  # an engine that declares nothing gets it as sent
+
+
+@pytest.mark.parametrize("field,value", [("best_of", 1), ("echo", False), ("modalities", ["text"]), ("best_of", None)])
+def test_the_default_value_of_an_unsupported_field_is_harmless(field, value):
+    check_request(chat(**{field: value}), LLAMA)
+
+
+def test_n_is_bounded_by_the_engine():
+    check_request(chat(n=4), LLAMA)
+    with pytest.raises(InvalidRequest) as err:
+        check_request(chat(n=17), LLAMA)
+    assert err.value.param == "n" and "at most 16" in err.value.message
+    with pytest.raises(InvalidRequest):
+        check_request(chat(n=2), CHAT)
+
+
+def test_content_parts_the_engine_cannot_read_are_refused():
+    image = ChatCompletionRequest.model_validate({"model": "m", "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "user", "content": [{"type": "text", "text": "what is this"}, {"type": "image_url"}]}]})
+    with pytest.raises(InvalidRequest) as err:
+        check_request(image, LLAMA)
+    assert err.value.param == "messages[1].content"
+    check_request(image, CHAT)
+
+
+def test_llama_servers_context_overflow_becomes_openais_error():
+    raw = json.dumps({"error": {"code": 400, "message": "request (10030 tokens) exceeds the available context size "
+                                "(2048 tokens), try increasing it", "type": "exceed_context_size_error",
+                                "n_prompt_tokens": 10030, "n_ctx": 2048}}).encode()
+    error = json.loads(engine_error_body(400, raw, "/v1/chat/completions"))["error"]
+    assert error == {"message": error["message"], "type": "invalid_request_error", "param": "messages",
+                     "code": "context_length_exceeded"}
+    assert json.loads(engine_error_body(400, raw, "/v1/completions"))["error"]["param"] == "prompt"
+
+
+def test_engine_errors_get_string_codes_and_unknown_bodies_pass_unchanged():
+    raw = json.dumps({"error": {"code": 500, "message": "boom", "type": "server_error"}}).encode()
+    assert json.loads(engine_error_body(500, raw, "/v1/completions"))["error"] == {
+        "message": "boom", "type": "server_error", "param": None, "code": "engine_error"}
+    raw = json.dumps({"error": {"code": 400, "message": "Prompt contains invalid tokens",
+                                "type": "invalid_request_error"}}).encode()
+    assert json.loads(engine_error_body(400, raw, "/v1/completions"))["error"]["code"] == "invalid_request"
+    assert engine_error_body(502, b"<html>bad gateway</html>", "/v1/completions") == b"<html>bad gateway</html>"
