@@ -22,6 +22,9 @@ log = logging.getLogger("warmstart.gateway")
 T = TypeVar("T")
 _UPSTREAM_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 _JSON = {"content-type": "application/json"}
+# A stream gets a connection of its own: llama-server closes a connection once a stream on it ends, though
+# its headers offer keep-alive, and the pool would take it back (at the stream's end) and reuse it dead.
+_JSON_STREAM = {**_JSON, "connection": "close"}
 
 
 class ClientGone(Exception):
@@ -112,7 +115,7 @@ class Relay:
     async def _exchange(self, lease: Lease, path: str, body: bytes,
                         stream: bool) -> tuple[aiohttp.ClientResponse, bytes]:
         """Send the request; return the whole answer, or for a stream its first bytes."""
-        upstream = await self.session.post(lease.base_url + path, data=body, headers=_JSON)
+        upstream = await self.session.post(lease.base_url + path, data=body, headers=_JSON_STREAM if stream else _JSON)
         try:
             if stream and upstream.status == 200:
                 first = await upstream.content.readany()
