@@ -21,7 +21,6 @@ from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.process import ManagedProcess, replica_log_path
 from warmstart.errors import EngineError
 
-
 # OpenAI request fields llama-server takes without a word and ignores (measured on xllamacpp 2026.10.11549):
 # a client asking for one of these gets a 400 naming it, not an answer that silently lacks it
 UNSUPPORTED_FIELDS = ("best_of", "echo", "suffix", "functions", "function_call", "audio", "modalities",

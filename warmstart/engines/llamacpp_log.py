@@ -32,7 +32,6 @@ MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (WARMUP, re.compile(r"srv +init: listening on ")),
 )
 NEXT_PHASE = {LOAD: KV_INIT, KV_INIT: WARMUP}
-_LISTENING = re.compile(r"listening on (https?://\S+)")
 _ERROR = re.compile(r"^\d+\.\d{2}\.\d{3}\.\d{3} E (?:\w+ +)?(.*)$")
 
 
@@ -51,11 +50,6 @@ def marker_of(line: str) -> str | None:
         if pattern.search(line):
             return phase
     return None
-
-
-def listening_url(line: str) -> str | None:
-    m = _LISTENING.search(line)
-    return m.group(1) if m else None
 
 
 def error_of(line: str) -> str | None:
