@@ -112,3 +112,20 @@ def test_a_start_reports_every_phase_from_the_servers_log(start_server):
     engine = srv.model(SMOL)["replicas"][0]["url"]
     with urllib.request.urlopen(engine + "/health", timeout=5) as resp:
         assert json.loads(resp.read()) == {"status": "ok"}
+
+
+def test_a_model_configured_for_embeddings_answers_v1_embeddings_and_others_refuse(start_server):
+    embedder = smollm2(name="smol-embed", options={"n_ctx": 512, "embedding": True, "pooling": "mean"})
+    srv = start_server([smollm2(), embedder])
+    status, _, body = srv.post("/v1/embeddings", {"model": SMOL, "input": "hello"})
+    assert status == 400 and body["error"]["code"] == "embeddings_not_supported" and body["error"]["param"] == "model"
+    assert srv.model(SMOL)["state"] == "cold"
+
+    status, headers, body = srv.post("/v1/embeddings", {"model": "smol-embed", "input": ["hello world", "goodbye"]})
+    assert status == 200, body
+    assert headers["x-warmstart-start"] == "cold" and body["object"] == "list"
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    assert len(body["data"][0]["embedding"]) == 576 and body["data"][0]["embedding"] != body["data"][1]["embedding"]
+    assert srv.model("smol-embed")["capabilities"]["embeddings"] is True
+    status, _, body = srv.post("/v1/chat/completions", chat(model="smol-embed", max_tokens=2))
+    assert status == 200, body  # an embedding model still generates

@@ -32,6 +32,8 @@ class Capabilities:
     max_choices: int = 1
     # the message content part types it reads (None: whatever the engine is sent)
     content_types: tuple[str, ...] | None = None
+    # serves /v1/embeddings (a model configured as an embedding model)
+    embeddings: bool = False
 
     def to_dict(self) -> dict:
         return {
@@ -39,6 +41,7 @@ class Capabilities:
             "completions": self.completions,
             "sleep": self.sleep,
             "context_length": self.context_length,
+            "embeddings": self.embeddings,
             "notes": list(self.notes),
         }
 

@@ -55,6 +55,7 @@ class LlamaCppEngine:
         return Capabilities(chat=chat, completions=True, sleep=False, context_length=slot_context(model, path),
                             max_token_bytes=info.max_token_bytes, unsupported_fields=UNSUPPORTED_FIELDS,
                             max_choices=MAX_CHOICES, content_types=("text",),
+                            embeddings=bool(model.options.get("embedding")),
                             notes=notes + ("sleep: not supported by llama.cpp; a replica is loaded or cold",))
 
     async def start(self, model: ModelConfig, path: Path, report: StartReport, name: str) -> ManagedProcess:

@@ -88,6 +88,10 @@ def server_params(xlc: Any, model: str, name: str, options: dict[str, Any], para
         p.load_mode = {(True, False): mode.LLAMA_LOAD_MODE_MMAP, (True, True): mode.LLAMA_LOAD_MODE_MMAP_MLOCK,
                        (False, False): mode.LLAMA_LOAD_MODE_NONE, (False, True): mode.LLAMA_LOAD_MODE_MLOCK}[
             (mmap, mlock)]
+    if options.get("embedding"):  # /v1/embeddings besides completions
+        p.embedding = True
+        if "pooling" in options:
+            p.pooling_type = getattr(xlc.llama_pooling_type, "LLAMA_POOLING_TYPE_" + options["pooling"].upper())
     if "chat_format" in options:  # a built-in template name (chatml, llama3, ...) or a Jinja template
         p.chat_template = options["chat_format"]
     return p

@@ -12,12 +12,13 @@ from starlette.responses import JSONResponse
 from warmstart.durations import parse_duration
 from warmstart.engines.base import Capabilities
 from warmstart.errors import InvalidRequest, RateLimited, RequestError, Unavailable, openai_error_body
-from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 GenerationRequest = ChatCompletionRequest | CompletionRequest
+ModelRequest = GenerationRequest | EmbeddingRequest
 
 
-def keep_alive_of(req: GenerationRequest) -> float | None:
+def keep_alive_of(req: ModelRequest) -> float | None:
     return parse_keep_alive(req.keep_alive)
 
 
@@ -59,6 +60,18 @@ def check_request(req: GenerationRequest, caps: Capabilities) -> None:
     if isinstance(req.stop, list) and len(req.stop) > 4:
         raise InvalidRequest("'stop' takes at most 4 sequences.", param="stop")
     _check_supported(req, caps)
+
+
+def check_embedding_request(req: EmbeddingRequest, caps: Capabilities) -> None:
+    """Refuse an embeddings request a model cannot serve before a replica is started for it."""
+    if not caps.embeddings:
+        raise InvalidRequest(f"The model '{req.model}' is not configured as an embedding model "
+                             "(llama.cpp: options.embedding = true).", param="model", code="embeddings_not_supported")
+    if req.input in ("", []) or (isinstance(req.input, list) and any(i in ("", []) for i in req.input)):
+        raise InvalidRequest("'input' must not be empty.", param="input")
+    if req.dimensions is not None:
+        raise InvalidRequest("'dimensions' is not supported by this model's engine.", param="dimensions",
+                             code="unsupported_parameter")
 
 
 def _check_supported(req: GenerationRequest, caps: Capabilities) -> None:
@@ -116,7 +129,7 @@ def _check_prompt_size(req: GenerationRequest, caps: Capabilities) -> None:
             param=param, code="context_length_exceeded")
 
 
-def engine_body(req: GenerationRequest) -> bytes:
+def engine_body(req: ModelRequest) -> bytes:
     """The body an engine receives: the client's request minus warmstart's own fields."""
     body = req.model_dump(exclude_unset=True, exclude={"keep_alive"})
     if isinstance(req, CompletionRequest) and isinstance(req.prompt, list) and req.prompt \

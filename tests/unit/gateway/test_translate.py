@@ -5,8 +5,9 @@ from pydantic import ValidationError
 
 from warmstart.engines.base import Capabilities
 from warmstart.errors import DeadlineExceeded, InvalidRequest, ModelNotFound
-from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from warmstart.gateway.translate import (
+    check_embedding_request,
     check_request,
     engine_body,
     engine_error_body,
@@ -159,3 +160,27 @@ def test_engine_errors_get_string_codes_and_unknown_bodies_pass_unchanged():
                                 "type": "invalid_request_error"}}).encode()
     assert json.loads(engine_error_body(400, raw, "/v1/completions"))["error"]["code"] == "invalid_request"
     assert engine_error_body(502, b"<html>bad gateway</html>", "/v1/completions") == b"<html>bad gateway</html>"
+
+
+def embed(**kw):
+    return EmbeddingRequest.model_validate({"model": "m", "input": ["a", "b"], **kw})
+
+
+def test_embeddings_only_on_a_model_configured_for_them():
+    check_embedding_request(embed(), Capabilities(chat=True, embeddings=True))
+    with pytest.raises(InvalidRequest) as err:
+        check_embedding_request(embed(), CHAT)
+    assert err.value.code == "embeddings_not_supported" and err.value.param == "model"
+
+
+@pytest.mark.parametrize("kw,param", [({"input": ""}, "input"), ({"input": []}, "input"),
+                                      ({"input": ["a", ""]}, "input"), ({"dimensions": 8}, "dimensions")])
+def test_an_embeddings_request_the_engine_cannot_answer_is_named(kw, param):
+    with pytest.raises(InvalidRequest) as err:
+        check_embedding_request(embed(**kw), Capabilities(chat=False, embeddings=True))
+    assert err.value.param == param
+
+
+def test_an_embeddings_body_keeps_its_fields_but_keep_alive():
+    body = json.loads(engine_body(embed(encoding_format="float", keep_alive="5m")))
+    assert body == {"model": "m", "input": ["a", "b"], "encoding_format": "float"}
