@@ -93,7 +93,9 @@ def data_dir_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", help="server URL (default: $WARMSTART_URL or http://127.0.0.1:8000)")
+    _config_flags(p)
+    p.add_argument("--url", help="server URL, with or without /v1 (default: $WARMSTART_URL, else the host and port "
+                                 "of the config serve reads, else http://127.0.0.1:8000)")
     p.add_argument("--api-key", help="API key, when the server requires one (default: $WARMSTART_API_KEY)")
     p.add_argument("--admin-key", help="admin key for warm, unload and hold (default: $WARMSTART_ADMIN_KEY)")
 
@@ -119,7 +121,26 @@ def _serve(args: argparse.Namespace) -> int:
 # ---- talking to a running server ---------------------------------------------------------------
 
 def server_url(args: argparse.Namespace) -> str:
-    return (getattr(args, "url", None) or os.environ.get("WARMSTART_URL") or "http://127.0.0.1:8000").rstrip("/")
+    return find_server(args)[0]
+
+
+def find_server(args: argparse.Namespace) -> tuple[str, str]:
+    """The server a client command talks to, and where that came from: --url, $WARMSTART_URL, or the
+    config `serve` would read here (--config, $WARMSTART_CONFIG, ./warmstart.toml), else the default."""
+    from warmstart.config import find_config_file, load_config
+
+    explicit = getattr(args, "url", None)
+    if explicit or os.environ.get("WARMSTART_URL"):
+        url, source = (explicit, "--url") if explicit else (os.environ["WARMSTART_URL"], "$WARMSTART_URL")
+        url = url.rstrip("/")
+        return (url[:-3] if url.endswith("/v1") else url), source  # the OpenAI-style base URL works too
+    path = find_config_file(getattr(args, "config", None), os.environ)
+    if path is None and not any(k in os.environ for k in ("WARMSTART_HOST", "WARMSTART_PORT")):
+        return "http://127.0.0.1:8000", "the default"
+    server = load_config(path, os.environ).server
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "::") else server.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{server.port}", str(path) if path is not None else "$WARMSTART_HOST/$WARMSTART_PORT"
 
 
 def call(args: argparse.Namespace, method: str, path: str, body: Any = None, timeout: float = 660) -> tuple[int, Any]:
@@ -143,14 +164,17 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None, tim
         return exc.code, payload
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise CLIError(f"cannot reach warmstart at {server_url(args)} ({reason}); is `warmstart serve` running? "
+        where, source = find_server(args)
+        raise CLIError(f"cannot reach warmstart at {where} (from {source}: {reason}); is `warmstart serve` running? "
                        "Pass --url or set WARMSTART_URL") from None
 
 
 def _error_text(status: int, payload: Any) -> str:
+    hint = {401: "; pass --api-key (or set WARMSTART_API_KEY)",
+            403: "; pass --admin-key (or set WARMSTART_ADMIN_KEY)"}.get(status, "")
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        return f"{payload['error'].get('message')} (HTTP {status})"
-    return f"the server answered HTTP {status}"
+        return f"{payload['error'].get('message')} (HTTP {status}){hint}"
+    return f"the server answered HTTP {status}{hint}"
 
 
 @command("ps")
@@ -164,6 +188,8 @@ def _ps(args: argparse.Namespace) -> int:
         print(json.dumps(payload, indent=2))
     else:
         print(ps_table(payload["data"]))
+        where, source = find_server(args)
+        print(f"\nserver: {where} (from {source})")
     return 0
 
 

@@ -82,6 +82,12 @@ class ServerConfig:
     start_timeout: float = 600.0
     stop_timeout: float = 10.0
     log_level: str = "info"
+    # addresses (or networks) of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed;
+    # empty: none, so a client's address is always the socket's peer
+    trusted_proxies: tuple[str, ...] = ()
+    # a replica with a request in flight whose engine sends no byte for this long is probed; one that
+    # does not answer its health check then is failed, killed and replaced
+    engine_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,8 @@ class AuthConfig:
     # Bearer keys for the /v1 API (and /metrics); an admin key also opens /admin.
     api_keys: tuple[str, ...] = ()
     admin_keys: tuple[str, ...] = ()
-    # None: required exactly when server.host is not a loopback address
+    # None: required exactly when server.host is not a loopback address; true: on loopback too; false only
+    # on loopback (beyond it a server never runs without keys)
     required: bool | None = None
 
     def __repr__(self) -> str:  # keys never reach a log line or a traceback
@@ -155,7 +162,7 @@ class WarmingConfig:
 class StoreConfig:
     """The model store and its RAM tier (warmstart/store)."""
 
-    verify_on_start: bool = True  # the cheap size/mtime/inode check against the manifest
+    verify_on_start: bool = True  # the stat check (size, mtime, ctime, inode, device) against the manifest; a file whose stat changed is re-hashed
     ram_method: str = "auto"  # auto | mlock | tmpfs
     ram_max: int | None = None  # bytes the RAM tier may hold in all; None: what memory allows
     ram_reserve: int = 2 << 30  # bytes left free for engines and everything else
@@ -291,6 +298,10 @@ def _parse_auth(raw: Any, server: ServerConfig, base_dir: Path) -> AuthConfig:
             keys["api_keys"].append(key)
     auth = AuthConfig(api_keys=tuple(keys["api_keys"]), admin_keys=tuple(keys["admin_keys"]), required=required)
     needed = auth_required(server.host, required)
+    if required is False and not is_loopback(server.host) and not auth.api_keys and not auth.admin_keys:
+        raise ConfigError("auth.required", False, f"cannot open a server that binds {server.host}, beyond "
+                          "loopback, without keys: set auth.api_keys or WARMSTART_API_KEYS, or bind 127.0.0.1 "
+                          "(behind a proxy that checks keys itself)")
     if needed and not auth.api_keys and not auth.admin_keys:
         why = (f"the server binds {server.host}, beyond loopback, so API keys are required"
                if required is None else "auth.required is true")
@@ -351,7 +362,21 @@ def _parse_server(raw: Any) -> ServerConfig:
         start_timeout=_duration(raw, "start_timeout", d.start_timeout, "server", finite=True),
         stop_timeout=_duration(raw, "stop_timeout", d.stop_timeout, "server", finite=True),
         log_level=log_level,
+        trusted_proxies=_proxies(raw.get("trusted_proxies", [])),
+        engine_timeout=_positive(raw, "engine_timeout", d.engine_timeout, "server"),
     )
+
+
+def _proxies(value: Any) -> tuple[str, ...]:
+    _expect(isinstance(value, list) and all(isinstance(v, str) for v in value), "server.trusted_proxies", value,
+            "must be a list of addresses or networks, like [\"127.0.0.1\", \"10.0.0.0/8\"]")
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError("server.trusted_proxies", item, "must be an IP address or network such as "
+                              "127.0.0.1 or 10.0.0.0/8") from None
+    return tuple(value)
 
 
 def _parse_audit(raw: Any, base_dir: Path) -> AuditConfig:

@@ -95,8 +95,11 @@ def run(config: Config) -> int:
             # uvicorn re-raises the signal after a graceful stop; for us that stop is a normal exit (0)
             self._captured_signals.clear()
 
+    # forwarded headers only from configured proxies (uvicorn would otherwise believe any loopback peer)
+    proxies = list(config.server.trusted_proxies)
     server = Server(uvicorn.Config(app, log_level=config.server.log_level, access_log=False,
-                                           loop="uvloop", http="httptools", timeout_graceful_shutdown=5))
+                                   loop="uvloop", http="httptools", timeout_graceful_shutdown=5,
+                                   proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None))
 
     async def main() -> None:
         pool = app.services.pool

@@ -29,7 +29,8 @@ def model_file(tmp_path):
 async def make_pool(model_file, *, server=None, fail_with=None, **model):
     clock = VirtualClock()
     raw = {"server": {"data_dir": str(model_file.parent), **(server or {})},
-           "models": [{"name": "m", "engine": "llamacpp", "path": str(model_file), **model}]}
+           # one request per replica unless a test says otherwise (llama.cpp's default is 4 slots)
+           "models": [{"name": "m", "engine": "llamacpp", "path": str(model_file), "max_concurrency": 1, **model}]}
     config = parse_config(raw, base_dir=model_file.parent)
     engine = SimulatedEngine(clock, START, fail_with=fail_with)
     pool = Pool(config, {"llamacpp": engine}, clock, Metrics())
@@ -145,9 +146,17 @@ async def test_full_queue_refuses_at_once_and_deadline_refuses_with_retry_after(
     for task in held:
         with pytest.raises(DeadlineExceeded) as late:
             task.result()
-        assert late.value.retry_after >= 1
+        assert late.value.retry_after >= 1 and "still starting after 3 s" in late.value.message
     await clock.advance(3)  # the start goes on and the replica becomes warm for later requests
     assert pool.state_of("m") is S.WARM
+    # warm but busy: the refusal says so rather than "did not become ready"
+    busy = await pool.acquire("m")
+    waiting = spawn(pool.acquire("m"))
+    await clock.advance(3)
+    with pytest.raises(DeadlineExceeded) as late:
+        waiting.result()
+    assert "is warm, but all 1 request slot(s) of its 1 replica(s) stayed busy for 3 s" in late.value.message
+    busy.release()
     await pool.shutdown()
 
 
@@ -216,4 +225,28 @@ async def test_warm_until_keeps_the_last_replica_past_its_keep_alive(model_file)
     assert pool.state_of("m") is S.WARM
     await clock.advance(5)
     assert pool.state_of("m") is S.COLD
+    await pool.shutdown()
+
+
+class SlowReadClock(VirtualClock):
+    """A clock that moves 2 ms at every read, as the system clock does when another thread takes the GIL
+    between two reads (the CI failure of issue 12: a warm answer said it waited 1.9 ms)."""
+
+    def now(self) -> float:
+        self._now += 0.002
+        return self._now
+
+
+async def test_a_request_served_by_a_free_warm_replica_waited_nothing_whatever_the_clock_does(model_file):
+    pool, clock, engine = await make_pool(model_file)
+    first = spawn(pool.acquire("m"))
+    await clock.advance(6)
+    first.result().release()
+    pool.clock = SlowReadClock(clock.now())
+    fast = pool.try_acquire("m")  # the gateway's fast path
+    assert fast is not None and not fast.cold and fast.waited_s == 0.0
+    fast.release()
+    held = await pool.acquire("m")  # the same, through the holding path: a free slot at once
+    assert not held.cold and held.waited_s == 0.0
+    held.release()
     await pool.shutdown()

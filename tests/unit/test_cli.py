@@ -59,3 +59,22 @@ def test_help_of_every_command_prints():
     for name in commands:
         sub = run(name, "--help")
         assert sub.returncode == 0 and "usage:" in sub.stdout and "Traceback" not in sub.stderr, name
+
+
+def test_client_commands_find_the_server_the_local_config_serves_and_take_the_v1_url(tmp_path):
+    import os
+
+    (tmp_path / "warmstart.toml").write_text("[server]\nport = 9\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WARMSTART_")}
+    out = subprocess.run([sys.executable, "-m", "warmstart", "ps"], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path, env=env)
+    assert out.returncode == 1 and "http://127.0.0.1:9 " in out.stderr and "warmstart.toml" in out.stderr, out.stderr
+    out = run("ps", "--url", "http://127.0.0.1:9/v1")  # the OpenAI-style base URL
+    assert out.returncode == 1 and "at http://127.0.0.1:9 (from --url" in out.stderr, out.stderr
+
+
+def test_a_refused_key_names_the_flag_that_sends_one():
+    from warmstart.cli import _error_text
+
+    body = {"error": {"message": "Missing API key."}}
+    assert "--api-key" in _error_text(401, body) and "--admin-key" in _error_text(403, body)

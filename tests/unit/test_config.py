@@ -98,6 +98,30 @@ def test_binding_beyond_loopback_requires_api_keys():
     config = load_config(None, env={"WARMSTART_HOST": "0.0.0.0", "WARMSTART_API_KEYS": "a" * 16 + ",b" * 1 + "c" * 16})
     assert config.auth_required and len(config.auth.api_keys) == 2
     assert not load_config(None, env={}).auth_required
+
+
+def test_auth_required_false_cannot_open_a_server_beyond_loopback_without_keys():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"server": {"host": "0.0.0.0"}, "auth": {"required": False}}, base_dir=Path("/tmp"))
+    assert err.value.field == "auth.required" and "0.0.0.0" in str(err.value) and "api_keys" in str(err.value)
+    # on loopback it is the default anyway; with keys beyond loopback they are enforced
+    assert not parse_config({"auth": {"required": False}}, base_dir=Path("/tmp")).auth_required
+    keyed = parse_config({"server": {"host": "0.0.0.0"}, "auth": {"required": False, "api_keys": ["k" * 16]}},
+                         base_dir=Path("/tmp"))
+    assert keyed.auth.api_keys
+
+
+def test_trusted_proxies_and_the_engine_timeout_are_checked():
+    config = parse_config({"server": {"trusted_proxies": ["127.0.0.1", "10.0.0.0/8"], "engine_timeout": "90s"}},
+                          base_dir=Path("/tmp"))
+    assert config.server.trusted_proxies == ("127.0.0.1", "10.0.0.0/8") and config.server.engine_timeout == 90
+    assert parse_config({}, base_dir=Path("/tmp")).server.trusted_proxies == ()
+    for server, field in (({"trusted_proxies": ["proxy.local"]}, "server.trusted_proxies"),
+                          ({"trusted_proxies": "127.0.0.1"}, "server.trusted_proxies"),
+                          ({"engine_timeout": "0s"}, "server.engine_timeout")):
+        with pytest.raises(ConfigError) as err:
+            parse_config({"server": server}, base_dir=Path("/tmp"))
+        assert err.value.field == field
     assert parse_config({"auth": {"required": True, "api_keys": ["x" * 16]}}, base_dir=Path("/tmp")).auth_required
 
 

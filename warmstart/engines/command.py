@@ -85,9 +85,10 @@ class CommandEngine:
         offset = proc.log_path.stat().st_size
         report.done(SPAWN, time.monotonic() - began)
         proc.base_url = f"http://127.0.0.1:{port}"
+        proc.health_path = options.get("health_path", "/v1/models")
         try:
-            await self._wait_ready(proc, offset, options.get("ready_pattern"),
-                                   options.get("health_path", "/v1/models"), report, Path(argv[0]).name)
+            await self._wait_ready(proc, offset, options.get("ready_pattern"), proc.health_path, report,
+                                   Path(argv[0]).name)
             return proc
         except BaseException:
             await proc.abandon()

@@ -5,6 +5,7 @@ concurrent request (`max_concurrency`), each slot holding the model's whole cont
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.metadata
 import json
 import os
@@ -12,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from warmstart.config import ModelConfig
 from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, StartReport
@@ -74,6 +77,10 @@ class LlamaCppEngine:
         try:
             port, last_phase_end = await self._follow(proc, report)
             proc.base_url = f"http://127.0.0.1:{port}"
+            proc.count_active = functools.partial(_active_requests, proc.base_url + "/metrics")
+            # llama-server looks at a non-streamed request's connection only after a second with no result
+            # in its queue, and each /metrics answer is one: asked more often, a client that left is never seen
+            proc.count_interval = 1.5
             report.enter(READY)
             await wait_healthy(proc, proc.base_url + "/health", timeout=30.0)
             # ready: from the end of the last phase (the engine's HTTP server starting) to a healthy answer
@@ -105,3 +112,14 @@ class LlamaCppEngine:
         detail = error or proc.log_tail(5) or "no output"
         phase = report.current or IMPORT
         raise EngineError(f"llama.cpp engine exited with code {code} during {phase}: {detail}")
+
+
+async def _active_requests(url: str, session: aiohttp.ClientSession) -> int | None:
+    """The requests llama-server is still working on, in its slots or waiting for one (its /metrics)."""
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        if resp.status != 200:
+            return None
+        values = dict(line.split(maxsplit=1) for line in (await resp.text()).splitlines()
+                      if line.startswith("llamacpp:requests_"))
+        return int(float(values.get("llamacpp:requests_processing", 0))
+                   + float(values.get("llamacpp:requests_deferred", 0)))

@@ -10,12 +10,16 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.errors import EngineError
 from warmstart.names import safe_name
+
+if TYPE_CHECKING:
+    import aiohttp
 
 _PR_SET_PDEATHSIG = 1
 
@@ -95,6 +99,11 @@ class ManagedProcess:
         self.reports = reports
         self.spawned_at = spawned_at
         self.base_url = ""
+        # the liveness probe: a GET that a working engine answers with 200 (the gateway asks when it goes silent)
+        self.health_path = "/health"
+        # for engines that report it: how many requests the engine is still working on (None: unknown)
+        self.count_active: Callable[[aiohttp.ClientSession], Awaitable[int | None]] | None = None
+        self.count_interval = 0.1  # seconds between two such counts
         self._ledger: ProcessLedger | None = None
         self._reports_transport: asyncio.BaseTransport | None = None
 

@@ -104,7 +104,7 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
-        services.relay = Relay(pool, session, clock.now)
+        services.relay = Relay(pool, session, clock.now, config.server.engine_timeout)
         if services.warming is not None:
             await services.warming.start()
         try:

@@ -121,7 +121,7 @@ def _hint(services: Services, request: Request, model: Any, allowed: set[str]) -
     hint = services.config.warming.hint
     if runner is None or not hint.enabled:
         raise PermissionDenied("Warm hints are turned off on this server ([warming.hint] enabled = false).")
-    origin = request.headers.get("origin")
+    origin = page_origin(request)
     # browsers send Origin on a same-origin POST too (sendBeacon does): a page warmstart serves itself is allowed
     same_origin = origin is not None and urlsplit(origin).netloc == request.headers.get("host")
     if origin and not same_origin and "*" not in allowed and origin not in allowed:
@@ -138,11 +138,29 @@ def _hint(services: Services, request: Request, model: Any, allowed: set[str]) -
     if decision.outcome == "rate_limited":
         raise RateLimited("Too many warm hints from this client; try again later.",
                           retry_after=_seconds(decision.retry_after), code="hint_rate_limited")
+    if decision.outcome == "over_budget" and decision.retry_after is not None and math.isinf(decision.retry_after):
+        raise PermissionDenied(f"A hint cannot start the model '{model}': it never unloads (its keep_alive is "
+                               "negative), and no hint budget pays for a replica kept forever.", param="model")
     if decision.outcome == "over_budget":
         raise RateLimited("The hourly budget of hint-started replica-seconds is spent; nothing was started.",
                           retry_after=_seconds(decision.retry_after), code="hint_budget_exhausted")
     return {"model": model, "state": services.pool.state_of(model).value, "outcome": decision.outcome,
             "warm_for_s": hint.warm_for}
+
+
+def page_origin(request: Request) -> str | None:
+    """The origin of the page that sent a hint. A browser's image ping (GET) carries no Origin: then the
+    Referer's origin stands for it, and a request the browser marks as cross-site (Sec-Fetch-Site) with
+    neither is from an unknown page ("null"). None: no page (curl, a server), judged by keys alone."""
+    origin = request.headers.get("origin")
+    if origin:
+        return origin
+    referer = urlsplit(request.headers.get("referer") or "")
+    if referer.scheme and referer.netloc:
+        return f"{referer.scheme}://{referer.netloc}"
+    if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        return "null"
+    return None
 
 
 def _seconds(value: float | None) -> float:

@@ -31,6 +31,17 @@ class ClientGone(Exception):
     """The client disconnected; whatever it asked for is abandoned."""
 
 
+class EngineStalled(aiohttp.ClientConnectionError):
+    """The engine sent nothing for `server.engine_timeout` and did not answer its health check: it is wedged
+    (stopped, deadlocked). An upstream error like a cut connection: the replica is failed and replaced."""
+
+
+# how long a liveness probe of a silent engine may take before the engine counts as wedged
+PROBE_TIMEOUT = 5.0
+# while a client that left waits for its engine to go idle: how often to ask
+DRAIN_INTERVAL = 0.1
+
+
 async def wait_disconnect(request: Request) -> None:
     while True:
         message = await request.receive()
@@ -64,10 +75,13 @@ Finish = Callable[[Lease | None, int, float | None], None]
 class Relay:
     """Sends one generation request to the pool's replicas and answers the client."""
 
-    def __init__(self, pool: Pool, session: aiohttp.ClientSession, clock_now: Callable[[], float]) -> None:
+    def __init__(self, pool: Pool, session: aiohttp.ClientSession, clock_now: Callable[[], float],
+                 engine_timeout: float = 60.0) -> None:
         self.pool = pool
         self.session = session
         self.now = clock_now
+        self.engine_timeout = engine_timeout
+        self.liveness = Liveness(session, engine_timeout)
 
     async def forward(self, request: Request, model: str, path: str, body: bytes, stream: bool,
                       keep_alive: float | None, arrived: float, finish: Finish) -> Response:
@@ -92,11 +106,11 @@ class Relay:
                     raise Unavailable(f"model '{model}' failed twice while answering; retry later",
                                       retry_after=1) from exc
                 except ClientGone:
-                    lease.release()
+                    await self.liveness.drain(lease)
                     raise
                 if stream and upstream.status == 200:
                     handed_off = True
-                    return RelayStream(data, upstream, lease, disconnect, arrived, self.now, finish)
+                    return RelayStream(data, upstream, lease, disconnect, arrived, self.now, finish, self.liveness)
                 lease.release()
                 # without streaming, the first token reaches the client with the whole answer
                 finish(lease, upstream.status, self.now() - arrived if upstream.status == 200 else None)
@@ -115,14 +129,16 @@ class Relay:
     async def _exchange(self, lease: Lease, path: str, body: bytes,
                         stream: bool) -> tuple[aiohttp.ClientResponse, bytes]:
         """Send the request; return the whole answer, or for a stream its first bytes."""
-        upstream = await self.session.post(lease.base_url + path, data=body, headers=_JSON_STREAM if stream else _JSON)
+        alive = self.liveness.alive
+        headers = _JSON_STREAM if stream else _JSON
+        upstream = await alive(lease, self.session.post(lease.base_url + path, data=body, headers=headers))
         try:
             if stream and upstream.status == 200:
-                first = await upstream.content.readany()
+                first = await alive(lease, upstream.content.readany())
                 if not first:
                     raise aiohttp.ServerDisconnectedError("engine closed the stream before any bytes")
                 return upstream, first
-            data = await upstream.read()
+            data = await alive(lease, upstream.read())
         except BaseException:
             upstream.close()
             raise
@@ -136,12 +152,13 @@ class RelayStream(Response):
 
     def __init__(self, first: bytes, upstream: aiohttp.ClientResponse, lease: Lease,
                  disconnect: asyncio.Future[None], arrived: float, now: Callable[[], float],
-                 finish: Finish) -> None:
+                 finish: Finish, liveness: Liveness) -> None:
         super().__init__(status_code=200, media_type="text/event-stream",
                          headers={"cache-control": "no-cache", **served_headers(lease)})
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.first, self.upstream, self.lease = first, upstream, lease
         self.disconnect, self.arrived, self.now, self.finish = disconnect, arrived, now, finish
+        self.liveness = liveness
         self.ttft = now() - arrived
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -165,15 +182,19 @@ class RelayStream(Response):
                 self.upstream.close()  # the engine sees the disconnect and stops generating
             else:
                 self.upstream.release()
-            self.lease.release()
             self.disconnect.cancel()
             self.finish(self.lease, status, self.ttft)
+            if status == 499:
+                await self.liveness.drain(self.lease)
+            else:
+                self.lease.release()
 
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.body", "body": self.first, "more_body": True})
         tail = self.first[-2:]
+        content = self.upstream.content
         try:
-            async for data in self.upstream.content.iter_any():
+            while data := await self.liveness.alive(self.lease, content.readany()):
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 tail = (tail + data[-2:])[-2:]
         except _UPSTREAM_ERRORS as exc:
@@ -185,3 +206,78 @@ class RelayStream(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+
+
+class Liveness:
+    """Whether a replica's engine still works: a read that sees no byte for `engine_timeout` probes the
+    engine's health check, and an engine that does not answer it is failed (killed and replaced)."""
+
+    def __init__(self, session: aiohttp.ClientSession, engine_timeout: float) -> None:
+        self.session = session
+        self.engine_timeout = engine_timeout
+
+    async def alive(self, lease: Lease, awaitable: Awaitable[T]) -> T:
+        """Await a read from the engine; raise EngineStalled (and fail the replica) if it is wedged. An engine
+        that answers its health check is given more time: a long answer sends nothing until it is done."""
+        task = asyncio.ensure_future(awaitable)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.engine_timeout)
+                if done:
+                    return task.result()
+                why = await self.probe(lease)
+                if why is not None:
+                    reason = f"the engine sent nothing for {self.engine_timeout:g} s and {why}"
+                    log.warning("replica %s is wedged: %s; killing it", lease.replica.id, reason)
+                    lease.fail(reason)
+                    raise EngineStalled(reason)
+                log.info("replica %s sent nothing for %g s but answers its health check; waiting on",
+                         lease.replica.id, self.engine_timeout)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def probe(self, lease: Lease) -> str | None:
+        """None if the engine answers its health check in time, else what went wrong."""
+        process = lease.replica.process
+        if process is None or process.returncode is not None:
+            return "its process has exited"
+        url = process.base_url + getattr(process, "health_path", "/health")
+        timeout = min(PROBE_TIMEOUT, self.engine_timeout)
+        try:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                if resp.status == 200:
+                    return None
+                return f"its health check answered HTTP {resp.status}"
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            return f"did not answer its health check within {timeout:g} s"
+
+    async def drain(self, lease: Lease) -> None:
+        """The client left: the slot is given back once the engine has stopped working on the request (engines
+        that report their active requests), so no new request is sent into a busy engine. An engine still
+        busy after `engine_timeout` is probed like a silent one."""
+        try:
+            process = lease.replica.process
+            count = getattr(process, "count_active", None)
+            if count is None:
+                return
+            deadline = asyncio.get_running_loop().time() + self.engine_timeout
+            while lease.replica.in_flight > 0:
+                try:
+                    active = await count(self.session)
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                    active = None
+                # this lease is one of the replica's in-flight requests; idle means no more than the others
+                if active is None or active < lease.replica.in_flight:
+                    return
+                if asyncio.get_running_loop().time() > deadline:
+                    why = await self.probe(lease)
+                    if why is not None:
+                        lease.fail(f"the engine kept working for a client that left and {why}")
+                        return
+                    deadline += self.engine_timeout
+                await asyncio.sleep(getattr(process, "count_interval", DRAIN_INTERVAL))
+        finally:
+            lease.release()

@@ -98,8 +98,10 @@ def _check_supported(req: GenerationRequest, caps: Capabilities) -> None:
 
 def _check_prompt_size(req: GenerationRequest, caps: Capabilities) -> None:
     """Refuse a prompt that certainly exceeds the context, without tokenizing it: token ids are
-    counted; text needs at least one token per `max_token_bytes` bytes. (An engine would spend seconds
-    tokenizing megabytes only to refuse them, holding a replica, or starting one, meanwhile.)"""
+    counted; text needs at least one token per `max_token_bytes` bytes, and every chat message (or part
+    of one) at least one more for the template's turn markers. (An engine would spend seconds tokenizing
+    megabytes, or applying its chat template to 100,000 empty messages, only to refuse them, holding a
+    replica, or starting one, meanwhile.)"""
     limit = caps.context_length
     if limit is None:
         return
@@ -109,23 +111,35 @@ def _check_prompt_size(req: GenerationRequest, caps: Capabilities) -> None:
             raise InvalidRequest(f"The prompt is {len(req.prompt)} tokens, more than this model's context length "
                                  f"of {limit} tokens.", param="prompt", code="context_length_exceeded")
         return
-    if caps.max_token_bytes is None:
-        return
+    items = 0  # messages and content parts: each costs the template at least one token
     if isinstance(req, CompletionRequest):
         texts, param = ([req.prompt] if isinstance(req.prompt, str) else req.prompt), "prompt"
     else:
         texts, param = [], "messages"
         for message in req.messages:
+            items += 1
             if isinstance(message.content, str):
                 texts.append(message.content)
             elif isinstance(message.content, list):
+                items += max(0, len(message.content) - 1)
                 texts += [p["text"] for p in message.content if isinstance(p.get("text"), str)]
+        # the first message may share its turn with the next (templates that fold the system prompt in)
+        items = max(0, items - 1)
+        if items > limit:
+            raise InvalidRequest(
+                f"The request has {items + 1} messages and content parts; this model's context of {limit} tokens "
+                f"cannot hold more than {limit + 1} (each costs at least one token of its chat template).",
+                param=param, code="context_length_exceeded")
+    if caps.max_token_bytes is None:
+        return
     size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts if isinstance(t, str))
-    most = limit * caps.max_token_bytes
-    if size > most:
+    least = -(-size // caps.max_token_bytes) + items
+    if least > limit:
+        where = f" in {len(req.messages)} messages" if isinstance(req, ChatCompletionRequest) else ""
         raise InvalidRequest(
-            f"The prompt is {size} bytes; this model's context of {limit} tokens cannot hold more than {most} "
-            f"bytes of text (no token of it stands for more than {caps.max_token_bytes} bytes).",
+            f"The prompt is {size} bytes{where}: at least {least} tokens, more than this model's context of "
+            f"{limit} tokens (no token of it stands for more than {caps.max_token_bytes} bytes"
+            f"{', and each message costs at least one token of its chat template' if where else ''}).",
             param=param, code="context_length_exceeded")
 
 

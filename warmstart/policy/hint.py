@@ -43,6 +43,12 @@ class HintRequest:
     # until when the model is wanted loaded anyway (the controller's current warm-until), wall time
     warm_until: float
     cold_start_s: float
+    # how long the model's last replica stays loaded once idle (its keep-alive; math.inf: never unloads)
+    keep_alive_s: float = 0.0
+    # when the loaded model would unload without this hint, wall time (math.inf: not while it is busy)
+    loaded_until: float = -math.inf
+    # a warm replica is idle: the hint restarts its idle clock, so it stays `keep_alive_s` from now
+    idle: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,13 +86,12 @@ def decide(req: HintRequest, state: HintState, now: float, limits: HintLimits) -
     buckets[req.client] = (tokens - 1.0, now)
     spent = tuple((t, s) for t, s in state.spent if t > now - HOUR)
     until = now + limits.warm_for
-    if req.loaded:
-        charge = max(0.0, until - max(now, req.warm_until))
-        outcome = "extended" if charge > 0 else "already_warm"
-    else:
-        charge = req.cold_start_s + limits.warm_for
-        outcome = "started"
+    charge = hint_charge(req, now, limits)
+    outcome = ("extended" if charge > 0 else "already_warm") if req.loaded else "started"
     used = sum(s for _, s in spent)
+    if math.isinf(charge):  # the model never unloads: no budget pays for forever, now or later
+        return (HintDecision("over_budget", retry_after=math.inf),
+                replace(state, buckets=_bounded(buckets, now, limits), spent=spent))
     if charge > 0 and used + charge > limits.budget_per_hour:
         # the budget frees up as the oldest charges leave the rolling hour
         freed, wait = used + charge - limits.budget_per_hour, HOUR
@@ -101,6 +106,18 @@ def decide(req: HintRequest, state: HintState, now: float, limits: HintLimits) -
         spent = spent + ((now, charge),)
     return (HintDecision(outcome, warm_until=until, charge=charge),
             HintState(buckets=_bounded(buckets, now, limits), spent=spent))
+
+
+def hint_charge(req: HintRequest, now: float, limits: HintLimits) -> float:
+    """The replica-seconds a hint keeps loaded that would not be loaded without it: a start pays for the
+    start and for as long as the replica then stays, the hint's span or the model's keep-alive, whichever is
+    longer; a loaded model pays for the time it now stays past when it would have unloaded."""
+    until = now + limits.warm_for
+    if not req.loaded:
+        return req.cold_start_s + max(limits.warm_for, req.keep_alive_s)
+    stays = max(until, now + req.keep_alive_s) if req.idle else until
+    would = max(now, req.loaded_until, req.warm_until)
+    return max(0.0, stays - would)
 
 
 def _bounded(buckets: dict[str, tuple[float, float]], now: float,

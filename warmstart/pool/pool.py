@@ -148,7 +148,7 @@ class Pool:
         wall = self.clock.wall()
         for listener in self.arrival_listeners:
             listener(name, wall)
-        return self._lease(entry, replica, cold=False, arrived=self.clock.now(), keep_alive=keep_alive)
+        return self._lease(entry, replica, cold=False, waited=0.0, keep_alive=keep_alive)
 
     async def acquire(self, name: str, keep_alive: float | None = None, deadline_s: float | None = None) -> Lease:
         """A lease on a warm replica of `name`, starting one if needed; held up to the deadline.
@@ -164,8 +164,8 @@ class Pool:
         self._reap_failed(entry)
         if not entry.waiters:
             replica = self._best_free(entry)
-            if replica is not None:
-                return self._lease(entry, replica, cold=False, arrived=now, keep_alive=keep_alive)
+            if replica is not None:  # never held: no wait, whatever the bookkeeping above cost
+                return self._lease(entry, replica, cold=False, waited=0.0, keep_alive=keep_alive)
         if len(entry.waiters) >= self.config.server.queue_size:
             raise QueueFull(
                 f"model '{name}' has {len(entry.waiters)} requests waiting, the most it holds; retry later",
@@ -182,9 +182,7 @@ class Pool:
             if waiter.future.done():
                 return waiter.future.result()
             waiter.future.cancel()
-            raise DeadlineExceeded(
-                f"model '{name}' did not become ready within {deadline:g} s; retry later",
-                retry_after=self._retry_after(entry))
+            raise DeadlineExceeded(self._deadline_message(entry, deadline), retry_after=self._retry_after(entry))
         except asyncio.CancelledError:
             # the client went away while held: give back a lease it may just have received
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
@@ -200,6 +198,19 @@ class Pool:
             if not leased:  # held, then refused or abandoned: the wait still happened (a lease records its own)
                 self.metrics.request_wait_seconds.labels(name).observe(max(0.0, self.clock.now() - now))
 
+    @staticmethod
+    def _deadline_message(entry: ModelEntry, deadline: float) -> str:
+        """Why a held request gave up: the model never got warm, or it was warm and every slot stayed busy."""
+        warm = [r for r in entry.replicas if r.state is S.WARM]
+        if warm:
+            slots = sum(r.capacity for r in warm)
+            return (f"model '{entry.name}' is warm, but all {slots} request slot(s) of its {len(warm)} replica(s) "
+                    f"stayed busy for {deadline:g} s ({len(entry.waiters)} requests waiting); retry later")
+        starting = sum(1 for r in entry.replicas if r.state is S.STARTING)
+        if starting:
+            return f"model '{entry.name}' was still starting after {deadline:g} s; retry later"
+        return f"model '{entry.name}' did not become ready within {deadline:g} s; retry later"
+
     def _best_free(self, entry: ModelEntry) -> Replica | None:
         best = None
         for replica in entry.replicas:
@@ -208,12 +219,13 @@ class Pool:
                 best = replica
         return best
 
-    def _lease(self, entry: ModelEntry, replica: Replica, cold: bool, arrived: float,
+    def _lease(self, entry: ModelEntry, replica: Replica, cold: bool, waited: float,
                keep_alive: float | None) -> Lease:
+        """A slot of `replica` for a request that was held `waited` seconds (0 for one never queued: two
+        clock reads around the bookkeeping would charge it for a thread switch it never waited for)."""
         replica.in_flight += 1
         replica.idle_since = None
         self._disarm_expiry(replica)
-        waited = max(0.0, self.clock.now() - arrived)
         entry.wait_histogram.observe(waited)
         return Lease(self, replica, cold, waited, keep_alive)
 
@@ -225,8 +237,8 @@ class Pool:
             waiter = entry.waiters.popleft()
             if waiter.future.done():
                 continue
-            waiter.future.set_result(
-                self._lease(entry, replica, waiter.cold, waiter.arrived, waiter.keep_alive))
+            waiter.future.set_result(self._lease(entry, replica, waiter.cold,
+                                                 max(0.0, self.clock.now() - waiter.arrived), waiter.keep_alive))
         self._update_gauges(entry)
 
     def _release(self, lease: Lease) -> None:

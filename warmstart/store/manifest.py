@@ -1,10 +1,12 @@
 """Model manifests: what a model is made of (files, sizes, sha256), kept in the data directory, and
 the integrity checks made from them.
 
-A start checks cheaply: each file's size, mtime and inode against the manifest; a file whose stat
-changed is re-hashed (once, through the DigestCache) and refused if its sha256 differs. `verify`
-re-hashes everything. A model started without a manifest gets one on its first start (trust on
-first use); a manifest made by `warmstart models add` is pinned: other files under its name are refused.
+A start checks cheaply: each file's size, mtime, ctime, inode and device against the manifest; a file
+whose stat changed in any of them is re-hashed (once, through the DigestCache) and refused if its
+sha256 differs. ctime is what a restored mtime cannot fake; an entry without one (a manifest written
+before ctime was recorded) is re-hashed once. `verify` re-hashes everything. A model started without
+a manifest gets one on its first start (trust on first use); a manifest made by `warmstart models add`
+is pinned: other files under its name are refused.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from warmstart.errors import IntegrityError, StoreError
 from warmstart.names import MODEL_NAME, MODEL_NAME_RULE
-from warmstart.store.digest import DigestCache
+from warmstart.store.digest import DigestCache, FileDigest, FileStat
 
 
 def store_dir(data_dir: Path) -> Path:
@@ -33,6 +35,19 @@ class ManifestFile:
     sha256: str
     mtime_ns: int
     inode: int
+    # None in manifests written before ctime was recorded: their first check re-hashes
+    ctime_ns: int | None = None
+    device: int | None = None
+
+    def trusts(self, st: FileStat) -> bool:
+        """The file is the one hashed: a write since then would have moved its ctime."""
+        return self.ctime_ns is not None and (self.size, self.mtime_ns, self.ctime_ns, self.inode, self.device) == (
+            st.size, st.mtime_ns, st.ctime_ns, st.inode, st.device)
+
+    @classmethod
+    def of(cls, digest: FileDigest) -> ManifestFile:
+        st = digest.stat
+        return cls(digest.path, digest.size, digest.sha256, st.mtime_ns, st.inode, st.ctime_ns, st.device)
 
 
 @dataclass(frozen=True)
@@ -161,9 +176,8 @@ class ManifestStore:
         fmt = detect_format(files)
         entries = []
         for f in files:
-            digest = self.digests.digest(f)
-            st = f.stat()
-            entries.append(ManifestFile(str(f), digest.size, digest.sha256, st.st_mtime_ns, st.st_ino))
+            # the stat the digest was taken under, not a later one: a change in between would be trusted
+            entries.append(ManifestFile.of(self.digests.digest(f)))
         manifest = Manifest(name=name, engine=engine or default_engine(fmt), format=fmt,
                             source=source or f"add {root.resolve()}", root=str(root.resolve()),
                             files=tuple(entries), added_at=time.time(), pinned=pinned)
@@ -209,15 +223,15 @@ class ManifestStore:
 
     def _check_file(self, name: str, entry: ManifestFile, rehash: bool = False) -> ManifestFile:
         try:
-            st = os.stat(entry.path)
+            st = FileStat.of(os.stat(entry.path))
         except OSError as exc:
             raise IntegrityError(f"model '{name}': {entry.path} is missing ({exc.strerror}); restore it or "
                                  f"run `warmstart models rm {name}` and add the model again") from None
-        if (st.st_size, st.st_mtime_ns, st.st_ino) == (entry.size, entry.mtime_ns, entry.inode) and not rehash:
+        if entry.trusts(st) and not rehash:
             return entry
-        if st.st_size != entry.size:
+        if st.size != entry.size:
             raise IntegrityError(
-                f"model '{name}': {entry.path} is {st.st_size} bytes, its manifest says {entry.size}; the file was "
+                f"model '{name}': {entry.path} is {st.size} bytes, its manifest says {entry.size}; the file was "
                 f"changed or truncated. Restore it, or run `warmstart models add {entry.path} --name {name} "
                 "--replace` if the change is intended")
         digest = self.digests.digest(Path(entry.path), force=rehash)
@@ -226,7 +240,7 @@ class ManifestStore:
                 f"model '{name}': {entry.path} has sha256 {digest.sha256[:16]}..., its manifest says "
                 f"{entry.sha256[:16]}...; the file was modified. Restore it, or run `warmstart models add "
                 f"{entry.path} --name {name} --replace` if the change is intended")
-        return replace(entry, mtime_ns=st.st_mtime_ns, inode=st.st_ino)  # same bytes, touched or copied
+        return replace(ManifestFile.of(digest), path=entry.path)  # same bytes, touched or copied
 
     def verify(self, name: str) -> list[FileCheck]:
         """Re-hash every file of the model (no cache) against its manifest."""

@@ -5,11 +5,13 @@ The audit directory holds:
     head.json                                     seq and hash of the last record written (shows a cut tail)
     .lock                                         flock'ed by each writer, so two processes never interleave
 
-Each line is one record in canonical JSON (sorted keys, no spaces). `hash` is the sha256 of the
-record without `hash`; `prev` is the `hash` of the record before it (64 zeros before the first);
-`seq` counts from 1 across segments, so a rotation keeps one chain. A line torn by a crash (the log
-ends without a newline) is closed and acknowledged by a `recovery` record from the next writer,
-which continues the chain from the last whole record.
+Each line is one record in canonical JSON (sorted keys, no spaces, ASCII, no NaN), and a line is a
+record only if its bytes are exactly the canonical form of what they parse to: the chain covers the
+bytes as written, so a duplicate key, reordered keys or added whitespace read as tampering, never as
+the record they parse to. `hash` is the sha256 of the record without `hash`; `prev` is the `hash` of
+the record before it (64 zeros before the first); `seq` counts from 1 across segments, so a rotation
+keeps one chain. A line torn by a crash (the log ends without a newline) is closed and acknowledged
+by a `recovery` record from the next writer, which continues the chain from the last whole record.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -64,19 +67,79 @@ def record_hash(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
 
 
+@dataclass(frozen=True)
+class NotARecord:
+    """Why a line is not a record: `edited` when it parses to a record but is not the bytes the writer
+    wrote for it, `invalid` when it is no record at all."""
+
+    kind: str  # edited | invalid
+    reason: str
+
+
+class _Refused(ValueError):
+    """A line the JSON parser would accept but a record never holds, raised from the parser's hooks."""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _Refused(f"the key {json.dumps(key)} appears twice in one object, so the hash covers only one "
+                           "of its values")
+        obj[key] = value
+    return obj
+
+
+def _constant(name: str) -> float:
+    raise _Refused(f"it holds {name}, which is not a JSON number")
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _Refused(f"it holds the number {text[:40]}, out of range (it reads as infinity)")
+    return value
+
+
+def read_record(raw: bytes) -> dict[str, Any] | NotARecord:
+    """The record on one line, or why the line is not one (its hash is not checked here). A record's
+    line is exactly canonical(record): the hash chain then covers the bytes as written."""
+    try:
+        text = raw.decode()  # strictly UTF-8: json.loads would also guess UTF-16 and UTF-32
+    except UnicodeDecodeError:
+        return NotARecord("invalid", "it is not UTF-8 text")
+    try:
+        obj = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_number)
+    except _Refused as exc:
+        return NotARecord("edited", str(exc))
+    except RecursionError:
+        return NotARecord("invalid", "it is nested too deeply to be a record")
+    except ValueError as exc:
+        return NotARecord("invalid", f"it is not JSON ({exc})")
+    if not isinstance(obj, dict):
+        return NotARecord("invalid", f"it is a JSON {_JSON_TYPES.get(type(obj), 'value')}, not an object")
+    if type(obj.get("seq")) is not int or not isinstance(obj.get("event"), str):
+        return NotARecord("invalid", "it has no integer seq or no event")
+    if not all(isinstance(obj.get(k), str) and len(obj[k]) == 64 for k in ("hash", "prev")):
+        return NotARecord("invalid", "it has no 64-digit hash or prev")
+    try:
+        written = canonical(obj)
+    except (ValueError, RecursionError):
+        return NotARecord("invalid", "it is nested too deeply to be a record")
+    if written != raw:
+        return NotARecord("edited", f"record seq {obj['seq']} is not in the writer's canonical form (keys "
+                                    "reordered, spaces added or characters escaped otherwise), so its bytes are "
+                                    "not the bytes its hash covers")
+    return obj
+
+
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
 def parse_record(raw: bytes) -> dict[str, Any] | None:
     """The record on one line, or None when the line is not a record at all (its hash is not checked)."""
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    if type(obj.get("seq")) is not int or not isinstance(obj.get("event"), str):
-        return None
-    if not all(isinstance(obj.get(k), str) and len(obj[k]) == 64 for k in ("hash", "prev")):
-        return None
-    return obj
+    record = read_record(raw)
+    return record if isinstance(record, dict) else None
 
 
 def segment_name(index: int) -> str:
@@ -96,7 +159,7 @@ def segments(directory: Path) -> list[Path]:
 def read_head(directory: Path) -> dict[str, Any] | None:
     try:
         head = json.loads((directory / HEAD).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if isinstance(head, dict) and type(head.get("seq")) is int and isinstance(head.get("hash"), str):
         return head
@@ -256,6 +319,9 @@ class AuditWriter:
 
     def _seal(self, fields: Mapping[str, Any], wall: float, seq: int, prev: str) -> dict[str, Any]:
         record = {"v": FORMAT, "time": utc_iso(wall), **fields, "seq": seq, "prev": prev}
+        # as JSON reads it back (tuples as lists, keys as strings), so the line is the canonical form of
+        # what the verifier parses; raises ValueError for NaN or infinity before anything is written
+        record = json.loads(canonical(record))
         record["hash"] = record_hash(record)
         return record
 
@@ -288,18 +354,32 @@ class AuditWriter:
 
 # ---- the pool's audit sink ----------------------------------------------------------------------------
 
-def weights_digest(cache: DigestCache, path: Path) -> tuple[str, int, bool]:
-    """sha256, size and whether it came from the cache; a folder (several files) gets one digest of
-    its files' digests and relative names."""
+@dataclass(frozen=True)
+class WeightsDigest:
+    sha256: str
+    size: int
+    cached: bool  # every file's digest was trusted by its stat, none was read for this record
+    hashed_at: float  # when the bytes were read (the oldest of a folder's files)
+
+    def fields(self) -> dict[str, Any]:
+        """The record's digest fields: the digest, and what it rests on for this start."""
+        return {"sha256": self.sha256, "size": self.size, "sha256_cached": self.cached,
+                # stat: size, mtime, ctime, inode and device unchanged since sha256_hashed_at (a write moves
+                # ctime, which no user process can set back); hashed: read for this record
+                "sha256_basis": "stat" if self.cached else "hashed", "sha256_hashed_at": utc_iso(self.hashed_at)}
+
+
+def weights_digest(cache: DigestCache, path: Path) -> WeightsDigest:
+    """The weights' digest; a folder (several files) gets one digest of its files' digests and relative names."""
     if not path.is_dir():
         d = cache.digest(path)
-        return d.sha256, d.size, d.cached
-    manifest, size, cached = hashlib.sha256(), 0, True
+        return WeightsDigest(d.sha256, d.size, d.cached, d.hashed_at)
+    manifest, size, cached, hashed_at = hashlib.sha256(), 0, True, math.inf
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         d = cache.digest(file)
         manifest.update(f"{d.sha256}  {file.relative_to(path).as_posix()}\n".encode())
-        size, cached = size + d.size, cached and d.cached
-    return manifest.hexdigest(), size, cached
+        size, cached, hashed_at = size + d.size, cached and d.cached, min(hashed_at, d.hashed_at)
+    return WeightsDigest(manifest.hexdigest(), size, cached, 0.0 if math.isinf(hashed_at) else hashed_at)
 
 
 class AuditLog:
@@ -360,7 +440,7 @@ class AuditLog:
         fields["sha256"] = fields["size"] = fields["sha256_cached"] = None
         if path is not None:
             try:
-                fields["sha256"], fields["size"], fields["sha256_cached"] = weights_digest(self.digests, path)
+                fields.update(weights_digest(self.digests, path).fields())
             except StoreError as exc:
                 fields["digest_error"] = str(exc)
         try:

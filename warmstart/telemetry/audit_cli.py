@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,9 +62,20 @@ def audit_dir(args: argparse.Namespace) -> Path:
 @command("audit")
 def _audit(args: argparse.Namespace) -> int:
     directory = audit_dir(args)
-    if args.audit_command == "verify":
+    if args.audit_command == "verify":  # its report names the directory
         return _verify(directory, args)
-    return _show(directory, args) if args.audit_command == "show" else _export(directory, args)
+    code = _show(directory, args) if args.audit_command == "show" else _export(directory, args)
+    print(f"audit log read: {directory} (from {_source(args)})", file=sys.stderr)
+    return code
+
+
+def _source(args: argparse.Namespace) -> str:
+    from warmstart.config import find_config_file
+
+    if args.data_dir:
+        return "--data-dir"
+    path = find_config_file(getattr(args, "config", None), os.environ)
+    return str(path) if path is not None else "the default data directory; pass --data-dir or --config for another"
 
 
 def verification_text(result: Verification) -> str:

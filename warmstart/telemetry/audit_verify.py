@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from warmstart.telemetry.audit import GENESIS, HEAD, line_digest, parse_record, read_head, record_hash, segments
+from warmstart.telemetry.audit import (GENESIS, HEAD, NotARecord, line_digest, read_head, read_record, record_hash,
+                                       segments)
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Line:
     raw: bytes
     terminated: bool  # ends with a newline
     record: dict[str, Any] | None
+    problem: NotARecord | None = None  # why the line is not a record
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,11 @@ def read_lines(directory: Path) -> Iterator[Line]:
             pieces.pop()
         for i, raw in enumerate(pieces):
             terminated = terminated_all or i < len(pieces) - 1
-            yield Line(path.name, i + 1, raw, terminated, parse_record(raw))
+            read = read_record(raw)
+            if isinstance(read, NotARecord):
+                yield Line(path.name, i + 1, raw, terminated, None, read)
+            else:
+                yield Line(path.name, i + 1, raw, terminated, read)
 
 
 def verify(directory: Path, lines: list[Line] | None = None) -> Verification:
@@ -93,7 +99,12 @@ def verify(directory: Path, lines: list[Line] | None = None) -> Verification:
                                      "or a folder?): the log cannot be read from it")
             return result
     if lines is None:
-        lines = list(read_lines(directory))
+        try:
+            lines = list(read_lines(directory))
+        except OSError as exc:
+            result.problem = Problem(Path(exc.filename or directory).name, None, "invalid",
+                                     f"cannot be read: {exc.strerror or exc}")
+            return result
     acknowledged: dict[tuple[str, int, str], Line] = {}
     later: dict[int, int] = {}  # seq -> index of the last line holding it
     for index, line in enumerate(lines):
@@ -102,8 +113,8 @@ def verify(directory: Path, lines: list[Line] | None = None) -> Verification:
         later[line.record["seq"]] = index
         if line.record["event"] == "recovery" and isinstance(line.record.get("torn"), list):
             for torn in line.record["torn"]:
-                if isinstance(torn, dict):
-                    acknowledged[(str(torn.get("file")), torn.get("line"), str(torn.get("sha256")))] = line
+                if isinstance(torn, dict) and type(torn.get("line")) is int:
+                    acknowledged[(str(torn.get("file")), torn["line"], str(torn.get("sha256")))] = line
 
     expected_seq, expected_prev = 1, GENESIS
     last: Line | None = None
@@ -125,7 +136,10 @@ def verify(directory: Path, lines: list[Line] | None = None) -> Verification:
                     f"the last record is incomplete ({len(line.raw)} bytes, no newline): a write was interrupted "
                     f"(crash, kill -9 or a full disk); the {result.records} records before it are intact, and the "
                     "next record written will acknowledge this line and continue the chain"))
-            return fail(line, "invalid", "not a valid audit record: the line was edited or damaged")
+            why = line.problem or NotARecord("invalid", "it is not a record")
+            if why.kind == "edited":
+                return fail(line, "edited", f"the line was edited: {why.reason}")
+            return fail(line, "invalid", f"not a valid audit record: {why.reason}; the line was edited or damaged")
         seq = record["seq"]
         if record_hash(record) != record["hash"]:
             return fail(line, "edited", f"record seq {seq} was edited: its contents do not match its hash")

@@ -52,6 +52,11 @@ class Metrics:
             ["model"], registry=r)
         self.hints = Counter(
             "warmstart_hints", "Warm hints received, by outcome.", ["model", "outcome"], registry=r)
+        self.hint_charged_seconds = Counter(
+            "warmstart_hint_charged_replica_seconds",
+            "Replica-seconds accepted hints were charged against the hourly hint budget: the start and as long "
+            "as the replica then stays loaded (the hint's span or the model's keep-alive, the longer).",
+            ["model"], registry=r)
         self.runtimes = Gauge(
             "warmstart_runtimes", "Pre-initialized engine runtimes waiting for a model, by state (ready, starting).",
             ["engine", "state"], registry=r)

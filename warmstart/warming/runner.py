@@ -194,6 +194,25 @@ class WarmingRunner:
             self.history.add(model, wall)
         asyncio.get_running_loop().call_soon(self._apply, mw)
 
+    def _stays(self, model: str, cold_start: float) -> tuple[float, float, bool]:
+        """How long the model's last replica stays once idle (its keep-alive), when the model would unload
+        as things stand (wall time; inf while a replica is busy or never unloads), and whether a warm
+        replica is idle (a hint restarts its idle clock)."""
+        entry = self.pool.entry(model)
+        keep_alive = entry.keep_alive
+        now, wall = self.clock.now(), self.clock.wall()
+        until, idle = -math.inf, False
+        for replica in entry.replicas:
+            if replica.state is ReplicaState.WARM:
+                if replica.in_flight > 0 or replica.expires_at is None:
+                    until = math.inf
+                else:
+                    idle = True
+                    until = max(until, wall + replica.expires_at - now)
+            elif replica.state is ReplicaState.STARTING:
+                until = max(until, wall + cold_start + keep_alive)
+        return keep_alive, until, idle
+
     def _cold_start(self, model: str) -> float:
         """p95 of the model's recent successful starts, or the configured estimate before there are any."""
         starts = [s.total_s for s in self.pool.entry(model).starts if s.outcome == "ok"][-20:]
@@ -210,10 +229,14 @@ class WarmingRunner:
         known = mw is not None
         loaded = known and self.pool.state_of(model) in (ReplicaState.STARTING, ReplicaState.WARM)
         warm_until = mw.applied[0] if mw is not None else -math.inf
+        cold_start = self._cold_start(model) if known else 0.0
+        keep_alive, loaded_until, idle = self._stays(model, cold_start) if known else (0.0, -math.inf, False)
         req = HintRequest(model=model, client=client, known=known, loaded=loaded, warm_until=warm_until,
-                          cold_start_s=self._cold_start(model) if known else 0.0)
+                          cold_start_s=cold_start, keep_alive_s=keep_alive, loaded_until=loaded_until, idle=idle)
         decision, self.hint_state = hints.decide(req, self.hint_state, now, self.limits)
         self.metrics.hints.labels(model if known else "", decision.outcome).inc()
+        if decision.charge > 0:
+            self.metrics.hint_charged_seconds.labels(model).inc(decision.charge)
         if decision.accepted and mw is not None:
             mw.hints.append((now, self.limits.warm_for))
             self._decide(mw, now)

@@ -106,6 +106,28 @@ def test_a_prompt_that_cannot_fit_the_context_is_refused_without_tokenizing():
                   Capabilities(chat=True, context_length=100))
 
 
+def test_many_empty_messages_are_refused_by_their_template_cost_before_any_engine():
+    caps = Capabilities(chat=True, context_length=100, max_token_bytes=8)
+    empty = {"role": "user", "content": ""}
+    check_request(chat(messages=[empty] * 101), caps)  # the first shares its turn: 100 tokens at least
+    with pytest.raises(InvalidRequest, match="102 messages") as err:
+        check_request(chat(messages=[empty] * 102), caps)
+    assert err.value.code == "context_length_exceeded" and err.value.param == "messages"
+    assert "100 tokens" in err.value.message
+    # content parts cost a token each too
+    parts = [{"type": "text", "text": ""}] * 150
+    with pytest.raises(InvalidRequest) as err:
+        check_request(chat(messages=[{"role": "user", "content": parts}]), caps)
+    assert err.value.code == "context_length_exceeded"
+    # the bound holds without the vocabulary's longest token too
+    with pytest.raises(InvalidRequest):
+        check_request(chat(messages=[empty] * 100_000), Capabilities(chat=True, context_length=2048))
+    # text and messages add up: 50 messages of 400 bytes in all need 50 + 49 tokens, too many for 90
+    few = Capabilities(chat=True, context_length=90, max_token_bytes=8)
+    with pytest.raises(InvalidRequest, match="at least 99 tokens"):
+        check_request(chat(messages=[{"role": "user", "content": "x" * 8}] * 50), few)
+
+
 LLAMA = Capabilities(chat=True, context_length=2048, unsupported_fields=("best_of", "echo", "modalities"),
                      max_choices=16, content_types=("text",))
 

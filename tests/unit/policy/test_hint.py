@@ -78,3 +78,25 @@ def test_the_hint_policy_keeps_the_model_warm_until_the_latest_hint_runs_out():
     assert [(s.end, s.trigger) for s in plan.spans] == [(270.0, "hint")]
     plan, _ = policy.decide(Observation("m"), state, 300.0)
     assert plan.spans == ()
+
+
+def test_a_hint_is_charged_what_it_keeps_loaded_including_the_models_keep_alive():
+    limits = HintLimits(warm_for=30.0, models=None, budget_per_hour=3600.0)
+
+    def charged(**kw):
+        return decide(HintRequest("m", "c", True, **kw), HintState(), 1000.0, limits)[0]
+
+    # a start stays for the model's keep-alive when that is longer than the hint's span
+    d = charged(loaded=False, warm_until=-math.inf, cold_start_s=3.0, keep_alive_s=118.0)
+    assert (d.outcome, d.charge) == ("started", 121.0)
+    assert charged(loaded=False, warm_until=-math.inf, cold_start_s=3.0, keep_alive_s=10.0).charge == 33.0
+    # an idle warm replica's idle clock restarts: it now stays 118 s, where it would have gone in 20
+    d = charged(loaded=True, warm_until=-math.inf, cold_start_s=3.0, keep_alive_s=118.0, loaded_until=1020.0,
+                idle=True)
+    assert (d.outcome, d.charge) == ("extended", 98.0)
+    # a busy replica does not unload while busy: nothing to pay
+    d = charged(loaded=True, warm_until=-math.inf, cold_start_s=3.0, keep_alive_s=118.0, loaded_until=math.inf)
+    assert (d.outcome, d.charge) == ("already_warm", 0.0)
+    # a model that never unloads cannot be started by a hint: no budget pays for forever
+    d = charged(loaded=False, warm_until=-math.inf, cold_start_s=3.0, keep_alive_s=math.inf)
+    assert d.outcome == "over_budget" and math.isinf(d.retry_after)

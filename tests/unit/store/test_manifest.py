@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import pytest
@@ -84,24 +85,55 @@ def test_pinned_models_refuse_other_files_unpinned_follow_their_config(tmp_path,
     assert moved.files[0].path == str(other)
 
 
-def test_verify_rehashes_and_finds_what_the_cheap_check_cannot(tmp_path, model):
+def flip_a_byte_and_put_the_mtime_back(model, offset: int = 7) -> bytes:
+    st = model.stat()
+    data = bytearray(model.read_bytes())
+    data[offset] ^= 1
+    with open(model, "r+b") as f:  # same size, same inode, mtime put back: only ctime tells
+        f.write(bytes(data))
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return bytes(data)
+
+
+def test_a_byte_flip_with_the_mtime_put_back_is_refused_by_the_start_check(tmp_path, model):
+    store = ManifestStore(tmp_path / "data")
+    store.check("m", model, engine="llamacpp", source="path")
+    flip_a_byte_and_put_the_mtime_back(model)
+    with pytest.raises(IntegrityError, match=r"model 'm': .*tiny.gguf has sha256 .* its manifest says .*modified"):
+        store.check("m", model, engine="llamacpp", source="path")
+    assert store.digests.hashed == 2
+    with pytest.raises(IntegrityError, match="modified"):  # and at every start after, restarted too
+        ManifestStore(tmp_path / "data").check("m", model, engine="llamacpp", source="path")
+
+
+def test_a_manifest_without_ctime_is_rehashed_once_then_trusted_by_stat(tmp_path, model):
+    store = ManifestStore(tmp_path / "data")
+    store.check("m", model, engine="llamacpp", source="path")
+    [manifest] = store.folder.glob("*.json")
+    written = json.loads(manifest.read_text())
+    for entry in written["files"]:  # as a manifest written before ctime was recorded
+        del entry["ctime_ns"], entry["device"]
+    manifest.write_text(json.dumps(written))
+    flip_a_byte_and_put_the_mtime_back(model)
+    with pytest.raises(IntegrityError, match="modified"):  # no ctime to trust: hashed, and the flip found
+        ManifestStore(tmp_path / "data").check("m", model, engine="llamacpp", source="path")
+    flip_a_byte_and_put_the_mtime_back(model)  # flipped back
+    fresh = ManifestStore(tmp_path / "data")
+    assert fresh.check("m", model, engine="llamacpp", source="path").files[0].ctime_ns == model.stat().st_ctime_ns
+    fresh.check("m", model, engine="llamacpp", source="path")
+    assert fresh.digests.hashed == 1
+
+
+def test_verify_rehashes_and_what_it_finds_refuses_every_start(tmp_path, model):
     store = ManifestStore(tmp_path / "data")
     store.add(model, name="m")
     assert [c.status for c in store.verify("m")] == ["ok"]
-    st = model.stat()
-    data = bytearray(model.read_bytes())
-    data[7] ^= 1
-    with open(model, "r+b") as f:  # same size, same inode, mtime put back: invisible to stat
-        f.write(bytes(data))
-    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))
-    store.check("m", model, engine="llamacpp", source="path")  # the cheap check cannot see it
+    data = flip_a_byte_and_put_the_mtime_back(model)
     [check] = store.verify("m")
-    assert check.status == "changed" and check.actual == hashlib.sha256(bytes(data)).hexdigest()
+    assert check.status == "changed" and check.actual == hashlib.sha256(data).hexdigest()
     with pytest.raises(IntegrityError, match="modified"):  # what verify found refuses every start
         store.check("m", model, engine="llamacpp", source="path")
-    data[7] ^= 1
-    with open(model, "r+b") as f:  # restored: starts pass again
-        f.write(bytes(data))
+    flip_a_byte_and_put_the_mtime_back(model)  # restored: starts pass again
     store.check("m", model, engine="llamacpp", source="path")
     assert store.get("m").failed_verify == ()
     model.unlink()

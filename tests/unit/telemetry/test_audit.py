@@ -206,6 +206,109 @@ def test_writers_in_two_processes_keep_one_chain(tmp_path):
     assert models.count("a") == models.count("b") == 40
 
 
+# ---- malformed lines: named by file and line, never a traceback; the chain covers the bytes written ------
+
+def duplicate_sha256(line: bytes) -> bytes:
+    """A second `sha256` key before the real one: a reader taking the first value sees a forged digest."""
+    return line.replace(b'"sha256":', b'"sha256":"' + b"cd" * 32 + b'","sha256":', 1)
+
+
+def reordered(line: bytes) -> bytes:
+    record = json.loads(line)
+    return json.dumps(dict(reversed(list(record.items()))), separators=(",", ":")).encode()
+
+
+MALFORMED = {
+    "nan": (lambda line: line.replace(b'"model":"m"', b'"model":NaN'), "edited", "NaN"),
+    "1e999": (lambda line: line.replace(b'"i":1', b'"i":1e999'), "edited", "1e999"),
+    "10000 deep": (lambda line: b"[" * 10_000 + b"]" * 10_000, "invalid", "nested too deeply"),
+    "10000 deep in a record": (lambda line: line[:-1] + b',"x":' + b"[" * 10_000 + b"]" * 10_000 + b"}", "invalid",
+                               "nested too deeply"),
+    "duplicate sha256": (duplicate_sha256, "edited", 'the key "sha256" appears twice'),
+    "not an object": (lambda line: b'["start", 2]', "invalid", "a JSON array, not an object"),
+    "a string": (lambda line: b'"start"', "invalid", "a JSON string, not an object"),
+    "reordered keys": (reordered, "edited", "not in the writer's canonical form"),
+    "spaces": (lambda line: line.replace(b",", b", "), "edited", "not in the writer's canonical form"),
+    "escaped otherwise": (lambda line: line.replace(b'"model":"m"', b'"model":"\\u006d"'), "edited",
+                          "canonical form"),
+    "not UTF-8": (lambda line: b"\xff\xfe{}", "invalid", "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_line_is_named_by_file_and_line_never_a_traceback(tmp_path, case):
+    write(tmp_path, 3, sha256="ab" * 32)
+    lines = log_lines(tmp_path)
+    damage, kind, says = MALFORMED[case]
+    lines[1] = damage(lines[1])
+    rewrite(tmp_path, lines)
+    result = verify(tmp_path)
+    assert not result.ok and result.records == 1
+    assert (result.problem.file, result.problem.line, result.problem.kind) == ("audit-000001.jsonl", 2, kind)
+    assert says in result.problem.message
+    assert result.problem.where() == "audit-000001.jsonl line 2"
+
+
+def test_the_writer_writes_only_lines_the_verifier_reads_back_as_written(tmp_path):
+    # values JSON cannot keep as they are (tuples, integer keys, non-ASCII, lone surrogates) are written
+    # as they read back, so each line is the canonical form of its record and the chain verifies
+    records = write(tmp_path, 2, options={10: (1, 2), 9: "é\ud800\x7f"}, seconds=1e-7, big=2**70)
+    assert records[0]["options"] == {"10": [1, 2], "9": "é\ud800\x7f"}
+    assert [json.loads(line) for line in log_lines(tmp_path)] == records
+    assert verify(tmp_path).ok
+    with pytest.raises(ValueError):  # NaN is refused before anything is written
+        write(tmp_path, 1, seconds=float("nan"))
+    assert verify(tmp_path).ok and len(log_lines(tmp_path)) == 2
+
+
+# written by the writer before the verifier checked bytes (commit 0dd2a11): a start, a torn line, its
+# recovery record and an unload; logs written then must still verify
+OLD_LOG = (
+    b'{"engine":"llamacpp","error":null,"event":"start","hash":"cebacceec4b86333f28136a3e9f7261f41948157f9'
+    b'70fd0f7e4531f32dadf94c","model":"llama-8b","options":{"n_ctx":2048,"repack":false},"outcome":"ok","p'
+    b'ath":"/models/llama \\u00e9.gguf","phases":[{"phase":"spawn","seconds":0.05}],"prev":"000000000000000'
+    b'0000000000000000000000000000000000000000000000000","reason":null,"replica":"llama-8b#1","seconds":1.'
+    b'25,"seq":1,"sha256":"abababababababababababababababababababababababababababababababab","sha256_cache'
+    b'd":true,"size":3873665536,"time":"2026-11-18T11:06:40.000000Z","trigger":"request","v":1}\n'
+    b'{"event":"unl\n'
+    b'{"event":"recovery","hash":"648da4cfb8da3f45001817e2894d58daacabc5d4b632fcca05a52b22d4c12db1","prev"'
+    b':"cebacceec4b86333f28136a3e9f7261f41948157f970fd0f7e4531f32dadf94c","seq":2,"time":"2026-11-18T11:11'
+    b':40.000000Z","torn":[{"bytes":13,"file":"audit-000001.jsonl","line":2,"sha256":"9aac07f425ff617e7f59'
+    b'2805b2115cfc4483600694aba65d5d72fec60f6da1a0"}],"v":1}\n'
+    b'{"event":"unload","hash":"c2c9e2208c9cdf7bdbaf79239f70a70b97af2f775b4c98df0486868cff1885b3","model":'
+    b'"llama-8b","outcome":"ok","phases":[],"prev":"648da4cfb8da3f45001817e2894d58daacabc5d4b632fcca05a52b'
+    b'22d4c12db1","reason":"keep-alive","seconds":300.0,"seq":3,"time":"2026-11-18T11:11:40.000000Z","v":1'
+    b'}\n'
+)
+
+
+def test_a_log_written_by_the_earlier_writer_still_verifies_and_is_continued(tmp_path):
+    (tmp_path / "audit-000001.jsonl").write_bytes(OLD_LOG)
+    (tmp_path / "head.json").write_text(json.dumps({
+        "seq": 3, "hash": "c2c9e2208c9cdf7bdbaf79239f70a70b97af2f775b4c98df0486868cff1885b3",
+        "file": "audit-000001.jsonl"}))
+    result = verify(tmp_path)
+    assert result.ok and result.records == 3, result.problem
+    [fourth] = write(tmp_path, 1)
+    assert fourth["seq"] == 4 and verify(tmp_path).ok
+
+
+def test_a_recovery_record_naming_a_line_that_is_no_number_is_no_crash(tmp_path):
+    AuditWriter(tmp_path).append({"event": "recovery", "torn": [{"file": "x", "line": [1], "sha256": {}}]}, EPOCH)
+    write(tmp_path, 1)
+    assert verify(tmp_path).ok
+
+
+def test_the_writer_does_not_continue_the_chain_from_a_line_with_a_duplicate_key(tmp_path):
+    write(tmp_path, 2, sha256="ab" * 32)
+    lines = log_lines(tmp_path)
+    lines[1] = duplicate_sha256(lines[1])
+    rewrite(tmp_path, lines)
+    write(tmp_path, 1)  # not acknowledged as debris: head.json says record 2 was written
+    result = verify(tmp_path)
+    assert (result.problem.line, result.problem.kind) == (2, "edited")
+
+
 # ---- the pool's sink: digests, fsync before return, refusal when it cannot write ---------------------
 
 class LlamaLike:
@@ -250,6 +353,27 @@ async def test_a_start_record_has_everything_a_compliance_officer_asks_for(tmp_p
         "engine_version": "llama-cpp-python 0.3.36", "options": {"n_ctx": 2048}, "path": str(weights),
         "seconds": 0.6, "outcome": "ok", "error": None}
     assert first["host"] == os.uname().nodename and first["pid"] == os.getpid()
+
+
+async def test_a_byte_flip_with_the_mtime_put_back_is_hashed_again_for_the_record(tmp_path):
+    model, replica, weights = model_and_replica(tmp_path)
+    digests = DigestCache(tmp_path / "digests.json")
+    sink = AuditLog(tmp_path / "audit", clock=VirtualClock(epoch=EPOCH + 1), digests=digests)
+    await sink.record("start", model=model, path=weights, replica=replica, engine=LlamaLike(), outcome="ok")
+    await sink.record("start", model=model, path=weights, replica=replica, engine=LlamaLike(), outcome="ok")
+    st = weights.stat()
+    with weights.open("r+b") as f:  # one byte flipped in place: same size, same inode
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the mtime put back
+    await sink.record("start", model=model, path=weights, replica=replica, engine=LlamaLike(), outcome="ok")
+    first, second, third = (json.loads(line) for line in log_lines(tmp_path / "audit"))
+    assert (first["sha256_basis"], second["sha256_basis"], third["sha256_basis"]) == ("hashed", "stat", "hashed")
+    assert second["sha256_hashed_at"] == first["sha256_hashed_at"]  # trusted by stat since that reading
+    assert first["sha256"] == second["sha256"] != third["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert third["sha256_cached"] is False and digests.hashed == 2
 
 
 async def test_record_returns_only_after_its_bytes_are_fsynced(tmp_path, monkeypatch):

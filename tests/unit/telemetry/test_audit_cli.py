@@ -52,6 +52,29 @@ def test_verify_says_ok_or_names_the_first_bad_line(tmp_path, capsys):
         "message": "record seq 3 comes before seq 2: records were reordered"}
 
 
+def test_verify_names_a_malformed_line_and_exits_1_without_a_traceback(tmp_path, capsys):
+    directory = make_log(tmp_path)
+    [seg] = segments(directory)
+    good = seg.read_bytes().splitlines()
+    forged = b'"sha256":"' + b"cd" * 32 + b'",'  # a duplicate key before the real sha256
+    for line, says in [
+        (good[0].replace(b'"sha256":', forged + b'"sha256":', 1), 'the key "sha256" appears twice'),
+        (good[0].replace(b'"seconds":0.6', b'"seconds":NaN'), "NaN"),
+        (good[0].replace(b'"seconds":0.6', b'"seconds":1e999'), "1e999"),
+        (b"[" * 10_000 + b"]" * 10_000, "nested too deeply"),
+        (b"42", "not an object"),
+    ]:
+        seg.write_bytes(b"\n".join([line, *good[1:]]) + b"\n")
+        code, out, err = run(capsys, "audit", "verify", "--data-dir", str(tmp_path))
+        assert code == 1 and err == ""
+        assert out.startswith("audit log BROKEN at audit-000001.jsonl line 1: ") and says in out.splitlines()[0]
+        code, out, _ = run(capsys, "audit", "verify", "--data-dir", str(tmp_path), "--json")
+        problem = json.loads(out)["problem"]
+        assert code == 1 and (problem["file"], problem["line"]) == ("audit-000001.jsonl", 1)
+        code, out, _ = run(capsys, "audit", "show", "--data-dir", str(tmp_path))  # show skips it, no crash
+        assert code == 0 and len(out.splitlines()) == 3
+
+
 def test_show_lists_records_with_filters(tmp_path, capsys):
     make_log(tmp_path)
     code, out, _ = run(capsys, "audit", "show", "--data-dir", str(tmp_path))
@@ -100,3 +123,11 @@ def test_the_audit_directory_comes_from_the_config_file(tmp_path, capsys):
     config.write_text(f'[audit]\ndir = "{directory}"\n')
     code, out, _ = run(capsys, "audit", "verify", "--config", str(config))
     assert code == 0 and str(directory) in out
+
+
+def test_show_says_which_audit_log_it_read(tmp_path, capsys):
+    directory = make_log(tmp_path / "elsewhere")
+    config = tmp_path / "warmstart.toml"
+    config.write_text(f'[audit]\ndir = "{directory}"\n')
+    code, _, err = run(capsys, "audit", "show", "--config", str(config))
+    assert code == 0 and f"audit log read: {directory} (from {config})" in err
