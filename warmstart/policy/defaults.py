@@ -32,7 +32,7 @@ def predictive_params(overrides: Mapping[str, Any]) -> PredictiveParams:
 def controller(*, schedules: Sequence[tuple[Sequence[str], str]] = (), hints: bool = False,
                predictive: PredictiveParams | None = None, lead: float = 0.0) -> Controller:
     """One model's policies: its schedules (windows, time zone), the warm hint, and the predictive policy
-    (None: off). `lead` is added to every lead time (the server applies plans on ticks)."""
+    (None: off). `lead` is added to every lead time (the server adds its tick)."""
     policies: list[Policy] = [SchedulePolicy(tuple(parse_window(w) for w in windows), zone(tz), lead)
                               for windows, tz in schedules]
     if hints:

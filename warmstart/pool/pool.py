@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,10 +27,9 @@ from warmstart.errors import (
     Unavailable,
     WarmstartError,
 )
-from warmstart.policy import keepalive
+from warmstart.pool import rules
 from warmstart.pool.entry import AuditSink, Lease, ModelEntry, NullAudit, StartRecord, Waiter
 from warmstart.pool.replica import Replica, next_replica_id
-from warmstart.pool.scaling import replicas_to_start
 from warmstart.pool.states import LIVE, ReplicaState, model_state
 from warmstart.pool.view import model_view
 from warmstart.store.sources import resolve_model_path
@@ -60,7 +59,7 @@ class Pool:
             for m in config.models
         }
         self.engines = engines
-        self.arrival_listeners: list[Callable[[str, float], None]] = []
+        self._arrival_listeners: list[Callable[[str, float], None]] = []
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
         for entry in self.models.values():
@@ -140,15 +139,15 @@ class Pool:
     def try_acquire(self, name: str, keep_alive: float | None = None) -> Lease | None:
         """The warm fast path: a lease at once if a warm replica has a free slot and nobody waits."""
         entry = self.entry(name)
-        if entry.waiters or self._closing:
+        if self._closing:
             return None
-        replica = self._best_free(entry)
-        if replica is None:
+        decision = rules.admit(entry.replicas, len(entry.waiters), self.config.server.queue_size)
+        if not isinstance(decision, rules.Serve):
             return None
         wall = self.clock.wall()
-        for listener in self.arrival_listeners:
+        for listener in self._arrival_listeners:
             listener(name, wall)
-        return self._lease(entry, replica, cold=False, waited=0.0, keep_alive=keep_alive)
+        return self._lease(entry, decision.replica, cold=False, waited=0.0, keep_alive=keep_alive)
 
     async def acquire(self, name: str, keep_alive: float | None = None, deadline_s: float | None = None) -> Lease:
         """A lease on a warm replica of `name`, starting one if needed; held up to the deadline.
@@ -159,19 +158,17 @@ class Pool:
         if self._closing:
             raise Unavailable("warmstart is shutting down", retry_after=5)
         now = self.clock.now()
-        for listener in self.arrival_listeners:
+        for listener in self._arrival_listeners:
             listener(name, self.clock.wall())
         self._reap_failed(entry)
-        if not entry.waiters:
-            replica = self._best_free(entry)
-            if replica is not None:  # never held: no wait, whatever the bookkeeping above cost
-                return self._lease(entry, replica, cold=False, waited=0.0, keep_alive=keep_alive)
-        if len(entry.waiters) >= self.config.server.queue_size:
+        decision = rules.admit(entry.replicas, len(entry.waiters), self.config.server.queue_size)
+        if isinstance(decision, rules.Serve):  # never held: no wait, whatever the bookkeeping above cost
+            return self._lease(entry, decision.replica, cold=False, waited=0.0, keep_alive=keep_alive)
+        if isinstance(decision, rules.Refuse):
             raise QueueFull(
-                f"model '{name}' has {len(entry.waiters)} requests waiting, the most it holds; retry later",
+                f"model '{name}' has {decision.waiting} requests waiting, the most it holds; retry later",
                 retry_after=self._retry_after(entry))
-        cold = not any(r.state is S.WARM for r in entry.replicas)
-        waiter = Waiter(asyncio.get_running_loop().create_future(), now, cold, keep_alive)
+        waiter = Waiter(asyncio.get_running_loop().create_future(), now, decision.cold, keep_alive)
         entry.waiters.append(waiter)
         self._scale(entry)
         self._update_gauges(entry)
@@ -211,14 +208,6 @@ class Pool:
             return f"model '{entry.name}' was still starting after {deadline:g} s; retry later"
         return f"model '{entry.name}' did not become ready within {deadline:g} s; retry later"
 
-    def _best_free(self, entry: ModelEntry) -> Replica | None:
-        best = None
-        for replica in entry.replicas:
-            if replica.free_slots > 0 and not replica.unload_when_idle and (
-                    best is None or replica.in_flight < best.in_flight):
-                best = replica
-        return best
-
     def _lease(self, entry: ModelEntry, replica: Replica, cold: bool, waited: float,
                keep_alive: float | None) -> Lease:
         """A slot of `replica` for a request that was held `waited` seconds (0 for one never queued: two
@@ -231,7 +220,7 @@ class Pool:
 
     def _dispatch(self, entry: ModelEntry) -> None:
         while entry.waiters:
-            replica = self._best_free(entry)
+            replica = rules.free_replica(entry.replicas)
             if replica is None:
                 break
             waiter = entry.waiters.popleft()
@@ -266,15 +255,8 @@ class Pool:
             return
         if entry.waiters:
             self._reap_failed(entry)  # failed replicas are replaced by the requests that wait
-        live = [r for r in entry.replicas if r.state in LIVE]
-        n = replicas_to_start(
-            waiting=sum(1 for w in entry.waiters if not w.future.done()),
-            free_warm_slots=sum(r.free_slots for r in entry.replicas),
-            starting=sum(1 for r in entry.replicas if r.state is S.STARTING),
-            live=len(live),
-            capacity=entry.config.max_concurrency,
-            max_replicas=entry.config.max_replicas,
-        )
+        n = rules.to_start(entry.replicas, sum(1 for w in entry.waiters if not w.future.done()),
+                           capacity=entry.config.max_concurrency, max_replicas=entry.config.max_replicas)
         for _ in range(n):
             self._start_replica(entry, "request")
 
@@ -435,26 +417,12 @@ class Pool:
 
     def _arm_expiry(self, entry: ModelEntry, replica: Replica) -> None:
         self._disarm_expiry(replica)
-        if replica.state is not S.WARM or replica.in_flight > 0 or replica.idle_since is None:
-            return
-        others = [r for r in entry.replicas if r is not replica and r.state is S.WARM]
-        deadline = keepalive.unload_deadline(replica.idle_since, self._keep_alive(entry, replica, bool(others)),
-                                             entry.warm_until,
-                                             sole_replica=not others, unload_when_idle=replica.unload_when_idle)
-        if math.isinf(deadline):
-            replica.expires_at = None
+        deadline = rules.unload_at(replica, entry.replicas, self.clock.now(), configured=entry.config.keep_alive,
+                                   model=entry.keep_alive, warm_until=entry.warm_until)
+        if deadline is None or math.isinf(deadline):
             return
         replica.expires_at = deadline
         replica.expiry_task = self._spawn(self._expire_at(entry, replica, deadline), name=f"expiry {replica.id}")
-
-    @staticmethod
-    def _keep_alive(entry: ModelEntry, replica: Replica, others_warm: bool) -> float:
-        """A request's keep-alive if it set one; else the model's. A keep-alive the warming controller
-        picks (keep_alive "auto") governs the model's last replica; extra replicas scale down after the
-        model's configured keep-alive, as they would without the controller."""
-        if replica.keep_alive is not None:
-            return replica.keep_alive
-        return entry.config.keep_alive if others_warm else entry.keep_alive
 
     def _disarm_expiry(self, replica: Replica) -> None:
         task, replica.expiry_task, replica.expires_at = replica.expiry_task, None, None
@@ -475,7 +443,7 @@ class Pool:
         replica.move(S.STOPPING)
         self._update_gauges(entry)
         if self.store is not None:  # the last replica on keep-alive: weights to the RAM tier, not to disk
-            last = not any(r is not replica and r.state in (S.STARTING, S.WARM, S.SLEEPING) for r in entry.replicas)
+            last = rules.last_running(replica, entry.replicas)
             await self.store.before_stop(entry.config, entry.path, reason, last)
         if replica.process is not None:
             await replica.process.stop(self.config.server.stop_timeout)
@@ -498,34 +466,59 @@ class Pool:
     def ensure_warm(self, name: str, trigger: str, keep_alive: float | None = None) -> ReplicaState:
         """Start a replica of `name` unless one is live; returns the model's state."""
         entry = self.entry(name)
-        if keep_alive is None and trigger == "manual":
-            # a person asked: the configured keep-alive, even where the warming controller picks it otherwise
-            keep_alive = entry.config.keep_alive
         self._reap_failed(entry)
-        live = [r for r in entry.replicas if r.state in (S.STARTING, S.WARM, S.SLEEPING)]
-        if not live:
-            replica = self._start_replica(entry, trigger)
-            if keep_alive is not None:
-                replica.keep_alive = keep_alive
-        else:
-            for replica in live:
-                replica.unload_when_idle = False
-                if keep_alive is not None:
-                    replica.keep_alive = keep_alive
-                if replica.state is S.WARM and replica.in_flight == 0:
-                    replica.idle_since = self.clock.now()
-                    self._arm_expiry(entry, replica)
+        self._carry_out(entry, rules.ensure_warm(entry.replicas, trigger, keep_alive,
+                                                 configured=entry.config.keep_alive))
         return self.state_of(name)
 
     def set_warm_until(self, name: str, until: float, trigger: str) -> None:
         """The controller's desired warm set: keep at least one replica loaded until `until`."""
         entry = self.entry(name)
         entry.warm_until, entry.warm_trigger = until, trigger
-        if until > self.clock.now():
-            self.ensure_warm(name, trigger)
-        for replica in entry.replicas:
-            if replica.state is S.WARM and replica.in_flight == 0 and replica.idle_since is not None:
-                self._arm_expiry(entry, replica)
+        now = self.clock.now()
+        if until > now:
+            self._reap_failed(entry)
+        self._carry_out(entry, rules.warm_until(entry.replicas, now, until, trigger,
+                                                configured=entry.config.keep_alive))
+
+    def _carry_out(self, entry: ModelEntry,
+                   decisions: Sequence[rules.Start | rules.Rewarm[Replica] | rules.Rearm[Replica]]) -> None:
+        """The actuator for what `rules.ensure_warm` and `rules.warm_until` decide."""
+        for decision in decisions:
+            if isinstance(decision, rules.Start):
+                replica = self._start_replica(entry, decision.trigger)
+                replica.keep_alive = decision.keep_alive
+                continue
+            if isinstance(decision, rules.Rewarm) and not decision.replica.rewarm(decision.keep_alive,
+                                                                                  self.clock.now()):
+                continue
+            self._arm_expiry(entry, decision.replica)
+
+    # ---- what the warming runner may ask and set (it never touches the table) ------------------------
+
+    def subscribe_arrivals(self, listener: Callable[[str, float], None]) -> Callable[[], None]:
+        """Call `listener(model, wall time)` for every request as it arrives; returns the unsubscribe."""
+        self._arrival_listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._arrival_listeners.remove(listener)
+
+        return unsubscribe
+
+    def set_keep_alive_floor(self, name: str, seconds: float | None) -> None:
+        """The pool's own idle keep-alive for the model's last replica while the warming controller picks
+        its keep-alive (keep_alive "auto"); None: the configured one again."""
+        self.entry(name).keep_alive_override = seconds
+
+    def start_seconds(self, name: str, last: int = 20) -> list[float]:
+        """How long the model's `last` successful starts took, oldest first."""
+        return [s.total_s for s in self.entry(name).starts if s.outcome == "ok"][-last:]
+
+    def outlook(self, name: str, cold_start: float) -> rules.Outlook:
+        """How long the model stays loaded as things stand (`rules.outlook`)."""
+        entry = self.entry(name)
+        return rules.outlook(entry.replicas, model=entry.keep_alive, cold_start=cold_start, now=self.clock.now())
 
     async def wait_warm(self, name: str, timeout: float) -> ReplicaState:
         """Wait until the model is warm, failed or cold again (or the timeout passes)."""
@@ -556,11 +549,11 @@ class Pool:
         entry = self.entry(name)
         entry.warm_until = -math.inf
         stops = []
-        for replica in list(entry.replicas):
-            if replica.state is S.STARTING or (replica.state is S.WARM and replica.in_flight == 0):
-                stops.append(self._stop(entry, replica, "manual"))
-            elif replica.state is S.WARM:
-                replica.unload_when_idle = True
+        for decision in rules.on_unload(entry.replicas):
+            if isinstance(decision, rules.Stop):
+                stops.append(self._stop(entry, decision.replica, "manual"))
+            else:
+                decision.replica.unload_when_idle = True
         await asyncio.gather(*stops)
         if self.store is not None and not any(r.state in LIVE for r in entry.replicas):
             await self.store.evict(name, "manual unload")

@@ -43,6 +43,17 @@ class Replica:
     def move(self, target: ReplicaState) -> None:
         self.state = transition(self.state, target)
 
+    def rewarm(self, keep_alive: float | None, now: float) -> bool:
+        """Carry out `rules.Rewarm`: keep this replica (no unload when idle), with `keep_alive` if given; a
+        warm idle one restarts its idle clock now. Returns whether it did (its expiry is then re-armed)."""
+        self.unload_when_idle = False
+        if keep_alive is not None:
+            self.keep_alive = keep_alive
+        if self.state is not ReplicaState.WARM or self.in_flight > 0:
+            return False
+        self.idle_since = now
+        return True
+
     @property
     def free_slots(self) -> int:
         if self.state is not ReplicaState.WARM:

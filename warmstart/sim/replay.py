@@ -1,15 +1,17 @@
 """Replay one model's arrivals on virtual time through the pool's rules and the warming controller.
 
-The simulated pool mirrors warmstart.pool.pool for one model with one replica: a request that finds no
-ready replica is cold (also while a start is under way) and starts one (`replicas_to_start`); an idle
-replica unloads at `keepalive.unload_deadline` (its keep-alive, or the controller's warm-until);
-the controller's plan is applied with `plan.evaluate`, at the same moments the live controller
-applies it: when a request arrives, when a planned span begins, and when the policy asked to be asked
-again. Requests take no time once a replica is ready (a cold one is served the moment it is ready), so
-each model needs one replica.
+The replay carries out the decisions of warmstart.pool.rules, as `Pool` does, on one simulated
+`Replica` that goes through the pool's lifecycle: a request is served by a free warm replica or held
+(`rules.admit`), and held requests start one (`rules.to_start`); an idle replica unloads at
+`rules.unload_at` (its keep-alive, or the controller's warm-until); the controller's warm-until is
+carried out with `rules.warm_until`, at the same moments the live warming runner applies its plan
+(`plan.evaluate`): when a request arrives, when a planned span begins, and when the policy asked to be
+asked again. Requests take no time once a replica is ready (a cold one is served the moment it is ready),
+so each model needs one replica. tests/scenario/test_pool_replay.py replays a real trace through this
+and through the live `Pool` and `WarmingRunner` and gets the same requests warm and the same seconds loaded.
 
 The RAM tier follows warmstart.policy.tiering, as the model store does: a keep-alive unload holds the weights
-in RAM until `on_last_stop` says (`ram_keep_alive` after the unload); a start before then reads RAM and
+in RAM until `rules.tier_on_stop` says (`ram_keep_alive` after the unload); a start before then reads RAM and
 takes `ram_cold_start`, and the weights stay held while the replica is loaded (`on_ram_expiry`).
 """
 
@@ -23,12 +25,15 @@ import numpy as np
 
 from warmstart.policy import tiering
 from warmstart.policy.controller import Controller
-from warmstart.policy.keepalive import unload_deadline
 from warmstart.policy.observation import Observation
 from warmstart.policy.plan import IDLE, evaluate
-from warmstart.pool.scaling import replicas_to_start
+from warmstart.pool import rules
+from warmstart.pool.replica import Replica
+from warmstart.pool.states import ReplicaState
 
 INF = math.inf
+S = ReplicaState
+WARM, STARTING = S.WARM, S.STARTING  # read once per request: plain globals, not enum lookups
 
 
 @dataclass
@@ -57,6 +62,7 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
                  ram_keep_alive: float = 0.0, ram_cold_start: float | None = None) -> ModelOutcome:
     """Replay `arrivals` (ascending wall seconds in [start, end)) for one model.
 
+    `keep_alive` is the pool's own keep-alive for the model (with a controller that picks it: its floor).
     `ram_keep_alive` > 0 turns the RAM tier on (`ram_cold_start`: a start from RAM; default `cold_start`).
     Policies are still shown the disk cold start as the model's cold start."""
     c = float(cold_start)
@@ -67,11 +73,10 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
     starts: Counter = Counter()
     start_log: list[tuple[float, str]] | None = [] if log_starts else None
 
-    # the one replica: loaded (starting or ready) or not
-    loaded = ready = False
-    start_at = ready_at = 0.0
-    idle_since = 0.0
-    expiry = INF
+    # the model's replicas, as the pool keeps them: at most one here (requests take no time)
+    replicas: list[Replica] = []
+    ready_at = 0.0  # when the replica that is starting will be warm
+    expiry = INF  # when the warm replica unloads (`rules.unload_at`; the pool's expiry timer)
     warm_until = -INF
     loaded_s = 0.0
     cold = 0
@@ -99,30 +104,42 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
             recent_counts[window] = np.arange(1, n + 1) - np.searchsorted(arr, arr - window, side="right")
         return recent_counts[window]
 
-    def launch(t: float, trigger: str) -> None:
-        nonlocal loaded, ready, start_at, ready_at, held, ram_since, ram_s, ram_starts, from_ram
+    def launch(t: float, trigger: str, keep: float | None) -> None:
+        """Carry out a start (Pool._start_replica): the replica is warm one cold start from now."""
+        nonlocal ready_at, held, ram_since, ram_s, ram_starts, from_ram
         from_ram = False
         if ram_since is not None:
             ram_s += min(t, ram_until) - ram_since
             from_ram = t < ram_until  # the promotion; past the deadline the weights went back to disk
             ram_since = None
         ram_starts += from_ram
-        loaded, ready, start_at, ready_at, held = True, False, t, t + (c_ram if from_ram else c), 0
+        replica = Replica(id=f"{model}#{len(replicas) + sum(starts.values()) + 1}", model=model, trigger=trigger,
+                          capacity=1, keep_alive=keep, created_at=t, created_wall=t)
+        replica.move(S.STARTING)
+        replicas.append(replica)
+        ready_at, held = t + (c_ram if from_ram else c), 0
         starts[trigger] += 1
         if start_log is not None:
             start_log.append((t, trigger))
 
+    def arm(t: float) -> None:
+        """The replica's expiry timer (Pool._arm_expiry)."""
+        nonlocal expiry
+        at = rules.unload_at(replicas[0], replicas, t, configured=keep_alive, model=keep_alive,
+                             warm_until=warm_until) if replicas else None
+        expiry = INF if at is None else at
+
     def set_warm_until(t: float, until: float, trigger: str) -> None:
-        # pool.set_warm_until: keep one replica loaded until `until`, starting one if none is live
-        nonlocal warm_until, idle_since, expiry
+        """Carry out Pool.set_warm_until: what `rules.warm_until` decides."""
+        nonlocal warm_until
         warm_until = until
-        if until > t:
-            if not loaded:
-                launch(t, trigger)
-            elif ready:
-                idle_since = t  # ensure_warm restarts an idle replica's idle clock
-        if loaded and ready:
-            expiry = max(t, unload_deadline(idle_since, keep_alive, warm_until))
+        for decision in rules.warm_until(replicas, t, until, trigger, configured=keep_alive):
+            if isinstance(decision, rules.Start):
+                launch(t, decision.trigger, decision.keep_alive)
+                continue
+            if isinstance(decision, rules.Rewarm) and not decision.replica.rewarm(decision.keep_alive, t):
+                continue
+            arm(t)
 
     def apply(t: float) -> None:
         nonlocal applied, span_at
@@ -130,23 +147,31 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
         want = target if target is not None else (-INF, "")
         if want != applied:
             applied = want
-            set_warm_until(t, want[0], want[1])
+            set_warm_until(t, want[0], want[1] or "keep-alive")
 
     def advance(t: float) -> None:
         """Everything that happens before an arrival at `t` (or up to the end when t is the end)."""
-        nonlocal loaded, ready, idle_since, expiry, loaded_s, plan, state, review, shown, ram_since, ram_until
+        nonlocal expiry, held, loaded_s, plan, state, review, shown, ram_since, ram_until
         while True:
-            if loaded and not ready and ready_at <= t and ready_at <= review and ready_at <= span_at:
-                ready = True
-                idle_since = ready_at  # the held requests are served and released at once
-                expiry = max(ready_at, unload_deadline(ready_at, keep_alive, warm_until))
+            replica = replicas[0] if replicas else None
+            if (replica is not None and replica.state is STARTING and ready_at <= t and ready_at <= review
+                    and ready_at <= span_at):
+                replica.move(WARM)
+                held = 0  # the held requests are served and released at once
+                replica.idle_since = ready_at
+                arm(ready_at)
                 continue
-            if loaded and ready and expiry < t and expiry <= review and expiry <= span_at:
-                loaded_s += expiry - start_at
-                loaded = ready = False
-                demotion = tiering.on_last_stop(reason="keep-alive", ram_keep_alive=ram_keep_alive, now=expiry)
+            if replica is not None and replica.state is WARM and expiry < t and expiry <= review \
+                    and expiry <= span_at:
+                loaded_s += expiry - replica.created_at
+                replica.move(S.STOPPING)
+                demotion = rules.tier_on_stop(replica, replicas, reason="keep-alive", ram_keep_alive=ram_keep_alive,
+                                              now=expiry)
                 if isinstance(demotion, tiering.HoldInRam):
                     ram_since, ram_until = expiry, demotion.until
+                replica.move(S.COLD)
+                replicas.clear()
+                expiry = INF
                 continue
             tn = review if review <= span_at else span_at
             if tn > t:
@@ -160,15 +185,21 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
                 review = plan.review_at
             apply(tn)
 
+    admit, unload_at, serve = rules.admit, rules.unload_at, rules.Serve  # once per request: no lookups
     for i in range(n):
         t = float(arr[i])
         advance(t)
-        if loaded and ready:
+        decision = admit(replicas, held, INF)
+        if isinstance(decision, serve):
+            # leased and released at once: the idle clock starts again now, and the expiry timer with it
+            decision.replica.idle_since = t
+            at = unload_at(decision.replica, replicas, t, configured=keep_alive, model=keep_alive,
+                           warm_until=warm_until)
+            expiry = INF if at is None else at
             waits[i] = -1.0
         else:
-            if replicas_to_start(waiting=held + 1, free_warm_slots=0, starting=int(loaded), live=int(loaded),
-                                 capacity=1, max_replicas=1):
-                launch(t, "request")
+            if rules.to_start(replicas, held + 1, capacity=1, max_replicas=1):
+                launch(t, "request", None)
             held += 1
             waits[i] = ready_at - t
             waited_on_ram[i] = from_ram
@@ -177,12 +208,9 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
         if controller is not None:
             recent = int(counts(plan.recent_window)[i])
             apply(t)
-        if ready:
-            idle_since = t
-            expiry = max(t, unload_deadline(t, keep_alive, warm_until))
     advance(end)
-    if loaded:
-        loaded_s += max(0.0, end - start_at)
+    if replicas:
+        loaded_s += max(0.0, end - replicas[0].created_at)
     elif ram_since is not None:
         ram_s += max(0.0, min(end, ram_until) - ram_since)
     is_cold = waits >= 0

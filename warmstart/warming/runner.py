@@ -1,5 +1,6 @@
-"""The warming task: each tick it asks every model's controller for a plan and hands the pool the desired
-warm set (`pool.set_warm_until`); requests and hints re-apply the plan at once.
+"""The warming task: it asks every model's controller for a plan and hands the pool the desired warm set
+(`pool.set_warm_until`) each tick, and also at the moment a plan asked to be asked again or a planned span
+begins (the moments the simulator's replay applies plans); requests and hints re-apply the plan at once.
 
 It owns the controllers' states, the hint limiter's state and the request history; everything runs on the
 event loop, so no two changes interleave. The decisions come from warmstart.policy, the same code the
@@ -13,6 +14,7 @@ import logging
 import math
 import sqlite3
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,11 +51,13 @@ class ModelWarming:
     last: float | None = None
     recent: deque[float] = field(default_factory=deque)
     applied: tuple[float, str] = (-math.inf, "")
+    span_at: float = math.inf  # when a span of the plan begins next (wall time)
 
 
 def build_controller(config: Config, model: ModelConfig) -> Controller:
     """The policies the server runs for one model: its schedules, hints, and the predictive policy when
-    it picks the model's keep-alive. The tick is added to every lead time, since plans apply on ticks."""
+    it picks the model's keep-alive. The tick is added to every lead time (a margin: plans apply when a span
+    begins, and at least every tick)."""
     warming = config.warming
     return defaults.controller(
         schedules=[(s.windows, s.tz) for s in warming.schedules if s.model == model.name],
@@ -87,6 +91,11 @@ class WarmingRunner:
         self.limits = hint_limits(config)
         self.hint_state = HintState()
         self._task: asyncio.Task | None = None
+        self._unsubscribe: Callable[[], None] = lambda: None
+        # the next step (wall time), and the event that wakes the task sooner when a plan moves it earlier
+        self._step_at = math.inf
+        self._wake = asyncio.Event()
+        self._last_flush = -math.inf
         self._last_prune = -math.inf
 
     # ---- life ----------------------------------------------------------------------------------------
@@ -94,7 +103,7 @@ class WarmingRunner:
     async def start(self) -> None:
         for model in self.config.models:
             if model.keep_alive_auto and self.config.warming.predictive:
-                self.pool.entry(model.name).keep_alive_override = AUTO_KEEP_ALIVE_FLOOR
+                self.pool.set_keep_alive_floor(model.name, AUTO_KEEP_ALIVE_FLOOR)
         if self.history is not None:
             try:
                 await asyncio.to_thread(self.history.open)
@@ -108,13 +117,12 @@ class WarmingRunner:
             for name, arrivals in past.items():
                 if name in self.models:
                     self._replay(self.models[name], arrivals, now)
-        self.pool.arrival_listeners.append(self.on_arrival)
+        self._unsubscribe = self.pool.subscribe_arrivals(self.on_arrival)
         self.step()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="warming")
 
     async def stop(self) -> None:
-        if self.on_arrival in self.pool.arrival_listeners:
-            self.pool.arrival_listeners.remove(self.on_arrival)
+        self._unsubscribe()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -136,14 +144,33 @@ class WarmingRunner:
         mw.last = float(arrivals[-1])
         mw.plan = IDLE  # decided afresh at the first step, on the present
 
+    def _until_next_step(self) -> float:
+        """Seconds to the next step: a tick, or sooner when a plan asked to be asked again or a planned span
+        begins, so a plan applies at the moment it says (as the simulator's replay applies it)."""
+        due = min((min(mw.plan.review_at, mw.span_at) for mw in self.models.values()), default=math.inf)
+        return max(0.0, min(self.tick, due - self.clock.wall()))
+
     async def _run(self) -> None:
         while True:
-            await self.clock.sleep(self.tick)
+            delay = self._until_next_step()
+            self._step_at = self.clock.wall() + delay
+            self._wake.clear()
+            timer = asyncio.ensure_future(self.clock.sleep(delay))
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({timer, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                due = timer.done() and not timer.cancelled()
+                timer.cancel()
+                woken.cancel()
+            if not due:  # a plan's next span moved earlier: sleep again, to it
+                continue
             try:
                 self.step()
-                if self.history is not None:
+                now = self.clock.wall()
+                if self.history is not None and now - self._last_flush >= self.tick:
+                    self._last_flush = now
                     await asyncio.to_thread(self.history.flush)
-                    now = self.clock.wall()
                     if now - self._last_prune >= PRUNE_EVERY:
                         self._last_prune = now
                         await asyncio.to_thread(self.history.prune, now)
@@ -170,7 +197,9 @@ class WarmingRunner:
 
     def _apply(self, mw: ModelWarming) -> None:
         now_wall, now = self.clock.wall(), self.clock.now()
-        target, _ = evaluate(mw.plan, mw.last, now_wall, len(mw.recent))
+        target, mw.span_at = evaluate(mw.plan, mw.last, now_wall, len(mw.recent))
+        if min(mw.span_at, mw.plan.review_at) < self._step_at:
+            self._wake.set()
         want = target if target is not None else (-math.inf, "")
         if want == mw.applied:
             return
@@ -198,24 +227,12 @@ class WarmingRunner:
         """How long the model's last replica stays once idle (its keep-alive), when the model would unload
         as things stand (wall time; inf while a replica is busy or never unloads), and whether a warm
         replica is idle (a hint restarts its idle clock)."""
-        entry = self.pool.entry(model)
-        keep_alive = entry.keep_alive
-        now, wall = self.clock.now(), self.clock.wall()
-        until, idle = -math.inf, False
-        for replica in entry.replicas:
-            if replica.state is ReplicaState.WARM:
-                if replica.in_flight > 0 or replica.expires_at is None:
-                    until = math.inf
-                else:
-                    idle = True
-                    until = max(until, wall + replica.expires_at - now)
-            elif replica.state is ReplicaState.STARTING:
-                until = max(until, wall + cold_start + keep_alive)
-        return keep_alive, until, idle
+        stays = self.pool.outlook(model, cold_start)
+        return stays.keep_alive, self.clock.wall() + stays.unload_in, stays.idle
 
     def _cold_start(self, model: str) -> float:
         """p95 of the model's recent successful starts, or the configured estimate before there are any."""
-        starts = [s.total_s for s in self.pool.entry(model).starts if s.outcome == "ok"][-20:]
+        starts = self.pool.start_seconds(model, 20)
         if not starts:
             return self.config.warming.cold_start_estimate
         return float(np.percentile(starts, 95))
