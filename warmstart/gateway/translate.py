@@ -86,6 +86,11 @@ def _check_supported(req: GenerationRequest, caps: Capabilities) -> None:
                                  code="unsupported_parameter")
     if isinstance(req, ChatCompletionRequest) and caps.content_types is not None:
         for i, message in enumerate(req.messages):
+            calls = (message.model_extra or {}).get("tool_calls") or (message.model_extra or {}).get("function_call")
+            if message.content is None and not (message.role == "assistant" and calls):
+                # as OpenAI has it; llama-server would answer a 500 for the null it cannot parse
+                raise InvalidRequest(f"messages[{i}].content is required (only an assistant message that calls "
+                                     "a tool may go without).", param=f"messages[{i}].content")
             if isinstance(message.content, list) and any(
                     not isinstance(p, dict) or p.get("type") not in caps.content_types for p in message.content):
                 raise InvalidRequest(f"This model reads content parts of type {', '.join(caps.content_types)} only.",

@@ -206,3 +206,17 @@ def test_an_embeddings_request_the_engine_cannot_answer_is_named(kw, param):
 def test_an_embeddings_body_keeps_its_fields_but_keep_alive():
     body = json.loads(engine_body(embed(encoding_format="float", keep_alive="5m")))
     assert body == {"model": "m", "input": ["a", "b"], "encoding_format": "float"}
+
+
+def test_a_message_without_content_is_refused_unless_an_assistant_calls_a_tool():
+    def req(*messages):
+        return ChatCompletionRequest.model_validate({"model": "m", "messages": list(messages)})
+
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    check_request(req({"role": "user", "content": "hi"}, call, {"role": "tool", "content": "x"}), LLAMA)
+    for i, message in ((0, {"role": "tool", "content": None}), (1, {"role": "assistant"})):
+        with pytest.raises(InvalidRequest) as err:
+            check_request(req({"role": "user", "content": "hi"}, message) if i else req(message), LLAMA)
+        assert err.value.param == f"messages[{i}].content"
+    check_request(req({"role": "tool", "content": None}), CHAT)  # an engine that declares nothing gets it as sent
