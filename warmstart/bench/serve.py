@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import threading
 import time
@@ -39,6 +40,7 @@ NO_EOS = {"0": -100, "2": -100}  # SmolLM2's end tokens banned: every stream run
 
 def config(streams: int) -> str:
     models = [(MODEL, 4), (SLOTS_MODEL, streams), (ONE_SLOT_MODEL, 1)]
+    # every CPU for the one replica generating at a time (the engine's default is half, for many replicas)
     return "".join(f"""
 [[models]]
 name = "{name}"
@@ -49,6 +51,7 @@ max_replicas = 1
 max_concurrency = {slots}
 [models.options]
 n_ctx = 2048
+n_threads = {os.cpu_count() or 2}
 """ for name, slots in models)
 
 

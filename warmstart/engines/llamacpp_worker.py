@@ -72,10 +72,11 @@ def server_params(xlc: Any, model: str, name: str, options: dict[str, Any], para
     for key in ("n_batch", "n_ubatch", "n_gpu_layers"):
         if key in options:
             setattr(p, key, options[key])
-    if "n_threads" in options:
-        p.cpuparams.n_threads = options["n_threads"]
-    if "n_threads_batch" in options:
-        p.cpuparams_batch.n_threads = options["n_threads_batch"]
+    # half the CPUs by default (llama-cpp-python's default too): llama-server's own is all of them, and two
+    # replicas then spin OpenMP threads against each other (measured: 24 tokens in 64 s instead of 1 s)
+    threads = options.get("n_threads", max(1, (os.cpu_count() or 2) // 2))
+    p.cpuparams.n_threads = threads
+    p.cpuparams_batch.n_threads = options.get("n_threads_batch", threads)
     if "seed" in options:
         p.sampling.seed = options["seed"]
     if "flash_attn" in options:
