@@ -1,4 +1,5 @@
-"""The model routes (chat, completions, embeddings) served straight from ASGI, ahead of the framework's per-request layers.
+"""The model routes (chat, completions, embeddings) served straight from ASGI, ahead of the framework's
+per-request layers.
 
 FastAPI still declares the same routes (so the OpenAPI schema documents them, and they behave the
 same when reached through it); this front door only skips its middleware, dependency solving and
