@@ -7,7 +7,7 @@ two marker lines is a phase, measured on the server's own clock:
 | phase   | from the line                               | to the line                               |
 |---------|---------------------------------------------|-------------------------------------------|
 | load    | the first line (server init)                | "llama_context: constructing llama_context" |
-| kv_init | "constructing llama_context"                | "warming up the model" (warm-up off: "load_model: initializing") |
+| kv_init | "constructing llama_context"                | "warming up the model" (else "load_model: initializing") |
 | warmup  | "warming up the model"                      | "listening on" (slots and chat template set up too) |
 
 `load` is weights (mmap, or a copy into repacked buffers), tokenizer and metadata; `kv_init` the
