@@ -100,13 +100,14 @@ def server_params(xlc: Any, model: str, name: str, options: dict[str, Any], para
 
 class _LogFollower:
     """The server's stderr through a pipe while it starts: every line still reaches the replica's log,
-    and the phase markers in it are reported. `release()` gives the log its file back."""
+    the phase it enters is reported as it starts, and the phases' lengths are kept for `phases()`.
+    `release()` gives the log its file back."""
 
     def __init__(self, report: _Reporter) -> None:
-        from warmstart.engines.llamacpp_log import PhaseClock
+        from warmstart.engines.llamacpp_log import PhaseClock  # imported in the import phase already
 
-        self.clock = PhaseClock(on_done=lambda name, s: report.send(phase=name, seconds=s),
-                                on_enter=lambda name: report.send(enter=name))
+        self.done: dict[str, float] = {}
+        self.clock = PhaseClock(on_done=self.done.__setitem__, on_enter=lambda name: report.send(enter=name))
         self.finished = threading.Event()
         self._log_fd = os.dup(2)
         read_fd, write_fd = os.pipe()
@@ -126,6 +127,12 @@ class _LogFollower:
                 if self.clock.finished:
                     self.finished.set()
         self.finished.set()
+
+    def phases(self, seconds: float) -> list[tuple[str, float]]:
+        """load, kv_init, warmup of a server start that took `seconds`: kv_init and warmup as its log
+        timed them, load the rest (the log's first line comes a moment after the start)."""
+        kv_init, warmup = self.done.get("kv_init", 0.0), self.done.get("warmup", 0.0)
+        return [("load", max(0.0, seconds - kv_init - warmup)), ("kv_init", kv_init), ("warmup", warmup)]
 
     def release(self, timeout: float) -> None:
         # the server logs from its own thread: wait (briefly) for its "listening" line to come through
@@ -168,16 +175,22 @@ def main(argv: list[str] | None = None) -> int:
         t = time.monotonic()
         import xllamacpp
 
+        import warmstart.engines.llamacpp_log  # noqa: F401 (the log follower's, timed here with the rest)
+
         report.send(phase="import", seconds=time.monotonic() - t)
         params = server_params(xllamacpp, args.model, args.name, options, args.parallel, args.ctx,
                                args.host, args.port)
+        t = time.monotonic()
         log = _LogFollower(report)
         try:
             server = xllamacpp.Server(params)
         except RuntimeError as exc:  # xllamacpp says only "failed to init server": the log says why
             log.release(timeout=0.2)
             raise RuntimeError("; ".join(log.clock.errors[:2]) or str(exc)) from None
+        seconds = time.monotonic() - t
         log.release(timeout=5.0)
+        for name, phase_seconds in log.phases(seconds):
+            report.send(phase=name, seconds=phase_seconds)
         _set_verbosity(xllamacpp, SERVE_VERBOSITY)
         address = server.listening_address
         report.send(listening=int(address.rsplit(":", 1)[1]))
