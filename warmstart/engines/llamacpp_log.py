@@ -10,7 +10,9 @@ two marker lines is a phase, measured on the server's own clock:
 | kv_init | "constructing llama_context"                | "warming up the model" (else "load_model: initializing") |
 | warmup  | "warming up the model"                      | "listening on" (slots and chat template set up too) |
 
-`load` is weights (mmap, or a copy into repacked buffers), tokenizer and metadata; `kv_init` the
+The worker reports `kv_init` and `warmup` as timed here and `load` as the rest of the server's start
+(its log begins a moment after the start). `load` is weights (mmap, or a copy into repacked buffers),
+tokenizer and metadata; `kv_init` the
 context: KV cache, compute buffers, thread pool; `warmup` one empty decode through the whole graph.
 Markers are message text from llama.cpp b11549 (xllamacpp 2026.10.11549); a marker that never comes
 merges its phase into the next one instead of inventing a time.
