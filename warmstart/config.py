@@ -425,7 +425,7 @@ def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path,
     from warmstart.engines.registry import validate_options
 
     options = validate_options(engine, dict(options), f"{where}.options")
-    default_conc = {"llamacpp": 1, "vllm": 64, "command": 8}[engine]
+    default_conc = {"llamacpp": 4, "vllm": 64, "command": 8}[engine]
     chat = raw.get("chat")
     _expect(chat is None or isinstance(chat, bool), f"{where}.chat", chat, "must be true or false")
     return ModelConfig(

@@ -74,7 +74,7 @@ def test_starts_unloads_and_failures_are_recorded_before_they_are_reported_in_on
 
     weights = smol_file()
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    version = "llama-cpp-python " + importlib.metadata.version("llama-cpp-python")
+    version = "xllamacpp " + importlib.metadata.version("xllamacpp")
     for r in log:
         assert (r["model"], r["path"], r["sha256"], r["size"]) == (SMOL, str(weights), digest,
                                                                    weights.stat().st_size)

@@ -1,4 +1,4 @@
-"""The command engine with a real OpenAI-compatible server: llama-cpp-python's own `llama_cpp.server`."""
+"""The command engine with a real OpenAI-compatible server: llama.cpp's own server (tests/llama_server.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.support import SMOLLM2, chat, pid_alive
+from tests.support import ROOT, SMOLLM2, chat, pid_alive
 
 pytestmark = pytest.mark.integration
 NAME = "smollm2-server"
@@ -16,9 +16,9 @@ ENGINE_PHASES = ("spawn", "import", "load", "kv_init", "compile", "warmup", "rea
 
 def llama_cpp_server(**options: object) -> dict:
     return {"name": NAME, "engine": "command", "path": SMOLLM2, "keep_alive": "10m", "options": {
-        "command": ["{python}", "-m", "llama_cpp.server", "--model", "{model_path}", "--host", "{host}",
-                    "--port", "{port}", "--n_ctx", "2048", "--model_alias", "{model_name}"],
-        "health_path": "/v1/models", "ready_pattern": "Uvicorn running on", **options}}
+        "command": ["{python}", str(ROOT / "tests" / "llama_server.py"), "--model", "{model_path}", "--host",
+                    "{host}", "--port", "{port}", "--ctx", "2048", "--alias", "{model_name}"],
+        "health_path": "/v1/models", "ready_pattern": "listening on http", **options}}
 
 
 def test_a_command_server_starts_cold_answers_streams_and_stops(start_server):

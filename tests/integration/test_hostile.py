@@ -168,9 +168,11 @@ def test_a_replica_is_not_given_a_new_request_until_its_engine_has_stopped_worki
     assert srv.post("/v1/chat/completions", chat(max_tokens=2))[0] == 200
     engine = srv.model(SMOL)["replicas"][0]["url"]
 
-    def engine_active() -> int:
-        with urllib.request.urlopen(engine + "/health", timeout=10) as resp:
-            return json.loads(resp.read())["active"]
+    def engine_active() -> int:  # llama-server's requests in its slots or waiting for one
+        with urllib.request.urlopen(engine + "/metrics", timeout=10) as resp:
+            values = dict(line.split() for line in resp.read().decode().splitlines()
+                          if line.startswith("llamacpp:requests_"))
+        return int(float(values["llamacpp:requests_processing"]) + float(values["llamacpp:requests_deferred"]))
 
     # a prompt near the context's size: the engine spends a while reading it, and cannot stop mid-way
     body = json.dumps({"model": SMOL, "prompt": "one two three four " * 250, "max_tokens": 50}).encode()

@@ -95,7 +95,10 @@ def test_kill_9_of_an_engine_under_load_loses_no_request(start_server):
 def test_kill_9_of_warmstart_under_load_then_restart(start_server, tmp_path, request):
     data_dir = tmp_path / "data"
     warming = {"warming": {"tick": "1s"}}  # request history is flushed to SQLite every second
-    srv = start_server([smollm2(max_replicas=2, keep_alive=-1)], data_dir=data_dir, sections=warming)
+    # one request per replica: the second replica starts at the second request in flight, and answers
+    # finish one by one before the crash (with four slots sharing 2 CPUs the first four finish together)
+    srv = start_server([smollm2(max_replicas=2, keep_alive=-1, max_concurrency=1)], data_dir=data_dir,
+                       sections=warming)
     the_plan = steady_plan(rate=4, seconds=30)
     state = {}
 

@@ -29,7 +29,8 @@ def model_file(tmp_path):
 async def make_pool(model_file, *, server=None, fail_with=None, **model):
     clock = VirtualClock()
     raw = {"server": {"data_dir": str(model_file.parent), **(server or {})},
-           "models": [{"name": "m", "engine": "llamacpp", "path": str(model_file), **model}]}
+           # one request per replica unless a test says otherwise (llama.cpp's default is 4 slots)
+           "models": [{"name": "m", "engine": "llamacpp", "path": str(model_file), "max_concurrency": 1, **model}]}
     config = parse_config(raw, base_dir=model_file.parent)
     engine = SimulatedEngine(clock, START, fail_with=fail_with)
     pool = Pool(config, {"llamacpp": engine}, clock, Metrics())

@@ -79,11 +79,20 @@ class Client:
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[float, int, bytes, dict[str, str]]:
         data = json.dumps(body).encode()
-        t = time.perf_counter()
-        self.conn.request("POST", path, body=data, headers={"content-type": "application/json"})
-        resp = self.conn.getresponse()
-        payload = resp.read()
-        return time.perf_counter() - t, resp.status, payload, dict(resp.getheaders())
+        for attempt in (0, 1):
+            t = time.perf_counter()
+            try:
+                self.conn.request("POST", path, body=data, headers={"content-type": "application/json"})
+                resp = self.conn.getresponse()
+                payload = resp.read()
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                # the server closed this keep-alive connection meanwhile: timed again on a new one
+                self.conn.close()
+                if attempt:
+                    raise
+                continue
+            return time.perf_counter() - t, resp.status, payload, dict(resp.getheaders())
+        raise AssertionError("unreachable")
 
     def first_token(self, path: str, body: dict[str, Any]) -> tuple[float, float, dict[str, str]]:
         """Seconds to the first SSE event carrying generated text, and to the end of the stream."""

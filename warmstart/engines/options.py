@@ -12,14 +12,16 @@ from warmstart.errors import ConfigError
 
 OptionTypes = dict[str, type | tuple[type, ...]]
 
-# llama_cpp.Llama keyword arguments
+# llama.cpp server settings (xllamacpp's CommonParams, llama-server's flags); n_ctx is each slot's context
 LLAMACPP: OptionTypes = {
     "n_ctx": int, "n_threads": int, "n_threads_batch": int, "n_batch": int, "n_ubatch": int,
     "n_gpu_layers": int, "seed": int, "use_mmap": bool, "use_mlock": bool, "flash_attn": bool,
-    "chat_format": str,
+    "chat_format": str, "embedding": bool, "pooling": str,
 }
-# read by warmstart's llama.cpp worker itself; repack=false keeps weights in the file mapping instead of
-# copying them into llama.cpp's CPU_REPACK buffer (a start from the RAM tier is then a mapping, not a copy)
+LLAMACPP_POOLING = ("mean", "cls", "last")  # an embedding's pooling; default: the model's own
+# read by warmstart's llama.cpp worker itself: warmup=false skips the server's warm-up run; repack=false
+# keeps weights in the file mapping instead of copying them into llama.cpp's CPU_REPACK buffer (a start
+# from the RAM tier is then a mapping, not a copy)
 LLAMACPP_OWN: OptionTypes = {"warmup": bool, "repack": bool}
 
 # vLLM server flags, passed as --flag-name VALUE (a true bool as --flag-name, a false one left out)
@@ -68,6 +70,11 @@ def check_vllm(options: dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}.kv_cache_space_gib", options["kv_cache_space_gib"], "must be 1 or more")
 
 
+def check_llamacpp(options: dict[str, Any], where: str) -> None:
+    if "pooling" in options and options["pooling"] not in LLAMACPP_POOLING:
+        raise ConfigError(f"{where}.pooling", options["pooling"], "must be one of " + ", ".join(LLAMACPP_POOLING))
+
+
 def check_command(options: dict[str, Any], where: str) -> None:
     argv = options.get("command")
     if not argv:
@@ -106,4 +113,5 @@ def _placeholders(values: list[str], where: str) -> set[str]:
     return fields
 
 
-CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {"vllm": check_vllm, "command": check_command}
+CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {
+    "llamacpp": check_llamacpp, "vllm": check_vllm, "command": check_command}

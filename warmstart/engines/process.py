@@ -103,6 +103,7 @@ class ManagedProcess:
         self.health_path = "/health"
         # for engines that report it: how many requests the engine is still working on (None: unknown)
         self.count_active: Callable[[aiohttp.ClientSession], Awaitable[int | None]] | None = None
+        self.count_interval = 0.1  # seconds between two such counts
         self._ledger: ProcessLedger | None = None
         self._reports_transport: asyncio.BaseTransport | None = None
 

@@ -24,10 +24,11 @@ from warmstart.gateway import admin, hint, openapi, web
 from warmstart.gateway.auth import Auth
 from warmstart.gateway.fastpath import FastPath
 from warmstart.gateway.limits import BodyLimit
-from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from warmstart.gateway.relay import Relay
 from warmstart.gateway.translate import (
-    GenerationRequest,
+    ModelRequest,
+    check_embedding_request,
     check_request,
     engine_body,
     error_json,
@@ -98,7 +99,9 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+        # engines' HTTP servers (uvicorn, llama-server) close a connection idle for 5 s: the gateway lets go
+        # first, or a request could go out on one just as the engine closes it and fail the replica
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         services.relay = Relay(pool, session, clock.now, config.server.engine_timeout)
@@ -125,6 +128,10 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
     @app.post("/v1/completions", tags=["openai"])
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await generate(services, request, body, "/v1/completions")
+
+    @app.post("/v1/embeddings", tags=["openai"])
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        return await generate(services, request, body, "/v1/embeddings")
 
     @app.get("/v1/models", tags=["openai"])
     async def list_models() -> dict[str, Any]:
@@ -156,7 +163,7 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
     return app
 
 
-async def generate(services: Services, request: Request, req: GenerationRequest, path: str) -> Response:
+async def generate(services: Services, request: Request, req: ModelRequest, path: str) -> Response:
     arrived = services.clock.now()
     pool = services.pool
     model = req.model
@@ -175,10 +182,14 @@ async def generate(services: Services, request: Request, req: GenerationRequest,
 
     try:
         caps = await pool.capabilities(model)
-        check_request(req, caps)
+        if isinstance(req, EmbeddingRequest):
+            check_embedding_request(req, caps)
+        else:
+            check_request(req, caps)
         keep_alive = keep_alive_of(req)
         assert services.relay is not None
-        return await services.relay.forward(request, model, path, engine_body(req), req.stream, keep_alive,
+        stream = not isinstance(req, EmbeddingRequest) and req.stream
+        return await services.relay.forward(request, model, path, engine_body(req), stream, keep_alive,
                                             arrived, finish)
     except (RequestError, Unavailable) as exc:
         if not counted:

@@ -1,4 +1,5 @@
-"""The two generation routes served straight from ASGI, ahead of the framework's per-request layers.
+"""The model routes (chat, completions, embeddings) served straight from ASGI, ahead of the framework's
+per-request layers.
 
 FastAPI still declares the same routes (so the OpenAPI schema documents them, and they behave the
 same when reached through it); this front door only skips its middleware, dependency solving and
@@ -16,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from warmstart.errors import PayloadTooLarge, RequestError, Unavailable
 from warmstart.gateway.limits import too_large_message
-from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from warmstart.gateway.translate import error_json, internal_error_json, invalid_request_json
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ log = logging.getLogger("warmstart.gateway")
 ROUTES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
+    "/v1/embeddings": EmbeddingRequest,
 }
 
 

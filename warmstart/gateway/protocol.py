@@ -24,7 +24,8 @@ class _GenerationRequest(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=1, description="Only n=1 is supported.")
+    n: int | None = Field(default=None, ge=1, le=128,
+                          description="Choices to generate; each engine has its own limit (llama.cpp: 16, others: 1).")
     stop: str | list[str] | None = Field(default=None)
     seed: int | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -45,3 +46,13 @@ class ChatCompletionRequest(_GenerationRequest):
 
 class CompletionRequest(_GenerationRequest):
     prompt: str | list[str] | list[int] = Field(description="A string, a one-element array of strings, or token ids.")
+
+
+class EmbeddingRequest(_Strict):
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A string, an array of strings, token ids, or an array of token id arrays.")
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+    keep_alive: float | str | None = Field(default=None, description="As for completions.")

@@ -15,13 +15,16 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from warmstart.errors import Unavailable
-from warmstart.gateway.translate import sse_error
+from warmstart.gateway.translate import engine_error_body, sse_error
 from warmstart.pool.pool import Lease, Pool
 
 log = logging.getLogger("warmstart.gateway")
 T = TypeVar("T")
 _UPSTREAM_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 _JSON = {"content-type": "application/json"}
+# A stream gets a connection of its own: llama-server closes a connection once a stream on it ends, though
+# its headers offer keep-alive, and the pool would take it back (at the stream's end) and reuse it dead.
+_JSON_STREAM = {**_JSON, "connection": "close"}
 
 
 class ClientGone(Exception):
@@ -111,6 +114,8 @@ class Relay:
                 lease.release()
                 # without streaming, the first token reaches the client with the whole answer
                 finish(lease, upstream.status, self.now() - arrived if upstream.status == 200 else None)
+                if upstream.status != 200:
+                    data = engine_error_body(upstream.status, data, path)
                 return Response(data, status_code=upstream.status, headers=served_headers(lease),
                                 media_type="application/json")
             raise AssertionError("unreachable")
@@ -125,7 +130,8 @@ class Relay:
                         stream: bool) -> tuple[aiohttp.ClientResponse, bytes]:
         """Send the request; return the whole answer, or for a stream its first bytes."""
         alive = self.liveness.alive
-        upstream = await alive(lease, self.session.post(lease.base_url + path, data=body, headers=_JSON))
+        headers = _JSON_STREAM if stream else _JSON
+        upstream = await alive(lease, self.session.post(lease.base_url + path, data=body, headers=headers))
         try:
             if stream and upstream.status == 200:
                 first = await alive(lease, upstream.content.readany())
@@ -272,6 +278,6 @@ class Liveness:
                         lease.fail(f"the engine kept working for a client that left and {why}")
                         return
                     deadline += self.engine_timeout
-                await asyncio.sleep(DRAIN_INTERVAL)
+                await asyncio.sleep(getattr(process, "count_interval", DRAIN_INTERVAL))
         finally:
             lease.release()

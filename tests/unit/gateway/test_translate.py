@@ -5,8 +5,16 @@ from pydantic import ValidationError
 
 from warmstart.engines.base import Capabilities
 from warmstart.errors import DeadlineExceeded, InvalidRequest, ModelNotFound
-from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest
-from warmstart.gateway.translate import check_request, engine_body, error_response, keep_alive_of, validation_message
+from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from warmstart.gateway.translate import (
+    check_embedding_request,
+    check_request,
+    engine_body,
+    engine_error_body,
+    error_response,
+    keep_alive_of,
+    validation_message,
+)
 
 CHAT = Capabilities(chat=True, context_length=2048)
 BASE = Capabilities(chat=False, context_length=2048)
@@ -118,3 +126,97 @@ def test_many_empty_messages_are_refused_by_their_template_cost_before_any_engin
     few = Capabilities(chat=True, context_length=90, max_token_bytes=8)
     with pytest.raises(InvalidRequest, match="at least 99 tokens"):
         check_request(chat(messages=[{"role": "user", "content": "x" * 8}] * 50), few)
+
+
+LLAMA = Capabilities(chat=True, context_length=2048, unsupported_fields=("best_of", "echo", "modalities"),
+                     max_choices=16, content_types=("text",))
+
+
+@pytest.mark.parametrize("field,value", [("best_of", 3), ("echo", True), ("modalities", ["text", "audio"])])
+def test_a_field_the_engine_would_ignore_is_refused_by_name(field, value):
+    with pytest.raises(InvalidRequest) as err:
+        check_request(chat(**{field: value}), LLAMA)
+    assert err.value.param == field and err.value.code == "unsupported_parameter" and field in err.value.message
+    check_request(chat(**{field: value}), CHAT)  # an engine that declares nothing gets it as sent
+
+
+@pytest.mark.parametrize("field,value", [("best_of", 1), ("echo", False), ("modalities", ["text"]), ("best_of", None)])
+def test_the_default_value_of_an_unsupported_field_is_harmless(field, value):
+    check_request(chat(**{field: value}), LLAMA)
+
+
+def test_n_is_bounded_by_the_engine():
+    check_request(chat(n=4), LLAMA)
+    with pytest.raises(InvalidRequest) as err:
+        check_request(chat(n=17), LLAMA)
+    assert err.value.param == "n" and "at most 16" in err.value.message
+    with pytest.raises(InvalidRequest):
+        check_request(chat(n=2), CHAT)
+
+
+def test_content_parts_the_engine_cannot_read_are_refused():
+    image = ChatCompletionRequest.model_validate({"model": "m", "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "user", "content": [{"type": "text", "text": "what is this"}, {"type": "image_url"}]}]})
+    with pytest.raises(InvalidRequest) as err:
+        check_request(image, LLAMA)
+    assert err.value.param == "messages[1].content"
+    check_request(image, CHAT)
+
+
+def test_llama_servers_context_overflow_becomes_openais_error():
+    raw = json.dumps({"error": {"code": 400, "message": "request (10030 tokens) exceeds the available context size "
+                                "(2048 tokens), try increasing it", "type": "exceed_context_size_error",
+                                "n_prompt_tokens": 10030, "n_ctx": 2048}}).encode()
+    error = json.loads(engine_error_body(400, raw, "/v1/chat/completions"))["error"]
+    assert error == {"message": error["message"], "type": "invalid_request_error", "param": "messages",
+                     "code": "context_length_exceeded"}
+    assert json.loads(engine_error_body(400, raw, "/v1/completions"))["error"]["param"] == "prompt"
+
+
+def test_engine_errors_get_string_codes_and_unknown_bodies_pass_unchanged():
+    raw = json.dumps({"error": {"code": 500, "message": "boom", "type": "server_error"}}).encode()
+    assert json.loads(engine_error_body(500, raw, "/v1/completions"))["error"] == {
+        "message": "boom", "type": "server_error", "param": None, "code": "engine_error"}
+    raw = json.dumps({"error": {"code": 400, "message": "Prompt contains invalid tokens",
+                                "type": "invalid_request_error"}}).encode()
+    assert json.loads(engine_error_body(400, raw, "/v1/completions"))["error"]["code"] == "invalid_request"
+    assert engine_error_body(502, b"<html>bad gateway</html>", "/v1/completions") == b"<html>bad gateway</html>"
+
+
+def embed(**kw):
+    return EmbeddingRequest.model_validate({"model": "m", "input": ["a", "b"], **kw})
+
+
+def test_embeddings_only_on_a_model_configured_for_them():
+    check_embedding_request(embed(), Capabilities(chat=True, embeddings=True))
+    with pytest.raises(InvalidRequest) as err:
+        check_embedding_request(embed(), CHAT)
+    assert err.value.code == "embeddings_not_supported" and err.value.param == "model"
+
+
+@pytest.mark.parametrize("kw,param", [({"input": ""}, "input"), ({"input": []}, "input"),
+                                      ({"input": ["a", ""]}, "input"), ({"dimensions": 8}, "dimensions")])
+def test_an_embeddings_request_the_engine_cannot_answer_is_named(kw, param):
+    with pytest.raises(InvalidRequest) as err:
+        check_embedding_request(embed(**kw), Capabilities(chat=False, embeddings=True))
+    assert err.value.param == param
+
+
+def test_an_embeddings_body_keeps_its_fields_but_keep_alive():
+    body = json.loads(engine_body(embed(encoding_format="float", keep_alive="5m")))
+    assert body == {"model": "m", "input": ["a", "b"], "encoding_format": "float"}
+
+
+def test_a_message_without_content_is_refused_unless_an_assistant_calls_a_tool():
+    def req(*messages):
+        return ChatCompletionRequest.model_validate({"model": "m", "messages": list(messages)})
+
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    check_request(req({"role": "user", "content": "hi"}, call, {"role": "tool", "content": "x"}), LLAMA)
+    for i, message in ((0, {"role": "tool", "content": None}), (1, {"role": "assistant"})):
+        with pytest.raises(InvalidRequest) as err:
+            check_request(req({"role": "user", "content": "hi"}, message) if i else req(message), LLAMA)
+        assert err.value.param == f"messages[{i}].content"
+    check_request(req({"role": "tool", "content": None}), CHAT)  # an engine that declares nothing gets it as sent
