@@ -31,11 +31,6 @@ class ClientGone(Exception):
     """The client disconnected; whatever it asked for is abandoned."""
 
 
-class EngineStalled(aiohttp.ClientConnectionError):
-    """The engine sent nothing for `server.engine_timeout` and did not answer its health check: it is wedged
-    (stopped, deadlocked). An upstream error like a cut connection: the replica is failed and replaced."""
-
-
 # how long a liveness probe of a silent engine may take before the engine counts as wedged
 PROBE_TIMEOUT = 5.0
 # while a client that left waits for its engine to go idle: how often to ask
@@ -88,16 +83,19 @@ class Relay:
         disconnect = asyncio.ensure_future(wait_disconnect(request))
         handed_off = False
         lease: Lease | None = None
+        watch: Watch | None = None
         try:
             for attempt in (0, 1):
                 lease = self.pool.try_acquire(model, keep_alive)
                 if lease is None:
                     lease = await race(self.pool.acquire(model, keep_alive=keep_alive), disconnect)
+                watch = self.liveness.watch(lease)
                 try:
-                    upstream, data = await race(self._exchange(lease, path, body, stream), disconnect)
+                    upstream, data = await race(self._exchange(lease, path, body, stream, watch), disconnect)
                 except _UPSTREAM_ERRORS as exc:
                     # nothing reached the client yet: the replica is replaced and the request tried once more
-                    lease.fail(f"{type(exc).__name__}: {exc}")
+                    watch.close()
+                    lease.fail(watch.reason or f"{type(exc).__name__}: {exc}")
                     lease.release()
                     if attempt == 0:
                         self.pool.metrics.retries.labels(model).inc()
@@ -106,11 +104,14 @@ class Relay:
                     raise Unavailable(f"model '{model}' failed twice while answering; retry later",
                                       retry_after=1) from exc
                 except ClientGone:
+                    watch.close()
                     await self.liveness.drain(lease)
                     raise
                 if stream and upstream.status == 200:
                     handed_off = True
-                    return RelayStream(data, upstream, lease, disconnect, arrived, self.now, finish, self.liveness)
+                    return RelayStream(data, upstream, lease, disconnect, arrived, self.now, finish, self.liveness,
+                                       watch)
+                watch.close()
                 lease.release()
                 # without streaming, the first token reaches the client with the whole answer
                 finish(lease, upstream.status, self.now() - arrived if upstream.status == 200 else None)
@@ -125,20 +126,23 @@ class Relay:
         finally:
             if not handed_off:
                 disconnect.cancel()
+                if watch is not None:
+                    watch.close()
 
-    async def _exchange(self, lease: Lease, path: str, body: bytes,
-                        stream: bool) -> tuple[aiohttp.ClientResponse, bytes]:
+    async def _exchange(self, lease: Lease, path: str, body: bytes, stream: bool,
+                        watch: Watch) -> tuple[aiohttp.ClientResponse, bytes]:
         """Send the request; return the whole answer, or for a stream its first bytes."""
-        alive = self.liveness.alive
         headers = _JSON_STREAM if stream else _JSON
-        upstream = await alive(lease, self.session.post(lease.base_url + path, data=body, headers=headers))
+        upstream = await self.session.post(lease.base_url + path, data=body, headers=headers)
+        watch.progress()
         try:
             if stream and upstream.status == 200:
-                first = await alive(lease, upstream.content.readany())
+                first = await upstream.content.readany()
                 if not first:
                     raise aiohttp.ServerDisconnectedError("engine closed the stream before any bytes")
+                watch.progress()
                 return upstream, first
-            data = await alive(lease, upstream.read())
+            data = await upstream.read()
         except BaseException:
             upstream.close()
             raise
@@ -152,13 +156,13 @@ class RelayStream(Response):
 
     def __init__(self, first: bytes, upstream: aiohttp.ClientResponse, lease: Lease,
                  disconnect: asyncio.Future[None], arrived: float, now: Callable[[], float],
-                 finish: Finish, liveness: Liveness) -> None:
+                 finish: Finish, liveness: Liveness, watch: Watch) -> None:
         super().__init__(status_code=200, media_type="text/event-stream",
                          headers={"cache-control": "no-cache", **served_headers(lease)})
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.first, self.upstream, self.lease = first, upstream, lease
         self.disconnect, self.arrived, self.now, self.finish = disconnect, arrived, now, finish
-        self.liveness = liveness
+        self.liveness, self.watch = liveness, watch
         self.ttft = now() - arrived
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -178,6 +182,7 @@ class RelayStream(Response):
                 except OSError:  # the client went away while we were sending
                     status = 499
         finally:
+            self.watch.close()
             if status == 499:
                 self.upstream.close()  # the engine sees the disconnect and stops generating
             else:
@@ -192,52 +197,35 @@ class RelayStream(Response):
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.body", "body": self.first, "more_body": True})
         tail = self.first[-2:]
-        content = self.upstream.content
+        content, progress = self.upstream.content, self.watch.progress
         try:
-            while data := await self.liveness.alive(self.lease, content.readany()):
+            while data := await content.readany():
+                progress()
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 tail = (tail + data[-2:])[-2:]
         except _UPSTREAM_ERRORS as exc:
-            self.lease.fail(f"stream cut: {type(exc).__name__}: {exc}")
+            why = self.watch.reason or f"{type(exc).__name__}: {exc}"
+            self.lease.fail(f"stream cut: {why}")
             prefix = b"" if tail == b"\n\n" else b"\n\n"
             await send({"type": "http.response.body", "more_body": True,
-                        "body": prefix + sse_error(f"the engine stopped in the middle of the answer ({exc}); "
-                                                   "the answer is incomplete")})
+                        "body": prefix + sse_error(f"the engine stopped in the middle of the answer "
+                                                   f"({self.watch.reason or exc}); the answer is incomplete")})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 
 
 class Liveness:
-    """Whether a replica's engine still works: a read that sees no byte for `engine_timeout` probes the
+    """Whether a replica's engine still works: a request that sees no byte for `engine_timeout` probes the
     engine's health check, and an engine that does not answer it is failed (killed and replaced)."""
 
     def __init__(self, session: aiohttp.ClientSession, engine_timeout: float) -> None:
         self.session = session
         self.engine_timeout = engine_timeout
 
-    async def alive(self, lease: Lease, awaitable: Awaitable[T]) -> T:
-        """Await a read from the engine; raise EngineStalled (and fail the replica) if it is wedged. An engine
-        that answers its health check is given more time: a long answer sends nothing until it is done."""
-        task = asyncio.ensure_future(awaitable)
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=self.engine_timeout)
-                if done:
-                    return task.result()
-                why = await self.probe(lease)
-                if why is not None:
-                    reason = f"the engine sent nothing for {self.engine_timeout:g} s and {why}"
-                    log.warning("replica %s is wedged: %s; killing it", lease.replica.id, reason)
-                    lease.fail(reason)
-                    raise EngineStalled(reason)
-                log.info("replica %s sent nothing for %g s but answers its health check; waiting on",
-                         lease.replica.id, self.engine_timeout)
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+    def watch(self, lease: Lease) -> Watch:
+        """Watch one request's engine from now until `close()`."""
+        return Watch(self, lease)
 
     async def probe(self, lease: Lease) -> str | None:
         """None if the engine answers its health check in time, else what went wrong."""
@@ -281,3 +269,42 @@ class Liveness:
                 await asyncio.sleep(getattr(process, "count_interval", DRAIN_INTERVAL))
         finally:
             lease.release()
+
+
+class Watch:
+    """One request's watch over its engine, with no task per read: the reads mark progress; silent for
+    `engine_timeout`, the engine is asked its health check, and one that does not answer is failed (its
+    process group killed), which ends the request's reads with a connection error. An engine that answers
+    is given more time: a non-streamed answer sends nothing until it is done."""
+
+    def __init__(self, liveness: Liveness, lease: Lease) -> None:
+        self.liveness, self.lease = liveness, lease
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+        self.reason: str | None = None  # why the engine was failed, when this watch failed it
+        self._task = self.loop.create_task(self._run())
+
+    def progress(self) -> None:
+        self.last = self.loop.time()
+
+    def close(self) -> None:
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        timeout = self.liveness.engine_timeout
+        while True:
+            await asyncio.sleep(max(0.0, self.last + timeout - self.loop.time()))
+            if self.loop.time() - self.last < timeout:
+                continue
+            why = await self.liveness.probe(self.lease)
+            if self.loop.time() - self.last < timeout:  # bytes came while it was asked
+                continue
+            if why is None:
+                log.info("replica %s sent nothing for %g s but answers its health check; waiting on",
+                         self.lease.replica.id, timeout)
+                self.last = self.loop.time()
+                continue
+            self.reason = f"the engine sent nothing for {timeout:g} s and {why}"
+            log.warning("replica %s is wedged: %s; killing it", self.lease.replica.id, self.reason)
+            self.lease.fail(self.reason)
+            return
