@@ -217,3 +217,15 @@ def test_a_hint_after_an_unload_by_hand_starts_the_model_it_says_it_starts(start
     assert status == 202 and body["outcome"] == "started"
     srv.wait_for(lambda: srv.model(SMOL)["state"] == "warm", timeout=60)
     assert srv.model(SMOL)["last_start"]["trigger"] == "hint"
+
+
+def test_an_engine_wedged_while_idle_is_found_by_its_liveness_probe_before_a_request_waits_on_it(start_server):
+    srv = start_server([smollm2(keep_alive="10m")], server={"engine_timeout": "2s"})
+    assert srv.post("/v1/chat/completions", chat(max_tokens=2))[0] == 200
+    pid = srv.model(SMOL)["replicas"][0]["pid"]
+    os.kill(pid, signal.SIGSTOP)  # wedged with no request in flight
+    srv.wait_for(lambda: not pid_alive(pid), timeout=30)  # probed, failed, killed
+    assert metric_sum(srv, "warmstart_replica_failures_total", model=SMOL, stage="running") == 1
+    assert "idle, and twice did not answer its health check" in srv.log()
+    status, headers, _ = srv.post("/v1/chat/completions", chat(max_tokens=2), timeout=60)
+    assert status == 200 and headers["x-warmstart-start"] == "cold"  # a new replica, not the wedged one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -105,11 +106,13 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         services.relay = Relay(pool, session, clock.now, config.server.engine_timeout)
+        patrol = asyncio.get_running_loop().create_task(services.relay.liveness.patrol(pool), name="liveness")
         if services.warming is not None:
             await services.warming.start()
         try:
             yield
         finally:
+            patrol.cancel()
             if services.warming is not None:
                 await services.warming.stop()
             await pool.shutdown()

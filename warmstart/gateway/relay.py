@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from warmstart.errors import Unavailable
 from warmstart.gateway.translate import engine_error_body, sse_error
 from warmstart.pool.pool import Lease, Pool
+from warmstart.pool.replica import Replica
 
 log = logging.getLogger("warmstart.gateway")
 T = TypeVar("T")
@@ -223,13 +224,36 @@ class Liveness:
         self.session = session
         self.engine_timeout = engine_timeout
 
+    async def patrol(self, pool: Pool) -> None:
+        """Probe the engines of idle warm replicas every `engine_timeout`: one that fails two probes in a row
+        (a loaded machine may miss one) is failed and replaced before a request finds it wedged. A busy
+        replica is watched by its requests."""
+        missed: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(self.engine_timeout)
+            try:
+                replicas = pool.idle_warm()
+                reasons = await asyncio.gather(*(self._probe(r) for r in replicas))
+                missed = {r.id: missed.get(r.id, 0) + 1 for r, why in zip(replicas, reasons, strict=True)
+                          if why is not None}
+                for replica, why in zip(replicas, reasons, strict=True):
+                    if why is not None and missed[replica.id] >= 2:
+                        reason = f"idle, and twice {why}"
+                        log.warning("replica %s is wedged: %s; killing it", replica.id, reason)
+                        pool.fail_wedged(replica, reason)
+            except Exception:  # the patrol goes on; one failed round is logged
+                log.exception("liveness patrol failed; trying again in %g s", self.engine_timeout)
+
     def watch(self, lease: Lease) -> Watch:
         """Watch one request's engine from now until `close()`."""
         return Watch(self, lease)
 
     async def probe(self, lease: Lease) -> str | None:
         """None if the engine answers its health check in time, else what went wrong."""
-        process = lease.replica.process
+        return await self._probe(lease.replica)
+
+    async def _probe(self, replica: Replica) -> str | None:
+        process = replica.process
         if process is None or process.returncode is not None:
             return "its process has exited"
         url = process.base_url + getattr(process, "health_path", "/health")

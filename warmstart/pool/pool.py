@@ -407,6 +407,17 @@ class Pool:
         self._update_gauges(entry)
         self._scale(entry)
 
+    def idle_warm(self) -> list[Replica]:
+        """Warm replicas with no request in flight (their engines are watched by a liveness probe; a busy
+        one is watched by its requests)."""
+        return [r for entry in self.models.values() for r in entry.replicas
+                if r.state is S.WARM and r.in_flight == 0 and r.process is not None]
+
+    def fail_wedged(self, replica: Replica, reason: str) -> None:
+        """An idle replica's engine failed its liveness probe: kill it, so the next request starts another."""
+        if replica.state is S.WARM and replica.in_flight == 0:
+            self._replica_broken(replica, reason)
+
     def _replica_broken(self, replica: Replica, reason: str) -> None:
         entry = self.models[replica.model]
         if replica.state is S.WARM:
