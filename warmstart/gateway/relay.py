@@ -76,7 +76,6 @@ class Relay:
         self.pool = pool
         self.session = session
         self.now = clock_now
-        self.engine_timeout = engine_timeout
         self.liveness = Liveness(session, engine_timeout)
 
     async def forward(self, request: Request, model: str, path: str, body: bytes, stream: bool,
