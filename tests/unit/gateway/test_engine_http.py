@@ -159,3 +159,18 @@ async def test_an_answer_closed_early_by_the_gateway_drops_its_connection():
         r.release()
         assert srv.connections == 2
         await client.close()
+
+
+async def test_idle_connections_are_closed_once_idle_too_long_even_if_never_asked_for_again(monkeypatch):
+    import warmstart.gateway.engine_http as engine_http
+
+    monkeypatch.setattr(engine_http, "IDLE_TIMEOUT", 0.1)
+    async with Server(lambda n, body: [fixed("ok")]) as srv:
+        client = EngineClient()
+        r = await client.post(srv.url + "/", b"", {})
+        await r.read()
+        r.release()
+        assert client._idle  # kept for the next request
+        await asyncio.sleep(0.4)  # no request comes: the engine may be gone for good
+        assert not client._idle
+        await client.close()
