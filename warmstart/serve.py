@@ -62,7 +62,7 @@ def build_app(config: Config):  # type: ignore[no-untyped-def]
     audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=DigestCache(data_dir / "digests.json"),
                      required=config.audit.required, rotate_bytes=config.audit.rotate_bytes)
     pool = Pool(config, create_engines(data_dir, config.models), clock, metrics, audit=audit)
-    pool.store = build_store(config, pool, clock, metrics)
+    pool.attach_store(build_store(config, pool, clock, metrics))
     app = create_app(config, pool, metrics, clock)
     app.services.audit = audit
     return app
@@ -70,13 +70,9 @@ def build_app(config: Config):  # type: ignore[no-untyped-def]
 
 def build_store(config: Config, pool, clock, metrics):  # type: ignore[no-untyped-def]
     """Integrity checks and the RAM tier for the pool's models (warmstart.store)."""
-    from warmstart.pool.states import LIVE
     from warmstart.store.model_store import ModelStore
 
-    def live_replicas(name: str) -> int:
-        return sum(1 for r in pool.models[name].replicas if r.state in LIVE)
-
-    return ModelStore(config, clock, metrics, live_replicas=live_replicas)
+    return ModelStore(config, clock, metrics, live_replicas=pool.live_replicas)
 
 
 def run(config: Config) -> int:
@@ -107,7 +103,7 @@ def run(config: Config) -> int:
         async def prepare_models() -> None:
             await pool.prepare()
             # hash the weights now, so the first start's audit record finds the digest cached
-            await app.services.audit.prime([entry.path for entry in pool.models.values() if entry.path is not None])
+            await app.services.audit.prime(pool.resolved_paths())
 
         prepare = asyncio.create_task(prepare_models())
         await server.serve(sockets=[sock])

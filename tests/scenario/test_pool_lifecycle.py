@@ -164,7 +164,7 @@ async def test_requests_queued_behind_a_busy_replica_start_more_up_to_max_replic
     pool, clock, engine = await make_pool(model_file, max_replicas=3)
     tasks = [spawn(pool.acquire("m")) for _ in range(10)]
     await clock.settle()
-    assert len(engine.started) == 0 and len(pool.entry("m").replicas) == 3  # capped at 3
+    assert len(engine.started) == 0 and len(pool.replicas("m")) == 3  # capped at 3
     await clock.advance(6)
     assert sum(t.done() for t in tasks) == 3
     assert all(t.result().cold for t in tasks if t.done())
@@ -208,7 +208,7 @@ async def test_unload_stops_idle_replicas_now_and_busy_ones_when_their_request_e
     await clock.advance(6)
     a.result().release()
     assert await pool.unload("m") == 1
-    assert [r.state for r in pool.entry("m").replicas] == [S.WARM]
+    assert [r.state for r in pool.replicas("m")] == [S.WARM]
     b.result().release()
     await clock.settle()
     assert pool.state_of("m") is S.COLD
@@ -220,7 +220,7 @@ async def test_warm_until_keeps_the_last_replica_past_its_keep_alive(model_file)
     pool.set_warm_until("m", 100, "schedule")
     await clock.advance(6)
     assert pool.state_of("m") is S.WARM and engine.started
-    assert pool.entry("m").replicas[0].trigger == "schedule"
+    assert pool.replicas("m")[0].trigger == "schedule"
     await clock.advance(90)
     assert pool.state_of("m") is S.WARM
     await clock.advance(5)

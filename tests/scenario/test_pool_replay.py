@@ -103,7 +103,7 @@ async def serve_live(config: Config, trace: Trace, begin: float) -> dict[str, An
         if event == "unload":
             loaded += seconds
     starts = [(r.created_at, r.trigger) for event, r, _ in audit.events if event == "start"]
-    for replica in pool.entry(name).replicas:
+    for replica in pool.replicas(name):
         loaded += trace.end - replica.created_at
         if replica.state is ReplicaState.STARTING:  # audited once it is warm, after the trace
             starts.append((replica.created_at, replica.trigger))

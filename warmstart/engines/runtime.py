@@ -213,10 +213,10 @@ def account_runtimes(engines: Any, metrics: Any, now: float) -> None:
     """Set the runtime gauges and add the runtime-seconds since the last call (for the cost report)."""
     seen: set[int] = set()
     for engine in engines:
-        if id(engine) in seen or not hasattr(engine, "pools"):
+        if id(engine) in seen:
             continue
         seen.add(id(engine))
-        for pool in engine.pools.values():
+        for pool in engine.runtime_pools():
             if pool.size <= 0:
                 continue
             stats = pool.last_stats = pool.stats()

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,9 @@ class VllmEngine:
 
     async def close(self) -> None:
         await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)
+
+    def runtime_pools(self) -> Sequence[RuntimePool]:
+        return tuple(self.pools.values())
 
     def runtime_view(self, model: ModelConfig) -> dict[str, Any] | None:
         """The runtime pool a model's cold starts take from (for /v1/models and `warmstart ps`), as the

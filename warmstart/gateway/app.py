@@ -37,7 +37,8 @@ from warmstart.gateway.translate import (
     invalid_request_json,
     keep_alive_of,
 )
-from warmstart.pool.pool import Lease, Pool
+from warmstart.pool.lease import Lease
+from warmstart.pool.pool import Pool
 from warmstart.telemetry.metrics import Metrics
 
 log = logging.getLogger("warmstart.gateway")
@@ -105,7 +106,7 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
-        services.relay = Relay(pool, session, clock.now, config.server.engine_timeout)
+        services.relay = Relay(pool, metrics, session, clock.now, config.server.engine_timeout)
         patrol = asyncio.get_running_loop().create_task(services.relay.liveness.patrol(pool), name="liveness")
         if services.warming is not None:
             await services.warming.start()
@@ -150,9 +151,9 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> Response:
-        if services.relay is None or pool._closing:
+        if services.relay is None or not pool.accepting:
             return JSONResponse({"status": "not ready"}, status_code=503)
-        return JSONResponse({"status": "ready", "models": {name: pool.state_of(name).value for name in pool.models}})
+        return JSONResponse({"status": "ready", "models": {name: pool.state_of(name).value for name in pool.model_names()}})
 
     @app.get("/metrics", tags=["telemetry"], include_in_schema=False)
     async def prometheus_metrics() -> Response:
@@ -170,7 +171,7 @@ async def generate(services: Services, request: Request, req: ModelRequest, path
     arrived = services.clock.now()
     pool = services.pool
     model = req.model
-    pool.entry(model)  # an unknown model is a 404 and not counted: a label per made-up name would be unbounded
+    pool.check_model(model)  # an unknown model is a 404 and not counted: a label per made-up name would be unbounded
     # how it would be served if no lease says otherwise: warm when a warm replica exists on arrival
     arrival_start = "warm" if pool.state_of(model).value == "warm" else "cold"
     counted = False

@@ -16,8 +16,10 @@ from starlette.types import Receive, Scope, Send
 
 from warmstart.errors import Unavailable
 from warmstart.gateway.translate import engine_error_body, sse_error
-from warmstart.pool.pool import Lease, Pool
+from warmstart.pool.lease import Lease
+from warmstart.pool.pool import Pool
 from warmstart.pool.replica import Replica
+from warmstart.telemetry.metrics import Metrics
 
 log = logging.getLogger("warmstart.gateway")
 T = TypeVar("T")
@@ -71,9 +73,10 @@ Finish = Callable[[Lease | None, int, float | None], None]
 class Relay:
     """Sends one generation request to the pool's replicas and answers the client."""
 
-    def __init__(self, pool: Pool, session: aiohttp.ClientSession, clock_now: Callable[[], float],
-                 engine_timeout: float = 60.0) -> None:
+    def __init__(self, pool: Pool, metrics: Metrics, session: aiohttp.ClientSession,
+                 clock_now: Callable[[], float], engine_timeout: float = 60.0) -> None:
         self.pool = pool
+        self.metrics = metrics
         self.session = session
         self.now = clock_now
         self.liveness = Liveness(session, engine_timeout)
@@ -98,7 +101,7 @@ class Relay:
                     lease.fail(watch.reason or f"{type(exc).__name__}: {exc}")
                     lease.release()
                     if attempt == 0:
-                        self.pool.metrics.retries.labels(model).inc()
+                        self.metrics.retries.labels(model).inc()
                         log.warning("request to %s failed before any bytes (%s); retrying once", model, exc)
                         continue
                     raise Unavailable(f"model '{model}' failed twice while answering; retry later",

@@ -28,10 +28,11 @@ from warmstart.errors import (
     WarmstartError,
 )
 from warmstart.pool import rules
-from warmstart.pool.entry import AuditSink, Lease, ModelEntry, NullAudit, StartRecord, Waiter
+from warmstart.pool.entry import AuditSink, ModelEntry, NullAudit, Refusal, StartRecord, Waiter
+from warmstart.pool.lease import Lease, LeaseOwner
 from warmstart.pool.replica import Replica, next_replica_id
 from warmstart.pool.states import LIVE, ReplicaState, model_state
-from warmstart.pool.view import model_view
+from warmstart.pool.view import ReplicaInfo, model_view, replica_info
 from warmstart.store.sources import resolve_model_path
 from warmstart.telemetry.metrics import TRIGGERS, Metrics
 
@@ -53,7 +54,7 @@ class Pool:
         self.audit: AuditSink = audit or NullAudit()
         # integrity before starts and the RAM tier between them (warmstart.store); None: neither
         self.store = store
-        self.models: dict[str, ModelEntry] = {
+        self._models: dict[str, ModelEntry] = {
             m.name: ModelEntry(config=m, engine=engines[m.engine],
                                wait_histogram=metrics.request_wait_seconds.labels(m.name))
             for m in config.models
@@ -62,23 +63,60 @@ class Pool:
         self._arrival_listeners: list[Callable[[str, float], None]] = []
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
-        for entry in self.models.values():
+        self._lease_owner = LeaseOwner(release=self._release, broken=self._replica_broken)
+        for entry in self._models.values():
             self._update_gauges(entry)
             self._init_series(entry.name)
 
     # ---- lookups -------------------------------------------------------------------------
 
-    def entry(self, name: str) -> ModelEntry:
+    def _entry(self, name: str) -> ModelEntry:
         try:
-            return self.models[name]
+            return self._models[name]
         except KeyError:
-            known = ", ".join(sorted(self.models)) or "none"
+            known = ", ".join(sorted(self._models)) or "none"
             raise ModelNotFound(f"The model '{name}' does not exist. Models served here: {known}.",
                                 param="model") from None
 
+    def check_model(self, name: str) -> None:
+        """Raise ModelNotFound (naming the models served here) unless `name` is one."""
+        self._entry(name)
+
+    def model_names(self) -> tuple[str, ...]:
+        """The models served here, in configured order."""
+        return tuple(self._models)
+
+    def has_model(self, name: str) -> bool:
+        return name in self._models
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the pool still takes requests (False once shutdown began)."""
+        return not self._closing
+
+    def known_capabilities(self, name: str) -> Capabilities | None:
+        """What `capabilities` found for the model, if it has been asked yet (never inspects)."""
+        return self._entry(name).capabilities
+
+    def replicas(self, name: str) -> tuple[ReplicaInfo, ...]:
+        """The model's replicas as they are now, as read-only records."""
+        return tuple(replica_info(r) for r in self._entry(name).replicas)
+
+    def live_replicas(self, name: str) -> int:
+        """How many of the model's replicas hold (or are loading, or releasing) its weights."""
+        return sum(1 for r in self._entry(name).replicas if r.state in LIVE)
+
+    def resolved_paths(self) -> list[Path]:
+        """The weights' paths of the models resolved so far."""
+        return [entry.path for entry in self._models.values() if entry.path is not None]
+
+    def attach_store(self, store: ModelStore) -> None:
+        """The model store (integrity checks, RAM tier), built after the pool because it asks it `live_replicas`."""
+        self.store = store
+
     async def capabilities(self, name: str) -> Capabilities:
         """What a model can do, found from its file without loading it (resolved once)."""
-        entry = self.entry(name)
+        entry = self._entry(name)
         if entry.capabilities is not None:
             return entry.capabilities
         async with entry.inspect_lock:
@@ -100,10 +138,7 @@ class Pool:
         if entry.refused_audited == error:
             return
         entry.refused_audited = error
-        now = self.clock.now()
-        attempt = Replica(id=next_replica_id(entry.name), model=entry.name, trigger="inspect",
-                          capacity=entry.config.max_concurrency, keep_alive=entry.config.keep_alive,
-                          created_at=now, created_wall=self.clock.wall())
+        attempt = Refusal(id=next_replica_id(entry.name), created_wall=self.clock.wall())
         self._spawn(self.audit.record("start", model=entry.config, path=entry.path, replica=attempt,
                                       engine=entry.engine, outcome="refused", error=error, seconds=0.0),
                     name="audit")
@@ -113,14 +148,13 @@ class Pool:
         so a first request does not pay for it (an `assemble:` model is written once); problems are
         logged, not fatal. Engines that keep pre-initialized runtimes start filling them first."""
         for engine in {id(e): e for e in self.engines.values()}.values():
-            if hasattr(engine, "open"):
-                await engine.open()
-        for name in list(self.models):
+            await engine.open()
+        for name in list(self._models):
             try:
                 await self.capabilities(name)
                 if self.store is not None and self.store.settings.verify_on_start:
                     # hash a model without a manifest now rather than on its first start
-                    await self.store.check(self.models[name].config, await self._resolve(self.models[name]))
+                    await self.store.check(self._models[name].config, await self._resolve(self._models[name]))
             except WarmstartError as exc:
                 log.warning("%s", exc)
 
@@ -138,7 +172,7 @@ class Pool:
 
     def try_acquire(self, name: str, keep_alive: float | None = None) -> Lease | None:
         """The warm fast path: a lease at once if a warm replica has a free slot and nobody waits."""
-        entry = self.entry(name)
+        entry = self._entry(name)
         if self._closing:
             return None
         decision = rules.admit(entry.replicas, len(entry.waiters), self.config.server.queue_size)
@@ -154,7 +188,7 @@ class Pool:
 
         Raises QueueFull at once when the model's queue is full, DeadlineExceeded past the deadline.
         """
-        entry = self.entry(name)
+        entry = self._entry(name)
         if self._closing:
             raise Unavailable("warmstart is shutting down", retry_after=5)
         now = self.clock.now()
@@ -216,7 +250,7 @@ class Pool:
         replica.idle_since = None
         self._disarm_expiry(replica)
         entry.wait_histogram.observe(waited)
-        return Lease(self, replica, cold, waited, keep_alive)
+        return Lease(self._lease_owner, replica, cold, waited, keep_alive)
 
     def _dispatch(self, entry: ModelEntry) -> None:
         while entry.waiters:
@@ -232,7 +266,7 @@ class Pool:
 
     def _release(self, lease: Lease) -> None:
         replica = lease.replica
-        entry = self.models[replica.model]
+        entry = self._models[replica.model]
         replica.in_flight = max(0, replica.in_flight - 1)
         replica.served += 1
         replica.keep_alive = lease.keep_alive  # None: the model's own, settled when the idle clock starts
@@ -410,7 +444,7 @@ class Pool:
     def idle_warm(self) -> list[Replica]:
         """Warm replicas with no request in flight (their engines are watched by a liveness probe; a busy
         one is watched by its requests)."""
-        return [r for entry in self.models.values() for r in entry.replicas
+        return [r for entry in self._models.values() for r in entry.replicas
                 if r.state is S.WARM and r.in_flight == 0 and r.process is not None]
 
     def fail_wedged(self, replica: Replica, reason: str) -> None:
@@ -419,7 +453,7 @@ class Pool:
             self._replica_broken(replica, reason)
 
     def _replica_broken(self, replica: Replica, reason: str) -> None:
-        entry = self.models[replica.model]
+        entry = self._models[replica.model]
         if replica.state is S.WARM:
             if replica.process is not None:
                 replica.process.kill()
@@ -477,7 +511,7 @@ class Pool:
 
     def ensure_warm(self, name: str, trigger: str, keep_alive: float | None = None) -> ReplicaState:
         """Start a replica of `name` unless one is live; returns the model's state."""
-        entry = self.entry(name)
+        entry = self._entry(name)
         self._reap_failed(entry)
         self._carry_out(entry, rules.ensure_warm(entry.replicas, trigger, keep_alive,
                                                  configured=entry.config.keep_alive))
@@ -485,7 +519,7 @@ class Pool:
 
     def set_warm_until(self, name: str, until: float, trigger: str) -> None:
         """The controller's desired warm set: keep at least one replica loaded until `until`."""
-        entry = self.entry(name)
+        entry = self._entry(name)
         entry.warm_until, entry.warm_trigger = until, trigger
         now = self.clock.now()
         if until > now:
@@ -521,20 +555,20 @@ class Pool:
     def set_keep_alive_floor(self, name: str, seconds: float | None) -> None:
         """The pool's own idle keep-alive for the model's last replica while the warming controller picks
         its keep-alive (keep_alive "auto"); None: the configured one again."""
-        self.entry(name).keep_alive_override = seconds
+        self._entry(name).keep_alive_override = seconds
 
     def start_seconds(self, name: str, last: int = 20) -> list[float]:
         """How long the model's `last` successful starts took, oldest first."""
-        return [s.total_s for s in self.entry(name).starts if s.outcome == "ok"][-last:]
+        return [s.total_s for s in self._entry(name).starts if s.outcome == "ok"][-last:]
 
     def outlook(self, name: str, cold_start: float) -> rules.Outlook:
         """How long the model stays loaded as things stand (`rules.outlook`)."""
-        entry = self.entry(name)
+        entry = self._entry(name)
         return rules.outlook(entry.replicas, model=entry.keep_alive, cold_start=cold_start, now=self.clock.now())
 
     async def wait_warm(self, name: str, timeout: float) -> ReplicaState:
         """Wait until the model is warm, failed or cold again (or the timeout passes)."""
-        entry = self.entry(name)
+        entry = self._entry(name)
         timer = asyncio.ensure_future(self.clock.sleep(timeout))
         try:
             while not timer.done():
@@ -551,14 +585,14 @@ class Pool:
     async def hold_in_ram(self, name: str, keep_alive: float | None) -> None:
         """Hold the model's weights in the RAM tier now (loaded or not) for `keep_alive` seconds (None: the
         model's default); 0 lets them go. Raises StoreError (TierRefused) with the limit that refused it."""
-        entry = self.entry(name)
+        entry = self._entry(name)
         if self.store is None:
             raise StoreError("the model store is off in this server, so there is no RAM tier")
         await self.store.hold(entry.config, await self._resolve(entry), keep_alive)
 
     async def unload(self, name: str) -> int:
         """Stop every replica of `name`: idle ones now, busy ones when their last request ends."""
-        entry = self.entry(name)
+        entry = self._entry(name)
         entry.warm_until = -math.inf
         stops = []
         for decision in rules.on_unload(entry.replicas):
@@ -574,7 +608,7 @@ class Pool:
     async def shutdown(self) -> None:
         self._closing = True
         stops = []
-        for entry in self.models.values():
+        for entry in self._models.values():
             while entry.waiters:
                 waiter = entry.waiters.popleft()
                 if not waiter.future.done():
@@ -582,8 +616,8 @@ class Pool:
             for replica in list(entry.replicas):
                 stops.append(self._stop(entry, replica, "shutdown"))
         await asyncio.gather(*stops, return_exceptions=True)
-        await asyncio.gather(*(e.close() for e in {id(e): e for e in self.engines.values()}.values()
-                               if hasattr(e, "close")), return_exceptions=True)
+        await asyncio.gather(*(e.close() for e in {id(e): e for e in self.engines.values()}.values()),
+                             return_exceptions=True)
         if self.store is not None:
             await self.store.close()
         for task in list(self._tasks):
@@ -593,10 +627,10 @@ class Pool:
     # ---- views ----------------------------------------------------------------------------
 
     def state_of(self, name: str) -> ReplicaState:
-        return model_state([r.state for r in self.entry(name).replicas])
+        return model_state([r.state for r in self._entry(name).replicas])
 
     def account_all(self) -> None:
-        for entry in self.models.values():
+        for entry in self._models.values():
             for replica in entry.replicas:
                 self._account(replica)
         from warmstart.engines.runtime import account_runtimes
@@ -608,11 +642,11 @@ class Pool:
     def snapshot(self) -> list[dict[str, Any]]:
         now = self.clock.now()
         self.account_all()
-        return [model_view(entry, self.state_of(entry.name), now, self.store) for entry in self.models.values()]
+        return [model_view(entry, self.state_of(entry.name), now, self.store) for entry in self._models.values()]
 
     def view(self, name: str) -> dict[str, Any]:
         """One model as `snapshot` shows it (ModelNotFound for an unknown name)."""
-        entry = self.entry(name)
+        entry = self._entry(name)
         now = self.clock.now()
         self.account_all()
         return model_view(entry, self.state_of(name), now, self.store)
