@@ -101,7 +101,7 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace, flags: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
-    from warmstart.config import find_config_file, load_config
+    from warmstart.config_loader import find_config_file, load_config
 
     path = find_config_file(getattr(args, "config", None), os.environ)
     return load_config(path, os.environ, flags or {})
@@ -127,7 +127,7 @@ def server_url(args: argparse.Namespace) -> str:
 def find_server(args: argparse.Namespace) -> tuple[str, str]:
     """The server a client command talks to, and where that came from: --url, $WARMSTART_URL, or the
     config `serve` would read here (--config, $WARMSTART_CONFIG, ./warmstart.toml), else the default."""
-    from warmstart.config import find_config_file, load_config
+    from warmstart.config_loader import find_config_file, load_config
 
     explicit = getattr(args, "url", None)
     if explicit or os.environ.get("WARMSTART_URL"):

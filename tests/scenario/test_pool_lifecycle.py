@@ -9,7 +9,7 @@ import math
 import pytest
 
 from warmstart.clock import VirtualClock
-from warmstart.config import parse_config
+from warmstart.config_loader import parse_config
 from warmstart.engines.simulated import SimulatedEngine
 from warmstart.errors import DeadlineExceeded, ModelStartFailed, QueueFull
 from warmstart.pool.pool import Pool

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from warmstart.clock import VirtualClock
-from warmstart.config import Config, parse_config
+from warmstart.config import Config
+from warmstart.config_loader import parse_config
 from warmstart.engines.simulated import SimulatedEngine
 from warmstart.pool.pool import Pool
 from warmstart.pool.states import ReplicaState

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from warmstart.clock import VirtualClock
-from warmstart.config import parse_config
+from warmstart.config_loader import parse_config
 from warmstart.store.model_store import ModelStore
 from warmstart.telemetry.metrics import Metrics
 

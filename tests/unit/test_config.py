@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from warmstart.config import load_config, parse_config
+from warmstart.config_loader import load_config, parse_config
 from warmstart.errors import ConfigError
 
 

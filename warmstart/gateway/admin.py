@@ -11,7 +11,7 @@ from warmstart.errors import Conflict, InvalidRequest, StoreError
 from warmstart.gateway.translate import parse_keep_alive
 
 if TYPE_CHECKING:
-    from warmstart.gateway.app import Services
+    from warmstart.gateway.services import Services
 
 
 def router(services: Services) -> APIRouter:

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -24,55 +23,20 @@ from warmstart.errors import RequestError, Unavailable, openai_error_body
 from warmstart.gateway import admin, hint, openapi, web
 from warmstart.gateway.auth import Auth
 from warmstart.gateway.fastpath import FastPath
+from warmstart.gateway.generate import generate
 from warmstart.gateway.limits import BodyLimit
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from warmstart.gateway.relay import Relay
+from warmstart.gateway.services import Services
 from warmstart.gateway.translate import (
-    ModelRequest,
-    check_embedding_request,
-    check_request,
-    engine_body,
     error_json,
     internal_error_json,
     invalid_request_json,
-    keep_alive_of,
 )
-from warmstart.pool.lease import Lease
 from warmstart.pool.pool import Pool
 from warmstart.telemetry.metrics import Metrics
 
 log = logging.getLogger("warmstart.gateway")
-
-
-@dataclass
-class Services:
-    config: Config
-    pool: Pool
-    metrics: Metrics
-    clock: Clock
-    relay: Relay | None = None
-    started_wall: float = 0.0
-    audit: Any = None
-    warming: Any = None  # the WarmingRunner, when [warming] is enabled
-
-    def __post_init__(self) -> None:
-        # labelled metric children, looked up once per label set rather than on every request
-        self._requests: dict[tuple[str, str, int], Any] = {}
-        self._ttft: dict[tuple[str, str], Any] = {}
-
-    def counted(self, model: str, start: str, status: int) -> Any:
-        key = (model, start, status)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.metrics.requests.labels(model, start, str(status))
-        return child
-
-    def ttft(self, model: str, start: str) -> Any:
-        key = (model, start)
-        child = self._ttft.get(key)
-        if child is None:
-            child = self._ttft[key] = self.metrics.ttft_seconds.labels(model, start)
-        return child
 
 
 class Gateway:
@@ -165,44 +129,6 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
     app.include_router(web.router(services))
     openapi.install(app)
     return app
-
-
-async def generate(services: Services, request: Request, req: ModelRequest, path: str) -> Response:
-    arrived = services.clock.now()
-    pool = services.pool
-    model = req.model
-    pool.check_model(model)  # an unknown model is a 404 and not counted: a label per made-up name would be unbounded
-    # how it would be served if no lease says otherwise: warm when a warm replica exists on arrival
-    arrival_start = "warm" if pool.state_of(model).value == "warm" else "cold"
-    counted = False
-
-    def finish(lease: Lease | None, status: int, ttft: float | None) -> None:
-        nonlocal counted
-        counted = True
-        start = lease.start if lease is not None else arrival_start
-        services.counted(model, start, status).inc()
-        if ttft is not None:
-            services.ttft(model, start).observe(ttft)
-
-    try:
-        caps = await pool.capabilities(model)
-        if isinstance(req, EmbeddingRequest):
-            check_embedding_request(req, caps)
-        else:
-            check_request(req, caps)
-        keep_alive = keep_alive_of(req)
-        assert services.relay is not None
-        stream = not isinstance(req, EmbeddingRequest) and req.stream
-        return await services.relay.forward(request, model, path, engine_body(req), stream, keep_alive,
-                                            arrived, finish)
-    except (RequestError, Unavailable) as exc:
-        if not counted:
-            finish(None, exc.status, None)
-        raise
-    except Exception:
-        if not counted:
-            finish(None, 500, None)
-        raise
 
 
 def _model_object(services: Services, view: dict[str, Any]) -> dict[str, Any]:

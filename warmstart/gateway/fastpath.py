@@ -16,12 +16,13 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from warmstart.errors import PayloadTooLarge, RequestError, Unavailable
+from warmstart.gateway.generate import generate
 from warmstart.gateway.limits import too_large_message
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from warmstart.gateway.translate import error_json, internal_error_json, invalid_request_json
 
 if TYPE_CHECKING:
-    from warmstart.gateway.app import Services
+    from warmstart.gateway.services import Services
 
 log = logging.getLogger("warmstart.gateway")
 ROUTES: dict[str, type[BaseModel]] = {
@@ -36,8 +37,6 @@ class FastPath:
         self.app = app
         self.services = services
         self.max_bytes = services.config.server.max_body_bytes
-        from warmstart.gateway.app import generate  # app.py builds this front door: imported once it exists
-
         self.generate = generate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -15,15 +15,15 @@ from starlette.responses import JSONResponse, Response
 from warmstart.errors import (
     InvalidRequest,
     ModelNotFound,
+    PayloadTooLarge,
     PermissionDenied,
     RateLimited,
-    PayloadTooLarge,
     RequestError,
 )
 from warmstart.gateway.translate import error_json
 
 if TYPE_CHECKING:
-    from warmstart.gateway.app import Services
+    from warmstart.gateway.services import Services
 
 MAX_BODY = 4096
 

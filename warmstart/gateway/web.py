@@ -29,7 +29,7 @@ from warmstart.telemetry.window import Figures, HourWindow
 log = logging.getLogger("warmstart.gateway")
 
 if TYPE_CHECKING:
-    from warmstart.gateway.app import Services
+    from warmstart.gateway.services import Services
 
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",

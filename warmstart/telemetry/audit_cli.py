@@ -70,7 +70,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _source(args: argparse.Namespace) -> str:
-    from warmstart.config import find_config_file
+    from warmstart.config_loader import find_config_file
 
     if args.data_dir:
         return "--data-dir"
