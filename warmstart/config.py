@@ -34,7 +34,7 @@ class ModelConfig:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
-    data_dir: Path = Path("~/.local/share/warmstart").expanduser()
+    data_dir: Path = Path("~/.local/share/warmstart").expanduser()  # noqa: RUF009 - a Path is immutable
     queue_size: int = 256
     queue_deadline: float = 120.0
     max_body_bytes: int = 4 * 1024 * 1024
@@ -121,7 +121,8 @@ class WarmingConfig:
 class StoreConfig:
     """The model store and its RAM tier (warmstart/store)."""
 
-    verify_on_start: bool = True  # the stat check (size, mtime, ctime, inode, device) against the manifest; a file whose stat changed is re-hashed
+    # the stat check (size, mtime, ctime, inode, device) against the manifest; a file whose stat changed is re-hashed
+    verify_on_start: bool = True
     ram_method: str = "auto"  # auto | mlock | tmpfs
     ram_max: int | None = None  # bytes the RAM tier may hold in all; None: what memory allows
     ram_reserve: int = 2 << 30  # bytes left free for engines and everything else

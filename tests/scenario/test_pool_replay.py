@@ -100,7 +100,7 @@ async def serve_live(config: Config, trace: Trace, begin: float) -> dict[str, An
     # replica-seconds as the replay sums them: each unloaded replica's life in unload order, then the one
     # still loaded at the end of the trace
     loaded = 0.0
-    for event, replica, seconds in audit.events:
+    for event, _replica, seconds in audit.events:
         if event == "unload":
             loaded += seconds
     starts = [(r.created_at, r.trigger) for event, r, _ in audit.events if event == "start"]

@@ -61,7 +61,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         # 1. one cold start, measured by the client and by warmstart's own phase records
         cold_ttft, _, headers = gateway.first_token("/v1/chat/completions", _chat(0, 8))
         assert headers.get("x-warmstart-start") == "cold", headers
-        status, models = request_json(server.url, "GET", "/v1/models")
+        _status, models = request_json(server.url, "GET", "/v1/models")
         model = next(m for m in models["data"] if m["id"] == MODEL)
         last = model["last_start"]
         engine_url = model["replicas"][0]["url"]
@@ -77,14 +77,15 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         for _ in range(20):
             direct.post("/v1/completions", body)
             gateway.post("/v1/completions", body)
-        d_times, g_times = [], []
+        d_times: list[float] = []
+        g_times: list[float] = []
         for i in range(overhead_pairs):
             pair = [("d", direct), ("g", gateway)] if i % 2 == 0 else [("g", gateway), ("d", direct)]
             for tag, client in pair:
                 seconds, code, _, _ = client.post("/v1/completions", body)
                 assert code == 200
                 (d_times if tag == "d" else g_times).append(seconds)
-        diffs = [g - d for g, d in zip(g_times, d_times)]
+        diffs = [g - d for g, d in zip(g_times, d_times, strict=False)]
         direct.close()
         gateway.close()
 
@@ -93,7 +94,9 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         _warm_replica(server.url, ONE_SLOT_MODEL)
         for base, model in ((slots_url, SLOTS_MODEL), (server.url, ONE_SLOT_MODEL)):
             _throughput(base, model, streams, max_tokens)  # unmeasured: the first full batches allocate
-        via, direct_tps, one_slot = [], [], []
+        via: list[float] = []
+        direct_tps: list[float] = []
+        one_slot: list[float] = []
         for i in range(rounds):
             order = [(via, server.url), (direct_tps, slots_url)]
             for out, base in order if i % 2 == 0 else order[::-1]:

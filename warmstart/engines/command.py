@@ -123,7 +123,7 @@ class CommandEngine(NoRuntimes):
                             if resp.status == 200:
                                 report.done(READY, time.monotonic() - t)
                                 return
-                    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                    except (TimeoutError, aiohttp.ClientError, OSError):
                         pass
                 await asyncio.sleep(interval)
                 interval = min(interval * 1.5, 0.25)

@@ -56,7 +56,8 @@ class Runtime:
         await self.process.send(order)
         exited = asyncio.ensure_future(self.process.wait_exit())
         try:
-            done, _ = await asyncio.wait({self.accepted, exited}, timeout=timeout,
+            either: set[asyncio.Future[Any]] = {self.accepted, exited}
+            done, _ = await asyncio.wait(either, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             exited.cancel()

@@ -327,5 +327,5 @@ async def _healthy(session: aiohttp.ClientSession, base_url: str) -> bool:
     try:
         async with session.get(base_url + "/health") as resp:
             return resp.status == 200
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         return False

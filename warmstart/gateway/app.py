@@ -117,7 +117,8 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
     async def readyz() -> Response:
         if services.relay is None or not pool.accepting:
             return JSONResponse({"status": "not ready"}, status_code=503)
-        return JSONResponse({"status": "ready", "models": {name: pool.state_of(name).value for name in pool.model_names()}})
+        states = {name: pool.state_of(name).value for name in pool.model_names()}
+        return JSONResponse({"status": "ready", "models": states})
 
     @app.get("/metrics", tags=["telemetry"], include_in_schema=False)
     async def prometheus_metrics() -> Response:
@@ -149,7 +150,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        code = codes.get(exc.status_code, "http_error")
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return JSONResponse(openai_error_body(str(exc.detail), kind, code), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))

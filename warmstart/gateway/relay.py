@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from starlette.requests import Request
@@ -50,7 +50,8 @@ async def wait_disconnect(request: Request) -> None:
 async def race(awaitable: Awaitable[T], disconnect: asyncio.Future[None]) -> T:
     """Await `awaitable` unless the client disconnects first; then cancel it and raise ClientGone."""
     task = asyncio.ensure_future(awaitable)
-    done, _ = await asyncio.wait({task, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    either: set[asyncio.Future[Any]] = {task, disconnect}
+    done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         return task.result()
     task.cancel()
@@ -265,7 +266,7 @@ class Liveness:
                 if resp.status == 200:
                     return None
                 return f"its health check answered HTTP {resp.status}"
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return f"did not answer its health check within {timeout:g} s"
 
     async def drain(self, lease: Lease) -> None:
@@ -281,7 +282,7 @@ class Liveness:
             while lease.replica.in_flight > 0:
                 try:
                     active = await count(self.session)
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError, OSError):
                     active = None
                 # this lease is one of the replica's in-flight requests; idle means no more than the others
                 if active is None or active < lease.replica.in_flight:

@@ -197,4 +197,4 @@ def unload_in(replicas: list[dict[str, Any]]) -> float | None:
     warm = [r for r in replicas if r["state"] == "warm"]
     if not warm or any(r["in_flight"] > 0 or r["expires_in_s"] is None for r in warm):
         return None
-    return max(r["expires_in_s"] for r in warm)
+    return float(max(r["expires_in_s"] for r in warm))

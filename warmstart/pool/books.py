@@ -101,7 +101,7 @@ class Books:
                 hist.labels(entry.name, engine, name).observe(seconds)
             hist.labels(entry.name, engine, "total").observe(total)
             # the last start replaces the previous one's phases, including any this start did not go through
-            for sample in list(last.collect()[0].samples):
+            for sample in list(next(iter(last.collect())).samples):
                 if sample.labels["model"] == entry.name:
                     last.remove(entry.name, sample.labels["engine"], sample.labels["phase"])
             for name, seconds in phases:

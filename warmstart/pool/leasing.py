@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Callable
+from typing import Any
 
 from warmstart.errors import DeadlineExceeded, QueueFull, Unavailable
 from warmstart.pool import rules
@@ -64,7 +65,8 @@ class Leasing:
         deadline = books.config.server.queue_deadline if deadline_s is None else deadline_s
         timer = asyncio.ensure_future(books.clock.sleep(deadline))
         try:
-            await asyncio.wait({waiter.future, timer}, return_when=asyncio.FIRST_COMPLETED)
+            either: set[asyncio.Future[Any]] = {waiter.future, timer}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if waiter.future.done():
                 return waiter.future.result()
             waiter.future.cancel()

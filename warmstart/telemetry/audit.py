@@ -445,7 +445,7 @@ class AuditLog:
                 fields["digest_error"] = str(exc)
         try:
             fields["engine_version"] = engine.version()
-        except Exception as exc:  # noqa: BLE001 - an engine that cannot say its version still gets its record
+        except Exception as exc:  # an engine that cannot say its version still gets its record
             fields["engine_version"] = f"unknown ({type(exc).__name__}: {exc})"
         self.writer.append(fields, self.clock.wall())
 

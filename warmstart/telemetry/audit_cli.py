@@ -14,8 +14,7 @@ from typing import Any
 
 from warmstart.cli import CLIError, command, data_dir_flags
 from warmstart.cli_format import columns
-from warmstart.telemetry.audit_verify import (Line, Verification, parse_when, read_lines, record_time, select,
-                                              verify)
+from warmstart.telemetry.audit_verify import Line, Verification, parse_when, read_lines, record_time, select, verify
 
 CSV_COLUMNS = ("time", "seq", "event", "model", "replica", "trigger", "outcome", "seconds", "path", "size",
                "sha256", "engine", "engine_version", "options", "host", "error", "reason", "hash")
