@@ -39,7 +39,7 @@ class ServerProcess:
         return self.proc.pid
 
     def __enter__(self) -> ServerProcess:
-        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - kept by the child
+        log = open(self.workdir / "server.log", "ab")  # kept by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "warmstart", "serve", "--config", str(self.config), "--port", str(self.port),
              "--data-dir", str(self.workdir / "data"), "--log-level", "warning"],

@@ -64,7 +64,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         # 1. one cold start, measured by the client and by warmstart's own phase records
         cold_ttft, _, headers = gateway.first_token("/v1/chat/completions", _chat(0, 8))
         assert headers.get("x-warmstart-start") == "cold", headers
-        status, models = request_json(server.url, "GET", "/v1/models")
+        _status, models = request_json(server.url, "GET", "/v1/models")
         model = next(m for m in models["data"] if m["id"] == MODEL)
         last = model["last_start"]
         engine_url = model["replicas"][0]["url"]
@@ -81,22 +81,22 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         body = {"model": MODEL, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
         arms = {"d": direct, "g": gateway, "s": splice}
         for _ in range(20):
-            for client in arms.values():
-                client.post("/v1/completions", body)
+            for arm in arms.values():
+                arm.post("/v1/completions", body)
         times: dict[str, list[float]] = {tag: [] for tag in arms}
         cpu_before = _cpu_seconds(server.pid)
         for i in range(overhead_pairs):
-            order = list(arms.items())
-            for tag, client in order[i % 3:] + order[:i % 3]:
-                seconds, code, _, _ = client.post("/v1/completions", body)
+            rotation = list(arms.items())
+            for tag, arm in rotation[i % 3:] + rotation[:i % 3]:
+                seconds, code, _, _ = arm.post("/v1/completions", body)
                 assert code == 200
                 times[tag].append(seconds)
         gateway_cpu = (_cpu_seconds(server.pid) - cpu_before) / overhead_pairs
         d_times, g_times, s_times = times["d"], times["g"], times["s"]
-        diffs = [g - d for g, d in zip(g_times, d_times)]
-        splice_diffs = [s - d for s, d in zip(s_times, d_times)]
-        for client in arms.values():
-            client.close()
+        diffs = [g - d for g, d in zip(g_times, d_times, strict=True)]
+        splice_diffs = [s - d for s, d in zip(s_times, d_times, strict=True)]
+        for arm in arms.values():
+            arm.close()
         splice_proc.kill()
         splice_proc.wait()
 
@@ -105,7 +105,9 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         _warm_replica(server.url, ONE_SLOT_MODEL)
         for base, model in ((slots_url, SLOTS_MODEL), (server.url, ONE_SLOT_MODEL)):
             _throughput(base, model, streams, max_tokens)  # unmeasured: the first full batches allocate
-        via, direct_tps, one_slot = [], [], []
+        via: list[float] = []
+        direct_tps: list[float] = []
+        one_slot: list[float] = []
         for i in range(rounds):
             order = [(via, server.url), (direct_tps, slots_url)]
             for out, base in order if i % 2 == 0 else order[::-1]:

@@ -193,7 +193,7 @@ class EngineClient:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(key[0], key[1], limit=MAX_HEAD_BYTES), CONNECT_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise EngineConnectionError(f"no connection to {key[0]}:{key[1]} within {CONNECT_TIMEOUT:g} s") from None
         except OSError as exc:
             raise EngineConnectionError(f"no connection to {key[0]}:{key[1]}: {exc}") from None

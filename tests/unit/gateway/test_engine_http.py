@@ -31,7 +31,7 @@ class Server:
             while True:
                 try:
                     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.close_idle_after)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError):
+                except (TimeoutError, asyncio.IncompleteReadError):
                     return
                 length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                                   if line.lower().startswith(b"content-length")))
@@ -138,7 +138,7 @@ async def test_no_answer_or_not_http_or_no_server_is_a_connection_error_naming_i
         with pytest.raises(EngineConnectionError, match="without answering"):
             await client.post(srv.url + "/", b"", {})
     async with Server(lambda n, body: [b"SSH-2.0-OpenSSH\r\n\r\n"], close_after=True) as srv:
-        with pytest.raises(EngineConnectionError, match="not HTTP/1.1"):
+        with pytest.raises(EngineConnectionError, match=r"not HTTP/1\.1"):
             await client.post(srv.url + "/", b"", {})
         url = srv.url
     with pytest.raises(EngineConnectionError, match="Connect"):
