@@ -44,7 +44,8 @@ NDJSON = "application/x-ndjson"
 
 
 def router(services: Services) -> APIRouter:
-    api = APIRouter(prefix="/api", tags=["ollama"])
+    # Ollama documents this API; the OpenAPI schema (and the fuzz test walking it) covers OpenAI's and warmstart's own
+    api = APIRouter(prefix="/api", tags=["ollama"], include_in_schema=False)
 
     @api.post("/chat")
     async def chat(request: Request) -> Response:
