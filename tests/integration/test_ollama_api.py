@@ -80,7 +80,8 @@ def test_ollama_options_format_and_errors(start_server, connect):
         client.chat("no-such-model", messages=QUESTION)
     assert err.value.status_code == 404 and err.value.error == "model 'no-such-model' not found"
     for option, says in (({"num_gpu": 1}, "num_gpu"), ({"tfs_z": 0.5}, "tfs_z"), ({"num_ctx": 1_000_000}, "num_ctx"),
-                         ({"num_predict": 0}, "num_predict")):
+                         ({"num_predict": 0}, "num_predict"),
+                         ({"temperature": 7}, "'options.temperature'")):
         with pytest.raises(ollama.ResponseError) as err:
             client.chat(SMOL, messages=QUESTION, options=option)
         assert err.value.status_code == 400 and says in err.value.error

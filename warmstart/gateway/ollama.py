@@ -30,6 +30,7 @@ from warmstart.gateway.ollama_wire import (
     generate_request,
     keep_alive_seconds,
     now_rfc3339,
+    ollama_param,
 )
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from warmstart.gateway.relay import RelayStream
@@ -120,8 +121,9 @@ def _validated(kind: type[ModelRequest], body: dict[str, Any]) -> ModelRequest:
     try:
         return kind.model_validate(body)
     except ValidationError as exc:
-        message, _ = validation_message(exc.errors())
-        raise OllamaError(message) from None
+        message, param = validation_message(exc.errors())
+        named = ollama_param(param)
+        raise OllamaError(message.replace(f"'{param}'", f"'{named}'") if param and named else message) from None
 
 
 async def _generation(services: Services, request: Request, kind: str) -> Response:

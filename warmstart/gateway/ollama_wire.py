@@ -90,6 +90,15 @@ def map_options(options: object, engine: str, caps: Capabilities) -> dict[str, A
     return out
 
 
+def ollama_param(param: str | None) -> str | None:
+    """The Ollama name of an OpenAI request field that came from `options` (to name it in an error)."""
+    if param is None:
+        return None
+    names = {"max_tokens": "num_predict", **{v: k for engine in _ENGINE_OPTIONS.values() for k, v in engine.items()},
+             **{v: k for k, v in _COMMON.items()}}
+    return f"options.{names[param]}" if param in names else param
+
+
 def response_format(fmt: object) -> dict[str, Any] | None:
     """Ollama's `format` ("json" or a JSON schema) as OpenAI's `response_format`."""
     if fmt is None or fmt == "":

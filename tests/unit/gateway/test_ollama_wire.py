@@ -19,6 +19,7 @@ from warmstart.gateway.ollama_wire import (
     generate_request,
     keep_alive_seconds,
     map_options,
+    ollama_param,
     response_format,
 )
 
@@ -139,3 +140,8 @@ def test_expires_at():
     assert expires_at(None, None, 0.0) == FOREVER_AT and expires_at(None, math.inf, 0.0) == FOREVER_AT
     assert expires_at(60.0, 300.0, 0.0) == "1970-01-01T00:01:00.000000Z"
     assert expires_at(None, 300.0, 0.0) == "1970-01-01T00:05:00.000000Z"
+
+
+def test_errors_name_the_option_the_client_sent():
+    assert ollama_param("max_tokens") == "options.num_predict" and ollama_param("temperature") == "options.temperature"
+    assert ollama_param("n_keep") == "options.num_keep" and ollama_param("messages") == "messages"
