@@ -128,10 +128,16 @@ def test_ollama_keep_alive_preloads_unloads_and_keeps(start_server, connect):
     assert client.ps().models == []
 
 
-def test_ollama_embed_on_an_embedding_model(start_server, connect):
+def test_ollama_embed_on_an_embedding_model_behind_an_api_key(start_server, connect):
     embedder = smollm2(name="smol-embed", options={"n_ctx": 512, "embedding": True, "pooling": "mean"})
-    srv = start_server([embedder])
-    client = connect(srv)
-    result = client.embed("smol-embed", input=["hello world", "goodbye"])
+    srv = start_server([embedder], sections={"auth": {"api_keys": ["ollama-test-key-0123456789"]}})
+    with pytest.raises(ollama.ResponseError) as err:
+        connect(srv).embed("smol-embed", input="hello")
+    assert err.value.status_code == 401 and "API key" in err.value.error  # Ollama's shape: the message itself
+    client = ollama.Client(host=srv.url, timeout=120, headers={"authorization": "Bearer ollama-test-key-0123456789"})
+    try:
+        result = client.embed("smol-embed", input=["hello world", "goodbye"])
+    finally:
+        client.close()
     assert len(result.embeddings) == 2 and len(result.embeddings[0]) == len(result.embeddings[1]) > 10
-    assert result.embeddings[0] != result.embeddings[1]
+    assert result.embeddings[0] != result.embeddings[1] and result.prompt_eval_count > 0
