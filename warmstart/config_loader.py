@@ -210,6 +210,8 @@ def _parse_server(raw: Any) -> ServerConfig:
     log_level = str(raw.get("log_level", d.log_level)).lower()
     _expect(log_level in ("debug", "info", "warning", "error"), "server.log_level", log_level,
             "must be debug, info, warning or error")
+    access_log = str(raw.get("access_log", d.access_log)).lower()
+    _expect(access_log in ("text", "json", "off"), "server.access_log", access_log, "must be text, json or off")
     return ServerConfig(
         host=host,
         port=port,
@@ -220,6 +222,7 @@ def _parse_server(raw: Any) -> ServerConfig:
         start_timeout=_duration(raw, "start_timeout", d.start_timeout, "server", finite=True),
         stop_timeout=_duration(raw, "stop_timeout", d.stop_timeout, "server", finite=True),
         log_level=log_level,
+        access_log=access_log,
         trusted_proxies=_proxies(raw.get("trusted_proxies", [])),
         engine_timeout=_positive(raw, "engine_timeout", d.engine_timeout, "server"),
     )
