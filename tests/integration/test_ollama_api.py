@@ -70,6 +70,11 @@ def test_ollama_client_chats_generates_and_lists_models_through_warmstart(start_
 
     # the same requests counted as OpenAI's are: 4 answered generations
     assert _requests_counted(srv, SMOL) == 4
+    # and logged under the path the client asked for, with the tokens of the OpenAI answer underneath
+    logged = srv.wait_for(lambda: [line for line in srv.log().splitlines() if "POST /api/" in line]
+                          if srv.log().count("POST /api/") >= 4 else None, timeout=10)
+    assert [line.split()[2] for line in logged] == ["/api/chat"] * 2 + ["/api/generate"] * 2
+    assert all("status=200" in line and "tokens=" in line for line in logged)
 
 
 def test_ollama_options_format_and_errors(start_server, connect):
