@@ -8,6 +8,7 @@ import re
 import time
 from datetime import UTC, datetime
 
+import httpx
 import ollama
 import pytest
 
@@ -99,6 +100,14 @@ def test_ollama_options_format_and_errors(start_server, connect):
     stopped = client.generate(SMOL, count, raw=True,
                               options={**GREEDY, "num_predict": 12, "stop": ["six"], "top_k": 1, "repeat_penalty": 1.0})
     assert "six" not in stopped.response and stopped.done_reason == "stop"
+
+    # a client that leaves a stream stops the generation: the relay underneath sees it (499) and frees the slot
+    body = {"model": SMOL, "prompt": count, "raw": True, "options": {**GREEDY, "num_predict": 1500}}
+    with httpx.stream("POST", srv.url + "/api/generate", json=body, timeout=60) as response:
+        first = json.loads(next(response.iter_lines()))
+    assert first["done"] is False and first["response"]
+    srv.wait_for(lambda: srv.model(SMOL)["replicas"][0]["in_flight"] == 0, timeout=10)
+    srv.wait_for(lambda: "POST /api/generate smollm2-135m-instruct status=499" in srv.log(), timeout=10)
 
     # "json" holds the engine to JSON (SmolLM2 fills an object with keys until num_predict: only its start is checked)
     prose = client.chat(SMOL, messages=QUESTION, options={**GREEDY, "num_predict": 20})
