@@ -20,7 +20,7 @@ from warmstart import __version__
 from warmstart.clock import Clock, SystemClock
 from warmstart.config import Config
 from warmstart.errors import RequestError, Unavailable, openai_error_body
-from warmstart.gateway import admin, hint, openapi, web
+from warmstart.gateway import admin, hint, ollama, openapi, web
 from warmstart.gateway.access import AccessLog
 from warmstart.gateway.auth import Auth
 from warmstart.gateway.engine_http import EngineClient
@@ -136,6 +136,7 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
     app.include_router(admin.router(services))
     app.include_router(hint.router(services))
     app.include_router(web.router(services))
+    app.include_router(ollama.router(services))
     openapi.install(app)
     return app
 
