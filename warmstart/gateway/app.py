@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
@@ -91,8 +92,16 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
                 services.access.close()
             await session.close()
 
-    app = FastAPI(title="warmstart", version=__version__, lifespan=lifespan,
+    # /docs from the Swagger UI warmstart ships (web/static/vendor), not a CDN: it works offline
+    app = FastAPI(title="warmstart", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible gateway that holds requests while a model starts.")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="warmstart API",
+                                   swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg")
     app.state.services = services
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)
     _install_error_handlers(app)
