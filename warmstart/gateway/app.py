@@ -101,7 +101,9 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
         return get_swagger_ui_html(openapi_url="/openapi.json", title="warmstart API",
                                    swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
                                    swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
-                                   swagger_favicon_url="/static/favicon.svg")
+                                   swagger_favicon_url="/static/favicon.svg",
+                                   # no badge from validator.swagger.io: nothing leaves the server
+                                   swagger_ui_parameters={"validatorUrl": None})
     app.state.services = services
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)
     _install_error_handlers(app)
