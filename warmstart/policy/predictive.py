@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from warmstart.policy import tiers
 from warmstart.policy.observation import Observation
 from warmstart.policy.plan import Plan, WarmSpan
 
@@ -50,6 +51,8 @@ class PredictiveParams:
     # never unload sooner than this after a request: a floor against what little data cannot show
     min_keep_alive: float = 180.0
     max_keep_alive: float = 6 * 3600.0
+    # the longest the weights stay in RAM after a request (policy.tiers)
+    max_ram_keep_alive: float = 2 * DAY
     # a pre-warm relative to the last request needs this many observed gaps ending in it
     min_period_gaps: float = 3.0
     # time-of-day profile slot, and how many distinct days a wake-up must recur on before it is pre-warmed
@@ -104,6 +107,8 @@ class PredictiveState:
     # nothing new was learned, since deriving them is most of a decision's cost
     after: tuple[WarmSpan, ...] = ()
     after_key: tuple[float, ...] = ()
+    # and how long after a request the weights stay in RAM, per recent-rate class (policy.tiers)
+    ram_after: tuple[WarmSpan, ...] = ()
 
 
 class PredictivePolicy:
@@ -206,20 +211,23 @@ class PredictivePolicy:
         s = self.observe(obs, state, now)
         # the prior does not decay with the data: re-derive at least every quarter half-life
         epoch = math.floor(now / (p.half_life / 4))
-        key = (float(s.gaps_seen), c, float(epoch))
+        key = (float(s.gaps_seen), c, float(epoch), obs.ram_cold_start_s or 0.0, obs.ram_price_s)
         if s.after_key != key:
-            after, kas = self.keep_alive_spans(s, c)
-            s = replace(s, keep_alive=kas, after=after, after_key=key)
+            after, kas, ram = self.keep_alive_spans(s, c, obs.ram_cold_start_s, obs.ram_price_s)
+            s = replace(s, keep_alive=kas, after=after, after_key=key, ram_after=ram)
         spans = self.profile_spans(s, now, c)
         quiet = not len(obs.arrivals) and (math.isnan(s.pending) or now - s.pending > p.review)
         review = now + (p.horizon / 2 if quiet else p.review)
         return Plan(spans=spans, after_arrival=s.after, review_at=review,
-                    recent_window=p.recent_window), s
+                    recent_window=p.recent_window, ram_after_arrival=s.ram_after), s
 
-    def keep_alive_spans(self, s: PredictiveState, c: float) -> tuple[tuple[WarmSpan, ...], np.ndarray]:
-        """Per recent-rate class: how long to keep the model after a request (and a later pre-warm)."""
+    def keep_alive_spans(self, s: PredictiveState, c: float, ram_cold_start: float | None = None,
+                         ram_price: float = 0.0) -> tuple[tuple[WarmSpan, ...], np.ndarray, tuple[WarmSpan, ...]]:
+        """Per recent-rate class: how long to keep the model after a request (and a later pre-warm), and,
+        when the model has a RAM tier (`ram_cold_start`), how long its weights then stay in RAM."""
         p = self.p
         after: list[WarmSpan] = []
+        ram: list[WarmSpan] = []
         kas = np.empty(NC)
         wake = self.wake_burst(s)
         pooled = self.with_prior(s.n.sum(axis=0), s.w.sum(axis=0), s.idle.sum(axis=0), self._flat, p.prior_gaps, wake)
@@ -229,7 +237,20 @@ class PredictivePolicy:
             spans = self.keep_spans(*hist, c, seen=s.n[ci] if s.n[ci].sum() >= p.min_gaps else s.n.sum(axis=0))
             kas[ci] = spans[0].end if spans else 0.0
             after += [WarmSpan(sp.start, sp.end, sp.trigger, lo, hi) for sp in spans]
-        return tuple(after), kas
+            if ram_cold_start is not None:
+                ram.append(WarmSpan(kas[ci], self.ram_horizon(hist, c, ram_cold_start, ram_price, kas[ci]), "ram",
+                                    lo, hi))
+        return tuple(after), kas, tuple(ram)
+
+    def ram_horizon(self, hist: tuple[np.ndarray, np.ndarray, np.ndarray], c: float, ram_cold_start: float,
+                    ram_price: float, keep_alive: float) -> float:
+        """Seconds after a request until which the weights stay in RAM once unloaded (policy.tiers)."""
+        n, w, idle = hist
+        if n.sum() < self.p.min_gaps + self.p.prior_gaps:
+            return keep_alive  # too little known: disk after the unload, as without a RAM keep-alive
+        net = tiers.ram_net(n[:-1], w[:-1], idle[:-1], cold_start=c, ram_cold_start=ram_cold_start,
+                            ram_price=ram_price, rate=self.p.cold_request_cost)
+        return tiers.ram_horizon(EDGES, net, keep_alive, self.p.max_ram_keep_alive)
 
     def wake_burst(self, s: PredictiveState) -> float:
         """The requests a cold start after a long gap made wait, on average (one pseudo-gap of one request

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from warmstart.policy.controller import Controller
+from warmstart.policy.controller import Controller, learn
 from warmstart.sim.oracle import OraclePolicy
 from warmstart.sim.replay import ModelOutcome, replay_model
 from warmstart.sim.traces import Trace
@@ -24,12 +24,15 @@ MEASURED_RAM_SPEEDUP = 1.9
 @dataclass(frozen=True)
 class SimPolicy:
     """How the simulated server is set up for one named policy: the pool's keep-alive and a controller
-    per model (None: the pool alone). `ram_tier`: whether the RAM tier applies (the oracle stays on disk)."""
+    per model (None: the pool alone). `ram_tier`: whether the RAM tier applies (the oracle stays on disk);
+    `ram_auto`: the controller picks how long each model stays in RAM (keep_alive "auto"), whatever the
+    fixed RAM keep-alive."""
 
     name: str
     keep_alive: float
     controller: Callable[[str, np.ndarray, float], Controller | None]
     ram_tier: bool = True
+    ram_auto: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ def make_policy(name: str, *, schedule: Sequence[str] = (), tz: str = "UTC",
         params = defaults.predictive_params(predictive or {})
         return SimPolicy(name, defaults.AUTO_KEEP_ALIVE_FLOOR,
                          lambda _m, _a, _c: defaults.controller(
-                             predictive=params, schedules=[(schedule, tz)] if schedule else ()))
+                             predictive=params, schedules=[(schedule, tz)] if schedule else ()), ram_auto=True)
     if name == "schedule":
         windows = tuple(schedule) or defaults.EXAMPLE_SCHEDULE
         return SimPolicy(name, defaults.FIXED_KEEP_ALIVE,
@@ -80,16 +83,30 @@ def make_policy(name: str, *, schedule: Sequence[str] = (), tz: str = "UTC",
     raise UnknownPolicy(f"unknown policy {name!r}; use {', '.join(policy_names())}")
 
 
-def simulate(trace: Trace, policy: SimPolicy, cold_start: float, ram: RamTier | None = None) -> dict[str, Any]:
+def simulate(trace: Trace, policy: SimPolicy, cold_start: float, ram: RamTier | None = None,
+             history: Trace | None = None) -> dict[str, Any]:
+    """Replay every model of `trace` under `policy`. `history`: earlier arrivals the controllers learn from
+    before the trace starts (`policy.controller.learn`, as the server does from its request history); only
+    the trace is judged."""
     ram = ram if ram is not None and policy.ram_tier else RamTier()
     outcomes = []
     for model, arr in trace.arrivals.items():
         controller = policy.controller(model, arr, cold_start)
         # a controller may act one cold start before the trace begins, as it would on a running server
         begin = trace.start - (cold_start if controller is not None else 0.0)
+        learned = None
+        past = history.arrivals.get(model) if history is not None and controller is not None else None
+        if past is not None:
+            past = past[past < begin]
+        if past is not None and len(past):
+            assert controller is not None
+            state, rest = learn(controller, controller.initial_state(), model, past, begin, cold_start)
+            learned = (state, rest, float(past[-1]))
         outcomes.append(replay_model(model, arr, start=begin, end=trace.end, cold_start=cold_start,
                                      keep_alive=policy.keep_alive, controller=controller,
-                                     ram_keep_alive=ram.keep_alive, ram_cold_start=ram.cold_start))
+                                     ram_keep_alive=ram.keep_alive, ram_cold_start=ram.cold_start,
+                                     learned=learned,
+                                     ram_price_s=ram.price_per_s if policy.ram_auto and ram.cold_start else None))
     return summarize(outcomes, trace, ram.price_per_s)
 
 

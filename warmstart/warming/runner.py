@@ -23,7 +23,7 @@ import numpy as np
 from warmstart.clock import Clock
 from warmstart.config import Config, ModelConfig
 from warmstart.policy import hint as hints
-from warmstart.policy.controller import Controller
+from warmstart.policy.controller import Controller, learn
 from warmstart.policy import defaults
 from warmstart.policy.defaults import AUTO_KEEP_ALIVE_FLOOR
 from warmstart.policy.hint import HintDecision, HintLimits, HintRequest, HintState
@@ -35,8 +35,6 @@ from warmstart.telemetry.metrics import Metrics
 from warmstart.warming.history import ArrivalHistory
 
 log = logging.getLogger("warmstart.warming")
-# how much history is replayed into the policy per step when the server starts
-REPLAY_STEP = 3600.0
 PRUNE_EVERY = 3600.0
 
 
@@ -133,14 +131,8 @@ class WarmingRunner:
         """Teach the controller the history it missed while the server was down, an hour at a time."""
         if not len(arrivals):
             return
-        t = math.floor(arrivals[0] / REPLAY_STEP) * REPLAY_STEP + REPLAY_STEP
-        i = 0
-        while i < len(arrivals) and t < now:
-            j = int(np.searchsorted(arrivals, t, side="left"))
-            mw.plan, mw.state = mw.controller.decide(Observation(mw.name, arrivals[i:j], self._cold_start(mw.name)),
-                                                     mw.state, t)
-            i, t = j, t + REPLAY_STEP
-        mw.pending = [float(x) for x in arrivals[i:]]
+        mw.state, rest = learn(mw.controller, mw.state, mw.name, arrivals, now, self._cold_start(mw.name))
+        mw.pending = [float(x) for x in rest]
         mw.last = float(arrivals[-1])
         mw.plan = IDLE  # decided afresh at the first step, on the present
 
