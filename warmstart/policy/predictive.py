@@ -42,7 +42,7 @@ NC = len(CONTEXTS) - 1
 @dataclass(frozen=True)
 class PredictiveParams:
     # replica-seconds worth paying to keep one request from waiting for a cold start
-    cold_request_cost: float = 20.0
+    cold_request_cost: float = 160.0
     # how fast old behaviour is forgotten
     half_life: float = 7 * DAY
     # before this many gaps are known, keep the model warm for `fallback_keep_alive` after each request

@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# a start from the RAM tier against one from disk, llama.cpp with repack = false (docs/store.md, "Measured here"):
+# what a RAM start is assumed to take before one is measured
+MEASURED_RAM_SPEEDUP = 1.9
+
 
 def ram_net(n: np.ndarray, w: np.ndarray, idle: np.ndarray, *, cold_start: float, ram_cold_start: float,
             ram_price: float, rate: float) -> np.ndarray:

@@ -292,7 +292,8 @@ class Pool:
             if entry.capabilities is None:
                 await self.capabilities(entry.name)
             if self.store is not None:  # refuses files that do not match the manifest; RAM tier's path
-                path = await self.store.before_start(cfg, path)
+                resolved, path = path, await self.store.before_start(cfg, path)
+                replica.tier = "disk" if path == resolved else "ram"
             proc = await asyncio.wait_for(
                 entry.engine.start(cfg, path, replica.report, replica.id), self.config.server.start_timeout)
             replica.process = proc
@@ -369,7 +370,7 @@ class Pool:
                       error: str | None) -> None:
         phases = tuple(replica.report.phases)
         entry.starts.append(StartRecord(replica.id, replica.trigger, outcome, phases, total,
-                                        replica.created_wall, error))
+                                        replica.created_wall, error, replica.tier))
         self.metrics.starts.labels(entry.name, replica.trigger, outcome).inc()
         if outcome == "ok":
             hist, last = self.metrics.cold_start_seconds, self.metrics.cold_start_last_seconds
@@ -456,7 +457,7 @@ class Pool:
         self._update_gauges(entry)
         if self.store is not None:  # the last replica on keep-alive: weights to the RAM tier, not to disk
             last = rules.last_running(replica, entry.replicas)
-            await self.store.before_stop(entry.config, entry.path, reason, last)
+            await self.store.before_stop(entry.config, entry.path, reason, last, planned=entry.ram_until)
         if replica.process is not None:
             await replica.process.stop(self.config.server.stop_timeout)
         self._account(replica)
@@ -523,9 +524,30 @@ class Pool:
         its keep-alive (keep_alive "auto"); None: the configured one again."""
         self.entry(name).keep_alive_override = seconds
 
-    def start_seconds(self, name: str, last: int = 20) -> list[float]:
-        """How long the model's `last` successful starts took, oldest first."""
-        return [s.total_s for s in self.entry(name).starts if s.outcome == "ok"][-last:]
+    def start_seconds(self, name: str, last: int = 20, tier: str | None = None) -> list[float]:
+        """How long the model's `last` successful starts took (from `tier` only: "ram" or "disk"), oldest
+        first."""
+        return [s.total_s for s in self.entry(name).starts
+                if s.outcome == "ok" and (tier is None or s.tier == tier)][-last:]
+
+    def set_ram_until(self, name: str, until: float | None) -> None:
+        """The warming controller's RAM horizon for a model whose tiers it picks: its weights stay in RAM
+        until then once it unloads (`rules.tier_on_stop`'s `planned`); None: the model's own ram_keep_alive."""
+        self.entry(name).ram_until = until
+
+    def ram_price_s(self, name: str) -> float | None:
+        """What a second of the model's weights held in RAM costs in loaded replica-seconds (store.ram_price,
+        per GiB-hour where a loaded replica-hour costs 1, times the weights' GiB); None without a RAM tier."""
+        if self.store is None:
+            return None
+        entry = self.entry(name)
+        path = entry.path or Path(entry.config.path)
+        try:
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() \
+                else path.stat().st_size
+        except OSError:
+            return None
+        return self.store.settings.ram_price * size / (1 << 30)
 
     def outlook(self, name: str, cold_start: float) -> rules.Outlook:
         """How long the model stays loaded as things stand (`rules.outlook`)."""

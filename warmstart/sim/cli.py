@@ -98,7 +98,8 @@ def parse_ram_tier(args: argparse.Namespace, cold: float) -> tuple[Any, float]:
     """The RAM tier's options, checked: a RamTier (keep_alive 0 when it is off) and the price per GiB-hour."""
     from warmstart.config import StoreConfig
     from warmstart.durations import parse_duration
-    from warmstart.sim.run import MEASURED_RAM_SPEEDUP, RamTier, ram_price_per_s
+    from warmstart.policy.tiers import MEASURED_RAM_SPEEDUP
+    from warmstart.sim.run import RamTier, ram_price_per_s
 
     try:
         keep = parse_duration(args.ram_keep_alive)
