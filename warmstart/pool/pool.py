@@ -292,8 +292,8 @@ class Pool:
             if entry.capabilities is None:
                 await self.capabilities(entry.name)
             if self.store is not None:  # refuses files that do not match the manifest; RAM tier's path
-                resolved, path = path, await self.store.before_start(cfg, path)
-                replica.tier = "disk" if path == resolved else "ram"
+                replica.tier = "ram" if self.store.in_ram(cfg.name) else "disk"
+                path = await self.store.before_start(cfg, path)
             proc = await asyncio.wait_for(
                 entry.engine.start(cfg, path, replica.report, replica.id), self.config.server.start_timeout)
             replica.process = proc

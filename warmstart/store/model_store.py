@@ -74,6 +74,10 @@ class ModelStore:
 
     # ---- hooks the pool calls -----------------------------------------------------------------------
 
+    def in_ram(self, name: str) -> bool:
+        """Whether the model's weights are held in the RAM tier now (a start reads them from there)."""
+        return self.tier.resident(name) is not None
+
     def replica_starting(self, name: str) -> None:
         """A replica is about to be added: close the RAM seconds counted so far (the model is loaded from now)."""
         self.account()

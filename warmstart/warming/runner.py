@@ -245,8 +245,9 @@ class WarmingRunner:
         return min(ram_start, cold_start), price
 
     def _cold_start(self, model: str) -> float:
-        """p95 of the model's recent successful starts, or the configured estimate before there are any."""
-        starts = self.pool.start_seconds(model, 20)
+        """p95 of the model's recent successful starts from disk (a RAM start is shorter: the tier choice is
+        shown those apart), or the configured estimate before there are any."""
+        starts = self.pool.start_seconds(model, 20, tier="disk")
         if not starts:
             return self.config.warming.cold_start_estimate
         return float(np.percentile(starts, 95))
