@@ -234,7 +234,9 @@ class PredictivePolicy:
         for ci in range(NC):
             lo, hi = int(CONTEXTS[ci]), CONTEXTS[ci + 1] - 1
             hist = self.with_prior(s.n[ci], s.w[ci], s.idle[ci], pooled, p.prior_gaps, wake)
-            spans = self.keep_spans(*hist, c, seen=s.n[ci] if s.n[ci].sum() >= p.min_gaps else s.n.sum(axis=0))
+            ram_net = None if ram_cold_start is None else self.ram_net(hist, c, ram_cold_start, ram_price)
+            spans = self.keep_spans(*hist, c, seen=s.n[ci] if s.n[ci].sum() >= p.min_gaps else s.n.sum(axis=0),
+                                    ram_net=ram_net)
             kas[ci] = spans[0].end if spans else 0.0
             after += [WarmSpan(sp.start, sp.end, sp.trigger, lo, hi) for sp in spans]
             if ram_cold_start is not None:
@@ -242,15 +244,19 @@ class PredictivePolicy:
                                     lo, hi))
         return tuple(after), kas, tuple(ram)
 
+    def ram_net(self, hist: tuple[np.ndarray, np.ndarray, np.ndarray], c: float, ram_cold_start: float,
+                ram_price: float) -> np.ndarray:
+        n, w, idle = hist
+        return tiers.ram_net(n[:-1], w[:-1], idle[:-1], cold_start=c, ram_cold_start=ram_cold_start,
+                             ram_price=ram_price, rate=self.p.cold_request_cost)
+
     def ram_horizon(self, hist: tuple[np.ndarray, np.ndarray, np.ndarray], c: float, ram_cold_start: float,
                     ram_price: float, keep_alive: float) -> float:
         """Seconds after a request until which the weights stay in RAM once unloaded (policy.tiers)."""
-        n, w, idle = hist
-        if n.sum() < self.p.min_gaps + self.p.prior_gaps:
+        if hist[0].sum() < self.p.min_gaps + self.p.prior_gaps:
             return keep_alive  # too little known: disk after the unload, as without a RAM keep-alive
-        net = tiers.ram_net(n[:-1], w[:-1], idle[:-1], cold_start=c, ram_cold_start=ram_cold_start,
-                            ram_price=ram_price, rate=self.p.cold_request_cost)
-        return tiers.ram_horizon(EDGES, net, keep_alive, self.p.max_ram_keep_alive)
+        return tiers.ram_horizon(EDGES, self.ram_net(hist, c, ram_cold_start, ram_price), keep_alive,
+                                 self.p.max_ram_keep_alive)
 
     def wake_burst(self, s: PredictiveState) -> float:
         """The requests a cold start after a long gap made wait, on average (one pseudo-gap of one request
@@ -278,15 +284,22 @@ class PredictivePolicy:
         return n + pn * scale, w + pn * scale * weight, idle + pi * scale
 
     def keep_spans(self, n: np.ndarray, w: np.ndarray, idle: np.ndarray, c: float,
-                   seen: np.ndarray | None = None) -> list[WarmSpan]:
+                   seen: np.ndarray | None = None, ram_net: np.ndarray | None = None) -> list[WarmSpan]:
         """Keep-alive after a request, and possibly a later pre-warm, from one gap histogram (`seen`: the
-        gaps actually observed, without the prior; a pre-warm needs `min_period_gaps` of them in its span)."""
+        gaps actually observed, without the prior; a pre-warm needs `min_period_gaps` of them in its span).
+        `ram_net`: what holding the weights in RAM gains per bin (policy.tiers); the keep-alive is then chosen
+        with RAM as the alternative after it, not disk."""
         p = self.p
         if n.sum() < p.min_gaps + p.prior_gaps:
             return [WarmSpan(0.0, p.fallback_keep_alive, "keep-alive")]
         net = p.cold_request_cost * w[:-1] + c * n[:-1] - idle[:-1]
         prefix = np.concatenate([[0.0], np.cumsum(net)])
-        k = int(np.argmax(prefix))
+        if ram_net is None:
+            k = int(np.argmax(prefix))
+        else:  # loaded through bins [0, k), then RAM through the best run [k, m): k maximising both together
+            ram_prefix = np.concatenate([[0.0], np.cumsum(np.maximum(ram_net, -1e300))])
+            best_ram_after = np.maximum.accumulate(ram_prefix[::-1])[::-1]
+            k = int(np.argmax(prefix - ram_prefix + best_ram_after))
         ka = float(np.clip(EDGES[k], p.min_keep_alive, p.max_keep_alive))
         out = [WarmSpan(0.0, ka, "keep-alive")] if ka > 0 else [WarmSpan(0.0, 0.0, "keep-alive")]
         # a later pre-warm relative to the last request (callers with a period): the best run of bins

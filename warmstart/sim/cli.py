@@ -11,7 +11,10 @@ from typing import Any
 
 from warmstart.cli import CLIError, command
 
-DEFAULT_POLICIES = "keepalive-300s,keepalive-3600s,predictive,default,oracle"
+# the curve of fixed keep-alives every other policy is judged against, then the policies
+DEFAULT_POLICIES = ("keepalive-0s,keepalive-30s,keepalive-60s,keepalive-120s,keepalive-180s,keepalive-300s,"
+                    "keepalive-600s,keepalive-1200s,keepalive-1800s,keepalive-3600s,keepalive-7200s,"
+                    "keepalive-14400s,predictive,default,oracle")
 # the weights of an 8B model in BF16 (15 GiB), rounded: what a RAM-resident second is priced for by default
 DEFAULT_MODEL_GIB = 16.0
 

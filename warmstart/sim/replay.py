@@ -63,7 +63,7 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
                  keep_alive: float, controller: Controller | None = None, log_starts: bool = False,
                  ram_keep_alive: float = 0.0, ram_cold_start: float | None = None,
                  learned: tuple[Any, np.ndarray, float] | None = None,
-                 ram_price_s: float | None = None) -> ModelOutcome:
+                 ram_price_s: float | None = None, idle_since: float | None = None) -> ModelOutcome:
     """Replay `arrivals` (ascending wall seconds in [start, end)) for one model.
 
     `keep_alive` is the pool's own keep-alive for the model (with a controller that picks it: its floor).
@@ -72,7 +72,9 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
     `learned`: what the controller learned before `start` (`policy.controller.learn`: its state, the arrivals
     it has not been shown yet, and the last arrival), as the server starts from its request history.
     `ram_price_s`: the controller picks the RAM tier itself (keep_alive "auto"): it is shown the RAM start and
-    this price of a RAM second, and its plan's RAM horizon (`plan.ram_until`) replaces `ram_keep_alive`."""
+    this price of a RAM second, and its plan's RAM horizon (`plan.ram_until`) replaces `ram_keep_alive`.
+    `idle_since`: the model's last request before `start` (from the history): a server that ran through it
+    still has a replica loaded at `start`, idle since then, unless its keep-alive (or plan) let it go."""
     c = float(cold_start)
     c_ram = c if ram_cold_start is None else float(ram_cold_start)
     arr = arrivals
@@ -199,6 +201,14 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
                 review = plan.review_at
             apply(tn)
 
+    if idle_since is not None:  # the replica the history left loaded; unloaded at once if nothing keeps it
+        replica = Replica(id=f"{model}#0", model=model, trigger="request", capacity=1, keep_alive=None,
+                          created_at=start, created_wall=start)
+        replica.move(S.STARTING)
+        replica.move(WARM)
+        replica.idle_since = idle_since
+        replicas.append(replica)
+        arm(start)
     admit, unload_at, serve = rules.admit, rules.unload_at, rules.Serve  # once per request: no lookups
     for i in range(n):
         t = float(arr[i])

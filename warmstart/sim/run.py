@@ -32,6 +32,7 @@ class SimPolicy:
     controller: Callable[[str, np.ndarray, float], Controller | None]
     ram_tier: bool = True
     ram_auto: bool = False
+    learns: bool = True  # shown the history (--history-days); the oracle needs none
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ def make_policy(name: str, *, schedule: Sequence[str] = (), tz: str = "UTC",
     if m := _KEEPALIVE.match(name):
         return SimPolicy(name, float(m.group(1)), lambda _m, _a, _c: None)
     if name == "oracle":
-        return SimPolicy(name, 0.0, lambda _m, arr, c: Controller([OraclePolicy(arr, c)]), ram_tier=False)
+        return SimPolicy(name, 0.0, lambda _m, arr, c: Controller([OraclePolicy(arr, c)]), ram_tier=False,
+                         learns=False)
     if name == "predictive":
         params = defaults.predictive_params(predictive or {})
         return SimPolicy(name, 0.0, lambda _m, _a, _c: defaults.controller(predictive=params))
@@ -93,19 +95,21 @@ def simulate(trace: Trace, policy: SimPolicy, cold_start: float, ram: RamTier | 
         controller = policy.controller(model, arr, cold_start)
         # a controller may act one cold start before the trace begins, as it would on a running server
         begin = trace.start - (cold_start if controller is not None else 0.0)
-        learned = None
-        past = history.arrivals.get(model) if history is not None and controller is not None else None
+        learned, idle_since = None, None
+        past = history.arrivals.get(model) if history is not None and policy.learns else None
         if past is not None:
             past = past[past < begin]
         if past is not None and len(past):
-            assert controller is not None
-            state, rest = learn(controller, controller.initial_state(), model, past, begin, cold_start)
-            learned = (state, rest, float(past[-1]))
+            idle_since = float(past[-1])
+            if controller is not None:
+                state, rest = learn(controller, controller.initial_state(), model, past, begin, cold_start)
+                learned = (state, rest, idle_since)
         outcomes.append(replay_model(model, arr, start=begin, end=trace.end, cold_start=cold_start,
                                      keep_alive=policy.keep_alive, controller=controller,
                                      ram_keep_alive=ram.keep_alive, ram_cold_start=ram.cold_start,
                                      learned=learned,
-                                     ram_price_s=ram.price_per_s if policy.ram_auto and ram.cold_start else None))
+                                     ram_price_s=ram.price_per_s if policy.ram_auto and ram.cold_start else None,
+                                     idle_since=idle_since))
     return summarize(outcomes, trace, ram.price_per_s)
 
 

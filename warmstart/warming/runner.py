@@ -242,7 +242,7 @@ class WarmingRunner:
             return None, 0.0
         starts = self.pool.start_seconds(mw.name, 20, tier="ram")
         ram_start = float(np.percentile(starts, 95)) if starts else cold_start / MEASURED_RAM_SPEEDUP
-        return min(ram_start, cold_start), price
+        return min(round(ram_start, 3), cold_start), price  # to the millisecond, as starts are measured
 
     def _cold_start(self, model: str) -> float:
         """p95 of the model's recent successful starts from disk (a RAM start is shorter: the tier choice is
