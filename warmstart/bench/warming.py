@@ -100,7 +100,8 @@ def run_one(traces: str | None, split: dict[str, Any], cold: float, names: list[
         f"{split['history_days'][1]}", max_rate=split["max_rate"], seed=0, schedule=[], tz="UTC", set=[],
         ram_keep_alive="0", ram_cold_start=None, ram_price=None, model_gib=DEFAULT_MODEL_GIB)
     print(f"== {split['name']}, cold start {cold:g} s")
-    report = run_simulation(sim_args)
+    traces: list[Any] = []
+    report = run_simulation(sim_args, on_trace=traces.append)
     report["name"] = split["name"]
     print(table(report["policies"], report["oracle"], tiers=True, judged=report["frontier"]))
     verdicts = {}
@@ -112,7 +113,24 @@ def run_one(traces: str | None, split: dict[str, Any], cold: float, names: list[
         verdicts[name] = {"cold_vs_curve": rel, "above_curve": j["above_curve"],
                           "target_met": rel is not None and not j["above_curve"] and rel <= -TARGET_FEWER_COLD}
     report["target"] = verdicts
+    report["bounds"] = bounds(traces[0], traces[1], report, cold)
     return report
+
+
+def bounds(trace: Any, history: Any, report: dict[str, Any], cold: float) -> dict[str, Any]:
+    """What the data allows: the floor for any policy learning from history (the first burst of every model
+    the history never saw), and a keep-alive per model chosen in hindsight, judged against the curve."""
+    from warmstart.sim.frontier import curve_of, judge
+    from warmstart.sim.run import causal_bound, hindsight_keepalive
+
+    floor = causal_bound(trace, cold, history)
+    c = curve_of(report["frontier"])
+    hindsight = []
+    for r in hindsight_keepalive(trace, cold):
+        share = r["cold_requests"] / r["requests"]
+        hindsight.append({"exchange_rate": r["exchange_rate"], "total_cost_fraction": r["total_cost_fraction"],
+                          "cold_fraction": share, **judge(c, r["total_cost_fraction"], share)})
+    return {"history_learning_floor": floor, "hindsight_keepalive_per_model": hindsight}
 
 
 def summary(results: list[dict[str, Any]]) -> str:
@@ -127,7 +145,20 @@ def summary(results: list[dict[str, Any]]) -> str:
                          f"{100 * j['cold_fraction']:.3f}", _pct(j["curve_cold_at_equal_cost"], 3),
                          _pct(j["cold_vs_curve"], 1, True), _pct(j["cost_vs_curve"], 1, True),
                          "met" if v["target_met"] else "not met"))
-    return "\n".join(columns(rows, numbers=True, rule=True))
+    lines = columns(rows, numbers=True, rule=True)
+    lines.append("")
+    for r in results:
+        b = r["bounds"]
+        floor = b["history_learning_floor"]
+        inside = [h for h in b["hindsight_keepalive_per_model"] if h["cold_vs_curve"] is not None]
+        best = min(inside, key=lambda h: h["cold_vs_curve"]) if inside else None
+        lines.append(f"{r['name']} {r['cold_start_s']:g} s: no policy learning from history can have fewer than "
+                     f"{100 * floor['min_cold_fraction']:.3f} % cold ({floor['first_burst_requests']:,} requests in "
+                     f"the first start of models the history never saw)"
+                     + ("" if best is None else f"; a keep-alive per model chosen in hindsight: at best "
+                        f"{100 * best['cold_vs_curve']:+.1f} % cold vs the curve at equal cost "
+                        f"(rate {best['exchange_rate']:g}, cost {100 * best['total_cost_fraction']:.2f} %)"))
+    return "\n".join(lines)
 
 
 def _pct(value: float | None, digits: int, sign: bool = False) -> str:

@@ -50,7 +50,7 @@ class PredictiveParams:
     fallback_keep_alive: float = 300.0
     # never unload sooner than this after a request: a floor against what little data cannot show
     min_keep_alive: float = 180.0
-    max_keep_alive: float = 6 * 3600.0
+    max_keep_alive: float = 3600.0
     # the longest the weights stay in RAM after a request (policy.tiers)
     max_ram_keep_alive: float = 2 * DAY
     # a pre-warm relative to the last request needs this many observed gaps ending in it

@@ -127,7 +127,8 @@ def parse_ram_tier(args: argparse.Namespace, cold: float) -> tuple[Any, float]:
 
 
 def run_simulation(args: argparse.Namespace, log: Any = print, on_trace: Any = None) -> dict[str, Any]:
-    """Replay the trace for each policy; `on_trace(trace)` is handed the trace as read (the bench uses it)."""
+    """Replay the trace for each policy; `on_trace` is handed the trace as read, then the history (None without
+    --history-days): the bench uses them."""
     from warmstart.policy.defaults import predictive_params
     from warmstart.policy.schedule import parse_window, zone
     from warmstart.sim.run import UnknownPolicy, make_policy, oracle_summary, simulate
@@ -182,6 +183,7 @@ def run_simulation(args: argparse.Namespace, log: Any = print, on_trace: Any = N
                         history.start, history.end)
     if on_trace is not None:
         on_trace(trace)
+        on_trace(history)
     log(f"trace {trace.name}: {trace.requests:,} requests, {len(trace.arrivals)} models, "
         f"{(trace.end - trace.start) / 86400:.2f} days (read in {time.perf_counter() - t0:.1f} s)"
         + (f"; history {history.requests:,} requests of {len(history.arrivals)} of them" if history else ""))

@@ -168,13 +168,16 @@ def oracle_summary(trace: Trace, cold_start: float) -> dict[str, Any]:
     return summarize(outcomes, trace)
 
 
-def causal_bound(trace: Trace, cold_start: float) -> dict[str, Any]:
-    """The most requests any policy that learns from history can serve warm: nothing is known about a model
-    before its first request, so that request and those in the cold start it triggers wait (unless the model
-    is kept loaded from the start of the trace, at up to always-on cost)."""
-    first = sum(int(np.searchsorted(arr, arr[0] + cold_start, side="left")) for arr in trace.arrivals.values())
+def causal_bound(trace: Trace, cold_start: float, history: Trace | None = None) -> dict[str, Any]:
+    """The fewest cold requests any policy that learns from history can have, short of keeping unseen models
+    loaded: nothing is known about a model before its first request, so that request and those in the cold
+    start it triggers wait. With a `history`, only models it never saw count."""
+    seen = history.arrivals if history is not None else {}
+    first = sum(int(np.searchsorted(arr, arr[0] + cold_start, side="left"))
+                for model, arr in trace.arrivals.items() if not len(seen.get(model, ())))
     requests = trace.requests
     return {"first_burst_requests": first,
+            "min_cold_fraction": first / requests if requests else math.nan,
             "max_warm_fraction": (requests - first) / requests if requests else math.nan}
 
 
@@ -182,18 +185,17 @@ HINDSIGHT_KEEPALIVES = (0, 30, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, 
                         10800, 14400, 21600, 43200, 86400)
 
 
-def hindsight_keepalive(trace: Trace, cold_start: float, max_cost_fraction: float,
-                        exchange_rates: Sequence[float] = (5, 10, 20, 30, 50, 100)) -> dict[str, Any]:
-    """Not a policy: the best fixed keep-alive for each model chosen knowing the whole trace in advance (for
-    each exchange rate of replica-seconds per cold request, each model gets the keep-alive minimising
-    loaded seconds + rate x cold requests), replayed, and the warmest that stays within `max_cost_fraction`.
-    What any keep-alive-shaped policy could at best achieve by learning a keep-alive per model."""
-    best: dict[str, Any] | None = None
+def hindsight_keepalive(trace: Trace, cold_start: float,
+                        exchange_rates: Sequence[float] = (5, 10, 20, 40, 80, 160, 320, 640)) -> list[dict[str, Any]]:
+    """Not a policy: for each exchange rate of replica-seconds per cold request, the fixed keep-alive per model
+    chosen knowing the judged days in advance (minimising loaded seconds + rate x cold requests), replayed.
+    What a keep-alive per model could at best reach, to set the policies against (`sim.frontier.judge`)."""
     per_model = {}
     for model, arr in trace.arrivals.items():
         gaps = np.diff(arr)
         burst = (np.searchsorted(arr, arr[1:] + cold_start) - np.arange(1, len(arr))).astype(np.float64)
         per_model[model] = (gaps, burst)
+    results = []
     for rate in exchange_rates:
         outcomes = []
         for model, arr in trace.arrivals.items():
@@ -208,7 +210,5 @@ def hindsight_keepalive(trace: Trace, cold_start: float, max_cost_fraction: floa
                                          keep_alive=float(ka)))
         result = summarize(outcomes, trace)
         result["exchange_rate"] = rate
-        if result["cost_fraction"] <= max_cost_fraction and (best is None or
-                                                             result["warm_fraction"] > best["warm_fraction"]):
-            best = result
-    return best or {}
+        results.append(result)
+    return results

@@ -146,6 +146,9 @@ def test_bench_warming_judges_every_policy_against_the_frontier_after_learning_f
         assert run["target"]["default"]["cold_vs_curve"] == judged["cold_vs_curve"]
         # days 6-10 only: 4 days x 2 hours x 0.05 req/s, about 1,440 requests
         assert 1000 < run["requests"] < 2000
+        # the model was seen in the history: nothing forces a cold request on a policy that learns from it
+        assert run["bounds"]["history_learning_floor"]["first_burst_requests"] == 0
+        assert len(run["bounds"]["hindsight_keepalive_per_model"]) == 8
     assert (tmp_path / "f.png").stat().st_size > 10_000
     text = capsys.readouterr().out
     assert "cold vs curve" in text and "servegen-m-large" in text
