@@ -51,6 +51,9 @@ def _pair(a: float | None, b: float | None) -> str:
     return "-" if a is None or b is None else f"{a:.1f} / {b:.1f}"
 
 
+ZERO_COLD = 1e-3  # where a point with no cold request is drawn on the log-scale axis, %
+
+
 class PlotUnavailable(Exception):
     pass
 
@@ -96,11 +99,12 @@ def _panel(ax: Any, name: str, report: dict[str, Any], ticker: Any) -> None:
             continue
         rel = j["cold_vs_curve"]
         label = n + ("" if rel is None else f" ({100 * rel:+.0f}% cold at equal cost)")
-        ax.plot(100 * j["total_cost_fraction"], 100 * j["cold_fraction"], next(markers, "o"), markersize=8,
-                label=label)
+        # no cold request at all: drawn on the floor of the axis
+        ax.plot(100 * j["total_cost_fraction"], max(100 * j["cold_fraction"], ZERO_COLD), next(markers, "o"),
+                markersize=8, label=label + (" (0 cold)" if j["cold_fraction"] == 0 else ""))
     oracle = report.get("oracle")
     if oracle:
-        ax.plot(100 * oracle["total_cost_fraction"], max(100 * (1 - oracle["warm_fraction"]), 1e-3), "*",
+        ax.plot(100 * oracle["total_cost_fraction"], max(100 * (1 - oracle["warm_fraction"]), ZERO_COLD), "*",
                 color="black", markersize=11, label="oracle (perfect foresight)")
     ax.set_xscale("log")
     ax.set_yscale("log")

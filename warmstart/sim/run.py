@@ -185,11 +185,12 @@ HINDSIGHT_KEEPALIVES = (0, 30, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, 
                         10800, 14400, 21600, 43200, 86400)
 
 
-def hindsight_keepalive(trace: Trace, cold_start: float,
+def hindsight_keepalive(trace: Trace, cold_start: float, history: Trace | None = None,
                         exchange_rates: Sequence[float] = (5, 10, 20, 40, 80, 160, 320, 640)) -> list[dict[str, Any]]:
     """Not a policy: for each exchange rate of replica-seconds per cold request, the fixed keep-alive per model
     chosen knowing the judged days in advance (minimising loaded seconds + rate x cold requests), replayed.
-    What a keep-alive per model could at best reach, to set the policies against (`sim.frontier.judge`)."""
+    What a keep-alive per model could at best reach, to set the policies against (`sim.frontier.judge`).
+    With a `history`, each model starts with the replica its last request there left loaded, as in `simulate`."""
     per_model = {}
     for model, arr in trace.arrivals.items():
         gaps = np.diff(arr)
@@ -206,8 +207,10 @@ def hindsight_keepalive(trace: Trace, cold_start: float,
                 return float(np.where(covered, gaps, ka + cold_start).sum() + rate * burst[~covered].sum())
 
             ka = min(HINDSIGHT_KEEPALIVES, key=score)
+            past = history.arrivals.get(model, np.empty(0)) if history is not None else np.empty(0)
+            past = past[past < trace.start]
             outcomes.append(replay_model(model, arr, start=trace.start, end=trace.end, cold_start=cold_start,
-                                         keep_alive=float(ka)))
+                                         keep_alive=float(ka), idle_since=float(past[-1]) if len(past) else None))
         result = summarize(outcomes, trace)
         result["exchange_rate"] = rate
         results.append(result)
