@@ -196,7 +196,7 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
                 obs = Observation(model, seen, c) if ram_price_s is None else \
                     Observation(model, seen, c, ram_cold_start_s=c_ram, ram_price_s=ram_price_s)
                 shown, unshown = k, unshown[:0]
-                assert controller is not None
+                assert controller is not None and state is not None
                 plan, state = controller.decide(obs, state, tn)
                 review = plan.review_at
             apply(tn)

@@ -14,7 +14,8 @@ def table(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, ti
     """One row per policy. `tiers`: add the RAM tier's columns (hours per tier, cost by tier, starts and cold
     waits by the tier the start read). `judged`: the frontier (`sim.frontier.frontier`), whose columns say
     how each policy stands against the fixed keep-alives: cold requests at equal cost, cost at equal cold."""
-    rows = [("policy", "requests", "warm %", "cost % of always-on", "x oracle", "cold p50 s", "cold p99 s")]
+    rows: list[tuple[str, ...]] = [
+        ("policy", "requests", "warm %", "cost % of always-on", "x oracle", "cold p50 s", "cold p99 s")]
     if judged:
         rows[0] += ("total cost %", "cold %", "curve cold % at cost", "cold vs curve", "cost vs curve")
     if tiers:
@@ -24,8 +25,9 @@ def table(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, ti
     entries = list(policies.items()) + ([("oracle", oracle)] if oracle and "oracle" not in policies else [])
     for name, r in entries:
         ratio = r["cost_fraction"] / base if base and base > 0 else math.nan
-        row = (name, f"{r['requests']:,}", f"{100 * r['warm_fraction']:.3f}", f"{100 * r['cost_fraction']:.3f}",
-               f"{ratio:.2f}", f"{r['wait_p50_s']:.1f}", f"{r['wait_p99_s']:.1f}")
+        row: tuple[str, ...] = (name, f"{r['requests']:,}", f"{100 * r['warm_fraction']:.3f}",
+                                f"{100 * r['cost_fraction']:.3f}", f"{ratio:.2f}", f"{r['wait_p50_s']:.1f}",
+                                f"{r['wait_p99_s']:.1f}")
         if judged:
             j = judged["policies"].get(name)
             row += (f"{100 * r['total_cost_fraction']:.3f}", f"{100 * (1 - r['warm_fraction']):.3f}",
