@@ -5,8 +5,9 @@ cold, the same starts for the same reasons, the same starts read from RAM, the s
 
 The engine is the SimulatedEngine, whose start takes 1 s from disk and 0.526 s from the RAM tier's copy
 (1/1.9, the speed-up measured in docs/store.md, to the millisecond: what the runner assumes before it has
-measured a start from RAM, and what it measures after). The store's file work runs inline (not in a worker thread), so the virtual clock never moves while a
-copy is under way: the replay's unload is instantaneous too.
+measured a start from RAM, and what it measures after). The store's file work runs inline (not in a
+worker thread), so the virtual clock never moves while a copy is under way: the replay's unload is
+instantaneous too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pytest
 
 from tests.scenario.test_pool_replay import Recorder
 from warmstart.clock import VirtualClock
-from warmstart.config import Config, parse_config
+from warmstart.config import Config
+from warmstart.config_loader import parse_config
 from warmstart.engines.simulated import SimulatedEngine
 from warmstart.policy.tiers import MEASURED_RAM_SPEEDUP
 from warmstart.pool.pool import Pool
@@ -75,12 +77,11 @@ async def serve_live(config: Config, trace: Trace, monkeypatch: pytest.MonkeyPat
     [(name, arrivals)] = trace.arrivals.items()
     clock = VirtualClock(start=trace.start - COLD)
     metrics, audit = Metrics(), Recorder()
-    pools: list[Pool] = []
-    store = ModelStore(config, clock, metrics, live_replicas=lambda n: len(pools[0].entry(n).replicas))
-    engine = SimulatedEngine(clock, (("load", COLD),), ram_phases=(("load", RAM_COLD),),
-                             ram_dir=store.tier.tmpfs_dir)
-    pool = Pool(config, {"llamacpp": engine}, clock, metrics, audit, store=store)
-    pools.append(pool)
+    tmpfs = config.store.tmpfs_dir
+    engine = SimulatedEngine(clock, (("load", COLD),), ram_phases=(("load", RAM_COLD),), ram_dir=tmpfs)
+    pool = Pool(config, {"llamacpp": engine}, clock, metrics, audit)
+    store = ModelStore(config, clock, metrics, live_replicas=pool.live_replicas)  # as serve.py builds it
+    pool.attach_store(store)
     await pool.capabilities(name)
     runner = WarmingRunner(config, pool, clock, metrics, history=None)
     await runner.start()
@@ -100,7 +101,7 @@ async def serve_live(config: Config, trace: Trace, monkeypatch: pytest.MonkeyPat
     await asyncio.gather(*tasks)
     await runner.stop()
     loaded = sum(seconds for event, _, seconds in audit.events if event == "unload")
-    for replica in pool.entry(name).replicas:
+    for replica in pool.replicas(name):
         loaded += trace.end - replica.created_at
     starts = [(r.created_at, r.trigger) for event, r, _ in audit.events if event == "start"]
     tiers = [r.tier for event, r, _ in audit.events if event == "start"]  # the pool keeps only its last 50

@@ -86,12 +86,12 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def run_one(traces: str | None, split: dict[str, Any], cold: float, names: list[str]) -> dict[str, Any]:
+def run_one(folder_of_traces: str | None, split: dict[str, Any], cold: float, names: list[str]) -> dict[str, Any]:
     from warmstart.sim.cli import DEFAULT_MODEL_GIB, run_simulation
     from warmstart.sim.report import table
     from warmstart.sim.traces import shared_traces
 
-    folder = (Path(traces) if traces else shared_traces()) / split["folder"]
+    folder = (Path(folder_of_traces) if folder_of_traces else shared_traces()) / split["folder"]
     if not folder.exists():
         raise CLIError(f"--traces: {folder} not found; pass the folder holding {split['folder']}/")
     sim_args = argparse.Namespace(

@@ -31,7 +31,8 @@ def ram_net(n: np.ndarray, w: np.ndarray, idle: np.ndarray, *, cold_start: float
     if not 0 < ram_cold_start < cold_start:
         return np.full(len(n), -np.inf)
     faster = 1.0 - ram_cold_start / cold_start
-    return rate * np.maximum(w - n, 0.0) * faster + (cold_start - ram_cold_start) * n - ram_price * idle
+    net: np.ndarray = rate * np.maximum(w - n, 0.0) * faster + (cold_start - ram_cold_start) * n - ram_price * idle
+    return net
 
 
 def ram_horizon(edges: np.ndarray, net: np.ndarray, keep_alive: float, max_horizon: float) -> float:

@@ -131,8 +131,8 @@ def run_simulation(args: argparse.Namespace, log: Any = print, on_trace: Any = N
     --history-days): the bench uses them."""
     from warmstart.policy.defaults import predictive_params
     from warmstart.policy.schedule import parse_window, zone
-    from warmstart.sim.run import UnknownPolicy, make_policy, oracle_summary, simulate
     from warmstart.sim.frontier import frontier
+    from warmstart.sim.run import UnknownPolicy, make_policy, oracle_summary, simulate
     from warmstart.sim.traces import Trace, TraceError, read_trace
 
     path = Path(args.trace).expanduser()
