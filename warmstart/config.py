@@ -44,6 +44,8 @@ class ServerConfig:
     start_timeout: float = 600.0
     stop_timeout: float = 10.0
     log_level: str = "info"
+    # a line per request on stderr: "text", "json" (one JSON object per line) or "off"
+    access_log: str = "text"
     # addresses (or networks) of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed;
     # empty: none, so a client's address is always the socket's peer
     trusted_proxies: tuple[str, ...] = ()

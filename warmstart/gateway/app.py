@@ -20,7 +20,8 @@ from warmstart import __version__
 from warmstart.clock import Clock, SystemClock
 from warmstart.config import Config
 from warmstart.errors import RequestError, Unavailable, openai_error_body
-from warmstart.gateway import admin, hint, openapi, web
+from warmstart.gateway import admin, hint, ollama, openapi, web
+from warmstart.gateway.access import AccessLog
 from warmstart.gateway.auth import Auth
 from warmstart.gateway.engine_http import EngineClient
 from warmstart.gateway.fastpath import FastPath
@@ -59,6 +60,8 @@ def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None
 def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> FastAPI:
     clock = clock or SystemClock()
     services = Services(config=config, pool=pool, metrics=metrics, clock=clock, started_wall=time.time())
+    if config.server.access_log != "off":
+        services.access = AccessLog(config.server.access_log)
     if config.warming.enabled:
         from warmstart.warming.runner import new_runner
 
@@ -84,6 +87,8 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
                 await services.warming.stop()
             await pool.shutdown()
             await client.close()
+            if services.access is not None:
+                services.access.close()
             await session.close()
 
     app = FastAPI(title="warmstart", version=__version__, lifespan=lifespan,
@@ -131,6 +136,7 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
     app.include_router(admin.router(services))
     app.include_router(hint.router(services))
     app.include_router(web.router(services))
+    app.include_router(ollama.router(services))
     openapi.install(app)
     return app
 

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from warmstart.errors import PayloadTooLarge, RequestError, Unavailable
-from warmstart.gateway.generate import generate
+from warmstart.gateway.generate import generate, log_access
 from warmstart.gateway.limits import too_large_message
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from warmstart.gateway.translate import ModelRequest, error_json, internal_error_json, invalid_request_json
@@ -46,6 +46,7 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
+        arrived = self.services.clock.now()
         response: Response
         try:
             body = await self._body(scope, receive)
@@ -53,6 +54,8 @@ class FastPath:
                 req = model.model_validate_json(body)
             except ValidationError as exc:
                 response = invalid_request_json(exc.errors())
+                if self.services.access is not None:
+                    log_access(self.services, request, scope["path"], None, None, "-", 400, None, b"", arrived)
             else:
                 response = await self.generate(self.services, request, req, scope["path"])
         except (RequestError, Unavailable) as exc:

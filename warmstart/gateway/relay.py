@@ -69,7 +69,8 @@ def served_headers(lease: Lease) -> dict[str, str]:
     }
 
 
-Finish = Callable[[Lease | None, int, float | None], None]
+# (lease, status, seconds to the first token, the answer's last bytes: its usage, when it carries one)
+Finish = Callable[[Lease | None, int, float | None, bytes], None]
 
 
 class Relay:
@@ -119,14 +120,14 @@ class Relay:
                 watch.close()
                 lease.release()
                 # without streaming, the first token reaches the client with the whole answer
-                finish(lease, upstream.status, self.now() - arrived if upstream.status == 200 else None)
+                finish(lease, upstream.status, self.now() - arrived if upstream.status == 200 else None, data)
                 if upstream.status != 200:
                     data = engine_error_body(upstream.status, data, path)
                 return Response(data, status_code=upstream.status, headers=served_headers(lease),
                                 media_type="application/json")
             raise AssertionError("unreachable")
         except ClientGone:
-            finish(lease, 499, None)
+            finish(lease, 499, None, b"")
             return Response(status_code=499)
         finally:
             if not handed_off:
@@ -169,6 +170,7 @@ class RelayStream(Response):
         self.disconnect, self.arrived, self.now, self.finish = disconnect, arrived, now, finish
         self.liveness, self.watch = liveness, watch
         self.ttft = now() - arrived
+        self.usage = b""  # the last event that carried `usage` (stream_options.include_usage)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status = 200
@@ -193,7 +195,7 @@ class RelayStream(Response):
             else:
                 self.upstream.release()
             self.disconnect.cancel()
-            self.finish(self.lease, status, self.ttft)
+            self.finish(self.lease, status, self.ttft, self.usage)
             if status == 499:
                 await self.liveness.drain(self.lease)
             else:
@@ -206,6 +208,8 @@ class RelayStream(Response):
         try:
             while data := await upstream.readany():
                 progress()
+                if b'"usage"' in data:
+                    self.usage = data
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 tail = (tail + data[-2:])[-2:]
         except _UPSTREAM_ERRORS as exc:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from warmstart.clock import Clock
 from warmstart.config import Config
+from warmstart.gateway.access import AccessLog
 from warmstart.gateway.relay import Relay
 from warmstart.pool.pool import Pool
 from warmstart.telemetry.metrics import Metrics
@@ -27,6 +28,7 @@ class Services:
     started_wall: float = 0.0
     audit: AuditLog | None = None
     warming: WarmingRunner | None = None  # when [warming] is enabled
+    access: AccessLog | None = None  # the access log, unless server.access_log is "off"
 
     def __post_init__(self) -> None:
         # labelled metric children, looked up once per label set rather than on every request

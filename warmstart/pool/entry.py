@@ -98,7 +98,9 @@ class ModelEntry:
     starts: deque[StartRecord] = field(default_factory=lambda: deque(maxlen=50))
     path: Path | None = None
     capabilities: Capabilities | None = None
-    inspect_error: str | None = None
+    # why the model cannot start now (its file is missing, truncated, not a model, fails its digest), found
+    # before any request asks; cleared once it is inspected or starts without fault
+    problem: str | None = None
     refused_audited: str | None = None  # the refusal last written to the audit log
     inspect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Event = field(default_factory=asyncio.Event)

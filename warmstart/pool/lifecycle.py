@@ -102,6 +102,8 @@ class Lifecycle:
     def _now_warm(self, entry: ModelEntry, replica: Replica, total: float) -> None:
         books = self._books
         books.start_finished(entry, replica, "ok", total, None)
+        entry.problem = None
+        log.info("replica %s warm: started in %.2f s (%s)", replica.id, total, replica.trigger)
         books.account(replica)
         replica.move(S.WARM)
         replica.warm_at = books.clock.now()
