@@ -1,0 +1,58 @@
+"""The accuracy gate: whether a model's eval against its base is good enough to serve, and whether
+`serve` may start a model given what its manifest says. Pure functions of the figures.
+
+The defaults are llama.cpp's published figures for Llama-3-8B Q4_K_M against its F16 (mean KLD 0.031,
+same top token 91.9%): a model may be as far from its base as a widely used 4-bit quantization of a
+mid-sized model is, no further. For reference, its Q8_0 is at 0.0014 / 97.7%. Small models lose more
+to the same type, so their 4-bit quantizations can fail these defaults; the gate is then telling the
+truth, and `--max-kld`/`--min-top1` say what a user accepts instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# llama.cpp, Llama-3-8B (F16 base), mean KLD and same-top-token share
+PUBLISHED = {"q4_k_m": {"kld": 0.031, "top1": 0.919}, "q8_0": {"kld": 0.0014, "top1": 0.977}}
+
+
+@dataclass(frozen=True)
+class Gate:
+    max_kld: float = PUBLISHED["q4_k_m"]["kld"]
+    min_top1: float = PUBLISHED["q4_k_m"]["top1"]
+    max_score_drop: float = 0.03  # task score, as a share: 4-bit is said to cost 1-3%
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def judge(gate: Gate, *, kld: float, top1: float, score: float | None, base_score: float | None) -> list[str]:
+    """Why the model fails the gate; empty when it passes."""
+    reasons = []
+    if not kld <= gate.max_kld:  # NaN fails too
+        reasons.append(f"mean KLD {kld:.4f} > {gate.max_kld:g}")
+    if not top1 >= gate.min_top1:
+        reasons.append(f"same top token {top1:.1%} < {gate.min_top1:.1%}")
+    if score is not None and base_score is not None and base_score - score > gate.max_score_drop + 1e-9:
+        reasons.append(f"task score {score:.1%} is {base_score - score:.1%} below the base's {base_score:.1%} "
+                       f"(at most {gate.max_score_drop:.1%})")
+    return reasons
+
+
+def refusal(name: str, quantization: Mapping[str, Any] | None, accuracy: Mapping[str, Any] | None,
+            allow_unverified: bool) -> str | None:
+    """Why `serve` refuses to start the model, or None. Refused: a model whose last eval failed the
+    gate, and one quantized by warmstart that was never evaluated; a model that neither was nor
+    failed (any model from elsewhere) is served as it always was."""
+    if allow_unverified:
+        return None
+    hint = (f"run `warmstart eval {name} --against BASE`, or set allow_unverified = true in the model's config "
+            "to serve it anyway")
+    if accuracy is not None and not accuracy.get("passed"):
+        why = "; ".join(accuracy.get("reasons") or ["failed"])
+        return f"model '{name}' failed its accuracy gate against {accuracy.get('against')} ({why}); {hint}"
+    if accuracy is None and quantization is not None:
+        return f"model '{name}' was quantized ({quantization.get('type')}) but never evaluated; {hint}"
+    return None
