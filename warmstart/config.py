@@ -69,6 +69,8 @@ class ModelConfig:
     keep_alive_auto: bool = False
     # after keep-alive unloads the last replica, hold the weights in RAM this long (0: straight to disk)
     ram_keep_alive: float = 0.0
+    # start the model even when its manifest says it failed its accuracy gate or was quantized and never evaluated
+    allow_unverified: bool = False
 
 
 @dataclass(frozen=True)
@@ -439,6 +441,7 @@ def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path,
         chat=chat,
         keep_alive_auto=auto,
         ram_keep_alive=_duration(merged, "ram_keep_alive", 0.0, where),
+        allow_unverified=_bool(raw, "allow_unverified", False, where),
     )
 
 

@@ -82,7 +82,7 @@ def normalize(text: str) -> str:
 def correct(answer: str, references: Sequence[str]) -> bool:
     """The answer contains one of the references as whole words (case and punctuation ignored)."""
     padded = f" {normalize(answer)} "
-    return any(f" {normalize(r)}" in padded for r in references)
+    return any(f" {normalize(r)} " in padded for r in references)
 
 
 def task_score(answers: Sequence[str], prompts: Sequence[Prompt]) -> float | None:

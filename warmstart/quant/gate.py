@@ -41,6 +41,15 @@ def judge(gate: Gate, *, kld: float, top1: float, score: float | None, base_scor
     return reasons
 
 
+SUMMARY_KEYS = ("passed", "against", "against_sha256", "sha256", "kld", "top1", "ppl_ratio", "agreement", "score",
+                "base_score", "prompts", "evaluated_at")
+
+
+def summary(accuracy: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What an audit record of a start keeps of the model's last eval."""
+    return None if accuracy is None else {k: accuracy.get(k) for k in SUMMARY_KEYS}
+
+
 def refusal(name: str, quantization: Mapping[str, Any] | None, accuracy: Mapping[str, Any] | None,
             allow_unverified: bool) -> str | None:
     """Why `serve` refuses to start the model, or None. Refused: a model whose last eval failed the

@@ -24,6 +24,11 @@ from warmstart.names import MODEL_NAME, MODEL_NAME_RULE
 from warmstart.store.digest import DigestCache, FileDigest, FileStat
 
 
+def manifest_name(model_name: str, model_path: str) -> str:
+    """The manifest a served model's start is checked against: the store's entry its path names, else its own name."""
+    return model_path[len("store:"):] if model_path.startswith("store:") else model_name
+
+
 def store_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "store"
 

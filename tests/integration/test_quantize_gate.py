@@ -1,0 +1,127 @@
+"""Quantize and gate with real llama.cpp: the embedded SmolLM2 Q4_1, dequantized to F16 here (no
+full-precision model ships in any package), is quantized to Q8_0 and Q4_K_M by `warmstart quantize`;
+Q8_0 passes `warmstart eval`, a copy with one layer's weights zeroed fails it, and `serve` refuses
+the failed model unless its config allows it, with the eval in the audit record of every start.
+
+The baseline is itself a dequantized Q4_1: the figures say how much a quantization adds to what
+Q4_1 already lost, not how far it is from SmolLM2's original weights. To keep CI short the eval here
+scores one chunk (255 positions) and 20 prompts; `warmstart bench quantize` runs the full set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import SMOLLM2, chat
+from tests.integration.test_audit_server import records
+from warmstart.quant.convert import convert
+from warmstart.quant.damage import damage
+from warmstart.quant.recipe import MIXES
+from warmstart.store.manifest import ManifestStore
+from warmstart.store.sources import resolve_model_path
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+QUICK = ("--chunks", "1", "--limit", "20")
+
+
+def warmstart(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "warmstart", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> tuple[Path, Path]:
+    """A data directory with smol-q8_0 (evaluated), smol-q4_k_m and smol-damaged (evaluated, failed); and the F16."""
+    root = tmp_path_factory.mktemp("quant")
+    data = root / "data"
+    f16 = root / "smollm2-f16.gguf"
+    convert(resolve_model_path(SMOLLM2, data), f16, MIXES["f16"], allow_requantize=True)
+    for kind in ("q8_0", "q4_k_m"):
+        out = warmstart("quantize", str(f16), "--type", kind, "--name", f"smol-{kind}", "--data-dir", str(data))
+        assert out.returncode == 0, out.stderr
+    broken = root / "smol-damaged.gguf"
+    q8 = ManifestStore(data).get("smol-q8_0")
+    assert damage(Path(q8.root), broken, layer=10, how="zero")
+    assert warmstart("models", "add", str(broken), "--name", "smol-damaged", "--data-dir", str(data)).returncode == 0
+    return data, f16
+
+
+def test_quantize_records_source_type_and_tool_in_the_manifest(store):
+    from gguf import GGUFReader
+
+    data, f16 = store
+    manifests = ManifestStore(data)
+    q8, q4 = manifests.get("smol-q8_0"), manifests.get("smol-q4_k_m")
+    assert q8.quantization["source_sha256"] == manifests.digests.digest(f16).sha256
+    assert q8.quantization["type"] == "q8_0" and q8.quantization["tool_version"].startswith("xllamacpp ")
+    assert q8.quantization["tensor_types"] == {"Q8_0": 211, "F32": 61}
+    # SmolLM2's rows of 576 do not divide into Q4_K's 256: llama.cpp's fallbacks, as llama-quantize makes them
+    assert q4.quantization["tensor_types"] == {"Q5_0": 166, "Q4_K": 16, "Q6_K": 14, "Q8_0": 15, "F32": 61}
+    assert f16.stat().st_size > 1.8 * q8.size and q8.size > 1.3 * q4.size
+    reader = GGUFReader(q4.root)
+    assert int(reader.fields["general.file_type"].contents()) == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert reader.fields["tokenizer.chat_template"].contents() == GGUFReader(f16).fields[
+        "tokenizer.chat_template"].contents()
+
+
+def test_requantizing_a_quantized_model_is_refused_in_one_line(store, tmp_path):
+    data, _ = store
+    out = warmstart("quantize", str(resolve_model_path(SMOLLM2, data)), "--type", "q8_0", "--data-dir", str(tmp_path))
+    assert out.returncode == 1
+    [line] = out.stderr.strip().splitlines()
+    assert "already quantized (Q4_1, Q8_0)" in line and "--allow-requantize" in line
+
+
+def test_q8_0_passes_the_gate_and_a_damaged_model_fails_it(store):
+    data, f16 = store
+    ok = warmstart("eval", "smol-q8_0", "--against", str(f16), "--data-dir", str(data), "--json", *QUICK)
+    assert ok.returncode == 0, ok.stderr
+    result = json.loads(ok.stdout)
+    assert result["passed"] and result["positions"] == 255 and result["prompts"] == 20
+    assert result["kld"] < 0.031 and result["top1"] > 0.919 and 0.97 < result["ppl_ratio"] < 1.03
+    assert result["agreement"] >= 0.8 and result["score"] >= result["base_score"] - 0.03
+
+    bad = warmstart("eval", "smol-damaged", "--against", str(f16), "--data-dir", str(data), *QUICK)
+    assert bad.returncode == 1
+    *table, verdict = bad.stderr.strip().splitlines() or [""]
+    assert not table and "smol-damaged FAILED the accuracy gate: mean KLD" in verdict
+    assert "FAILED" in bad.stdout and "mean KLD" in bad.stdout  # the table
+    accuracy = ManifestStore(data).get("smol-damaged").accuracy
+    assert not accuracy["passed"] and accuracy["kld"] > 10 * 0.031 and accuracy["top1"] < 0.85
+    assert ManifestStore(data).get("smol-q8_0").accuracy["passed"]
+
+
+def test_serve_refuses_a_failed_or_unevaluated_model_unless_allowed(store, start_server):
+    data, _ = store
+    options = {"n_ctx": 512}
+    srv = start_server([
+        {"name": "smol-q8_0", "engine": "llamacpp", "path": "store:smol-q8_0", "options": options},
+        {"name": "smol-damaged", "engine": "llamacpp", "path": "store:smol-damaged", "options": options},
+        {"name": "damaged-anyway", "engine": "llamacpp", "path": "store:smol-damaged", "options": options,
+         "allow_unverified": True},
+        {"name": "smol-q4_k_m", "engine": "llamacpp", "path": "store:smol-q4_k_m", "options": options},
+    ], data_dir=data)
+    refused = {}
+    for model in ("smol-damaged", "smol-q4_k_m"):
+        status, _, body = srv.post("/v1/chat/completions", chat(model=model, max_tokens=4))
+        assert status == 503, body
+        refused[model] = body["error"]["message"]
+    assert "failed its accuracy gate" in refused["smol-damaged"] and "allow_unverified" in refused["smol-damaged"]
+    assert "never evaluated" in refused["smol-q4_k_m"]
+    for model in ("smol-q8_0", "damaged-anyway"):
+        status, _, body = srv.post("/v1/chat/completions", chat(model=model, max_tokens=4))
+        assert status == 200, body
+    srv.stop()
+    starts = {}
+    for r in records(data / "audit"):
+        if r["event"] == "start":
+            starts.setdefault(r["model"], []).append(r)
+    [ok] = starts["smol-q8_0"]
+    assert ok["outcome"] == "ok" and ok["accuracy"]["passed"] and ok["accuracy"]["kld"] < 0.031
+    [anyway] = starts["damaged-anyway"]
+    assert anyway["outcome"] == "ok" and anyway["accuracy"]["passed"] is False
+    assert all(r["outcome"] != "ok" and r["accuracy"]["passed"] is False for r in starts["smol-damaged"])
+    assert all(r["outcome"] != "ok" and r["accuracy"] is None for r in starts["smol-q4_k_m"])
