@@ -77,25 +77,24 @@ def test_requantizing_a_quantized_model_is_refused_in_one_line(store, tmp_path):
 
 def test_q8_0_passes_the_gate_and_a_damaged_model_fails_it(store):
     data, f16 = store
-    ok = warmstart("eval", "smol-q8_0", "--against", str(f16), "--data-dir", str(data), "--json", *QUICK)
-    assert ok.returncode == 0, ok.stderr
-    result = json.loads(ok.stdout)
-    assert result["passed"] and result["positions"] == 255 and result["prompts"] == 20
-    assert result["kld"] < 0.031 and result["top1"] > 0.919 and 0.97 < result["ppl_ratio"] < 1.03
-    assert result["agreement"] >= 0.8 and result["score"] >= result["base_score"] - 0.03
-
-    bad = warmstart("eval", "smol-damaged", "--against", str(f16), "--data-dir", str(data), *QUICK)
-    assert bad.returncode == 1
-    *table, verdict = bad.stderr.strip().splitlines() or [""]
-    assert not table and "smol-damaged FAILED the accuracy gate: mean KLD" in verdict
-    assert "FAILED" in bad.stdout and "mean KLD" in bad.stdout  # the table
+    out = warmstart("eval", "smol-q8_0", "smol-damaged", "--against", str(f16), "--data-dir", str(data), "--json",
+                    *QUICK)
+    ok, bad = json.loads(out.stdout)
+    assert ok["passed"] and ok["positions"] == 255 and ok["prompts"] == 20
+    assert ok["kld"] < 0.031 and ok["top1"] > 0.919 and 0.97 < ok["ppl_ratio"] < 1.03
+    assert ok["agreement"] >= 0.8 and ok["score"] >= ok["base_score"] - 0.03
+    assert not bad["passed"] and bad["reasons"][0].startswith("mean KLD")
+    assert out.returncode == 1
+    [verdict] = out.stderr.strip().splitlines()
+    assert verdict.startswith("warmstart: error: smol-damaged FAILED the accuracy gate: mean KLD")
+    assert "smol-q8_0" not in verdict and "allow_unverified = true" in verdict
     accuracy = ManifestStore(data).get("smol-damaged").accuracy
     assert not accuracy["passed"] and accuracy["kld"] > 10 * 0.031 and accuracy["top1"] < 0.85
     assert ManifestStore(data).get("smol-q8_0").accuracy["passed"]
 
 
 def test_serve_refuses_a_failed_or_unevaluated_model_unless_allowed(store, start_server):
-    data, _ = store
+    data, f16 = store
     options = {"n_ctx": 512}
     srv = start_server([
         {"name": "smol-q8_0", "engine": "llamacpp", "path": "store:smol-q8_0", "options": options},
@@ -103,6 +102,7 @@ def test_serve_refuses_a_failed_or_unevaluated_model_unless_allowed(store, start
         {"name": "damaged-anyway", "engine": "llamacpp", "path": "store:smol-damaged", "options": options,
          "allow_unverified": True},
         {"name": "smol-q4_k_m", "engine": "llamacpp", "path": "store:smol-q4_k_m", "options": options},
+        {"name": "smol-f16", "engine": "llamacpp", "path": str(f16), "options": options},
     ], data_dir=data)
     refused = {}
     for model in ("smol-damaged", "smol-q4_k_m"):
@@ -114,6 +114,15 @@ def test_serve_refuses_a_failed_or_unevaluated_model_unless_allowed(store, start
     for model in ("smol-q8_0", "damaged-anyway"):
         status, _, body = srv.post("/v1/chat/completions", chat(model=model, max_tokens=4))
         assert status == 200, body
+    # an eval through the running server: the answers come from its engines (the table, not JSON)
+    out = warmstart("eval", "smol-q8_0", "--against", "smol-f16", "--url", srv.url, "--config", str(srv.config_path),
+                    "--data-dir", str(data), "--no-record", "--chunks", "1", "--limit", "5")
+    assert out.returncode == 0, out.stderr
+    head, *rows = out.stdout.strip().splitlines()
+    assert head == "smol-q8_0 against smol-f16: PASSED (255 positions)"
+    assert any(r.startswith("answer agreement") and "(5 prompts)" in r for r in rows)
+    _, payload = srv.get("/v1/models")
+    assert {m["id"]: len(m["starts"]) for m in payload["data"]}["smol-f16"] >= 1  # served by the gateway
     srv.stop()
     starts = {}
     for r in records(data / "audit"):

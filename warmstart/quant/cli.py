@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("eval", help="measure a model against its base (KLD, top token, answers) and gate it")
     data_dir_flags(e)
-    e.add_argument("model", help="the model to judge: a store name, a config name or a GGUF file")
+    e.add_argument("model", nargs="+", help="the model(s) to judge: store names, config names or GGUF files "
+                                            "(several share one pass over the base)")
     e.add_argument("--against", required=True, help="the base model it was made from")
     e.add_argument("--prompts", help="JSON lines of OpenAI request bodies, each with an optional \"reference\" "
                                      "(default: the 100 prompts shipped with warmstart)")
@@ -160,7 +161,7 @@ def _eval(args: argparse.Namespace) -> int:
     text = Path(args.text).expanduser() if args.text else None
     if text is not None and not text.is_file():
         raise CLIError(f"text file not found: {text}")
-    model, base = locate(args.model, store, config), locate(args.against, store, config)
+    models, base = [locate(m, store, config) for m in args.model], locate(args.against, store, config)
     url, headers = None, None
     if args.url:
         url = server_url(args).rstrip("/")
@@ -168,18 +169,19 @@ def _eval(args: argparse.Namespace) -> int:
         key = args.api_key or os.environ.get("WARMSTART_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else None
     gate = Gate(args.max_kld, args.min_top1, args.max_score_drop)
-    [result] = asyncio.run(evaluate(base, [model], store=store, gate=gate, prompts=prompts,
+    results = asyncio.run(evaluate(base, models, store=store, gate=gate, prompts=prompts,
                                     prompt_file=args.prompts or "warmstart prompts", text=text, chunks=args.chunks,
                                     threads=args.threads, url=url, headers=headers, record=not args.no_record,
                                     progress=_progress))
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if args.json:  # one model: its result; several: a list
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     else:
-        print(table(result))
-    if not result["passed"]:
-        raise CLIError(f"{args.model} FAILED the accuracy gate: {'; '.join(result['reasons'])}"
+        print("\n\n".join(table(r) for r in results))
+    failed = [(r, m) for r, m in zip(results, models, strict=True) if not r["passed"]]
+    if failed:
+        raise CLIError("; ".join(f"{r['model']} FAILED the accuracy gate: {', '.join(r['reasons'])}" for r, _ in failed)
                        + ("; serve refuses it unless its config says allow_unverified = true"
-                          if model.store_name else ""))
+                          if any(m.store_name for _, m in failed) else ""))
     return 0
 
 
