@@ -51,18 +51,19 @@ def _stats(base_lp: np.ndarray, lp: np.ndarray, targets: np.ndarray) -> tuple[np
 
 def measure(base: Path, models: list[Path], text: str, *, n_ctx: int = N_CTX, max_chunks: int | None = None,
             threads: int | None = None, progress: Callable[[int, int], None] | None = None) -> list[Divergence]:
+    from warmstart.quant.ggml import GGMLError
     from warmstart.quant.logits import Model, chunks, log_softmax
 
     loaded = [Model(p, n_ctx=n_ctx, threads=threads) for p in [base, *models]]
     try:
         ref = loaded[0]
         if any(m.n_vocab != ref.n_vocab for m in loaded):
-            raise SystemExit("the models have different vocabularies; compare a model with its own base")
+            raise GGMLError("the models have different vocabularies; compare a model with its own base")
         tokens = ref.tokenize(text)
         n = ref.n_ctx
         todo = list(chunks(tokens, n, ref.bos if ref.add_bos or ref.bos >= 0 else None, max_chunks))
         if not todo:
-            raise SystemExit(f"the text is {len(tokens)} tokens, fewer than one chunk of {n}; give a longer text")
+            raise GGMLError(f"the text is {len(tokens)} tokens, fewer than one chunk of {n}; give a longer text")
         first = n // 2  # the first half of a chunk is context only
         acc: list[list[np.ndarray]] = [[] for _ in models]
         base_nll = []
@@ -100,8 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     def progress(done: int, total: int) -> None:
         print(json.dumps({"progress": [done, total]}), file=sys.stderr, flush=True)
 
-    result = measure(Path(args.base), [Path(m) for m in args.models], text, n_ctx=args.ctx, max_chunks=args.chunks,
-                     threads=args.threads, progress=progress)
+    from warmstart.errors import WarmstartError
+
+    try:
+        result = measure(Path(args.base), [Path(m) for m in args.models], text, n_ctx=args.ctx,
+                         max_chunks=args.chunks, threads=args.threads, progress=progress)
+    except WarmstartError as exc:
+        print(json.dumps({"error": str(exc)}), file=sys.stderr, flush=True)
+        return 1
     print(json.dumps([d.to_dict() for d in result]))
     return 0
 

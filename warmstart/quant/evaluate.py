@@ -62,18 +62,23 @@ def _divergence(base: Path, models: Sequence[Path], *, text: Path | None, chunks
     argv += ["--chunks", str(chunks)] if chunks else []
     argv += ["--threads", str(threads)] if threads else []
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    tail = []
+    tail: list[str] = []
+    error = None
     assert proc.stderr is not None and proc.stdout is not None
     for line in proc.stderr:
         try:
-            done, total = json.loads(line)["progress"]
+            message = json.loads(line)
+            if "error" in message:
+                error = str(message["error"])
+                continue
+            done, total = message["progress"]
             if progress is not None:
                 progress(done, total)
         except (ValueError, KeyError, TypeError):
-            tail = (tail + [line.rstrip()])[-5:]
+            tail = (tail + [line.rstrip()])[-3:]
     out = proc.stdout.read()
     if proc.wait() != 0:
-        raise WarmstartError(f"measuring the divergence failed (exit {proc.returncode}): {' | '.join(tail)}")
+        raise WarmstartError(error or f"measuring the divergence failed (exit {proc.returncode}): {' | '.join(tail)}")
     return json.loads(out)
 
 
