@@ -91,6 +91,9 @@ def test_q8_0_passes_the_gate_and_a_damaged_model_fails_it(store):
     accuracy = ManifestStore(data).get("smol-damaged").accuracy
     assert not accuracy["passed"] and accuracy["kld"] > 10 * 0.031 and accuracy["top1"] < 0.85
     assert ManifestStore(data).get("smol-q8_0").accuracy["passed"]
+    listed = {line.split()[0]: line for line in warmstart("models", "list", "--data-dir", str(data)).stdout.splitlines()}
+    assert "FAILED" in listed["smol-damaged"] and "unverified" in listed["smol-q4_k_m"]
+    assert "passed (KLD 0.0" in listed["smol-q8_0"]
 
 
 def test_serve_refuses_a_failed_or_unevaluated_model_unless_allowed(store, start_server):
