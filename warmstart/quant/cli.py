@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"{PUBLISHED['q8_0']['top1']})")
     e.add_argument("--max-score-drop", type=float, default=Gate.max_score_drop,
                    help=f"largest task-score drop, as a share, that passes (default {Gate.max_score_drop})")
+    e.add_argument("--significance", type=float, default=Gate.significance,
+                   help="a score drop fails only when chance would make it less often than this (McNemar's exact "
+                        f"test; default {Gate.significance})")
     e.add_argument("--url", help="answer the prompts through this running warmstart (…/v1 or not) with the models "
                                  "as it serves them, instead of engines started here")
     e.add_argument("--api-key", help="API key for --url (default: $WARMSTART_API_KEY)")
@@ -149,10 +152,11 @@ def _eval(args: argparse.Namespace) -> int:
     from warmstart.quant.evaluate import evaluate, locate
 
     config, _, store = _setup(args)
-    for flag in ("max_kld", "min_top1", "max_score_drop"):
+    for flag in ("max_kld", "min_top1", "max_score_drop", "significance"):
         value = getattr(args, flag)
-        if not 0 <= value or (flag == "min_top1" and value > 1):
-            raise CLIError(f"--{flag.replace('_', '-')} {value}: must be a share between 0 and 1" if flag == "min_top1"
+        if not 0 <= value or (flag in ("min_top1", "significance") and value > 1):
+            raise CLIError(f"--{flag.replace('_', '-')} {value}: must be a share between 0 and 1"
+                           if flag in ("min_top1", "significance")
                            else f"--{flag.replace('_', '-')} {value}: must be 0 or more")
     if args.limit is not None and args.limit < 1:
         raise CLIError(f"--limit {args.limit}: must be 1 or more")
@@ -168,7 +172,7 @@ def _eval(args: argparse.Namespace) -> int:
         url = url if url.endswith("/v1") else url + "/v1"
         key = args.api_key or os.environ.get("WARMSTART_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else None
-    gate = Gate(args.max_kld, args.min_top1, args.max_score_drop)
+    gate = Gate(args.max_kld, args.min_top1, args.max_score_drop, args.significance)
     results = asyncio.run(evaluate(base, models, store=store, gate=gate, prompts=prompts,
                                     prompt_file=args.prompts or "warmstart prompts", text=text, chunks=args.chunks,
                                     threads=args.threads, url=url, headers=headers, record=not args.no_record,
@@ -198,6 +202,8 @@ def table(r: dict[str, Any]) -> str:
             ("same top token", pct(r["top1"]), f">= {pct(g['min_top1'])}"),
             ("perplexity ratio", f"{r['ppl_ratio']:.4f}", f"({r['ppl']:.3f} / {r['ppl_base']:.3f})"),
             ("answer agreement", pct(r["agreement"]), f"({r['prompts']} prompts)"),
-            ("task score", f"{score(r['score'])} (base {score(r['base_score'])})", f"drop <= {pct(g['max_score_drop'])}")]
+            ("task score", f"{score(r['score'])} (base {score(r['base_score'])})",
+             f"drop <= {pct(g['max_score_drop'])} unless p >= {g['significance']:g} "
+             f"(lost {r['score_lost']}, gained {r['score_gained']}, p = {r['score_drop_p']:.3f})")]
     head = f"{r['model']} against {r['against']}: {'PASSED' if r['passed'] else 'FAILED'} ({r['positions']} positions)"
     return head + "\n" + "\n".join(columns(rows))

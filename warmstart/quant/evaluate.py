@@ -19,7 +19,7 @@ from typing import Any
 from warmstart.config import Config, ModelConfig
 from warmstart.errors import StoreError, WarmstartError
 from warmstart.quant import answers as ans
-from warmstart.quant.gate import Gate, judge
+from warmstart.quant.gate import Gate, ScoreChange, judge
 from warmstart.store.manifest import ManifestStore
 
 EVAL_CTX = 1024  # each engine slot's context while answering the prompts
@@ -134,13 +134,17 @@ async def evaluate(base: Subject, models: Sequence[Subject], *, store: ManifestS
         answers = await _answers(subject, prompts, url=url, data_dir=store.root.parent, headers=headers,
                                  progress=bar(f"answers {subject.ref}"))
         score = ans.task_score(answers, prompts)
-        reasons = judge(gate, kld=fig["kld"], top1=fig["top1"], score=score, base_score=base_score)
+        scored = [i for i, p in enumerate(prompts) if p.references]
+        change = ScoreChange.of([ans.correct(base_answers[i], prompts[i].references) for i in scored],
+                                [ans.correct(answers[i], prompts[i].references) for i in scored])
+        reasons = judge(gate, kld=fig["kld"], top1=fig["top1"], score=change if scored else None)
         result = {
             "model": subject.ref, "passed": not reasons, "reasons": reasons,
             "against": base.ref, "against_sha256": base_sha, "sha256": store.digests.digest(subject.path).sha256,
             **fig, "agreement": round(ans.agreement(base_answers, answers), 6),
             "score": None if score is None else round(score, 6),
             "base_score": None if base_score is None else round(base_score, 6),
+            "score_lost": change.lost, "score_gained": change.gained, "score_drop_p": round(change.p_value, 6),
             "prompts": len(prompts), "prompt_file": prompt_file, "corpus": str(text) if text else "warmstart corpus",
             "gate": gate.to_dict(), "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.monotonic() - began, 1),

@@ -10,7 +10,8 @@ truth, and `--max-kld`/`--min-top1` say what a user accepts instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,21 +24,47 @@ class Gate:
     max_kld: float = PUBLISHED["q4_k_m"]["kld"]
     min_top1: float = PUBLISHED["q4_k_m"]["top1"]
     max_score_drop: float = 0.03  # task score, as a share: 4-bit is said to cost 1-3%
+    # a drop counts only when chance would make one as large less often than this (McNemar's exact test on
+    # the prompts one model got right and the other wrong): 100 prompts cannot tell 3% from noise alone
+    significance: float = 0.05
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
 
-def judge(gate: Gate, *, kld: float, top1: float, score: float | None, base_score: float | None) -> list[str]:
+@dataclass(frozen=True)
+class ScoreChange:
+    """The task score of a model against its base's, prompt by prompt (scored prompts only)."""
+    prompts: int
+    lost: int  # right for the base, wrong for the model
+    gained: int  # wrong for the base, right for the model
+
+    @classmethod
+    def of(cls, base: Sequence[bool], model: Sequence[bool]) -> ScoreChange:
+        pairs = list(zip(base, model, strict=True))
+        return cls(len(pairs), sum(b and not m for b, m in pairs), sum(m and not b for b, m in pairs))
+
+    @property
+    def drop(self) -> float:
+        return (self.lost - self.gained) / self.prompts if self.prompts else 0.0
+
+    @property
+    def p_value(self) -> float:
+        """Chance of losing at least `lost` of the discordant prompts if neither model were better (one-sided)."""
+        n = self.lost + self.gained
+        return sum(math.comb(n, k) for k in range(self.lost, n + 1)) / 2 ** n if n else 1.0
+
+
+def judge(gate: Gate, *, kld: float, top1: float, score: ScoreChange | None = None) -> list[str]:
     """Why the model fails the gate; empty when it passes."""
     reasons = []
     if not kld <= gate.max_kld:  # NaN fails too
         reasons.append(f"mean KLD {kld:.4f} > {gate.max_kld:g}")
     if not top1 >= gate.min_top1:
         reasons.append(f"same top token {top1:.1%} < {gate.min_top1:.1%}")
-    if score is not None and base_score is not None and base_score - score > gate.max_score_drop + 1e-9:
-        reasons.append(f"task score {score:.1%} is {base_score - score:.1%} below the base's {base_score:.1%} "
-                       f"(at most {gate.max_score_drop:.1%})")
+    if score is not None and score.drop > gate.max_score_drop + 1e-9 and score.p_value < gate.significance:
+        reasons.append(f"task score {score.drop:.1%} below the base's (at most {gate.max_score_drop:.1%}; "
+                       f"{score.lost} prompts lost, {score.gained} gained, p = {score.p_value:.3f})")
     return reasons
 
 

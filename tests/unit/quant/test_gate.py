@@ -5,16 +5,26 @@ import json
 import pytest
 
 from warmstart.quant.answers import PromptFileError, agreement, correct, read_prompts, task_score
-from warmstart.quant.gate import Gate, judge, refusal
+from warmstart.quant.gate import Gate, ScoreChange, judge, refusal
 
 
 def test_gate_defaults_are_llama_cpps_llama3_8b_q4_k_m_figures():
     gate = Gate()
     assert (gate.max_kld, gate.min_top1) == (0.031, 0.919)
-    assert judge(gate, kld=0.0014, top1=0.977, score=0.5, base_score=0.51) == []
-    reasons = judge(gate, kld=0.34, top1=0.68, score=0.40, base_score=0.50)
+    assert judge(gate, kld=0.0014, top1=0.977, score=ScoreChange(100, 2, 1)) == []
+    reasons = judge(gate, kld=0.34, top1=0.68, score=ScoreChange(100, 20, 2))
     assert len(reasons) == 3 and "mean KLD 0.3400 > 0.031" in reasons[0]
-    assert judge(gate, kld=float("nan"), top1=0.99, score=None, base_score=None)  # NaN never passes
+    assert "18.0% below the base's (at most 3.0%; 20 prompts lost, 2 gained, p = 0.000)" in reasons[2]
+    assert judge(gate, kld=float("nan"), top1=0.99)  # NaN never passes
+
+
+def test_a_score_drop_counts_only_beyond_chance():
+    change = ScoreChange.of([True, True, False, True], [False, True, True, False])
+    assert (change.prompts, change.lost, change.gained, change.drop) == (4, 2, 1, 0.25)
+    assert ScoreChange(100, 8, 4).p_value == pytest.approx(0.194, abs=1e-3)  # 4 points down: noise at 100 prompts
+    assert judge(Gate(), kld=0.004, top1=0.96, score=ScoreChange(100, 8, 4)) == []
+    assert ScoreChange(100, 12, 2).p_value < 0.05
+    assert judge(Gate(), kld=0.004, top1=0.96, score=ScoreChange(100, 12, 2))
 
 
 def test_refusal_of_failed_and_never_evaluated_quantized_models():
