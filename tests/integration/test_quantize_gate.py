@@ -120,7 +120,7 @@ def test_serve_refuses_a_failed_or_unevaluated_model_unless_allowed(store, start
     # an eval through the running server: the answers come from its engines (the table, not JSON)
     out = warmstart("eval", "smol-q8_0", "--against", "smol-f16", "--url", srv.url, "--config", str(srv.config_path),
                     "--data-dir", str(data), "--no-record", "--chunks", "1", "--limit", "5")
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0, out.stderr + srv.log()[-3000:]
     head, *rows = out.stdout.strip().splitlines()
     assert head == "smol-q8_0 against smol-f16: PASSED (255 positions)"
     assert any(r.startswith("answer agreement") and "(5 prompts)" in r for r in rows)

@@ -113,6 +113,7 @@ def main(argv: list[str]) -> int:
                                "ppl_ratio": e["ppl_ratio"] if e else 1.0, "agreement": e["agreement"] if e else 1.0,
                                "score": e["score"] if e else evals[0]["base_score"],
                                "passed": e["passed"] if e else None, "reasons": e["reasons"] if e else [],
+                               **({k: e[k] for k in ("score_lost", "score_gained", "score_drop_p")} if e else {}),
                                "starts": starts[t]}
     d = by_name["damaged"]
     result["damaged"] = {"how": "q8_0 with layer 10's weight matrices zeroed", "kld": d["kld"], "top1": d["top1"],

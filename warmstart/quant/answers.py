@@ -119,4 +119,8 @@ async def answer_all(base_url: str, model: str, prompts: Sequence[Prompt], *, co
         return str(choice["message"]["content"] if prompt.chat else choice["text"]) or ""
 
     async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        return list(await asyncio.gather(*(one(session, p) for p in prompts)))
+        try:
+            return list(await asyncio.gather(*(one(session, p) for p in prompts)))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise WarmstartError(f"{model}: no answer from {base_url} ({type(exc).__name__}: {exc}); is the server "
+                                 "running, and does it serve this model?") from None
