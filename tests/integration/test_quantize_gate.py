@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SMOLLM2, chat
 from tests.integration.test_audit_server import records
+from tests.support import SMOLLM2, chat
 from warmstart.quant.convert import convert
 from warmstart.quant.damage import damage
 from warmstart.quant.recipe import MIXES
@@ -91,7 +91,8 @@ def test_q8_0_passes_the_gate_and_a_damaged_model_fails_it(store):
     accuracy = ManifestStore(data).get("smol-damaged").accuracy
     assert not accuracy["passed"] and accuracy["kld"] > 10 * 0.031 and accuracy["top1"] < 0.85
     assert ManifestStore(data).get("smol-q8_0").accuracy["passed"]
-    listed = {line.split()[0]: line for line in warmstart("models", "list", "--data-dir", str(data)).stdout.splitlines()}
+    listing = warmstart("models", "list", "--data-dir", str(data)).stdout
+    listed = {line.split()[0]: line for line in listing.splitlines()}
     assert "FAILED" in listed["smol-damaged"] and "unverified" in listed["smol-q4_k_m"]
     assert "passed (KLD 0.0" in listed["smol-q8_0"]
 

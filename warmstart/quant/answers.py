@@ -56,9 +56,11 @@ def read_prompts(path: Path, limit: int | None = None) -> list[Prompt]:
             continue
         try:
             raw = json.loads(line)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise PromptFileError(f"{path}:{n}: not JSON ({exc.msg})") from None
-        if not isinstance(raw, dict) or not (isinstance(raw.get("messages"), list) or isinstance(raw.get("prompt"), str)):
+        shaped = isinstance(raw, dict) and (isinstance(raw.get("messages"), list)
+                                            or isinstance(raw.get("prompt"), str))
+        if not shaped:
             raise PromptFileError(f"{path}:{n}: expected an OpenAI request body with \"messages\" (a list) or "
                                   "\"prompt\" (a string)")
         ref = raw.pop("reference", [])
@@ -106,12 +108,11 @@ async def answer_all(base_url: str, model: str, prompts: Sequence[Prompt], *, co
         nonlocal done
         body = {**prompt.body, "model": model, "temperature": 0.0, "seed": 0, "stream": False}
         path = "/chat/completions" if prompt.chat else "/completions"
-        async with gate:
-            async with session.post(base_url.rstrip("/") + path, json=body) as resp:
-                data = await resp.json(content_type=None)
-                if resp.status != 200:
-                    detail = data.get("error", {}).get("message") if isinstance(data, dict) else data
-                    raise WarmstartError(f"{model}: HTTP {resp.status} from {base_url}{path}: {detail}")
+        async with gate, session.post(base_url.rstrip("/") + path, json=body) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status != 200:
+                detail = data.get("error", {}).get("message") if isinstance(data, dict) else data
+                raise WarmstartError(f"{model}: HTTP {resp.status} from {base_url}{path}: {detail}")
         done += 1
         if progress is not None:
             progress(done, len(prompts))
@@ -121,6 +122,6 @@ async def answer_all(base_url: str, model: str, prompts: Sequence[Prompt], *, co
     async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         try:
             return list(await asyncio.gather(*(one(session, p) for p in prompts)))
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise WarmstartError(f"{model}: no answer from {base_url} ({type(exc).__name__}: {exc}); is the server "
                                  "running, and does it serve this model?") from None

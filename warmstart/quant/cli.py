@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _setup(args: argparse.Namespace):
     from warmstart.store.manifest import ManifestStore
 
     try:
@@ -77,7 +77,7 @@ def _setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return config, data_dir, ManifestStore(data_dir)
 
 
-def _progress(label: str):  # type: ignore[no-untyped-def]
+def _progress(label: str):
     from warmstart.quant.convert import bar
 
     return bar(label)
@@ -109,7 +109,8 @@ def _quantize(args: argparse.Namespace) -> int:
     except importlib.metadata.PackageNotFoundError:
         tool_version = "xllamacpp (unknown)"
     quantization = {
-        "source": args.model, "source_path": str(source.path), "source_sha256": store.digests.digest(source.path).sha256,
+        "source": args.model, "source_path": str(source.path),
+        "source_sha256": store.digests.digest(source.path).sha256,
         "converted_from": converted_from, "type": mix.name, "file_type": mix.file_type, "tensor_types": result.types,
         "tool": "llama.cpp ggml_quantize_chunk (from the xllamacpp wheel), tensor types by llama_tensor_get_type "
                 "(ported in warmstart.quant.recipe)",
@@ -133,9 +134,10 @@ def _from_safetensors(folder: Path, converter: str | None) -> Path:
     """An F16 GGUF made by llama.cpp's own converter, which no package installed here ships."""
     script = converter or shutil.which("convert_hf_to_gguf.py")
     if script is None:
-        raise CLIError(f"{folder} is a safetensors checkpoint: converting it needs llama.cpp's convert_hf_to_gguf.py, "
-                       "which no installed package ships; pass --converter PATH/convert_hf_to_gguf.py (from a llama.cpp "
-                       "checkout, with its requirements) or convert it to an F16 GGUF first")
+        raise CLIError(f"{folder} is a safetensors checkpoint: converting it needs llama.cpp's "
+                       "convert_hf_to_gguf.py, which no installed package ships; pass --converter "
+                       "PATH/convert_hf_to_gguf.py (from a llama.cpp checkout, with its requirements) or convert it "
+                       "to an F16 GGUF first")
     out = Path(tempfile.mkdtemp(prefix="warmstart-convert-")) / (folder.name + "-f16.gguf")
     proc = subprocess.run([sys.executable, script, str(folder), "--outtype", "f16", "--outfile", str(out)],
                           capture_output=True, text=True)
@@ -154,7 +156,7 @@ def _eval(args: argparse.Namespace) -> int:
     config, _, store = _setup(args)
     for flag in ("max_kld", "min_top1", "max_score_drop", "significance"):
         value = getattr(args, flag)
-        if not 0 <= value or (flag in ("min_top1", "significance") and value > 1):
+        if not value >= 0 or (flag in ("min_top1", "significance") and value > 1):
             raise CLIError(f"--{flag.replace('_', '-')} {value}: must be a share between 0 and 1"
                            if flag in ("min_top1", "significance")
                            else f"--{flag.replace('_', '-')} {value}: must be 0 or more")

@@ -133,7 +133,7 @@ def convert(src: Path, dst: Path, mix: recipe.Mix, *, allow_requantize: bool = F
                     if nxt is None:
                         break
                     t, kind = nxt
-                    pending.append(pool.submit(lambda t=t, kind=kind: _encode(_floats(t), kind, int(t.shape[0]))))
+                    pending.append(pool.submit(_encode_tensor, t, kind))
                 if not pending:
                     break
                 writer.write_tensor_data(pending.pop(0).result())
@@ -163,3 +163,7 @@ def bar(label: str) -> Callable[[int, int], None]:
             sys.stderr.write("\n")
         sys.stderr.flush()
     return show
+
+
+def _encode_tensor(tensor: Any, kind: Any) -> Any:
+    return _encode(_floats(tensor), kind, int(tensor.shape[0]))

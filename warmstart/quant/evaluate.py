@@ -45,7 +45,7 @@ def locate(ref: str, store: ManifestStore, config: Config | None) -> Subject:
     if manifest is not None:
         return Subject(ref, Path(manifest.root), manifest.name, name)
     for model in config.models if config is not None else ():
-        if model.name == name:
+        if model.name == name and config is not None:
             path = resolve_model_path(model.path, config.server.data_dir)
             in_store = model.path[len("store:"):] if model.path.startswith("store:") else None
             return Subject(ref, path, in_store, model.name)
@@ -115,7 +115,7 @@ async def evaluate(base: Subject, models: Sequence[Subject], *, store: ManifestS
                    headers: dict[str, str] | None = None, record: bool = True,
                    progress: Callable[[str], Callable[[int, int], None]] | None = None) -> list[dict[str, Any]]:
     """Each model's figures against `base` with the gate's verdict; recorded in the manifests of models in the store."""
-    bar = progress or (lambda label: None)  # type: ignore[return-value,arg-type]
+    bar = progress or (lambda label: lambda done, total: None)
     began = time.monotonic()
     base_sha = store.digests.digest(base.path).sha256
     figures = await asyncio.to_thread(_divergence, base.path, [m.path for m in models], text=text, chunks=chunks,

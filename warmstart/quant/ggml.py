@@ -26,7 +26,7 @@ def library_path() -> Path:
     spec = importlib.util.find_spec("xllamacpp")
     if spec is None or not spec.submodule_search_locations:
         raise GGMLError("the xllamacpp wheel is not installed; run ./install.sh")
-    folder = Path(list(spec.submodule_search_locations)[0])
+    folder = Path(next(iter(spec.submodule_search_locations)))
     found = sorted(folder.glob("xllamacpp*.so"))
     if not found:
         raise GGMLError(f"no xllamacpp library in {folder}; reinstall xllamacpp")
@@ -57,7 +57,6 @@ def lib() -> ctypes.CDLL:
 def quantize_rows(ggml_type: int, rows, n_per_row: int):  # numpy in, numpy out (numpy imported lazily)
     """Quantize a float32 matrix (rows x n_per_row, C order) to `ggml_type`; returns the blocks as uint8."""
     import numpy as np
-
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     rows = np.ascontiguousarray(rows, dtype=np.float32)

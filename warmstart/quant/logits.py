@@ -43,7 +43,7 @@ class Model:
         n = self.api.llama_tokenize(self.vocab, raw, len(raw), out, cap, False, False)
         if n < 0:
             raise GGMLError(f"tokenizing needed {-n} tokens, more than {cap}")
-        return np.frombuffer(out, dtype=np.int32, count=n).copy()
+        return np.ctypeslib.as_array(out)[:n].astype(np.int32)
 
     def logits(self, tokens: np.ndarray) -> np.ndarray:
         """Logits after each of `tokens` (one sequence, from position 0): shape (len, n_vocab)."""

@@ -59,7 +59,7 @@ def tensor_type(mix: Mix, name: str, row: int, n_layers: int, has_output: bool) 
     if name == "output.weight" or (not has_output and name == "token_embd.weight"):
         if mix.base in (F16, BF16):
             return mix.base
-        if row % BLOCK[mix.base] != 0 or (mix.k_mix or mix.base == Q6_K) and row % 256 != 0:
+        if row % BLOCK[mix.base] != 0 or ((mix.k_mix or mix.base == Q6_K) and row % 256 != 0):
             return Q8_0
         return Q6_K if mix.base != Q8_0 else Q8_0
     if mix.k_mix and "attn_v.weight" in name:

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from warmstart.cli import CLIError, command, data_dir_flags, load
 from warmstart.cli_format import columns
@@ -51,7 +51,7 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _accuracy(m) -> str:  # type: ignore[no-untyped-def]
+def _accuracy(m: Any) -> str:
     """The gate's verdict on the model's last eval: passed, FAILED, unverified (quantized, never evaluated), or -."""
     if m.accuracy is not None:
         return f"passed (KLD {m.accuracy['kld']:.4f})" if m.accuracy.get("passed") else "FAILED"

@@ -20,7 +20,8 @@ def test_q4_k_m_follows_llama_quant():
     assert tensor_type(mix, "blk.10.attn_q.weight", 4096, n, True) == Q4_K
     assert tensor_type(mix, "blk.0.attn_v.weight", 4096, n, True) == Q6_K  # first eighth
     assert tensor_type(mix, "blk.31.ffn_down.weight", 14336, n, True) == Q6_K  # last eighth
-    assert [i for i in range(n) if recipe.use_more_bits(i, n)] == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+    assert [i for i in range(n) if recipe.use_more_bits(i, n)] == [
+        0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
     assert tensor_type(mix, "blk.7.ffn_down.weight", 14336, n, True) == Q4_K
     assert tensor_type(mix, "output.weight", 4096, n, True) == Q6_K
     # rows of 576 (SmolLM2) do not divide into 256: llama.cpp's fallbacks
