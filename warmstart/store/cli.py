@@ -35,6 +35,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     data_dir_flags(rm)
     rm.add_argument("name")
 
+    pull = sub.add_parser("pull", help="download a GGUF from the Hugging Face Hub into the store "
+                                       "(hf:ORG/REPO, hf:ORG/REPO:Q4_K_M or hf:ORG/REPO/FILE.gguf)")
+    data_dir_flags(pull)
+    pull.add_argument("ref", metavar="hf:ORG/REPO[:QUANT]")
+    pull.add_argument("--name", help="the model's name in the store (default: the repository's and the quant's)")
+    pull.add_argument("--revision", help="a branch, tag or commit (default: main)")
+    pull.add_argument("--replace", action="store_true", help="replace a model of the same name in the store")
+
+
+@command("pull")
+def _pull(args: argparse.Namespace) -> int:
+    from warmstart.errors import StoreError
+    from warmstart.store.pull import pull
+
+    t = time.monotonic()
+    try:
+        manifest = pull(args.ref, _store(args), name=args.name, revision=args.revision, replace=args.replace)
+    except StoreError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"pulled {manifest.name}: {_size(manifest.size)}, sha256 {manifest.files[0].sha256[:16]}... from "
+          f"{manifest.source} ({time.monotonic() - t:.1f} s); serve it with name = \"{manifest.name}\", "
+          f'path = "store:{manifest.name}"')
+    return 0
+
 
 def _store(args: argparse.Namespace) -> ManifestStore:
     from warmstart.store.manifest import ManifestStore

@@ -1,0 +1,110 @@
+"""`warmstart pull hf:ORG/REPO[:QUANT | /FILE]`: a GGUF from the Hugging Face Hub into the store.
+
+The download is huggingface_hub's own (resumable, into its cache, `HF_TOKEN` for gated repositories,
+`HF_ENDPOINT` for a mirror, its progress bar); warmstart then hashes the file and records it in the store
+with its source (repository, commit, file), so `path = "store:NAME"` serves it and every start is checked
+against that digest."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from warmstart.errors import StoreError
+from warmstart.store.manifest import Manifest, ManifestStore
+
+_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class HubRef:
+    repo: str
+    selector: str | None  # a file in the repository, or a part of its name such as a quant type (Q4_K_M)
+
+    @property
+    def default_name(self) -> str:
+        """The repository's name (less a -GGUF suffix), and the quant or file chosen: smollm2-135m-q4_k_m."""
+        base = re.sub(r"-gguf$", "", self.repo.split("/")[1], flags=re.I)
+        if self.selector:
+            base += "-" + Path(self.selector).name.removesuffix(".gguf")
+        return re.sub(r"[^a-z0-9._-]+", "-", base.lower()).strip("-.")
+
+
+def parse_ref(ref: str) -> HubRef:
+    """`hf:ORG/REPO`, `hf:ORG/REPO:Q4_K_M` (a quant name or file pattern) or `hf:ORG/REPO/path/file.gguf`."""
+    if not ref.startswith("hf:"):
+        raise StoreError(f"{ref!r} is not a Hub reference: write hf:ORG/REPO, hf:ORG/REPO:Q4_K_M or "
+                         "hf:ORG/REPO/FILE.gguf")
+    rest = ref[3:]
+    selector: str | None = None
+    if ":" in rest:
+        rest, selector = rest.split(":", 1)
+    parts = rest.split("/")
+    repo = "/".join(parts[:2])
+    if len(parts) > 2:
+        selector = "/".join(parts[2:])
+    if not _REPO.match(repo) or selector == "":
+        raise StoreError(f"{ref!r} is not a Hub reference: write hf:ORG/REPO, hf:ORG/REPO:Q4_K_M or "
+                         "hf:ORG/REPO/FILE.gguf")
+    return HubRef(repo, selector)
+
+
+def choose_file(files: list[str], ref: HubRef) -> str:
+    """The GGUF the reference names: a file of that path, else the one whose name contains the selector (case
+    ignored); without a selector, the only GGUF. The error lists the choices when it is not one."""
+    ggufs = sorted(f for f in files if f.lower().endswith(".gguf"))
+    if not ggufs:
+        raise StoreError(f"{ref.repo} has no GGUF file (files: {', '.join(sorted(files)[:10]) or 'none'})")
+    if ref.selector is None:
+        if len(ggufs) == 1:
+            return ggufs[0]
+        raise StoreError(f"{ref.repo} has {len(ggufs)} GGUF files; name one, e.g. hf:{ref.repo}:Q4_K_M "
+                         f"(files: {', '.join(ggufs)})")
+    if ref.selector in ggufs:
+        return ref.selector
+    # split models (name-00001-of-00003.gguf) are not assembled here: the first part alone is no model
+    matches = [f for f in ggufs if ref.selector.lower() in Path(f).name.lower()]
+    if len(matches) == 1:
+        return matches[0]
+    which = "none" if not matches else f"{len(matches)}: {', '.join(matches)}"
+    raise StoreError(f"'{ref.selector}' matches {which} of {ref.repo}'s GGUF files ({', '.join(ggufs)})")
+
+
+def pull(ref_text: str, store: ManifestStore, *, name: str | None = None, revision: str | None = None,
+         replace: bool = False) -> Manifest:
+    """Download the referenced GGUF (huggingface_hub: resumable, cached) and add it to the store."""
+    try:
+        from huggingface_hub import HfApi, hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            GatedRepoError,
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:
+        raise StoreError("pulling from the Hub needs huggingface_hub: run ./install.sh") from None
+    ref = parse_ref(ref_text)
+    try:
+        api = HfApi()
+        info = api.model_info(ref.repo, revision=revision, files_metadata=False)
+        files = [s.rfilename for s in info.siblings or []]
+        filename = choose_file(files, ref)
+        commit = info.sha or revision or "main"
+        local = hf_hub_download(ref.repo, filename, revision=commit)
+    except GatedRepoError:
+        raise StoreError(f"{ref.repo} is gated: accept its terms on the Hub and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise StoreError(f"no repository {ref.repo} on the Hub (or it is private: set HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise StoreError(f"{ref.repo} has no revision {revision!r}") from None
+    except EntryNotFoundError as exc:
+        raise StoreError(f"{ref.repo}: {exc}") from None
+    except HfHubHTTPError as exc:
+        raise StoreError(f"the Hub refused: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise StoreError(f"cannot reach the Hub ({exc}); check the network, or HF_ENDPOINT for a mirror") from None
+    # the snapshot's path (a link into the cache's blobs) keeps the file's name, which says it is a GGUF
+    return store.add(Path(local), name=name or ref.default_name, engine="llamacpp",
+                     source=f"hf:{ref.repo}@{commit}/{filename}", replace_existing=replace)
