@@ -24,7 +24,7 @@ def phases_line(phases: dict[str, float]) -> str:
 
 
 def ps_table(models: list[dict[str, Any]]) -> str:
-    header = ("MODEL", "ENGINE", "STATE", "TIER", "REPLICAS", "QUEUE", "UNLOADS IN", "LAST START")
+    header = ("MODEL", "ENGINE", "STATE", "TIER", "REPLICAS", "NODE", "QUEUE", "UNLOADS IN", "LAST START")
     rows = [header]
     details = []
     for m in models:
@@ -43,7 +43,8 @@ def ps_table(models: list[dict[str, Any]]) -> str:
             state += f" ({starting[0]['phase']})"
         last = m.get("last_start")
         last_text = f"{last['total_s']:.2f}s {last['trigger']} {last['outcome']}" if last else "-"
-        rows.append((m["id"], m.get("engine", "?"), state, tier_cell(m.get("tier")), str(len(replicas)),
+        nodes = ",".join(sorted({r["node"] for r in replicas if r.get("node")})) or "-"
+        rows.append((m["id"], m.get("engine", "?"), state, tier_cell(m.get("tier")), str(len(replicas)), nodes,
                      str(m.get("queue_depth", 0)), until, last_text))
         if last and last.get("phases"):
             details.append(f"  {m['id']}: {phases_line(last['phases'])}")

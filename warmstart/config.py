@@ -171,6 +171,24 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Many machines (warmstart/cluster, docs/cluster.md): off unless `backend = "ray"`."""
+
+    backend: str = "none"  # none | ray
+    address: str = "auto"  # "auto" (a Ray cluster started on this machine) or HOST:PORT of its head
+    node_dir: Path | None = None  # each node's model files and engine logs (default: DATA_DIR/nodes/NAME)
+    head_engines: bool = True  # whether the head machine's own node runs engines (and serves its model files)
+    watch_interval: float = 2.0  # seconds between two looks at the cluster's membership
+    memory_reserve: int = 1 << 30  # bytes of each node's memory left to everything but engines
+    # where engines listen ("": the node's address in the cluster); "127.0.0.1" when every node is this machine
+    engine_host: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend == "ray"
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     models: tuple[ModelConfig, ...]
@@ -179,6 +197,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     warming: WarmingConfig = field(default_factory=WarmingConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def loopback_only(self) -> bool:
@@ -235,7 +254,8 @@ def load_config(
 
 
 def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = None) -> Config:
-    _only_keys(raw, "", {"server", "defaults", "models", "audit", "auth", "warming", "store"})
+    _only_keys(raw, "", {"server", "defaults", "models", "audit", "auth", "warming", "store",
+                         "cluster"})
     server = _parse_server(raw.get("server", {}))
     audit = _parse_audit(raw.get("audit", {}), base_dir)
     auth = _parse_auth(raw.get("auth", {}), server, base_dir)
@@ -257,7 +277,38 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = N
         seen.add(model.name)
     warming = _parse_warming(warming_raw, seen)
     return Config(server=server, models=models, source=source, audit=audit, auth=auth, warming=warming,
-                  store=store)
+                  store=store, cluster=_parse_cluster(raw.get("cluster", {}), base_dir))
+
+
+def _parse_cluster(raw: Any, base_dir: Path) -> ClusterConfig:
+    from warmstart.store.tiers import parse_size
+
+    _expect(isinstance(raw, Mapping), "cluster", raw, "must be a table")
+    _only_keys(raw, "cluster", set(ClusterConfig.__dataclass_fields__))
+    d = ClusterConfig()
+    backend = raw.get("backend", "ray" if "address" in raw else d.backend)
+    _expect(backend in ("none", "ray"), "cluster.backend", backend, 'must be "none" or "ray"')
+    address = raw.get("address", d.address)
+    _expect(isinstance(address, str) and (address == "auto" or re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", address)
+                                          is not None), "cluster.address", address,
+            'must be "auto" or HOST:PORT of the Ray head (as `ray start --head` prints it)')
+    node_dir = raw.get("node_dir")
+    _expect(node_dir is None or isinstance(node_dir, str), "cluster.node_dir", node_dir, "must be a path")
+    try:
+        reserve = parse_size(raw.get("memory_reserve", d.memory_reserve))
+    except ValueError as exc:
+        raise ConfigError("cluster.memory_reserve", raw.get("memory_reserve"), str(exc)) from None
+    return ClusterConfig(backend=backend, address=address,
+                         node_dir=(base_dir / Path(node_dir).expanduser()) if node_dir else None,
+                         head_engines=_bool(raw, "head_engines", d.head_engines, "cluster"),
+                         watch_interval=_positive(raw, "watch_interval", d.watch_interval, "cluster"),
+                         memory_reserve=reserve, engine_host=_engine_host(raw.get("engine_host", "")))
+
+
+def _engine_host(value: Any) -> str:
+    ok = isinstance(value, str) and (value == "" or re.fullmatch(r"[\w.\-:]+", value) is not None)
+    _expect(ok, "cluster.engine_host", value, 'must be an address (or "" for each node\'s own)')
+    return value
 
 
 def is_loopback(host: str) -> bool:

@@ -63,6 +63,8 @@ def build_app(config: Config):  # type: ignore[no-untyped-def]
                      required=config.audit.required, rotate_bytes=config.audit.rotate_bytes)
     pool = Pool(config, create_engines(data_dir, config.models), clock, metrics, audit=audit)
     pool.store = build_store(config, pool, clock, metrics)
+    if config.cluster.enabled:
+        pool.cluster = build_cluster(config, metrics)
     app = create_app(config, pool, metrics, clock)
     app.services.audit = audit
     return app
@@ -77,6 +79,27 @@ def build_store(config: Config, pool, clock, metrics):  # type: ignore[no-untype
         return sum(1 for r in pool.models[name].replicas if r.state in LIVE)
 
     return ModelStore(config, clock, metrics, live_replicas=live_replicas)
+
+
+def build_cluster(config: Config, metrics):  # type: ignore[no-untyped-def]
+    """Many machines on Ray (warmstart.cluster); Ray is imported here and nowhere without the switch."""
+    try:
+        from warmstart.cluster.ray_nodes import RayNodes
+    except ImportError as exc:
+        raise StartupError(f"[cluster] backend = \"ray\" needs Ray ({exc.name} is missing): install it with "
+                           "`pip install 'warmstart[cluster]'`") from None
+    from warmstart.cluster.placing import Cluster
+    from warmstart.store.digest import DigestCache
+    from warmstart.store.sources import resolve_model_path
+
+    seed = {}
+    for m in config.models:  # the head machine's own files, served by its node (when it runs engines)
+        try:
+            seed[m.name] = str(resolve_model_path(m.path, config.server.data_dir))
+        except Exception:  # noqa: BLE001 - a model that cannot be resolved is refused later, by name
+            continue
+    nodes = RayNodes(config.cluster, config.server.data_dir, seed)
+    return Cluster(nodes, metrics, DigestCache(config.server.data_dir / "digests.json"))
 
 
 def run(config: Config) -> int:
@@ -109,6 +132,8 @@ def run(config: Config) -> int:
             # hash the weights now, so the first start's audit record finds the digest cached
             await app.services.audit.prime([entry.path for entry in pool.models.values() if entry.path is not None])
 
+        if pool.cluster is not None:  # joined before the first request can be placed
+            await pool.cluster.open()
         prepare = asyncio.create_task(prepare_models())
         await server.serve(sockets=[sock])
         prepare.cancel()

@@ -54,4 +54,12 @@ def router(services: Services) -> APIRouter:
             raise Conflict(str(exc), code="ram_tier_refused") from None
         return JSONResponse(pool.view(model))
 
+    @api.get("/nodes")
+    async def nodes() -> JSONResponse:
+        """The cluster's nodes (`[cluster]` on), with memory and models per tier; none on a single box."""
+        if pool.cluster is None:
+            return JSONResponse({"cluster": False, "nodes": []})
+        replicas = [r for entry in pool.models.values() for r in entry.replicas]
+        return JSONResponse({"cluster": True, "nodes": pool.cluster.view(replicas)})
+
     return api

@@ -36,6 +36,7 @@ from warmstart.store.sources import resolve_model_path
 from warmstart.telemetry.metrics import TRIGGERS, Metrics
 
 if TYPE_CHECKING:
+    from warmstart.cluster.placing import Cluster
     from warmstart.store.model_store import ModelStore
 
 log = logging.getLogger("warmstart.pool")
@@ -53,6 +54,8 @@ class Pool:
         self.audit: AuditSink = audit or NullAudit()
         # integrity before starts and the RAM tier between them (warmstart.store); None: neither
         self.store = store
+        # many machines (warmstart.cluster): replicas are placed on nodes (rules.place); None: this box only
+        self.cluster: Cluster | None = None
         self.models: dict[str, ModelEntry] = {
             m.name: ModelEntry(config=m, engine=engines[m.engine],
                                wait_histogram=metrics.request_wait_seconds.labels(m.name))
@@ -293,8 +296,9 @@ class Pool:
                 await self.capabilities(entry.name)
             if self.store is not None:  # refuses files that do not match the manifest; RAM tier's path
                 path = await self.store.before_start(cfg, path)
-            proc = await asyncio.wait_for(
-                entry.engine.start(cfg, path, replica.report, replica.id), self.config.server.start_timeout)
+            start = entry.engine.start(cfg, path, replica.report, replica.id) if self.cluster is None else (
+                self._start_placed(entry, replica, path))
+            proc = await asyncio.wait_for(start, self.config.server.start_timeout)
             replica.process = proc
             if replica.state is not S.STARTING:  # unloaded while starting
                 await proc.stop(self.config.server.stop_timeout)
@@ -336,6 +340,37 @@ class Pool:
         if replica.in_flight == 0:
             self._arm_expiry(entry, replica)
         self._scale(entry)
+
+    async def _start_placed(self, entry: ModelEntry, replica: Replica, path: Path) -> Any:
+        """Many machines: place the replica (`rules.place`, on the table as it is now), fetch the weights when
+        its node lacks them, unload the least recently used idle models that must make room there, then start
+        it on that node. A node lost on the way: placed again on those that remain. NoRoom refuses the start
+        (503) with the memory that is short."""
+        from warmstart.cluster.placing import PLACE, NodeLost, need_bytes
+
+        assert self.cluster is not None
+        sha256, size = await self.cluster.digest(path)
+        need = need_bytes(entry.config, size)
+        for attempt in range(3):
+            replica.report.enter(PLACE)
+            replicas = [r for e in self.models.values() for r in e.replicas]
+            decision = rules.place(entry.name, self.cluster.facts(replicas), size=size, need=need)
+            if isinstance(decision, rules.NoRoom):
+                raise ModelStartFailed(decision.reason, retry_after=self._retry_after(entry))
+            replica.node, replica.need_bytes = decision.node, need
+            try:
+                await self.cluster.fetch_for(decision, entry.name, sha256, size, replica.report)
+                by_id = {r.id: r for r in replicas}  # only once the weights are there: a failed fetch unloads nothing
+                for idle in decision.evict:
+                    victim = by_id.get(idle.replica)
+                    if victim is not None and victim.state is S.WARM and victim.in_flight == 0:  # still idle now
+                        await self._stop(self.models[idle.model], victim, "evicted")
+                return await self.cluster.start(decision, entry.config, sha256, replica.report, replica.id)
+            except NodeLost as exc:
+                if attempt == 2:
+                    raise
+                log.warning("replica %s: %s; placing it again", replica.id, exc)
+        raise AssertionError("unreachable")
 
     async def _start_cancelled(self, entry: ModelEntry, replica: Replica, began: float) -> None:
         """The replica was unloaded while its engine was starting; the engine has been stopped now."""
@@ -454,7 +489,10 @@ class Pool:
         self._account(replica)
         replica.move(S.STOPPING)
         self._update_gauges(entry)
-        if self.store is not None:  # the last replica on keep-alive: weights to the RAM tier, not to disk
+        if self.cluster is not None and replica.node is not None:  # the node's RAM tier, not the head's
+            await self.cluster.before_stop(replica, entry.replicas, reason, entry.config.ram_keep_alive,
+                                           self.clock.now())
+        elif self.store is not None:  # the last replica on keep-alive: weights to the RAM tier, not to disk
             last = rules.last_running(replica, entry.replicas)
             await self.store.before_stop(entry.config, entry.path, reason, last)
         if replica.process is not None:
@@ -586,6 +624,8 @@ class Pool:
                                if hasattr(e, "close")), return_exceptions=True)
         if self.store is not None:
             await self.store.close()
+        if self.cluster is not None:  # the agents end the engines on their nodes
+            await self.cluster.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
