@@ -23,6 +23,7 @@ from warmstart.config import Config
 from warmstart.errors import RequestError, Unavailable, openai_error_body
 from warmstart.gateway import admin, hint, openapi, web
 from warmstart.gateway.auth import Auth
+from warmstart.gateway.engine_http import EngineClient
 from warmstart.gateway.fastpath import FastPath
 from warmstart.gateway.limits import BodyLimit
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -105,7 +106,8 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
-        services.relay = Relay(pool, session, clock.now, config.server.engine_timeout)
+        client = EngineClient()
+        services.relay = Relay(pool, client, session, clock.now, config.server.engine_timeout)
         patrol = asyncio.get_running_loop().create_task(services.relay.liveness.patrol(pool), name="liveness")
         if services.warming is not None:
             await services.warming.start()
@@ -116,6 +118,7 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
             if services.warming is not None:
                 await services.warming.stop()
             await pool.shutdown()
+            await client.close()
             await session.close()
 
     app = FastAPI(title="warmstart", version=__version__, lifespan=lifespan,

@@ -15,13 +15,14 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from warmstart.errors import Unavailable
+from warmstart.gateway.engine_http import EngineClient, EngineConnectionError, EngineResponse
 from warmstart.gateway.translate import engine_error_body, sse_error
 from warmstart.pool.pool import Lease, Pool
 from warmstart.pool.replica import Replica
 
 log = logging.getLogger("warmstart.gateway")
 T = TypeVar("T")
-_UPSTREAM_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+_UPSTREAM_ERRORS = (EngineConnectionError, ConnectionError)
 _JSON = {"content-type": "application/json"}
 # A stream gets a connection of its own: llama-server closes a connection once a stream on it ends, though
 # its headers offer keep-alive, and the pool would take it back (at the stream's end) and reuse it dead.
@@ -74,10 +75,10 @@ Finish = Callable[[Lease | None, int, float | None], None]
 class Relay:
     """Sends one generation request to the pool's replicas and answers the client."""
 
-    def __init__(self, pool: Pool, session: aiohttp.ClientSession, clock_now: Callable[[], float],
-                 engine_timeout: float = 60.0) -> None:
+    def __init__(self, pool: Pool, client: EngineClient, session: aiohttp.ClientSession,
+                 clock_now: Callable[[], float], engine_timeout: float = 60.0) -> None:
         self.pool = pool
-        self.session = session
+        self.client = client
         self.now = clock_now
         self.liveness = Liveness(session, engine_timeout)
 
@@ -133,16 +134,16 @@ class Relay:
                     watch.close()
 
     async def _exchange(self, lease: Lease, path: str, body: bytes, stream: bool,
-                        watch: Watch) -> tuple[aiohttp.ClientResponse, bytes]:
+                        watch: Watch) -> tuple[EngineResponse, bytes]:
         """Send the request; return the whole answer, or for a stream its first bytes."""
         headers = _JSON_STREAM if stream else _JSON
-        upstream = await self.session.post(lease.base_url + path, data=body, headers=headers)
+        upstream = await self.client.post(lease.base_url + path, body, headers)
         watch.progress()
         try:
             if stream and upstream.status == 200:
-                first = await upstream.content.readany()
+                first = await upstream.readany()
                 if not first:
-                    raise aiohttp.ServerDisconnectedError("engine closed the stream before any bytes")
+                    raise EngineConnectionError("engine closed the stream before any bytes")
                 watch.progress()
                 return upstream, first
             data = await upstream.read()
@@ -157,7 +158,7 @@ class RelayStream(Response):
     """An SSE stream relayed byte for byte; a cut upstream ends it with an error event, a client
     that leaves closes the upstream connection, which stops the engine's generation."""
 
-    def __init__(self, first: bytes, upstream: aiohttp.ClientResponse, lease: Lease,
+    def __init__(self, first: bytes, upstream: EngineResponse, lease: Lease,
                  disconnect: asyncio.Future[None], arrived: float, now: Callable[[], float],
                  finish: Finish, liveness: Liveness, watch: Watch) -> None:
         super().__init__(status_code=200, media_type="text/event-stream",
@@ -200,9 +201,9 @@ class RelayStream(Response):
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.body", "body": self.first, "more_body": True})
         tail = self.first[-2:]
-        content, progress = self.upstream.content, self.watch.progress
+        upstream, progress = self.upstream, self.watch.progress
         try:
-            while data := await content.readany():
+            while data := await upstream.readany():
                 progress()
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 tail = (tail + data[-2:])[-2:]
