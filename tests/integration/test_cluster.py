@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import threading
 import time
 import urllib.request
@@ -25,7 +26,7 @@ import pytest
 
 from tests.faults import metric_sum
 from tests.integration.test_serving import sse_events
-from tests.support import SMOLLM2, Server, chat, config_text, free_port, smollm2
+from tests.support import SMOLLM2, Server, chat, config_text, free_port, pid_alive, smollm2
 
 # Ray reads its authentication mode once, when it is imported: the token is set before that, for this process,
 # the cluster's processes (started from it) and the server (given the same environment)
@@ -224,3 +225,13 @@ def audit_records(srv: Server) -> list[dict]:
     for f in sorted((srv.data_dir / "audit").glob("*.jsonl")):
         records += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
     return records
+
+
+def test_a_head_killed_leaves_no_engine_running_on_the_nodes(world: World) -> None:
+    # last: it ends the module's server. The agents belong to the head's Ray driver: Ray ends them with it,
+    # and each agent's engines end with their parent
+    pids = [r["pid"] for m in world.srv.get("/v1/models")[1]["data"] for r in m["replicas"] if r["state"] == "warm"]
+    assert pids and all(pid_alive(p) for p in pids)
+    world.srv.proc.send_signal(signal.SIGKILL)
+    world.srv.proc.wait(10)
+    world.srv.wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=60, interval=0.5)
