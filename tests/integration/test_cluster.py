@@ -16,6 +16,8 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -113,12 +115,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         cluster.shutdown()
 
 
+
 def test_nodes_report_memory_and_models_per_tier(world: World) -> None:
     nodes = world.nodes()
     assert nodes["n1"]["tiers"] == {B: "disk", C: "disk"}
     assert nodes["n2"]["tiers"] == {SMOL: "disk"} and nodes["n2"]["memory_bytes"] == 600 * MiB
     ray.get(world.agent("n3").hold.remote(SMOL))
     world.srv.wait_for(lambda: world.nodes()["n3"]["tiers"] == {SMOL: "ram"}, timeout=20)
+    rows = {line.split()[0]: line.split() for line in cli(world.srv, "nodes").splitlines()[1:]}
+    assert rows["n1"][2:] == ["up", "0.2G", "0.0G", "-", "-", f"{B},{C}"]
+    assert rows["n3"][2:] == ["up", "0.6G", "0.0G", "-", SMOL, "-"]
 
 
 def test_a_model_is_placed_on_the_node_holding_it_in_ram(world: World) -> None:
@@ -128,6 +134,9 @@ def test_a_model_is_placed_on_the_node_holding_it_in_ram(world: World) -> None:
     assert headers["x-warmstart-node"] == "n3" and headers["x-warmstart-start"] == "cold"
     assert world.replica(SMOL)["node"] == "n3"
     assert world.nodes()["n3"]["tiers"][SMOL] == "loaded"
+    header, *rows = cli(world.srv, "ps").splitlines()
+    assert "NODE" in header.split()
+    assert [r.split()[5] for r in rows if r.startswith(SMOL)] == ["n3"]
 
 
 def test_a_model_held_only_on_a_peer_is_fetched_checked_and_started(world: World) -> None:
@@ -220,6 +229,12 @@ def test_a_node_killed_mid_stream_loses_no_request_that_had_not_started_streamin
     srv.wait_for(lambda: not world.nodes()["n3"]["alive"], timeout=60, interval=0.5)
     failures = [r for r in audit_records(srv) if r["event"] == "failure" and r["model"] == SMOL]
     assert failures and failures[-1]["node"] == "n3"
+
+
+def cli(srv: Server, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "warmstart", *args, "--url", srv.url], capture_output=True,
+                         text=True, timeout=60, check=True)
+    return out.stdout
 
 
 def audit_records(srv: Server) -> list[dict]:
