@@ -74,7 +74,8 @@ def tier_cell(tier: dict[str, Any] | None) -> str:
 
 def tier_line(model: str, tier: dict[str, Any]) -> str:
     seconds = tier.get("seconds", {})
-    line = (f"  {model}: loaded {format_duration(seconds.get('loaded', 0))}, ram {format_duration(seconds.get('ram', 0))}"
+    line = (f"  {model}: loaded {format_duration(seconds.get('loaded', 0))}, "
+            f"ram {format_duration(seconds.get('ram', 0))}"
             f" (RAM cost {tier.get('ram_cost', 0):.4f} at {tier.get('ram_price_per_gib_hour', 0):g}/GiB-hour)")
     if tier.get("last_refusal"):
         line += f"; last demotion refused: {tier['last_refusal']}"

@@ -7,10 +7,21 @@ import errno
 import logging
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from warmstart.clock import SystemClock
 from warmstart.config import Config
 from warmstart.errors import WarmstartError
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from warmstart.clock import Clock
+    from warmstart.cluster.placing import Cluster
+    from warmstart.gateway.app import Gateway
+    from warmstart.pool.pool import Pool
+    from warmstart.store.model_store import ModelStore
+    from warmstart.telemetry.metrics import Metrics
 
 log = logging.getLogger("warmstart")
 
@@ -40,7 +51,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_app(config: Config):  # type: ignore[no-untyped-def]
+def build_app(config: Config) -> Gateway:
     from warmstart.engines.registry import create_engines
     from warmstart.gateway.app import create_app
     from warmstart.pool.pool import Pool
@@ -62,26 +73,22 @@ def build_app(config: Config):  # type: ignore[no-untyped-def]
     audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=DigestCache(data_dir / "digests.json"),
                      required=config.audit.required, rotate_bytes=config.audit.rotate_bytes)
     pool = Pool(config, create_engines(data_dir, config.models), clock, metrics, audit=audit)
-    pool.store = build_store(config, pool, clock, metrics)
+    pool.attach_store(build_store(config, pool, clock, metrics))
     if config.cluster.enabled:
-        pool.cluster = build_cluster(config, metrics)
+        pool.attach_cluster(build_cluster(config, metrics))
     app = create_app(config, pool, metrics, clock)
     app.services.audit = audit
     return app
 
 
-def build_store(config: Config, pool, clock, metrics):  # type: ignore[no-untyped-def]
+def build_store(config: Config, pool: Pool, clock: Clock, metrics: Metrics) -> ModelStore:
     """Integrity checks and the RAM tier for the pool's models (warmstart.store)."""
-    from warmstart.pool.states import LIVE
     from warmstart.store.model_store import ModelStore
 
-    def live_replicas(name: str) -> int:
-        return sum(1 for r in pool.models[name].replicas if r.state in LIVE)
-
-    return ModelStore(config, clock, metrics, live_replicas=live_replicas)
+    return ModelStore(config, clock, metrics, live_replicas=pool.live_replicas)
 
 
-def build_cluster(config: Config, metrics):  # type: ignore[no-untyped-def]
+def build_cluster(config: Config, metrics: Metrics) -> Cluster:
     """Many machines on Ray (warmstart.cluster); Ray is imported here and nowhere without the switch."""
     try:
         from warmstart.cluster.ray_nodes import RayNodes
@@ -96,7 +103,7 @@ def build_cluster(config: Config, metrics):  # type: ignore[no-untyped-def]
     for m in config.models:  # the head machine's own files, served by its node (when it runs engines)
         try:
             seed[m.name] = str(resolve_model_path(m.path, config.server.data_dir))
-        except Exception:  # noqa: BLE001 - a model that cannot be resolved is refused later, by name
+        except WarmstartError:  # a model that cannot be resolved is refused later, by name
             continue
     nodes = RayNodes(config.cluster, config.server.data_dir, seed)
     return Cluster(nodes, metrics, DigestCache(config.server.data_dir / "digests.json"))
@@ -113,7 +120,7 @@ def run(config: Config) -> int:
     print(f"warmstart serving http://{host}:{port}  models: {names}  data: {config.server.data_dir}",
           file=sys.stderr, flush=True)
     class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):  # type: ignore[no-untyped-def]
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
             # uvicorn re-raises the signal after a graceful stop; for us that stop is a normal exit (0)
             self._captured_signals.clear()
@@ -130,7 +137,8 @@ def run(config: Config) -> int:
         async def prepare_models() -> None:
             await pool.prepare()
             # hash the weights now, so the first start's audit record finds the digest cached
-            await app.services.audit.prime([entry.path for entry in pool.models.values() if entry.path is not None])
+            if app.services.audit is not None:
+                await app.services.audit.prime(pool.resolved_paths())
 
         if pool.cluster is not None:  # joined before the first request can be placed
             await pool.cluster.open()

@@ -180,10 +180,10 @@ def test_prometheus_scrapes_warmstart_with_the_right_values_and_every_expression
         for rule in prom.wait_for(rules_evaluated, what="every rule evaluated"):
             assert rule["health"] == "ok" and not rule.get("lastError"), rule
         # and every expression of the rules and of the dashboard evaluates without error
-        for name, expr in rule_exprs():
+        for _name, expr in rule_exprs():
             prom.query(expr)
         answered = 0
-        for title, expr in dashboard_exprs():
+        for _title, expr in dashboard_exprs():
             answered += bool(prom.query(grafana(expr)))
         assert answered >= len(dashboard_exprs()) - 6, "most panels should show data after this traffic"
         assert prom.query(grafana(next(e for t, e in dashboard_exprs() if t == "Replicas by state")))

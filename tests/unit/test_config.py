@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from warmstart.config import load_config, parse_config
+from warmstart.config_loader import load_config, parse_config
 from warmstart.errors import ConfigError
 
 
@@ -138,5 +138,5 @@ def test_api_keys_file(tmp_path):
     keys.write_text("# one per line\nfirst-key-0123456789\n\nsecond-key-0123456789\n")
     config = parse_config({"auth": {"api_keys_file": "keys.txt"}}, base_dir=tmp_path)
     assert config.auth.api_keys == ("first-key-0123456789", "second-key-0123456789")
-    with pytest.raises(ConfigError, match="auth.api_keys_file"):
+    with pytest.raises(ConfigError, match=r"auth\.api_keys_file"):
         parse_config({"auth": {"api_keys_file": "missing.txt"}}, base_dir=tmp_path)

@@ -122,7 +122,7 @@ async def run(work: Path, weights: Path, rounds: int) -> dict[str, Any]:
             started = await start_on(b, f"peer-{i}")
             peer.append({"seconds": fetch["seconds"] + started["seconds"], "phases": {
                 "fetch": fetch["seconds"], **started["phases"]}})
-            receiver = ray.remote(Receiver).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            receiver: Any = ray.remote(Receiver).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
                 b.id, soft=False)).remote()
             port = await receiver.port.remote()
             sender = ray.remote(send_file).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
@@ -169,10 +169,11 @@ def table(result: dict[str, Any]) -> str:
         rows.append((where, f"{result['start_s'][where]:.3f}", f"{size / load / 1e9:.2f} GB/s (load phase)"
                      if load else "-"))
     lines = columns(rows)
-    lines += ["", f"peer fetch {result['fetch_gbps']:.3f} GB/s against a raw TCP ceiling of {result['ceiling_gbps']:.3f}"
-                  f" GB/s between the same nodes ({result['fetch_of_ceiling']:.0%}); through Ray's object store "
-                  f"{result['fetch_gbps_object_store']:.3f} GB/s; sha256 alone {result['sha256_gbps']:.2f} GB/s",
-              f"{size / 1e6:.0f} MB, {result['rounds']} rounds; load average {result['load_avg'][0]:.2f}"]
+    r = result
+    lines += ["", f"peer fetch {r['fetch_gbps']:.3f} GB/s against a raw TCP ceiling of {r['ceiling_gbps']:.3f} GB/s "
+                  f"between the same nodes ({r['fetch_of_ceiling']:.0%}); through Ray's object store "
+                  f"{r['fetch_gbps_object_store']:.3f} GB/s; sha256 alone {r['sha256_gbps']:.2f} GB/s",
+              f"{size / 1e6:.0f} MB, {r['rounds']} rounds; load average {r['load_avg'][0]:.2f}"]
     return "\n".join(lines)
 
 

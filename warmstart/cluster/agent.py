@@ -112,7 +112,7 @@ class NodeAgent:
         report = StartReport()
         try:
             proc = await self.engine.start(model, self.tier.path_for(model.name, path), report, replica)
-        except Exception as exc:  # noqa: BLE001 - reported to the head, which fails the start with it
+        except Exception as exc:
             return {"error": f"{type(exc).__name__}: {exc}", "phases": report.phases}
         self.engines[proc.pid] = (model.name, proc)
         return {"pid": proc.pid, "base_url": proc.base_url, "phases": [("verify", verify_s), *report.phases]}
@@ -183,7 +183,7 @@ class NodeAgent:
             began = time.monotonic()
             try:
                 digest = await pull(handle, model, size, partial)
-            except Exception as exc:  # noqa: BLE001 - a cut transfer (the peer died, a read failed): next source
+            except Exception as exc:
                 partial.unlink(missing_ok=True)
                 refused.append({"source": source, "reason": f"transfer cut: {type(exc).__name__}: {exc}"[:300]})
                 continue
@@ -272,7 +272,7 @@ def _receive(offer: dict[str, Any], size: int, partial: Path) -> str:
                 total += n
                 filled.put((view, n))
             filled.put(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the hashing side, which raises it
+        except BaseException as exc:
             filled.put(exc)
 
     total = 0

@@ -22,7 +22,6 @@ from warmstart.store.digest import DigestCache
 from warmstart.telemetry.metrics import Metrics
 
 FETCH = "fetch"  # the cold-start phase of copying the weights from a peer
-PLACE = "place"
 ENGINE_OVERHEAD = 256 << 20  # bytes an engine takes beyond its weights (llama.cpp: context, buffers)
 
 

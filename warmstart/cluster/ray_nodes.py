@@ -130,7 +130,7 @@ class RayNodes:
             await asyncio.sleep(self.config.watch_interval)
             try:
                 await self.refresh()
-            except Exception:  # noqa: BLE001 - one failed look is logged; the next one tries again
+            except Exception:
                 log.exception("looking at the cluster failed")
 
     async def refresh(self) -> None:

@@ -128,6 +128,7 @@ class EngineClient:
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         self._closed = False
+        self._sweep_at: asyncio.TimerHandle | None = None
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> EngineResponse:
         """POST `body` to `url` (http://HOST:PORT/PATH); returns once the answer's head is in. A connection kept
@@ -192,7 +193,7 @@ class EngineClient:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(key[0], key[1], limit=MAX_HEAD_BYTES), CONNECT_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise EngineConnectionError(f"no connection to {key[0]}:{key[1]} within {CONNECT_TIMEOUT:g} s") from None
         except OSError as exc:
             raise EngineConnectionError(f"no connection to {key[0]}:{key[1]}: {exc}") from None
@@ -206,9 +207,30 @@ class EngineClient:
             writer.close()
             return
         self._idle.setdefault(key, []).append((time.monotonic(), reader, writer))
+        if self._sweep_at is None:
+            self._sweep_at = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle too long or closed by their engine: an engine that was stopped leaves
+        its connections here, and nothing would ask for them again."""
+        self._sweep_at = None
+        now = time.monotonic()
+        for key, idle in list(self._idle.items()):
+            keep = [c for c in idle if now - c[0] < IDLE_TIMEOUT and not c[1].at_eof() and not c[2].is_closing()]
+            for conn in idle:
+                if conn not in keep:
+                    conn[2].close()
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        if self._idle and not self._closed:
+            self._sweep_at = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._sweep)
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweep_at is not None:
+            self._sweep_at.cancel()
         for idle in self._idle.values():
             for _, _, writer in idle:
                 writer.close()

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from starlette.requests import Request
@@ -17,8 +17,10 @@ from starlette.types import Receive, Scope, Send
 from warmstart.errors import Unavailable
 from warmstart.gateway.engine_http import EngineClient, EngineConnectionError, EngineResponse
 from warmstart.gateway.translate import engine_error_body, sse_error
-from warmstart.pool.pool import Lease, Pool
+from warmstart.pool.lease import Lease
+from warmstart.pool.pool import Pool
 from warmstart.pool.replica import Replica
+from warmstart.telemetry.metrics import Metrics
 
 log = logging.getLogger("warmstart.gateway")
 T = TypeVar("T")
@@ -49,7 +51,8 @@ async def wait_disconnect(request: Request) -> None:
 async def race(awaitable: Awaitable[T], disconnect: asyncio.Future[None]) -> T:
     """Await `awaitable` unless the client disconnects first; then cancel it and raise ClientGone."""
     task = asyncio.ensure_future(awaitable)
-    done, _ = await asyncio.wait({task, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    either: set[asyncio.Future[Any]] = {task, disconnect}
+    done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         return task.result()
     task.cancel()
@@ -69,15 +72,17 @@ def served_headers(lease: Lease) -> dict[str, str]:
     return headers
 
 
-Finish = Callable[[Lease | None, int, float | None], None]
+# (lease, status, seconds to the first token, the answer's last bytes: its usage, when it carries one)
+Finish = Callable[[Lease | None, int, float | None, bytes], None]
 
 
 class Relay:
     """Sends one generation request to the pool's replicas and answers the client."""
 
-    def __init__(self, pool: Pool, client: EngineClient, session: aiohttp.ClientSession,
+    def __init__(self, pool: Pool, metrics: Metrics, client: EngineClient, session: aiohttp.ClientSession,
                  clock_now: Callable[[], float], engine_timeout: float = 60.0) -> None:
         self.pool = pool
+        self.metrics = metrics
         self.client = client
         self.now = clock_now
         self.liveness = Liveness(session, engine_timeout)
@@ -102,7 +107,7 @@ class Relay:
                     lease.fail(watch.reason or f"{type(exc).__name__}: {exc}")
                     lease.release()
                     if attempt == 0:
-                        self.pool.metrics.retries.labels(model).inc()
+                        self.metrics.retries.labels(model).inc()
                         log.warning("request to %s failed before any bytes (%s); retrying once", model, exc)
                         continue
                     raise Unavailable(f"model '{model}' failed twice while answering; retry later",
@@ -118,14 +123,14 @@ class Relay:
                 watch.close()
                 lease.release()
                 # without streaming, the first token reaches the client with the whole answer
-                finish(lease, upstream.status, self.now() - arrived if upstream.status == 200 else None)
+                finish(lease, upstream.status, self.now() - arrived if upstream.status == 200 else None, data)
                 if upstream.status != 200:
                     data = engine_error_body(upstream.status, data, path)
                 return Response(data, status_code=upstream.status, headers=served_headers(lease),
                                 media_type="application/json")
             raise AssertionError("unreachable")
         except ClientGone:
-            finish(lease, 499, None)
+            finish(lease, 499, None, b"")
             return Response(status_code=499)
         finally:
             if not handed_off:
@@ -168,6 +173,7 @@ class RelayStream(Response):
         self.disconnect, self.arrived, self.now, self.finish = disconnect, arrived, now, finish
         self.liveness, self.watch = liveness, watch
         self.ttft = now() - arrived
+        self.usage = b""  # the last event that carried `usage` (stream_options.include_usage)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status = 200
@@ -192,7 +198,7 @@ class RelayStream(Response):
             else:
                 self.upstream.release()
             self.disconnect.cancel()
-            self.finish(self.lease, status, self.ttft)
+            self.finish(self.lease, status, self.ttft, self.usage)
             if status == 499:
                 await self.liveness.drain(self.lease)
             else:
@@ -205,6 +211,8 @@ class RelayStream(Response):
         try:
             while data := await upstream.readany():
                 progress()
+                if b'"usage"' in data:
+                    self.usage = data
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 tail = (tail + data[-2:])[-2:]
         except _UPSTREAM_ERRORS as exc:
@@ -266,7 +274,7 @@ class Liveness:
                 if resp.status == 200:
                     return None
                 return f"its health check answered HTTP {resp.status}"
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return f"did not answer its health check within {timeout:g} s"
 
     async def drain(self, lease: Lease) -> None:
@@ -282,7 +290,7 @@ class Liveness:
             while lease.replica.in_flight > 0:
                 try:
                     active = await count(self.session)
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError, OSError):
                     active = None
                 # this lease is one of the replica's in-flight requests; idle means no more than the others
                 if active is None or active < lease.replica.in_flight:

@@ -31,7 +31,7 @@ class Server:
             while True:
                 try:
                     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.close_idle_after)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError):
+                except (TimeoutError, asyncio.IncompleteReadError):
                     return
                 length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                                   if line.lower().startswith(b"content-length")))
@@ -138,7 +138,7 @@ async def test_no_answer_or_not_http_or_no_server_is_a_connection_error_naming_i
         with pytest.raises(EngineConnectionError, match="without answering"):
             await client.post(srv.url + "/", b"", {})
     async with Server(lambda n, body: [b"SSH-2.0-OpenSSH\r\n\r\n"], close_after=True) as srv:
-        with pytest.raises(EngineConnectionError, match="not HTTP/1.1"):
+        with pytest.raises(EngineConnectionError, match=r"not HTTP/1\.1"):
             await client.post(srv.url + "/", b"", {})
         url = srv.url
     with pytest.raises(EngineConnectionError, match="Connect"):
@@ -158,4 +158,19 @@ async def test_an_answer_closed_early_by_the_gateway_drops_its_connection():
         assert await r.read() == b"x" * 1000
         r.release()
         assert srv.connections == 2
+        await client.close()
+
+
+async def test_idle_connections_are_closed_once_idle_too_long_even_if_never_asked_for_again(monkeypatch):
+    import warmstart.gateway.engine_http as engine_http
+
+    monkeypatch.setattr(engine_http, "IDLE_TIMEOUT", 0.1)
+    async with Server(lambda n, body: [fixed("ok")]) as srv:
+        client = EngineClient()
+        r = await client.post(srv.url + "/", b"", {})
+        await r.read()
+        r.release()
+        assert client._idle  # kept for the next request
+        await asyncio.sleep(0.4)  # no request comes: the engine may be gone for good
+        assert not client._idle
         await client.close()
