@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import browser, browser_missing  # noqa: F401 - the browser fixture
+from tests.e2e.test_pages import until
 from tests.faults import metric_sum
 from tests.integration.test_serving import sse_events
 from tests.support import SMOLLM2, Server, chat, config_text, free_port, pid_alive, smollm2
@@ -136,6 +138,21 @@ def test_a_model_is_placed_on_the_node_holding_it_in_ram(world: World) -> None:
     header, *rows = cli(world.srv, "ps").splitlines()
     assert "NODE" in header.split()
     assert [r.split()[5] for r in rows if r.startswith(SMOL)] == ["n3"]
+
+
+@pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing()))
+def test_the_dashboard_shows_the_nodes(world: World, browser: object) -> None:
+    status, data = world.srv.get("/api/dashboard")
+    assert status == 200 and [n["name"] for n in data["nodes"]] == ["n1", "n2", "n3"]
+    [smol] = [m for m in data["models"] if m["name"] == SMOL]
+    assert [r["node"] for r in smol["replicas"]] == ["n3"]
+    page = browser.new_page()  # type: ignore[attr-defined]
+    page.goto(world.srv.url + "/")
+    until(page, "!document.getElementById('nodes').hidden && document.querySelectorAll('#node-rows tr').length === 3")
+    rows = page.evaluate("Array.from(document.querySelectorAll('#node-rows tr'), tr => "
+                         "Array.from(tr.children, td => td.textContent))")
+    assert rows[2] == ["n3", "up", "0.3 GiB / 0.6 GiB", SMOL, "–", "–"]
+    assert rows[0][0] == "n1" and rows[0][5] == f"{B}, {C}"
 
 
 def test_a_model_held_only_on_a_peer_is_fetched_checked_and_started(world: World) -> None:
