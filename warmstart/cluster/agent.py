@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import math
 import os
 import queue
 import secrets
@@ -55,12 +56,15 @@ class NodeAgent:
         self.host = host
         self.engine = LlamaCppEngine(self.dir, host=host)
         self.digests = DigestCache(self.dir / "digests.json")
+        # a tmpfs folder of its own: several nodes (and several clusters) may share one machine's /dev/shm
+        tag = hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:12]
         self.tier = RamTier(method=ram_method, reserve_bytes=0,
-                            tmpfs_dir=Path("/dev/shm") / f"warmstart-{os.getuid()}-{urllib.parse.quote(name, safe='')}")
+                            tmpfs_dir=Path("/dev/shm") / f"warmstart-{os.getuid()}-node-{tag}")
         # models whose files are elsewhere on this machine (the head's configured files, on the head's node)
         self.seeded = {m: Path(p) for m, p in (seed or {}).items()}
         self.engines: dict[int, tuple[str, ManagedProcess]] = {}  # pid -> (model, process)
         self.fetched_bps: float | None = None  # the last peer fetch's rate, for placement's estimate
+        self._ram_timers: dict[str, asyncio.TimerHandle] = {}  # RAM keep-alives running out
 
     # ---- what the node holds ---------------------------------------------------------------------------
 
@@ -142,12 +146,25 @@ class NodeAgent:
 
     # ---- the RAM tier ----------------------------------------------------------------------------------
 
-    async def hold(self, model: str) -> int:
-        """Hold the model's file in this node's RAM tier; returns the bytes held. Raises StoreError."""
+    async def hold(self, model: str, seconds: float = math.inf) -> int:
+        """Hold the model's file in this node's RAM tier for `seconds` (the model's RAM keep-alive; a later
+        hold replaces the deadline); returns the bytes held. Raises StoreError."""
         path = self.path_of(model)
         if path is None:
             raise StoreError(f"node {self.name} holds no file of model '{model}' to keep in RAM")
-        return (await asyncio.to_thread(self.tier.hold, model, [path])).bytes
+        held = (await asyncio.to_thread(self.tier.hold, model, [path])).bytes
+        timer = self._ram_timers.pop(model, None)
+        if timer is not None:
+            timer.cancel()
+        if math.isfinite(seconds):
+            self._ram_timers[model] = asyncio.get_running_loop().call_later(
+                max(0.0, seconds), lambda: asyncio.ensure_future(self._ram_expired(model)))
+        return held
+
+    async def _ram_expired(self, model: str) -> None:
+        self._ram_timers.pop(model, None)
+        if not any(m == model and p.returncode is None for m, p in self.engines.values()):  # not while loaded
+            await self.release(model)
 
     async def release(self, model: str) -> bool:
         return await asyncio.to_thread(self.tier.release, model)

@@ -133,12 +133,12 @@ class Cluster:
     async def before_stop(self, replica: PlacedReplica, replicas: Iterable[PlacedReplica], reason: str,
                           ram_keep_alive: float, now: float) -> None:
         """The model's last replica on its node stops on keep-alive: its weights stay in that node's RAM tier
-        (`rules.tier_on_stop`, as on one box)."""
+        for the model's RAM keep-alive (`rules.tier_on_stop`, as on one box; the node's agent keeps the timer)."""
         on_node = [r for r in replicas if r.node == replica.node]
         decision = rules.tier_on_stop(replica, on_node, reason=reason, ram_keep_alive=ram_keep_alive,  # type: ignore[arg-type]
                                       now=now)
         if isinstance(decision, tiering.HoldInRam) and replica.node is not None:
-            await self.nodes.hold(replica.node, replica.model)
+            await self.nodes.hold(replica.node, replica.model, decision.until - now)
 
     async def _fetch(self, place: rules.Place, model: str, sha256: str, size: int, report: StartReport) -> None:
         report.enter(FETCH)

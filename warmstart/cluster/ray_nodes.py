@@ -215,9 +215,12 @@ class RayNodes:
             raise EngineError(f"on node {node}: {answer['error']}")
         return RemoteProcess(target, int(answer["pid"]), str(answer["base_url"])), list(answer["phases"])
 
-    async def hold(self, node: str, model: str) -> None:
-        with contextlib.suppress(RayError, EngineError):
-            await self.by_name(node).agent.hold.remote(model)
+    async def hold(self, node: str, model: str, seconds: float) -> None:
+        """Hold the model's weights in `node`'s RAM tier for `seconds`; a refusal leaves them on its disk."""
+        try:
+            await self.by_name(node).agent.hold.remote(model, seconds)
+        except (RayError, EngineError) as exc:
+            log.warning("node %s did not hold model '%s' in RAM: %s", node, model, exc)
 
     async def close(self) -> None:
         if self._watch is not None:
