@@ -26,7 +26,7 @@ def phases_line(phases: dict[str, float]) -> str:
 def ps_table(models: list[dict[str, Any]]) -> str:
     header = ("MODEL", "ENGINE", "STATE", "TIER", "REPLICAS", "NODE", "QUEUE", "UNLOADS IN", "LAST START")
     rows = [header]
-    details = []
+    details, problems = [], []
     for m in models:
         replicas = m.get("replicas", [])
         expiries = [r["expires_in_s"] for r in replicas if r.get("expires_in_s") is not None]
@@ -38,13 +38,17 @@ def ps_table(models: list[dict[str, Any]]) -> str:
         else:
             until = format_duration(min(expiries)) if expiries else "-"
         state = m.get("state", "?")
+        if m.get("problem") and state == "cold":
+            state = "cannot start"
+            problems.append(f"  {m['id']}: {m['problem']}")
         starting = [r for r in replicas if r.get("state") == "starting"]
         if starting and starting[0].get("phase"):
             state += f" ({starting[0]['phase']})"
         last = m.get("last_start")
         last_text = f"{last['total_s']:.2f}s {last['trigger']} {last['outcome']}" if last else "-"
         nodes = ",".join(sorted({r["node"] for r in replicas if r.get("node")})) or "-"
-        rows.append((m["id"], m.get("engine", "?"), state, tier_cell(m.get("tier")), str(len(replicas)), nodes,
+        tier = "-" if state == "cannot start" else tier_cell(m.get("tier"))
+        rows.append((m["id"], m.get("engine", "?"), state, tier, str(len(replicas)), nodes,
                      str(m.get("queue_depth", 0)), until, last_text))
         if last and last.get("phases"):
             details.append(f"  {m['id']}: {phases_line(last['phases'])}")
@@ -53,6 +57,8 @@ def ps_table(models: list[dict[str, Any]]) -> str:
         if m.get("last_failure") and state.startswith("failed"):
             details.append(f"  {m['id']} failed: {m['last_failure']}")
     lines = columns(rows)
+    if problems:
+        lines += ["", "models that cannot start, and why:"] + problems
     if details:
         lines += ["", "last cold start by phase, seconds per tier:"] + details
     runtimes = runtime_lines(models)

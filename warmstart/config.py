@@ -28,6 +28,9 @@ class ModelConfig:
     keep_alive_auto: bool = False
     # after keep-alive unloads the last replica, hold the weights in RAM this long (0: straight to disk)
     ram_keep_alive: float = 0.0
+    # ram_keep_alive = "auto" (or none given on a keep_alive = "auto" model): the warming controller picks how
+    # long the weights stay in RAM after the model unloads, from its gaps, start times per tier and ram_price
+    ram_keep_alive_auto: bool = False
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,8 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = N
     if models_raw is None:
         models_raw = [dict(m) for m in BUILTIN_MODELS]
     _expect(isinstance(models_raw, list), "models", models_raw, "must be an array of tables ([[models]])")
-    models = tuple(_parse_model(m, i, defaults, base_dir, predictive_on) for i, m in enumerate(models_raw))
+    models = tuple(_parse_model(m, i, defaults, base_dir, server.data_dir, predictive_on)
+                   for i, m in enumerate(models_raw))
     seen: set[str] = set()
     for i, model in enumerate(models):
         _expect(model.name not in seen, f"models[{i}].name", model.name, "is used by two models")
@@ -260,17 +261,47 @@ def _parse_audit(raw: Any, base_dir: Path) -> AuditConfig:
     )
 
 
-def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path,
+def infer_engine(path: Any, base_dir: Path, data_dir: Path) -> str | None:
+    """The engine for a model whose entry names none, told from its path: a GGUF file is llama.cpp's, a folder
+    with a Hugging Face config.json vLLM's, a store model the one its manifest records."""
+    if not isinstance(path, str) or not path:
+        return None
+    if path.startswith("store:"):
+        from warmstart.store.manifest import ManifestStore
+
+        try:
+            manifest = ManifestStore(data_dir).get(path[len("store:"):])
+        except Exception:  # an unreadable store: the engine must then be given
+            return None
+        if manifest is None:
+            return None
+        if manifest.engine:
+            return manifest.engine
+        path = str(manifest.root)
+    if path.lower().endswith(".gguf"):
+        return "llamacpp"
+    local = Path(path).expanduser()
+    local = local if local.is_absolute() or ":" in path.split("/")[0] else base_dir / local
+    if (local / "config.json").is_file():
+        return "vllm"
+    return None
+
+
+def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path, data_dir: Path,
                  predictive: bool = False) -> ModelConfig:
     where = f"models[{i}]"
     _expect(isinstance(raw, Mapping), where, raw, "must be a table")
-    _only_keys(raw, where, set(ModelConfig.__dataclass_fields__) - {"keep_alive_auto"})
-    for key in ("name", "engine", "path"):
+    _only_keys(raw, where, set(ModelConfig.__dataclass_fields__) - {"keep_alive_auto", "ram_keep_alive_auto"})
+    for key in ("name", "path"):
         _expect(key in raw, f"{where}.{key}", None, "is required")
     name = raw["name"]
     _expect(isinstance(name, str) and bool(MODEL_NAME.match(name)), f"{where}.name", name, f"must be {MODEL_NAME_RULE}")
-    engine = raw["engine"]
+    engine = raw.get("engine") or infer_engine(raw["path"], base_dir, data_dir)
+    _expect(engine is not None, f"{where}.engine", None,
+            "is required: it cannot be told from the path; set engine = \"llamacpp\" (a GGUF file), \"vllm\" "
+            "(a Hugging Face model folder) or \"command\" (your own OpenAI-compatible server)")
     _expect(engine in ENGINES, f"{where}.engine", engine, f"must be one of {', '.join(ENGINES)}")
+    assert isinstance(engine, str)
     path = raw["path"]
     _expect(isinstance(path, str) and bool(path), f"{where}.path", path, "must be a non-empty string")
     if ":" not in path.split("/")[0] and not Path(path).expanduser().is_absolute():
@@ -279,6 +310,11 @@ def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path,
     auto = merged.get("keep_alive") == "auto" or ("keep_alive" not in merged and predictive)
     _expect(not auto or predictive, f"{where}.keep_alive", "auto",
             "needs predictive warming ([warming] predictive = true); or give a duration such as '5m'")
+    ram_auto = auto and merged.get("ram_keep_alive", "auto") == "auto"
+    _expect(merged.get("ram_keep_alive") != "auto" or auto, f"{where}.ram_keep_alive", "auto",
+            "needs keep_alive = \"auto\" (the controller that picks it); or give a duration such as '1h'")
+    if merged.get("ram_keep_alive") == "auto":
+        merged["ram_keep_alive"] = 0.0
     if auto:
         # the fixed keep-alive a server without its warming controller would use
         merged["keep_alive"] = 300.0
@@ -299,6 +335,7 @@ def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path,
         chat=chat,
         keep_alive_auto=auto,
         ram_keep_alive=_duration(merged, "ram_keep_alive", 0.0, where),
+        ram_keep_alive_auto=ram_auto,
     )
 
 

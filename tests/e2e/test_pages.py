@@ -180,3 +180,15 @@ def test_the_dashboard_with_hundreds_of_models_asks_for_the_key_and_stays_usable
     assert page.text_content("#live").startswith("live")
     page.screenshot(path=str(artifacts / "dashboard-300-models.png"))
     loopback_only(browser.requests, srv)
+
+
+def test_the_api_reference_at_docs_renders_with_nothing_from_outside(start_server, browser):
+    """issue 17 item 9: /docs loaded Swagger UI from a CDN and was blank offline; warmstart now serves it."""
+    srv = start_server([smollm2()])
+    page = browser.new_page()
+    page.goto(srv.url + "/docs")
+    page.wait_for_selector(".opblock")
+    paths = page.eval_on_selector_all(".opblock-summary-path", "ps => ps.map(p => p.dataset.path)")
+    assert "/v1/chat/completions" in paths and "/v1/models" in paths
+    outside = [url for _, url, _ in browser.requests if not url.startswith(srv.url)]
+    assert outside == [], outside

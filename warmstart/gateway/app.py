@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
@@ -20,7 +21,7 @@ from warmstart import __version__
 from warmstart.clock import Clock, SystemClock
 from warmstart.config import Config
 from warmstart.errors import RequestError, Unavailable, openai_error_body
-from warmstart.gateway import admin, hint, openapi, web
+from warmstart.gateway import admin, hint, ollama, openapi, web
 from warmstart.gateway.access import AccessLog
 from warmstart.gateway.auth import Auth
 from warmstart.gateway.engine_http import EngineClient
@@ -91,8 +92,18 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
                 services.access.close()
             await session.close()
 
-    app = FastAPI(title="warmstart", version=__version__, lifespan=lifespan,
+    # /docs from the Swagger UI warmstart ships (web/static/vendor), not a CDN: it works offline
+    app = FastAPI(title="warmstart", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible gateway that holds requests while a model starts.")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="warmstart API",
+                                   swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg",
+                                   # no badge from validator.swagger.io: nothing leaves the server
+                                   swagger_ui_parameters={"validatorUrl": None})
     app.state.services = services
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)
     _install_error_handlers(app)
@@ -136,6 +147,7 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
     app.include_router(admin.router(services))
     app.include_router(hint.router(services))
     app.include_router(web.router(services))
+    app.include_router(ollama.router(services))
     openapi.install(app)
     return app
 

@@ -73,12 +73,12 @@ def log_access(services: Services, request: Request, path: str, req: ModelReques
     client = request.client
     if req is None:
         services.access.write(Access(
-            method="POST", path=path, model="-", status=status, start="-", wait_ms=0.0,
+            method="POST", path=request.scope.get("path", path), model="-", status=status, start="-", wait_ms=0.0,
             duration_ms=round((services.clock.now() - arrived) * 1000, 1), ttft_ms=None, stream=False,
             replica=None, client=f"{client.host}:{client.port}" if client is not None else None))
         return
     services.access.write(Access(
-        method="POST", path=path, model=req.model[:200], status=status, start=start,
+        method="POST", path=request.scope.get("path", path), model=req.model[:200], status=status, start=start,
         wait_ms=round(lease.waited_s * 1000 if lease is not None else 0.0, 1),
         duration_ms=round((services.clock.now() - arrived) * 1000, 1),
         ttft_ms=None if ttft is None else round(ttft * 1000, 1),

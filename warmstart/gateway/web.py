@@ -192,6 +192,7 @@ def model_row(view: dict[str, Any], hour: Figures | None, created: dict[str, flo
         "last_start": last,
         "starts": view["starts"][-HISTORY:],
         "last_failure": view["last_failure"],
+        "problem": view["problem"],
         "hour": hour.to_dict() if hour is not None else None,
     }
 

@@ -26,6 +26,7 @@ class StartRecord:
     total_s: float
     at: float  # wall time the start began
     error: str | None = None
+    tier: str = "disk"  # where the weights were read from: "ram" or "disk"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +37,7 @@ class StartRecord:
             "total_s": round(self.total_s, 4),
             "at": self.at,
             "error": self.error,
+            "tier": self.tier,
         }
 
 
@@ -96,7 +98,9 @@ class ModelEntry:
     starts: deque[StartRecord] = field(default_factory=lambda: deque(maxlen=50))
     path: Path | None = None
     capabilities: Capabilities | None = None
-    inspect_error: str | None = None
+    # why the model cannot start now (its file is missing, truncated, not a model, fails its digest), found
+    # before any request asks; cleared once it is inspected or starts without fault
+    problem: str | None = None
     refused_audited: str | None = None  # the refusal last written to the audit log
     inspect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -105,6 +109,9 @@ class ModelEntry:
     warm_trigger: str = "schedule"
     # set by the warming controller for models whose keep-alive it picks: the pool's own idle keep-alive
     keep_alive_override: float | None = None
+    # set by the warming controller for models whose RAM tier it picks: until when (monotonic) the weights stay
+    # in RAM once the model unloads (-inf: straight to disk); None: the model's own ram_keep_alive
+    ram_until: float | None = None
     last_failure: str | None = None
     wait_histogram: Any = None  # this model's warmstart_request_wait_seconds child
 

@@ -28,7 +28,6 @@ class ModelFiles:
                 entry.path = await asyncio.to_thread(
                     resolve_model_path, entry.config.path, self._books.config.server.data_dir)
             except StoreError as exc:
-                entry.inspect_error = str(exc)
                 raise ModelStartFailed(f"model '{entry.name}' cannot be started: {exc}", retry_after=None) from exc
         return entry.path
 
@@ -46,8 +45,10 @@ class ModelFiles:
                         raise ModelStartFailed(f"model '{entry.name}' cannot be used: {exc}",
                                                retry_after=None) from exc
                 except ModelStartFailed as exc:
+                    entry.problem = exc.message
                     self._audit_refusal(entry, exc.message)
                     raise
+                entry.problem = None
         return entry.capabilities
 
     def _audit_refusal(self, entry: ModelEntry, error: str) -> None:
@@ -72,4 +73,5 @@ class ModelFiles:
                 # hash a model without a manifest now rather than on its first start
                 await store.check(entry.config, await self.resolve(entry))
         except WarmstartError as exc:
+            entry.problem = str(exc)
             log.warning("%s", exc)

@@ -67,6 +67,7 @@ class Lifecycle:
             if entry.capabilities is None:
                 await self._files.capabilities(entry)
             if books.store is not None:  # refuses files that do not match the manifest; RAM tier's path
+                replica.tier = "ram" if books.store.in_ram(cfg.name) else "disk"
                 path = await books.store.before_start(cfg, path)
             start = entry.engine.start(cfg, path, replica.report, replica.id) if books.cluster is None else (
                 start_placed(books, self._table(), entry, replica, path, self.stop))
@@ -105,6 +106,7 @@ class Lifecycle:
     def _now_warm(self, entry: ModelEntry, replica: Replica, total: float) -> None:
         books = self._books
         books.start_finished(entry, replica, "ok", total, None)
+        entry.problem = None
         log.info("replica %s warm: started in %.2f s (%s)", replica.id, total, replica.trigger)
         books.account(replica)
         replica.move(S.WARM)
@@ -217,7 +219,7 @@ class Lifecycle:
                                             books.clock.now())
         elif books.store is not None:  # the last replica on keep-alive: weights to the RAM tier, not to disk
             last = rules.last_running(replica, entry.replicas)
-            await books.store.before_stop(entry.config, entry.path, reason, last)
+            await books.store.before_stop(entry.config, entry.path, reason, last, planned=entry.ram_until)
         if replica.process is not None:
             await replica.process.stop(books.config.server.stop_timeout)
         books.account(replica)

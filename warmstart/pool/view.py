@@ -70,6 +70,7 @@ def model_view(entry: ModelEntry, state: ReplicaState, now: float, store: ModelS
         "last_start": last,
         "starts": [s.to_dict() for s in list(entry.starts)[-10:]],
         "last_failure": entry.last_failure,
+        "problem": entry.problem,
         "capabilities": caps,
         "runtime_pool": entry.engine.runtime_view(cfg),
         "path": str(entry.path) if entry.path else cfg.path,
