@@ -124,8 +124,8 @@ def test_nodes_report_memory_and_models_per_tier(world: World) -> None:
     ray.get(world.agent("n3").hold.remote(SMOL))
     world.srv.wait_for(lambda: world.nodes()["n3"]["tiers"] == {SMOL: "ram"}, timeout=20)
     rows = {line.split()[0]: line.split() for line in cli(world.srv, "nodes").splitlines()[1:]}
-    assert rows["n1"][2:] == ["up", "0.2G", "0.0G", "-", "-", f"{B},{C}"]
-    assert rows["n3"][2:] == ["up", "0.6G", "0.0G", "-", SMOL, "-"]
+    assert rows["n1"][2:] == ["up", "0.2G", "0.0G", "0", "-", "-", f"{B},{C}"]
+    assert rows["n3"][2:] == ["up", "0.6G", "0.0G", "0", "-", SMOL, "-"]
 
 
 def test_a_model_is_placed_on_the_node_holding_it_in_ram(world: World) -> None:
@@ -209,6 +209,8 @@ def test_a_full_node_unloads_its_least_recently_used_idle_model(world: World) ->
 
 
 def test_a_node_that_joins_late_is_used(world: World) -> None:
+    status, _, body = world.srv.post("/v1/chat/completions", chat(model=D, max_tokens=4))
+    assert status == 503 and "no live node holds model 'smol-d'" in body["error"]["message"], body
     place(world.weights, world.node_dir, "n4", D)
     world.cluster.add_node(num_cpus=0, memory=600 * MiB, resources={"warmstart_node_n4": 1})
     world.srv.wait_for(lambda: world.nodes().get("n4", {}).get("tiers") == {D: "disk"}, timeout=60, interval=0.5)

@@ -21,7 +21,7 @@ def _gib(n: int | None) -> str:
 
 
 def nodes_table(nodes: list[dict[str, Any]]) -> str:
-    rows = [("NODE", "HOST", "STATE", "MEMORY", "USED", "LOADED", "RAM", "DISK")]
+    rows = [("NODE", "HOST", "STATE", "MEMORY", "USED", "GPUS", "LOADED", "RAM", "DISK")]
     for n in nodes:
         tiers = n.get("tiers", {})
 
@@ -30,7 +30,7 @@ def nodes_table(nodes: list[dict[str, Any]]) -> str:
 
         rows.append((n["name"] + (" (head)" if n.get("head") else ""), n.get("host", "?"),
                      "up" if n.get("alive") else "down", _gib(n.get("memory_bytes")), _gib(n.get("used_bytes")),
-                     of("loaded"), of("ram"), of("disk")))
+                     f"{n.get('gpus', 0):g}", of("loaded"), of("ram"), of("disk")))
     return "\n".join(columns(rows))
 
 

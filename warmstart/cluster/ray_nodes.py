@@ -49,10 +49,11 @@ class Node:
     status: dict[str, Any] = field(default_factory=dict)
     joined_at: float = field(default_factory=time.time)
     head: bool = False
+    gpus: float = 0.0  # Ray's GPU resource on the node
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "id": self.id, "host": self.host, "alive": self.alive, "head": self.head,
-                "memory_bytes": self.memory_bytes, "tiers": dict(self.status.get("tiers", {})),
+                "memory_bytes": self.memory_bytes, "gpus": self.gpus, "tiers": dict(self.status.get("tiers", {})),
                 "ram_bytes": self.status.get("ram_bytes", 0), "engines": list(self.status.get("engines", [])),
                 "fetched_bps": self.status.get("fetched_bps")}
 
@@ -171,7 +172,8 @@ class RayNodes:
             num_cpus=0, max_concurrency=64, name=f"warmstart-agent-{name}-{node_id[:8]}", get_if_exists=True,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         ).remote(name, str(self.node_dir / name), host, seed=self.seed if head else None)
-        return Node(node_id, name, host, max(0, memory), agent, head=head)
+        return Node(node_id, name, host, max(0, memory), agent, head=head,
+                    gpus=float(info.get("Resources", {}).get("GPU", 0)))
 
     @staticmethod
     async def _status(node: Node) -> dict[str, Any]:

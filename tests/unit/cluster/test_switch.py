@@ -47,10 +47,11 @@ def test_ray_is_not_imported_without_the_switch(tmp_path: Path) -> None:
 def test_nodes_table_shows_memory_and_models_per_tier() -> None:
     text = nodes_table([
         {"name": "a", "head": True, "host": "10.0.0.1", "alive": True, "memory_bytes": 8 << 30, "used_bytes": 1 << 30,
+         "gpus": 2.0,
          "tiers": {"m": "loaded", "k": "ram", "x": "disk", "y": "disk"}},
         {"name": "b", "host": "10.0.0.2", "alive": False, "memory_bytes": 4 << 30, "used_bytes": 0, "tiers": {}},
     ])
     lines = text.splitlines()
-    assert lines[0].split() == ["NODE", "HOST", "STATE", "MEMORY", "USED", "LOADED", "RAM", "DISK"]
-    assert lines[1].split() == ["a", "(head)", "10.0.0.1", "up", "8.0G", "1.0G", "m", "k", "x,y"]
-    assert lines[2].split() == ["b", "10.0.0.2", "down", "4.0G", "0.0G", "-", "-", "-"]
+    assert lines[0].split() == ["NODE", "HOST", "STATE", "MEMORY", "USED", "GPUS", "LOADED", "RAM", "DISK"]
+    assert lines[1].split() == ["a", "(head)", "10.0.0.1", "up", "8.0G", "1.0G", "2", "m", "k", "x,y"]
+    assert lines[2].split() == ["b", "10.0.0.2", "down", "4.0G", "0.0G", "0", "-", "-", "-"]
