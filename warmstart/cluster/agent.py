@@ -10,13 +10,10 @@ took from its manifest, so no engine ever opens a file that is partial or does n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import hmac
 import math
 import os
 import queue
-import secrets
 import socket
 import threading
 import time
@@ -25,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from warmstart.cluster.chunks import offer_file, receive_checked
 from warmstart.config import ModelConfig
 from warmstart.engines.base import StartReport
 from warmstart.engines.llamacpp import LlamaCppEngine
@@ -35,7 +33,7 @@ from warmstart.store.tiers import RamTier
 
 CHUNK = 8 << 20  # bytes per chunk of a peer fetch
 WINDOW = 4  # chunks in flight at once (through Ray's object store)
-OFFER_TIMEOUT = 30.0  # seconds a stream offered to a peer waits for it to connect
+OFFER_TIMEOUT = 30.0  # seconds a stream from a peer may go silent
 # how a peer fetch moves the bytes: "stream", one TCP connection between the two agents (set up through Ray,
 # a one-time token), or "object_store", chunks returned through Ray's object store. Measured here (warmstart
 # bench cluster): the stream at the raw TCP ceiling's rate less hashing, the object store at about a tenth
@@ -188,13 +186,19 @@ class NodeAgent:
         return await asyncio.to_thread(_read, self.tier.path_for(model, path), offset, length)
 
     async def fetch(self, model: str, sha256: str, size: int, sources: Sequence[tuple[str, Any]],
-                    transport: str = "stream") -> dict[str, Any]:
+                    transport: str = "stream", chunks: tuple[str, ...] | None = None) -> dict[str, Any]:
         """Copy the model's file from the first of `sources` (name, agent handle) that gives the bytes the head's
         manifest names, hashed as they arrive; a transfer that is cut, short or whose sha256 differs is
         refused and the next source tried. Returns the source, bytes, seconds and refusals."""
         target = model_file(self.models_dir, model)
         refused: list[dict[str, str]] = []
-        pull = self._pull_stream if transport == "stream" else self._pull
+        if transport == "stream" and chunks:  # checked piece by piece on every core (warmstart.cluster.chunks)
+            async def pull(handle: Any, model: str, size: int, partial: Path) -> str:
+                offer = await handle.offer.remote(model)
+                await asyncio.to_thread(receive_checked, offer, size, partial, tuple(chunks))
+                return sha256  # every piece is the head's: the file is the one the manifest's sha256 names
+        else:
+            pull = self._pull_stream if transport == "stream" else self._pull
         for source, handle in sources:
             partial = target.with_name(target.name + ".partial")
             began = time.monotonic()
@@ -221,13 +225,7 @@ class NodeAgent:
         path = self.path_of(model)
         if path is None:
             raise StoreError(f"node {self.name} holds no file of model '{model}'")
-        path = self.tier.path_for(model, path)
-        server = socket.create_server((self.host, 0))
-        server.settimeout(OFFER_TIMEOUT)
-        token = secrets.token_bytes(16)
-        threading.Thread(target=_serve_once, args=(server, token, path), daemon=True,
-                         name=f"offer {model}").start()
-        return {"host": self.host, "port": server.getsockname()[1], "token": token.hex()}
+        return offer_file(self.host, self.tier.path_for(model, path))
 
     async def _pull_stream(self, handle: Any, model: str, size: int, partial: Path) -> str:
         offer = await handle.offer.remote(model)
@@ -247,24 +245,6 @@ class NodeAgent:
         if written != size:
             raise StoreError(f"got {written} bytes of {size}")
         return h.hexdigest()
-
-
-def _serve_once(server: socket.socket, token: bytes, path: Path) -> None:
-    """Accept one connection that starts with `token`, send it the file, close (any other: closed at once)."""
-    with server:
-        try:
-            conn, _ = server.accept()
-        except OSError:
-            return
-        with conn, open(path, "rb") as f:
-            conn.settimeout(OFFER_TIMEOUT)
-            got = b""
-            while len(got) < len(token) and (part := conn.recv(len(token) - len(got))):
-                got += part
-            if not hmac.compare_digest(got, token):
-                return
-            with contextlib.suppress(OSError):  # the peer left: it sees a short transfer and refuses it
-                conn.sendfile(f)  # zero-copy, from the page cache (or the RAM tier's copy)
 
 
 def _receive(offer: dict[str, Any], size: int, partial: Path) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from warmstart.cluster.chunks import chunk_digests
 from warmstart.config import ModelConfig
 from warmstart.engines.base import StartReport
 from warmstart.errors import EngineError, IntegrityError
@@ -77,6 +78,7 @@ class Cluster:
         self.nodes = nodes
         self.metrics = metrics
         self.digests = digests
+        self._chunks: dict[str, tuple[str, ...]] = {}  # sha256 of a head file -> its pieces' sha256
 
     async def open(self) -> None:
         await self.nodes.open()
@@ -113,6 +115,8 @@ class Cluster:
         if not Path(path).is_file():
             raise IntegrityError(f"{path} is not one file; on a cluster a model is one GGUF file")
         d = await asyncio.to_thread(self.digests.digest, Path(path))
+        if d.sha256 not in self._chunks:  # once per file: what a fetch checks each piece of the copy against
+            self._chunks[d.sha256] = await asyncio.to_thread(chunk_digests, Path(path))
         return d.sha256, d.size
 
     async def fetch_for(self, place: rules.Place, model: str, sha256: str, size: int, report: StartReport) -> None:
@@ -142,7 +146,8 @@ class Cluster:
 
     async def _fetch(self, place: rules.Place, model: str, sha256: str, size: int, report: StartReport) -> None:
         report.enter(FETCH)
-        answer = await self.nodes.fetch(place.node, model, sha256, size, place.sources)
+        answer = await self.nodes.fetch(place.node, model, sha256, size, place.sources,
+                                        chunks=self._chunks.get(sha256))
         for refusal in answer.get("refused", []):
             self.metrics.fetch_refusals.labels(model, place.node, refusal["source"]).inc()
         report.details.setdefault("fetch_refused", []).extend(answer.get("refused", []))

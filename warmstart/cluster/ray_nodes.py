@@ -192,14 +192,14 @@ class RayNodes:
     # ---- what the pool asks of a node ------------------------------------------------------------------
 
     async def fetch(self, node: str, model: str, sha256: str, size: int, sources: tuple[str, ...],
-                    transport: str = "stream") -> dict[str, Any]:
+                    transport: str = "stream", chunks: tuple[str, ...] | None = None) -> dict[str, Any]:
         """Have `node` copy the model's file from the first of `sources` that gives it intact."""
         handles = []
         for name in sources:
             with contextlib.suppress(EngineError):
                 handles.append((name, self.by_name(name).agent))
         try:
-            return await self.by_name(node).agent.fetch.remote(model, sha256, size, handles, transport)
+            return await self.by_name(node).agent.fetch.remote(model, sha256, size, handles, transport, chunks)
         except RayError as exc:
             self.by_name(node).alive = False
             raise NodeLost(f"node {node} was lost while fetching model '{model}': {type(exc).__name__}") from None
