@@ -24,3 +24,15 @@ async def test_a_ram_hold_runs_out_and_a_new_hold_replaces_the_deadline(tmp_path
         assert agent.tiers() == {"m": "disk"}
     finally:
         await agent.shutdown()
+
+
+async def test_the_heads_own_files_are_served_by_its_node_and_never_deleted(tmp_path: Path) -> None:
+    head_file = tmp_path / "configured.gguf"
+    head_file.write_bytes(b"weights")
+    agent = NodeAgent("head", str(tmp_path / "head"), "127.0.0.1", seed={"m": str(head_file)})
+    try:
+        assert agent.tiers() == {"m": "disk"} and agent.path_of("m") == head_file
+        assert await agent.read_chunk("m", 2, 3) == b"igh"
+        assert await agent.drop("m") is False and head_file.read_bytes() == b"weights"
+    finally:
+        await agent.shutdown()
