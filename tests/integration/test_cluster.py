@@ -200,6 +200,9 @@ def test_a_full_node_unloads_its_least_recently_used_idle_model(world: World) ->
     # (the tie broken by name) in place of smol-b, and smollm2 on n3 is left alone
     # the copies of smol-c on n2 and n3 are seen by the head at its next look at the nodes
     world.srv.wait_for(lambda: all(world.nodes()[n]["tiers"].get(C) == "disk" for n in ("n2", "n3")), timeout=20)
+    # `warmstart hold` on a cluster: in the RAM tier of the node a start would pick
+    cli(world.srv, "hold", C, "--keep-alive", "10m")
+    world.srv.wait_for(lambda: world.nodes()["n2"]["tiers"].get(C) == "ram", timeout=20)
     status, headers, body = world.srv.post("/v1/chat/completions", chat(model=C, max_tokens=4))
     assert status == 200, body
     assert headers["x-warmstart-node"] == "n2"

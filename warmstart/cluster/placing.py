@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from warmstart.cluster.chunks import chunk_digests
 from warmstart.config import ModelConfig
 from warmstart.engines.base import StartReport
-from warmstart.errors import EngineError, IntegrityError
+from warmstart.errors import EngineError, IntegrityError, StoreError
 from warmstart.policy import tiering
 from warmstart.pool import rules
 from warmstart.pool.states import LIVE, ReplicaState
@@ -33,7 +33,11 @@ class NodeLost(EngineError):
 
 def need_bytes(model: ModelConfig, size: int) -> int:
     """The memory a replica of `model` takes once loaded: its weights and the engine's own (an estimate)."""
-    return int(model.options.get("memory_bytes") or size + ENGINE_OVERHEAD)
+    return int(model.options.get("memory_bytes") or need_bytes_for(size))
+
+
+def need_bytes_for(size: int) -> int:
+    return size + ENGINE_OVERHEAD
 
 
 class PlacedReplica(Protocol):
@@ -118,6 +122,26 @@ class Cluster:
         if d.sha256 not in self._chunks:  # once per file: what a fetch checks each piece of the copy against
             self._chunks[d.sha256] = await asyncio.to_thread(chunk_digests, Path(path))
         return d.sha256, d.size
+
+    async def hold(self, model: str, seconds: float, path: Path, replicas: Iterable[PlacedReplica]) -> str:
+        """`warmstart hold` on a cluster: hold the weights in the RAM tier of the node `rules.place` would start
+        the model on (or, when that node must fetch them, of the peer it would fetch from) for `seconds`
+        (0: let them go on every node). Returns the node; StoreError when no node holds the model."""
+        if seconds == 0:
+            for node in self.nodes.live():
+                await self.nodes.release(node.name, model)
+            return ""
+        size = (await self.digest(path))[1]
+        decision = rules.place(model, self.facts(replicas), size=size, need=need_bytes_for(size))
+        if isinstance(decision, rules.NoRoom):
+            holders = rules.holders(model, self.facts(replicas))
+            if not holders:
+                raise StoreError(decision.reason)
+            node = holders[0]
+        else:
+            node = decision.sources[0] if decision.where == rules.PEER else decision.node
+        await self.nodes.hold(node, model, seconds, strict=True)
+        return node
 
     async def fetch_for(self, place: rules.Place, model: str, sha256: str, size: int, report: StartReport) -> None:
         """The first part of a placed start: when `place.node` lacks the weights, copy them from a peer (a

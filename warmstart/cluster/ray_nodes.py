@@ -25,7 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from warmstart.cluster.agent import NodeAgent
 from warmstart.cluster.placing import NodeLost
 from warmstart.config import ClusterConfig, ModelConfig
-from warmstart.errors import EngineError, WarmstartError
+from warmstart.errors import EngineError, StoreError, WarmstartError
 
 log = logging.getLogger("warmstart.cluster")
 NODE_RESOURCE = "warmstart_node_"
@@ -217,12 +217,20 @@ class RayNodes:
             raise EngineError(f"on node {node}: {answer['error']}")
         return RemoteProcess(target, int(answer["pid"]), str(answer["base_url"])), list(answer["phases"])
 
-    async def hold(self, node: str, model: str, seconds: float) -> None:
-        """Hold the model's weights in `node`'s RAM tier for `seconds`; a refusal leaves them on its disk."""
+    async def hold(self, node: str, model: str, seconds: float, strict: bool = False) -> None:
+        """Hold the model's weights in `node`'s RAM tier for `seconds`; a refusal leaves them on its disk (and
+        with `strict` raises StoreError saying why)."""
         try:
             await self.by_name(node).agent.hold.remote(model, seconds)
         except (RayError, EngineError) as exc:
             log.warning("node %s did not hold model '%s' in RAM: %s", node, model, exc)
+            if strict:
+                cause = getattr(exc, "cause", None) or exc
+                raise StoreError(f"node {node} did not hold model '{model}' in RAM: {cause}") from None
+
+    async def release(self, node: str, model: str) -> None:
+        with contextlib.suppress(RayError, EngineError):
+            await self.by_name(node).agent.release.remote(model)
 
     async def close(self) -> None:
         if self._watch is not None:

@@ -221,6 +221,12 @@ class Pool:
         """Hold the model's weights in the RAM tier now (loaded or not) for `keep_alive` seconds (None: the
         model's default); 0 lets them go. Raises StoreError (TierRefused) with the limit that refused it."""
         entry = self._entry(name)
+        if self._books.cluster is not None:  # many machines: in the RAM tier of the node a start would use
+            if keep_alive is None:
+                keep_alive = entry.config.ram_keep_alive or 3600.0
+            await self._books.cluster.hold(entry.name, keep_alive, await self._files.resolve(entry),
+                                           [r for e in self._models.values() for r in e.replicas])
+            return
         store = self._books.store
         if store is None:
             raise StoreError("the model store is off in this server, so there is no RAM tier")
