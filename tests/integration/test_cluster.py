@@ -135,6 +135,8 @@ def test_a_model_is_placed_on_the_node_holding_it_in_ram(world: World) -> None:
     assert headers["x-warmstart-node"] == "n3" and headers["x-warmstart-start"] == "cold"
     assert world.replica(SMOL)["node"] == "n3"
     assert world.nodes()["n3"]["tiers"][SMOL] == "loaded"
+    assert metric_sum(world.srv, "warmstart_node_replicas", node="n3", model=SMOL, state="warm") == 1
+    assert metric_sum(world.srv, "warmstart_node_up", node="n2") == 1
     header, *rows = cli(world.srv, "ps").splitlines()
     assert "NODE" in header.split()
     assert [r.split()[5] for r in rows if r.startswith(SMOL)] == ["n3"]

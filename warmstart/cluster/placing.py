@@ -91,13 +91,26 @@ class Cluster:
         await self.nodes.close()
 
     def facts(self, replicas: Iterable[PlacedReplica]) -> list[rules.NodeFacts]:
-        facts = node_facts(self.nodes.live(), replicas)
-        used = {f.name: f.used_bytes for f in facts}
+        return node_facts(self.nodes.live(), replicas)
+
+    def account(self, replicas: Iterable[PlacedReplica]) -> None:
+        """The node metrics as things are now (before a scrape): up, memory total and used, replicas by
+        model and state per node."""
+        replicas = list(replicas)
+        used = {f.name: f.used_bytes for f in node_facts(self.nodes.nodes.values(), replicas)}
+        counts: dict[tuple[str, str, str], int] = {}
+        for r in replicas:
+            if r.node is not None:
+                key = (r.node, r.model, r.state.value)
+                counts[key] = counts.get(key, 0) + 1
+        m = self.metrics
         for node in self.nodes.nodes.values():
-            self.metrics.node_up.labels(node.name).set(1 if node.alive else 0)
-            self.metrics.node_memory_bytes.labels(node.name, "total").set(node.memory_bytes)
-            self.metrics.node_memory_bytes.labels(node.name, "used").set(used.get(node.name, 0))
-        return facts
+            m.node_up.labels(node.name).set(1 if node.alive else 0)
+            m.node_memory_bytes.labels(node.name, "total").set(node.memory_bytes)
+            m.node_memory_bytes.labels(node.name, "used").set(used.get(node.name, 0) if node.alive else 0)
+        m.node_replicas.clear()  # a replica gone leaves no series behind
+        for (node_name, model, state), n in counts.items():
+            m.node_replicas.labels(node_name, model, state).set(n)
 
     def view(self, replicas: Iterable[PlacedReplica]) -> list[dict[str, Any]]:
         """Every node the cluster has seen, for `warmstart nodes` and the dashboard: memory, what its replicas

@@ -326,6 +326,8 @@ class Pool:
         account_runtimes(self._engines.values(), self._books.metrics, self._clock.now())
         if self._books.store is not None:
             self._books.store.account()
+        if self._books.cluster is not None:
+            self._books.cluster.account([r for e in self._models.values() for r in e.replicas])
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = self._clock.now()

@@ -95,6 +95,9 @@ class Metrics:
             ["model", "node", "source"], registry=r)
         self.node_up = Gauge("warmstart_node_up", "1 for a live cluster node, 0 for one that left.", ["node"],
                              registry=r)
+        self.node_replicas = Gauge(
+            "warmstart_node_replicas", "Replicas on each cluster node, by model and lifecycle state.",
+            ["node", "model", "state"], registry=r)
         self.node_memory_bytes = Gauge(
             "warmstart_node_memory_bytes", "Memory of a node for engines (total) and what its replicas take (used).",
             ["node", "kind"], registry=r)
