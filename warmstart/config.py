@@ -31,6 +31,8 @@ class ModelConfig:
     # ram_keep_alive = "auto" (or none given on a keep_alive = "auto" model): the warming controller picks how
     # long the weights stay in RAM after the model unloads, from its gaps, start times per tier and ram_price
     ram_keep_alive_auto: bool = False
+    # start the model even when its manifest says it failed its accuracy gate or was quantized and never evaluated
+    allow_unverified: bool = False
 
 
 @dataclass(frozen=True)

@@ -336,6 +336,7 @@ def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path, 
         keep_alive_auto=auto,
         ram_keep_alive=_duration(merged, "ram_keep_alive", 0.0, where),
         ram_keep_alive_auto=ram_auto,
+        allow_unverified=_bool(raw, "allow_unverified", False, where),
     )
 
 

@@ -56,6 +56,7 @@ def build_app(config: Config) -> Gateway:
     from warmstart.gateway.app import create_app
     from warmstart.pool.pool import Pool
     from warmstart.store.digest import DigestCache
+    from warmstart.store.manifest import ManifestStore
     from warmstart.telemetry.audit import AuditLog
     from warmstart.telemetry.metrics import Metrics
 
@@ -71,7 +72,8 @@ def build_app(config: Config) -> Gateway:
     clock = SystemClock()
     metrics = Metrics()
     audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=DigestCache(data_dir / "digests.json"),
-                     required=config.audit.required, rotate_bytes=config.audit.rotate_bytes)
+                     required=config.audit.required, rotate_bytes=config.audit.rotate_bytes,
+                     manifests=ManifestStore(data_dir))
     pool = Pool(config, create_engines(data_dir, config.models), clock, metrics, audit=audit)
     pool.attach_store(build_store(config, pool, clock, metrics))
     if config.cluster.enabled:

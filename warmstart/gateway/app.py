@@ -121,12 +121,13 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
         return await generate(services, request, body, "/v1/embeddings")
 
     @app.get("/v1/models", tags=["openai"])
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_object(services, view) for view in pool.snapshot()]}
+    async def list_models(request: Request) -> dict[str, Any]:
+        return {"object": "list", "data": [_model_object(services, view, _operator(request))
+                                           for view in pool.snapshot()]}
 
     @app.get("/v1/models/{model:path}", tags=["openai"])
-    async def get_model(model: str) -> dict[str, Any]:
-        return _model_object(services, pool.view(model))
+    async def get_model(model: str, request: Request) -> dict[str, Any]:
+        return _model_object(services, pool.view(model), _operator(request))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -152,9 +153,18 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
     return app
 
 
-def _model_object(services: Services, view: dict[str, Any]) -> dict[str, Any]:
+# what an API key (not an operator's admin key) is not shown: where the model's files are on the server
+OPERATOR_ONLY = frozenset({"name", "path"})
+
+
+def _operator(request: Request) -> bool:
+    return bool(request.scope.get("state", {}).get("operator", False))
+
+
+def _model_object(services: Services, view: dict[str, Any], operator: bool = True) -> dict[str, Any]:
+    hidden = {"name"} if operator else OPERATOR_ONLY
     return {"id": view["name"], "object": "model", "created": int(services.started_wall),
-            "owned_by": "warmstart", **{k: v for k, v in view.items() if k != "name"}}
+            "owned_by": "warmstart", **{k: v for k, v in view.items() if k not in hidden}}
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -21,9 +21,9 @@ from typing import Any
 
 from warmstart.clock import Clock
 from warmstart.config import Config, ModelConfig
-from warmstart.errors import StoreError
+from warmstart.errors import StoreError, UnverifiedModel
 from warmstart.policy import keepalive, tiering
-from warmstart.store.manifest import ManifestStore
+from warmstart.store.manifest import ManifestStore, manifest_name
 from warmstart.store.tiers import GiB, RamTier, gib
 from warmstart.telemetry.metrics import Metrics
 
@@ -86,7 +86,19 @@ class ModelStore:
         """Check integrity; return the path the engine should open (the RAM tier's copy when it has one)."""
         if self.settings.verify_on_start:
             await self.check(model, path)
+        await asyncio.to_thread(self.gate, model)
         return self.tier.path_for(model.name, path)
+
+    def gate(self, model: ModelConfig) -> None:
+        """Refuse a model its manifest marks as failing its accuracy gate (or quantized, never evaluated)."""
+        from warmstart.quant.gate import refusal
+
+        manifest = self.manifests.get(manifest_name(model.name, model.path))
+        if manifest is None:
+            return
+        why = refusal(manifest.name, manifest.quantization, manifest.accuracy, model.allow_unverified)
+        if why is not None:
+            raise UnverifiedModel(why)
 
     async def before_stop(self, model: ModelConfig, path: Path | None, reason: str, last: bool,
                           planned: float | None = None) -> None:
