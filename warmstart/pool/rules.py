@@ -16,6 +16,8 @@ no I/O, no clock reads, no logging.
 - `on_unload`: a manual unload (`Stop` now, or `StopWhenIdle`).
 - `outlook`: how long the model stays loaded as things stand (`Outlook`; what a warm hint is charged).
 - `tier_on_stop`: where the weights go when a replica stops (RAM or disk; None while another stays).
+- `place`: on many machines, which node starts a replica (`Place`, with the idle models to unload there, or
+  `NoRoom`), from each node's estimated start (where the weights are) and its memory.
 """
 
 from __future__ import annotations
