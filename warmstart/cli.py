@@ -39,7 +39,7 @@ COMMANDS: dict[str, Command] = {}
 # Modules that add commands: each has `register(subparsers)` and marks its handlers with @command.
 EXTENSIONS: tuple[str, ...] = ("warmstart.cli_bench", "warmstart.telemetry.audit_cli", "warmstart.sim.cli",
                               "warmstart.store.cli", "warmstart.loadtest.cli",
-                              "warmstart.quant.cli")
+                              "warmstart.quant.cli", "warmstart.cluster.cli")
 
 
 def command(name: str) -> Callable[[Command], Command]:
@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="where logs, audit and history live")
     serve.add_argument("--keep-alive", help="default keep-alive for models that set none (e.g. 5m, 0, -1)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--cluster", metavar="ADDRESS",
+                       help='place replicas across a Ray cluster: "auto" or HOST:PORT of its head (docs/cluster.md)')
 
     ps = sub.add_parser("ps", help="show models, replicas and their last cold start")
     _client_flags(ps)
@@ -120,6 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = load(args, {
         "server.host": args.host, "server.port": args.port, "server.data_dir": args.data_dir,
         "server.log_level": args.log_level, "defaults.keep_alive": args.keep_alive,
+        "cluster.address": args.cluster,
     })
     return run(config)
 

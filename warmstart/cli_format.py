@@ -24,7 +24,7 @@ def phases_line(phases: dict[str, float]) -> str:
 
 
 def ps_table(models: list[dict[str, Any]]) -> str:
-    header = ("MODEL", "ENGINE", "STATE", "TIER", "REPLICAS", "QUEUE", "UNLOADS IN", "LAST START")
+    header = ("MODEL", "ENGINE", "STATE", "TIER", "REPLICAS", "NODE", "QUEUE", "UNLOADS IN", "LAST START")
     rows = [header]
     details, problems = [], []
     for m in models:
@@ -46,8 +46,9 @@ def ps_table(models: list[dict[str, Any]]) -> str:
             state += f" ({starting[0]['phase']})"
         last = m.get("last_start")
         last_text = f"{last['total_s']:.2f}s {last['trigger']} {last['outcome']}" if last else "-"
+        nodes = ",".join(sorted({r["node"] for r in replicas if r.get("node")})) or "-"
         tier = "-" if state == "cannot start" else tier_cell(m.get("tier"))
-        rows.append((m["id"], m.get("engine", "?"), state, tier, str(len(replicas)),
+        rows.append((m["id"], m.get("engine", "?"), state, tier, str(len(replicas)), nodes,
                      str(m.get("queue_depth", 0)), until, last_text))
         if last and last.get("phases"):
             details.append(f"  {m['id']}: {phases_line(last['phases'])}")

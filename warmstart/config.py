@@ -138,6 +138,24 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Many machines (warmstart/cluster, docs/cluster.md): off unless `backend = "ray"`."""
+
+    backend: str = "none"  # none | ray
+    address: str = "auto"  # "auto" (a Ray cluster started on this machine) or HOST:PORT of its head
+    node_dir: Path | None = None  # each node's model files and engine logs (default: DATA_DIR/nodes/NAME)
+    head_engines: bool = True  # whether the head machine's own node runs engines (and serves its model files)
+    watch_interval: float = 2.0  # seconds between two looks at the cluster's membership
+    memory_reserve: int = 1 << 30  # bytes of each node's memory left to everything but engines
+    # where engines listen ("": the node's address in the cluster); "127.0.0.1" when every node is this machine
+    engine_host: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend == "ray"
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     models: tuple[ModelConfig, ...]
@@ -146,6 +164,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     warming: WarmingConfig = field(default_factory=WarmingConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def loopback_only(self) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from warmstart.cluster.settings import parse_cluster
 from warmstart.config import (
     AuditConfig,
     AuthConfig,
@@ -102,7 +103,7 @@ def load_config(
 
 
 def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = None) -> Config:
-    _only_keys(raw, "", {"server", "defaults", "models", "audit", "auth", "warming", "store"})
+    _only_keys(raw, "", {"server", "defaults", "models", "audit", "auth", "warming", "store", "cluster"})
     server = _parse_server(raw.get("server", {}))
     audit = _parse_audit(raw.get("audit", {}), base_dir)
     auth = _parse_auth(raw.get("auth", {}), server, base_dir)
@@ -125,7 +126,7 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = N
         seen.add(model.name)
     warming = _parse_warming(warming_raw, seen)
     return Config(server=server, models=models, source=source, audit=audit, auth=auth, warming=warming,
-                  store=store)
+                  store=store, cluster=parse_cluster(raw.get("cluster", {}), base_dir))
 
 
 def _parse_auth(raw: Any, server: ServerConfig, base_dir: Path) -> AuthConfig:

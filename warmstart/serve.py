@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from warmstart.clock import Clock
+    from warmstart.cluster.placing import Cluster
     from warmstart.gateway.app import Gateway
     from warmstart.pool.pool import Pool
     from warmstart.store.model_store import ModelStore
@@ -75,6 +76,8 @@ def build_app(config: Config) -> Gateway:
                      manifests=ManifestStore(data_dir))
     pool = Pool(config, create_engines(data_dir, config.models), clock, metrics, audit=audit)
     pool.attach_store(build_store(config, pool, clock, metrics))
+    if config.cluster.enabled:
+        pool.attach_cluster(build_cluster(config, metrics))
     app = create_app(config, pool, metrics, clock)
     app.services.audit = audit
     return app
@@ -85,6 +88,27 @@ def build_store(config: Config, pool: Pool, clock: Clock, metrics: Metrics) -> M
     from warmstart.store.model_store import ModelStore
 
     return ModelStore(config, clock, metrics, live_replicas=pool.live_replicas)
+
+
+def build_cluster(config: Config, metrics: Metrics) -> Cluster:
+    """Many machines on Ray (warmstart.cluster); Ray is imported here and nowhere without the switch."""
+    try:
+        from warmstart.cluster.ray_nodes import RayNodes
+    except ImportError as exc:
+        raise StartupError(f"[cluster] backend = \"ray\" needs Ray ({exc.name} is missing): install it with "
+                           "`pip install 'warmstart[cluster]'`") from None
+    from warmstart.cluster.placing import Cluster
+    from warmstart.store.digest import DigestCache
+    from warmstart.store.sources import resolve_model_path
+
+    seed = {}
+    for m in config.models:  # the head machine's own files, served by its node (when it runs engines)
+        try:
+            seed[m.name] = str(resolve_model_path(m.path, config.server.data_dir))
+        except WarmstartError:  # a model that cannot be resolved is refused later, by name
+            continue
+    nodes = RayNodes(config.cluster, config.server.data_dir, seed)
+    return Cluster(nodes, metrics, DigestCache(config.server.data_dir / "digests.json"))
 
 
 def run(config: Config) -> int:
@@ -118,6 +142,8 @@ def run(config: Config) -> int:
             if app.services.audit is not None:
                 await app.services.audit.prime(pool.resolved_paths())
 
+        if pool.cluster is not None:  # joined before the first request can be placed
+            await pool.cluster.open()
         prepare = asyncio.create_task(prepare_models())
         await server.serve(sockets=[sock])
         prepare.cancel()

@@ -56,6 +56,8 @@ class StartReport:
 
     phases: list[tuple[str, float]] = field(default_factory=list)
     current: str | None = None
+    # what a phase measured beyond its seconds, for the audit record (a peer fetch: source, bytes, GB/s)
+    details: dict[str, Any] = field(default_factory=dict)
 
     def enter(self, name: str) -> None:
         self.current = name

@@ -46,9 +46,10 @@ def slot_context(model: ModelConfig, path: Path) -> int:
 class LlamaCppEngine(NoRuntimes):
     kind = "llamacpp"
 
-    def __init__(self, data_dir: Path, python: str = sys.executable) -> None:
+    def __init__(self, data_dir: Path, python: str = sys.executable, host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir
         self.python = python
+        self.host = host  # where its engines listen: loopback, or a cluster node's address on its private network
         self.ledger = ProcessLedger(data_dir / "run" / "engines")
 
     def version(self) -> str:
@@ -81,14 +82,14 @@ class LlamaCppEngine(NoRuntimes):
         report.enter(SPAWN)
         proc = await ManagedProcess.spawn(
             [self.python, "-m", "warmstart.engines.llamacpp_worker", "--model", str(path),
-             "--name", model.name, "--parallel", str(model.max_concurrency),
+             "--name", model.name, "--host", self.host, "--parallel", str(model.max_concurrency),
              "--ctx", str(slot_context(model, path)), "--options", json.dumps(options)],
             env=env, log_path=replica_log_path(self.data_dir, name), with_reports=True,
             ledger=self.ledger, replica=name,
         )
         try:
             port, last_phase_end = await self._follow(proc, report)
-            proc.base_url = f"http://127.0.0.1:{port}"
+            proc.base_url = f"http://{self.host}:{port}"
             proc.count_active = functools.partial(_active_requests, proc.base_url + "/metrics")
             # llama-server looks at a non-streamed request's connection only after a second with no result
             # in its queue, and each /metrics answer is one: asked more often, a client that left is never seen

@@ -54,4 +54,10 @@ def router(services: Services) -> APIRouter:
             raise Conflict(str(exc), code="ram_tier_refused") from None
         return JSONResponse(pool.view(model))
 
+    @api.get("/nodes")
+    async def nodes() -> JSONResponse:
+        """The cluster's nodes (`[cluster]` on), with memory and models per tier; none on a single box."""
+        view = pool.nodes_view()
+        return JSONResponse({"cluster": view is not None, "nodes": view or []})
+
     return api

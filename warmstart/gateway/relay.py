@@ -62,11 +62,14 @@ async def race(awaitable: Awaitable[T], disconnect: asyncio.Future[None]) -> T:
 
 
 def served_headers(lease: Lease) -> dict[str, str]:
-    return {
+    headers = {
         "x-warmstart-start": lease.start,
         "x-warmstart-wait-ms": f"{lease.waited_s * 1000:.1f}",
         "x-warmstart-replica": lease.replica.id,
     }
+    if lease.replica.node is not None:  # many machines: the node whose engine answered
+        headers["x-warmstart-node"] = lease.replica.node
+    return headers
 
 
 # (lease, status, seconds to the first token, the answer's last bytes: its usage, when it carries one)

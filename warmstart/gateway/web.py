@@ -151,7 +151,7 @@ def dashboard(services: Services, views: list[dict[str, Any]], window_s: float, 
     states: dict[str, int] = {}
     for m in models:
         states[m["state"]] = states.get(m["state"], 0) + 1
-    return {
+    data = {
         "version": __version__,
         "now": services.clock.wall(),
         "uptime_s": round(services.clock.wall() - services.started_wall, 1),
@@ -160,13 +160,18 @@ def dashboard(services: Services, views: list[dict[str, Any]], window_s: float, 
         "totals": totals.to_dict(),
         "models": models,
     }
+    nodes = pool.nodes_view()
+    if nodes is not None:  # many machines: each node's memory and models per tier
+        data["nodes"] = nodes
+    return data
 
 
 def model_row(view: dict[str, Any], hour: Figures | None, created: dict[str, float], now: float) -> dict[str, Any]:
     """One model as the dashboard draws it (a compact form of /v1/models' entry, plus its last hour)."""
     replicas = []
     for r in view["replicas"]:
-        row = {k: r[k] for k in ("id", "state", "phase", "in_flight", "idle_s", "expires_in_s", "trigger", "pid")}
+        row = {k: r[k] for k in ("id", "state", "phase", "in_flight", "idle_s", "expires_in_s", "trigger", "pid",
+                                 "node")}
         if r["state"] == "starting":
             row["phases"] = r["phases"]
             row["elapsed_s"] = round(now - created[r["id"]], 2) if r["id"] in created else None

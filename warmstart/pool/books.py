@@ -16,6 +16,7 @@ from warmstart.pool.states import LIVE, ReplicaState
 from warmstart.telemetry.metrics import TRIGGERS, Metrics
 
 if TYPE_CHECKING:
+    from warmstart.cluster.placing import Cluster
     from warmstart.store.model_store import ModelStore
 
 log = logging.getLogger("warmstart.pool")
@@ -32,6 +33,8 @@ class Books:
         self.audit = audit
         # integrity before starts and the RAM tier between them (warmstart.store); None: neither
         self.store = store
+        # many machines (warmstart.cluster): replicas are placed on nodes (rules.place); None: this box only
+        self.cluster: Cluster | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- tasks -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from warmstart.pool import rules
 from warmstart.pool.books import Books
 from warmstart.pool.entry import ModelEntry, NullAudit
 from warmstart.pool.files import ModelFiles
+from warmstart.pool.placed import start_placed
 from warmstart.pool.replica import Replica, next_replica_id
 from warmstart.pool.states import ReplicaState
 from warmstart.telemetry.metrics import TRIGGERS
@@ -27,11 +28,13 @@ Demand = Callable[[ModelEntry], None]
 
 
 class Lifecycle:
-    def __init__(self, books: Books, files: ModelFiles, *, dispatch: Demand, scale: Demand) -> None:
+    def __init__(self, books: Books, files: ModelFiles, *, dispatch: Demand, scale: Demand,
+                 table: Callable[[], dict[str, ModelEntry]] | None = None) -> None:
         self._books = books
         self._files = files
         self._dispatch = dispatch
         self._scale = scale
+        self._table = table or dict  # every model's entry: what placement on a cluster reads
 
     # ---- starts -------------------------------------------------------------------------------
 
@@ -66,8 +69,9 @@ class Lifecycle:
             if books.store is not None:  # refuses files that do not match the manifest; RAM tier's path
                 replica.tier = "ram" if books.store.in_ram(cfg.name) else "disk"
                 path = await books.store.before_start(cfg, path)
-            proc = await asyncio.wait_for(
-                entry.engine.start(cfg, path, replica.report, replica.id), server.start_timeout)
+            start = entry.engine.start(cfg, path, replica.report, replica.id) if books.cluster is None else (
+                start_placed(books, self._table(), entry, replica, path, self.stop))
+            proc = await asyncio.wait_for(start, server.start_timeout)
             replica.process = proc
             if replica.state is not S.STARTING:  # unloaded while starting
                 await proc.stop(server.stop_timeout)
@@ -210,7 +214,10 @@ class Lifecycle:
         books.account(replica)
         replica.move(S.STOPPING)
         books.changed(entry)
-        if books.store is not None:  # the last replica on keep-alive: weights to the RAM tier, not to disk
+        if books.cluster is not None and replica.node is not None:  # the node's RAM tier, not the head's
+            await books.cluster.before_stop(replica, entry.replicas, reason, entry.config.ram_keep_alive,
+                                            books.clock.now())
+        elif books.store is not None:  # the last replica on keep-alive: weights to the RAM tier, not to disk
             last = rules.last_running(replica, entry.replicas)
             await books.store.before_stop(entry.config, entry.path, reason, last, planned=entry.ram_until)
         if replica.process is not None:

@@ -33,6 +33,7 @@ from warmstart.pool.view import ReplicaInfo, model_view, replica_info
 from warmstart.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
+    from warmstart.cluster.placing import Cluster
     from warmstart.store.model_store import ModelStore
 
 S = ReplicaState
@@ -52,7 +53,7 @@ class Pool:
         self._arrival_listeners: list[Callable[[str, float], None]] = []
         self._files = ModelFiles(books)
         self._lifecycle = Lifecycle(books, self._files, dispatch=lambda e: self._leasing.dispatch(e),
-                                    scale=lambda e: self._leasing.scale(e))
+                                    scale=lambda e: self._leasing.scale(e), table=lambda: self._models)
         owner = LeaseOwner(release=self._release, broken=self._broken)
         self._leasing = Leasing(books, self._lifecycle, owner, self._arrived)
         for entry in self._models.values():
@@ -104,6 +105,20 @@ class Pool:
     def attach_store(self, store: ModelStore) -> None:
         """The model store (integrity checks, RAM tier), built after the pool because it asks it `live_replicas`."""
         self._books.store = store
+
+    def attach_cluster(self, cluster: Cluster) -> None:
+        """Many machines (warmstart.cluster): every start is placed on a node by `rules.place` from now on."""
+        self._books.cluster = cluster
+
+    @property
+    def cluster(self) -> Cluster | None:
+        return self._books.cluster
+
+    def nodes_view(self) -> list[dict[str, Any]] | None:
+        """The cluster's nodes with memory and models per tier (`warmstart nodes`); None on a single box."""
+        if self._books.cluster is None:
+            return None
+        return self._books.cluster.view([r for e in self._models.values() for r in e.replicas])
 
     async def capabilities(self, name: str) -> Capabilities:
         """What a model can do, found from its file without loading it (resolved once)."""
@@ -206,6 +221,12 @@ class Pool:
         """Hold the model's weights in the RAM tier now (loaded or not) for `keep_alive` seconds (None: the
         model's default); 0 lets them go. Raises StoreError (TierRefused) with the limit that refused it."""
         entry = self._entry(name)
+        if self._books.cluster is not None:  # many machines: in the RAM tier of the node a start would use
+            if keep_alive is None:
+                keep_alive = entry.config.ram_keep_alive or 3600.0
+            await self._books.cluster.hold(entry.name, keep_alive, await self._files.resolve(entry),
+                                           [r for e in self._models.values() for r in e.replicas])
+            return
         store = self._books.store
         if store is None:
             raise StoreError("the model store is off in this server, so there is no RAM tier")
@@ -239,6 +260,8 @@ class Pool:
                              return_exceptions=True)
         if self._books.store is not None:
             await self._books.store.close()
+        if self._books.cluster is not None:  # the agents end the engines on their nodes
+            await self._books.cluster.close()
         await self._books.cancel_tasks()
 
     # ---- what the warming runner may ask and set (it never touches the table) ------------------------
@@ -303,6 +326,8 @@ class Pool:
         account_runtimes(self._engines.values(), self._books.metrics, self._clock.now())
         if self._books.store is not None:
             self._books.store.account()
+        if self._books.cluster is not None:
+            self._books.cluster.account([r for e in self._models.values() for r in e.replicas])
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = self._clock.now()

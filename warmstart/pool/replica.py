@@ -44,6 +44,9 @@ class Replica:
     # `keep_alive` came with the request just served (Ollama's semantics: it wins over the warming
     # controller's warm-until, so 0 unloads after the request even under keep_alive "auto")
     keep_alive_by_request: bool = False
+    # many machines: the node it runs on (None on a single box) and the memory placement counted for it there
+    node: str | None = None
+    need_bytes: int = 0
 
     def move(self, target: ReplicaState) -> None:
         self.state = transition(self.state, target)

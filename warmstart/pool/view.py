@@ -44,6 +44,7 @@ def model_view(entry: ModelEntry, state: ReplicaState, now: float, store: ModelS
             "phase": r.report.current if r.state is ReplicaState.STARTING else None,
             "phases": {name: round(s, 4) for name, s in r.report.phases},
             "pid": r.pid,
+            "node": r.node,
             "url": r.process.base_url if r.process is not None else None,
             "in_flight": r.in_flight,
             "served": r.served,

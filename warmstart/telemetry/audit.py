@@ -424,6 +424,11 @@ class AuditLog:
             "pid": os.getpid(),
             "warmstart_version": __version__,
         }
+        node = getattr(replica, "node", None)
+        if node is not None:  # many machines: where it ran, and what its start fetched from a peer
+            fields["node"] = node
+            if event == "start" and replica.report.details:
+                fields["details"] = dict(replica.report.details)
         try:
             await asyncio.to_thread(self._write, fields, path, engine, model)
         except OSError as exc:

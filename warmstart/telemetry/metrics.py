@@ -83,3 +83,21 @@ class Metrics:
             ["model"], registry=r)
         self.audit_failures = Counter(
             "warmstart_audit_write_failures", "Audit records that could not be written.", registry=r)
+        # many machines (warmstart/cluster): a start's `fetch` phase is in warmstart_cold_start_seconds too
+        self.fetch_bytes = Counter(
+            "warmstart_fetch_bytes", "Model bytes a node copied from a peer and accepted (sha256 checked).",
+            ["model", "node", "source"], registry=r)
+        self.fetch_last_gbps = Gauge(
+            "warmstart_fetch_last_gigabytes_per_second", "Rate of the model's most recent peer fetch, in GB/s.",
+            ["model", "node"], registry=r)
+        self.fetch_refusals = Counter(
+            "warmstart_fetch_refusals", "Peer transfers refused (cut, short, or a sha256 other than the manifest's).",
+            ["model", "node", "source"], registry=r)
+        self.node_up = Gauge("warmstart_node_up", "1 for a live cluster node, 0 for one that left.", ["node"],
+                             registry=r)
+        self.node_replicas = Gauge(
+            "warmstart_node_replicas", "Replicas on each cluster node, by model and lifecycle state.",
+            ["node", "model", "state"], registry=r)
+        self.node_memory_bytes = Gauge(
+            "warmstart_node_memory_bytes", "Memory of a node for engines (total) and what its replicas take (used).",
+            ["node", "kind"], registry=r)

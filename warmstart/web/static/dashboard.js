@@ -43,6 +43,7 @@
     const since = data.window_s < data.uptime_s + 1 && data.window_s < 3600 ? " (the server started " + seconds(data.uptime_s) + " ago)" : "";
     set($("window"), "Cards: the last " + seconds(data.window_s) + since + ", from warmstart's own metrics. warmstart " + data.version + ".");
     table();
+    nodes();
     if (!chosenByUser) autoSelect();
     detail();
   }
@@ -89,6 +90,20 @@
     const more = $("more");
     more.hidden = shown.length <= MAX_ROWS;
     set(more, (shown.length - MAX_ROWS) + " more models: type in the filter to find one.");
+  }
+
+  // many machines: one row per node (absent on a single box)
+  function nodes() {
+    const section = $("nodes");
+    section.hidden = !data.nodes;
+    if (!data.nodes) return;
+    const gib = (b) => (b / 2 ** 30).toFixed(1) + " GiB";
+    const of = (n, tier) => Object.keys(n.tiers).filter((m) => n.tiers[m] === tier).sort().join(", ") || "–";
+    $("node-rows").replaceChildren(...data.nodes.map((n) => {
+      const cells = [n.name + (n.head ? " (head)" : ""), n.alive ? "up" : "down",
+        gib(n.used_bytes) + " / " + gib(n.memory_bytes), of(n, "loaded"), of(n, "ram"), of(n, "disk")];
+      return el("tr", {}, ...cells.map((text, i) => el("td", { class: i === 2 ? "num" : null, text })));
+    }));
   }
 
   function row(name) {

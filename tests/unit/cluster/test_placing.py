@@ -1,0 +1,45 @@
+"""warmstart.cluster.placing: the facts placement reads, from agents' reports and the pool's own replicas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from warmstart.cluster.placing import node_facts
+from warmstart.pool import rules
+from warmstart.pool.states import ReplicaState as S
+
+
+@dataclass
+class Node:  # what RayNodes keeps per node: a plain record, no Ray in it
+    name: str
+    memory_bytes: int
+    status: dict[str, Any] = field(default_factory=dict)
+    alive: bool = True
+
+
+@dataclass
+class Replica:
+    id: str
+    model: str
+    state: S
+    node: str | None
+    need_bytes: int
+    in_flight: int = 0
+    idle_since: float | None = None
+
+
+def test_loaded_used_and_idle_come_from_the_pools_table_and_tiers_from_the_agent() -> None:
+    nodes = [Node("a", 1000, {"tiers": {"m": "disk", "k": "ram", "gone": "loaded"}, "fetched_bps": 5e8}),
+             Node("b", 1000, {"tiers": {}})]
+    replicas = [Replica("m#1", "m", S.WARM, "a", 300, idle_since=5.0),
+                Replica("k#1", "k", S.WARM, "a", 200, in_flight=1),
+                Replica("s#1", "s", S.STARTING, "a", 100),
+                Replica("x#1", "x", S.COLD, "a", 999),  # stopped: takes nothing
+                Replica("h#1", "h", S.WARM, None, 999)]  # a single-box replica: on no node
+    a, b = node_facts(nodes, replicas)
+    assert a.used_bytes == 600 and a.free_bytes == 400
+    assert a.tiers == {"m": rules.LOADED, "k": rules.LOADED, "s": rules.LOADED}  # "gone": not in the table
+    assert a.idle == (rules.IdleModel("m", "m#1", 300, 5.0),)
+    assert a.rates.net_bps == 5e8 and a.starting_s == a.rates.overhead_s
+    assert b.used_bytes == 0 and b.tiers == {} and b.rates == rules.NodeRates()
