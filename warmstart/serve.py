@@ -59,24 +59,42 @@ def build_app(config: Config):  # type: ignore[no-untyped-def]
     ProcessLedger(data_dir / "run" / "engines").sweep()  # engines an earlier, crashed warmstart left behind
     clock = SystemClock()
     metrics = Metrics()
-    audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=DigestCache(data_dir / "digests.json"),
+    seals = load_seals(config)
+    audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=DigestCache(data_dir / "digests.json", seals),
                      required=config.audit.required, rotate_bytes=config.audit.rotate_bytes)
     pool = Pool(config, create_engines(data_dir, config.models), clock, metrics, audit=audit)
-    pool.store = build_store(config, pool, clock, metrics)
+    pool.store = build_store(config, pool, clock, metrics, seals)
     app = create_app(config, pool, metrics, clock)
     app.services.audit = audit
     return app
 
 
-def build_store(config: Config, pool, clock, metrics):  # type: ignore[no-untyped-def]
+def load_seals(config: Config):  # type: ignore[no-untyped-def]
+    """The image's seal file (`[store] seals`), or None; a damaged or writable one refuses the start."""
+    from warmstart.errors import StoreError
+    from warmstart.store.seal import Seals
+
+    if config.store.seals is None:
+        return None
+    try:
+        return Seals.load(config.store.seals)
+    except StoreError as exc:
+        raise StartupError(f"{exc} (config: store.seals)") from None
+
+
+def build_store(config: Config, pool, clock, metrics, seals=None):  # type: ignore[no-untyped-def]
     """Integrity checks and the RAM tier for the pool's models (warmstart.store)."""
     from warmstart.pool.states import LIVE
+    from warmstart.store.digest import DigestCache
+    from warmstart.store.manifest import ManifestStore
     from warmstart.store.model_store import ModelStore
 
     def live_replicas(name: str) -> int:
         return sum(1 for r in pool.models[name].replicas if r.state in LIVE)
 
-    return ModelStore(config, clock, metrics, live_replicas=live_replicas)
+    manifests = ManifestStore(config.server.data_dir, DigestCache(
+        config.server.data_dir / "store" / "digests.json", seals)) if seals is not None else None
+    return ModelStore(config, clock, metrics, live_replicas=live_replicas, manifests=manifests)
 
 
 def run(config: Config) -> int:
