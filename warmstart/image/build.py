@@ -62,8 +62,10 @@ def checked_files(config: Config, model: ModelConfig) -> tuple[Path, list[tuple[
 
 def _pip(args: list[str], timeout: float = 1800) -> None:
     argv = [sys.executable, "-m", "pip", *args]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    # a fixed time in the wheel's zip entries: the same source makes the same wheel, so the image's install
+    # layer is rebuilt only when warmstart changed
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "SOURCE_DATE_EPOCH": "315532800"}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-6:])
         raise ImageError(f"pip {args[0]} failed: {tail}")

@@ -63,11 +63,13 @@ class LoopbackRelay:
                 client.close()
                 continue
             upstream.settimeout(None)
+            ends = [2]  # directions still open: the last one to finish closes both sockets
+            lock = threading.Lock()
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b, ends, lock), daemon=True).start()
 
     @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(src: socket.socket, dst: socket.socket, ends: list[int], lock: threading.Lock) -> None:
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
@@ -76,6 +78,12 @@ class LoopbackRelay:
         finally:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
+            with lock:
+                ends[0] -= 1
+                last = ends[0] == 0
+            if last:
+                src.close()
+                dst.close()
 
     def close(self) -> None:
         self.server.close()
