@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support import ROOT
 from warmstart.image import tools
@@ -69,8 +70,18 @@ def ask(url: str, content: str) -> dict:
         return json.loads(r.read())
 
 
-def test_the_image_answers_with_its_network_off_and_its_audit_log_verifies(image: str) -> None:
-    with offline(image, f"warmstart-test-{os.getpid()}", env={"WARMSTART_API_KEYS": KEY}) as c:
+def test_the_image_answers_with_its_network_off_and_its_audit_log_verifies(image: str, tmp_path: Path) -> None:
+    """Run as deploy/kubernetes runs it: root filesystem read-only, the data directory empty, its config mounted."""
+    config = tmp_path / "warmstart.toml"
+    pod = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "warmstart.yaml").read_text()))
+    config.write_text(next(d for d in pod if d["kind"] == "ConfigMap")["data"]["warmstart.toml"])
+    config.chmod(0o644)
+    data = tmp_path / "data"  # an empty directory the server's user owns, as the pod's emptyDir with its fsGroup
+    data.mkdir()
+    os.chown(data, 10001, 10001)
+    flags = ["--read-only", "--volume", f"{data}:/var/lib/warmstart", "--volume",
+             f"{config}:/etc/warmstart/warmstart.toml:ro"]
+    with offline(image, f"warmstart-test-{os.getpid()}", env={"WARMSTART_API_KEYS": KEY}, flags=flags) as c:
         wait_ready(c.url, 120, c)
         health = subprocess.run(["podman", "healthcheck", "run", c.name], capture_output=True, text=True, timeout=60)
         assert health.returncode == 0, health.stdout + health.stderr  # the image's own check: /readyz from inside
@@ -86,6 +97,8 @@ def test_the_image_answers_with_its_network_off_and_its_audit_log_verifies(image
         assert ok, shown.stdout + c.logs()
         # the model was not re-hashed at start: its digest is the one checked and sealed at build
         assert (ok[0]["sha256_basis"], ok[0]["path"]) == ("seal", f"/opt/models/{SMOL}/SmolLM2-135M-Instruct.Q4_1.gguf")
+        drained = c.exec(["warmstart", "drain", "--settle", "0", "--timeout", "30"])  # the pod's preStop
+        assert drained.returncode == 0 and "drained" in drained.stdout, drained.stdout + drained.stderr
 
 
 def test_the_image_runs_as_a_user_and_holds_no_build_tools_caches_or_package_state(image: str) -> None:

@@ -1,4 +1,5 @@
-"""`warmstart image build --model NAME -t TAG`: an OCI image of warmstart with one model baked in."""
+"""`warmstart image build --model NAME -t TAG`: an OCI image of warmstart with one model baked in;
+`warmstart drain`: wait until a server has nothing in flight (a container's preStop)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 import time
 from pathlib import Path
 
-from warmstart.cli import CLIError, command, load
+from typing import Any
+
+from warmstart.cli import CLIError, _client_flags, call, command, load
 
 
 def default_cache() -> Path:
@@ -31,6 +34,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--build", action="store_true", help="with --gpu: build it too (on a machine with a GPU)")
     b.add_argument("--no-build", action="store_true", help="write the context and Containerfile only")
 
+    d = sub.add_parser("drain", help="wait until the server has no request in flight or held (a preStop hook)")
+    _client_flags(d)
+    d.add_argument("--settle", type=float, default=5.0,
+                   help="seconds to wait first, while the load balancer stops sending here (default %(default)s)")
+    d.add_argument("--timeout", type=float, default=50.0, help="give up after this many seconds (default %(default)s)")
+
+
+def busy(models: list[dict[str, Any]]) -> int:
+    """Requests a server is still working on: in flight on a replica, or held in a model's queue."""
+    return sum(m.get("queue_depth", 0) + sum(r.get("in_flight", 0) for r in m.get("replicas", [])) for m in models)
+
+
+@command("drain")
+def _drain(args: argparse.Namespace) -> int:
+    if not args.api_key and os.environ.get("WARMSTART_API_KEYS"):  # inside the server's container
+        args.api_key = os.environ["WARMSTART_API_KEYS"].split(",")[0].strip()
+    time.sleep(max(0.0, args.settle))
+    end = time.monotonic() + args.timeout
+    while True:
+        status, payload = call(args, "GET", "/v1/models", timeout=10)
+        if status != 200:
+            raise CLIError(f"cannot read the server's models (HTTP {status}); pass --api-key")
+        left = busy(payload["data"])
+        if left == 0:
+            print("drained: no request in flight or held")
+            return 0
+        if time.monotonic() >= end:
+            raise CLIError(f"{left} request(s) still in flight or held after {args.timeout:g} s")
+        time.sleep(0.5)
+
 
 def _size(n: int) -> str:
     return f"{n / 1e6:.0f} MB"
@@ -41,7 +74,7 @@ def _image(args: argparse.Namespace) -> int:
     from warmstart.image import base as bases
     from warmstart.image import build, tools
 
-    if args.image_command != "build":
+    if getattr(args, "image_command", None) != "build":
         raise CLIError("say what to do: warmstart image build --model NAME -t TAG", status=2)
     config = load(args, {"server.data_dir": args.data_dir})
     context = Path(args.context or f"warmstart-image-{args.model.replace('/', '-')}").resolve()

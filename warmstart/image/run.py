@@ -108,8 +108,9 @@ class Running:
 
 @contextlib.contextmanager
 def offline(image: str, name: str, *, env: dict[str, str] | None = None, port: int = 8000,
-            args: Sequence[str] = (), network: str = NETWORK) -> Iterator[Running]:
-    """Runs `image` detached on the offline network; yields once its address is known (not when it is ready)."""
+            args: Sequence[str] = (), flags: Sequence[str] = (), network: str = NETWORK) -> Iterator[Running]:
+    """Runs `image` detached on the offline network (`flags`: more of `podman run`'s, `args`: the image's
+    command); yields once its address is known (not when it is ready)."""
     ensure_offline_network(network)
     subprocess.run([tools.require("podman"), "rm", "--force", "--time", "0", name], capture_output=True,
                    stdin=subprocess.DEVNULL)
@@ -117,7 +118,7 @@ def offline(image: str, name: str, *, env: dict[str, str] | None = None, port: i
     for key, value in (env or {}).items():
         argv += ["--env", f"{key}={value}"]
     started = time.monotonic()
-    tools.run("podman", [*argv, image, *args], timeout=120)
+    tools.run("podman", [*argv, *flags, image, *args], timeout=120)
     relay = None
     try:
         address = tools.run("podman", ["inspect", "--format",
