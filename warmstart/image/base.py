@@ -14,13 +14,20 @@ from pathlib import Path
 from warmstart.image import tools
 
 SUITE = "bookworm"
-# python3: the server; libgomp1 and libstdc++6: llama.cpp (xllamacpp's library links them)
-PACKAGES = ("python3", "libgomp1", "libstdc++6")
+# python3: the server; libgomp1 and libstdc++6: llama.cpp (xllamacpp's library links them);
+# usr-is-merged: what init-system-helpers needs instead of usrmerge and the perl it runs
+PACKAGES = ("python3", "libgomp1", "libstdc++6", "usr-is-merged")
 _EXCLUDE = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
             "/usr/share/lintian/*", "/usr/share/common-licenses/*")
 _KEEP = ("/usr/share/doc/*/copyright",)  # licences stay with the binaries they cover
+# what only the bootstrap needed: apt and its TLS stack; usrmerge and the perl it runs (47 MB), where the
+# bootstrap installed them; perl-base, which dpkg's scripts use, stays
+_APT = ("apt", "libapt-pkg6.0", "libgnutls30", "libp11-kit0", "libtasn1-6", "libhogweed6", "libnettle8")
+_USRMERGE = ("usrmerge", "libfile-find-rule-perl", "libnumber-compare-perl", "libtext-glob-perl", "perl",
+             "libperl5.36", "perl-modules-5.36", "libgdbm-compat4")
 _HOOKS = (
-    'chroot "$1" dpkg --purge apt',
+    'chroot "$1" dpkg --purge ' + " ".join(_APT),
+    'if chroot "$1" dpkg -s usrmerge >/dev/null 2>&1; then chroot "$1" dpkg --purge ' + " ".join(_USRMERGE) + "; fi",
     'rm -rf "$1"/var/lib/apt "$1"/var/cache/* "$1"/var/log/* "$1"/tmp/*',
 )
 

@@ -21,6 +21,7 @@ from warmstart.config import Config, ModelConfig
 from warmstart.errors import ImageError
 from warmstart.image import tools
 from warmstart.image.containerfile import ImageSpec, ModelFile, containerfile, seals_json, warmstart_toml
+from warmstart.image.wheels import stripped
 
 # the engine's Python packages beyond warmstart's own dependencies (llama.cpp's xllamacpp is one of those)
 ENGINE_PACKAGES = {"llamacpp": (), "vllm": ("vllm",)}
@@ -89,9 +90,10 @@ def own_wheel(store: Path) -> Path:
     return next(own.glob("warmstart-*.whl"))
 
 
-def gather_wheels(wheels: Path, cache: Path, extra: tuple[str, ...], *, own_only: bool = False) -> tuple[str, tuple[str, ...]]:
-    """warmstart's wheel, its dependencies' and pip's own, into `wheels` (hard links into the cache).
-    Returns pip's wheel file name and what to install."""
+def gather_wheels(wheels: Path, cache: Path, extra: tuple[str, ...], *, own_only: bool = False,
+                  strip: bool = True) -> tuple[str, tuple[str, ...]]:
+    """warmstart's wheel, its dependencies' and pip's own, into `wheels` (hard links into the cache), with
+    their libraries' debug information stripped (`strip`). Returns pip's wheel file name and what to install."""
     store = cache / "wheels"
     store.mkdir(parents=True, exist_ok=True)
     wheel = own_wheel(store)
@@ -104,6 +106,7 @@ def gather_wheels(wheels: Path, cache: Path, extra: tuple[str, ...], *, own_only
         stale.unlink()
     for f in [wheel, *store.glob("*.whl")]:
         target = wheels / f.name
+        f = stripped(f, cache / "stripped") if strip else f
         if not target.exists():
             os.link(f, target) if f.stat().st_dev == wheels.stat().st_dev else shutil.copy2(f, target)
     pip = sorted(wheels.glob("pip-*.whl"))[-1].name
@@ -139,6 +142,9 @@ def prepare(config: Config, name: str, *, context: Path, cache: Path, base: str,
     phases: dict[str, float] = {}
     model = model_config(config, name)
     engine = engine or model.engine
+    if gpu and engine != "vllm":
+        raise ImageError(f"the GPU variant runs vLLM; model {name!r} is served by {engine}: pass a model whose "
+                         "engine is vllm (a safetensors folder), or build the CPU image without --gpu")
     if engine not in ENGINE_PACKAGES:
         raise ImageError(f"engine {engine!r} cannot be baked into an image; choose one of: "
                          f"{', '.join(ENGINE_PACKAGES)}")

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = isub.add_parser("build", help="build an image of warmstart, its engine and one model of the config")
     b.add_argument("--config", help="path to warmstart.toml (default: ./warmstart.toml if present)")
     b.add_argument("--data-dir", help="the data directory whose store holds the model's manifest")
-    b.add_argument("--model", default="smollm2-135m-instruct", help="the model to bake in (default: %(default)s)")
+    b.add_argument("--model", help="the model to bake in (default: the config's first, smollm2-135m-instruct "
+                                    "without a config)")
     b.add_argument("--engine", choices=("llamacpp", "vllm"), help="default: the model's engine")
     b.add_argument("--base", help="base image (default: Debian bookworm made with mmdebstrap, cached)")
     b.add_argument("-t", "--tag", help="image name (default: localhost/warmstart-MODEL:latest)")
@@ -77,6 +78,7 @@ def _image(args: argparse.Namespace) -> int:
     if getattr(args, "image_command", None) != "build":
         raise CLIError("say what to do: warmstart image build --model NAME -t TAG", status=2)
     config = load(args, {"server.data_dir": args.data_dir})
+    args.model = args.model or config.models[0].name
     context = Path(args.context or f"warmstart-image-{args.model.replace('/', '-')}").resolve()
     cache = Path(args.cache).expanduser() if args.cache else default_cache()
     tag = args.tag or f"localhost/warmstart-{args.model.replace('/', '-').lower()}:latest"
@@ -91,7 +93,7 @@ def _image(args: argparse.Namespace) -> int:
     else:
         base = bases.ensure_base(bases.BaseRecipe(), cache)
     spec, _phases = build.prepare(config, args.model, context=context, cache=cache, base=base,
-                                  engine=args.engine or ("vllm" if args.gpu else None), gpu=args.gpu)
+                                  engine=args.engine, gpu=args.gpu)
     print(f"wrote {context / 'Containerfile'} ({spec.model}, {spec.engine}, digests checked: "
           f"{', '.join(f.sha256[:12] for f in spec.files)})")
     if write_only:
