@@ -32,7 +32,7 @@ else:
 
     f = safe_open(path, "pt")
     t1 = t2 = time.perf_counter()
-    tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors = {k: f.get_tensor(k) for k in f}
 t3 = time.perf_counter()
 for v in tensors.values():
     torch.empty_like(v).copy_(v)

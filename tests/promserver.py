@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -29,9 +30,17 @@ def installed() -> bool:
     return shutil.which("prometheus") is not None and shutil.which("promtool") is not None
 
 
-def config_for(target: str, interval: str = "1s") -> dict[str, Any]:
-    """deploy/prometheus/prometheus.yml, changed only where a test must: the target and a short interval."""
-    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+def config_for(target: str, interval: str = "1s", credentials_file: Path | None = None) -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml, changed only where a test must: the target and a short interval; with
+    `credentials_file`, the job's `authorization` as the file's comment shows it for a server with API keys."""
+    text = (DEPLOY / "prometheus.yml").read_text()
+    if credentials_file is not None:  # the commented-out authorization lines, switched on as a user would
+        block = re.search(r"^    # authorization:\n(    #   .*\n)+", text, re.M)
+        assert block, "deploy/prometheus/prometheus.yml lost its commented authorization example"
+        on = block.group(0).replace("    # ", "    ", 1).replace("    #   ", "      ")
+        on = re.sub(r"credentials_file: .*", f"credentials_file: {credentials_file}", on)
+        text = text.replace(block.group(0), on)
+    config = yaml.safe_load(text)
     config["global"].update(scrape_interval=interval, evaluation_interval=interval, scrape_timeout=interval)
     config["rule_files"] = [str(DEPLOY / path) for path in config["rule_files"]]
     [job] = [j for j in config["scrape_configs"] if j["job_name"] == "warmstart"]
@@ -45,6 +54,7 @@ class Prometheus:
     target: str
     proc: subprocess.Popen | None = None
     port: int = 0
+    credentials_file: Path | None = None
 
     @property
     def url(self) -> str:
@@ -56,7 +66,7 @@ class Prometheus:
 
     def start(self, timeout: float = 30) -> Prometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(config_for(self.target)))
+        self.config_path.write_text(yaml.safe_dump(config_for(self.target, credentials_file=self.credentials_file)))
         self.port = free_port()
         self.log_path = self.workdir / "prometheus.log"
         with open(self.log_path, "ab") as log:

@@ -10,10 +10,13 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from warmstart import __version__
 from warmstart.errors import ConfigError, WarmstartError
+
+if TYPE_CHECKING:
+    from warmstart.config import Config
 
 
 class CLIError(Exception):
@@ -100,8 +103,8 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin-key", help="admin key for warm, unload and hold (default: $WARMSTART_ADMIN_KEY)")
 
 
-def load(args: argparse.Namespace, flags: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
-    from warmstart.config import find_config_file, load_config
+def load(args: argparse.Namespace, flags: dict[str, Any] | None = None) -> Config:
+    from warmstart.config_loader import find_config_file, load_config
 
     path = find_config_file(getattr(args, "config", None), os.environ)
     return load_config(path, os.environ, flags or {})
@@ -127,7 +130,7 @@ def server_url(args: argparse.Namespace) -> str:
 def find_server(args: argparse.Namespace) -> tuple[str, str]:
     """The server a client command talks to, and where that came from: --url, $WARMSTART_URL, or the
     config `serve` would read here (--config, $WARMSTART_CONFIG, ./warmstart.toml), else the default."""
-    from warmstart.config import find_config_file, load_config
+    from warmstart.config_loader import find_config_file, load_config
 
     explicit = getattr(args, "url", None)
     if explicit or os.environ.get("WARMSTART_URL"):

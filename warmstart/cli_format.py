@@ -26,7 +26,7 @@ def phases_line(phases: dict[str, float]) -> str:
 def ps_table(models: list[dict[str, Any]]) -> str:
     header = ("MODEL", "ENGINE", "STATE", "TIER", "REPLICAS", "QUEUE", "UNLOADS IN", "LAST START")
     rows = [header]
-    details = []
+    details, problems = [], []
     for m in models:
         replicas = m.get("replicas", [])
         expiries = [r["expires_in_s"] for r in replicas if r.get("expires_in_s") is not None]
@@ -38,12 +38,16 @@ def ps_table(models: list[dict[str, Any]]) -> str:
         else:
             until = format_duration(min(expiries)) if expiries else "-"
         state = m.get("state", "?")
+        if m.get("problem") and state == "cold":
+            state = "cannot start"
+            problems.append(f"  {m['id']}: {m['problem']}")
         starting = [r for r in replicas if r.get("state") == "starting"]
         if starting and starting[0].get("phase"):
             state += f" ({starting[0]['phase']})"
         last = m.get("last_start")
         last_text = f"{last['total_s']:.2f}s {last['trigger']} {last['outcome']}" if last else "-"
-        rows.append((m["id"], m.get("engine", "?"), state, tier_cell(m.get("tier")), str(len(replicas)),
+        tier = "-" if state == "cannot start" else tier_cell(m.get("tier"))
+        rows.append((m["id"], m.get("engine", "?"), state, tier, str(len(replicas)),
                      str(m.get("queue_depth", 0)), until, last_text))
         if last and last.get("phases"):
             details.append(f"  {m['id']}: {phases_line(last['phases'])}")
@@ -52,6 +56,8 @@ def ps_table(models: list[dict[str, Any]]) -> str:
         if m.get("last_failure") and state.startswith("failed"):
             details.append(f"  {m['id']} failed: {m['last_failure']}")
     lines = columns(rows)
+    if problems:
+        lines += ["", "models that cannot start, and why:"] + problems
     if details:
         lines += ["", "last cold start by phase, seconds per tier:"] + details
     runtimes = runtime_lines(models)
@@ -73,7 +79,8 @@ def tier_cell(tier: dict[str, Any] | None) -> str:
 
 def tier_line(model: str, tier: dict[str, Any]) -> str:
     seconds = tier.get("seconds", {})
-    line = (f"  {model}: loaded {format_duration(seconds.get('loaded', 0))}, ram {format_duration(seconds.get('ram', 0))}"
+    line = (f"  {model}: loaded {format_duration(seconds.get('loaded', 0))}, "
+            f"ram {format_duration(seconds.get('ram', 0))}"
             f" (RAM cost {tier.get('ram_cost', 0):.4f} at {tier.get('ram_price_per_gib_hour', 0):g}/GiB-hour)")
     if tier.get("last_refusal"):
         line += f"; last demotion refused: {tier['last_refusal']}"

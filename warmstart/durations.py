@@ -53,7 +53,7 @@ def format_duration(seconds: float) -> str:
         return "forever"
     if seconds < 60:
         return f"{seconds:g}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     parts = []
     if hours:

@@ -7,10 +7,21 @@ import errno
 import logging
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from warmstart.clock import SystemClock
 from warmstart.config import Config
 from warmstart.errors import WarmstartError
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from warmstart.clock import Clock
+    from warmstart.gateway.app import Gateway
+    from warmstart.pool.pool import Pool
+    from warmstart.store.model_store import ModelStore
+    from warmstart.store.seal import Seals
+    from warmstart.telemetry.metrics import Metrics
 
 log = logging.getLogger("warmstart")
 
@@ -40,7 +51,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_app(config: Config):  # type: ignore[no-untyped-def]
+def build_app(config: Config) -> Gateway:
     from warmstart.engines.registry import create_engines
     from warmstart.gateway.app import create_app
     from warmstart.pool.pool import Pool
@@ -60,16 +71,17 @@ def build_app(config: Config):  # type: ignore[no-untyped-def]
     clock = SystemClock()
     metrics = Metrics()
     seals = load_seals(config)
-    audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=DigestCache(data_dir / "digests.json", seals),
+    digests = DigestCache(data_dir / "digests.json", seals)
+    audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=digests,
                      required=config.audit.required, rotate_bytes=config.audit.rotate_bytes)
     pool = Pool(config, create_engines(data_dir, config.models), clock, metrics, audit=audit)
-    pool.store = build_store(config, pool, clock, metrics, seals)
+    pool.attach_store(build_store(config, pool, clock, metrics, seals))
     app = create_app(config, pool, metrics, clock)
     app.services.audit = audit
     return app
 
 
-def load_seals(config: Config):  # type: ignore[no-untyped-def]
+def load_seals(config: Config) -> Seals | None:
     """The image's seal file (`[store] seals`), or None; a damaged or writable one refuses the start."""
     from warmstart.errors import StoreError
     from warmstart.store.seal import Seals
@@ -82,19 +94,18 @@ def load_seals(config: Config):  # type: ignore[no-untyped-def]
         raise StartupError(f"{exc} (config: store.seals)") from None
 
 
-def build_store(config: Config, pool, clock, metrics, seals=None):  # type: ignore[no-untyped-def]
-    """Integrity checks and the RAM tier for the pool's models (warmstart.store)."""
-    from warmstart.pool.states import LIVE
+def build_store(config: Config, pool: Pool, clock: Clock, metrics: Metrics,
+                seals: Seals | None = None) -> ModelStore:
+    """Integrity checks and the RAM tier for the pool's models (warmstart.store); `seals` trusts an image's model."""
     from warmstart.store.digest import DigestCache
     from warmstart.store.manifest import ManifestStore
     from warmstart.store.model_store import ModelStore
 
-    def live_replicas(name: str) -> int:
-        return sum(1 for r in pool.models[name].replicas if r.state in LIVE)
-
-    manifests = ManifestStore(config.server.data_dir, DigestCache(
-        config.server.data_dir / "store" / "digests.json", seals)) if seals is not None else None
-    return ModelStore(config, clock, metrics, live_replicas=live_replicas, manifests=manifests)
+    manifests = None
+    if seals is not None:
+        digests = DigestCache(config.server.data_dir / "store" / "digests.json", seals)
+        manifests = ManifestStore(config.server.data_dir, digests)
+    return ModelStore(config, clock, metrics, live_replicas=pool.live_replicas, manifests=manifests)
 
 
 def run(config: Config) -> int:
@@ -108,7 +119,7 @@ def run(config: Config) -> int:
     print(f"warmstart serving http://{host}:{port}  models: {names}  data: {config.server.data_dir}",
           file=sys.stderr, flush=True)
     class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):  # type: ignore[no-untyped-def]
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
             # uvicorn re-raises the signal after a graceful stop; for us that stop is a normal exit (0)
             self._captured_signals.clear()
@@ -125,7 +136,8 @@ def run(config: Config) -> int:
         async def prepare_models() -> None:
             await pool.prepare()
             # hash the weights now, so the first start's audit record finds the digest cached
-            await app.services.audit.prime([entry.path for entry in pool.models.values() if entry.path is not None])
+            if app.services.audit is not None:
+                await app.services.audit.prime(pool.resolved_paths())
 
         prepare = asyncio.create_task(prepare_models())
         await server.serve(sockets=[sock])

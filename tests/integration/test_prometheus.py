@@ -180,10 +180,10 @@ def test_prometheus_scrapes_warmstart_with_the_right_values_and_every_expression
         for rule in prom.wait_for(rules_evaluated, what="every rule evaluated"):
             assert rule["health"] == "ok" and not rule.get("lastError"), rule
         # and every expression of the rules and of the dashboard evaluates without error
-        for name, expr in rule_exprs():
+        for _name, expr in rule_exprs():
             prom.query(expr)
         answered = 0
-        for title, expr in dashboard_exprs():
+        for _title, expr in dashboard_exprs():
             answered += bool(prom.query(grafana(expr)))
         assert answered >= len(dashboard_exprs()) - 6, "most panels should show data after this traffic"
         assert prom.query(grafana(next(e for t, e in dashboard_exprs() if t == "Replicas by state")))
@@ -202,3 +202,22 @@ def test_every_metric_in_the_rules_and_dashboard_is_one_warmstart_exports():
     for name in used:
         base = next((name[: -len(s)] for s in ("_total", "_bucket", "_sum", "_count") if name.endswith(s)), name)
         assert name in families or base in families, f"{name} is used but warmstart does not export it"
+
+
+def test_with_api_keys_prometheus_scrapes_with_the_documented_credentials_file_and_not_without(
+        start_server, tmp_path):
+    key = "prometheus-key-0123456789abcdef"
+    srv = start_server([smollm2()], sections={"auth": {"api_keys": [key]}})
+    key_file = tmp_path / "warmstart-api-key"
+    key_file.write_text(key + "\n")
+    with_key = Prometheus(tmp_path / "with-key", f"127.0.0.1:{srv.port}", credentials_file=key_file).start()
+    without = Prometheus(tmp_path / "without", f"127.0.0.1:{srv.port}").start()
+    try:
+        with_key.wait_for(lambda: with_key.value('up{job="warmstart"}') == 1, what="scrape with the key")
+        assert with_key.value('warmstart_queue_depth{model="smollm2-135m-instruct"}') == 0
+        without.wait_for(lambda: without.value('up{job="warmstart"}') == 0, what="scrape refused without it")
+        targets = without.api("targets")["data"]["activeTargets"]
+        assert "401" in targets[0]["lastError"]
+    finally:
+        with_key.stop()
+        without.stop()

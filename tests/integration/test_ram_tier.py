@@ -44,7 +44,7 @@ def test_mlock_holder_keeps_the_file_in_memory_until_released(weights):
 def test_tmpfs_copy_serves_starts_and_is_removed_on_release(weights):
     tier = RamTier(method="tmpfs", tmpfs_dir=Path("/dev/shm") / f"ws-test-{os.getpid()}")
     try:
-        resident = tier.hold("org/model", [weights])
+        tier.hold("org/model", [weights])
         copy = tier.path_for("org/model", weights)
         assert copy != weights and copy.read_bytes() == weights.read_bytes()
         assert str(copy).startswith("/dev/shm/") and resident_fraction(copy) == 1.0

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from tests.faults import SMOL, audit_verify, burst
-from tests.support import chat, smollm2
 from tests.integration.test_audit_server import records, smol_file
+from tests.support import chat, smollm2
 
 pytestmark = pytest.mark.integration
 
@@ -21,10 +21,10 @@ def damaged(name: str, path) -> dict:
 
 async def traffic_beside(srv, damaged_models):
     """12 chats to the healthy model while the damaged models are asked: (healthy answers, damaged answers)."""
-    good_load = asyncio.ensure_future(burst(srv.url, [chat(max_tokens=16) for _ in range(12)], timeout=120))
-    bad = await burst(srv.url, [{"model": m, "prompt": "Hello", "max_tokens": 4} for m in damaged_models],
-                      timeout=120)
-    return await good_load, bad
+    good, bad = await asyncio.gather(
+        burst(srv.url, [chat(max_tokens=16) for _ in range(12)], timeout=120),
+        burst(srv.url, [{"model": m, "prompt": "Hello", "max_tokens": 4} for m in damaged_models], timeout=120))
+    return good, bad
 
 
 @pytest.mark.slow

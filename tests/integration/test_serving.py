@@ -118,7 +118,7 @@ def test_curl_works_unchanged(start_server):
 ])
 def test_bad_input_gets_an_openai_error_without_starting_anything(start_server, body, status, code, param):
     srv = _bad_input_server(start_server)
-    got, headers, raw = srv.request("POST", "/v1/chat/completions", raw=body)
+    got, _headers, raw = srv.request("POST", "/v1/chat/completions", raw=body)
     assert got == status, raw
     error = json.loads(raw)["error"]
     assert error["code"] == code and error["param"] == param and error["message"]
@@ -200,7 +200,7 @@ def test_kill_9_of_the_engine_mid_request_is_retried_once_on_a_new_replica(start
     time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
     t.join(120)
-    status, headers, body = result["r"]
+    status, _headers, body = result["r"]
     assert status == 200, body  # nothing had reached the client: retried on a new replica
     assert body["choices"][0]["text"]
     model = srv.model(SMOL)
@@ -227,7 +227,7 @@ def test_a_stream_cut_by_kill_9_ends_with_an_error_event_and_the_next_request_re
     error = json.loads(events[-1])["error"]
     assert error["code"] == "stream_interrupted" and "incomplete" in error["message"]
     assert srv.model(SMOL)["state"] == "failed"
-    status, headers, body = srv.post("/v1/chat/completions", chat(max_tokens=8))
+    status, headers, _body = srv.post("/v1/chat/completions", chat(max_tokens=8))
     assert status == 200 and headers["x-warmstart-start"] == "cold"
     assert srv.model(SMOL)["state"] == "warm"
 
@@ -267,8 +267,10 @@ def test_a_client_that_disconnects_stops_its_generation(start_server, stream):
 def test_cli_ps_warm_and_unload_talk_to_the_running_server(start_server):
     srv = start_server([smollm2()])
     env = {**os.environ, "WARMSTART_URL": srv.url}
-    run = lambda *args: subprocess.run([".venv/bin/warmstart", *args] if os.path.exists(".venv/bin/warmstart")
-                                       else ["warmstart", *args], capture_output=True, text=True, env=env, timeout=120)
+    def run(*args):
+        argv = [".venv/bin/warmstart", *args] if os.path.exists(".venv/bin/warmstart") else ["warmstart", *args]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+
     out = run("ps")
     assert out.returncode == 0 and SMOL in out.stdout and "cold" in out.stdout
     out = run("warm", SMOL, "--keep-alive", "-1")
@@ -291,7 +293,7 @@ def test_auth_required_on_a_server_with_keys_and_the_cli_sends_them(start_server
     srv = start_server([smollm2()], sections={"auth": {"api_keys": [api], "admin_keys": [admin]}})
     status, _, body = srv.post("/v1/chat/completions", chat(max_tokens=2))
     assert status == 401 and body["error"]["code"] == "missing_api_key"
-    status, headers, body = srv.post("/v1/chat/completions", chat(max_tokens=2),
+    status, _headers, body = srv.post("/v1/chat/completions", chat(max_tokens=2),
                                      headers={"authorization": f"Bearer {api}"})
     assert status == 200
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key=api, max_retries=0)

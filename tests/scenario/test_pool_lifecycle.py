@@ -9,7 +9,7 @@ import math
 import pytest
 
 from warmstart.clock import VirtualClock
-from warmstart.config import parse_config
+from warmstart.config_loader import parse_config
 from warmstart.engines.simulated import SimulatedEngine
 from warmstart.errors import DeadlineExceeded, ModelStartFailed, QueueFull
 from warmstart.pool.pool import Pool
@@ -43,7 +43,7 @@ def spawn(coro):
 
 
 async def test_a_cold_request_is_held_until_the_start_ends_then_served_cold(model_file):
-    pool, clock, engine = await make_pool(model_file)
+    pool, clock, _engine = await make_pool(model_file)
     assert pool.state_of("m") is S.COLD
     task = spawn(pool.acquire("m"))
     await clock.advance(0.5)
@@ -73,7 +73,7 @@ async def test_twenty_concurrent_requests_to_a_cold_model_share_one_start(model_
     while served < 20:  # one slot: each request gets the replica after the previous one releases it
         done = [t for t in tasks if t.done()]
         assert len(done) == served + 1
-        lease = done[-1].result() if served == 0 else [t for t in done if not t.result()._released][0].result()
+        lease = done[-1].result() if served == 0 else next(t for t in done if not t.result()._released).result()
         assert lease.cold
         lease.release()
         served += 1
@@ -99,7 +99,7 @@ async def test_keep_alive_unloads_after_the_idle_time_and_frees_the_process(mode
 
 
 async def test_idle_clock_starts_when_the_last_in_flight_request_ends(model_file):
-    pool, clock, engine = await make_pool(model_file, keep_alive=60, max_concurrency=2)
+    pool, clock, _engine = await make_pool(model_file, keep_alive=60, max_concurrency=2)
     a, b = spawn(pool.acquire("m")), spawn(pool.acquire("m"))
     await clock.advance(6)
     a.result().release()
@@ -114,7 +114,7 @@ async def test_idle_clock_starts_when_the_last_in_flight_request_ends(model_file
 
 
 async def test_request_keep_alive_zero_unloads_right_after_and_negative_never(model_file):
-    pool, clock, engine = await make_pool(model_file, keep_alive="5m")
+    pool, clock, _engine = await make_pool(model_file, keep_alive="5m")
     task = spawn(pool.acquire("m", keep_alive=0))
     await clock.advance(6)
     task.result().release()
@@ -164,7 +164,7 @@ async def test_requests_queued_behind_a_busy_replica_start_more_up_to_max_replic
     pool, clock, engine = await make_pool(model_file, max_replicas=3)
     tasks = [spawn(pool.acquire("m")) for _ in range(10)]
     await clock.settle()
-    assert len(engine.started) == 0 and len(pool.entry("m").replicas) == 3  # capped at 3
+    assert len(engine.started) == 0 and len(pool.replicas("m")) == 3  # capped at 3
     await clock.advance(6)
     assert sum(t.done() for t in tasks) == 3
     assert all(t.result().cold for t in tasks if t.done())
@@ -203,12 +203,12 @@ async def test_a_replica_that_dies_becomes_failed_and_is_replaced_on_the_next_re
 
 
 async def test_unload_stops_idle_replicas_now_and_busy_ones_when_their_request_ends(model_file):
-    pool, clock, engine = await make_pool(model_file, max_replicas=2)
+    pool, clock, _engine = await make_pool(model_file, max_replicas=2)
     a, b = spawn(pool.acquire("m")), spawn(pool.acquire("m"))
     await clock.advance(6)
     a.result().release()
     assert await pool.unload("m") == 1
-    assert [r.state for r in pool.entry("m").replicas] == [S.WARM]
+    assert [r.state for r in pool.replicas("m")] == [S.WARM]
     b.result().release()
     await clock.settle()
     assert pool.state_of("m") is S.COLD
@@ -220,7 +220,7 @@ async def test_warm_until_keeps_the_last_replica_past_its_keep_alive(model_file)
     pool.set_warm_until("m", 100, "schedule")
     await clock.advance(6)
     assert pool.state_of("m") is S.WARM and engine.started
-    assert pool.entry("m").replicas[0].trigger == "schedule"
+    assert pool.replicas("m")[0].trigger == "schedule"
     await clock.advance(90)
     assert pool.state_of("m") is S.WARM
     await clock.advance(5)
@@ -238,7 +238,7 @@ class SlowReadClock(VirtualClock):
 
 
 async def test_a_request_served_by_a_free_warm_replica_waited_nothing_whatever_the_clock_does(model_file):
-    pool, clock, engine = await make_pool(model_file)
+    pool, clock, _engine = await make_pool(model_file)
     first = spawn(pool.acquire("m"))
     await clock.advance(6)
     first.result().release()

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from warmstart.clock import VirtualClock
-from warmstart.config import Config, parse_config
+from warmstart.config import Config
+from warmstart.config_loader import parse_config
 from warmstart.engines.simulated import SimulatedEngine
 from warmstart.pool.pool import Pool
 from warmstart.pool.states import ReplicaState
@@ -99,11 +100,11 @@ async def serve_live(config: Config, trace: Trace, begin: float) -> dict[str, An
     # replica-seconds as the replay sums them: each unloaded replica's life in unload order, then the one
     # still loaded at the end of the trace
     loaded = 0.0
-    for event, replica, seconds in audit.events:
+    for event, _replica, seconds in audit.events:
         if event == "unload":
             loaded += seconds
     starts = [(r.created_at, r.trigger) for event, r, _ in audit.events if event == "start"]
-    for replica in pool.entry(name).replicas:
+    for replica in pool.replicas(name):
         loaded += trace.end - replica.created_at
         if replica.state is ReplicaState.STARTING:  # audited once it is warm, after the trace
             starts.append((replica.created_at, replica.trigger))

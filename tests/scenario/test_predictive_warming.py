@@ -78,7 +78,7 @@ def test_the_keep_alive_follows_the_recent_rate():
         arrivals.append(t0 + 1500 + 420.0 * np.arange(1, 10))  # then lone requests 7 minutes apart
     arr = np.sort(np.concatenate(arrivals))
     policy = PredictivePolicy(PredictiveParams(min_keep_alive=0.0))
-    plan, state = policy.decide(Observation("m", arr, COLD), policy.initial_state(), float(arr[-1]) + 3600)
+    plan, _state = policy.decide(Observation("m", arr, COLD), policy.initial_state(), float(arr[-1]) + 3600)
     keep = {(s.min_recent, s.max_recent): s.end for s in plan.after_arrival if s.trigger == "keep-alive"}
     busy = [end for (lo, _), end in keep.items() if lo >= 512]
     lone = [end for (lo, hi), end in keep.items() if hi <= 1]

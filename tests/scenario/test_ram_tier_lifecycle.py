@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from warmstart.clock import VirtualClock
-from warmstart.config import parse_config
+from warmstart.config_loader import parse_config
 from warmstart.store.model_store import ModelStore
 from warmstart.telemetry.metrics import Metrics
 
@@ -80,7 +80,7 @@ async def test_demote_hold_while_loaded_then_expire(setup):
 
 
 async def test_a_manual_unload_or_a_model_without_ram_keep_alive_goes_to_disk(setup):
-    store, model, weights, live, clock = setup
+    store, model, weights, _live, _clock = setup
     await store.before_stop(model, weights, "manual", last=True)
     assert store.tier.resident("m") is None
     await store.before_stop(model, weights, "keep-alive", last=False)  # others still loaded
@@ -113,7 +113,7 @@ async def test_a_hold_by_hand_outlasts_a_shorter_ram_keep_alive_and_counts_its_r
 
 
 async def test_a_hold_by_hand_of_zero_lets_the_weights_go_and_a_manual_unload_ends_a_hold(setup):
-    store, model, weights, live, clock = setup
+    store, model, weights, _live, _clock = setup
     await store.hold(model, weights, 300)
     await store.hold(model, weights, 0)
     assert store.tier.resident("m") is None and store.view("m")["tier"] == "disk"

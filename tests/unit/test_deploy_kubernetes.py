@@ -14,7 +14,7 @@ import yaml
 
 from tests.support import ROOT
 from warmstart.cli import build_parser
-from warmstart.config import parse_config
+from warmstart.config_loader import parse_config
 from warmstart.image.containerfile import PORT, SEALS, ImageSpec, ModelFile
 
 MANIFEST = ROOT / "deploy" / "kubernetes" / "warmstart.yaml"

@@ -16,7 +16,8 @@ import numpy as np
 HIDDEN, FFN, HEADS = 4096, 11008, 32  # Llama-7B
 
 
-def llama_shapes(layers: int, vocab: int, hidden: int = HIDDEN, ffn: int = FFN) -> Iterator[tuple[str, tuple[int, ...]]]:
+def llama_shapes(layers: int, vocab: int, hidden: int = HIDDEN,
+                 ffn: int = FFN) -> Iterator[tuple[str, tuple[int, ...]]]:
     """Hugging Face names and shapes of a Llama checkpoint with `layers` decoder layers."""
     yield "model.embed_tokens.weight", (vocab, hidden)
     for i in range(layers):
@@ -132,7 +133,7 @@ def write_gguf(path: Path, tokenizer_from: Path, *, layers: int = 32, hidden: in
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    for name, shape, quantized in plan:
+    for _name, shape, quantized in plan:
         if quantized:
             w.write_tensor_data(_q4_0_blocks(rng, *shape))
         else:  # RMS norm weights near 1

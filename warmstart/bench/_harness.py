@@ -33,8 +33,13 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "the server has not been started"
+        return self.proc.pid
+
     def __enter__(self) -> ServerProcess:
-        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - kept by the child
+        log = open(self.workdir / "server.log", "ab")  # kept by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "warmstart", "serve", "--config", str(self.config), "--port", str(self.port),
              "--data-dir", str(self.workdir / "data"), "--log-level", "warning"],

@@ -14,10 +14,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 # tiny: a few MB, for tests. 1b: the shape of Llama 3.2 1B (hidden 2048, 16 layers, GQA 32/8) with a
 # 32k vocabulary: 1.1 billion parameters, 2.2 GB in bfloat16.
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "vocab_size": None},
     "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.bench._harness import machine, table, write_json
-from warmstart.config import load_config
+from warmstart.config_loader import load_config
 from warmstart.image import base as bases
 from warmstart.image import build as builder
 from warmstart.image import run as runner
@@ -143,7 +143,7 @@ def first_token(url: str, deadline: float) -> tuple[float, float | None, str]:
                 text.append(delta)
             if first is not None:
                 return first, accepted, "".join(text)
-        except (ConnectionError, socket.timeout, http.client.HTTPException, OSError):
+        except (TimeoutError, ConnectionError, http.client.HTTPException, OSError):
             time.sleep(0.02)  # not listening yet (the relay closes what it cannot connect)
         finally:
             conn.close()
@@ -188,7 +188,7 @@ def measure(tag: str, name: str, env: dict[str, str], timeout: float) -> dict[st
         poller.join(timeout)
         phases = {"podman_run": ran - c.started, "listening": (listening[0] if listening else first) - c.started,
                   "response_start": (accepted or first) - c.started, "first_token": first - c.started}
-        result = {"first_token_s": first - c.started, "answer": answer, "phases": phases,
+        result: dict[str, Any] = {"first_token_s": first - c.started, "answer": answer, "phases": phases,
                   "engine": _audit_phases(c)}
         fetched = _fetch_seconds(c)
         if fetched is not None:
@@ -221,7 +221,8 @@ def run(runs: int, cache: Path, keep: bool, reuse: bool = False) -> dict[str, An
         finally:
             hub.close()
         ws, naive = result["warmstart"], result["naive"]
-        result["ratio"] = {"bytes": ws["bytes"] / naive["bytes"], "first_token_s": ws["first_token_s"] / naive["first_token_s"]}
+        result["ratio"] = {"bytes": ws["bytes"] / naive["bytes"],
+                           "first_token_s": ws["first_token_s"] / naive["first_token_s"]}
         result["target"] = {"ratio_at_most": 0.5, "met": all(v <= 0.5 for v in result["ratio"].values())}
         result["runs"] = runs
         result["machine"] = machine()

@@ -234,7 +234,7 @@ def measure_tiers_and_starts(gguf: Path, work: Path, repeat: int) -> dict[str, A
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     c, loaders = result["ceilings"], result["loaders"]
-    for name, e in loaders.items():
+    for _name, e in loaders.items():
         for mode, ceiling in (("cold", c["cold_read_gbps"]), ("warm", c["cache_read_gbps"])):
             if e.get(f"{mode}_gbps") is not None:
                 e[f"{mode}_fraction_of_ceiling"] = e[f"{mode}_gbps"] / ceiling
@@ -244,7 +244,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         if ours.get(f"{mode}_gbps") is None:
             continue
         peers = {n: loaders[n][f"{mode}_gbps"] for n in COPYING_PEERS if loaders.get(n, {}).get(f"{mode}_gbps")}
-        best_peer = max(peers, key=peers.get) if peers else None
+        best_peer = max(peers, key=lambda n: peers[n]) if peers else None
         targets[f"loader_{mode}_at_90pct_of_ceiling"] = ours[f"{mode}_fraction_of_ceiling"] >= 0.9
         if f"{mode}_paired_fraction" in ours:
             targets[f"loader_{mode}_at_90pct_of_paired_ceiling"] = ours[f"{mode}_paired_fraction"] >= 0.9
@@ -280,7 +280,7 @@ def table(result: dict[str, Any]) -> str:
              f"memcpy {c['memcpy_gbps']:.2f}, read into fresh memory {c['fresh_read_gbps']:.2f}", "",
              f"{'loader':28} {'copies':6} {'cold GB/s':>9} {'of ceil':>7} {'warm GB/s':>9} {'of ceil':>7}"]
     for name, e in result["loaders"].items():
-        def cell(mode: str) -> str:
+        def cell(mode: str, e: dict[str, Any] = e) -> str:
             if e.get(f"{mode}_gbps") is None:
                 return f"{'error':>9} {'':>7}"
             return f"{e[f'{mode}_gbps']:9.2f} {e[f'{mode}_fraction_of_ceiling']:7.0%}"
@@ -294,8 +294,10 @@ def table(result: dict[str, Any]) -> str:
                   f"disk {g['disk']:.2f} s, RAM tier ({g['method']}) {g['ram']:.2f} s = {g['speedup']:.1f}x; "
                   f"tmpfs {g['ram_tmpfs']:.2f} s; with repack (llama.cpp default): disk "
                   f"{g['with_repack']['disk']:.2f} s, RAM {g['with_repack']['ram']:.2f} s",
-                  f"  load phase: disk {g['load_phase']['disk']:.2f} s, RAM {g['load_phase']['ram_' + g['method']]:.2f} s; "
-                  f"warmup phase: disk {g['warmup_phase']['disk']:.2f} s, RAM {g['warmup_phase']['ram_' + g['method']]:.2f} s"]
+                  f"  load phase: disk {g['load_phase']['disk']:.2f} s, "
+                  f"RAM {g['load_phase']['ram_' + g['method']]:.2f} s; "
+                  f"warmup phase: disk {g['warmup_phase']['disk']:.2f} s, "
+                  f"RAM {g['warmup_phase']['ram_' + g['method']]:.2f} s"]
         t = result["gguf"]["tiers"]
         lines.append("holding it in RAM: " + ", ".join(
             f"{m} {t[m]['hold_from_disk_s']:.2f} s from disk / {t[m]['hold_from_cache_s']:.2f} s from page cache"

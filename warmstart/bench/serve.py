@@ -14,8 +14,11 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from warmstart.bench._harness import (
@@ -61,7 +64,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         # 1. one cold start, measured by the client and by warmstart's own phase records
         cold_ttft, _, headers = gateway.first_token("/v1/chat/completions", _chat(0, 8))
         assert headers.get("x-warmstart-start") == "cold", headers
-        status, models = request_json(server.url, "GET", "/v1/models")
+        _status, models = request_json(server.url, "GET", "/v1/models")
         model = next(m for m in models["data"] if m["id"] == MODEL)
         last = model["last_start"]
         engine_url = model["replicas"][0]["url"]
@@ -71,29 +74,40 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
             gateway.first_token("/v1/chat/completions", _chat(i, 8))
         ttfts = [gateway.first_token("/v1/chat/completions", _chat(i, 8))[0] for i in range(requests)]
 
-        # 3. the gateway's added latency: the same request to the engine directly and through the gateway
-        direct = Client(engine_url)
+        # 3. the gateway's added latency: the same request to the engine directly, through the gateway, and
+        # through a process that only copies bytes (the floor any proxy in its own process pays here)
+        direct, splice_proc = Client(engine_url), _splice(engine_url)
+        splice = Client(f"http://127.0.0.1:{splice_proc.stdout.readline().strip()}")  # type: ignore[union-attr]
         body = {"model": MODEL, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
+        arms = {"d": direct, "g": gateway, "s": splice}
         for _ in range(20):
-            direct.post("/v1/completions", body)
-            gateway.post("/v1/completions", body)
-        d_times, g_times = [], []
+            for arm in arms.values():
+                arm.post("/v1/completions", body)
+        times: dict[str, list[float]] = {tag: [] for tag in arms}
+        cpu_before = _cpu_seconds(server.pid)
         for i in range(overhead_pairs):
-            pair = [("d", direct), ("g", gateway)] if i % 2 == 0 else [("g", gateway), ("d", direct)]
-            for tag, client in pair:
-                seconds, code, _, _ = client.post("/v1/completions", body)
+            rotation = list(arms.items())
+            for tag, arm in rotation[i % 3:] + rotation[:i % 3]:
+                seconds, code, _, _ = arm.post("/v1/completions", body)
                 assert code == 200
-                (d_times if tag == "d" else g_times).append(seconds)
-        diffs = [g - d for g, d in zip(g_times, d_times)]
-        direct.close()
-        gateway.close()
+                times[tag].append(seconds)
+        gateway_cpu = (_cpu_seconds(server.pid) - cpu_before) / overhead_pairs
+        d_times, g_times, s_times = times["d"], times["g"], times["s"]
+        diffs = [g - d for g, d in zip(g_times, d_times, strict=True)]
+        splice_diffs = [s - d for s, d in zip(s_times, d_times, strict=True)]
+        for arm in arms.values():
+            arm.close()
+        splice_proc.kill()
+        splice_proc.wait()
 
         # 4. tokens per second: `streams` at once on one replica, through warmstart and directly, and one slot
         slots_url = _warm_replica(server.url, SLOTS_MODEL)
         _warm_replica(server.url, ONE_SLOT_MODEL)
         for base, model in ((slots_url, SLOTS_MODEL), (server.url, ONE_SLOT_MODEL)):
             _throughput(base, model, streams, max_tokens)  # unmeasured: the first full batches allocate
-        via, direct_tps, one_slot = [], [], []
+        via: list[float] = []
+        direct_tps: list[float] = []
+        one_slot: list[float] = []
         for i in range(rounds):
             order = [(via, server.url), (direct_tps, slots_url)]
             for out, base in order if i % 2 == 0 else order[::-1]:
@@ -110,6 +124,9 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         "direct_latency_p50_ms": round(statistics.median(d_times) * 1000, 3),
         "gateway_latency_p50_ms": round(statistics.median(g_times) * 1000, 3),
         "overhead_pairs": len(diffs),
+        "splice_overhead_p50_ms": round((statistics.median(s_times) - statistics.median(d_times)) * 1000, 3),
+        "splice_overhead_paired_p50_ms": round(statistics.median(splice_diffs) * 1000, 3),
+        "gateway_cpu_ms_per_request": round(gateway_cpu * 1000, 3),
         "streams": streams,
         "stream_max_tokens": max_tokens,
         "tokens_per_s_via_gateway": round(statistics.median(via), 1),
@@ -122,6 +139,18 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         "machine": machine(),
     }
     return result
+
+
+def _splice(engine_url: str) -> subprocess.Popen[str]:
+    host, port = engine_url.split("//")[1].split(":")
+    return subprocess.Popen([sys.executable, "-m", "warmstart.bench._splice", host, port], stdout=subprocess.PIPE,
+                            text=True)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of one process's own threads (not its children: the engine is one)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _warm_replica(base: str, model: str) -> str:
@@ -175,6 +204,9 @@ def report(result: dict[str, Any]) -> str:
         ("warm time to first token p99", f"{result['warm_ttft_p99_ms']:.1f} ms", ""),
         ("gateway added latency p50", f"{result['gateway_overhead_p50_ms']:.3f} ms", "< 1 ms"),
         ("  (paired differences p50)", f"{result['gateway_overhead_paired_p50_ms']:.3f} ms", ""),
+        ("  through a byte-copying proxy instead (the floor), p50",
+         f"{result['splice_overhead_p50_ms']:.3f} ms", ""),
+        ("  gateway process CPU per request", f"{result['gateway_cpu_ms_per_request']:.3f} ms", ""),
         ("  engine direct / via gateway p50",
          f"{result['direct_latency_p50_ms']:.2f} / {result['gateway_latency_p50_ms']:.2f} ms", ""),
         (f"tokens/s, {result['streams']} streams, one replica, via warmstart",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from warmstart.config import ModelConfig
+
+if TYPE_CHECKING:
+    from warmstart.engines.runtime import RuntimePool
 
 # Phase names shared by every engine, in the order a start goes through them.
 SPAWN, IMPORT, LOAD, KV_INIT, COMPILE, WARMUP, READY = (
@@ -96,3 +100,31 @@ class Engine(Protocol):
 
     async def start(self, model: ModelConfig, path: Path, report: StartReport, name: str) -> EngineProcess:
         """Start a replica; return once it answers its health check. Raises EngineError."""
+
+    async def open(self) -> None:
+        """Start what the engine keeps ready between starts (pre-initialized runtimes), once the server is up."""
+
+    async def close(self) -> None:
+        """Stop what `open` started."""
+
+    def runtime_view(self, model: ModelConfig) -> dict[str, Any] | None:
+        """The pre-initialized runtimes `model`'s cold starts take from, as the views show them; None: none."""
+
+    def runtime_pools(self) -> Sequence[RuntimePool]:
+        """The pools of pre-initialized runtimes this engine keeps (for their metrics)."""
+
+
+class NoRuntimes:
+    """The `Engine` methods of an engine that keeps nothing ready between starts."""
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def runtime_view(self, model: ModelConfig) -> dict[str, Any] | None:
+        return None
+
+    def runtime_pools(self) -> Sequence[RuntimePool]:
+        return ()

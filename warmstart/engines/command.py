@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 
 from warmstart.config import ModelConfig
-from warmstart.engines.base import LOAD, READY, SPAWN, Capabilities, StartReport
+from warmstart.engines.base import LOAD, READY, SPAWN, Capabilities, NoRuntimes, StartReport
 from warmstart.engines.gguf import read_gguf
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.process import ManagedProcess, free_port, read_from, replica_log_path
@@ -40,7 +40,7 @@ def expand(argv: list[str], values: dict[str, str]) -> list[str]:
     return [arg.format_map(values) for arg in argv]
 
 
-class CommandEngine:
+class CommandEngine(NoRuntimes):
     kind = "command"
 
     def __init__(self, data_dir: Path) -> None:
@@ -123,7 +123,7 @@ class CommandEngine:
                             if resp.status == 200:
                                 report.done(READY, time.monotonic() - t)
                                 return
-                    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                    except (TimeoutError, aiohttp.ClientError, OSError):
                         pass
                 await asyncio.sleep(interval)
                 interval = min(interval * 1.5, 0.25)

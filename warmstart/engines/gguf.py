@@ -7,7 +7,7 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from warmstart.errors import StoreError
 
@@ -71,7 +71,7 @@ def _read_cached(path: str, size: int, mtime_ns: int, inode: int) -> GGUFInfo:
             if version < 2:
                 raise StoreError(f"{path}: GGUF version {version} is too old (2 or later is needed)")
             tensor_count, kv_count = struct.unpack("<QQ", _read(f, 16))
-            metadata = {}
+            metadata: dict[str, Any] = {}
             max_token = None
             for _ in range(kv_count):
                 key = _string(f)

@@ -23,7 +23,7 @@ async def wait_healthy(proc: EngineProcess, url: str, timeout: float, interval: 
                     if resp.status == 200:
                         return
                     last = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 last = type(exc).__name__
             await asyncio.sleep(interval)
             interval = min(interval * 1.5, 0.5)

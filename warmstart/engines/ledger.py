@@ -59,7 +59,7 @@ class ProcessLedger:
 
     def sweep(self) -> list[dict]:
         """End every recorded process group whose warmstart is gone; return what was ended."""
-        ended = []
+        ended: list[dict] = []
         if not self.directory.is_dir():
             return ended
         for path in sorted(self.directory.glob("*.json")):

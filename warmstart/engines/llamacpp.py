@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from warmstart.config import ModelConfig
-from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, StartReport
+from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, NoRuntimes, StartReport
 from warmstart.engines.gguf import check_complete, read_gguf
 from warmstart.engines.health import wait_healthy
 from warmstart.engines.ledger import ProcessLedger
@@ -36,7 +36,7 @@ def slot_context(model: ModelConfig, path: Path) -> int:
     return int(model.options.get("n_ctx") or read_gguf(path).context_length or 4096)
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(NoRuntimes):
     kind = "llamacpp"
 
     def __init__(self, data_dir: Path, python: str = sys.executable) -> None:

@@ -8,6 +8,10 @@ from typing import Any
 from warmstart.engines.options import BY_KIND, CHECKS, OptionTypes
 from warmstart.errors import ConfigError
 
+ENGINES = ("llamacpp", "vllm", "command")
+# requests one replica serves at once unless a model says otherwise (llama.cpp's server: its slots)
+DEFAULT_CONCURRENCY = {"llamacpp": 4, "vllm": 64, "command": 8}
+
 
 def option_types(kind: str) -> OptionTypes:
     return BY_KIND.get(kind, {})

@@ -56,7 +56,8 @@ class Runtime:
         await self.process.send(order)
         exited = asyncio.ensure_future(self.process.wait_exit())
         try:
-            done, _ = await asyncio.wait({self.accepted, exited}, timeout=timeout,
+            either: set[asyncio.Future[Any]] = {self.accepted, exited}
+            done, _ = await asyncio.wait(either, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             exited.cancel()
@@ -213,10 +214,10 @@ def account_runtimes(engines: Any, metrics: Any, now: float) -> None:
     """Set the runtime gauges and add the runtime-seconds since the last call (for the cost report)."""
     seen: set[int] = set()
     for engine in engines:
-        if id(engine) in seen or not hasattr(engine, "pools"):
+        if id(engine) in seen:
             continue
         seen.add(id(engine))
-        for pool in engine.pools.values():
+        for pool in engine.runtime_pools():
             if pool.size <= 0:
                 continue
             stats = pool.last_stats = pool.stats()

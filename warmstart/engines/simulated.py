@@ -13,7 +13,7 @@ from pathlib import Path
 
 from warmstart.clock import Clock
 from warmstart.config import ModelConfig
-from warmstart.engines.base import Capabilities, StartReport
+from warmstart.engines.base import Capabilities, NoRuntimes, StartReport
 from warmstart.errors import EngineError
 
 _pids = itertools.count(1_000_000)
@@ -49,7 +49,7 @@ class SimulatedProcess:
             self._exited.set()
 
 
-class SimulatedEngine:
+class SimulatedEngine(NoRuntimes):
     kind = "simulated"
 
     def __init__(self, clock: Clock, phases: Sequence[tuple[str, float]] = (("load", 30.0),),

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,9 @@ class VllmEngine:
     async def close(self) -> None:
         await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)
 
+    def runtime_pools(self) -> Sequence[RuntimePool]:
+        return tuple(self.pools.values())
+
     def runtime_view(self, model: ModelConfig) -> dict[str, Any] | None:
         """The runtime pool a model's cold starts take from (for /v1/models and `warmstart ps`), as the
         accounting every view does first last measured it: models sharing a pool walk /proc once, not each."""
@@ -323,5 +327,5 @@ async def _healthy(session: aiohttp.ClientSession, base_url: str) -> bool:
     try:
         async with session.get(base_url + "/health") as resp:
             return resp.status == 200
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         return False

@@ -79,7 +79,7 @@ def preload() -> list[str]:
         try:
             from vllm.platforms import current_platform
 
-            workers = PRELOAD_CPU if current_platform.is_cpu() else PRELOAD_GPU
+            workers: tuple[str, ...] = PRELOAD_CPU if current_platform.is_cpu() else PRELOAD_GPU
         except Exception:
             workers = PRELOAD_CPU + PRELOAD_GPU
         for name in PRELOAD + workers:
@@ -114,9 +114,9 @@ def keep_fork() -> None:
     from vllm.platforms import current_platform
 
     cls = type(current_platform)
-    original = cls.check_and_update_config.__func__  # type: ignore[attr-defined]
+    original = cls.check_and_update_config.__func__
 
-    def check_and_update_config(klass, vllm_config):  # type: ignore[no-untyped-def]
+    def check_and_update_config(klass, vllm_config):
         original(klass, vllm_config)
         os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
 
@@ -135,7 +135,7 @@ def bind_forked_cpu_workers() -> None:
         return
     original = cpu_worker.CPUWorker.init_device
 
-    def init_device(self):  # type: ignore[no-untyped-def]
+    def init_device(self):
         import re
 
         import torch

@@ -11,7 +11,7 @@ from warmstart.errors import Conflict, InvalidRequest, StoreError
 from warmstart.gateway.translate import parse_keep_alive
 
 if TYPE_CHECKING:
-    from warmstart.gateway.app import Services
+    from warmstart.gateway.services import Services
 
 
 def router(services: Services) -> APIRouter:
@@ -26,7 +26,7 @@ def router(services: Services) -> APIRouter:
         wait = body.get("wait", True)
         if not isinstance(wait, bool):
             raise InvalidRequest("'wait' must be true or false", param="wait")
-        pool.entry(model)
+        pool.check_model(model)
         await pool.capabilities(model)
         pool.ensure_warm(model, "manual", keep_alive=keep_alive)
         if wait:
@@ -46,7 +46,7 @@ def router(services: Services) -> APIRouter:
         """Hold the model's weights in the RAM tier now, loaded or not, for `keep_alive` (default: its
         ram_keep_alive, or 1h when it has none; -1 until unloaded; 0 lets them go back to disk). Answers
         once they are held, or 409 with the limit that refused the hold."""
-        pool.entry(model)  # 404 for an unknown model before the body is looked at
+        pool.check_model(model)  # 404 for an unknown model before the body is looked at
         keep_alive = parse_keep_alive((body or {}).get("keep_alive"))
         try:
             await pool.hold_in_ram(model, keep_alive)

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -21,57 +20,25 @@ from warmstart import __version__
 from warmstart.clock import Clock, SystemClock
 from warmstart.config import Config
 from warmstart.errors import RequestError, Unavailable, openai_error_body
-from warmstart.gateway import admin, hint, openapi, web
+from warmstart.gateway import admin, hint, ollama, openapi, web
+from warmstart.gateway.access import AccessLog
 from warmstart.gateway.auth import Auth
+from warmstart.gateway.engine_http import EngineClient
 from warmstart.gateway.fastpath import FastPath
+from warmstart.gateway.generate import generate
 from warmstart.gateway.limits import BodyLimit
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from warmstart.gateway.relay import Relay
+from warmstart.gateway.services import Services
 from warmstart.gateway.translate import (
-    ModelRequest,
-    check_embedding_request,
-    check_request,
-    engine_body,
     error_json,
     internal_error_json,
     invalid_request_json,
-    keep_alive_of,
 )
-from warmstart.pool.pool import Lease, Pool
+from warmstart.pool.pool import Pool
 from warmstart.telemetry.metrics import Metrics
 
 log = logging.getLogger("warmstart.gateway")
-
-
-@dataclass
-class Services:
-    config: Config
-    pool: Pool
-    metrics: Metrics
-    clock: Clock
-    relay: Relay | None = None
-    started_wall: float = 0.0
-    audit: Any = None
-    warming: Any = None  # the WarmingRunner, when [warming] is enabled
-
-    def __post_init__(self) -> None:
-        # labelled metric children, looked up once per label set rather than on every request
-        self._requests: dict[tuple[str, str, int], Any] = {}
-        self._ttft: dict[tuple[str, str], Any] = {}
-
-    def counted(self, model: str, start: str, status: int) -> Any:
-        key = (model, start, status)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.metrics.requests.labels(model, start, str(status))
-        return child
-
-    def ttft(self, model: str, start: str) -> Any:
-        key = (model, start)
-        child = self._ttft.get(key)
-        if child is None:
-            child = self._ttft[key] = self.metrics.ttft_seconds.labels(model, start)
-        return child
 
 
 class Gateway:
@@ -93,6 +60,8 @@ def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None
 def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> FastAPI:
     clock = clock or SystemClock()
     services = Services(config=config, pool=pool, metrics=metrics, clock=clock, started_wall=time.time())
+    if config.server.access_log != "off":
+        services.access = AccessLog(config.server.access_log)
     if config.warming.enabled:
         from warmstart.warming.runner import new_runner
 
@@ -105,7 +74,8 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
-        services.relay = Relay(pool, session, clock.now, config.server.engine_timeout)
+        client = EngineClient()
+        services.relay = Relay(pool, metrics, client, session, clock.now, config.server.engine_timeout)
         patrol = asyncio.get_running_loop().create_task(services.relay.liveness.patrol(pool), name="liveness")
         if services.warming is not None:
             await services.warming.start()
@@ -116,6 +86,9 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
             if services.warming is not None:
                 await services.warming.stop()
             await pool.shutdown()
+            await client.close()
+            if services.access is not None:
+                services.access.close()
             await session.close()
 
     app = FastAPI(title="warmstart", version=__version__, lifespan=lifespan,
@@ -150,9 +123,10 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> Response:
-        if services.relay is None or pool._closing:
+        if services.relay is None or not pool.accepting:
             return JSONResponse({"status": "not ready"}, status_code=503)
-        return JSONResponse({"status": "ready", "models": {name: pool.state_of(name).value for name in pool.models}})
+        states = {name: pool.state_of(name).value for name in pool.model_names()}
+        return JSONResponse({"status": "ready", "models": states})
 
     @app.get("/metrics", tags=["telemetry"], include_in_schema=False)
     async def prometheus_metrics() -> Response:
@@ -162,46 +136,9 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
     app.include_router(admin.router(services))
     app.include_router(hint.router(services))
     app.include_router(web.router(services))
+    app.include_router(ollama.router(services))
     openapi.install(app)
     return app
-
-
-async def generate(services: Services, request: Request, req: ModelRequest, path: str) -> Response:
-    arrived = services.clock.now()
-    pool = services.pool
-    model = req.model
-    pool.entry(model)  # an unknown model is a 404 and not counted: a label per made-up name would be unbounded
-    # how it would be served if no lease says otherwise: warm when a warm replica exists on arrival
-    arrival_start = "warm" if pool.state_of(model).value == "warm" else "cold"
-    counted = False
-
-    def finish(lease: Lease | None, status: int, ttft: float | None) -> None:
-        nonlocal counted
-        counted = True
-        start = lease.start if lease is not None else arrival_start
-        services.counted(model, start, status).inc()
-        if ttft is not None:
-            services.ttft(model, start).observe(ttft)
-
-    try:
-        caps = await pool.capabilities(model)
-        if isinstance(req, EmbeddingRequest):
-            check_embedding_request(req, caps)
-        else:
-            check_request(req, caps)
-        keep_alive = keep_alive_of(req)
-        assert services.relay is not None
-        stream = not isinstance(req, EmbeddingRequest) and req.stream
-        return await services.relay.forward(request, model, path, engine_body(req), stream, keep_alive,
-                                            arrived, finish)
-    except (RequestError, Unavailable) as exc:
-        if not counted:
-            finish(None, exc.status, None)
-        raise
-    except Exception:
-        if not counted:
-            finish(None, 500, None)
-        raise
 
 
 def _model_object(services: Services, view: dict[str, Any]) -> dict[str, Any]:
@@ -222,7 +159,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        code = codes.get(exc.status_code, "http_error")
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return JSONResponse(openai_error_body(str(exc.detail), kind, code), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))

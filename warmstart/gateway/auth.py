@@ -18,6 +18,8 @@ from warmstart.gateway.limits import send_json_error
 PUBLIC = ("/healthz", "/readyz", "/v1/warm", "/warmstart.js")
 API = ("/v1/", "/metrics", "/api/")
 ADMIN = ("/admin/",)
+OLLAMA = "/api/"  # Ollama's API (gateway/ollama.py): its refusals in Ollama's shape, {"error": "..."}
+OWN_API = ("/api/dashboard",)
 
 
 def _digest(key: str | bytes) -> bytes:
@@ -63,7 +65,7 @@ class Auth:
         if denial is None:
             await self.app(scope, receive, send)
         else:
-            await _refuse(send, *denial)
+            await _refuse(send, *denial, ollama=path.startswith(OLLAMA) and path not in OWN_API)
 
     def _presented(self, scope: Scope) -> bytes | None:
         for name, value in scope["headers"]:
@@ -98,7 +100,8 @@ class Auth:
         return 401, "invalid_api_key", "Incorrect admin key provided."
 
 
-async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+async def _refuse(send: Send, status: int, code: str, message: str, ollama: bool = False) -> None:
     kind = "authentication_error" if status == 401 else "permission_error"
     challenge = ((b"www-authenticate", b'Bearer realm="warmstart"'),) if status == 401 else ()
-    await send_json_error(send, status, openai_error_body(message, kind, code), challenge)
+    body = {"error": message} if ollama else openai_error_body(message, kind, code)
+    await send_json_error(send, status, body, challenge)

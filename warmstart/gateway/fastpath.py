@@ -11,20 +11,22 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from warmstart.errors import PayloadTooLarge, RequestError, Unavailable
+from warmstart.gateway.generate import generate, log_access
 from warmstart.gateway.limits import too_large_message
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from warmstart.gateway.translate import error_json, internal_error_json, invalid_request_json
+from warmstart.gateway.translate import ModelRequest, error_json, internal_error_json, invalid_request_json
 
 if TYPE_CHECKING:
-    from warmstart.gateway.app import Services
+    from warmstart.gateway.services import Services
 
 log = logging.getLogger("warmstart.gateway")
-ROUTES: dict[str, type[BaseModel]] = {
+ROUTES: dict[str, type[ModelRequest]] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
     "/v1/embeddings": EmbeddingRequest,
@@ -36,8 +38,6 @@ class FastPath:
         self.app = app
         self.services = services
         self.max_bytes = services.config.server.max_body_bytes
-        from warmstart.gateway.app import generate  # app.py builds this front door: imported once it exists
-
         self.generate = generate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -46,12 +46,16 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
+        arrived = self.services.clock.now()
+        response: Response
         try:
             body = await self._body(scope, receive)
             try:
                 req = model.model_validate_json(body)
             except ValidationError as exc:
                 response = invalid_request_json(exc.errors())
+                if self.services.access is not None:
+                    log_access(self.services, request, scope["path"], None, None, "-", 400, None, b"", arrived)
             else:
                 response = await self.generate(self.services, request, req, scope["path"])
         except (RequestError, Unavailable) as exc:

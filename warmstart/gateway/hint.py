@@ -15,15 +15,15 @@ from starlette.responses import JSONResponse, Response
 from warmstart.errors import (
     InvalidRequest,
     ModelNotFound,
+    PayloadTooLarge,
     PermissionDenied,
     RateLimited,
-    PayloadTooLarge,
     RequestError,
 )
 from warmstart.gateway.translate import error_json
 
 if TYPE_CHECKING:
-    from warmstart.gateway.app import Services
+    from warmstart.gateway.services import Services
 
 MAX_BODY = 4096
 
@@ -125,12 +125,12 @@ def _hint(services: Services, request: Request, model: Any, allowed: set[str]) -
     # browsers send Origin on a same-origin POST too (sendBeacon does): a page warmstart serves itself is allowed
     same_origin = origin is not None and urlsplit(origin).netloc == request.headers.get("host")
     if origin and not same_origin and "*" not in allowed and origin not in allowed:
-        services.metrics.hints.labels(model if model in services.pool.models else "", "origin_not_allowed").inc()
+        services.metrics.hints.labels(model if services.pool.has_model(model) else "", "origin_not_allowed").inc()
         raise PermissionDenied(f"Warm hints from {origin} are not accepted; add it to [warming.hint] cors_origins.")
     client = request.client.host if request.client else "unknown"
     decision = runner.hint(model, client)
     if decision.outcome == "unknown_model":
-        services.pool.entry(model)  # raises the usual 404 naming the models served here
+        services.pool.check_model(model)  # raises the usual 404 naming the models served here
         raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
     if decision.outcome == "not_allowed":
         raise PermissionDenied(f"Warm hints may not warm the model '{model}' ([warming.hint] models).",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,7 +15,8 @@ def too_large_message(limit: int) -> str:
     return f"Request body is larger than the limit of {limit} bytes (server.max_body_bytes)."
 
 
-async def send_json_error(send: Send, status: int, body: dict, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+async def send_json_error(send: Send, status: int, body: dict[str, Any],
+                          headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     """An OpenAI-style error straight on an ASGI `send`, for the layers in front of the framework."""
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,

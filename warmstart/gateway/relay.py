@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from starlette.requests import Request
@@ -15,13 +15,16 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from warmstart.errors import Unavailable
+from warmstart.gateway.engine_http import EngineClient, EngineConnectionError, EngineResponse
 from warmstart.gateway.translate import engine_error_body, sse_error
-from warmstart.pool.pool import Lease, Pool
+from warmstart.pool.lease import Lease
+from warmstart.pool.pool import Pool
 from warmstart.pool.replica import Replica
+from warmstart.telemetry.metrics import Metrics
 
 log = logging.getLogger("warmstart.gateway")
 T = TypeVar("T")
-_UPSTREAM_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+_UPSTREAM_ERRORS = (EngineConnectionError, ConnectionError)
 _JSON = {"content-type": "application/json"}
 # A stream gets a connection of its own: llama-server closes a connection once a stream on it ends, though
 # its headers offer keep-alive, and the pool would take it back (at the stream's end) and reuse it dead.
@@ -48,7 +51,8 @@ async def wait_disconnect(request: Request) -> None:
 async def race(awaitable: Awaitable[T], disconnect: asyncio.Future[None]) -> T:
     """Await `awaitable` unless the client disconnects first; then cancel it and raise ClientGone."""
     task = asyncio.ensure_future(awaitable)
-    done, _ = await asyncio.wait({task, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    either: set[asyncio.Future[Any]] = {task, disconnect}
+    done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         return task.result()
     task.cancel()
@@ -65,16 +69,18 @@ def served_headers(lease: Lease) -> dict[str, str]:
     }
 
 
-Finish = Callable[[Lease | None, int, float | None], None]
+# (lease, status, seconds to the first token, the answer's last bytes: its usage, when it carries one)
+Finish = Callable[[Lease | None, int, float | None, bytes], None]
 
 
 class Relay:
     """Sends one generation request to the pool's replicas and answers the client."""
 
-    def __init__(self, pool: Pool, session: aiohttp.ClientSession, clock_now: Callable[[], float],
-                 engine_timeout: float = 60.0) -> None:
+    def __init__(self, pool: Pool, metrics: Metrics, client: EngineClient, session: aiohttp.ClientSession,
+                 clock_now: Callable[[], float], engine_timeout: float = 60.0) -> None:
         self.pool = pool
-        self.session = session
+        self.metrics = metrics
+        self.client = client
         self.now = clock_now
         self.liveness = Liveness(session, engine_timeout)
 
@@ -98,7 +104,7 @@ class Relay:
                     lease.fail(watch.reason or f"{type(exc).__name__}: {exc}")
                     lease.release()
                     if attempt == 0:
-                        self.pool.metrics.retries.labels(model).inc()
+                        self.metrics.retries.labels(model).inc()
                         log.warning("request to %s failed before any bytes (%s); retrying once", model, exc)
                         continue
                     raise Unavailable(f"model '{model}' failed twice while answering; retry later",
@@ -114,14 +120,14 @@ class Relay:
                 watch.close()
                 lease.release()
                 # without streaming, the first token reaches the client with the whole answer
-                finish(lease, upstream.status, self.now() - arrived if upstream.status == 200 else None)
+                finish(lease, upstream.status, self.now() - arrived if upstream.status == 200 else None, data)
                 if upstream.status != 200:
                     data = engine_error_body(upstream.status, data, path)
                 return Response(data, status_code=upstream.status, headers=served_headers(lease),
                                 media_type="application/json")
             raise AssertionError("unreachable")
         except ClientGone:
-            finish(lease, 499, None)
+            finish(lease, 499, None, b"")
             return Response(status_code=499)
         finally:
             if not handed_off:
@@ -130,16 +136,16 @@ class Relay:
                     watch.close()
 
     async def _exchange(self, lease: Lease, path: str, body: bytes, stream: bool,
-                        watch: Watch) -> tuple[aiohttp.ClientResponse, bytes]:
+                        watch: Watch) -> tuple[EngineResponse, bytes]:
         """Send the request; return the whole answer, or for a stream its first bytes."""
         headers = _JSON_STREAM if stream else _JSON
-        upstream = await self.session.post(lease.base_url + path, data=body, headers=headers)
+        upstream = await self.client.post(lease.base_url + path, body, headers)
         watch.progress()
         try:
             if stream and upstream.status == 200:
-                first = await upstream.content.readany()
+                first = await upstream.readany()
                 if not first:
-                    raise aiohttp.ServerDisconnectedError("engine closed the stream before any bytes")
+                    raise EngineConnectionError("engine closed the stream before any bytes")
                 watch.progress()
                 return upstream, first
             data = await upstream.read()
@@ -154,7 +160,7 @@ class RelayStream(Response):
     """An SSE stream relayed byte for byte; a cut upstream ends it with an error event, a client
     that leaves closes the upstream connection, which stops the engine's generation."""
 
-    def __init__(self, first: bytes, upstream: aiohttp.ClientResponse, lease: Lease,
+    def __init__(self, first: bytes, upstream: EngineResponse, lease: Lease,
                  disconnect: asyncio.Future[None], arrived: float, now: Callable[[], float],
                  finish: Finish, liveness: Liveness, watch: Watch) -> None:
         super().__init__(status_code=200, media_type="text/event-stream",
@@ -164,6 +170,7 @@ class RelayStream(Response):
         self.disconnect, self.arrived, self.now, self.finish = disconnect, arrived, now, finish
         self.liveness, self.watch = liveness, watch
         self.ttft = now() - arrived
+        self.usage = b""  # the last event that carried `usage` (stream_options.include_usage)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status = 200
@@ -188,7 +195,7 @@ class RelayStream(Response):
             else:
                 self.upstream.release()
             self.disconnect.cancel()
-            self.finish(self.lease, status, self.ttft)
+            self.finish(self.lease, status, self.ttft, self.usage)
             if status == 499:
                 await self.liveness.drain(self.lease)
             else:
@@ -197,10 +204,12 @@ class RelayStream(Response):
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.body", "body": self.first, "more_body": True})
         tail = self.first[-2:]
-        content, progress = self.upstream.content, self.watch.progress
+        upstream, progress = self.upstream, self.watch.progress
         try:
-            while data := await content.readany():
+            while data := await upstream.readany():
                 progress()
+                if b'"usage"' in data:
+                    self.usage = data
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 tail = (tail + data[-2:])[-2:]
         except _UPSTREAM_ERRORS as exc:
@@ -262,7 +271,7 @@ class Liveness:
                 if resp.status == 200:
                     return None
                 return f"its health check answered HTTP {resp.status}"
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return f"did not answer its health check within {timeout:g} s"
 
     async def drain(self, lease: Lease) -> None:
@@ -278,7 +287,7 @@ class Liveness:
             while lease.replica.in_flight > 0:
                 try:
                     active = await count(self.session)
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError, OSError):
                     active = None
                 # this lease is one of the replica's in-flight requests; idle means no more than the others
                 if active is None or active < lease.replica.in_flight:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -47,7 +47,7 @@ def check_request(req: GenerationRequest, caps: Capabilities) -> None:
             raise InvalidRequest("'prompt' must not be an empty array.", param="prompt")
         if prompt == "" or prompt == [""]:
             raise InvalidRequest("'prompt' must not be empty.", param="prompt")
-        if isinstance(prompt, list) and isinstance(prompt[0], int) and min(prompt) < 0:  # type: ignore[type-var]
+        if isinstance(prompt, list) and isinstance(prompt[0], int) and min(prompt) < 0:
             raise InvalidRequest("Token ids in 'prompt' must not be negative.", param="prompt")
     limit = caps.context_length
     _check_prompt_size(req, caps)
@@ -117,8 +117,9 @@ def _check_prompt_size(req: GenerationRequest, caps: Capabilities) -> None:
                                  f"of {limit} tokens.", param="prompt", code="context_length_exceeded")
         return
     items = 0  # messages and content parts: each costs the template at least one token
+    texts: list[str | int]
     if isinstance(req, CompletionRequest):
-        texts, param = ([req.prompt] if isinstance(req.prompt, str) else req.prompt), "prompt"
+        texts, param = ([req.prompt] if isinstance(req.prompt, str) else list(req.prompt)), "prompt"
     else:
         texts, param = [], "messages"
         for message in req.messages:
@@ -170,15 +171,16 @@ def engine_error_body(status: int, data: bytes, path: str) -> bytes:
     if not isinstance(error, dict):
         return data
     client = 400 <= status < 500
-    if error.get("type") == "exceed_context_size_error":
+    given_code, given_type, given_param = error.get("code"), error.get("type"), error.get("param")
+    param: str | None
+    if given_type == "exceed_context_size_error":
         code, kind, param = "context_length_exceeded", "invalid_request_error", \
             "messages" if path.endswith("chat/completions") else "prompt"
     else:
-        code = error.get("code") if isinstance(error.get("code"), str) else \
-            ("invalid_request" if client else "engine_error")
-        kind = error.get("type") if error.get("type") in _OPENAI_TYPES else \
+        code = given_code if isinstance(given_code, str) else ("invalid_request" if client else "engine_error")
+        kind = given_type if isinstance(given_type, str) and given_type in _OPENAI_TYPES else \
             ("invalid_request_error" if client else "server_error")
-        param = error.get("param") if isinstance(error.get("param"), str) else None
+        param = given_param if isinstance(given_param, str) else None
     message = str(error.get("message") or f"the engine answered HTTP {status}")
     return json.dumps(openai_error_body(message, kind, code, param)).encode()
 
@@ -202,7 +204,7 @@ def error_json(exc: RequestError | Unavailable, headers: dict[str, str] | None =
     return JSONResponse(body, status_code=status, headers={**(headers or {}), **extra})
 
 
-def invalid_request_json(errors: Sequence[dict[str, Any]]) -> JSONResponse:
+def invalid_request_json(errors: Sequence[Mapping[str, Any]]) -> JSONResponse:
     """The 400 for a body that does not validate (pydantic's errors), naming the first bad field."""
     message, param = validation_message(errors)
     return JSONResponse(openai_error_body(message, "invalid_request_error", "invalid_request", param), status_code=400)
@@ -213,7 +215,7 @@ def internal_error_json() -> JSONResponse:
                         status_code=500)
 
 
-def validation_message(errors: Sequence[dict[str, Any]]) -> tuple[str, str | None]:
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
     """One sentence for the first pydantic error, naming the field as OpenAI does."""
     if not errors:
         return "Invalid request.", None

@@ -29,7 +29,7 @@ from warmstart.telemetry.window import Figures, HourWindow
 log = logging.getLogger("warmstart.gateway")
 
 if TYPE_CHECKING:
-    from warmstart.gateway.app import Services
+    from warmstart.gateway.services import Services
 
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -91,7 +91,7 @@ def router(services: Services) -> APIRouter:
     @api.get("/playground", include_in_schema=False)
     async def playground_page(request: Request) -> Response:
         model = request.query_params.get("model") or ""
-        if model not in services.pool.models:
+        if not services.pool.has_model(model):
             model = default_chat_model(services)
         return page("playground.html", {"model": model})
 
@@ -132,18 +132,20 @@ async def _sample_forever(window: HourWindow, services: Services) -> None:
 
 def default_chat_model(services: Services) -> str:
     """The playground's model when none is asked for: the first that can chat (or simply the first)."""
-    entries = list(services.pool.models.values())
-    for entry in entries:
-        chat = entry.capabilities.chat if entry.capabilities is not None else entry.config.chat
+    models = services.config.models
+    for model in models:
+        caps = services.pool.known_capabilities(model.name)
+        chat = caps.chat if caps is not None else model.chat
         if chat is not False:
-            return entry.name
-    return entries[0].name if entries else ""
+            return model.name
+    return models[0].name if models else ""
 
 
 def dashboard(services: Services, views: list[dict[str, Any]], window_s: float, per_model: dict[str, Figures],
               totals: Figures) -> dict[str, Any]:
     """The dashboard's data from the pool's snapshot (`views`) and the last hour's figures."""
-    created = {r.id: r.created_at for entry in services.pool.models.values() for r in entry.replicas}
+    pool = services.pool
+    created = {r.id: r.created_at for name in pool.model_names() for r in pool.replicas(name)}
     now = services.clock.now()
     models = [model_row(view, per_model.get(view["name"]), created, now) for view in views]
     states: dict[str, int] = {}
@@ -185,6 +187,7 @@ def model_row(view: dict[str, Any], hour: Figures | None, created: dict[str, flo
         "last_start": last,
         "starts": view["starts"][-HISTORY:],
         "last_failure": view["last_failure"],
+        "problem": view["problem"],
         "hour": hour.to_dict() if hour is not None else None,
     }
 
@@ -195,4 +198,4 @@ def unload_in(replicas: list[dict[str, Any]]) -> float | None:
     warm = [r for r in replicas if r["state"] == "warm"]
     if not warm or any(r["in_flight"] > 0 or r["expires_in_s"] is None for r in warm):
         return None
-    return max(r["expires_in_s"] for r in warm)
+    return float(max(r["expires_in_s"] for r in warm))

@@ -44,7 +44,8 @@ class BaseRecipe:
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(repr((self.suite, self.packages, self.naive, _EXCLUDE, _KEEP, _HOOKS)).encode()).hexdigest()
+        recipe = (self.suite, self.packages, self.naive, _EXCLUDE, _KEEP, _HOOKS)
+        return hashlib.sha256(repr(recipe).encode()).hexdigest()
 
     def argv(self, tarball: Path) -> list[str]:
         args = ["--quiet", "--variant=apt" if self.naive else "--variant=minbase",

@@ -160,7 +160,8 @@ def prepare(config: Config, name: str, *, context: Path, cache: Path, base: str,
     pip, requirements = gather_wheels(context / "wheels", cache, extra, own_only=gpu)
     phases["wheels"] = time.monotonic() - t
     spec = ImageSpec(model=name, engine=engine, files=tuple(f for _, f in files), base=base, pip_wheel=pip,
-                     wheels_sha256=wheels_digest(context / "wheels"), requirements=requirements, options=dict(model.options), chat=model.chat, gpu=gpu)
+                     wheels_sha256=wheels_digest(context / "wheels"), requirements=requirements,
+                     options=dict(model.options), chat=model.chat, gpu=gpu)
     t = time.monotonic()
     write_context(context, spec, files)
     phases["context"] = time.monotonic() - t

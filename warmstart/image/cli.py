@@ -7,7 +7,6 @@ import argparse
 import os
 import time
 from pathlib import Path
-
 from typing import Any
 
 from warmstart.cli import CLIError, _client_flags, call, command, load
@@ -30,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("-t", "--tag", help="image name (default: localhost/warmstart-MODEL:latest)")
     b.add_argument("--context", help="where the build context and its Containerfile are written "
                                      "(default: ./warmstart-image-MODEL)")
-    b.add_argument("--cache", help="base tarball and wheels (default: $WARMSTART_IMAGE_CACHE or ~/.cache/warmstart/image)")
+    b.add_argument("--cache", help="base tarball and wheels "
+                                   "(default: $WARMSTART_IMAGE_CACHE or ~/.cache/warmstart/image)")
     b.add_argument("--gpu", action="store_true", help="the CUDA variant: write its context; build it only with --build")
     b.add_argument("--build", action="store_true", help="with --gpu: build it too (on a machine with a GPU)")
     b.add_argument("--no-build", action="store_true", help="write the context and Containerfile only")

@@ -124,7 +124,8 @@ def offline(image: str, name: str, *, env: dict[str, str] | None = None, port: i
         address = tools.run("podman", ["inspect", "--format",
                                        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name]).strip()
         if not address:
-            raise ImageError(f"container {name} has no address on {network}: {tools.run('podman', ['logs', name])[-800:]}")
+            logs = tools.run("podman", ["logs", name])[-800:]
+            raise ImageError(f"container {name} has no address on {network}: {logs}")
         relay = LoopbackRelay((address, port))
         yield Running(name, address, f"http://127.0.0.1:{relay.port}", started)
     finally:

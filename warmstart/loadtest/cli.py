@@ -112,7 +112,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         raise CLIError(str(exc), status=2) from None
     models = {m.get("id"): m for m in _models(args)}
     model = args.model or next(iter(models), None)
-    if model not in models:
+    if model is None or model not in models:
         raise CLIError(f"the server has no model {model!r}; it serves: {', '.join(map(str, models)) or 'none'}")
     named = {r.model for r in trace if r.model} | {model}
     unknown = sorted(n for n in named if n not in models)

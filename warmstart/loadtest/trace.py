@@ -56,7 +56,7 @@ def _azure(text: str, path: Path) -> list[tuple[float, int, int, str | None]]:
     if header is None or [h.strip() for h in header[:3]] != ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]:
         raise TraceError(f"{path}:1: not an Azure trace: expected the header TIMESTAMP,ContextTokens,GeneratedTokens "
                          "(use --format jsonl for JSON lines)")
-    rows = []
+    rows: list[tuple[float, int, int, str | None]] = []
     for n, row in enumerate(reader, start=2):
         if not row:
             continue
@@ -74,7 +74,7 @@ def _azure(text: str, path: Path) -> list[tuple[float, int, int, str | None]]:
 
 
 def _jsonl(text: str, path: Path) -> list[tuple[float, int, int, str | None]]:
-    rows = []
+    rows: list[tuple[float, int, int, str | None]] = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

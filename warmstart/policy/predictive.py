@@ -109,7 +109,7 @@ class PredictiveState:
 class PredictivePolicy:
     def __init__(self, params: PredictiveParams | None = None) -> None:
         self.p = params or PredictiveParams()
-        self.slots = int(round(DAY / self.p.slot))
+        self.slots = round(DAY / self.p.slot)
         self._prev = np.roll(np.arange(self.slots), 1)  # index of the slot before each slot, around midnight
         self._next = np.roll(np.arange(self.slots), -1)
         spent_w = np.append(WIDTHS, 0.0)[None, :]

@@ -1,5 +1,4 @@
-"""What the pool keeps per model (its entry, its held requests, its finished starts) and the lease a
-request holds on a replica."""
+"""What the pool keeps per model: its entry, its held requests, its finished starts; and where it reports them."""
 
 from __future__ import annotations
 
@@ -8,14 +7,12 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from warmstart.config import ModelConfig
-from warmstart.engines.base import Capabilities, Engine
+from warmstart.engines.base import Capabilities, Engine, StartReport
+from warmstart.pool.lease import Lease
 from warmstart.pool.replica import Replica
-
-if TYPE_CHECKING:
-    from warmstart.pool.pool import Pool
 
 
 @dataclass(frozen=True)
@@ -42,10 +39,36 @@ class StartRecord:
         }
 
 
+class Attempt(Protocol):
+    """What the audit log records of a start: a replica, or a refusal before any replica existed."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def trigger(self) -> str: ...
+
+    @property
+    def created_wall(self) -> float: ...
+
+    @property
+    def report(self) -> StartReport: ...
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A model refused before any start (its file is missing or not a model), as the audit log records it."""
+
+    id: str
+    created_wall: float
+    trigger: str = "inspect"
+    report: StartReport = field(default_factory=StartReport)
+
+
 class AuditSink(Protocol):
     """Where the pool reports initializations, unloads and failures (the audit log)."""
 
-    async def record(self, event: str, *, model: ModelConfig, path: Path | None, replica: Replica,
+    async def record(self, event: str, *, model: ModelConfig, path: Path | None, replica: Attempt,
                      engine: Engine, outcome: str, error: str | None = None, reason: str | None = None,
                      seconds: float | None = None) -> None:
         """`seconds`: for a start, how long it took; for an unload or failure, how long the replica lived."""
@@ -73,7 +96,9 @@ class ModelEntry:
     starts: deque[StartRecord] = field(default_factory=lambda: deque(maxlen=50))
     path: Path | None = None
     capabilities: Capabilities | None = None
-    inspect_error: str | None = None
+    # why the model cannot start now (its file is missing, truncated, not a model, fails its digest), found
+    # before any request asks; cleared once it is inspected or starts without fault
+    problem: str | None = None
     refused_audited: str | None = None  # the refusal last written to the audit log
     inspect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -89,34 +114,13 @@ class ModelEntry:
     def name(self) -> str:
         return self.config.name
 
+    def refuse_waiters(self, exc: Exception) -> None:
+        """Answer every held request with `exc` now."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_exception(exc)
+
     @property
     def keep_alive(self) -> float:
         return self.config.keep_alive if self.keep_alive_override is None else self.keep_alive_override
-
-
-class Lease:
-    """A request's claim on one slot of a warm replica; release it exactly once."""
-
-    __slots__ = ("_pool", "replica", "cold", "waited_s", "keep_alive", "_released")
-
-    def __init__(self, pool: Pool, replica: Replica, cold: bool, waited_s: float, keep_alive: float | None):
-        self._pool, self.replica, self.cold = pool, replica, cold
-        self.waited_s, self.keep_alive, self._released = waited_s, keep_alive, False
-
-    @property
-    def base_url(self) -> str:
-        assert self.replica.process is not None
-        return self.replica.process.base_url
-
-    @property
-    def start(self) -> str:
-        return "cold" if self.cold else "warm"
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._pool._release(self)
-
-    def fail(self, reason: str) -> None:
-        """The replica broke under this request (connection refused or cut): replace it."""
-        self._pool._replica_broken(self.replica, reason)

@@ -34,7 +34,7 @@ class Replica:
     process: EngineProcess | None = None
     report: StartReport = field(default_factory=StartReport)
     # the idle timer that unloads this replica when keep-alive runs out
-    expiry_task: asyncio.Task | None = None
+    expiry_task: asyncio.Task[None] | None = None
     expires_at: float | None = None
     # the time up to which loaded seconds have been counted
     accounted_to: float | None = None

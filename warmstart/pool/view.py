@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from warmstart.pool.entry import ModelEntry
+from warmstart.pool.replica import Replica
 from warmstart.pool.states import ReplicaState
 
 if TYPE_CHECKING:
     from warmstart.store.model_store import ModelStore
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """A replica as it was when asked: what the pages and the tests read, never the pool's own record."""
+
+    id: str
+    model: str
+    state: ReplicaState
+    trigger: str
+    created_at: float
+    in_flight: int
+    served: int
+    pid: int | None
+
+
+def replica_info(r: Replica) -> ReplicaInfo:
+    return ReplicaInfo(id=r.id, model=r.model, state=r.state, trigger=r.trigger, created_at=r.created_at,
+                       in_flight=r.in_flight, served=r.served, pid=r.pid)
 
 
 def model_view(entry: ModelEntry, state: ReplicaState, now: float, store: ModelStore | None) -> dict[str, Any]:
@@ -48,8 +69,9 @@ def model_view(entry: ModelEntry, state: ReplicaState, now: float, store: ModelS
         "last_start": last,
         "starts": [s.to_dict() for s in list(entry.starts)[-10:]],
         "last_failure": entry.last_failure,
+        "problem": entry.problem,
         "capabilities": caps,
-        "runtime_pool": entry.engine.runtime_view(cfg) if hasattr(entry.engine, "runtime_view") else None,
+        "runtime_pool": entry.engine.runtime_view(cfg),
         "path": str(entry.path) if entry.path else cfg.path,
         "tier": store.view(cfg.name) if store is not None else None,
     }

@@ -180,7 +180,7 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
                 k = int(np.searchsorted(arr, tn, side="left")) if shown < n else n
                 obs = Observation(model, arr[shown:k], c)
                 shown = k
-                assert controller is not None
+                assert controller is not None and state is not None
                 plan, state = controller.decide(obs, state, tn)
                 review = plan.review_at
             apply(tn)

@@ -12,7 +12,8 @@ from warmstart.cli_format import columns
 def table(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, tiers: bool = False) -> str:
     """One row per policy. `tiers`: add the RAM tier's columns (hours per tier, cost by tier, starts and cold
     waits by the tier the start read)."""
-    rows = [("policy", "requests", "warm %", "cost % of always-on", "x oracle", "cold p50 s", "cold p99 s")]
+    rows: list[tuple[str, ...]] = [
+        ("policy", "requests", "warm %", "cost % of always-on", "x oracle", "cold p50 s", "cold p99 s")]
     if tiers:
         rows[0] += ("loaded h", "RAM h", "RAM cost %", "total cost %", "starts RAM/disk", "RAM p50/p99 s",
                     "disk p50/p99 s")
@@ -20,8 +21,9 @@ def table(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, ti
     entries = list(policies.items()) + ([("oracle", oracle)] if oracle and "oracle" not in policies else [])
     for name, r in entries:
         ratio = r["cost_fraction"] / base if base and base > 0 else math.nan
-        row = (name, f"{r['requests']:,}", f"{100 * r['warm_fraction']:.3f}", f"{100 * r['cost_fraction']:.3f}",
-               f"{ratio:.2f}", f"{r['wait_p50_s']:.1f}", f"{r['wait_p99_s']:.1f}")
+        row: tuple[str, ...] = (name, f"{r['requests']:,}", f"{100 * r['warm_fraction']:.3f}",
+                                f"{100 * r['cost_fraction']:.3f}", f"{ratio:.2f}", f"{r['wait_p50_s']:.1f}",
+                                f"{r['wait_p99_s']:.1f}")
         if tiers:
             row += (f"{r['loaded_replica_s'] / 3600:,.1f}", f"{r['ram_resident_s'] / 3600:,.1f}",
                     f"{100 * r['ram_cost_fraction']:.3f}", f"{100 * r['total_cost_fraction']:.3f}",

@@ -124,7 +124,7 @@ def _servegen_windows(file: Path) -> list[tuple[float, float, str, float, float]
 
 
 def _draw_window(window: tuple[float, float, str, float, float], seed: int, client: int, index: int) -> np.ndarray:
-    start, rate, dist, shape, scale = window
+    start, rate, dist, shape, _scale = window
     rng = np.random.default_rng([seed, client, index])
     mean_gap = 1.0 / rate
     expected = rate * WINDOW

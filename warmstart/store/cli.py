@@ -6,9 +6,13 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from warmstart.cli import CLIError, command, data_dir_flags, load
 from warmstart.cli_format import columns
+
+if TYPE_CHECKING:
+    from warmstart.store.manifest import ManifestStore
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rm.add_argument("name")
 
 
-def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _store(args: argparse.Namespace) -> ManifestStore:
     from warmstart.store.manifest import ManifestStore
 
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else load(args).server.data_dir
@@ -93,7 +97,8 @@ def _models(args: argparse.Namespace) -> int:
                 continue
             bad += 1
             for c in wrong:
-                detail = "missing" if c.status == "missing" else f"sha256 {c.actual[:16]}..., expected {c.expected[:16]}..."  # type: ignore[index]
+                detail = ("missing" if c.status == "missing"
+                          else f"sha256 {c.actual[:16]}..., expected {c.expected[:16]}...")  # type: ignore[index]
                 print(f"{name}: {c.path}: {detail}")
         if bad:
             raise CLIError(f"{bad} model(s) do not match their manifests; starts of them are refused until the files "

@@ -315,7 +315,7 @@ class FastLoader:
         if self.direct == "always":
             return [(o, n, True) for o, n in chunks]
         resident = chunk_residency(Path(path), self.chunk)
-        return [(o, n, fraction < 0.5) for (o, n), fraction in zip(chunks, resident)]
+        return [(o, n, fraction < 0.5) for (o, n), fraction in zip(chunks, resident, strict=False)]
 
 
 def load_to_cuda(path: Path | str, device: str = "cuda", *, threads: int = 8, chunk: int = 64 << 20,

@@ -11,6 +11,7 @@ is pinned: other files under its name are refused.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import time
@@ -171,7 +172,7 @@ class ManifestStore:
                              "pass --replace to replace it or --name to add it under another name")
         return self._record(name, root, files, engine=engine, source=source, pinned=pinned)
 
-    def _record(self, name: str, root: Path, files: list[Path], *, engine: str | None, source: str | None,
+    def _record(self, name: str, root: Path, files: builtins.list[Path], *, engine: str | None, source: str | None,
                 pinned: bool) -> Manifest:
         fmt = detect_format(files)
         entries = []
@@ -242,7 +243,7 @@ class ManifestStore:
                 f"{entry.path} --name {name} --replace` if the change is intended")
         return replace(ManifestFile.of(digest), path=entry.path)  # same bytes, touched or copied
 
-    def verify(self, name: str) -> list[FileCheck]:
+    def verify(self, name: str) -> builtins.list[FileCheck]:
         """Re-hash every file of the model (no cache) against its manifest."""
         manifest = self.get(name)
         if manifest is None:

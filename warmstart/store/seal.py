@@ -77,7 +77,7 @@ class Seals:
             raise StoreError(f"cannot read the seal file {path}: {exc.strerror or exc}") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"the seal file {path} is damaged ({exc}); rebuild the image") from None
-        if st.st_uid != 0 or os.access(path, os.W_OK) and os.geteuid() != 0:
+        if st.st_uid != 0 or (os.access(path, os.W_OK) and os.geteuid() != 0):
             raise StoreError(f"the seal file {path} must be owned by root and read-only to the server; "
                              "it is, in an image built by `warmstart image build`")
         return cls(files, container_started_ns(), float(doc.get("checked_at") or 0.0))

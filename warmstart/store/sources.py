@@ -75,4 +75,4 @@ def _package_dir(module: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         hint = _INSTALL_HINTS.get(module, f"install the package that provides {module}")
         raise StoreError(f"package {module} is not installed; {hint}")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))

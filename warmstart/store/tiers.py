@@ -138,9 +138,9 @@ def is_tmpfs(path: Path) -> bool:
         for line in Path("/proc/mounts").read_text().splitlines():
             parts = line.split()
             mount = parts[1].replace("\\040", " ")
-            if str(path).startswith(mount.rstrip("/") + "/") or str(path) == mount:
-                if len(mount) >= len(best):
-                    best, fstype = mount, parts[2]
+            inside = str(path).startswith(mount.rstrip("/") + "/") or str(path) == mount
+            if inside and len(mount) >= len(best):
+                best, fstype = mount, parts[2]
     except OSError:
         return False
     return fstype == "tmpfs"

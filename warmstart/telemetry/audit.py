@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from warmstart.clock import Clock
     from warmstart.config import ModelConfig
     from warmstart.engines.base import Engine
-    from warmstart.pool.replica import Replica
+    from warmstart.pool.entry import Attempt
     from warmstart.telemetry.metrics import Metrics
 
 log = logging.getLogger("warmstart.audit")
@@ -403,7 +403,7 @@ class AuditLog:
     def directory(self) -> Path:
         return self.writer.directory
 
-    async def record(self, event: str, *, model: ModelConfig, path: Path | None, replica: Replica,
+    async def record(self, event: str, *, model: ModelConfig, path: Path | None, replica: Attempt,
                      engine: Engine, outcome: str, error: str | None = None, reason: str | None = None,
                      seconds: float | None = None) -> None:
         fields: dict[str, Any] = {
@@ -449,7 +449,7 @@ class AuditLog:
                 fields["digest_error"] = str(exc)
         try:
             fields["engine_version"] = engine.version()
-        except Exception as exc:  # noqa: BLE001 - an engine that cannot say its version still gets its record
+        except Exception as exc:  # an engine that cannot say its version still gets its record
             fields["engine_version"] = f"unknown ({type(exc).__name__}: {exc})"
         self.writer.append(fields, self.clock.wall())
 

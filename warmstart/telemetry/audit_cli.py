@@ -14,8 +14,7 @@ from typing import Any
 
 from warmstart.cli import CLIError, command, data_dir_flags
 from warmstart.cli_format import columns
-from warmstart.telemetry.audit_verify import (Line, Verification, parse_when, read_lines, record_time, select,
-                                              verify)
+from warmstart.telemetry.audit_verify import Line, Verification, parse_when, read_lines, record_time, select, verify
 
 CSV_COLUMNS = ("time", "seq", "event", "model", "replica", "trigger", "outcome", "seconds", "path", "size",
                "sha256", "engine", "engine_version", "options", "host", "error", "reason", "hash")
@@ -70,7 +69,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _source(args: argparse.Namespace) -> str:
-    from warmstart.config import find_config_file
+    from warmstart.config_loader import find_config_file
 
     if args.data_dir:
         return "--data-dir"

@@ -9,8 +9,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from warmstart.telemetry.audit import (GENESIS, HEAD, NotARecord, line_digest, read_head, read_record, record_hash,
-                                       segments)
+from warmstart.telemetry.audit import (
+    GENESIS,
+    HEAD,
+    NotARecord,
+    line_digest,
+    read_head,
+    read_record,
+    record_hash,
+    segments,
+)
 
 
 @dataclass(frozen=True)

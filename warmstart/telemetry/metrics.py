@@ -37,7 +37,8 @@ class Metrics:
         self.queue_depth = Gauge(
             "warmstart_queue_depth", "Requests held waiting for a replica.", ["model"], registry=r)
         self.replica_loaded_seconds = Counter(
-            "warmstart_replica_loaded_seconds", "Replica-seconds loaded (starting, warm or sleeping): the basis of cost.",
+            "warmstart_replica_loaded_seconds",
+            "Replica-seconds loaded (starting, warm or sleeping): the basis of cost.",
             ["model"], registry=r)
         self.starts = Counter(
             "warmstart_starts", "Replica starts by what triggered them and how they ended.",
@@ -70,7 +71,8 @@ class Metrics:
             "warmstart_runtime_handoffs", "Cold starts that took a pre-initialized runtime.", ["engine"], registry=r)
         self.replica_tier_seconds = Counter(
             "warmstart_replica_tier_seconds",
-            "Seconds per tier: tier=\"loaded\" replica-seconds loaded, tier=\"ram\" seconds held in RAM with none loaded.",
+            "Seconds per tier: tier=\"loaded\" replica-seconds loaded, "
+            "tier=\"ram\" seconds held in RAM with none loaded.",
             ["model", "tier"], registry=r)
         self.ram_tier_bytes = Gauge(
             "warmstart_ram_tier_bytes", "Bytes of the model's weight files held in RAM by the RAM tier.",

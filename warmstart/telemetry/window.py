@@ -128,7 +128,7 @@ def quantile(q: float, cumulative: tuple[float, ...] | list[float]) -> float | N
         return None
     rank = q * total
     lower, below = 0.0, 0.0
-    for bound, count in zip(BOUNDS, cumulative):
+    for bound, count in zip(BOUNDS, cumulative, strict=False):
         if count >= rank and count > below:
             if math.isinf(bound):
                 return lower  # past the last finite bucket: its upper bound is all that is known
@@ -154,11 +154,11 @@ class Figures:
     @classmethod
     def of(cls, delta: tuple[float, ...]) -> Figures:
         ttft = {start: delta[_TTFT + i * _PER_START:_TTFT + (i + 1) * _PER_START] for i, start in enumerate(STARTS)}
-        return cls(*delta[:_TTFT], ttft=ttft)
+        return cls(*delta[:_TTFT], ttft=ttft)  # type: ignore[arg-type, misc]  # mypy cannot count a slice
 
     def to_dict(self) -> dict[str, Any]:
         requests = self.warm + self.cold
-        both = [w + c for w, c in zip(self.ttft["warm"][2:], self.ttft["cold"][2:])]
+        both = [w + c for w, c in zip(self.ttft["warm"][2:], self.ttft["cold"][2:], strict=False)]
         out: dict[str, Any] = {
             "requests": int(requests),
             "warm": int(self.warm),
@@ -213,7 +213,7 @@ class HourWindow:
         total = [0.0] * WIDTH
         for model, row in current.items():
             old = base.get(model, ZERO)
-            delta = tuple(max(0.0, a - b) for a, b in zip(row, old))
+            delta = tuple(max(0.0, a - b) for a, b in zip(row, old, strict=False))
             if any(delta):
                 per_model[model] = Figures.of(delta)
                 for i, v in enumerate(delta):

@@ -22,9 +22,9 @@ import numpy as np
 
 from warmstart.clock import Clock
 from warmstart.config import Config, ModelConfig
+from warmstart.policy import defaults
 from warmstart.policy import hint as hints
 from warmstart.policy.controller import Controller
-from warmstart.policy import defaults
 from warmstart.policy.defaults import AUTO_KEEP_ALIVE_FLOOR
 from warmstart.policy.hint import HintDecision, HintLimits, HintRequest, HintState
 from warmstart.policy.observation import Observation

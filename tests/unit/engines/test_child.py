@@ -13,7 +13,8 @@ ASK = "from warmstart.engines.child import parent_gone; print(parent_gone())"
 
 
 def ask(env: dict[str, str]) -> str:
-    return subprocess.run([sys.executable, "-c", ASK], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    done = subprocess.run([sys.executable, "-c", ASK], env=env, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
 
 
 def test_a_child_knows_its_parent_is_alive() -> None:

@@ -6,7 +6,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from warmstart.clock import SystemClock
-from warmstart.config import parse_config
+from warmstart.config_loader import parse_config
 from warmstart.engines.registry import create_engines
 from warmstart.gateway.app import create_app
 from warmstart.gateway.auth import KeyRing

@@ -4,7 +4,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from warmstart.clock import SystemClock
-from warmstart.config import load_config
+from warmstart.config_loader import load_config
 from warmstart.engines.registry import create_engines
 from warmstart.gateway.app import create_app
 from warmstart.pool.pool import Pool

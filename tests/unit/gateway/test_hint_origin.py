@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.testclient import TestClient
 
 from warmstart.clock import VirtualClock
-from warmstart.config import parse_config
+from warmstart.config_loader import parse_config
 from warmstart.engines.registry import create_engines
 from warmstart.gateway.app import create_app
 from warmstart.pool.pool import Pool

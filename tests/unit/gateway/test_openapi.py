@@ -3,7 +3,7 @@
 from starlette.testclient import TestClient
 
 from warmstart.clock import SystemClock
-from warmstart.config import load_config
+from warmstart.config_loader import load_config
 from warmstart.engines.registry import create_engines
 from warmstart.gateway.app import create_app
 from warmstart.pool.pool import Pool
@@ -26,5 +26,6 @@ def test_errors_are_documented_as_openai_errors_with_their_real_statuses(tmp_pat
     assert "403" in schema["paths"]["/admin/models/{model}/warm"]["post"]["responses"]
     assert set(schema["paths"]["/healthz"]["get"]["responses"]) == {"200"}
     hint = schema["paths"]["/v1/warm"]
-    assert {"202", "400", "403", "404", "429"} <= set(hint["get"]["responses"]) and "200" not in hint["get"]["responses"]
+    responses = hint["get"]["responses"]
+    assert {"202", "400", "403", "404", "429"} <= set(responses) and "200" not in responses
     assert hint["get"]["parameters"][0]["name"] == "model" and "requestBody" in hint["post"]

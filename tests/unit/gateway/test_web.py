@@ -11,10 +11,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from warmstart.clock import VirtualClock
-from warmstart.config import parse_config
+from warmstart.config_loader import parse_config
 from warmstart.engines.registry import create_engines
 from warmstart.engines.simulated import SimulatedEngine
-from warmstart.gateway.app import Services, create_app
+from warmstart.gateway.app import create_app
+from warmstart.gateway.services import Services
 from warmstart.gateway.web import STATIC, dashboard, load_assets, unload_in
 from warmstart.pool.pool import Pool
 from warmstart.telemetry.metrics import Metrics

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from warmstart.cli import main
-from warmstart.config import parse_config
+from warmstart.config_loader import parse_config
 from warmstart.image.containerfile import SEALS, ImageSpec, ModelFile, containerfile, warmstart_toml
 
 

@@ -1,8 +1,9 @@
+import itertools
+
 import pytest
 
-from warmstart.loadtest.trace import TraceError, read_trace
-
 from tests.faults import AZURE_CONV as AZURE
+from warmstart.loadtest.trace import TraceError, read_trace
 
 
 def test_azure_rows_become_times_from_the_first_request(tmp_path):
@@ -19,7 +20,7 @@ def test_azure_rows_become_times_from_the_first_request(tmp_path):
 def test_the_real_azure_conversation_trace_reads_whole():
     trace = read_trace(AZURE, "azure")
     assert len(trace) == 19_366 and trace[0].at == 0 and 3400 < trace[-1].at < 3600
-    assert all(a.at <= b.at for a, b in zip(trace, trace[1:]))
+    assert all(a.at <= b.at for a, b in itertools.pairwise(trace))
 
 
 def test_jsonl_with_an_optional_model(tmp_path):

@@ -1,7 +1,8 @@
 import pytest
 
 from warmstart.pool.scaling import replicas_to_start
-from warmstart.pool.states import IllegalTransition, ReplicaState as S, TRANSITIONS, model_state, transition
+from warmstart.pool.states import TRANSITIONS, IllegalTransition, model_state, transition
+from warmstart.pool.states import ReplicaState as S
 
 
 def test_every_state_has_a_way_out_and_cold_is_reachable_from_every_state():

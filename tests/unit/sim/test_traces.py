@@ -56,7 +56,7 @@ def test_servegen_max_rate_keeps_the_clients_below_it(servegen: Path):
 
 def test_servegen_errors_name_the_file(tmp_path: Path):
     (tmp_path / "chunk-9-trace.csv").write_text("0,abc,1,Gamma,1,1\n")
-    with pytest.raises(TraceError, match="chunk-9-trace.csv:1"):
+    with pytest.raises(TraceError, match=r"chunk-9-trace\.csv:1"):
         read_servegen(tmp_path)
     with pytest.raises(TraceError, match="no ServeGen"):
         read_servegen(tmp_path / "empty-dir-that-is-not-there")
@@ -75,5 +75,5 @@ def test_azure_and_jsonl(tmp_path: Path):
     trace = read_jsonl(jsonl)
     assert trace.arrivals["a"].tolist() == [EPOCH + 2, EPOCH + 5]
     jsonl.write_text('{"model": "a"}\n')
-    with pytest.raises(TraceError, match="t.jsonl:1"):
+    with pytest.raises(TraceError, match=r"t\.jsonl:1"):
         read_jsonl(jsonl)

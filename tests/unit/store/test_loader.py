@@ -80,7 +80,7 @@ def test_numpy_views_match_safetensors_numpy_and_bf16_names_the_way_out(tmp_path
 
     bf16 = tmp_path / "bf16.safetensors"
     safetensors_torch.save_file({"w": torch.ones(2, dtype=torch.bfloat16)}, str(bf16))
-    with FastLoader().load(bf16) as ckpt, pytest.raises(StoreError, match="numpy cannot represent; use .torch"):
+    with FastLoader().load(bf16) as ckpt, pytest.raises(StoreError, match=r"numpy cannot represent; use \.torch"):
         ckpt.numpy()
 
 
@@ -193,12 +193,12 @@ def test_a_shard_the_index_names_but_the_folder_lacks_is_refused_by_name(tmp_pat
     _touch(tmp_path, "model-00001-of-00002.safetensors")
     (tmp_path / INDEX).write_text(json.dumps({"weight_map": {
         "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
-    with pytest.raises(StoreError, match="model-00002-of-00002.safetensors"):
+    with pytest.raises(StoreError, match=r"model-00002-of-00002\.safetensors"):
         folder_files(tmp_path)
 
 
 def test_a_folder_without_weights_or_with_a_broken_index_is_refused(tmp_path):
-    with pytest.raises(StoreError, match="no \\*.safetensors"):
+    with pytest.raises(StoreError, match=r"no \*\.safetensors"):
         folder_files(tmp_path)
     _touch(tmp_path, "model.safetensors")
     (tmp_path / INDEX).write_text("{")

@@ -69,7 +69,7 @@ def test_modified_truncated_or_missing_files_are_refused(tmp_path, model):
     with pytest.raises(IntegrityError, match="is 50 bytes, its manifest says 4100"):
         store.check("m", model, engine="llamacpp", source="path")
     model.unlink()
-    with pytest.raises(StoreError, match="not found|missing"):
+    with pytest.raises(StoreError, match=r"not found|missing"):
         store.check("m", model, engine="llamacpp", source="path")
 
 

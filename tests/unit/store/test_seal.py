@@ -74,7 +74,7 @@ def test_anything_else_is_read_and_hashed(tmp_path: Path, change: str) -> None:
 
 
 def test_a_seal_is_refused_when_damaged_or_not_owned_by_root(tmp_path: Path) -> None:
-    model, seal = sealed_model(tmp_path)
+    _, seal = sealed_model(tmp_path)
     seal.write_text("{not json")
     with pytest.raises(StoreError, match="damaged"):
         Seals.load(seal)
@@ -88,7 +88,7 @@ def test_a_seal_is_refused_when_damaged_or_not_owned_by_root(tmp_path: Path) -> 
 
 
 def test_the_build_refuses_a_file_that_is_not_the_one_checked(tmp_path: Path) -> None:
-    model, seal = sealed_model(tmp_path)
+    _, seal = sealed_model(tmp_path)
     doc = json.loads(seal.read_text())
     doc["files"][0]["sha256"] = "0" * 64
     seal.write_text(json.dumps(doc))

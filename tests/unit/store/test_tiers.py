@@ -7,7 +7,7 @@ import math
 import pytest
 
 from warmstart.policy.tiering import HoldInRam, ToDisk, on_last_stop, on_ram_expiry
-from warmstart.store.tiers import GiB, CgroupMemory, RamTier, TierRefused, headroom, parse_meminfo, parse_size
+from warmstart.store.tiers import CgroupMemory, GiB, RamTier, TierRefused, headroom, parse_meminfo, parse_size
 
 
 def test_sizes_parse_like_people_write_them():
@@ -43,7 +43,7 @@ def test_a_hold_beyond_the_budget_or_memory_is_refused_before_taking_any(tmp_pat
     with pytest.raises(TierRefused, match=r"store.ram_max is 0.00 GiB .* raise store.ram_max"):
         tier.check_fits("big", 2 << 20, "mlock")
     greedy = RamTier(method="mlock", reserve_bytes=1 << 50)
-    with pytest.raises(TierRefused, match="only 0.00 GiB can be held .*reserve.*lower store.ram_reserve"):
+    with pytest.raises(TierRefused, match=r"only 0\.00 GiB can be held .*reserve.*lower store\.ram_reserve"):
         greedy.check_fits("big", 1 << 20, "mlock")
     not_tmpfs = RamTier(method="tmpfs", tmpfs_dir=tmp_path / "copies")
     with pytest.raises(TierRefused, match="is not on a tmpfs"):

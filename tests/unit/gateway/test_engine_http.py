@@ -1,0 +1,176 @@
+"""The gateway's HTTP client for its engines, against real sockets on loopback: each server here answers
+the way an engine's HTTP server can (Content-Length, chunked, to the end, a closed kept connection, a
+cut answer, something that is not HTTP)."""
+
+import asyncio
+
+import pytest
+
+from warmstart.gateway.engine_http import EngineClient, EngineConnectionError
+
+
+class Server:
+    """A loopback server that answers each request with `answer(n, request_head)`'s bytes, then keeps the
+    connection or closes it; records how many connections it accepted."""
+
+    def __init__(self, answer, close_after=False, close_idle_after=None):
+        self.answer, self.close_after, self.close_idle_after = answer, close_after, close_idle_after
+        self.connections, self.requests, self.heads = 0, 0, []
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+    async def _serve(self, reader, writer):
+        self.connections += 1
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.close_idle_after)
+                except (TimeoutError, asyncio.IncompleteReadError):
+                    return
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                body = await reader.readexactly(length)
+                self.heads.append(head)
+                self.requests += 1
+                for piece in self.answer(self.requests, body):
+                    writer.write(piece)
+                    await writer.drain()
+                if self.close_after:
+                    return
+        finally:
+            writer.close()
+
+
+def fixed(data):
+    return f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n{data}".encode()
+
+
+async def test_content_length_answers_reuse_one_connection():
+    async with Server(lambda n, body: [fixed(f'{{"n": {n}, "got": {len(body)}}}')]) as srv:
+        client = EngineClient()
+        for n in (1, 2, 3):
+            r = await client.post(srv.url + "/v1/chat/completions", b"x" * 10, {"content-type": "application/json"})
+            assert (r.status, r.headers["content-type"]) == (200, "application/json")
+            assert await r.read() == f'{{"n": {n}, "got": 10}}'.encode()
+            r.release()
+        assert srv.connections == 1 and srv.requests == 3
+        assert srv.heads[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+        await client.close()
+
+
+async def test_a_chunked_stream_is_read_piece_by_piece_with_the_chunks_joined_back():
+    events = [b"data: one\n\n", b"data: two\n\n", b"data: [DONE]\n\n"]
+
+    def answer(n, body):
+        yield b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        for e in events:
+            yield f"{len(e):x}\r\n".encode() + e + b"\r\n"
+        yield b"0\r\n\r\n"
+
+    async with Server(answer) as srv:
+        client = EngineClient()
+        r = await client.post(srv.url + "/s", b"{}", {"connection": "close"})
+        got = []
+        while data := await r.readany():
+            got.append(data)
+        assert b"".join(got) == b"".join(events)
+        r.release()
+        # one more: read whole
+        r = await client.post(srv.url + "/s", b"{}", {})
+        assert await r.read() == b"".join(events)
+        r.release()
+        await client.close()
+
+
+async def test_an_answer_without_length_is_read_to_the_end_and_its_connection_not_kept():
+    async with Server(lambda n, body: [b"HTTP/1.1 200 OK\r\n\r\n", b"partly ", b"done"], close_after=True) as srv:
+        client = EngineClient()
+        for _ in range(2):
+            r = await client.post(srv.url + "/", b"", {})
+            assert await r.read() == b"partly done"
+            r.release()
+        assert srv.connections == 2
+        await client.close()
+
+
+async def test_a_kept_connection_the_engine_closed_while_idle_is_replaced_and_the_request_sent_once():
+    async with Server(lambda n, body: [fixed(str(n))], close_idle_after=0.05) as srv:
+        client = EngineClient()
+        r = await client.post(srv.url + "/", b"a", {})
+        assert await r.read() == b"1"
+        r.release()
+        await asyncio.sleep(0.3)  # the server closed it; the client may not have noticed yet
+        r = await client.post(srv.url + "/", b"b", {})
+        assert await r.read() == b"2"
+        r.release()
+        assert srv.requests == 2 and srv.connections == 2
+        await client.close()
+
+
+async def test_an_answer_cut_in_the_middle_is_a_connection_error():
+    async with Server(lambda n, body: [b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this"],
+                      close_after=True) as srv:
+        client = EngineClient()
+        r = await client.post(srv.url + "/", b"", {})
+        with pytest.raises(EngineConnectionError, match="middle"):
+            await r.read()
+        r.close()
+
+    async with Server(lambda n, body: [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab"],
+                      close_after=True) as srv:
+        r = await client.post(srv.url + "/", b"", {})
+        with pytest.raises(EngineConnectionError):
+            while await r.readany():
+                pass
+        r.close()
+        await client.close()
+
+
+async def test_no_answer_or_not_http_or_no_server_is_a_connection_error_naming_it():
+    client = EngineClient()
+    async with Server(lambda n, body: [], close_after=True) as srv:
+        with pytest.raises(EngineConnectionError, match="without answering"):
+            await client.post(srv.url + "/", b"", {})
+    async with Server(lambda n, body: [b"SSH-2.0-OpenSSH\r\n\r\n"], close_after=True) as srv:
+        with pytest.raises(EngineConnectionError, match=r"not HTTP/1\.1"):
+            await client.post(srv.url + "/", b"", {})
+        url = srv.url
+    with pytest.raises(EngineConnectionError, match="Connect"):
+        await client.post(url + "/", b"", {})  # nothing listens there any more
+    with pytest.raises(EngineConnectionError, match="not http"):
+        await client.post("https://127.0.0.1:1/", b"", {})
+    await client.close()
+
+
+async def test_an_answer_closed_early_by_the_gateway_drops_its_connection():
+    async with Server(lambda n, body: [fixed("x" * 1000)]) as srv:
+        client = EngineClient()
+        r = await client.post(srv.url + "/", b"", {})
+        assert r.status == 200
+        r.release()  # body not read: the connection cannot serve another request
+        r = await client.post(srv.url + "/", b"", {})
+        assert await r.read() == b"x" * 1000
+        r.release()
+        assert srv.connections == 2
+        await client.close()
+
+
+async def test_idle_connections_are_closed_once_idle_too_long_even_if_never_asked_for_again(monkeypatch):
+    import warmstart.gateway.engine_http as engine_http
+
+    monkeypatch.setattr(engine_http, "IDLE_TIMEOUT", 0.1)
+    async with Server(lambda n, body: [fixed("ok")]) as srv:
+        client = EngineClient()
+        r = await client.post(srv.url + "/", b"", {})
+        await r.read()
+        r.release()
+        assert client._idle  # kept for the next request
+        await asyncio.sleep(0.4)  # no request comes: the engine may be gone for good
+        assert not client._idle
+        await client.close()

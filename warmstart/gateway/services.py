@@ -1,0 +1,50 @@
+"""What the gateway's routes share: settings, the pool, metrics, clock, the relay, the audit log and the
+warming runner, with the labelled metric children requests count into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from warmstart.clock import Clock
+from warmstart.config import Config
+from warmstart.gateway.access import AccessLog
+from warmstart.gateway.relay import Relay
+from warmstart.pool.pool import Pool
+from warmstart.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from warmstart.telemetry.audit import AuditLog
+    from warmstart.warming.runner import WarmingRunner
+
+
+@dataclass
+class Services:
+    config: Config
+    pool: Pool
+    metrics: Metrics
+    clock: Clock
+    relay: Relay | None = None
+    started_wall: float = 0.0
+    audit: AuditLog | None = None
+    warming: WarmingRunner | None = None  # when [warming] is enabled
+    access: AccessLog | None = None  # the access log, unless server.access_log is "off"
+
+    def __post_init__(self) -> None:
+        # labelled metric children, looked up once per label set rather than on every request
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._ttft: dict[tuple[str, str], Any] = {}
+
+    def counted(self, model: str, start: str, status: int) -> Any:
+        key = (model, start, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.metrics.requests.labels(model, start, str(status))
+        return child
+
+    def ttft(self, model: str, start: str) -> Any:
+        key = (model, start)
+        child = self._ttft.get(key)
+        if child is None:
+            child = self._ttft[key] = self.metrics.ttft_seconds.labels(model, start)
+        return child
