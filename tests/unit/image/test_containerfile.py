@@ -66,3 +66,11 @@ def test_an_unknown_model_is_one_line_naming_the_choices(capsys: pytest.CaptureF
     assert main(["image", "build", "--model", "nope", "--no-build", "--context", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "smollm2-135m-instruct" in err and "nope" in err
+
+
+def test_drain_counts_requests_in_flight_and_held() -> None:
+    from warmstart.image.cli import busy
+
+    models = [{"queue_depth": 2, "replicas": [{"in_flight": 1}, {"in_flight": 0}]}, {"queue_depth": 0, "replicas": []}]
+    assert busy(models) == 3
+    assert busy([{"queue_depth": 0, "replicas": [{"in_flight": 0}]}]) == 0
