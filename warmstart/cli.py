@@ -7,6 +7,8 @@ import importlib
 import json
 import os
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -36,7 +38,8 @@ Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Command] = {}
 # Modules that add commands: each has `register(subparsers)` and marks its handlers with @command.
 EXTENSIONS: tuple[str, ...] = ("warmstart.cli_bench", "warmstart.telemetry.audit_cli", "warmstart.sim.cli",
-                              "warmstart.store.cli", "warmstart.loadtest.cli", "warmstart.image.cli")
+                              "warmstart.store.cli", "warmstart.loadtest.cli",
+                              "warmstart.quant.cli", "warmstart.image.cli")
 
 
 def command(name: str) -> Callable[[Command], Command]:
@@ -203,7 +206,8 @@ def _warm(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"wait": not args.no_wait}
     if args.keep_alive is not None:
         body["keep_alive"] = args.keep_alive
-    status, payload = call(args, "POST", f"/admin/models/{args.model}/warm", body)
+    status, payload = _with_progress(args, lambda: call(args, "POST", f"/admin/models/{args.model}/warm", body),
+                                     quiet=args.no_wait)
     if status not in (200, 202):
         raise CLIError(_error_text(status, payload))
     last = payload.get("last_start") or {}
@@ -212,6 +216,43 @@ def _warm(args: argparse.Namespace) -> int:
         line += f" in {last.get('total_s', 0):.2f} s ({phases_line(last.get('phases', {}))})"
     print(line)
     return 0
+
+
+def _with_progress(args: argparse.Namespace, work: Callable[[], tuple[int, Any]], quiet: bool = False,
+                   every: float = 0.5) -> tuple[int, Any]:
+    """Run `work` (a call that waits for a start); meanwhile, after a second, say on stderr which phase the
+    model's start is in, a line per phase, so a long start is seen to move."""
+    if quiet:
+        return work()
+    result: list[tuple[int, Any]] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(work())
+        except BaseException as exc:  # raised again below, in the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    began = time.monotonic()
+    worker.start()
+    worker.join(1.0)
+    said = None
+    while worker.is_alive():
+        try:
+            status, view = call(args, "GET", f"/v1/models/{args.model}", timeout=5)
+        except CLIError:
+            status, view = 0, None
+        replicas = (view or {}).get("replicas", []) if status == 200 else []
+        starting = [r for r in replicas if r.get("state") == "starting"]
+        phase = starting[0].get("phase") if starting else None
+        if phase and phase != said:
+            print(f"{args.model}: starting, {phase} ({time.monotonic() - began:.1f} s)", file=sys.stderr, flush=True)
+            said = phase
+        worker.join(every)
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 @command("unload")

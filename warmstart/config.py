@@ -28,6 +28,11 @@ class ModelConfig:
     keep_alive_auto: bool = False
     # after keep-alive unloads the last replica, hold the weights in RAM this long (0: straight to disk)
     ram_keep_alive: float = 0.0
+    # ram_keep_alive = "auto" (or none given on a keep_alive = "auto" model): the warming controller picks how
+    # long the weights stay in RAM after the model unloads, from its gaps, start times per tier and ram_price
+    ram_keep_alive_auto: bool = False
+    # start the model even when its manifest says it failed its accuracy gate or was quantized and never evaluated
+    allow_unverified: bool = False
 
 
 @dataclass(frozen=True)

@@ -293,7 +293,7 @@ def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path, 
                  predictive: bool = False) -> ModelConfig:
     where = f"models[{i}]"
     _expect(isinstance(raw, Mapping), where, raw, "must be a table")
-    _only_keys(raw, where, set(ModelConfig.__dataclass_fields__) - {"keep_alive_auto"})
+    _only_keys(raw, where, set(ModelConfig.__dataclass_fields__) - {"keep_alive_auto", "ram_keep_alive_auto"})
     for key in ("name", "path"):
         _expect(key in raw, f"{where}.{key}", None, "is required")
     name = raw["name"]
@@ -312,6 +312,11 @@ def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path, 
     auto = merged.get("keep_alive") == "auto" or ("keep_alive" not in merged and predictive)
     _expect(not auto or predictive, f"{where}.keep_alive", "auto",
             "needs predictive warming ([warming] predictive = true); or give a duration such as '5m'")
+    ram_auto = auto and merged.get("ram_keep_alive", "auto") == "auto"
+    _expect(merged.get("ram_keep_alive") != "auto" or auto, f"{where}.ram_keep_alive", "auto",
+            "needs keep_alive = \"auto\" (the controller that picks it); or give a duration such as '1h'")
+    if merged.get("ram_keep_alive") == "auto":
+        merged["ram_keep_alive"] = 0.0
     if auto:
         # the fixed keep-alive a server without its warming controller would use
         merged["keep_alive"] = 300.0
@@ -332,6 +337,8 @@ def _parse_model(raw: Any, i: int, defaults: Mapping[str, Any], base_dir: Path, 
         chat=chat,
         keep_alive_auto=auto,
         ram_keep_alive=_duration(merged, "ram_keep_alive", 0.0, where),
+        ram_keep_alive_auto=ram_auto,
+        allow_unverified=_bool(raw, "allow_unverified", False, where),
     )
 
 

@@ -16,6 +16,7 @@
     │   └── ModelStartFailed       the engine could not start the model
     ├── EngineError            an engine process misbehaved (crash, protocol error)
     ├── StoreError             model files: missing, unreadable, digest mismatch
+    │   └── UnverifiedModel        failed its accuracy gate, or quantized and never evaluated
     ├── AuditError             an audit record could not be written
     └── ImageError             an image could not be built or run (podman, buildah, mmdebstrap)
 """
@@ -120,6 +121,10 @@ class StoreError(WarmstartError):
 
 class IntegrityError(StoreError):
     pass
+
+
+class UnverifiedModel(StoreError):
+    """The model's manifest says it failed its accuracy gate (or was quantized and never evaluated)."""
 
 
 class AuditError(WarmstartError):

@@ -56,6 +56,7 @@ def build_app(config: Config) -> Gateway:
     from warmstart.gateway.app import create_app
     from warmstart.pool.pool import Pool
     from warmstart.store.digest import DigestCache
+    from warmstart.store.manifest import ManifestStore
     from warmstart.telemetry.audit import AuditLog
     from warmstart.telemetry.metrics import Metrics
 
@@ -73,7 +74,8 @@ def build_app(config: Config) -> Gateway:
     seals = load_seals(config)
     digests = DigestCache(data_dir / "digests.json", seals)
     audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=digests,
-                     required=config.audit.required, rotate_bytes=config.audit.rotate_bytes)
+                     required=config.audit.required, rotate_bytes=config.audit.rotate_bytes,
+                     manifests=ManifestStore(data_dir))
     pool = Pool(config, create_engines(data_dir, config.models), clock, metrics, audit=audit)
     pool.attach_store(build_store(config, pool, clock, metrics, seals))
     app = create_app(config, pool, metrics, clock)

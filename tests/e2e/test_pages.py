@@ -11,7 +11,7 @@ import urllib.parse
 import pytest
 
 from tests.e2e.conftest import browser_missing
-from tests.support import smollm2
+from tests.support import GEMMA, smollm2
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration,
               pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing()))]
@@ -180,3 +180,43 @@ def test_the_dashboard_with_hundreds_of_models_asks_for_the_key_and_stays_usable
     assert page.text_content("#live").startswith("live")
     page.screenshot(path=str(artifacts / "dashboard-300-models.png"))
     loopback_only(browser.requests, srv)
+
+
+def test_the_api_reference_at_docs_renders_with_nothing_from_outside(start_server, browser):
+    """issue 17 item 9: /docs loaded Swagger UI from a CDN and was blank offline; warmstart now serves it."""
+    srv = start_server([smollm2()])
+    page = browser.new_page()
+    page.goto(srv.url + "/docs")
+    page.wait_for_selector(".opblock")
+    paths = page.eval_on_selector_all(".opblock-summary-path", "ps => ps.map(p => p.dataset.path)")
+    assert "/v1/chat/completions" in paths and "/v1/models" in paths
+    outside = [url for _, url, _ in browser.requests if not url.startswith(srv.url)]
+    assert outside == [], outside
+
+
+def test_the_playground_does_not_offer_chat_with_a_base_model_and_can_stop_an_answer(start_server, browser):
+    """issue 17 item 10: a base model (no chat template) was offered and then failed; there was no stop."""
+    base = {"name": "gemma-3-270m", "engine": "llamacpp", "path": GEMMA}
+    srv = start_server([smollm2(), base])
+    srv.wait_for(lambda: srv.model("gemma-3-270m")["capabilities"], timeout=30)  # inspected once the server is up
+    page = browser.new_page()
+    page.goto(srv.url + "/playground?model=smollm2-135m-instruct")
+    until(page, "document.querySelectorAll('#model option').length === 2")
+    option = page.query_selector("#model option[value='gemma-3-270m']")
+    assert option.get_attribute("disabled") is not None and "no chat template" in option.text_content()
+
+    until(page, "document.getElementById('state').dataset.state === 'warm'")
+    page.fill("#prompt", "Write a long story about a lighthouse keeper.")
+    page.press("#prompt", "Enter")
+    until(page, "document.querySelector('.msg.assistant .text') && "
+                "document.querySelector('.msg.assistant .text').textContent.length > 0")
+    page.click("#stop")
+    until(page, "document.querySelector('.msg.assistant').dataset.done === 'stopped'")
+    assert page.is_hidden("#stop") and page.is_enabled("#send")
+    # the server saw the client leave: the replica's slot is free again
+    srv.wait_for(lambda: all(r["in_flight"] == 0 for r in srv.model("smollm2-135m-instruct")["replicas"]), timeout=30)
+
+    page.goto(srv.url + "/playground?model=gemma-3-270m")
+    until(page, "document.getElementById('prompt').disabled")
+    assert "no chat template" in page.get_attribute("#prompt", "placeholder")
+    assert page.is_disabled("#send")

@@ -59,3 +59,23 @@ def test_a_command_that_exits_fails_the_start_with_its_own_error(start_server):
     message = body["error"]["message"]
     assert "exited with code 3" in message and "no such flag" in message
     assert srv.model("broken")["state"] in ("failed", "cold")
+
+
+def test_warm_from_the_cli_shows_the_start_moving_when_it_takes_more_than_a_second(start_server):
+    """issue 17 item 9: a CLI operation longer than a second shows progress (here a server that takes 2 s
+    before it even starts)."""
+    import subprocess
+    import sys
+
+    server = llama_cpp_server()
+    command = " ".join(server["options"]["command"])
+    slow = {**server["options"], "command": ["sh", "-c", f"sleep 2 && exec {command}"]}
+    srv = start_server([{**server, "options": slow}])
+    warm = subprocess.run([sys.executable, "-m", "warmstart", "warm", NAME, "--url", srv.url], capture_output=True,
+                          text=True, timeout=120)
+    assert warm.returncode == 0, warm.stderr
+    assert f"{NAME}: starting, " in warm.stderr  # said while it waited
+    assert warm.stdout.startswith(f"{NAME}: warm in ")
+    quick = subprocess.run([sys.executable, "-m", "warmstart", "warm", NAME, "--url", srv.url], capture_output=True,
+                           text=True, timeout=60)
+    assert quick.returncode == 0 and quick.stderr == ""  # already warm: nothing to show

@@ -142,6 +142,20 @@ def test_api_keys_file(tmp_path):
         parse_config({"auth": {"api_keys_file": "missing.txt"}}, base_dir=tmp_path)
 
 
+def test_an_auto_keep_alive_model_gets_its_ram_keep_alive_picked_too_unless_it_sets_one(tmp_path):
+    def model(**fields):
+        raw = {"models": [{"name": "m", "engine": "llamacpp", "path": "m.gguf", **fields}]}
+        return parse_config(raw, base_dir=tmp_path).models[0]
+
+    assert model().ram_keep_alive_auto and model().ram_keep_alive == 0
+    assert model(ram_keep_alive="auto").ram_keep_alive_auto
+    fixed = model(ram_keep_alive="1h")
+    assert not fixed.ram_keep_alive_auto and fixed.ram_keep_alive == 3600
+    assert not model(keep_alive="5m").ram_keep_alive_auto
+    with pytest.raises(ConfigError, match=r"models\[0\]\.ram_keep_alive.*needs keep_alive = \"auto\""):
+        model(keep_alive="5m", ram_keep_alive="auto")
+
+
 def test_the_engine_is_told_from_the_path_when_a_model_names_none(tmp_path):
     from warmstart.store.manifest import ManifestStore
 

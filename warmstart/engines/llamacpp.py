@@ -24,10 +24,17 @@ from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.process import ManagedProcess, replica_log_path
 from warmstart.errors import EngineError
 
-# OpenAI request fields llama-server takes without a word and ignores (measured on xllamacpp 2026.10.11549):
-# a client asking for one of these gets a 400 naming it, not an answer that silently lacks it
+# OpenAI request fields llama-server takes without a word and ignores (measured on xllamacpp 2026.10.11549),
+# or that ask for what no local engine does (storing answers, a service tier, moderation, a cache retention
+# policy, reasoning controls of OpenAI's own models): a client asking for one of these gets a 400 naming it,
+# not an answer that silently lacks it. tests/integration/test_openai_fields.py walks every field of the
+# `openai` package's request types through a real engine.
 UNSUPPORTED_FIELDS = ("best_of", "echo", "suffix", "functions", "function_call", "audio", "modalities",
-                      "prediction", "web_search_options")
+                      "prediction", "web_search_options", "store", "service_tier", "moderation",
+                      "prompt_cache_retention", "prompt_cache_options", "reasoning_effort", "verbosity")
+# tools reach the model through its chat template (llama-server renders it with Jinja): a template that never
+# mentions tools drops them, so for such a model they are refused
+TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
 MAX_CHOICES = 16  # `n`: llama-server runs each choice as its own sequence
 
 
@@ -54,9 +61,14 @@ class LlamaCppEngine(NoRuntimes):
         info = read_gguf(path)
         chat = model.chat if model.chat is not None else bool(
             info.chat_template or model.options.get("chat_format"))
-        notes = () if chat else ("no chat template in the GGUF: completions only",)
+        notes: tuple[str, ...] = () if chat else ("no chat template in the GGUF: completions only",)
+        template = model.options.get("chat_format") or info.chat_template or ""
+        tools = "tools" in str(template)
+        if not tools:
+            notes += ("tools: its chat template takes none",)
         return Capabilities(chat=chat, completions=True, sleep=False, context_length=slot_context(model, path),
-                            max_token_bytes=info.max_token_bytes, unsupported_fields=UNSUPPORTED_FIELDS,
+                            max_token_bytes=info.max_token_bytes,
+                            unsupported_fields=UNSUPPORTED_FIELDS + (() if tools else TOOL_FIELDS),
                             max_choices=MAX_CHOICES, content_types=("text",),
                             embeddings=bool(model.options.get("embedding")),
                             notes=notes + ("sleep: not supported by llama.cpp; a replica is loaded or cold",))

@@ -53,9 +53,13 @@ class SimulatedEngine(NoRuntimes):
     kind = "simulated"
 
     def __init__(self, clock: Clock, phases: Sequence[tuple[str, float]] = (("load", 30.0),),
-                 fail_with: str | None = None) -> None:
+                 fail_with: str | None = None, ram_phases: Sequence[tuple[str, float]] | None = None,
+                 ram_dir: Path | None = None) -> None:
+        """`ram_phases`: the phases of a start that reads weights under `ram_dir` (the RAM tier's copy)."""
         self.clock = clock
         self.phases = list(phases)
+        self.ram_phases = list(ram_phases) if ram_phases is not None else self.phases
+        self.ram_dir = ram_dir
         self.fail_with = fail_with
         self.started: list[SimulatedProcess] = []
 
@@ -66,7 +70,8 @@ class SimulatedEngine(NoRuntimes):
         return Capabilities(chat=True, context_length=2048)
 
     async def start(self, model: ModelConfig, path: Path, report: StartReport, name: str) -> SimulatedProcess:
-        for phase, seconds in self.phases:
+        from_ram = self.ram_dir is not None and Path(path).is_relative_to(self.ram_dir)
+        for phase, seconds in self.ram_phases if from_ram else self.phases:
             report.enter(phase)
             await self.clock.sleep(seconds)
             report.done(phase, seconds)

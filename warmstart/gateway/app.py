@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
@@ -91,8 +92,18 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
                 services.access.close()
             await session.close()
 
-    app = FastAPI(title="warmstart", version=__version__, lifespan=lifespan,
+    # /docs from the Swagger UI warmstart ships (web/static/vendor), not a CDN: it works offline
+    app = FastAPI(title="warmstart", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible gateway that holds requests while a model starts.")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="warmstart API",
+                                   swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg",
+                                   # no badge from validator.swagger.io: nothing leaves the server
+                                   swagger_ui_parameters={"validatorUrl": None})
     app.state.services = services
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)
     _install_error_handlers(app)
@@ -110,12 +121,13 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
         return await generate(services, request, body, "/v1/embeddings")
 
     @app.get("/v1/models", tags=["openai"])
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_object(services, view) for view in pool.snapshot()]}
+    async def list_models(request: Request) -> dict[str, Any]:
+        return {"object": "list", "data": [_model_object(services, view, _operator(request))
+                                           for view in pool.snapshot()]}
 
     @app.get("/v1/models/{model:path}", tags=["openai"])
-    async def get_model(model: str) -> dict[str, Any]:
-        return _model_object(services, pool.view(model))
+    async def get_model(model: str, request: Request) -> dict[str, Any]:
+        return _model_object(services, pool.view(model), _operator(request))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -141,9 +153,18 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
     return app
 
 
-def _model_object(services: Services, view: dict[str, Any]) -> dict[str, Any]:
+# what an API key (not an operator's admin key) is not shown: where the model's files are on the server
+OPERATOR_ONLY = frozenset({"name", "path"})
+
+
+def _operator(request: Request) -> bool:
+    return bool(request.scope.get("state", {}).get("operator", False))
+
+
+def _model_object(services: Services, view: dict[str, Any], operator: bool = True) -> dict[str, Any]:
+    hidden = {"name"} if operator else OPERATOR_ONLY
     return {"id": view["name"], "object": "model", "created": int(services.started_wall),
-            "owned_by": "warmstart", **{k: v for k, v in view.items() if k != "name"}}
+            "owned_by": "warmstart", **{k: v for k, v in view.items() if k not in hidden}}
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -63,6 +63,11 @@ class Auth:
         else:
             denial = None
         if denial is None:
+            # whether this caller may see what only an operator should (model file paths): an admin key, or a
+            # server with no keys at all
+            token = self._presented(scope) if self.enforce_api else None
+            scope.setdefault("state", {})["operator"] = not self.enforce_api or (
+                bool(token) and bool(self.admin) and self.admin.holds(token or b""))
             await self.app(scope, receive, send)
         else:
             await _refuse(send, *denial, ollama=path.startswith(OLLAMA) and path not in OWN_API)

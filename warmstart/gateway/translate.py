@@ -79,9 +79,7 @@ def _check_supported(req: GenerationRequest, caps: Capabilities) -> None:
     extra = req.model_extra or {}
     for name in caps.unsupported_fields:
         value = extra.get(name)
-        inert = value is None or value is False or value in ("", [], {}) \
-            or (name == "best_of" and value == 1) or (name == "modalities" and value == ["text"])
-        if not inert:
+        if not _inert(name, value, extra):
             raise InvalidRequest(f"'{name}' is not supported by this model's engine.", param=name,
                                  code="unsupported_parameter")
     if isinstance(req, ChatCompletionRequest) and caps.content_types is not None:
@@ -99,6 +97,16 @@ def _check_supported(req: GenerationRequest, caps: Capabilities) -> None:
         raise InvalidRequest(f"'n' is {req.n}; this model's engine makes at most {caps.max_choices} "
                              f"choice{'s' if caps.max_choices > 1 else ''} per request.", param="n",
                              code="unsupported_parameter")
+
+
+def _inert(name: str, value: Any, extra: dict[str, Any]) -> bool:
+    """Whether a field's value asks for nothing beyond what is done anyway (so refusing it would be pedantic)."""
+    if value is None or value is False or value in ("", [], {}):
+        return True
+    return ((name == "best_of" and value == 1) or (name == "modalities" and value == ["text"])
+            or (name == "service_tier" and value in ("auto", "default"))
+            or (name in ("tool_choice", "parallel_tool_calls") and not extra.get("tools")
+                and value in ("none", "auto", True)))
 
 
 def _check_prompt_size(req: GenerationRequest, caps: Capabilities) -> None:

@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import numpy as np
+
 from warmstart.policy.observation import Observation
 from warmstart.policy.plan import Plan, merge
 
@@ -41,5 +43,26 @@ class Controller:
         review = plan.review_at if not math.isinf(plan.review_at) else now + 3600.0
         review = max(review, now + self.min_review)
         if review != plan.review_at:
-            plan = Plan(plan.spans, plan.after_arrival, review)
+            plan = Plan(plan.spans, plan.after_arrival, review, plan.recent_window, plan.ram_after_arrival)
         return plan, tuple(states)
+
+
+# the history a controller is taught at once: an hour of arrivals per decision
+HISTORY_STEP = 3600.0
+
+
+def learn(controller: Controller, state: tuple[Any, ...], model: str, arrivals: np.ndarray, now: float,
+          cold_start: float, step: float = HISTORY_STEP) -> tuple[tuple[Any, ...], np.ndarray]:
+    """Teach `controller` a model's past `arrivals` (ascending wall seconds before `now`), one `step` at a
+    time, as if it had been running: what the server does at start-up from its request history and what
+    `warmstart simulate --history-days` does before the judged window. Returns the state and the arrivals
+    of the last, unfinished step (to be shown at the next decision)."""
+    if not len(arrivals):
+        return state, arrivals
+    t = math.floor(arrivals[0] / step) * step + step
+    i = 0
+    while i < len(arrivals) and t < now:
+        j = int(np.searchsorted(arrivals, t, side="left"))
+        _, state = controller.decide(Observation(model, arrivals[i:j], cold_start), state, t)
+        i, t = j, t + step
+    return state, arrivals[i:]

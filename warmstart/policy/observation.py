@@ -17,5 +17,9 @@ class Observation:
     arrivals: np.ndarray = field(default_factory=lambda: _EMPTY)
     # p95 of the model's measured cold starts (or the configured estimate before any was measured)
     cold_start_s: float = 30.0
+    # the RAM tier, when the model may use it: how long a start from RAM takes (measured, else estimated;
+    # None: no RAM tier) and what a second held in RAM costs, in loaded replica-seconds (store.ram_price x GiB)
+    ram_cold_start_s: float | None = None
+    ram_price_s: float = 0.0
     # hints accepted since the previous decision: (wall time, warm for seconds)
     hints: tuple[tuple[float, float], ...] = ()

@@ -41,6 +41,9 @@ class Plan:
     review_at: float = math.inf
     # seconds before the last request in which requests count as its recent rate
     recent_window: float = 600.0
+    # how long after the last request the weights stay held in RAM once the model unloads (trigger "ram";
+    # limited to a recent rate like `after_arrival`); empty: the model's own ram_keep_alive applies
+    ram_after_arrival: tuple[WarmSpan, ...] = ()
 
 
 IDLE = Plan()
@@ -93,6 +96,17 @@ def warm_target(plan: Plan, last_arrival: float | None, now: float, recent: int 
     return evaluate(plan, last_arrival, now, recent)[0]
 
 
+def ram_until(plan: Plan, last_arrival: float | None, recent: int = 1) -> float | None:
+    """Until when the plan holds the model's weights in RAM after it unloads (wall time; -inf: not at
+    all), or None when the plan does not say (the model's own ram_keep_alive applies)."""
+    if not plan.ram_after_arrival:
+        return None
+    if last_arrival is None:
+        return -math.inf
+    ends = [s.end for s in plan.ram_after_arrival if s.min_recent <= recent <= s.max_recent]
+    return last_arrival + max(ends) if ends else -math.inf
+
+
 def merge(plans: list[Plan]) -> Plan:
     """The union of several policies' plans; review when the earliest of them asks."""
     if len(plans) == 1:
@@ -103,4 +117,5 @@ def merge(plans: list[Plan]) -> Plan:
         after_arrival=tuple(s for p in plans for s in p.after_arrival),
         review_at=min((p.review_at for p in plans), default=math.inf),
         recent_window=max(windows, default=600.0),
+        ram_after_arrival=tuple(s for p in plans for s in p.ram_after_arrival),
     )

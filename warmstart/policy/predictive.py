@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from warmstart.policy import tiers
 from warmstart.policy.observation import Observation
 from warmstart.policy.plan import Plan, WarmSpan
 
@@ -41,7 +42,7 @@ NC = len(CONTEXTS) - 1
 @dataclass(frozen=True)
 class PredictiveParams:
     # replica-seconds worth paying to keep one request from waiting for a cold start
-    cold_request_cost: float = 20.0
+    cold_request_cost: float = 160.0
     # how fast old behaviour is forgotten
     half_life: float = 7 * DAY
     # before this many gaps are known, keep the model warm for `fallback_keep_alive` after each request
@@ -49,7 +50,9 @@ class PredictiveParams:
     fallback_keep_alive: float = 300.0
     # never unload sooner than this after a request: a floor against what little data cannot show
     min_keep_alive: float = 180.0
-    max_keep_alive: float = 6 * 3600.0
+    max_keep_alive: float = 3600.0
+    # the longest the weights stay in RAM after a request (policy.tiers)
+    max_ram_keep_alive: float = 2 * DAY
     # a pre-warm relative to the last request needs this many observed gaps ending in it
     min_period_gaps: float = 3.0
     # time-of-day profile slot, and how many distinct days a wake-up must recur on before it is pre-warmed
@@ -104,6 +107,8 @@ class PredictiveState:
     # nothing new was learned, since deriving them is most of a decision's cost
     after: tuple[WarmSpan, ...] = ()
     after_key: tuple[float, ...] = ()
+    # and how long after a request the weights stay in RAM, per recent-rate class (policy.tiers)
+    ram_after: tuple[WarmSpan, ...] = ()
 
 
 class PredictivePolicy:
@@ -206,30 +211,52 @@ class PredictivePolicy:
         s = self.observe(obs, state, now)
         # the prior does not decay with the data: re-derive at least every quarter half-life
         epoch = math.floor(now / (p.half_life / 4))
-        key = (float(s.gaps_seen), c, float(epoch))
+        key = (float(s.gaps_seen), c, float(epoch), obs.ram_cold_start_s or 0.0, obs.ram_price_s)
         if s.after_key != key:
-            after, kas = self.keep_alive_spans(s, c)
-            s = replace(s, keep_alive=kas, after=after, after_key=key)
+            after, kas, ram = self.keep_alive_spans(s, c, obs.ram_cold_start_s, obs.ram_price_s)
+            s = replace(s, keep_alive=kas, after=after, after_key=key, ram_after=ram)
         spans = self.profile_spans(s, now, c)
         quiet = not len(obs.arrivals) and (math.isnan(s.pending) or now - s.pending > p.review)
         review = now + (p.horizon / 2 if quiet else p.review)
         return Plan(spans=spans, after_arrival=s.after, review_at=review,
-                    recent_window=p.recent_window), s
+                    recent_window=p.recent_window, ram_after_arrival=s.ram_after), s
 
-    def keep_alive_spans(self, s: PredictiveState, c: float) -> tuple[tuple[WarmSpan, ...], np.ndarray]:
-        """Per recent-rate class: how long to keep the model after a request (and a later pre-warm)."""
+    def keep_alive_spans(self, s: PredictiveState, c: float, ram_cold_start: float | None = None,
+                         ram_price: float = 0.0) -> tuple[tuple[WarmSpan, ...], np.ndarray, tuple[WarmSpan, ...]]:
+        """Per recent-rate class: how long to keep the model after a request (and a later pre-warm), and,
+        when the model has a RAM tier (`ram_cold_start`), how long its weights then stay in RAM."""
         p = self.p
         after: list[WarmSpan] = []
+        ram: list[WarmSpan] = []
         kas = np.empty(NC)
         wake = self.wake_burst(s)
         pooled = self.with_prior(s.n.sum(axis=0), s.w.sum(axis=0), s.idle.sum(axis=0), self._flat, p.prior_gaps, wake)
         for ci in range(NC):
             lo, hi = int(CONTEXTS[ci]), CONTEXTS[ci + 1] - 1
             hist = self.with_prior(s.n[ci], s.w[ci], s.idle[ci], pooled, p.prior_gaps, wake)
-            spans = self.keep_spans(*hist, c, seen=s.n[ci] if s.n[ci].sum() >= p.min_gaps else s.n.sum(axis=0))
+            ram_net = None if ram_cold_start is None else self.ram_net(hist, c, ram_cold_start, ram_price)
+            spans = self.keep_spans(*hist, c, seen=s.n[ci] if s.n[ci].sum() >= p.min_gaps else s.n.sum(axis=0),
+                                    ram_net=ram_net)
             kas[ci] = spans[0].end if spans else 0.0
             after += [WarmSpan(sp.start, sp.end, sp.trigger, lo, hi) for sp in spans]
-        return tuple(after), kas
+            if ram_cold_start is not None:
+                ram.append(WarmSpan(kas[ci], self.ram_horizon(hist, c, ram_cold_start, ram_price, kas[ci]), "ram",
+                                    lo, hi))
+        return tuple(after), kas, tuple(ram)
+
+    def ram_net(self, hist: tuple[np.ndarray, np.ndarray, np.ndarray], c: float, ram_cold_start: float,
+                ram_price: float) -> np.ndarray:
+        n, w, idle = hist
+        return tiers.ram_net(n[:-1], w[:-1], idle[:-1], cold_start=c, ram_cold_start=ram_cold_start,
+                             ram_price=ram_price, rate=self.p.cold_request_cost)
+
+    def ram_horizon(self, hist: tuple[np.ndarray, np.ndarray, np.ndarray], c: float, ram_cold_start: float,
+                    ram_price: float, keep_alive: float) -> float:
+        """Seconds after a request until which the weights stay in RAM once unloaded (policy.tiers)."""
+        if hist[0].sum() < self.p.min_gaps + self.p.prior_gaps:
+            return keep_alive  # too little known: disk after the unload, as without a RAM keep-alive
+        return tiers.ram_horizon(EDGES, self.ram_net(hist, c, ram_cold_start, ram_price), keep_alive,
+                                 self.p.max_ram_keep_alive)
 
     def wake_burst(self, s: PredictiveState) -> float:
         """The requests a cold start after a long gap made wait, on average (one pseudo-gap of one request
@@ -257,15 +284,22 @@ class PredictivePolicy:
         return n + pn * scale, w + pn * scale * weight, idle + pi * scale
 
     def keep_spans(self, n: np.ndarray, w: np.ndarray, idle: np.ndarray, c: float,
-                   seen: np.ndarray | None = None) -> list[WarmSpan]:
+                   seen: np.ndarray | None = None, ram_net: np.ndarray | None = None) -> list[WarmSpan]:
         """Keep-alive after a request, and possibly a later pre-warm, from one gap histogram (`seen`: the
-        gaps actually observed, without the prior; a pre-warm needs `min_period_gaps` of them in its span)."""
+        gaps actually observed, without the prior; a pre-warm needs `min_period_gaps` of them in its span).
+        `ram_net`: what holding the weights in RAM gains per bin (policy.tiers); the keep-alive is then chosen
+        with RAM as the alternative after it, not disk."""
         p = self.p
         if n.sum() < p.min_gaps + p.prior_gaps:
             return [WarmSpan(0.0, p.fallback_keep_alive, "keep-alive")]
         net = p.cold_request_cost * w[:-1] + c * n[:-1] - idle[:-1]
         prefix = np.concatenate([[0.0], np.cumsum(net)])
-        k = int(np.argmax(prefix))
+        if ram_net is None:
+            k = int(np.argmax(prefix))
+        else:  # loaded through bins [0, k), then RAM through the best run [k, m): k maximising both together
+            ram_prefix = np.concatenate([[0.0], np.cumsum(np.maximum(ram_net, -1e300))])
+            best_ram_after = np.maximum.accumulate(ram_prefix[::-1])[::-1]
+            k = int(np.argmax(prefix - ram_prefix + best_ram_after))
         ka = float(np.clip(EDGES[k], p.min_keep_alive, p.max_keep_alive))
         out = [WarmSpan(0.0, ka, "keep-alive")] if ka > 0 else [WarmSpan(0.0, 0.0, "keep-alive")]
         # a later pre-warm relative to the last request (callers with a period): the best run of bins

@@ -37,6 +37,12 @@ def on_last_stop(*, reason: str, ram_keep_alive: float, now: float,
     return HoldInRam(max(keepalive.expiry(now, ram_keep_alive), held_until))
 
 
+def planned_keep_alive(until: float, now: float) -> float:
+    """A RAM hold planned until `until` (wall time) as a RAM keep-alive from `now`: 0 (none) once it is past,
+    math.inf for ever."""
+    return max(0.0, until - now)
+
+
 def on_ram_expiry(*, loaded: bool, ram_keep_alive: float, now: float,
                   held_until: float = -math.inf) -> HoldInRam | ToDisk:
     """The RAM keep-alive ran out: release, unless a replica is loaded from it (then hold on) or a hold

@@ -92,7 +92,7 @@ class Books:
         """A start ended (ok, failed or cancelled): keep its record and measure its phases."""
         phases = tuple(replica.report.phases)
         entry.starts.append(StartRecord(replica.id, replica.trigger, outcome, phases, total,
-                                        replica.created_wall, error))
+                                        replica.created_wall, error, replica.tier))
         self.metrics.starts.labels(entry.name, replica.trigger, outcome).inc()
         if outcome == "ok":
             hist, last = self.metrics.cold_start_seconds, self.metrics.cold_start_last_seconds

@@ -26,6 +26,7 @@ class StartRecord:
     total_s: float
     at: float  # wall time the start began
     error: str | None = None
+    tier: str = "disk"  # where the weights were read from: "ram" or "disk"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +37,7 @@ class StartRecord:
             "total_s": round(self.total_s, 4),
             "at": self.at,
             "error": self.error,
+            "tier": self.tier,
         }
 
 
@@ -107,6 +109,9 @@ class ModelEntry:
     warm_trigger: str = "schedule"
     # set by the warming controller for models whose keep-alive it picks: the pool's own idle keep-alive
     keep_alive_override: float | None = None
+    # set by the warming controller for models whose RAM tier it picks: until when (monotonic) the weights stay
+    # in RAM once the model unloads (-inf: straight to disk); None: the model's own ram_keep_alive
+    ram_until: float | None = None
     last_failure: str | None = None
     wait_histogram: Any = None  # this model's warmstart_request_wait_seconds child
 

@@ -64,6 +64,7 @@ class Lifecycle:
             if entry.capabilities is None:
                 await self._files.capabilities(entry)
             if books.store is not None:  # refuses files that do not match the manifest; RAM tier's path
+                replica.tier = "ram" if books.store.in_ram(cfg.name) else "disk"
                 path = await books.store.before_start(cfg, path)
             proc = await asyncio.wait_for(
                 entry.engine.start(cfg, path, replica.report, replica.id), server.start_timeout)
@@ -211,7 +212,7 @@ class Lifecycle:
         books.changed(entry)
         if books.store is not None:  # the last replica on keep-alive: weights to the RAM tier, not to disk
             last = rules.last_running(replica, entry.replicas)
-            await books.store.before_stop(entry.config, entry.path, reason, last)
+            await books.store.before_stop(entry.config, entry.path, reason, last, planned=entry.ram_until)
         if replica.process is not None:
             await replica.process.stop(books.config.server.stop_timeout)
         books.account(replica)

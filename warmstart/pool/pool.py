@@ -258,9 +258,32 @@ class Pool:
         its keep-alive (keep_alive "auto"); None: the configured one again."""
         self._entry(name).keep_alive_override = seconds
 
-    def start_seconds(self, name: str, last: int = 20) -> list[float]:
-        """How long the model's `last` successful starts took, oldest first."""
-        return [s.total_s for s in self._entry(name).starts if s.outcome == "ok"][-last:]
+    def start_seconds(self, name: str, last: int = 20, tier: str | None = None) -> list[float]:
+        """How long the model's `last` successful starts took (from `tier` only: "ram" or "disk"), oldest
+        first."""
+        return [s.total_s for s in self._entry(name).starts
+                if s.outcome == "ok" and (tier is None or s.tier == tier)][-last:]
+
+    def set_ram_until(self, name: str, until: float | None) -> None:
+        """The warming controller's RAM horizon for a model whose tiers it picks: its weights stay in RAM
+        until then (monotonic) once it unloads (`rules.tier_on_stop`'s `planned`); None: its own
+        ram_keep_alive."""
+        self._entry(name).ram_until = until
+
+    def ram_price_s(self, name: str) -> float | None:
+        """What a second of the model's weights held in RAM costs in loaded replica-seconds (store.ram_price,
+        per GiB-hour where a loaded replica-hour costs 1, times the weights' GiB); None without a RAM tier."""
+        store = self._books.store
+        if store is None:
+            return None
+        entry = self._entry(name)
+        path = entry.path or Path(entry.config.path)
+        try:
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() \
+                else path.stat().st_size
+        except OSError:
+            return None
+        return store.settings.ram_price * size / (1 << 30)
 
     def outlook(self, name: str, cold_start: float) -> rules.Outlook:
         """How long the model stays loaded as things stand (`rules.outlook`)."""

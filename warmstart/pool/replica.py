@@ -38,6 +38,8 @@ class Replica:
     expires_at: float | None = None
     # the time up to which loaded seconds have been counted
     accounted_to: float | None = None
+    # where its weights were read from: "ram" (the RAM tier's copy) or "disk"
+    tier: str = "disk"
     unload_when_idle: bool = False
     # `keep_alive` came with the request just served (Ollama's semantics: it wins over the warming
     # controller's warm-until, so 0 unloads after the request even under keep_alive "auto")

@@ -220,12 +220,16 @@ def last_running(replica: ReplicaFacts, replicas: Sequence[ReplicaFacts]) -> boo
 
 
 def tier_on_stop(replica: ReplicaFacts, replicas: Sequence[ReplicaFacts], *, reason: str, ram_keep_alive: float,
-                 now: float, held_until: float = -math.inf) -> tiering.HoldInRam | tiering.ToDisk | None:
+                 now: float, held_until: float = -math.inf, planned: float | None = None
+                 ) -> tiering.HoldInRam | tiering.ToDisk | None:
     """Where the model's weights go when `replica` stops: None while another replica keeps the model
     loaded; else `tiering.on_last_stop` (a keep-alive unload holds them in RAM when the model has a RAM
-    keep-alive)."""
+    keep-alive). `planned`: until when the warming controller wants them in RAM (`plan.ram_until`, for
+    keep_alive "auto"; -inf: not at all), which replaces the model's RAM keep-alive."""
     if not last_running(replica, replicas):
         return None
+    if planned is not None:
+        ram_keep_alive = tiering.planned_keep_alive(planned, now)
     return tiering.on_last_stop(reason=reason, ram_keep_alive=ram_keep_alive, now=now, held_until=held_until)
 
 

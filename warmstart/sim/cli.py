@@ -11,7 +11,10 @@ from typing import Any
 
 from warmstart.cli import CLIError, command
 
-DEFAULT_POLICIES = "keepalive-300s,keepalive-3600s,predictive,default,oracle"
+# the curve of fixed keep-alives every other policy is judged against, then the policies
+DEFAULT_POLICIES = ("keepalive-0s,keepalive-30s,keepalive-60s,keepalive-120s,keepalive-180s,keepalive-300s,"
+                    "keepalive-600s,keepalive-1200s,keepalive-1800s,keepalive-3600s,keepalive-7200s,"
+                    "keepalive-14400s,predictive,default,oracle")
 # the weights of an 8B model in BF16 (15 GiB), rounded: what a RAM-resident second is priced for by default
 DEFAULT_MODEL_GIB = 16.0
 
@@ -29,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"(default {DEFAULT_POLICIES})")
     p.add_argument("--cold-start", default="30", help="seconds a replica takes to start (default 30)")
     p.add_argument("--days", help="A:B, the days of the trace to replay (default: all)")
+    p.add_argument("--history-days", metavar="A:B",
+                   help="days the policies learn from before the judged --days (B <= the first judged day), as "
+                        "the server learns from its request history; not judged")
     p.add_argument("--max-rate", type=float, help="keep only models whose mean rate is below R requests/s")
     p.add_argument("--seed", type=int, default=0, help="seed for drawing ServeGen arrivals (default 0)")
     p.add_argument("--schedule", action="append", default=[],
@@ -51,17 +57,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", help="write a PNG of cost against warm %% to this file")
 
 
-def parse_days(text: str | None) -> tuple[float, float] | None:
+def parse_days(text: str | None, option: str = "--days") -> tuple[float, float] | None:
     if text is None:
         return None
     a, sep, b = text.partition(":")
     try:
         lo, hi = float(a), float(b)
     except ValueError:
-        raise CLIError(f"--days {text!r}: expected A:B, e.g. 0:10") from None
-    if not sep or lo < 0 or hi <= lo:
-        raise CLIError(f"--days {text!r}: expected A:B with 0 <= A < B, e.g. 0:10")
+        raise CLIError(f"{option} {text!r}: expected A:B, e.g. 0:10") from None
+    if not sep or lo < 0 or hi <= lo or not math.isfinite(hi):
+        raise CLIError(f"{option} {text!r}: expected A:B with 0 <= A < B, e.g. 0:10")
     return lo, hi
+
+
+def parse_history(text: str | None, days: tuple[float, float] | None) -> tuple[float, float] | None:
+    """--history-days: earlier days than the judged ones, never overlapping them."""
+    history = parse_days(text, "--history-days")
+    if history is None:
+        return None
+    if days is None:
+        raise CLIError(f"--history-days {text}: also give the judged --days, after the history "
+                       f"(e.g. --history-days 0:5 --days 5:10)")
+    if history[1] > days[0]:
+        raise CLIError(f"--history-days {text}: the history must end by the first judged day "
+                       f"(--days {days[0]:g}:{days[1]:g}); e.g. --history-days {history[0]:g}:{days[0]:g}")
+    return history
 
 
 def parse_settings(items: list[str]) -> dict[str, float]:
@@ -81,7 +101,8 @@ def parse_ram_tier(args: argparse.Namespace, cold: float) -> tuple[Any, float]:
     """The RAM tier's options, checked: a RamTier (keep_alive 0 when it is off) and the price per GiB-hour."""
     from warmstart.config import StoreConfig
     from warmstart.durations import parse_duration
-    from warmstart.sim.run import MEASURED_RAM_SPEEDUP, RamTier, ram_price_per_s
+    from warmstart.policy.tiers import MEASURED_RAM_SPEEDUP
+    from warmstart.sim.run import RamTier, ram_price_per_s
 
     try:
         keep = parse_duration(args.ram_keep_alive)
@@ -106,11 +127,13 @@ def parse_ram_tier(args: argparse.Namespace, cold: float) -> tuple[Any, float]:
 
 
 def run_simulation(args: argparse.Namespace, log: Any = print, on_trace: Any = None) -> dict[str, Any]:
-    """Replay the trace for each policy; `on_trace(trace)` is handed the trace as read (the bench uses it)."""
+    """Replay the trace for each policy; `on_trace` is handed the trace as read, then the history (None without
+    --history-days): the bench uses them."""
     from warmstart.policy.defaults import predictive_params
     from warmstart.policy.schedule import parse_window, zone
+    from warmstart.sim.frontier import frontier
     from warmstart.sim.run import UnknownPolicy, make_policy, oracle_summary, simulate
-    from warmstart.sim.traces import TraceError, read_trace
+    from warmstart.sim.traces import Trace, TraceError, read_trace
 
     path = Path(args.trace).expanduser()
     if not path.exists():
@@ -125,6 +148,7 @@ def run_simulation(args: argparse.Namespace, log: Any = print, on_trace: Any = N
     if args.max_rate is not None and not args.max_rate > 0:
         raise CLIError("--max-rate must be a positive number of requests per second")
     days = parse_days(args.days)
+    history_days = parse_history(getattr(args, "history_days", None), days)
     ram, ram_price = parse_ram_tier(args, cold)
     settings = parse_settings(args.set)
     try:
@@ -149,23 +173,35 @@ def run_simulation(args: argparse.Namespace, log: Any = print, on_trace: Any = N
         raise CLIError(str(exc)) from None
     if not trace.arrivals:
         raise CLIError("no model in the trace has requests in the chosen days and under --max-rate")
+    history = None
+    if history_days is not None:
+        try:
+            history = read_trace(path, fmt, history_days, None, args.seed)
+        except TraceError as exc:
+            raise CLIError(f"--history-days: {exc}") from None
+        history = Trace(history.name, {m: a for m, a in history.arrivals.items() if m in trace.arrivals},
+                        history.start, history.end)
     if on_trace is not None:
         on_trace(trace)
+        on_trace(history)
     log(f"trace {trace.name}: {trace.requests:,} requests, {len(trace.arrivals)} models, "
-        f"{(trace.end - trace.start) / 86400:.2f} days (read in {time.perf_counter() - t0:.1f} s)")
+        f"{(trace.end - trace.start) / 86400:.2f} days (read in {time.perf_counter() - t0:.1f} s)"
+        + (f"; history {history.requests:,} requests of {len(history.arrivals)} of them" if history else ""))
     results: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     for name, policy in policies.items():
         t = time.perf_counter()
-        results[name] = simulate(trace, policy, cold, ram)
+        results[name] = simulate(trace, policy, cold, ram, history)
         seconds[name] = time.perf_counter() - t
         log(f"  {name}: {seconds[name]:.1f} s")
     # asked for by name, the oracle is replayed like the others; otherwise its closed form (the same figures)
     oracle = results["oracle"] if "oracle" in names else oracle_summary(trace, cold)
     return {
-        "trace": str(path), "format": fmt, "days": list(days) if days else None, "max_rate": args.max_rate,
+        "trace": str(path), "format": fmt, "days": list(days) if days else None,
+        "history_days": list(history_days) if history_days else None, "max_rate": args.max_rate,
         "seed": args.seed, "cold_start_s": cold, "models": len(trace.arrivals), "requests": trace.requests,
         "policies": results, "oracle": oracle, "seconds": seconds,
+        "frontier": frontier({**results, "oracle": oracle}),
         "ram_tier": {"keep_alive_s": None if math.isinf(ram.keep_alive) else ram.keep_alive,
                      "cold_start_s": ram.cold_start, "price_per_gib_hour": ram_price,
                      "model_gib": args.model_gib, "price_per_s": ram.price_per_s},
@@ -177,14 +213,15 @@ def _simulate(args: argparse.Namespace) -> int:
     from warmstart.sim.report import PlotUnavailable, plot, table
 
     report = run_simulation(args)
-    print(table(report["policies"], report["oracle"], tiers=report["ram_tier"]["keep_alive_s"] != 0))
+    print(table(report["policies"], report["oracle"], tiers=report["ram_tier"]["keep_alive_s"] != 0 or any(
+        r["ram_resident_s"] for r in report["policies"].values()), judged=report["frontier"]))
     if args.json:
         write_json(Path(args.json), report)
     if args.plot:
         title = f"{Path(report['trace']).name}: {report['models']} models, {report['requests']:,} requests, " \
                 f"cold start {report['cold_start_s']:g} s"
         try:
-            plot(report["policies"], report["oracle"], Path(args.plot), title)
+            plot([(title, report)], Path(args.plot))
         except PlotUnavailable as exc:
             raise CLIError(str(exc)) from None
         except OSError as exc:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from warmstart.policy import tiering
 from warmstart.policy.controller import Controller
 from warmstart.policy.observation import Observation
 from warmstart.policy.plan import IDLE, evaluate
+from warmstart.policy.plan import ram_until as planned_ram_until
 from warmstart.pool import rules
 from warmstart.pool.replica import Replica
 from warmstart.pool.states import ReplicaState
@@ -59,12 +61,20 @@ class ModelOutcome:
 
 def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, cold_start: float,
                  keep_alive: float, controller: Controller | None = None, log_starts: bool = False,
-                 ram_keep_alive: float = 0.0, ram_cold_start: float | None = None) -> ModelOutcome:
+                 ram_keep_alive: float = 0.0, ram_cold_start: float | None = None,
+                 learned: tuple[Any, np.ndarray, float] | None = None,
+                 ram_price_s: float | None = None, idle_since: float | None = None) -> ModelOutcome:
     """Replay `arrivals` (ascending wall seconds in [start, end)) for one model.
 
     `keep_alive` is the pool's own keep-alive for the model (with a controller that picks it: its floor).
     `ram_keep_alive` > 0 turns the RAM tier on (`ram_cold_start`: a start from RAM; default `cold_start`).
-    Policies are still shown the disk cold start as the model's cold start."""
+    Policies are still shown the disk cold start as the model's cold start.
+    `learned`: what the controller learned before `start` (`policy.controller.learn`: its state, the arrivals
+    it has not been shown yet, and the last arrival), as the server starts from its request history.
+    `ram_price_s`: the controller picks the RAM tier itself (keep_alive "auto"): it is shown the RAM start and
+    this price of a RAM second, and its plan's RAM horizon (`plan.ram_until`) replaces `ram_keep_alive`.
+    `idle_since`: the model's last request before `start` (from the history): a server that ran through it
+    still has a replica loaded at `start`, idle since then, unless its keep-alive (or plan) let it go."""
     c = float(cold_start)
     c_ram = c if ram_cold_start is None else float(ram_cold_start)
     arr = arrivals
@@ -91,10 +101,13 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
 
     plan = IDLE
     state = controller.initial_state() if controller is not None else None
+    unshown = np.empty(0)
+    last: float | None = None
+    if learned is not None and controller is not None:
+        state, unshown, last = learned
     review = start if controller is not None else INF
     span_at = INF
     applied: tuple[float, str] = (-INF, "")
-    last: float | None = None
     recent = 0  # requests in the plan's recent window up to the last one
     recent_counts: dict[float, np.ndarray] = {}
     shown = 0  # arrivals [0, shown) have been shown to the policy
@@ -151,7 +164,7 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
 
     def advance(t: float) -> None:
         """Everything that happens before an arrival at `t` (or up to the end when t is the end)."""
-        nonlocal expiry, held, loaded_s, plan, state, review, shown, ram_since, ram_until
+        nonlocal expiry, held, loaded_s, plan, state, review, shown, unshown, ram_since, ram_until
         while True:
             replica = replicas[0] if replicas else None
             if (replica is not None and replica.state is STARTING and ready_at <= t and ready_at <= review
@@ -166,7 +179,8 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
                 loaded_s += expiry - replica.created_at
                 replica.move(S.STOPPING)
                 demotion = rules.tier_on_stop(replica, replicas, reason="keep-alive", ram_keep_alive=ram_keep_alive,
-                                              now=expiry)
+                                              now=expiry, planned=planned_ram_until(plan, last, recent)
+                                              if ram_price_s is not None else None)
                 if isinstance(demotion, tiering.HoldInRam):
                     ram_since, ram_until = expiry, demotion.until
                 replica.move(S.COLD)
@@ -178,13 +192,23 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
                 return
             if tn == review:
                 k = int(np.searchsorted(arr, tn, side="left")) if shown < n else n
-                obs = Observation(model, arr[shown:k], c)
-                shown = k
+                seen = arr[shown:k] if not len(unshown) else np.concatenate([unshown, arr[shown:k]])
+                obs = Observation(model, seen, c) if ram_price_s is None else \
+                    Observation(model, seen, c, ram_cold_start_s=c_ram, ram_price_s=ram_price_s)
+                shown, unshown = k, unshown[:0]
                 assert controller is not None and state is not None
                 plan, state = controller.decide(obs, state, tn)
                 review = plan.review_at
             apply(tn)
 
+    if idle_since is not None:  # the replica the history left loaded; unloaded at once if nothing keeps it
+        replica = Replica(id=f"{model}#0", model=model, trigger="request", capacity=1, keep_alive=None,
+                          created_at=start, created_wall=start)
+        replica.move(S.STARTING)
+        replica.move(WARM)
+        replica.idle_since = idle_since
+        replicas.append(replica)
+        arm(start)
     admit, unload_at, serve = rules.admit, rules.unload_at, rules.Serve  # once per request: no lookups
     for i in range(n):
         t = float(arr[i])

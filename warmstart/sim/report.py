@@ -9,14 +9,18 @@ from typing import Any
 from warmstart.cli_format import columns
 
 
-def table(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, tiers: bool = False) -> str:
+def table(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, tiers: bool = False,
+          judged: dict[str, Any] | None = None) -> str:
     """One row per policy. `tiers`: add the RAM tier's columns (hours per tier, cost by tier, starts and cold
-    waits by the tier the start read)."""
+    waits by the tier the start read). `judged`: the frontier (`sim.frontier.frontier`), whose columns say
+    how each policy stands against the fixed keep-alives: cold requests at equal cost, cost at equal cold."""
     rows: list[tuple[str, ...]] = [
         ("policy", "requests", "warm %", "cost % of always-on", "x oracle", "cold p50 s", "cold p99 s")]
+    if judged:
+        rows[0] += ("total cost %", "cold %", "curve cold % at cost", "cold vs curve", "cost vs curve")
     if tiers:
-        rows[0] += ("loaded h", "RAM h", "RAM cost %", "total cost %", "starts RAM/disk", "RAM p50/p99 s",
-                    "disk p50/p99 s")
+        rows[0] += ("loaded h", "RAM h", "RAM cost %") + (() if judged else ("total cost %",)) + (
+            "starts RAM/disk", "RAM p50/p99 s", "disk p50/p99 s")
     base = oracle["cost_fraction"] if oracle else math.nan
     entries = list(policies.items()) + ([("oracle", oracle)] if oracle and "oracle" not in policies else [])
     for name, r in entries:
@@ -24,25 +28,41 @@ def table(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, ti
         row: tuple[str, ...] = (name, f"{r['requests']:,}", f"{100 * r['warm_fraction']:.3f}",
                                 f"{100 * r['cost_fraction']:.3f}", f"{ratio:.2f}", f"{r['wait_p50_s']:.1f}",
                                 f"{r['wait_p99_s']:.1f}")
+        if judged:
+            j = judged["policies"].get(name)
+            row += (f"{100 * r['total_cost_fraction']:.3f}", f"{100 * (1 - r['warm_fraction']):.3f}",
+                    *(("-",) * 3 if j is None else (_pct(j["curve_cold_at_equal_cost"], 3),
+                                                    _pct(j["cold_vs_curve"], 1, sign=True),
+                                                    _pct(j["cost_vs_curve"], 1, sign=True))))
         if tiers:
             row += (f"{r['loaded_replica_s'] / 3600:,.1f}", f"{r['ram_resident_s'] / 3600:,.1f}",
-                    f"{100 * r['ram_cost_fraction']:.3f}", f"{100 * r['total_cost_fraction']:.3f}",
-                    f"{r['starts_from_ram']:,}/{r['starts_from_disk']:,}",
+                    f"{100 * r['ram_cost_fraction']:.3f}") + (() if judged else (
+                    f"{100 * r['total_cost_fraction']:.3f}",)) + (f"{r['starts_from_ram']:,}/{r['starts_from_disk']:,}",
                     _pair(r["wait_ram_p50_s"], r["wait_ram_p99_s"]), _pair(r["wait_disk_p50_s"], r["wait_disk_p99_s"]))
         rows.append(row)
     return "\n".join(columns(rows, numbers=True, rule=True))
+
+
+def _pct(value: float | None, digits: int, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:+.{digits}f}" if sign else f"{100 * value:.{digits}f}"
 
 
 def _pair(a: float | None, b: float | None) -> str:
     return "-" if a is None or b is None else f"{a:.1f} / {b:.1f}"
 
 
+ZERO_COLD = 1e-3  # where a point with no cold request is drawn on the log-scale axis, %
+
+
 class PlotUnavailable(Exception):
     pass
 
 
-def plot(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, out: Path, title: str) -> None:
-    """Cost (% of always-on) against warm requests (%), one point per policy; fixed keep-alives joined."""
+def plot(panels: list[tuple[str, dict[str, Any]]], out: Path, title: str = "") -> None:
+    """One panel per (title, report): the curve of fixed keep-alives, cold requests (%) against total cost
+    (% of always-on, loaded plus priced RAM), and every other policy and the oracle as a point on it."""
     try:
         import matplotlib
         import matplotlib.ticker
@@ -51,34 +71,50 @@ def plot(policies: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, out
         import matplotlib.pyplot as plt
     except ImportError:
         raise PlotUnavailable("--plot needs matplotlib: install it with `pip install 'warmstart[sim]'`") from None
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
-    fixed = sorted(((n, r) for n, r in policies.items() if n.startswith("keepalive-")),
-                   key=lambda nr: nr[1]["cost_fraction"])
-    if fixed:
-        ax.plot([100 * r["cost_fraction"] for _, r in fixed], [100 * r["warm_fraction"] for _, r in fixed],
-                "-o", color="0.55", label="fixed keep-alive")
-        for n, r in fixed:
-            ax.annotate(n.removeprefix("keepalive-"), (100 * r["cost_fraction"], 100 * r["warm_fraction"]),
-                        textcoords="offset points", xytext=(4, -10), fontsize=8, color="0.35")
-    markers = iter("sD^vP*X")
-    for n, r in policies.items():
-        if n.startswith("keepalive-") or n == "oracle":
-            continue
-        ax.plot(100 * r["cost_fraction"], 100 * r["warm_fraction"], next(markers, "o"), markersize=8, label=n)
-    if oracle:
-        ax.plot(100 * oracle["cost_fraction"], 100 * oracle["warm_fraction"], "*", color="black", markersize=12,
-                label="oracle (perfect foresight)")
-        ax.axvline(150 * oracle["cost_fraction"], color="0.8", linestyle="--", linewidth=1)
-        ax.annotate("1.5x oracle", (150 * oracle["cost_fraction"], ax.get_ylim()[1]), fontsize=8, color="0.5",
-                    xytext=(3, -12), textcoords="offset points")
-    ax.set_xscale("log")
-    for axis_format in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
-        axis_format(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel("replica-seconds loaded, % of always-on (log scale)")
-    ax.set_ylabel("requests served warm, %")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    cols = min(2, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.6 * rows), dpi=110, squeeze=False)
+    for ax, (name, report) in zip(axes.flat, panels, strict=False):
+        _panel(ax, name, report, matplotlib.ticker)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+
+
+def _panel(ax: Any, name: str, report: dict[str, Any], ticker: Any) -> None:
+    judged = report["frontier"]
+    curve = judged["curve"]
+    if curve:
+        ax.plot([100 * p["total_cost_fraction"] for p in curve], [100 * p["cold_fraction"] for p in curve],
+                "-o", color="0.55", markersize=4, label="fixed keep-alive")
+        for p in curve:
+            ax.annotate(p["policy"].removeprefix("keepalive-"), (100 * p["total_cost_fraction"],
+                                                                  100 * p["cold_fraction"]),
+                        textcoords="offset points", xytext=(3, 3), fontsize=7, color="0.4")
+    markers = iter("sD^vPX")
+    for n, j in judged["policies"].items():
+        if n.startswith("keepalive-") or n == "oracle":
+            continue
+        rel = j["cold_vs_curve"]
+        label = n + ("" if rel is None else f" ({100 * rel:+.0f}% cold at equal cost)")
+        # no cold request at all: drawn on the floor of the axis
+        ax.plot(100 * j["total_cost_fraction"], max(100 * j["cold_fraction"], ZERO_COLD), next(markers, "o"),
+                markersize=8, label=label + (" (0 cold)" if j["cold_fraction"] == 0 else ""))
+    oracle = report.get("oracle")
+    if oracle:
+        ax.plot(100 * oracle["total_cost_fraction"], max(100 * (1 - oracle["warm_fraction"]), ZERO_COLD), "*",
+                color="black", markersize=11, label="oracle (perfect foresight)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("total cost, % of always-on (loaded + RAM)")
+    ax.set_ylabel("cold requests, %")
+    ax.set_title(name, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")

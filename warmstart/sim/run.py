@@ -11,25 +11,28 @@ from typing import Any
 
 import numpy as np
 
-from warmstart.policy.controller import Controller
+from warmstart.policy.controller import Controller, learn
+from warmstart.policy.tiers import MEASURED_RAM_SPEEDUP  # noqa: F401 (the simulator's default RAM start)
 from warmstart.sim.oracle import OraclePolicy
 from warmstart.sim.replay import ModelOutcome, replay_model
 from warmstart.sim.traces import Trace
 
 _KEEPALIVE = re.compile(r"^keepalive-(\d+(?:\.\d+)?)s$")
-# a start from the RAM tier against one from disk, llama.cpp with repack = false (docs/store.md, "Measured here")
-MEASURED_RAM_SPEEDUP = 1.9
 
 
 @dataclass(frozen=True)
 class SimPolicy:
     """How the simulated server is set up for one named policy: the pool's keep-alive and a controller
-    per model (None: the pool alone). `ram_tier`: whether the RAM tier applies (the oracle stays on disk)."""
+    per model (None: the pool alone). `ram_tier`: whether the RAM tier applies (the oracle stays on disk);
+    `ram_auto`: the controller picks how long each model stays in RAM (keep_alive "auto"), whatever the
+    fixed RAM keep-alive."""
 
     name: str
     keep_alive: float
     controller: Callable[[str, np.ndarray, float], Controller | None]
     ram_tier: bool = True
+    ram_auto: bool = False
+    learns: bool = True  # shown the history (--history-days); the oracle needs none
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ def make_policy(name: str, *, schedule: Sequence[str] = (), tz: str = "UTC",
     if m := _KEEPALIVE.match(name):
         return SimPolicy(name, float(m.group(1)), lambda _m, _a, _c: None)
     if name == "oracle":
-        return SimPolicy(name, 0.0, lambda _m, arr, c: Controller([OraclePolicy(arr, c)]), ram_tier=False)
+        return SimPolicy(name, 0.0, lambda _m, arr, c: Controller([OraclePolicy(arr, c)]), ram_tier=False,
+                         learns=False)
     if name == "predictive":
         params = defaults.predictive_params(predictive or {})
         return SimPolicy(name, 0.0, lambda _m, _a, _c: defaults.controller(predictive=params))
@@ -72,7 +76,7 @@ def make_policy(name: str, *, schedule: Sequence[str] = (), tz: str = "UTC",
         params = defaults.predictive_params(predictive or {})
         return SimPolicy(name, defaults.AUTO_KEEP_ALIVE_FLOOR,
                          lambda _m, _a, _c: defaults.controller(
-                             predictive=params, schedules=[(schedule, tz)] if schedule else ()))
+                             predictive=params, schedules=[(schedule, tz)] if schedule else ()), ram_auto=True)
     if name == "schedule":
         windows = tuple(schedule) or defaults.EXAMPLE_SCHEDULE
         return SimPolicy(name, defaults.FIXED_KEEP_ALIVE,
@@ -80,16 +84,32 @@ def make_policy(name: str, *, schedule: Sequence[str] = (), tz: str = "UTC",
     raise UnknownPolicy(f"unknown policy {name!r}; use {', '.join(policy_names())}")
 
 
-def simulate(trace: Trace, policy: SimPolicy, cold_start: float, ram: RamTier | None = None) -> dict[str, Any]:
+def simulate(trace: Trace, policy: SimPolicy, cold_start: float, ram: RamTier | None = None,
+             history: Trace | None = None) -> dict[str, Any]:
+    """Replay every model of `trace` under `policy`. `history`: earlier arrivals the controllers learn from
+    before the trace starts (`policy.controller.learn`, as the server does from its request history); only
+    the trace is judged."""
     ram = ram if ram is not None and policy.ram_tier else RamTier()
     outcomes = []
     for model, arr in trace.arrivals.items():
         controller = policy.controller(model, arr, cold_start)
         # a controller may act one cold start before the trace begins, as it would on a running server
         begin = trace.start - (cold_start if controller is not None else 0.0)
+        learned, idle_since = None, None
+        past = history.arrivals.get(model) if history is not None and policy.learns else None
+        if past is not None:
+            past = past[past < begin]
+        if past is not None and len(past):
+            idle_since = float(past[-1])
+            if controller is not None:
+                state, rest = learn(controller, controller.initial_state(), model, past, begin, cold_start)
+                learned = (state, rest, idle_since)
         outcomes.append(replay_model(model, arr, start=begin, end=trace.end, cold_start=cold_start,
                                      keep_alive=policy.keep_alive, controller=controller,
-                                     ram_keep_alive=ram.keep_alive, ram_cold_start=ram.cold_start))
+                                     ram_keep_alive=ram.keep_alive, ram_cold_start=ram.cold_start,
+                                     learned=learned,
+                                     ram_price_s=ram.price_per_s if policy.ram_auto and ram.cold_start else None,
+                                     idle_since=idle_since))
     return summarize(outcomes, trace, ram.price_per_s)
 
 
@@ -148,13 +168,16 @@ def oracle_summary(trace: Trace, cold_start: float) -> dict[str, Any]:
     return summarize(outcomes, trace)
 
 
-def causal_bound(trace: Trace, cold_start: float) -> dict[str, Any]:
-    """The most requests any policy that learns from history can serve warm: nothing is known about a model
-    before its first request, so that request and those in the cold start it triggers wait (unless the model
-    is kept loaded from the start of the trace, at up to always-on cost)."""
-    first = sum(int(np.searchsorted(arr, arr[0] + cold_start, side="left")) for arr in trace.arrivals.values())
+def causal_bound(trace: Trace, cold_start: float, history: Trace | None = None) -> dict[str, Any]:
+    """The fewest cold requests any policy that learns from history can have, short of keeping unseen models
+    loaded: nothing is known about a model before its first request, so that request and those in the cold
+    start it triggers wait. With a `history`, only models it never saw count."""
+    seen = history.arrivals if history is not None else {}
+    first = sum(int(np.searchsorted(arr, arr[0] + cold_start, side="left"))
+                for model, arr in trace.arrivals.items() if not len(seen.get(model, ())))
     requests = trace.requests
     return {"first_burst_requests": first,
+            "min_cold_fraction": first / requests if requests else math.nan,
             "max_warm_fraction": (requests - first) / requests if requests else math.nan}
 
 
@@ -162,18 +185,18 @@ HINDSIGHT_KEEPALIVES = (0, 30, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, 
                         10800, 14400, 21600, 43200, 86400)
 
 
-def hindsight_keepalive(trace: Trace, cold_start: float, max_cost_fraction: float,
-                        exchange_rates: Sequence[float] = (5, 10, 20, 30, 50, 100)) -> dict[str, Any]:
-    """Not a policy: the best fixed keep-alive for each model chosen knowing the whole trace in advance (for
-    each exchange rate of replica-seconds per cold request, each model gets the keep-alive minimising
-    loaded seconds + rate x cold requests), replayed, and the warmest that stays within `max_cost_fraction`.
-    What any keep-alive-shaped policy could at best achieve by learning a keep-alive per model."""
-    best: dict[str, Any] | None = None
+def hindsight_keepalive(trace: Trace, cold_start: float, history: Trace | None = None,
+                        exchange_rates: Sequence[float] = (5, 10, 20, 40, 80, 160, 320, 640)) -> list[dict[str, Any]]:
+    """Not a policy: for each exchange rate of replica-seconds per cold request, the fixed keep-alive per model
+    chosen knowing the judged days in advance (minimising loaded seconds + rate x cold requests), replayed.
+    What a keep-alive per model could at best reach, to set the policies against (`sim.frontier.judge`).
+    With a `history`, each model starts with the replica its last request there left loaded, as in `simulate`."""
     per_model = {}
     for model, arr in trace.arrivals.items():
         gaps = np.diff(arr)
         burst = (np.searchsorted(arr, arr[1:] + cold_start) - np.arange(1, len(arr))).astype(np.float64)
         per_model[model] = (gaps, burst)
+    results = []
     for rate in exchange_rates:
         outcomes = []
         for model, arr in trace.arrivals.items():
@@ -184,11 +207,11 @@ def hindsight_keepalive(trace: Trace, cold_start: float, max_cost_fraction: floa
                 return float(np.where(covered, gaps, ka + cold_start).sum() + rate * burst[~covered].sum())
 
             ka = min(HINDSIGHT_KEEPALIVES, key=score)
+            past = history.arrivals.get(model, np.empty(0)) if history is not None else np.empty(0)
+            past = past[past < trace.start]
             outcomes.append(replay_model(model, arr, start=trace.start, end=trace.end, cold_start=cold_start,
-                                         keep_alive=float(ka)))
+                                         keep_alive=float(ka), idle_since=float(past[-1]) if len(past) else None))
         result = summarize(outcomes, trace)
         result["exchange_rate"] = rate
-        if result["cost_fraction"] <= max_cost_fraction and (best is None or
-                                                             result["warm_fraction"] > best["warm_fraction"]):
-            best = result
-    return best or {}
+        results.append(result)
+    return results

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from warmstart.cli import CLIError, command, data_dir_flags, load
 from warmstart.cli_format import columns
@@ -51,6 +51,13 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _accuracy(m: Any) -> str:
+    """The gate's verdict on the model's last eval: passed, FAILED, unverified (quantized, never evaluated), or -."""
+    if m.accuracy is not None:
+        return f"passed (KLD {m.accuracy['kld']:.4f})" if m.accuracy.get("passed") else "FAILED"
+    return "unverified" if m.quantization is not None else "-"
+
+
 @command("models")
 def _models(args: argparse.Namespace) -> int:
     action = args.models_command
@@ -66,10 +73,10 @@ def _models(args: argparse.Namespace) -> int:
             print("no models in the store; add one with `warmstart models add PATH` (served models are added "
                   "on their first start)")
             return 0
-        rows = [("NAME", "ENGINE", "FORMAT", "SIZE", "FILES", "SHA256", "PINNED", "SOURCE")]
+        rows = [("NAME", "ENGINE", "FORMAT", "SIZE", "FILES", "SHA256", "PINNED", "ACCURACY", "SOURCE")]
         for m in manifests:
             rows.append((m.name, m.engine, m.format, _size(m.size), str(len(m.files)), m.files[0].sha256[:12],
-                         "yes" if m.pinned else "no", m.source))
+                         "yes" if m.pinned else "no", _accuracy(m), m.source))
         print("\n".join(columns(rows)))
         return 0
     if action == "add":

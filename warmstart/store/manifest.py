@@ -25,6 +25,11 @@ from warmstart.names import MODEL_NAME, MODEL_NAME_RULE
 from warmstart.store.digest import DigestCache, FileDigest, FileStat
 
 
+def manifest_name(model_name: str, model_path: str) -> str:
+    """The manifest a served model's start is checked against: the store's entry its path names, else its own name."""
+    return model_path[len("store:"):] if model_path.startswith("store:") else model_name
+
+
 def store_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "store"
 
@@ -64,6 +69,10 @@ class Manifest:
     # files `verify` found changed: every start re-hashes them until they match again
     failed_verify: tuple[str, ...] = ()
     verified_at: float | None = None
+    # made by `warmstart quantize`: the source model, its sha256, the type and the tool (None: not quantized here)
+    quantization: dict[str, Any] | None = None
+    # the last `warmstart eval` of this model against its base, with the gate's verdict (None: never evaluated)
+    accuracy: dict[str, Any] | None = None
 
     @property
     def size(self) -> int:
@@ -80,7 +89,8 @@ class Manifest:
         files = tuple(ManifestFile(**f) for f in d["files"])
         return cls(name=d["name"], engine=d["engine"], format=d["format"], source=d["source"], root=d["root"],
                    files=files, added_at=float(d["added_at"]), pinned=bool(d.get("pinned", False)),
-                   failed_verify=tuple(d.get("failed_verify") or ()), verified_at=d.get("verified_at"))
+                   failed_verify=tuple(d.get("failed_verify") or ()), verified_at=d.get("verified_at"),
+                   quantization=d.get("quantization"), accuracy=d.get("accuracy"))
 
 
 @dataclass(frozen=True)
@@ -159,7 +169,8 @@ class ManifestStore:
     # -- changes
 
     def add(self, root: Path, *, name: str | None = None, engine: str | None = None, source: str | None = None,
-            pinned: bool = True, replace_existing: bool = False) -> Manifest:
+            pinned: bool = True, replace_existing: bool = False,
+            quantization: dict[str, Any] | None = None) -> Manifest:
         """Hash the model's files and write its manifest; refuses to overwrite another unless told to."""
         root = Path(root).expanduser()
         name = name or (root.stem if root.is_file() else root.name)
@@ -170,10 +181,11 @@ class ManifestStore:
         if existing is not None and not replace_existing:
             raise StoreError(f"model '{name}' is already in the store ({existing.root}); "
                              "pass --replace to replace it or --name to add it under another name")
-        return self._record(name, root, files, engine=engine, source=source, pinned=pinned)
+        return self._record(name, root, files, engine=engine, source=source, pinned=pinned,
+                            quantization=quantization)
 
     def _record(self, name: str, root: Path, files: builtins.list[Path], *, engine: str | None, source: str | None,
-                pinned: bool) -> Manifest:
+                pinned: bool, quantization: dict[str, Any] | None = None) -> Manifest:
         fmt = detect_format(files)
         entries = []
         for f in files:
@@ -181,7 +193,16 @@ class ManifestStore:
             entries.append(ManifestFile.of(self.digests.digest(f)))
         manifest = Manifest(name=name, engine=engine or default_engine(fmt), format=fmt,
                             source=source or f"add {root.resolve()}", root=str(root.resolve()),
-                            files=tuple(entries), added_at=time.time(), pinned=pinned)
+                            files=tuple(entries), added_at=time.time(), pinned=pinned, quantization=quantization)
+        self._write(manifest)
+        return manifest
+
+    def set_accuracy(self, name: str, accuracy: dict[str, Any]) -> Manifest:
+        """Record an eval's result and verdict in the model's manifest (what `serve` checks before a start)."""
+        manifest = self.get(name)
+        if manifest is None:
+            raise StoreError(f"no model named '{name}' in the store; see `warmstart models list`")
+        manifest = replace(manifest, accuracy=accuracy)
         self._write(manifest)
         return manifest
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from warmstart.clock import Clock
 from warmstart.config import Config, ModelConfig
-from warmstart.errors import StoreError
+from warmstart.errors import StoreError, UnverifiedModel
 from warmstart.policy import keepalive, tiering
-from warmstart.store.manifest import ManifestStore
+from warmstart.store.manifest import ManifestStore, manifest_name
 from warmstart.store.tiers import GiB, RamTier, gib
 from warmstart.telemetry.metrics import Metrics
 
@@ -74,6 +74,10 @@ class ModelStore:
 
     # ---- hooks the pool calls -----------------------------------------------------------------------
 
+    def in_ram(self, name: str) -> bool:
+        """Whether the model's weights are held in the RAM tier now (a start reads them from there)."""
+        return self.tier.resident(name) is not None
+
     def replica_starting(self, name: str) -> None:
         """A replica is about to be added: close the RAM seconds counted so far (the model is loaded from now)."""
         self.account()
@@ -82,15 +86,32 @@ class ModelStore:
         """Check integrity; return the path the engine should open (the RAM tier's copy when it has one)."""
         if self.settings.verify_on_start:
             await self.check(model, path)
+        await asyncio.to_thread(self.gate, model)
         return self.tier.path_for(model.name, path)
 
-    async def before_stop(self, model: ModelConfig, path: Path | None, reason: str, last: bool) -> None:
+    def gate(self, model: ModelConfig) -> None:
+        """Refuse a model its manifest marks as failing its accuracy gate (or quantized, never evaluated)."""
+        from warmstart.quant.gate import refusal
+
+        manifest = self.manifests.get(manifest_name(model.name, model.path))
+        if manifest is None:
+            return
+        why = refusal(manifest.name, manifest.quantization, manifest.accuracy, model.allow_unverified)
+        if why is not None:
+            raise UnverifiedModel(why)
+
+    async def before_stop(self, model: ModelConfig, path: Path | None, reason: str, last: bool,
+                          planned: float | None = None) -> None:
         """The replica is about to stop. The last one on keep-alive demotes the model to RAM (held
-        before the engine exits, so its pages are still cached); a manual unload or shutdown frees it."""
+        before the engine exits, so its pages are still cached); a manual unload or shutdown frees it.
+        `planned`: until when the warming controller wants the weights in RAM (the pool's `rules.tier_on_stop`
+        decides the same way), in place of the model's ram_keep_alive."""
         state = self.models.get(model.name)
         if state is None or not last:
             return
-        decision = tiering.on_last_stop(reason=reason, ram_keep_alive=model.ram_keep_alive, now=self.clock.now(),
+        now = self.clock.now()
+        ram_keep_alive = model.ram_keep_alive if planned is None else tiering.planned_keep_alive(planned, now)
+        decision = tiering.on_last_stop(reason=reason, ram_keep_alive=ram_keep_alive, now=now,
                                         held_until=state.held_until)
         if isinstance(decision, tiering.ToDisk):
             await self.evict(model.name, decision.reason)

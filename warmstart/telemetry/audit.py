@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from warmstart import __version__
 from warmstart.errors import AuditError, StoreError
 from warmstart.store.digest import DigestCache
+from warmstart.store.manifest import ManifestStore, manifest_name
 
 if TYPE_CHECKING:
     from warmstart.clock import Clock
@@ -391,13 +392,14 @@ class AuditLog:
 
     def __init__(self, directory: Path, *, clock: Clock, metrics: Metrics | None = None,
                  digests: DigestCache | None = None, required: bool = True,
-                 rotate_bytes: int = 16 * 1024 * 1024) -> None:
+                 rotate_bytes: int = 16 * 1024 * 1024, manifests: ManifestStore | None = None) -> None:
         self.writer = AuditWriter(directory, rotate_bytes)
         self.clock = clock
         self.metrics = metrics
         self.digests = digests or DigestCache(None)
         self.required = required
         self.host = socket.gethostname()
+        self.manifests = manifests  # where a start's record finds the model's last accuracy eval
 
     @property
     def directory(self) -> Path:
@@ -427,7 +429,7 @@ class AuditLog:
             "warmstart_version": __version__,
         }
         try:
-            await asyncio.to_thread(self._write, fields, path, engine)
+            await asyncio.to_thread(self._write, fields, path, engine, model)
         except OSError as exc:
             if self.metrics is not None:
                 self.metrics.audit_failures.inc()
@@ -440,8 +442,16 @@ class AuditLog:
                     f"free disk space or fix the permissions of {self.directory}, "
                     "or set audit.required = false") from None
 
-    def _write(self, fields: dict[str, Any], path: Path | None, engine: Engine) -> None:
+    def _write(self, fields: dict[str, Any], path: Path | None, engine: Engine, model: ModelConfig) -> None:
         fields["sha256"] = fields["size"] = fields["sha256_cached"] = None
+        if fields["event"] == "start" and self.manifests is not None:
+            from warmstart.quant.gate import summary
+
+            try:
+                manifest = self.manifests.get(manifest_name(model.name, model.path))
+                fields["accuracy"] = summary(manifest.accuracy if manifest is not None else None)
+            except StoreError as exc:
+                fields["accuracy"] = {"error": str(exc)}
         if path is not None:
             try:
                 fields.update(weights_digest(self.digests, path).fields())

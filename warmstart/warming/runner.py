@@ -24,19 +24,18 @@ from warmstart.clock import Clock
 from warmstart.config import Config, ModelConfig
 from warmstart.policy import defaults
 from warmstart.policy import hint as hints
-from warmstart.policy.controller import Controller
+from warmstart.policy.controller import Controller, learn
 from warmstart.policy.defaults import AUTO_KEEP_ALIVE_FLOOR
 from warmstart.policy.hint import HintDecision, HintLimits, HintRequest, HintState
 from warmstart.policy.observation import Observation
-from warmstart.policy.plan import IDLE, Plan, evaluate
+from warmstart.policy.plan import IDLE, Plan, evaluate, ram_until
+from warmstart.policy.tiers import MEASURED_RAM_SPEEDUP
 from warmstart.pool.pool import Pool
 from warmstart.pool.states import ReplicaState
 from warmstart.telemetry.metrics import Metrics
 from warmstart.warming.history import ArrivalHistory
 
 log = logging.getLogger("warmstart.warming")
-# how much history is replayed into the policy per step when the server starts
-REPLAY_STEP = 3600.0
 PRUNE_EVERY = 3600.0
 
 
@@ -52,6 +51,8 @@ class ModelWarming:
     recent: deque[float] = field(default_factory=deque)
     applied: tuple[float, str] = (-math.inf, "")
     span_at: float = math.inf  # when a span of the plan begins next (wall time)
+    ram_auto: bool = False  # the controller picks the model's time in RAM (ram_keep_alive "auto")
+    ram_applied: float | None = None  # the RAM horizon last handed to the pool (wall time)
 
 
 def build_controller(config: Config, model: ModelConfig) -> Controller:
@@ -87,7 +88,8 @@ class WarmingRunner:
         self.models: dict[str, ModelWarming] = {}
         for model in config.models:
             controller = build_controller(config, model)
-            self.models[model.name] = ModelWarming(model.name, controller, controller.initial_state())
+            self.models[model.name] = ModelWarming(model.name, controller, controller.initial_state(),
+                                                   ram_auto=model.ram_keep_alive_auto and config.warming.predictive)
         self.limits = hint_limits(config)
         self.hint_state = HintState()
         self._task: asyncio.Task | None = None
@@ -133,14 +135,8 @@ class WarmingRunner:
         """Teach the controller the history it missed while the server was down, an hour at a time."""
         if not len(arrivals):
             return
-        t = math.floor(arrivals[0] / REPLAY_STEP) * REPLAY_STEP + REPLAY_STEP
-        i = 0
-        while i < len(arrivals) and t < now:
-            j = int(np.searchsorted(arrivals, t, side="left"))
-            mw.plan, mw.state = mw.controller.decide(Observation(mw.name, arrivals[i:j], self._cold_start(mw.name)),
-                                                     mw.state, t)
-            i, t = j, t + REPLAY_STEP
-        mw.pending = [float(x) for x in arrivals[i:]]
+        mw.state, rest = learn(mw.controller, mw.state, mw.name, arrivals, now, self._cold_start(mw.name))
+        mw.pending = [float(x) for x in rest]
         mw.last = float(arrivals[-1])
         mw.plan = IDLE  # decided afresh at the first step, on the present
 
@@ -190,8 +186,10 @@ class WarmingRunner:
             self._apply(mw)
 
     def _decide(self, mw: ModelWarming, now: float) -> None:
-        obs = Observation(mw.name, np.sort(np.array(mw.pending, dtype=np.float64)), self._cold_start(mw.name),
-                          tuple(mw.hints))
+        cold_start = self._cold_start(mw.name)
+        ram_start, ram_price = self._ram_tier(mw, cold_start)
+        obs = Observation(mw.name, np.sort(np.array(mw.pending, dtype=np.float64)), cold_start,
+                          ram_start, ram_price, tuple(mw.hints))
         mw.pending, mw.hints = [], []
         mw.plan, mw.state = mw.controller.decide(obs, mw.state, now)
 
@@ -201,6 +199,11 @@ class WarmingRunner:
         if min(mw.span_at, mw.plan.review_at) < self._step_at:
             self._wake.set()
         want = target if target is not None else (-math.inf, "")
+        if mw.ram_auto:
+            ram = ram_until(mw.plan, mw.last, len(mw.recent))
+            if ram != mw.ram_applied:
+                mw.ram_applied = ram
+                self.pool.set_ram_until(mw.name, ram if ram is None or math.isinf(ram) else now + (ram - now_wall))
         if want == mw.applied:
             return
         mw.applied = want
@@ -230,9 +233,21 @@ class WarmingRunner:
         stays = self.pool.outlook(model, cold_start)
         return stays.keep_alive, self.clock.wall() + stays.unload_in, stays.idle
 
+    def _ram_tier(self, mw: ModelWarming, cold_start: float) -> tuple[float | None, float]:
+        """For a model whose RAM tier the controller picks: how long a start from RAM takes (p95 of its
+        measured RAM starts, else the disk estimate over the speed-up measured in docs/store.md) and what a
+        second in RAM costs in loaded replica-seconds; (None, 0) otherwise."""
+        price = self.pool.ram_price_s(mw.name) if mw.ram_auto else None
+        if price is None:
+            return None, 0.0
+        starts = self.pool.start_seconds(mw.name, 20, tier="ram")
+        ram_start = float(np.percentile(starts, 95)) if starts else cold_start / MEASURED_RAM_SPEEDUP
+        return min(round(ram_start, 3), cold_start), price  # to the millisecond, as starts are measured
+
     def _cold_start(self, model: str) -> float:
-        """p95 of the model's recent successful starts, or the configured estimate before there are any."""
-        starts = self.pool.start_seconds(model, 20)
+        """p95 of the model's recent successful starts from disk (a RAM start is shorter: the tier choice is
+        shown those apart), or the configured estimate before there are any."""
+        starts = self.pool.start_seconds(model, 20, tier="disk")
         if not starts:
             return self.config.warming.cold_start_estimate
         return float(np.percentile(starts, 95))

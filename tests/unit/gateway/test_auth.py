@@ -76,3 +76,15 @@ def test_keys_never_reach_the_logs(tmp_path, caplog):
 @pytest.mark.parametrize("presented,ok", [(API_KEY, True), (API_KEY[:-1], False), (API_KEY + "x", False), ("", False)])
 def test_keyring(presented, ok):
     assert KeyRing((API_KEY, "other-key-0123456789")).holds(presented.encode()) is ok
+
+
+def test_model_file_paths_are_shown_to_an_operator_not_to_an_api_key(tmp_path):
+    with client(tmp_path) as c:  # no keys: whoever reaches it on loopback runs it
+        [model] = [m for m in c.get("/v1/models").json()["data"] if m["id"] == "smollm2-135m-instruct"]
+        assert "path" in model
+    with client(tmp_path, api_keys=[API_KEY], admin_keys=[ADMIN_KEY]) as c:
+        for key, shown in ((API_KEY, False), (ADMIN_KEY, True)):
+            data = c.get("/v1/models", headers=bearer(key)).json()["data"]
+            assert data and all(("path" in m) is shown for m in data), key
+            one = c.get(f"/v1/models/{data[0]['id']}", headers=bearer(key)).json()
+            assert ("path" in one) is shown

@@ -58,6 +58,10 @@ def test_pages_and_their_assets_are_served_by_warmstart_itself(tmp_path):
 
 def test_no_asset_names_a_remote_location():
     for name, asset in load_assets().items():
+        if name.startswith("vendor/swagger-ui/"):
+            # Swagger UI (unchanged upstream) names URLs in its code and texts; that /docs fetches none of
+            # them is checked in a real browser (tests/e2e/test_pages.py)
+            continue
         text = asset.body.decode()
         text = text.replace('xmlns="http://www.w3.org/2000/svg"', "")  # a namespace name, never fetched
         assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import", text), name

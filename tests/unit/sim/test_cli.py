@@ -45,6 +45,36 @@ def test_simulate_writes_the_json_and_the_plot(jsonl: Path, tmp_path: Path, caps
     assert "keepalive-300s" in table and "x oracle" in table
 
 
+def daily(tmp_path: Path, days: int = 4) -> Path:
+    """A model silent all day but for two minutes at 09:00, one request a second."""
+    path = tmp_path / "daily.jsonl"
+    rows = [{"model": "m", "t": d * 86400 + 9 * 3600 + i} for d in range(days) for i in range(120)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_simulate_learns_from_the_history_days_and_judges_only_the_days_after(tmp_path: Path):
+    """Three days of history teach the predictive policy the 09:00 habit: on day 3 it is warm at 09:00;
+    without the history the day's burst waits for a start."""
+    trace, out = daily(tmp_path), tmp_path / "r.json"
+
+    def run(*history: str) -> dict:
+        assert main(["simulate", "--trace", str(trace), "--policy", "keepalive-300s,default", "--days", "3:4",
+                     *history, "--json", str(out)]) == 0
+        return json.loads(out.read_text())
+
+    learned, fresh = run("--history-days", "0:3"), run()
+    assert learned["history_days"] == [0.0, 3.0] and fresh["history_days"] is None
+    for report in (learned, fresh):
+        assert all(r["requests"] == 120 for r in report["policies"].values())  # day 3 only is judged
+    assert learned["policies"]["default"]["cold_requests"] == 0
+    assert learned["policies"]["default"]["starts"] == {"prediction": 1}
+    assert fresh["policies"]["default"]["cold_requests"] == 30  # those in the first 30 s start
+    # a fixed keep-alive learns nothing
+    assert learned["policies"]["keepalive-300s"] == fresh["policies"]["keepalive-300s"]
+    assert learned["frontier"]["policies"]["default"]["cold_fraction"] == 0.0
+
+
 def test_simulate_with_the_ram_tier_reports_seconds_and_cost_per_tier(jsonl: Path, tmp_path: Path, capsys):
     out = tmp_path / "r.json"
     assert main(["simulate", "--trace", str(jsonl), "--policy", "keepalive-300s,oracle", "--cold-start", "30",
@@ -76,6 +106,9 @@ def test_simulate_without_the_ram_tier_prints_the_table_as_before(jsonl: Path, c
     (["--model-gib", "0"], "--model-gib"),
     (["--policy", "keepalive-5m"], "unknown policy"),
     (["--days", "3:1"], "--days"),
+    (["--history-days", "0:2"], "also give the judged --days"),
+    (["--history-days", "0:3", "--days", "2:4"], "must end by the first judged day"),
+    (["--history-days", "x", "--days", "2:4"], "--history-days 'x': expected A:B"),
     (["--cold-start", "-4"], "--cold-start"),
     (["--set", "nonsense=1"], "unknown predictive setting"),
     (["--schedule", "25:00-26:00"], "not a time of day"),
@@ -91,21 +124,34 @@ def test_simulate_bad_input_is_one_line(jsonl: Path, capsys, args, message):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_bench_warming_reports_every_policy_beside_fixed_keep_alives_and_the_oracle(tmp_path: Path, capsys):
-    rows = [(0.2, "Gamma", 0.5, 10.0) if (i // 6) % 24 in (9, 10) else (0, "", 0, 0) for i in range(144 * 3)]
-    servegen_file(tmp_path, 7, rows)
+def test_bench_warming_judges_every_policy_against_the_frontier_after_learning_from_history(tmp_path: Path,
+                                                                                           capsys):
+    """Ten days of a client busy at 09:00-11:00 every day: the policies learn days 0-6, days 6-10 are judged,
+    at each cold start, against the curve of the fixed keep-alives."""
+    folder = tmp_path / "servegen-m-large"
+    folder.mkdir()
+    rows = [(0.05, "Gamma", 0.5, 10.0) if (i // 6) % 24 in (9, 10) else (0, "", 0, 0) for i in range(144 * 10)]
+    servegen_file(folder, 7, rows)
     out = tmp_path / "bench.json"
-    assert main(["bench", "warming", "--trace", str(tmp_path), "--days", "0:3", "--max-rate", "1",
-                 "--keepalives", "60,600", "--json", str(out)]) == 0
+    assert main(["bench", "warming", "--traces", str(tmp_path), "--only", "servegen-m-large", "--cold-starts",
+                 "30,5", "--keepalives", "0,60,600,3600", "--json", str(out), "--plot", str(tmp_path / "f.png")]) == 0
     report = json.loads(out.read_text())
-    assert set(report["policies"]) == {"keepalive-60s", "keepalive-600s", "schedule", "predictive", "default"}
-    assert set(report["oracle"]) >= KEYS
-    target = report["target"]
-    assert target["results"]["default"]["target_met"] in (True, False)
-    assert 0 < target["causal_bound"]["max_warm_fraction"] < 1
-    assert target["hindsight_keepalive"]["warm_fraction"] <= 1
+    assert [(r["name"], r["cold_start_s"], r["days"], r["history_days"]) for r in report["runs"]] == [
+        ("servegen-m-large", 30.0, [6.0, 10.0], [0.0, 6.0]), ("servegen-m-large", 5.0, [6.0, 10.0], [0.0, 6.0])]
+    for run in report["runs"]:
+        assert [p["policy"] for p in run["frontier"]["curve"]] == [
+            "keepalive-0s", "keepalive-60s", "keepalive-600s", "keepalive-3600s"]
+        judged = run["frontier"]["policies"]["default"]
+        assert set(run["target"]) == {"predictive", "default"}
+        assert run["target"]["default"]["cold_vs_curve"] == judged["cold_vs_curve"]
+        # days 6-10 only: 4 days x 2 hours x 0.05 req/s, about 1,440 requests
+        assert 1000 < run["requests"] < 2000
+        # the model was seen in the history: nothing forces a cold request on a policy that learns from it
+        assert run["bounds"]["history_learning_floor"]["first_burst_requests"] == 0
+        assert len(run["bounds"]["hindsight_keepalive_per_model"]) == 8
+    assert (tmp_path / "f.png").stat().st_size > 10_000
     text = capsys.readouterr().out
-    assert "default:" in text and "x the oracle" in text
+    assert "cold vs curve" in text and "servegen-m-large" in text
 
 
 def test_bench_unknown_name_is_one_line(capsys):

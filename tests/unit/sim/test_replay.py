@@ -144,10 +144,11 @@ def test_a_controller_start_reads_ram_too():
 
 
 def test_ram_keep_alive_zero_gives_the_results_without_a_ram_tier():
+    """Except for the default (keep_alive "auto"), which picks each model's time in RAM itself."""
     rng = np.random.default_rng(13)
     arrivals = {m: 50.0 + np.cumsum(rng.weibull(0.5, 300) * scale) for m, scale in (("a", 30.0), ("b", 600.0))}
     trace = Trace("t", arrivals, 0.0, max(float(a[-1]) for a in arrivals.values()) + 1)
-    for name in ("keepalive-300s", "predictive", "default", "oracle"):
+    for name in ("keepalive-300s", "predictive", "oracle"):
         plain = simulate(trace, make_policy(name), 30.0)
         off = simulate(trace, make_policy(name), 30.0, RamTier(0.0, 12.0, 0.08))
         assert off == plain

@@ -8,6 +8,7 @@
   const model = script.dataset.model;
   const messages = [];
   let busy = false;
+  let noChat = false;  // the model has no chat template
 
   $("snippet").textContent = '<script src="' + location.origin + '/warmstart.js" data-model="' + model +
     '" data-prompt="textarea" defer></script>';
@@ -17,7 +18,19 @@
     if (!res.ok) return;
     const list = (await res.json()).data;
     const select = $("model");
-    select.replaceChildren(...list.map((m) => el("option", { value: m.id, selected: m.id === model, text: m.id })));
+    // a model without a chat template (a base model) cannot answer a chat: listed, but not offered
+    const canChat = (m) => !(m.capabilities && m.capabilities.chat === false);
+    select.replaceChildren(...list.map((m) => el("option", {
+      value: m.id, selected: m.id === model, disabled: !canChat(m) && m.id !== model,
+      text: m.id + (canChat(m) ? "" : " (no chat template: completions only)"),
+    })));
+    const current = list.find((m) => m.id === model);
+    if (current && !canChat(current)) {
+      noChat = true;
+      $("send").disabled = true;
+      $("prompt").disabled = true;
+      $("prompt").placeholder = model + " has no chat template, so it cannot chat here; send it completions (/v1/completions) instead.";
+    }
     select.addEventListener("change", () => { location.search = "?model=" + encodeURIComponent(select.value); });
   }
 
@@ -75,9 +88,13 @@
   async function send(event) {
     event.preventDefault();
     const text = $("prompt").value.trim();
-    if (!text || busy) return;
+    if (!text || busy || noChat) return;
     busy = true;
     $("send").disabled = true;
+    const stop = new AbortController();
+    const stopButton = $("stop");
+    stopButton.hidden = false;
+    stopButton.onclick = () => stop.abort();
     $("prompt").value = "";
     messages.push({ role: "user", content: text });
     message("user", text);
@@ -102,6 +119,7 @@
       const res = await api("/v1/chat/completions", {
         method: "POST", headers: { "content-type": "application/json" },
         body: JSON.stringify({ model, messages, stream: true, max_tokens: 256 }),
+        signal: stop.signal,
       });
       const start = res.headers.get("x-warmstart-start");
       const waited = res.headers.get("x-warmstart-wait-ms");
@@ -150,13 +168,21 @@
       out.dataset.done = "true";
     } catch (err) {
       clearInterval(ticker);
+      if (stop.signal.aborted) {
+        // stopped by the user: what came is kept, and the engine stops generating when the stream closes
+        messages.push({ role: "assistant", content: answer });
+        meta.textContent = "stopped after " + chunks + " chunks";
+        out.dataset.done = "stopped";
+        return;
+      }
       out.classList.add("failed");
       out.dataset.done = "error";
       meta.textContent = "error: " + err.message;
       messages.pop();
     } finally {
       busy = false;
-      $("send").disabled = false;
+      $("send").disabled = noChat;
+      stopButton.hidden = true;
     }
   }
 
