@@ -42,8 +42,10 @@ WS_TAG, NAIVE_TAG = "localhost/warmstart-bench-image:warmstart", "localhost/warm
 CONF = Path(__file__).resolve().parents[2] / "deploy" / "image" / "containers.conf"
 
 
-def naive_containerfile(base: str) -> str:
+def naive_containerfile(base: str, wheels_sha256: str) -> str:
+    # the label keeps a cached install layer from standing in for other wheels (as in warmstart's own)
     return f"""FROM {base}
+LABEL org.warmstart.wheels-sha256={wheels_sha256}
 RUN --mount=type=bind,source=wheels,target=/wheels \\
     python3 -m venv /app/venv && /app/venv/bin/pip install --no-index --find-links /wheels warmstart
 COPY warmstart.toml start.sh /app/
@@ -79,7 +81,7 @@ def build_images(work: Path, cache: Path) -> dict[str, float]:
     naive_base = bases.ensure_base(bases.NAIVE, cache)
     ctx = work / "naive"
     builder.gather_wheels(ctx / "wheels", cache, (), strip=False)  # the wheels as pip installs them
-    (ctx / "Containerfile").write_text(naive_containerfile(naive_base))
+    (ctx / "Containerfile").write_text(naive_containerfile(naive_base, builder.wheels_digest(ctx / "wheels")))
     (ctx / "warmstart.toml").write_text(naive_config())
     (ctx / "start.sh").write_text(NAIVE_START)
     builder.build(ctx, NAIVE_TAG)
