@@ -26,6 +26,7 @@ from warmstart.image.wheels import stripped
 # the engine's Python packages beyond warmstart's own dependencies (llama.cpp's xllamacpp is one of those)
 ENGINE_PACKAGES = {"llamacpp": (), "vllm": ("vllm",)}
 GPU_BASE = "docker.io/nvidia/cuda:12.8.1-runtime-ubuntu24.04"
+BASE_PYTHON = (3, 11)  # Debian 12's python3, in the default base
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,10 @@ def prepare(config: Config, name: str, *, context: Path, cache: Path, base: str,
                          f"{', '.join(ENGINE_PACKAGES)}")
     if context.exists():
         raise ImageError(f"{context} exists; pass another --context or remove it")
+    if not gpu and base.startswith("localhost/warmstart-base:") and sys.version_info[:2] != BASE_PYTHON:
+        raise ImageError(f"the default base has Python {BASE_PYTHON[0]}.{BASE_PYTHON[1]}, and the wheels are gathered "
+                         f"by this Python ({sys.version_info[0]}.{sys.version_info[1]}): run warmstart with Python "
+                         f"{BASE_PYTHON[0]}.{BASE_PYTHON[1]}, or pass --base with an image of this Python")
     t = time.monotonic()
     _root, files = checked_files(config, model)
     phases["check_digests"] = time.monotonic() - t
