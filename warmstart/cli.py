@@ -39,7 +39,7 @@ COMMANDS: dict[str, Command] = {}
 # Modules that add commands: each has `register(subparsers)` and marks its handlers with @command.
 EXTENSIONS: tuple[str, ...] = ("warmstart.cli_bench", "warmstart.telemetry.audit_cli", "warmstart.sim.cli",
                               "warmstart.store.cli", "warmstart.loadtest.cli",
-                              "warmstart.quant.cli", "warmstart.cluster.cli")
+                              "warmstart.quant.cli", "warmstart.cluster.cli", "warmstart.image.cli")
 
 
 def command(name: str) -> Callable[[Command], Command]:

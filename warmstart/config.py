@@ -135,6 +135,8 @@ class StoreConfig:
     ram_reserve: int = 2 << 30  # bytes left free for engines and everything else
     ram_price: float = 0.005  # cost per GiB-hour held in RAM (in the unit of your replica price)
     tmpfs_dir: Path | None = None
+    # a seal file baked into an image (warmstart.store.seal): digests checked at build, trusted at start
+    seals: Path | None = None
 
 
 @dataclass(frozen=True)

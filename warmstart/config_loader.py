@@ -192,9 +192,12 @@ def _parse_store(raw: Any) -> StoreConfig:
             "store.ram_price", price, "must be a number >= 0 (cost per GiB-hour)")
     tmpfs = raw.get("tmpfs_dir")
     _expect(tmpfs is None or isinstance(tmpfs, str), "store.tmpfs_dir", tmpfs, "must be a path")
+    seals = raw.get("seals")
+    _expect(seals is None or (isinstance(seals, str) and seals != ""), "store.seals", seals, "must be a path")
     return StoreConfig(verify_on_start=verify, ram_method=method, ram_max=sizes["ram_max"],
                        ram_reserve=sizes["ram_reserve"] or 0, ram_price=float(price),
-                       tmpfs_dir=Path(tmpfs).expanduser() if tmpfs else None)
+                       tmpfs_dir=Path(tmpfs).expanduser() if tmpfs else None,
+                       seals=Path(seals).expanduser() if seals else None)
 
 
 def _parse_server(raw: Any) -> ServerConfig:

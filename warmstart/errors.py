@@ -17,7 +17,8 @@
     ├── EngineError            an engine process misbehaved (crash, protocol error)
     ├── StoreError             model files: missing, unreadable, digest mismatch
     │   └── UnverifiedModel        failed its accuracy gate, or quantized and never evaluated
-    └── AuditError             an audit record could not be written
+    ├── AuditError             an audit record could not be written
+    └── ImageError             an image could not be built or run (podman, buildah, mmdebstrap)
 """
 
 from __future__ import annotations
@@ -128,6 +129,10 @@ class UnverifiedModel(StoreError):
 
 class AuditError(WarmstartError):
     pass
+
+
+class ImageError(WarmstartError):
+    """`warmstart image`: a tool is missing or failed; the message says which and how to fix it."""
 
 
 def openai_error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict:

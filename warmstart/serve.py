@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from warmstart.gateway.app import Gateway
     from warmstart.pool.pool import Pool
     from warmstart.store.model_store import ModelStore
+    from warmstart.store.seal import Seals
     from warmstart.telemetry.metrics import Metrics
 
 log = logging.getLogger("warmstart")
@@ -71,11 +72,13 @@ def build_app(config: Config) -> Gateway:
     ProcessLedger(data_dir / "run" / "engines").sweep()  # engines an earlier, crashed warmstart left behind
     clock = SystemClock()
     metrics = Metrics()
-    audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=DigestCache(data_dir / "digests.json"),
+    seals = load_seals(config)
+    digests = DigestCache(data_dir / "digests.json", seals)
+    audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=digests,
                      required=config.audit.required, rotate_bytes=config.audit.rotate_bytes,
                      manifests=ManifestStore(data_dir))
     pool = Pool(config, create_engines(data_dir, config.models), clock, metrics, audit=audit)
-    pool.attach_store(build_store(config, pool, clock, metrics))
+    pool.attach_store(build_store(config, pool, clock, metrics, seals))
     if config.cluster.enabled:
         pool.attach_cluster(build_cluster(config, metrics))
     app = create_app(config, pool, metrics, clock)
@@ -83,11 +86,31 @@ def build_app(config: Config) -> Gateway:
     return app
 
 
-def build_store(config: Config, pool: Pool, clock: Clock, metrics: Metrics) -> ModelStore:
-    """Integrity checks and the RAM tier for the pool's models (warmstart.store)."""
+def load_seals(config: Config) -> Seals | None:
+    """The image's seal file (`[store] seals`), or None; a damaged or writable one refuses the start."""
+    from warmstart.errors import StoreError
+    from warmstart.store.seal import Seals
+
+    if config.store.seals is None:
+        return None
+    try:
+        return Seals.load(config.store.seals)
+    except StoreError as exc:
+        raise StartupError(f"{exc} (config: store.seals)") from None
+
+
+def build_store(config: Config, pool: Pool, clock: Clock, metrics: Metrics,
+                seals: Seals | None = None) -> ModelStore:
+    """Integrity checks and the RAM tier for the pool's models (warmstart.store); `seals` trusts an image's model."""
+    from warmstart.store.digest import DigestCache
+    from warmstart.store.manifest import ManifestStore
     from warmstart.store.model_store import ModelStore
 
-    return ModelStore(config, clock, metrics, live_replicas=pool.live_replicas)
+    manifests = None
+    if seals is not None:
+        digests = DigestCache(config.server.data_dir / "store" / "digests.json", seals)
+        manifests = ManifestStore(config.server.data_dir, digests)
+    return ModelStore(config, clock, metrics, live_replicas=pool.live_replicas, manifests=manifests)
 
 
 def build_cluster(config: Config, metrics: Metrics) -> Cluster:

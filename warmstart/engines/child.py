@@ -14,5 +14,20 @@ def die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:
+        if parent_gone():
             sys.exit(0)
+
+
+def parent_gone() -> bool:
+    """The process that started this one has died, and this one was re-parented. The parent names itself
+    in WARMSTART_PARENT_PID, so a warmstart that is PID 1 (in a container) is not mistaken for init."""
+    expected = os.environ.get(PARENT_PID, "")
+    return os.getppid() != int(expected) if expected.isdigit() else os.getppid() == 1
+
+
+PARENT_PID = "WARMSTART_PARENT_PID"
+
+
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment of a process warmstart starts: tells it who its parent is (see parent_gone)."""
+    return {**env, PARENT_PID: str(os.getpid())}

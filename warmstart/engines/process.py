@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from warmstart.engines.child import child_env
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.errors import EngineError
 from warmstart.names import safe_name
@@ -121,6 +122,7 @@ class ManagedProcess:
                               "must be writable: free disk space or fix its permissions (server.data_dir)") from None
         read_fd = write_fd = -1
         pass_fds: tuple[int, ...] = ()
+        env = child_env(env)
         if with_reports:
             read_fd, write_fd = os.pipe()
             pass_fds = (write_fd,)

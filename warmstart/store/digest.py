@@ -18,9 +18,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from warmstart.errors import StoreError
+
+if TYPE_CHECKING:
+    from warmstart.store.seal import Seals
 
 _CHUNK = 8 << 20
 # filesystem timestamps come from the kernel's coarse clock (one jiffy, 1-10 ms): a change this soon
@@ -52,6 +55,7 @@ class FileDigest:
     cached: bool  # True when the digest came from the cache (trusted by stat), not from reading the file
     hashed_at: float  # wall time the file's bytes were hashed (by this call, or by the one cached)
     stat: FileStat  # the stat the digest holds for
+    sealed: bool = False  # the digest came from an image's seal (warmstart.store.seal), checked at build
 
 
 def _key(path: Path, st: FileStat) -> str:
@@ -97,20 +101,21 @@ def hash_stable(path: Path) -> tuple[str, FileStat]:
                      "wait until whatever writes it is done")
 
 
-def _entry(value: Any) -> tuple[str, float] | None:
+def _entry(value: Any) -> tuple[str, float, bool] | None:
     if isinstance(value, dict) and isinstance(value.get("sha256"), str) and len(value["sha256"]) == 64 \
             and isinstance(value.get("hashed_at"), int | float):
-        return value["sha256"], float(value["hashed_at"])
+        return value["sha256"], float(value["hashed_at"]), value.get("sealed") is True
     return None  # an entry of an older format (no ctime in its key) or damage: costs one re-hash
 
 
 class DigestCache:
     """Thread-safe; `digest()` may be called from worker threads."""
 
-    def __init__(self, cache_file: Path | None) -> None:
+    def __init__(self, cache_file: Path | None, seals: Seals | None = None) -> None:
         self.cache_file = cache_file
+        self.seals = seals
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[str, float]] = {}
+        self._entries: dict[str, tuple[str, float, bool]] = {}  # key -> sha256, hashed_at, from a seal
         self.hashed = 0  # digests computed by reading the file, for tests and metrics
         if cache_file is not None and cache_file.exists():
             try:
@@ -126,7 +131,14 @@ class DigestCache:
         with self._lock:
             known = self._entries.get(_key(path, st))
         if known is not None and not force:
-            return FileDigest(str(path), st.size, known[0], cached=True, hashed_at=known[1], stat=st)
+            return FileDigest(str(path), st.size, known[0], cached=True, hashed_at=known[1], stat=st, sealed=known[2])
+        if self.seals is not None and not force:
+            sealed = self.seals.sha256(str(path), st)
+            if sealed is not None:
+                with self._lock:
+                    self._entries[_key(path, st)] = (sealed, self.seals.checked_at, True)
+                return FileDigest(str(path), st.size, sealed, cached=True, hashed_at=self.seals.checked_at,
+                                  stat=st, sealed=True)
         value, st = hash_stable(path)
         hashed_at = time.time()
         with self._lock:
@@ -135,14 +147,15 @@ class DigestCache:
             prefix = f"{path}|"
             for old in [k for k in self._entries if k.startswith(prefix)]:
                 del self._entries[old]
-            self._entries[_key(path, st)] = (value, hashed_at)
+            self._entries[_key(path, st)] = (value, hashed_at, False)
             self._save()
         return FileDigest(str(path), st.size, value, cached=False, hashed_at=hashed_at, stat=st)
 
     def _save(self) -> None:
         if self.cache_file is None:
             return
-        data = {k: {"sha256": v, "hashed_at": at} for k, (v, at) in self._entries.items()}
+        data = {k: {"sha256": v, "hashed_at": at, **({"sealed": True} if sealed else {})}
+                for k, (v, at, sealed) in self._entries.items()}
         try:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.cache_file.with_suffix(".tmp")

@@ -18,6 +18,8 @@ import signal
 import sys
 import time
 
+from warmstart.engines.child import parent_gone
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -38,7 +40,7 @@ def _say(**message: object) -> None:
 def main(argv: list[str]) -> int:
     libc = _libc()
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:
+    if parent_gone():
         return 0
     started = time.monotonic()
     locked = 0

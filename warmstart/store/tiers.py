@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from warmstart.engines.child import child_env
 from warmstart.errors import StoreError
 from warmstart.names import safe_name
 from warmstart.store.manifest import model_files
@@ -284,7 +285,8 @@ class RamTier:
 
     def _lock_files(self, model: str, roots: list[Path], files: list[Path], size: int, timeout: float) -> Resident:
         proc = subprocess.Popen([self.python, "-m", "warmstart.store.holder", *map(str, files)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env=child_env(dict(os.environ)))
         assert proc.stdout is not None
         answer: list[bytes] = []
         reader = threading.Thread(target=lambda: answer.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]

@@ -361,26 +361,30 @@ class WeightsDigest:
     size: int
     cached: bool  # every file's digest was trusted by its stat, none was read for this record
     hashed_at: float  # when the bytes were read (the oldest of a folder's files)
+    sealed: bool = False  # every file's digest came from the image's seal (checked at build), none was read
 
     def fields(self) -> dict[str, Any]:
         """The record's digest fields: the digest, and what it rests on for this start."""
         return {"sha256": self.sha256, "size": self.size, "sha256_cached": self.cached,
                 # stat: size, mtime, ctime, inode and device unchanged since sha256_hashed_at (a write moves
                 # ctime, which no user process can set back); hashed: read for this record
-                "sha256_basis": "stat" if self.cached else "hashed", "sha256_hashed_at": utc_iso(self.hashed_at)}
+                # seal: the image's seal, checked when it was built (warmstart.store.seal)
+                "sha256_basis": "seal" if self.sealed else "stat" if self.cached else "hashed",
+                "sha256_hashed_at": utc_iso(self.hashed_at)}
 
 
 def weights_digest(cache: DigestCache, path: Path) -> WeightsDigest:
     """The weights' digest; a folder (several files) gets one digest of its files' digests and relative names."""
     if not path.is_dir():
         d = cache.digest(path)
-        return WeightsDigest(d.sha256, d.size, d.cached, d.hashed_at)
-    manifest, size, cached, hashed_at = hashlib.sha256(), 0, True, math.inf
+        return WeightsDigest(d.sha256, d.size, d.cached, d.hashed_at, d.sealed)
+    manifest, size, cached, sealed, hashed_at = hashlib.sha256(), 0, True, True, math.inf
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         d = cache.digest(file)
         manifest.update(f"{d.sha256}  {file.relative_to(path).as_posix()}\n".encode())
         size, cached, hashed_at = size + d.size, cached and d.cached, min(hashed_at, d.hashed_at)
-    return WeightsDigest(manifest.hexdigest(), size, cached, 0.0 if math.isinf(hashed_at) else hashed_at)
+        sealed = sealed and d.sealed
+    return WeightsDigest(manifest.hexdigest(), size, cached, 0.0 if math.isinf(hashed_at) else hashed_at, sealed)
 
 
 class AuditLog:
