@@ -124,6 +124,20 @@ class EngineResponse:
             self._writer.close()
 
 
+class _ClosingOnEof(asyncio.StreamReaderProtocol):
+    def eof_received(self) -> bool:
+        super().eof_received()
+        return False  # the engine closed its side (or exited): close ours now, not when the sweep finds it
+
+
+async def _open(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_HEAD_BYTES, loop=loop)
+    protocol = _ClosingOnEof(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
 class EngineClient:
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]]] = {}
@@ -191,8 +205,7 @@ class EngineClient:
         if self._closed:
             raise EngineConnectionError("the gateway is shutting down")
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(key[0], key[1], limit=MAX_HEAD_BYTES), CONNECT_TIMEOUT)
+            reader, writer = await asyncio.wait_for(_open(key[0], key[1]), CONNECT_TIMEOUT)
         except TimeoutError:
             raise EngineConnectionError(f"no connection to {key[0]}:{key[1]} within {CONNECT_TIMEOUT:g} s") from None
         except OSError as exc:

@@ -174,3 +174,15 @@ async def test_idle_connections_are_closed_once_idle_too_long_even_if_never_aske
         await asyncio.sleep(0.4)  # no request comes: the engine may be gone for good
         assert not client._idle
         await client.close()
+
+
+async def test_a_kept_connection_the_engine_closes_is_closed_at_once_not_left_open():
+    async with Server(lambda n, body: [fixed("ok")], close_idle_after=0.05) as srv:
+        client = EngineClient()
+        r = await client.post(srv.url + "/", b"", {})
+        await r.read()
+        r.release()
+        [(_, _, writer)] = client._idle[next(iter(client._idle))]
+        await asyncio.sleep(0.3)  # the engine closed it (an unloaded engine's process is gone)
+        assert writer.is_closing()  # its socket is let go now, not at the next sweep
+        await client.close()
