@@ -74,7 +74,7 @@ def test_client_commands_find_the_server_the_local_config_serves_and_take_the_v1
 
 
 def test_a_refused_key_names_the_flag_that_sends_one():
-    from warmstart.cli import _error_text
+    from warmstart.cli.base import _error_text
 
     body = {"error": {"message": "Missing API key."}}
     assert "--api-key" in _error_text(401, body) and "--admin-key" in _error_text(403, body)

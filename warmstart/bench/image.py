@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.bench._harness import machine, table, write_json
+from warmstart.cli.image import default_cache
 from warmstart.config_loader import load_config
 from warmstart.image import base as bases
 from warmstart.image import build as builder
 from warmstart.image import run as runner
 from warmstart.image import tools
-from warmstart.image.cli import default_cache
 
 MODEL = "smollm2-135m-instruct"
 KEY = "bench-image-key-0123456789abcdef"

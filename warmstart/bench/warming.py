@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from warmstart.cli import CLIError
+from warmstart.cli.base import CLIError
 
 TARGET_FEWER_COLD = 0.20
 KEEPALIVES = "0,30,60,120,180,300,600,1200,1800,3600,7200,14400"
@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from warmstart.sim.cli import write_json
+    from warmstart.cli.sim import write_json
     from warmstart.sim.report import PlotUnavailable, plot
 
     args = parser().parse_args(argv)
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
 
 
 def run_one(folder_of_traces: str | None, split: dict[str, Any], cold: float, names: list[str]) -> dict[str, Any]:
-    from warmstart.sim.cli import DEFAULT_MODEL_GIB, run_simulation
+    from warmstart.cli.sim import DEFAULT_MODEL_GIB, run_simulation
     from warmstart.sim.report import table
     from warmstart.sim.traces import shared_traces
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from warmstart.cluster.cli import nodes_table
+from warmstart.cli.cluster import nodes_table
 from warmstart.config_loader import load_config, parse_config
 from warmstart.errors import ConfigError
 
@@ -38,7 +38,7 @@ def test_a_bad_cluster_setting_names_the_field(raw: dict, field: str) -> None:
 def test_ray_is_not_imported_without_the_switch(tmp_path: Path) -> None:
     code = ("import sys; from warmstart.config_loader import load_config; from warmstart.serve import build_app; "
             f"build_app(load_config(None, env={{}}, flags={{'server.data_dir': {str(tmp_path)!r}}})); "
-            "import warmstart.cli, warmstart.cluster.cli, warmstart.pool.pool; "
+            "import warmstart.cli, warmstart.cli.cluster, warmstart.pool.pool; "
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"

@@ -69,7 +69,7 @@ def test_an_unknown_model_is_one_line_naming_the_choices(capsys: pytest.CaptureF
 
 
 def test_drain_counts_requests_in_flight_and_held() -> None:
-    from warmstart.image.cli import busy
+    from warmstart.cli.image import busy
 
     models = [{"queue_depth": 2, "replicas": [{"in_flight": 1}, {"in_flight": 0}]}, {"queue_depth": 0, "replicas": []}]
     assert busy(models) == 3

@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from warmstart.cli import CLIError, call, command
+from warmstart.cli.base import CLIError, call, command
 from warmstart.config import is_loopback
 from warmstart.loadtest.plan import DEFAULT_MAX_OUTPUT, Limits, plan
 from warmstart.loadtest.report import format_summary, summarize

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from warmstart.cli import CLIError, command, data_dir_flags
+from warmstart.cli.base import CLIError, command, data_dir_flags
 from warmstart.cli_format import columns
 from warmstart.telemetry.audit_verify import Line, Verification, parse_when, read_lines, record_time, select, verify
 
@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
 
 
 def audit_dir(args: argparse.Namespace) -> Path:
-    from warmstart.cli import load
+    from warmstart.cli.base import load
 
     config = load(args, {"server.data_dir": args.data_dir})
     directory = config.audit_dir

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from warmstart.cli import CLIError, _client_flags, call, command, load
+from warmstart.cli.base import CLIError, _client_flags, call, command, load
 
 
 def default_cache() -> Path:

@@ -7,7 +7,7 @@ import importlib
 import pkgutil
 
 import warmstart.bench
-from warmstart.cli import CLIError, command
+from warmstart.cli.base import CLIError, command
 
 
 def available() -> list[str]:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from warmstart.cli import CLIError, command
+from warmstart.cli.base import CLIError, command
 
 # the curve of fixed keep-alives every other policy is judged against, then the policies
 DEFAULT_POLICIES = ("keepalive-0s,keepalive-30s,keepalive-60s,keepalive-120s,keepalive-180s,keepalive-300s,"

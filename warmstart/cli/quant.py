@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from warmstart.cli import CLIError, command, data_dir_flags, load
+from warmstart.cli.base import CLIError, command, data_dir_flags, load
 from warmstart.cli_format import columns
 from warmstart.errors import WarmstartError
 from warmstart.quant.gate import PUBLISHED, Gate
@@ -149,7 +149,7 @@ def _from_safetensors(folder: Path, converter: str | None) -> Path:
 
 @command("eval")
 def _eval(args: argparse.Namespace) -> int:
-    from warmstart.cli import server_url
+    from warmstart.cli.base import server_url
     from warmstart.quant import answers
     from warmstart.quant.evaluate import evaluate, locate
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from warmstart.cli import CLIError, _client_flags, _error_text, call, command
+from warmstart.cli.base import CLIError, _client_flags, _error_text, call, command
 from warmstart.cli_format import columns
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from warmstart.cli import CLIError, command, data_dir_flags, load
+from warmstart.cli.base import CLIError, command, data_dir_flags, load
 from warmstart.cli_format import columns
 
 if TYPE_CHECKING:

@@ -1,9 +1,9 @@
-"""The `warmstart` command. Errors are one line saying what is wrong and how to fix it."""
+"""What every `warmstart` command shares: its one-line errors, the command registry, finding the server and
+calling it, reading the config. The commands themselves are the other modules of this package."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -11,11 +11,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-from warmstart import __version__
-from warmstart.errors import ConfigError, WarmstartError
 
 if TYPE_CHECKING:
     from warmstart.config import Config
@@ -36,10 +33,6 @@ class _Parser(argparse.ArgumentParser):
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Command] = {}
-# Modules that add commands: each has `register(subparsers)` and marks its handlers with @command.
-EXTENSIONS: tuple[str, ...] = ("warmstart.cli_bench", "warmstart.telemetry.audit_cli", "warmstart.sim.cli",
-                              "warmstart.store.cli", "warmstart.loadtest.cli",
-                              "warmstart.quant.cli", "warmstart.cluster.cli", "warmstart.image.cli")
 
 
 def command(name: str) -> Callable[[Command], Command]:
@@ -50,11 +43,8 @@ def command(name: str) -> Callable[[Command], Command]:
     return wrap
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="warmstart", description="Serve self-hosted LLMs warm, without keeping them loaded.")
-    parser.add_argument("--version", action="version", version=f"warmstart {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
+def register(sub: argparse._SubParsersAction) -> None:
+    """The server and its models: serve, ps, warm, unload, hold."""
     serve = sub.add_parser("serve", help="run the gateway (default model: smollm2-135m-instruct)")
     _config_flags(serve)
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
@@ -84,10 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     hold.add_argument("model")
     hold.add_argument("--keep-alive", help="for how long (e.g. 2h; -1 until unloaded; 0 lets them go; "
                                            "default: the model's ram_keep_alive, or 1h)")
-
-    for module in EXTENSIONS:
-        importlib.import_module(module).register(sub)
-    return parser
 
 
 def _config_flags(p: argparse.ArgumentParser) -> None:
@@ -283,24 +269,3 @@ def _hold(args: argparse.Namespace) -> int:
     print(f"{args.model}: {payload.get('state')}, weights held in RAM ({ram['method']}, "
           f"{ram['bytes'] / 2**30:.2f} GiB, {left}; held in {ram['hold_s']:.2f} s)")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        if not args.command:
-            parser.print_help()
-            return 2
-        return COMMANDS[args.command](args)
-    except CLIError as exc:
-        print(f"warmstart: error: {exc}", file=sys.stderr)
-        return exc.status
-    except ConfigError as exc:
-        print(f"warmstart: error: {exc}", file=sys.stderr)
-        return 2
-    except WarmstartError as exc:
-        print(f"warmstart: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
