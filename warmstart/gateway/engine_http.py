@@ -124,6 +124,11 @@ class EngineResponse:
             self._writer.close()
 
 
+def _usable(since: float, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, now: float) -> bool:
+    """Whether a kept connection may carry the next request: idle less than IDLE_TIMEOUT and still open."""
+    return now - since < IDLE_TIMEOUT and not reader.at_eof() and not writer.is_closing()
+
+
 class _ClosingOnEof(asyncio.StreamReaderProtocol):
     def eof_received(self) -> bool:
         super().eof_received()
@@ -199,7 +204,7 @@ class EngineClient:
         now = time.monotonic()
         while idle:
             since, reader, writer = idle.pop()
-            if now - since < IDLE_TIMEOUT and not reader.at_eof() and not writer.is_closing():
+            if _usable(since, reader, writer, now):
                 return reader, writer, True
             writer.close()
         if self._closed:
@@ -216,7 +221,8 @@ class EngineClient:
         return reader, writer, False
 
     def _put_back(self, key: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._closed or reader.at_eof() or writer.is_closing():
+        now = time.monotonic()
+        if self._closed or not _usable(now, reader, writer, now):
             writer.close()
             return
         self._idle.setdefault(key, []).append((time.monotonic(), reader, writer))
@@ -229,7 +235,7 @@ class EngineClient:
         self._sweep_at = None
         now = time.monotonic()
         for key, idle in list(self._idle.items()):
-            keep = [c for c in idle if now - c[0] < IDLE_TIMEOUT and not c[1].at_eof() and not c[2].is_closing()]
+            keep = [c for c in idle if _usable(*c, now)]
             for conn in idle:
                 if conn not in keep:
                     conn[2].close()

@@ -71,18 +71,13 @@ def log_access(services: Services, request: Request, path: str, req: ModelReques
     assert services.access is not None
     prompt, completion = tokens(answer)
     client = request.client
-    if req is None:
-        services.access.write(Access(
-            method="POST", path=request.scope.get("path", path), model="-", status=status, start="-", wait_ms=0.0,
-            duration_ms=round((services.clock.now() - arrived) * 1000, 1), ttft_ms=None, stream=False,
-            replica=None, client=f"{client.host}:{client.port}" if client is not None else None))
-        return
     services.access.write(Access(
-        method="POST", path=request.scope.get("path", path), model=req.model[:200], status=status, start=start,
+        method="POST", path=request.scope.get("path", path), model=req.model[:200] if req is not None else "-",
+        status=status, start=start,
         wait_ms=round(lease.waited_s * 1000 if lease is not None else 0.0, 1),
         duration_ms=round((services.clock.now() - arrived) * 1000, 1),
         ttft_ms=None if ttft is None else round(ttft * 1000, 1),
-        stream=not isinstance(req, EmbeddingRequest) and bool(req.stream),
+        stream=req is not None and not isinstance(req, EmbeddingRequest) and bool(req.stream),
         replica=lease.replica.id if lease is not None else None,
         client=f"{client.host}:{client.port}" if client is not None else None,
         prompt_tokens=prompt, completion_tokens=completion))
