@@ -61,6 +61,23 @@ def test_a_bad_vllm_option_names_its_field(options, field, says):
     assert says in str(err.value)
 
 
+@pytest.mark.parametrize(("options", "field", "says"), [
+    ({"router": True}, "models[0].options.router", "needs `server`"),
+    ({"server": "/no/such/llama-server"}, "models[0].options.server", "is not an executable"),
+    ({"server": "/bin/true", "router": "yes"}, "models[0].options.router", "must be of type bool"),
+])
+def test_a_bad_llama_server_option_names_its_field(options, field, says):
+    with pytest.raises(ConfigError) as err:
+        parse(model("llamacpp", **options))
+    assert err.value.field == field
+    assert says in str(err.value)
+
+
+def test_a_llama_server_binary_on_path_or_by_path_is_accepted():
+    cfg = parse(model("llamacpp", server="true", router=True))
+    assert cfg.models[0].options == {"server": "true", "router": True}
+
+
 def test_the_port_may_be_passed_in_an_environment_variable():
     cfg = parse(model("command", command=["ollama", "serve"], env={"OLLAMA_HOST": "{host}:{port}"}))
     assert cfg.models[0].options["env"]["OLLAMA_HOST"] == "{host}:{port}"
