@@ -102,7 +102,7 @@ def build(dest: Path, chosen: dict[str, dict[str, str]], work: Path) -> None:
     root = dest / "root"
     shutil.rmtree(dest, ignore_errors=True)
     root.mkdir(parents=True)
-    for package, stanza in chosen.items():
+    for stanza in chosen.values():
         data = fetch(f"{MIRROR}/{stanza['Filename']}")
         if sha256(data) != stanza["SHA256"]:
             raise SystemExit(f"{stanza['Filename']}: digest does not match sid's index")
