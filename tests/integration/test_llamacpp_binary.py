@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_audit_server import metric, records
+from tests.integration.test_audit_server import metric, records, smol_file
 from tests.integration.test_llamacpp_server import engine_slots, open_stream
 from tests.support import chat, pid_alive, smollm2
 
@@ -85,7 +86,8 @@ def test_the_binarys_slots_serve_max_concurrency_requests_at_once(start_server):
 
 
 def test_a_start_in_the_pre_started_router_and_an_unload_through_it(start_server):
-    srv = start_server([binary_model(router=True)])
+    # no n_ctx: the router's flags take the context the GGUF was trained with, read through its package: path
+    srv = start_server([smollm2(options={"server": BINARY, "router": True}, max_concurrency=1)])
     router = srv.wait_for(lambda: (srv.model(SMOL).get("runtime_pool") or {}).get("ready") == 1, timeout=30)
     assert router
     pool = srv.model(SMOL)["runtime_pool"]
@@ -100,6 +102,7 @@ def test_a_start_in_the_pre_started_router_and_an_unload_through_it(start_server
     with open(f"/proc/{replica['pid']}/stat") as f:
         assert int(f.read().rsplit(")", 1)[1].split()[2]) == router_pid
     assert model["runtime_pool"]["handed_out"] == 1 and model["runtime_pool"]["ready"] == 0
+    assert [s["n_ctx"] for s in engine_slots(srv)] == [8192]
 
     status, _, _ = srv.post(f"/admin/models/{SMOL}/unload", {})
     assert status in (200, 202)
@@ -114,3 +117,36 @@ def test_a_start_in_the_pre_started_router_and_an_unload_through_it(start_server
     assert srv.model(SMOL)["runtime_pool"]["handed_out"] == 2
     starts = audit_starts(srv)
     assert [s["outcome"] for s in starts] == ["ok", "ok"]
+
+
+async def test_a_model_that_fails_in_the_router_names_why_and_leaves_the_router_waiting(tmp_path):
+    from types import MappingProxyType
+
+    from warmstart.config import ModelConfig
+    from warmstart.engines.base import StartReport
+    from warmstart.engines.llamacpp import LlamaCppEngine
+    from warmstart.errors import EngineError
+
+    # a whole GGUF whose architecture llama.cpp does not know: it fails in load
+    data = bytearray(smol_file().read_bytes())
+    at = data.index(b"general.architecture") + len("general.architecture") + 4 + 8
+    assert data[at:at + 5] == b"llama"
+    data[at:at + 5] = b"llamb"
+    gguf = tmp_path / "unknown-arch.gguf"
+    gguf.write_bytes(data)
+    cfg = ModelConfig(name="unknown-arch", engine="llamacpp", path=str(gguf),
+                      options=MappingProxyType({"n_ctx": 512, "server": BINARY, "router": True}))
+    engine = LlamaCppEngine(tmp_path, models=(cfg,))
+    await engine.open()
+    try:
+        router = engine.routers["unknown-arch"]
+        await asyncio.wait_for(router.listening.wait(), 30)
+        report = StartReport()
+        with pytest.raises(EngineError, match=r"exited with code 1 during load: .*unknown model architecture: 'llamb'"):
+            await engine.start(cfg, gguf, report, "unknown-arch#1")
+        assert [p for p, _ in report.phases] == ["spawn"]  # and not started again without the router
+        assert router.process is not None and router.process.returncode is None
+        assert router.stats()["ready"] == 1 and router.handed_out == 1
+    finally:
+        await engine.close()
+    assert router.process.returncode is not None

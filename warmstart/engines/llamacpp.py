@@ -25,7 +25,7 @@ from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, NoRuntime
 from warmstart.engines.gguf import check_complete, read_gguf
 from warmstart.engines.health import wait_healthy
 from warmstart.engines.ledger import ProcessLedger
-from warmstart.engines.llamacpp_router import Router, RouterInstance
+from warmstart.engines.llamacpp_router import Router, RouterInstance, RouterUnavailable
 from warmstart.engines.llamacpp_server import binary_version, server_flags, start_server
 from warmstart.engines.process import ManagedProcess, replica_log_path
 from warmstart.errors import EngineError
@@ -64,12 +64,16 @@ class LlamaCppEngine(NoRuntimes):
         self.routers: dict[str, Router] = {}
         for model in models:
             if model.engine == self.kind and model.options.get("router") and model.options.get("server"):
-                path = Path(model.path) if model.path else None
-                ctx = slot_context(model, path) if path is not None and path.is_file() else \
-                    int(model.options.get("n_ctx") or 4096)
-                self.routers[model.name] = Router(
-                    model.name, str(model.options["server"]),
-                    server_flags(model.options, model.max_concurrency, ctx), data_dir, host, self.ledger)
+                self.routers[model.name] = Router(model.name, str(model.options["server"]),
+                                                  functools.partial(self._router_flags, model), data_dir, host,
+                                                  self.ledger)
+
+    def _router_flags(self, model: ModelConfig) -> list[str]:
+        """A router's flags, when it starts: the slots' context comes from the model file (StoreError if none)."""
+        from warmstart.store.sources import resolve_model_path
+
+        path = resolve_model_path(model.path, self.data_dir)
+        return server_flags(model.options, model.max_concurrency, slot_context(model, path))
 
     async def open(self) -> None:
         for router in self.routers.values():
@@ -151,7 +155,7 @@ class LlamaCppEngine(NoRuntimes):
                     proc: ManagedProcess | RouterInstance = await router.load(path, report)
                     _count_slots(proc)
                     return proc
-                except EngineError as exc:  # the router failed this start: start without it
+                except RouterUnavailable as exc:  # the router failed, not the model: start without it
                     log.warning("%s; starting llama-server without the router", exc)
                     report.phases.clear()  # the wasted time stays in the start's total, not in a phase
         flags = server_flags(model.options, model.max_concurrency, slot_context(model, path))

@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,16 @@ from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.llamacpp_log import instance_line
 from warmstart.engines.llamacpp_server import LISTENING, StartLog
 from warmstart.engines.process import ManagedProcess, read_from
-from warmstart.errors import EngineError
+from warmstart.errors import EngineError, StoreError
 from warmstart.names import safe_name
 
 log = logging.getLogger("warmstart.engines.llamacpp_router")
 _FAILURES_BEFORE_GIVING_UP = 3
+
+
+class RouterUnavailable(EngineError):
+    """The router itself failed a start (it is gone, or did not answer): a plain start may still work.
+    The model failing to start in it is a plain EngineError, which a plain start would only repeat."""
 
 
 class _Instance:
@@ -161,7 +167,7 @@ def _child_on_port(router_pid: int, port: int) -> int | None:
 class Router:
     """One pre-started router for one model. Seen by the metrics and `ps` as a runtime pool of size 1."""
 
-    def __init__(self, model: str, binary: str, flags: list[str], data_dir: Path, host: str,
+    def __init__(self, model: str, binary: str, flags: Callable[[], list[str]], data_dir: Path, host: str,
                  ledger: ProcessLedger) -> None:
         self.model = model
         self.name = f"llama-server router {model}"
@@ -208,12 +214,13 @@ class Router:
         preset.write_text(f"[{self.model}]\nmodel = {self.link}\n")
         offset = self.log_path.stat().st_size if self.log_path.is_file() else 0
         try:
+            flags = await asyncio.to_thread(self.flags)  # reads the model file's header
             proc = await ManagedProcess.spawn(
                 [self.binary, "--models-preset", str(preset), "--models-max", "1", "--no-models-autoload",
-                 *self.flags, "--host", self.host, "--port", "0"], env=dict(os.environ), log_path=self.log_path,
+                 *flags, "--host", self.host, "--port", "0"], env=dict(os.environ), log_path=self.log_path,
                 ledger=self.ledger, replica=self.name)
-        except EngineError as exc:
-            self._failed(str(exc))
+        except (EngineError, StoreError, OSError) as exc:
+            self._failed(str(exc))  # tried again at the next start of the model
             return
         self.process = proc
         self.spawned += 1
@@ -252,15 +259,15 @@ class Router:
 
     async def post(self, path: str) -> dict[str, Any]:
         if self.url is None:
-            raise EngineError(f"{self.name} is not running")
+            raise RouterUnavailable(f"{self.name} is not running")
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, \
                     session.post(self.url + path, json={"model": self.model}) as resp:
                 body = await resp.text()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise EngineError(f"{self.name} did not answer {path}: {type(exc).__name__}") from exc
+            raise RouterUnavailable(f"{self.name} did not answer {path}: {type(exc).__name__}") from exc
         if resp.status != 200:
-            raise EngineError(f"{self.name} refused {path}: HTTP {resp.status} {body[:300]}")
+            raise RouterUnavailable(f"{self.name} refused {path}: HTTP {resp.status} {body[:300]}")
         try:
             return dict(json.loads(body))
         except (ValueError, TypeError):
@@ -300,10 +307,15 @@ class Router:
                     return f"llama-server exited with code {instance.exit_code}"
                 return None
 
-            port = await start.follow(self.log_path, offset, failed)
+            try:
+                port = await start.follow(self.log_path, offset, failed)
+            except EngineError as exc:
+                if router.returncode is not None:
+                    raise RouterUnavailable(str(exc)) from None
+                raise
             pid = _child_on_port(router.pid, port)
             if pid is None:
-                raise EngineError(f"{self.name}: no instance process listens on port {port}")
+                raise RouterUnavailable(f"{self.name}: no instance process listens on port {port}")
             self.loaded = loaded = RouterInstance(self, pid, self.host, port)
             report.enter(READY)
             await wait_healthy(loaded, loaded.base_url + "/health", timeout=30.0)
