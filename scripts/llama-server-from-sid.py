@@ -148,14 +148,23 @@ def main(argv: list[str]) -> int:
     binary = dest / "bin" / "llama-server"
     if stamp.is_file() and json.loads(stamp.read_text()).get("pins") == PINS and works(binary):
         return 0
+    (dest / "UNAVAILABLE").unlink(missing_ok=True)
     say("llama-server from Debian sid's llama.cpp-tools into " + str(dest))
-    with tempfile.TemporaryDirectory(prefix="llama-server-") as tmp:
-        work = Path(tmp)
-        chosen = choose(signed_index(work))
-        build(dest, chosen, work)
-    version = works(binary)
-    if version is None:
-        raise SystemExit(f"{binary} does not run on this machine")
+    try:
+        with tempfile.TemporaryDirectory(prefix="llama-server-") as tmp:
+            work = Path(tmp)
+            chosen = choose(signed_index(work))
+            build(dest, chosen, work)
+        version = works(binary)
+        if version is None:
+            raise SystemExit(f"{binary} does not run on this machine")
+    except (SystemExit, OSError, subprocess.CalledProcessError, lzma.LZMAError) as exc:
+        # not fatal to the test install: the tests of the binary skip, naming this reason
+        reason = str(exc.code if isinstance(exc, SystemExit) else exc)
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "UNAVAILABLE").write_text(reason + "\n")
+        say(f"llama-server could not be built ({reason}); its tests will be skipped")
+        return 0
     stamp.write_text(json.dumps({"pins": PINS, "versions": {p: s["Version"] for p, s in chosen.items()},
                                  "server": version}, indent=1) + "\n")
     say(f"llama-server ready: {binary} ({version})")
