@@ -2,7 +2,7 @@
 wheel) run by `python -m warmstart.engines.llamacpp_worker` on one GGUF file, with one slot per
 concurrent request (`max_concurrency`), each slot holding the model's whole context. With the option
 `server`, the replica is that llama-server binary itself (llamacpp_server.py); with `router` too, a router
-started with warmserver waits for the model and a start loads it there (llamacpp_router.py)."""
+started with warmstart waits for the model and a start loads it there (llamacpp_router.py)."""
 
 from __future__ import annotations
 
@@ -108,6 +108,8 @@ class LlamaCppEngine(NoRuntimes):
         tools = "tools" in str(template)
         if not tools:
             notes += ("tools: its chat template takes none",)
+        if model.name in self.routers:
+            notes += ("a pre-started llama-server router waits for it: a start is POST /models/load",)
         return Capabilities(chat=chat, completions=True, sleep=False, context_length=slot_context(model, path),
                             max_token_bytes=info.max_token_bytes,
                             unsupported_fields=UNSUPPORTED_FIELDS + (() if tools else TOOL_FIELDS),
