@@ -156,3 +156,42 @@ async def test_a_model_that_fails_in_the_router_names_why_and_leaves_the_router_
     finally:
         await engine.close()
     assert router.process.returncode is not None
+
+
+async def test_a_start_cancelled_in_the_router_leaves_no_instance_and_the_next_start_loads(tmp_path):
+    from types import MappingProxyType
+
+    from warmstart.config import ModelConfig
+    from warmstart.engines.base import StartReport
+    from warmstart.engines.llamacpp import LlamaCppEngine
+    from warmstart.engines.llamacpp_router import _children
+
+    cfg = ModelConfig(name="smol", engine="llamacpp", path=str(smol_file()),
+                      options=MappingProxyType({"n_ctx": 512, "server": BINARY, "router": True}))
+    engine = LlamaCppEngine(tmp_path, models=(cfg,))
+    await engine.open()
+    try:
+        router = engine.routers["smol"]
+        await asyncio.wait_for(router.listening.wait(), 30)
+        report = StartReport()
+        start = asyncio.ensure_future(engine.start(cfg, smol_file(), report, "smol#1"))
+        for _ in range(6000):  # until the instance runs (its first log line was read), at most 30 s
+            if report.current == "load" or start.done():
+                break
+            await asyncio.sleep(0.005)
+        assert report.current == "load" and not start.done()
+        start.cancel()  # as the pool's start timeout does
+        with pytest.raises(asyncio.CancelledError):
+            await start
+        assert not router.busy
+        for _ in range(200):
+            if not _children(router.process.pid):
+                break
+            await asyncio.sleep(0.05)
+        assert _children(router.process.pid) == []
+        proc = await engine.start(cfg, smol_file(), StartReport(), "smol#2")
+        assert proc.pid in _children(router.process.pid) and router.handed_out == 2
+        await proc.stop(10)
+        assert proc.returncode == 0 and not router.busy  # unloaded by the router: it logged status 0
+    finally:
+        await engine.close()

@@ -48,7 +48,8 @@ class _Instance:
     """Which lines of the router's log are the instance of `name`: from "spawning server instance with
     name=NAME on port P" on, the lines prefixed `[P] `; its "exited with status" line is kept."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, offset: int = 0) -> None:
+        self.offset = offset  # where its lines begin in the router's log
         self.spawning = re.compile(r"spawning server instance with name=" + re.escape(name) + r" on port (\d+)")
         self.exit = re.compile(r"instance name=" + re.escape(name) + r" exited with status (-?\d+)")
         self.port: int | None = None
@@ -108,9 +109,13 @@ class RouterInstance:
         finally:
             if fd >= 0:
                 os.close(fd)
-            # the router reaps it and logs its status; a moment for that line to be written
-            await asyncio.sleep(0.05)
-            code = self.router.exit_code_of(self)
+            # the router reaps it and logs its status: a moment for that line to be written
+            code = None
+            for _ in range(50):
+                code = self.router.exit_code_of(self)
+                if code is not None or self.router.process is None or self.router.process.returncode is not None:
+                    break
+                await asyncio.sleep(0.02)
             self._code = -1 if code is None else code
             self.router.released(self)
             if not self._exited.done():
@@ -292,8 +297,8 @@ class Router:
             tmp.unlink()
         tmp.symlink_to(Path(path).resolve())
         tmp.replace(self.link)
-        self._instance = instance = _Instance(self.model)
         offset = self.log_path.stat().st_size
+        self._instance = instance = _Instance(self.model, offset)
         report.enter(SPAWN)
         began = time.monotonic()
         try:
@@ -323,24 +328,30 @@ class Router:
             return loaded
         except BaseException:
             if self.loaded is not None:
-                self.loaded.kill()
-            else:
+                self.loaded.kill()  # its watcher frees the router once it has ended
+            else:  # failed or cancelled while the instance was starting: end it, whatever the router thinks
+                child = _child_on_port(router.pid, instance.port) if instance.port is not None else None
+                if child is not None:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(child, signal.SIGKILL)
                 with contextlib.suppress(Exception):
                     await self.post("/models/unload")
                 self.busy = False
             raise
 
     def exit_code_of(self, loaded: RouterInstance) -> int | None:
-        """The status the router logged for the instance's exit (None: not logged yet)."""
-        if self._instance is None:
+        """The status the router logged for the instance's exit since it was loaded (None: not logged)."""
+        instance = self._instance
+        if instance is None:
             return None
         try:
             with open(self.log_path, "rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+                end = f.seek(0, os.SEEK_END)
+                f.seek(max(instance.offset, end - 16384))
                 tail = f.read().decode("utf-8", "replace")
         except OSError:
             return None
-        codes = self._instance.exit.findall(tail)
+        codes = instance.exit.findall(tail)
         return int(codes[-1]) if codes else None
 
     def released(self, loaded: RouterInstance) -> None:
