@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import urllib.request
 from pathlib import Path
 
@@ -158,13 +159,14 @@ async def test_a_model_that_fails_in_the_router_names_why_and_leaves_the_router_
     assert router.process.returncode is not None
 
 
-async def test_a_start_cancelled_in_the_router_leaves_no_instance_and_the_next_start_loads(tmp_path):
+async def test_a_start_cancelled_in_the_router_leaves_no_instance_and_the_next_loads_from_the_ram_tier(tmp_path):
     from types import MappingProxyType
 
     from warmstart.config import ModelConfig
     from warmstart.engines.base import StartReport
     from warmstart.engines.llamacpp import LlamaCppEngine
     from warmstart.engines.llamacpp_router import _children
+    from warmstart.store.tiers import RamTier
 
     cfg = ModelConfig(name="smol", engine="llamacpp", path=str(smol_file()),
                       options=MappingProxyType({"n_ctx": 512, "server": BINARY, "router": True}))
@@ -189,9 +191,15 @@ async def test_a_start_cancelled_in_the_router_leaves_no_instance_and_the_next_s
                 break
             await asyncio.sleep(0.05)
         assert _children(router.process.pid) == []
-        proc = await engine.start(cfg, smol_file(), StartReport(), "smol#2")
+        # the next start, from the RAM tier's copy: the router's link points there, the instance maps it
+        tier = RamTier(method="tmpfs", tmpfs_dir=Path("/dev/shm") / f"ws-test-router-{os.getpid()}")
+        tier.hold("smol", [smol_file()])
+        copy = tier.path_for("smol", smol_file())
+        proc = await engine.start(cfg, copy, StartReport(), "smol#2")
         assert proc.pid in _children(router.process.pid) and router.handed_out == 2
+        assert str(copy) in Path(f"/proc/{proc.pid}/maps").read_text()
         await proc.stop(10)
         assert proc.returncode == 0 and not router.busy  # unloaded by the router: it logged status 0
     finally:
         await engine.close()
+        shutil.rmtree(Path("/dev/shm") / f"ws-test-router-{os.getpid()}", ignore_errors=True)
