@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from warmstart.engines.gguf import check_complete, read_gguf
 from warmstart.engines.health import wait_healthy
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.llamacpp_router import Router, RouterInstance, RouterUnavailable
-from warmstart.engines.llamacpp_server import binary_version, server_flags, start_server
+from warmstart.engines.llamacpp_server import binary_version, find_binary, server_flags, start_server
 from warmstart.engines.process import ManagedProcess, replica_log_path
 from warmstart.errors import EngineError
 
@@ -108,6 +109,8 @@ class LlamaCppEngine(NoRuntimes):
         tools = "tools" in str(template)
         if not tools:
             notes += ("tools: its chat template takes none",)
+        if model.options.get("server") and shutil.which(str(model.options["server"])) is None:
+            notes += (f"server {model.options['server']!r} is not an executable: its starts fail",)
         if model.name in self.routers:
             notes += ("a pre-started llama-server router waits for it: a start is POST /models/load",)
         return Capabilities(chat=chat, completions=True, sleep=False, context_length=slot_context(model, path),
@@ -161,8 +164,9 @@ class LlamaCppEngine(NoRuntimes):
                     log.warning("%s; starting llama-server without the router", exc)
                     report.phases.clear()  # the wasted time stays in the start's total, not in a phase
         flags = server_flags(model.options, model.max_concurrency, slot_context(model, path))
-        proc = await start_server(str(model.options["server"]), ["--model", str(path), "--alias", model.name, *flags],
-                                  report, data_dir=self.data_dir, replica=name, host=self.host, ledger=self.ledger)
+        binary = find_binary(str(model.options["server"]))
+        proc = await start_server(binary, ["--model", str(path), "--alias", model.name, *flags], report,
+                                  data_dir=self.data_dir, replica=name, host=self.host, ledger=self.ledger)
         _count_slots(proc)
         return proc
 

@@ -30,7 +30,7 @@ from warmstart.engines.base import READY, SPAWN, StartReport
 from warmstart.engines.health import wait_healthy
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.llamacpp_log import instance_line
-from warmstart.engines.llamacpp_server import LISTENING, StartLog
+from warmstart.engines.llamacpp_server import LISTENING, StartLog, find_binary
 from warmstart.engines.process import ManagedProcess, read_from
 from warmstart.errors import EngineError, StoreError
 from warmstart.names import safe_name
@@ -219,9 +219,10 @@ class Router:
         preset.write_text(f"[{self.model}]\nmodel = {self.link}\n")
         offset = self.log_path.stat().st_size if self.log_path.is_file() else 0
         try:
+            binary = find_binary(self.binary)
             flags = await asyncio.to_thread(self.flags)  # reads the model file's header
             proc = await ManagedProcess.spawn(
-                [self.binary, "--models-preset", str(preset), "--models-max", "1", "--no-models-autoload",
+                [binary, "--models-preset", str(preset), "--models-max", "1", "--no-models-autoload",
                  *flags, "--host", self.host, "--port", "0"], env=dict(os.environ), log_path=self.log_path,
                 ledger=self.ledger, replica=self.name)
         except (EngineError, StoreError, OSError) as exc:

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,16 @@ from warmstart.errors import EngineError
 VERBOSITY = 4  # llama.cpp logs its context and warm-up steps (the phase markers) from level 4
 LISTENING = re.compile(r"listening on https?://\S+?:(\d+)")
 _LOAD_MODES = {(True, False): "mmap", (True, True): "mmap+mlock", (False, False): "none", (False, True): "mlock"}
+
+
+def find_binary(server: str) -> str:
+    """The `server` option as an executable's path; EngineError naming the option and the fix if there is none."""
+    found = shutil.which(server)
+    if found is None:
+        raise EngineError(f"llamacpp option server = {server!r} is not an executable: give the path of llama-server "
+                          "(Debian trixie/sid: apt install llama.cpp-tools; without them, "
+                          "scripts/install.d/25-llama-server.sh builds .cache/llama-server/bin/llama-server)")
+    return found
 
 
 def default_threads(options: Mapping[str, Any]) -> int:
