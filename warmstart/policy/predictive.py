@@ -53,6 +53,9 @@ class PredictiveParams:
     max_keep_alive: float = 3600.0
     # the longest the weights stay in RAM after a request (policy.tiers)
     max_ram_keep_alive: float = 2 * DAY
+    # hold the weights in RAM no longer than this x the end of the longest gap bin the model was seen to have
+    # (0: no cap): a RAM hold bought by the prior's unseen long gaps alone went unused (tuned on ServeGen days 2-6)
+    ram_evidence: float = 1.0
     # a pre-warm relative to the last request needs this many observed gaps ending in it
     min_period_gaps: float = 3.0
     # time-of-day profile slot, and how many distinct days a wake-up must recur on before it is pre-warmed
@@ -230,6 +233,7 @@ class PredictivePolicy:
         ram: list[WarmSpan] = []
         kas = np.empty(NC)
         wake = self.wake_burst(s)
+        ram_cap = self.ram_cap(s)
         pooled = self.with_prior(s.n.sum(axis=0), s.w.sum(axis=0), s.idle.sum(axis=0), self._flat, p.prior_gaps, wake)
         for ci in range(NC):
             lo, hi = int(CONTEXTS[ci]), CONTEXTS[ci + 1] - 1
@@ -240,8 +244,8 @@ class PredictivePolicy:
             kas[ci] = spans[0].end if spans else 0.0
             after += [WarmSpan(sp.start, sp.end, sp.trigger, lo, hi) for sp in spans]
             if ram_cold_start is not None:
-                ram.append(WarmSpan(kas[ci], self.ram_horizon(hist, c, ram_cold_start, ram_price, kas[ci]), "ram",
-                                    lo, hi))
+                ram.append(WarmSpan(kas[ci], self.ram_horizon(hist, c, ram_cold_start, ram_price, kas[ci], ram_cap),
+                                    "ram", lo, hi))
         return tuple(after), kas, tuple(ram)
 
     def ram_net(self, hist: tuple[np.ndarray, np.ndarray, np.ndarray], c: float, ram_cold_start: float,
@@ -251,12 +255,22 @@ class PredictivePolicy:
                              ram_price=ram_price, rate=self.p.cold_request_cost)
 
     def ram_horizon(self, hist: tuple[np.ndarray, np.ndarray, np.ndarray], c: float, ram_cold_start: float,
-                    ram_price: float, keep_alive: float) -> float:
+                    ram_price: float, keep_alive: float, cap: float = math.inf) -> float:
         """Seconds after a request until which the weights stay in RAM once unloaded (policy.tiers)."""
         if hist[0].sum() < self.p.min_gaps + self.p.prior_gaps:
             return keep_alive  # too little known: disk after the unload, as without a RAM keep-alive
         return tiers.ram_horizon(EDGES, self.ram_net(hist, c, ram_cold_start, ram_price), keep_alive,
-                                 self.p.max_ram_keep_alive)
+                                 min(self.p.max_ram_keep_alive, cap))
+
+    def ram_cap(self, s: PredictiveState) -> float:
+        """The longest RAM hold the model's own gaps support: `ram_evidence` x the end of the longest gap bin
+        it was seen to have (a decayed count of at least a half; math.inf when `ram_evidence` is 0, or when it
+        had a gap longer than the last edge). The prior's pseudo-gaps price what a hold gains; alone they do not
+        hold weights in RAM for days."""
+        if self.p.ram_evidence <= 0:
+            return math.inf
+        seen = np.nonzero(s.n.sum(axis=0) >= 0.5)[0]
+        return float(self.p.ram_evidence * EDGES[seen[-1] + 1]) if len(seen) else 0.0
 
     def wake_burst(self, s: PredictiveState) -> float:
         """The requests a cold start after a long gap made wait, on average (one pseudo-gap of one request
