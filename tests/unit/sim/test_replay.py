@@ -163,3 +163,17 @@ def test_the_oracle_stays_on_disk():
     report = simulate(trace, make_policy("oracle"), 30.0, RamTier(3600.0, 12.0, 0.08))
     assert report["ram_resident_s"] == 0
     assert report["loaded_replica_s"] == pytest.approx(oracle_cost(arrivals["a"], 30.0))
+
+
+def test_a_learned_policy_keeps_the_replica_its_history_left_loaded_while_its_plan_says_so():
+    # two days of a request every 100 s: the predictive policy learns a keep-alive of at least 180 s. The
+    # judged window opens 50 s after the last of them, its first request 10 s later: the replica the
+    # running server had is still loaded under that plan (not unloaded at the window's start on the pool's
+    # floor keep-alive of 0 and started again), so the request is warm and nothing starts
+    past = np.arange(0.0, 2 * 86400.0, 100.0)
+    start = float(past[-1]) + 50.0
+    trace = Trace("t", {"m": np.array([start + 10.0])}, start, start + 3600.0)
+    history = Trace("h", {"m": past}, 0.0, start)
+    out = simulate(trace, make_policy("predictive"), 30.0, history=history)
+    assert out["cold_requests"] == 0
+    assert out["starts"] == {}
