@@ -177,3 +177,19 @@ def test_a_learned_policy_keeps_the_replica_its_history_left_loaded_while_its_pl
     out = simulate(trace, make_policy("predictive"), 30.0, history=history)
     assert out["cold_requests"] == 0
     assert out["starts"] == {}
+
+
+def test_the_novel_silence_bound_counts_first_bursts_and_bursts_after_silences_longer_than_any_before():
+    from warmstart.sim.run import novel_silence_bound
+
+    h = 3600.0
+    # "old": history gaps of up to 10 h, last request at 0; in the trace a 12 h silence (longer than 4 h and
+    # than any before: its 3 requests within the 30 s start count), then a 6 h one (shorter than 12 h: not
+    # novel), then a 20 h one (novel again: 2 requests). "new": never in the history, its first burst of 2.
+    history = Trace("h", {"old": np.array([-20 * h, -10 * h, 0.0])}, -20 * h, 1.0)
+    old = np.array([12 * h, 12 * h + 5, 12 * h + 10, 18 * h, 38 * h, 38 * h + 29])
+    new = np.array([h, h + 20, h + 40])
+    trace = Trace("t", {"old": old, "new": new}, 1.0, 40 * h)
+    out = novel_silence_bound(trace, 30.0, history)
+    assert (out["first_burst_requests"], out["novel_silence_requests"]) == (2, 5)
+    assert out["min_cold_fraction"] == 7 / 9
