@@ -2,7 +2,8 @@
 trace in ../shared/traces, at 30 s and 5 s cold starts, the policies learning from earlier days first.
 
 Split: ServeGen m-large (clients under 0.1 req/s): the policies learn from days 0-6 and are judged on days
-6-10 (their settings were tuned on days 3-6 with days 0-3 as history; days 6-10 were not looked at).
+6-10 (their settings were tuned on days 2-4, 3-6 and 4-6, each with the days before it as history; days 6-10
+were looked at only to report, see docs/warming.md).
 Azure 2023 (code and conversation, about 57 minutes): learn from the first 20 minutes, judged on the rest.
 Target: the default (`keep_alive = "auto"`) is nowhere above the curve and has at least 20 % fewer cold
 requests than the curve at its cost (`total_cost_fraction`: loaded replica-seconds plus priced RAM)."""
