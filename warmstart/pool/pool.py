@@ -29,6 +29,7 @@ from warmstart.pool.lease import Lease, LeaseOwner
 from warmstart.pool.leasing import Leasing
 from warmstart.pool.lifecycle import Lifecycle
 from warmstart.pool.replica import Replica
+from warmstart.pool.roster import Roster
 from warmstart.pool.states import LIVE, ReplicaState, model_state
 from warmstart.pool.view import ReplicaInfo, model_view, replica_info
 from warmstart.telemetry.metrics import Metrics
@@ -51,8 +52,6 @@ class Pool:
                                wait_histogram=metrics.request_wait_seconds.labels(m.name))
             for m in config.models
         }
-        # models taken out of service (a reload, a model removed from the store) whose replicas still drain
-        self._retired: list[ModelEntry] = []
         # asked when a lookup misses and before a listing: a model may just have been added to the store (the
         # catalog sets it; True when the models served changed)
         self.refresh: Callable[[], bool] = lambda: False
@@ -62,6 +61,7 @@ class Pool:
                                     scale=lambda e: self._leasing.scale(e), table=lambda: self._models)
         owner = LeaseOwner(release=self._release, broken=self._broken)
         self._leasing = Leasing(books, self._lifecycle, owner, self._arrived)
+        self._roster = Roster(books, self._models, engines, self._files, self._lifecycle, self._leasing)
         for entry in self._models.values():
             books.changed(entry)
             books.init_series(entry.name)
@@ -159,22 +159,11 @@ class Pool:
         for listener in self._arrival_listeners:
             listener(name, wall)
 
-    def _owner(self, replica: Replica) -> ModelEntry:
-        """The entry a replica belongs to: its model's, or that of a retired model it still serves."""
-        for entry in self._retired:
-            if replica in entry.replicas:
-                return entry
-        return self._models.get(replica.model) or ModelEntry(config=ModelConfig(replica.model, "command", ""),
-                                                             engine=self._engines["command"])
-
     def _release(self, lease: Lease) -> None:
-        entry = self._owner(lease.replica)
-        self._leasing.release(entry, lease)
-        if entry in self._retired:
-            self._prune_retired()
+        self._leasing.release(self._roster.owner(lease.replica), lease)
 
     def _broken(self, replica: Replica, reason: str) -> None:
-        self._lifecycle.broken(self._owner(replica), replica, reason)
+        self._lifecycle.broken(self._roster.owner(replica), replica, reason)
 
     def idle_warm(self) -> list[Replica]:
         """Warm replicas with no request in flight (their engines are watched by a liveness probe; a busy
@@ -290,67 +279,12 @@ class Pool:
         return tuple(entry.config for entry in self._models.values())
 
     def apply(self, changes: ModelChanges) -> None:
-        """Add, remove, restart and update models as `changes` says: a removed model is found by no new
-        request, its held requests are refused and its replicas drain (in-flight requests finish) and unload;
-        a restarted one's replicas drain so, while its next start uses the new settings."""
-        for name in changes.removed:
-            self._retire(self._models.pop(name), "removed")
-        for config in changes.restarted:
-            self._retire(self._models.pop(config.name), "restarted on new settings")
-            self._add(config)
-        for config in changes.updated:
-            entry = self._models[config.name]
-            entry.config = config
-            if self._books.store is not None:
-                self._books.store.track(config)
-            for replica in entry.replicas:  # a new keep-alive counts from the idle clock already running
-                if replica.state is S.WARM and replica.in_flight == 0:
-                    self._lifecycle.arm_expiry(entry, replica)
-            self._leasing.scale(entry)
-        for config in changes.added:
-            self._add(config)
-
-    def _add(self, config: ModelConfig) -> None:
-        entry = ModelEntry(config=config, engine=self._engines[config.engine],
-                           wait_histogram=self._books.metrics.request_wait_seconds.labels(config.name))
-        self._models[config.name] = entry
-        self._books.changed(entry)
-        self._books.init_series(config.name)
-        if self._books.store is not None:
-            self._books.store.track(config)
-        self._books.spawn(self._files.prepare(entry), name=f"prepare {config.name}")
-
-    def _retire(self, entry: ModelEntry, why: str) -> None:
-        entry.warm_until = -math.inf
-        entry.refuse_waiters(Unavailable(f"model '{entry.name}' was {why} while this request waited; retry",
-                                         retry_after=1))
-        self._retired.append(entry)
-        for decision in rules.on_unload(entry.replicas):
-            if isinstance(decision, rules.Stop):
-                self._books.spawn(self._stop_retired(entry, decision.replica), name=f"drain {decision.replica.id}")
-            else:
-                decision.replica.unload_when_idle = True
-                self._lifecycle.disarm_expiry(decision.replica)
-        self._prune_retired()
-
-    async def _stop_retired(self, entry: ModelEntry, replica: Replica) -> None:
-        await self._lifecycle.stop(entry, replica, "reload")
-        self._prune_retired()
-
-    def _prune_retired(self) -> None:
-        """Let go of retired models whose replicas are all gone; a removed one's RAM copy goes too."""
-        for entry in [e for e in self._retired if not any(r.state in LIVE for r in e.replicas)]:
-            self._retired.remove(entry)
-            current = self._models.get(entry.name)
-            if current is not None:  # the gauges are the served model's again, not the drained one's
-                self._books.changed(current)
-            elif self._books.store is not None:
-                self._books.spawn(self._books.store.forget(entry.name), name=f"forget {entry.name}")
+        """Add, remove, restart and update models as `changes` says (`Roster.apply`)."""
+        self._roster.apply(changes)
 
     def draining(self) -> tuple[str, ...]:
-        """Retired models whose replicas still finish their requests."""
-        self._prune_retired()
-        return tuple(e.name for e in self._retired)
+        """Models taken out of service whose replicas still finish their requests."""
+        return self._roster.draining()
 
     # ---- what the warming runner may ask and set (it never touches the table) ------------------------
 
