@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from warmstart.cli.base import CLIError, _client_flags, _error_text, call, command, find_server
+from warmstart.cli.base import _client_flags, command, fetch, find_server
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,10 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @command("reload")
 def _reload(args: argparse.Namespace) -> int:
-    status, payload = call(args, "POST", "/admin/reload", {}, timeout=120)
+    payload = fetch(args, "POST", "/admin/reload", {}, timeout=120)
     where, _source = find_server(args)
-    if status != 200:
-        raise CLIError(_error_text(status, payload))
     models = payload.get("models", {})
     print(f"reloaded {where} from {payload.get('source')}")
     for label, key in (("added", "added"), ("removed (drained)", "removed")):
