@@ -184,7 +184,7 @@ class Catalog:
             report = ReloadReport(source, changes, report_restart, applied, self.pool.draining())
             log.info("reloaded %s: %s", source, report.summary())
             if self.audit is not None:
-                await self.audit.record_change("reload", report.to_dict())
+                await self.audit.record_change("reload", {**report.to_dict(), "summary": report.summary()})
             return report
 
 

@@ -147,3 +147,5 @@ def test_reload_refuses_a_broken_config_and_applies_a_good_one(start_server):
     assert reloads[0]["needs_restart"] == ["server.queue_size"]
     verify = _cli("audit", "verify", "--data-dir", str(srv.data_dir))
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    shown = _cli("audit", "show", "--data-dir", str(srv.data_dir)).stdout.splitlines()
+    assert any(" reload " in line and "needs a restart to apply: server.queue_size" in line for line in shown)
