@@ -114,7 +114,11 @@ class Catalog:
         signature = self._signature()
         if signature is not None and signature == self._seen:
             return False
-        return bool(self._apply(self.config.models + self._store_models(), "store"))
+        try:
+            return bool(self._apply(self.config.models + self._store_models(), "store"))
+        except Exception:  # a lookup or listing goes on with the models served so far
+            log.exception("reading the models added to the store failed")
+            return False
 
     def _signature(self) -> tuple[int, int] | None:
         try:
@@ -171,6 +175,10 @@ class Catalog:
             source = str(self.config.source) if self.config.source is not None else "flags and environment"
             try:
                 new = await asyncio.to_thread(self._load)
+            except (OSError, UnicodeDecodeError) as exc:  # e.g. a file made unreadable: refused like a bad one
+                refused = ConfigError(source, "", f"cannot be read: {getattr(exc, 'strerror', None) or exc}")
+                log.error("reload refused, the config in force keeps serving: %s", refused)
+                raise refused from None
             except ConfigError as exc:
                 log.error("reload refused, the config in force keeps serving: %s", exc)
                 raise

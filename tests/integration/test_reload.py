@@ -34,9 +34,12 @@ def _weights(srv) -> Path:
     return resolve_model_path(SMOLLM2, srv.data_dir)
 
 
-def test_a_model_added_to_the_store_answers_without_a_restart(start_server):
-    srv = start_server([smollm2(keep_alive="0")])
-    assert _names(srv) == [MODEL]
+def test_a_model_added_to_the_store_answers_without_a_restart(start_server, tmp_path):
+    data = tmp_path / "data"
+    early = _cli("models", "add", str(resolve_model_path(SMOLLM2, data)), "--name", "early", "--data-dir", str(data))
+    assert early.returncode == 0, early.stderr
+    srv = start_server([smollm2(keep_alive="0")], data_dir=data)
+    assert _names(srv) == [MODEL, "early"]  # added while no server ran: there at the start
 
     added = _cli("models", "add", str(_weights(srv)), "--name", "my-smol", "--data-dir", str(srv.data_dir))
     assert added.returncode == 0, added.stderr
@@ -45,7 +48,7 @@ def test_a_model_added_to_the_store_answers_without_a_restart(start_server):
     assert status == 200, body
     assert body["model"] == "my-smol" and body["choices"][0]["message"]["content"]
     assert "served as model 'my-smol'" in added.stdout and "no restart" in added.stdout
-    assert _names(srv) == [MODEL, "my-smol"]
+    assert _names(srv) == [MODEL, "early", "my-smol"]
 
     # the admin call adds a file on the server's disk; bad input is an OpenAI-style 4xx
     status, _, body = srv.post("/admin/models", {"path": str(_weights(srv)), "name": "smol-two"})
@@ -57,11 +60,11 @@ def test_a_model_added_to_the_store_answers_without_a_restart(start_server):
                       ({"path": str(_weights(srv)), "engine": "nope"}, 400)):
         status, _, body = srv.post("/admin/models", bad)
         assert status == code and body["error"]["message"], (bad, body)
-    assert _names(srv) == [MODEL, "my-smol", "smol-two"]
+    assert _names(srv) == [MODEL, "early", "my-smol", "smol-two"]
 
     removed = _cli("models", "rm", "my-smol", "--data-dir", str(srv.data_dir))
     assert removed.returncode == 0, removed.stderr
-    assert _names(srv) == [MODEL, "smol-two"]
+    assert _names(srv) == [MODEL, "early", "smol-two"]
     status, _, body = srv.post("/v1/chat/completions", chat(max_tokens=4, model="my-smol"))
     assert status == 404 and body["error"]["code"] == "model_not_found"
 

@@ -82,6 +82,14 @@ async def test_a_config_that_does_not_load_is_refused_and_the_one_in_force_stays
         await cat.reload()
     assert cat.config is cfg and pool.model_names() == ("a",)
 
+    def unreadable():
+        raise PermissionError(13, "Permission denied")
+
+    cat._load = unreadable
+    with pytest.raises(ConfigError, match="cannot be read: Permission denied"):
+        await cat.reload()
+    assert cat.config is cfg
+
     new = dataclasses.replace(config(tmp_path, models=[{"name": "z", "path": str(tmp_path / "m.gguf")}]))
     cat._load = lambda: new
     report = await cat.reload()
