@@ -126,7 +126,17 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path, source: Path | None = N
         seen.add(model.name)
     warming = _parse_warming(warming_raw, seen)
     return Config(server=server, models=models, source=source, audit=audit, auth=auth, warming=warming,
-                  store=store, cluster=parse_cluster(raw.get("cluster", {}), base_dir))
+                  store=store, cluster=parse_cluster(raw.get("cluster", {}), base_dir),
+                  model_defaults=MappingProxyType(dict(defaults)))
+
+
+def store_model(config: Config, manifest: Any) -> ModelConfig:
+    """How a model added to the store (its manifest) is served when no configured model names it: under its
+    store name, from `store:NAME`, with the config's [defaults]; ConfigError when it cannot be (an engine
+    that needs settings of its own, such as "command")."""
+    w = config.warming
+    return _parse_model({"name": manifest.name, "path": f"store:{manifest.name}", "engine": manifest.engine},
+                        0, config.model_defaults, Path.cwd(), config.server.data_dir, w.enabled and w.predictive)
 
 
 def _parse_auth(raw: Any, server: ServerConfig, base_dir: Path) -> AuthConfig:
@@ -176,6 +186,7 @@ def _parse_store(raw: Any) -> StoreConfig:
     _expect(isinstance(raw, Mapping), "store", raw, "must be a table")
     _only_keys(raw, "store", set(StoreConfig.__dataclass_fields__))
     d = StoreConfig()
+    serve_added = _bool(raw, "serve_added", d.serve_added, "store")
     verify = raw.get("verify_on_start", d.verify_on_start)
     _expect(isinstance(verify, bool), "store.verify_on_start", verify, "must be true or false")
     method = raw.get("ram_method", d.ram_method)
@@ -197,7 +208,7 @@ def _parse_store(raw: Any) -> StoreConfig:
     return StoreConfig(verify_on_start=verify, ram_method=method, ram_max=sizes["ram_max"],
                        ram_reserve=sizes["ram_reserve"] or 0, ram_price=float(price),
                        tmpfs_dir=Path(tmpfs).expanduser() if tmpfs else None,
-                       seals=Path(seals).expanduser() if seals else None)
+                       seals=Path(seals).expanduser() if seals else None, serve_added=serve_added)
 
 
 def _parse_server(raw: Any) -> ServerConfig:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
+import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from warmstart.clock import SystemClock
 from warmstart.config import Config
-from warmstart.errors import WarmstartError
+from warmstart.errors import ConfigError, WarmstartError
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -52,7 +55,8 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_app(config: Config) -> Gateway:
+def build_app(config: Config, load: Callable[[], Config] | None = None) -> Gateway:
+    """The server's app; `load` reads the config again, as `serve` read it, for a reload."""
     from warmstart.engines.registry import create_engines
     from warmstart.gateway.app import create_app
     from warmstart.pool.pool import Pool
@@ -81,8 +85,10 @@ def build_app(config: Config) -> Gateway:
     pool.attach_store(build_store(config, pool, clock, metrics, seals))
     if config.cluster.enabled:
         pool.attach_cluster(build_cluster(config, metrics))
-    app = create_app(config, pool, metrics, clock)
+    app = create_app(config, pool, metrics, clock, load)
     app.services.audit = audit
+    if app.services.catalog is not None:
+        app.services.catalog.audit = audit
     return app
 
 
@@ -134,12 +140,13 @@ def build_cluster(config: Config, metrics: Metrics) -> Cluster:
     return Cluster(nodes, metrics, DigestCache(config.server.data_dir / "digests.json"))
 
 
-def run(config: Config) -> int:
+def run(config: Config, load: Callable[[], Config] | None = None) -> int:
+    """Serve until SIGINT or SIGTERM; SIGHUP reads the config again (`load`) and applies it."""
     import uvicorn
 
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = bind(config.server.host, config.server.port)
-    app = build_app(config)
+    app = build_app(config, load)
     host, port = sock.getsockname()[:2]
     names = ", ".join(m.name for m in config.models)
     print(f"warmstart serving http://{host}:{port}  models: {names}  data: {config.server.data_dir}",
@@ -168,6 +175,20 @@ def run(config: Config) -> int:
         if pool.cluster is not None:  # joined before the first request can be placed
             await pool.cluster.open()
         prepare = asyncio.create_task(prepare_models())
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_hangup() -> None:  # like nginx and Prometheus: SIGHUP reloads the config, never ends the server
+            task = asyncio.create_task(reload_quietly())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        async def reload_quietly() -> None:
+            catalog = app.services.catalog
+            if catalog is not None:
+                with contextlib.suppress(ConfigError):  # logged by the catalog; the config in force serves on
+                    await catalog.reload()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hangup)
         await server.serve(sockets=[sock])
         prepare.cancel()
 
