@@ -131,7 +131,7 @@ class Catalog:
 
     def _store_models(self) -> tuple[ModelConfig, ...]:
         """The models added to the store that no configured model names, as they are served."""
-        from warmstart.config_loader import store_model
+        from warmstart.config_models import store_model
 
         self._seen = self._signature()
         if not self.config.store.serve_added:
