@@ -38,6 +38,9 @@ class Capabilities:
     content_types: tuple[str, ...] | None = None
     # serves /v1/embeddings (a model configured as an embedding model)
     embeddings: bool = False
+    # answers `stream_options.include_usage` with a usage event of its own, which the gateway may then ask for
+    # (and take out of the stream) to count every stream's tokens
+    stream_usage: bool = False
 
     def to_dict(self) -> dict:
         return {

@@ -143,7 +143,7 @@ class VllmEngine:
         if pool is not None and int(model.options.get("runtimes", DEFAULT_RUNTIMES)) > 0:
             notes.append(f"pre-initialized runtimes: {pool.size} kept for {pool.name}")
         return Capabilities(chat=chat, completions=True, sleep=False,
-                            context_length=int(context) if context else None, notes=tuple(notes))
+                            context_length=int(context) if context else None, notes=tuple(notes), stream_usage=True)
 
     def argv(self, model: ModelConfig, path: Path, port: int) -> list[str]:
         """vLLM server flags for a model: never a shell, every value its own argument."""

@@ -157,9 +157,20 @@ def _check_prompt_size(req: GenerationRequest, caps: Capabilities) -> None:
             param=param, code="context_length_exceeded")
 
 
-def engine_body(req: ModelRequest) -> bytes:
-    """The body an engine receives: the client's request minus warmstart's own fields."""
+def hidden_usage(req: ModelRequest, caps: Capabilities) -> bool:
+    """Whether a stream's usage is asked of the engine for warmstart's token count alone (the client did not ask
+    for it, so its usage event is taken out of the stream the client gets)."""
+    if isinstance(req, EmbeddingRequest) or not req.stream or not caps.stream_usage:
+        return False
+    return not (req.stream_options or {}).get("include_usage")
+
+
+def engine_body(req: ModelRequest, add_usage: bool = False) -> bytes:
+    """The body an engine receives: the client's request minus warmstart's own fields (with `add_usage`, a
+    stream asks for its usage)."""
     body = req.model_dump(exclude_unset=True, exclude={"keep_alive"})
+    if add_usage:
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     if isinstance(req, CompletionRequest) and isinstance(req.prompt, list) and req.prompt \
             and isinstance(req.prompt[0], str):
         body["prompt"] = req.prompt[0]
