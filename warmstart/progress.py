@@ -56,8 +56,12 @@ class Progress:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         global _active
         _active = self._previous
+        self.close()
+
+    def close(self) -> None:
+        """Done: the ticker stops and a terminal line is ended."""
         self._stop.set()
-        if self._ticker is not None:
+        if self._ticker is not None and self._ticker.is_alive():
             self._ticker.join()
         with self._lock:
             self._end_line()
@@ -67,7 +71,7 @@ class Progress:
         with self._lock:
             self.what = what
             self.counts = _counts(done, total)
-            self._maybe_say()
+            self._maybe_say(last=done is not None and total is not None and 0 < total <= done)
 
     def line(self, text: str) -> None:
         """A line that stays (a result along the way), said at once."""
@@ -82,14 +86,15 @@ class Progress:
             with self._lock:
                 self._maybe_say()
 
-    def _maybe_say(self) -> None:
+    def _maybe_say(self, last: bool = False) -> None:
+        """Say the step unless it is too soon; `last`: its last count, said on a terminal whenever it comes."""
         now = self.now()
         if self.off or self.what is None or now - self.began < self.after:
             return
-        if self.what == self.said_what and now - self.said_at < self.every:
+        if self.what == self.said_what and now - self.said_at < self.every and not (last and self.tty):
             return
         self.said_what, self.said_at = self.what, now
-        text = f"{self.label}: {self.what}{self.counts} ({now - self.began:.1f} s)"
+        text = f"{self.label}: {(self.what + self.counts).strip()} ({now - self.began:.1f} s)"
         if self.tty:
             self._write(f"\r{text}\x1b[K")
             self.on_line = True

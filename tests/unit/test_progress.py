@@ -89,3 +89,16 @@ def test_the_ticker_repeats_a_silent_step_so_a_long_one_is_seen_to_move():
             progress._stop.wait(0.01)
     assert out.getvalue().splitlines()[:2] == ["bench vllm-start: vLLM's own server, cold: tiny (0.0 s)",
                                                "bench vllm-start: vLLM's own server, cold: tiny (30.0 s)"]
+
+
+def test_a_bar_of_steps_shows_its_counts_and_ends_its_line(monkeypatch):
+    from warmstart.quant.convert import bar
+
+    out = Terminal()
+    monkeypatch.setattr("sys.stderr", out)
+    monkeypatch.setenv("WARMSTART_PROGRESS", "always")
+    show = bar("quantize q8_0")
+    for i in range(1, 4):
+        show(i, 3)
+    lines = out.getvalue().split("\r")[1:]
+    assert lines[0].startswith("quantize q8_0: 1/3 (33%) (") and out.getvalue().endswith("\n")
