@@ -16,6 +16,7 @@ from warmstart.gateway.translate import (
     check_request,
     engine_body,
     hidden_usage,
+    inert_fields,
     keep_alive_of,
 )
 from warmstart.pool.lease import Lease
@@ -60,8 +61,9 @@ async def generate(services: Services, request: Request, req: ModelRequest, path
         assert services.relay is not None
         stream = not isinstance(req, EmbeddingRequest) and req.stream
         hidden = hidden_usage(req, caps)  # so that every stream's tokens are counted
-        return await services.relay.forward(request, model, path, engine_body(req, add_usage=hidden), stream,
-                                            keep_alive, arrived, finish, hidden_usage=hidden)
+        body = engine_body(req, add_usage=hidden, leave_out=inert_fields(req, caps))
+        return await services.relay.forward(request, model, path, body, stream, keep_alive, arrived, finish,
+                                            hidden_usage=hidden)
     except (RequestError, Unavailable) as exc:
         if not counted:
             finish(None, exc.status, None, b"")
