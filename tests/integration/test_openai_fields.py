@@ -179,6 +179,17 @@ def served(request, tmp_path_factory):
     srv.stop()
 
 
+def sse_events(raw: bytes) -> list[dict]:
+    return [json.loads(line[5:]) for line in raw.decode().splitlines()
+            if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+
+
+def generated_tokens(srv, model: str) -> float:
+    _, _, raw = srv.request("GET", "/metrics")
+    found = re.search(rf'^warmstart_generation_tokens_total{{model="{model}"}} (\S+)$', raw.decode(), re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def ask(srv, engine: Engine, **extra):
     status, _, body = srv.post("/v1/chat/completions", chat(engine.question, model=engine.model,
                                                             **{"max_tokens": 12, **extra}))
@@ -223,9 +234,13 @@ def test_chat_fields_are_honoured_informational_or_refused_by_name(served):
     status, _, raw = server.request("POST", "/v1/chat/completions", {
         **chat(engine.question, model=engine.model, max_tokens=4), "stream": True,
         "stream_options": {"include_usage": True}})
-    events = [json.loads(line[5:]) for line in raw.decode().splitlines()
-              if line.startswith("data:") and line[5:].strip() != "[DONE]"]
-    assert status == 200 and any(e.get("usage") for e in events)
+    assert status == 200 and any(e.get("usage") for e in sse_events(raw))
+    # without it the client gets no usage event (warmstart asks the engine for one to count the stream's tokens)
+    before = generated_tokens(server, engine.model)
+    status, _, raw = server.request("POST", "/v1/chat/completions", {
+        **chat(engine.question, model=engine.model, max_tokens=4), "stream": True})
+    assert status == 200 and sse_events(raw) and not any("usage" in e for e in sse_events(raw))
+    assert 0 < generated_tokens(server, engine.model) - before <= 4
 
     for name, value in CHAT_INFORMATIONAL.items():
         status, body = ask(server, engine, **{name: value})
