@@ -72,6 +72,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         engine_url = model["replicas"][0]["url"]
 
         # 2. warm time to first token through the gateway
+        step("warm-up requests")
         for i in range(10):  # warm-up of both paths
             gateway.first_token("/v1/chat/completions", _chat(i, 8))
         ttfts = []
@@ -85,6 +86,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         splice = Client(f"http://127.0.0.1:{splice_proc.stdout.readline().strip()}")  # type: ignore[union-attr]
         body = {"model": MODEL, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
         arms = {"d": direct, "g": gateway, "s": splice}
+        step("gateway overhead: warm-up")
         for _ in range(20):
             for arm in arms.values():
                 arm.post("/v1/completions", body)
