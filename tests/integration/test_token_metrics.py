@@ -31,7 +31,8 @@ def counter(text: str, name: str, model: str) -> float:
 
 
 def test_prompt_and_generated_tokens_are_counted_as_the_client_saw_them_on_every_route(start_server):
-    srv = start_server([smollm2(keep_alive="5m")])
+    embedder = smollm2(name="smol-embed", options={"n_ctx": 512, "embedding": True, "pooling": "mean"})
+    srv = start_server([smollm2(keep_alive="5m"), embedder])
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=120)
     seen: list[tuple[int, int]] = []  # (prompt, generated) of each answer, as its client was told
 
@@ -74,6 +75,12 @@ def test_prompt_and_generated_tokens_are_counted_as_the_client_saw_them_on_every
     text = scrape(srv)
     assert counter(text, "warmstart_prompt_tokens_total", SMOL) == sum(p for p, _ in seen)
     assert counter(text, "warmstart_generation_tokens_total", SMOL) == sum(g for _, g in seen)
+
+    # embeddings count their input as prompt tokens, and generate none
+    vectors = client.embeddings.create(model="smol-embed", input=["Oslo is the capital of Norway.", "Paris"])
+    assert vectors.usage.prompt_tokens > 0
+    assert counter(text := scrape(srv), "warmstart_prompt_tokens_total", "smol-embed") == vectors.usage.prompt_tokens
+    assert counter(text, "warmstart_generation_tokens_total", "smol-embed") == 0
 
     # a refused request counts no tokens
     with pytest.raises(openai.BadRequestError):
