@@ -353,7 +353,7 @@ class AuditLog:
             except StoreError as exc:
                 fields["digest_error"] = str(exc)
         try:
-            fields["engine_version"] = engine.version()
+            fields["engine_version"] = engine.version(model)
         except Exception as exc:  # an engine that cannot say its version still gets its record
             fields["engine_version"] = f"unknown ({type(exc).__name__}: {exc})"
         self.writer.append(fields, self.clock.wall())
