@@ -34,6 +34,7 @@ from warmstart.image import base as bases
 from warmstart.image import build as builder
 from warmstart.image import run as runner
 from warmstart.image import tools
+from warmstart.progress import step
 
 MODEL = "smollm2-135m-instruct"
 KEY = "bench-image-key-0123456789abcdef"
@@ -73,6 +74,7 @@ def build_images(work: Path, cache: Path) -> dict[str, float]:
     config = load_config(None, {}, {"server.data_dir": str(work / "data")})
     seconds = {}
     t = time.monotonic()
+    step("building the images")
     base = bases.ensure_base(bases.BaseRecipe(), cache)
     builder.prepare(config, MODEL, context=work / "ws", cache=cache, base=base)
     builder.build(work / "ws", WS_TAG)

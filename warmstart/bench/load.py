@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from warmstart.bench._harness import median
+from warmstart.progress import step
 
 COPYING_PEERS = ("safetensors-pread", "runai-model-streamer", "runai-model-streamer-ring", "tensorizer")
 LOADERS = ("warmstart", "warmstart-fresh-buffer", "safetensors-mmap", *COPYING_PEERS)
@@ -49,7 +50,8 @@ def _own_cpu() -> float:
 
 
 def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    """A step of the benchmark, on the progress display (stderr)."""
+    step(text)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from warmstart.loadtest.plan import DEFAULT_MAX_OUTPUT, Limits, plan
 from warmstart.loadtest.report import format_summary, summarize
 from warmstart.loadtest.runner import ENDPOINTS, replay
 from warmstart.loadtest.trace import FORMATS, TraceError, read_trace
+from warmstart.progress import Progress, step
 
 MAX_DURATION = 3600.0
 MAX_REQUESTS = 100_000
@@ -131,8 +132,9 @@ def _loadtest(args: argparse.Namespace) -> int:
           f"to {model} at {args.url}", file=sys.stderr, flush=True)
     _raise_open_files()
     stream = not args.no_stream
-    outcomes, wall = asyncio.run(replay(the_plan, url=args.url, api_key=args.api_key, endpoint=args.endpoint,
-                                        stream=stream, timeout=args.timeout, drain=args.drain))
+    with Progress("loadtest"):
+        outcomes, wall = asyncio.run(replay(the_plan, url=args.url, api_key=args.api_key, endpoint=args.endpoint,
+                                            stream=stream, timeout=args.timeout, drain=args.drain, progress=step))
     summary = summarize(outcomes, the_plan, wall, url=args.url, endpoint=args.endpoint, stream=stream)
     summary["trace"] = {"path": str(args.trace), "format": args.format, "requests": len(trace)}
     print(format_summary(summary))

@@ -127,7 +127,7 @@ class LlamaCppEngine(NoRuntimes):
                             max_token_bytes=info.max_token_bytes,
                             unsupported_fields=UNSUPPORTED_FIELDS + (() if tools else TOOL_FIELDS),
                             max_choices=MAX_CHOICES, content_types=("text",),
-                            embeddings=bool(model.options.get("embedding")),
+                            embeddings=bool(model.options.get("embedding")), stream_usage=True, engine="llama.cpp",
                             notes=notes + ("sleep: not supported by llama.cpp; a replica is loaded or cold",))
 
     async def start(self, model: ModelConfig, path: Path, report: StartReport,

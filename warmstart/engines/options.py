@@ -32,7 +32,7 @@ VLLM_FLAGS: OptionTypes = {
     "max_num_batched_tokens": int, "gpu_memory_utilization": (int, float), "tensor_parallel_size": int,
     "quantization": str, "seed": int, "block_size": int, "tokenizer": str, "trust_remote_code": bool,
     "enable_prefix_caching": bool, "chat_template": str, "kv_cache_dtype": str, "swap_space": (int, float),
-    "load_format": str, "generation_config": str,
+    "load_format": str, "generation_config": str, "tool_call_parser": str, "enable_auto_tool_choice": bool,
 }
 # read by warmstart's vLLM engine: interpreter, pre-initialized runtimes, environment, more flags
 VLLM_OWN: OptionTypes = {

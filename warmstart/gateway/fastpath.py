@@ -55,7 +55,8 @@ class FastPath:
             except ValidationError as exc:
                 response = invalid_request_json(exc.errors())
                 if self.services.access is not None:
-                    log_access(self.services, request, scope["path"], None, None, "-", 400, None, b"", arrived)
+                    log_access(self.services, request, scope["path"], None, None, "-", 400, None,
+                               (None, None), arrived)
             else:
                 response = await self.generate(self.services, request, req, scope["path"], True)
         except (RequestError, Unavailable) as exc:

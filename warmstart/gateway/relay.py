@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from warmstart.errors import Unavailable
 from warmstart.gateway.engine_http import EngineClient, EngineConnectionError, EngineResponse
+from warmstart.gateway.stream_usage import HiddenUsage
 from warmstart.gateway.translate import engine_error_body, sse_error
 from warmstart.pool.lease import Lease
 from warmstart.pool.pool import Pool
@@ -106,9 +107,11 @@ class Relay:
         self.liveness = Liveness(session, engine_timeout)
 
     async def forward(self, request: Request, model: str, path: str, body: bytes, stream: bool,
-                      keep_alive: float | None, arrived: float, finish: Finish, defer: bool = False) -> Response:
-        """The engine's answer to the client's request. `defer`: the caller sends the returned response at
-        once (the fast path), so a whole answer's bookkeeping may wait until it is sent."""
+                      keep_alive: float | None, arrived: float, finish: Finish,
+                      hidden_usage: bool = False, defer: bool = False) -> Response:
+        """The engine's answer to the client's request. `hidden_usage`: the stream's usage event was asked for
+        by warmstart alone and is taken out of it. `defer`: the caller sends the returned response at once
+        (the fast path), so a whole answer's bookkeeping may wait until it is sent."""
         disconnect = asyncio.ensure_future(wait_disconnect(request))
         handed_off = False
         lease: Lease | None = None
@@ -139,7 +142,7 @@ class Relay:
                 if stream and upstream.status == 200:
                     handed_off = True
                     return RelayStream(data, upstream, lease, disconnect, arrived, self.now, finish, self.liveness,
-                                       watch)
+                                       watch, HiddenUsage() if hidden_usage else None)
                 watch.close()
                 status = upstream.status
                 # without streaming, the first token reaches the client with the whole answer
@@ -217,7 +220,7 @@ class RelayStream(Response):
 
     def __init__(self, first: bytes, upstream: EngineResponse, lease: Lease,
                  disconnect: asyncio.Future[None], arrived: float, now: Callable[[], float],
-                 finish: Finish, liveness: Liveness, watch: Watch) -> None:
+                 finish: Finish, liveness: Liveness, watch: Watch, hidden: HiddenUsage | None = None) -> None:
         super().__init__(status_code=200, media_type="text/event-stream",
                          headers={"cache-control": "no-cache", **served_headers(lease)})
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
@@ -226,6 +229,7 @@ class RelayStream(Response):
         self.liveness, self.watch = liveness, watch
         self.ttft = now() - arrived
         self.usage = b""  # the last event that carried `usage` (stream_options.include_usage)
+        self.hidden = hidden
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status = 200
@@ -250,6 +254,8 @@ class RelayStream(Response):
             else:
                 self.upstream.release()
             self.disconnect.cancel()
+            if self.hidden is not None and self.hidden.usage:
+                self.usage = self.hidden.usage
             self.finish(self.lease, status, self.ttft, self.usage)
             if status == 499:
                 await self.liveness.drain(self.lease)
@@ -257,17 +263,30 @@ class RelayStream(Response):
                 self.lease.release()
 
     async def _pump(self, send: Send) -> None:
-        await send({"type": "http.response.body", "body": self.first, "more_body": True})
-        tail = self.first[-2:]
+        hidden = self.hidden
+        first = self.first if hidden is None else hidden.feed(self.first)
+        if b'"usage"' in first:
+            self.usage = first
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        tail = first[-2:]
         upstream, progress = self.upstream, self.watch.progress
         try:
             while data := await upstream.readany():
                 progress()
+                if hidden is not None:
+                    data = hidden.feed(data)
+                    if not data:
+                        continue
                 if b'"usage"' in data:
                     self.usage = data
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 tail = (tail + data[-2:])[-2:]
+            if hidden is not None and (rest := hidden.rest()):
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
         except _UPSTREAM_ERRORS as exc:
+            if hidden is not None and (rest := hidden.rest()):
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
+                tail = rest[-2:]
             why = self.watch.reason or f"{type(exc).__name__}: {exc}"
             self.lease.fail(f"stream cut: {why}")
             prefix = b"" if tail == b"\n\n" else b"\n\n"

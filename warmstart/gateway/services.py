@@ -36,6 +36,7 @@ class Services:
         # labelled metric children, looked up once per label set rather than on every request
         self._requests: dict[tuple[str, str, int], Any] = {}
         self._ttft: dict[tuple[str, str], Any] = {}
+        self._tokens: dict[str, tuple[Any, Any]] = {}
 
     def counted(self, model: str, start: str, status: int) -> Any:
         key = (model, start, status)
@@ -50,3 +51,11 @@ class Services:
         if child is None:
             child = self._ttft[key] = self.metrics.ttft_seconds.labels(model, start)
         return child
+
+    def tokens(self, model: str) -> tuple[Any, Any]:
+        """The model's prompt and generated token counters."""
+        pair = self._tokens.get(model)
+        if pair is None:
+            pair = self._tokens[model] = (self.metrics.prompt_tokens.labels(model),
+                                          self.metrics.generation_tokens.labels(model))
+        return pair

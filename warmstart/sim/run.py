@@ -85,13 +85,15 @@ def make_policy(name: str, *, schedule: Sequence[str] = (), tz: str = "UTC",
 
 
 def simulate(trace: Trace, policy: SimPolicy, cold_start: float, ram: RamTier | None = None,
-             history: Trace | None = None) -> dict[str, Any]:
+             history: Trace | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Replay every model of `trace` under `policy`. `history`: earlier arrivals the controllers learn from
     before the trace starts (`policy.controller.learn`, as the server does from its request history); only
-    the trace is judged."""
+    the trace is judged. `progress(models done, models)` is told as it goes."""
     ram = ram if ram is not None and policy.ram_tier else RamTier()
     outcomes = []
-    for model, arr in trace.arrivals.items():
+    for done, (model, arr) in enumerate(trace.arrivals.items()):
+        if progress is not None:
+            progress(done, len(trace.arrivals))
         controller = policy.controller(model, arr, cold_start)
         # a controller may act one cold start before the trace begins, as it would on a running server
         begin = trace.start - (cold_start if controller is not None else 0.0)
