@@ -12,9 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from warmstart.config import ModelConfig
 from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, NoRuntimes, StartReport
@@ -23,6 +21,9 @@ from warmstart.engines.health import wait_healthy
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.process import ManagedProcess, replica_log_path
 from warmstart.errors import EngineError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 # OpenAI request fields llama-server takes without a word and ignores (measured on xllamacpp 2026.10.11549),
 # or that ask for what no local engine does (storing answers, a service tier, moderation, a cache retention
@@ -129,6 +130,8 @@ class LlamaCppEngine(NoRuntimes):
 
 async def _active_requests(url: str, session: aiohttp.ClientSession) -> int | None:
     """The requests llama-server is still working on, in its slots or waiting for one (its /metrics)."""
+    import aiohttp
+
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
         if resp.status != 200:
             return None

@@ -20,9 +20,7 @@ import time
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from warmstart.config import ModelConfig
 from warmstart.engines.base import ENGINE_INIT, HANDOFF, IMPORT, READY, WARMUP, Capabilities, StartReport
@@ -33,6 +31,9 @@ from warmstart.engines.runtime import RuntimePool
 from warmstart.engines.vllm_log import PhaseClock, last_error, split_lines
 from warmstart.errors import EngineError, StoreError
 from warmstart.names import safe_name
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("warmstart.engines.vllm")
 API_SERVER = "vllm.entrypoints.openai.api_server"
@@ -301,6 +302,8 @@ class VllmEngine:
             report.enter(ENGINE_INIT)
         pending = b""
         last_probe = 0.0
+        import aiohttp  # when first used: engines start before the gateway (which needs it) is imported
+
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
             while True:
                 chunk = read_from(proc.log_path, offset)
@@ -324,6 +327,8 @@ class VllmEngine:
 
 
 async def _healthy(session: aiohttp.ClientSession, base_url: str) -> bool:
+    import aiohttp
+
     try:
         async with session.get(base_url + "/health") as resp:
             return resp.status == 200

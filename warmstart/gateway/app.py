@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from fastapi import FastAPI, Request
@@ -39,6 +39,9 @@ from warmstart.gateway.translate import (
 from warmstart.pool.pool import Pool
 from warmstart.telemetry.metrics import Metrics
 
+if TYPE_CHECKING:
+    from warmstart.warming.runner import WarmingRunner
+
 log = logging.getLogger("warmstart.gateway")
 
 
@@ -54,16 +57,22 @@ class Gateway:
         await self._asgi(scope, receive, send)
 
 
-def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> Gateway:
-    return Gateway(create_fastapi_app(config, pool, metrics, clock), config)
+def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None,
+               warming: WarmingRunner | None = None) -> Gateway:
+    return Gateway(create_fastapi_app(config, pool, metrics, clock, warming), config)
 
 
-def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> FastAPI:
+def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None,
+                       warming: WarmingRunner | None = None) -> FastAPI:
+    """`warming`: the runner when the caller made (and may have started) it, else one is made here when
+    [warming] is enabled; the lifespan starts it (unless started) and stops it."""
     clock = clock or SystemClock()
     services = Services(config=config, pool=pool, metrics=metrics, clock=clock, started_wall=time.time())
     if config.server.access_log != "off":
         services.access = AccessLog(config.server.access_log)
-    if config.warming.enabled:
+    if warming is not None:
+        services.warming = warming
+    elif config.warming.enabled:
         from warmstart.warming.runner import new_runner
 
         services.warming = new_runner(config, pool, clock, metrics)

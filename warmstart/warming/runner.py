@@ -103,6 +103,10 @@ class WarmingRunner:
     # ---- life ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Load the history and apply the first plans (a scheduled model starts now); a second call does nothing
+        (the server starts the runner before its gateway exists, the gateway's lifespan asks again)."""
+        if self._task is not None:
+            return
         for model in self.config.models:
             if model.keep_alive_auto and self.config.warming.predictive:
                 self.pool.set_keep_alive_floor(model.name, AUTO_KEEP_ALIVE_FLOOR)
