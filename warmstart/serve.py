@@ -222,5 +222,5 @@ def _server(config: Config, core: Core) -> uvicorn.Server:
     # forwarded headers only from configured proxies (uvicorn would otherwise believe any loopback peer)
     proxies = list(config.server.trusted_proxies)
     return Server(uvicorn.Config(app, log_level=config.server.log_level, access_log=False,
-                                 loop="uvloop", http="httptools", timeout_graceful_shutdown=5,
+                                 loop="uvloop", http="httptools", ws="none", timeout_graceful_shutdown=5,
                                  proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None))
