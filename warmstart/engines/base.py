@@ -95,7 +95,7 @@ class EngineProcess(Protocol):
 class Engine(Protocol):
     kind: str
 
-    def version(self) -> str: ...
+    def version(self, model: ModelConfig | None = None) -> str: ...
 
     def inspect(self, model: ModelConfig, path: Path) -> Capabilities:
         """What the model can do, found without loading it."""

@@ -45,7 +45,7 @@ class CommandEngine(NoRuntimes):
         self.data_dir = data_dir
         self.ledger = ProcessLedger(data_dir / "run" / "engines")
 
-    def version(self) -> str:
+    def version(self, model: ModelConfig | None = None) -> str:
         return "command (any OpenAI-compatible server)"
 
     def inspect(self, model: ModelConfig, path: Path) -> Capabilities:

@@ -111,7 +111,7 @@ class VllmEngine:
     def python(self, model: ModelConfig) -> str:
         return str(model.options.get("python") or default_python())
 
-    def version(self) -> str:
+    def version(self, model: ModelConfig | None = None) -> str:
         info = probe(default_python())
         if not info["version"]:
             return "vllm (not installed; run scripts/install.d/30-vllm.sh or set WARMSTART_VLLM_PYTHON)"
