@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
+import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from warmstart.clock import SystemClock
 from warmstart.config import Config
-from warmstart.errors import WarmstartError
+from warmstart.errors import ConfigError, WarmstartError
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -106,16 +109,20 @@ def build_core(config: Config) -> Core:
     return Core(pool, metrics, clock, audit, warming)
 
 
-def build_gateway(config: Config, core: Core) -> Gateway:
+def build_gateway(config: Config, core: Core, load: Callable[[], Config] | None = None) -> Gateway:
+    """The gateway over `core`; `load` reads the config again, as `serve` read it, for a reload."""
     from warmstart.gateway.app import create_app
 
-    app = create_app(config, core.pool, core.metrics, core.clock, core.warming)
+    app = create_app(config, core.pool, core.metrics, core.clock, load, warming=core.warming)
     app.services.audit = core.audit
+    if app.services.catalog is not None:
+        app.services.catalog.audit = core.audit
     return app
 
 
-def build_app(config: Config) -> Gateway:
-    return build_gateway(config, build_core(config))
+def build_app(config: Config, load: Callable[[], Config] | None = None) -> Gateway:
+    """The server's app; `load` reads the config again, as `serve` read it, for a reload."""
+    return build_gateway(config, build_core(config), load)
 
 
 def load_seals(config: Config) -> Seals | None:
@@ -166,7 +173,8 @@ def build_cluster(config: Config, metrics: Metrics) -> Cluster:
     return Cluster(nodes, metrics, DigestCache(config.server.data_dir / "digests.json"))
 
 
-def run(config: Config) -> int:
+def run(config: Config, load: Callable[[], Config] | None = None) -> int:
+    """Serve until SIGINT or SIGTERM; SIGHUP reads the config again (`load`) and applies it."""
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = bind(config.server.host, config.server.port)
     core = build_core(config)
@@ -191,13 +199,27 @@ def run(config: Config) -> int:
             # framework: most of the server's own start) is imported beside the event loop
             if core.warming is not None:
                 await core.warming.start()
-            server = await asyncio.to_thread(_server, config, core)
+            server, app = await asyncio.to_thread(_server, config, core, load)
         except BaseException:
             prepare.cancel()
             if core.warming is not None:
                 await core.warming.stop()
             await pool.shutdown()
             raise
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_hangup() -> None:  # like nginx and Prometheus: SIGHUP reloads the config, never ends the server
+            task = asyncio.create_task(reload_quietly())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        async def reload_quietly() -> None:
+            catalog = app.services.catalog
+            if catalog is not None:
+                with contextlib.suppress(ConfigError):  # logged by the catalog; the config in force serves on
+                    await catalog.reload()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hangup)
         await server.serve(sockets=[sock])
         prepare.cancel()
 
@@ -207,11 +229,11 @@ def run(config: Config) -> int:
     return 0
 
 
-def _server(config: Config, core: Core) -> uvicorn.Server:
+def _server(config: Config, core: Core, load: Callable[[], Config] | None) -> tuple[uvicorn.Server, Gateway]:
     """The gateway and its uvicorn server (run in a thread: the import is most of it)."""
     import uvicorn
 
-    app = build_gateway(config, core)
+    app = build_gateway(config, core, load)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -223,4 +245,4 @@ def _server(config: Config, core: Core) -> uvicorn.Server:
     proxies = list(config.server.trusted_proxies)
     return Server(uvicorn.Config(app, log_level=config.server.log_level, access_log=False,
                                  loop="uvloop", http="httptools", ws="none", timeout_graceful_shutdown=5,
-                                 proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None))
+                                 proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)), app

@@ -105,12 +105,13 @@ def load(args: argparse.Namespace, flags: dict[str, Any] | None = None) -> Confi
 def _serve(args: argparse.Namespace) -> int:
     from warmstart.serve import run
 
-    config = load(args, {
+    flags = {
         "server.host": args.host, "server.port": args.port, "server.data_dir": args.data_dir,
         "server.log_level": args.log_level, "defaults.keep_alive": args.keep_alive,
         "cluster.address": args.cluster,
-    })
-    return run(config)
+    }
+    # a reload (SIGHUP, `warmstart reload`) reads the same file, environment and flags again
+    return run(load(args, flags), lambda: load(args, flags))
 
 
 # ---- talking to a running server ---------------------------------------------------------------

@@ -55,9 +55,18 @@ def _pull(args: argparse.Namespace) -> int:
     except StoreError as exc:
         raise CLIError(str(exc)) from None
     print(f"pulled {manifest.name}: {_size(manifest.size)}, sha256 {manifest.files[0].sha256[:16]}... from "
-          f"{manifest.source} ({time.monotonic() - t:.1f} s); serve it with name = \"{manifest.name}\", "
-          f'path = "store:{manifest.name}"')
+          f"{manifest.source} ({time.monotonic() - t:.1f} s)")
+    print(_served_as(manifest.name, manifest.engine, _store(args)))
     return 0
+
+
+def _served_as(name: str, engine: str, store: ManifestStore) -> str:
+    """What a server on this data directory does with a model just added: serves it (a running one at once)."""
+    if engine == "command":
+        return (f"to serve it, give it a [[models]] entry with name = \"{name}\", path = \"store:{name}\", "
+                "engine = \"command\" and its command")
+    return (f"served as model '{name}' by warmstart on data directory {store.root.parent} (a running server at "
+            f"once, no restart); settings of its own: a [[models]] entry with path = \"store:{name}\"")
 
 
 def _store(args: argparse.Namespace) -> ManifestStore:
@@ -110,8 +119,8 @@ def _models(args: argparse.Namespace) -> int:
         t = time.monotonic()
         manifest = store.add(path, name=args.name, engine=args.engine, replace_existing=args.replace)
         print(f"added {manifest.name}: {manifest.format}, {len(manifest.files)} file(s), {_size(manifest.size)}, "
-              f"sha256 {manifest.files[0].sha256[:16]}... ({time.monotonic() - t:.1f} s); serve it with "
-              f'path = "store:{manifest.name}"')
+              f"sha256 {manifest.files[0].sha256[:16]}... ({time.monotonic() - t:.1f} s)")
+        print(_served_as(manifest.name, manifest.engine, store))
         return 0
     if action == "verify":
         names = [args.name] if args.name else [m.name for m in store.list()]

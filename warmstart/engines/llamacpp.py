@@ -64,8 +64,12 @@ class LlamaCppEngine(NoRuntimes):
         self.ledger = ProcessLedger(data_dir / "run" / "engines")
         # a router per model configured with one: started by open(), waiting for its model
         self.routers: dict[str, Router] = {}
+        # the settings each router was started for: a model whose settings changed since (a reload) starts
+        # without it, since the router would load it with the old flags
+        self._router_settings: dict[str, tuple[Any, ...]] = {}
         for model in models:
             if model.engine == self.kind and model.options.get("router") and model.options.get("server"):
+                self._router_settings[model.name] = _router_settings(model)
                 self.routers[model.name] = Router(model.name, str(model.options["server"]),
                                                   functools.partial(self._router_flags, model), data_dir, host,
                                                   self.ledger)
@@ -76,6 +80,12 @@ class LlamaCppEngine(NoRuntimes):
 
         path = resolve_model_path(model.path, self.data_dir)
         return server_flags(model.options, model.max_concurrency, slot_context(model, path))
+
+    def router_for(self, model: ModelConfig) -> Router | None:
+        """The model's router, if it has one started for the model's settings as they are now."""
+        if self._router_settings.get(model.name) != _router_settings(model):
+            return None
+        return self.routers.get(model.name)
 
     async def open(self) -> None:
         for router in self.routers.values():
@@ -88,7 +98,7 @@ class LlamaCppEngine(NoRuntimes):
         return tuple(self.routers.values())
 
     def runtime_view(self, model: ModelConfig) -> dict[str, Any] | None:
-        router = self.routers.get(model.name)
+        router = self.router_for(model)
         if router is None:
             return None
         return router.last_stats if router.last_stats is not None else router.stats()
@@ -112,7 +122,7 @@ class LlamaCppEngine(NoRuntimes):
             notes += ("tools: its chat template takes none",)
         if model.options.get("server") and shutil.which(str(model.options["server"])) is None:
             notes += (f"server {model.options['server']!r} is not an executable: its starts fail",)
-        if model.name in self.routers:
+        if self.router_for(model) is not None:
             notes += ("a pre-started llama-server router waits for it: a start is POST /models/load",)
         return Capabilities(chat=chat, completions=True, sleep=False, context_length=slot_context(model, path),
                             max_token_bytes=info.max_token_bytes,
@@ -153,7 +163,7 @@ class LlamaCppEngine(NoRuntimes):
     async def _start_binary(self, model: ModelConfig, path: Path, report: StartReport,
                             name: str) -> ManagedProcess | RouterInstance:
         """The `server` binary: a start in the model's router when it waits idle, else a process of its own."""
-        router = self.routers.get(model.name)
+        router = self.router_for(model)
         if router is not None:
             router.refill()  # a router that died is started again, for the next start
             if router.take():
@@ -213,3 +223,8 @@ async def _active_requests(url: str, session: aiohttp.ClientSession) -> int | No
                       if line.startswith("llamacpp:requests_"))
         return int(float(values.get("llamacpp:requests_processing", 0))
                    + float(values.get("llamacpp:requests_deferred", 0)))
+
+
+def _router_settings(model: ModelConfig) -> tuple[Any, ...]:
+    """What a router's flags are made of (its model's file, options and slots)."""
+    return (model.path, tuple(sorted((k, repr(v)) for k, v in model.options.items())), model.max_concurrency)

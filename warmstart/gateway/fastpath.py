@@ -57,7 +57,7 @@ class FastPath:
                 if self.services.access is not None:
                     log_access(self.services, request, scope["path"], None, None, "-", 400, None, b"", arrived)
             else:
-                response = await self.generate(self.services, request, req, scope["path"])
+                response = await self.generate(self.services, request, req, scope["path"], True)
         except (RequestError, Unavailable) as exc:
             response = error_json(exc)
         except Exception:

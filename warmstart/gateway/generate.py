@@ -20,7 +20,8 @@ from warmstart.gateway.translate import (
 from warmstart.pool.lease import Lease
 
 
-async def generate(services: Services, request: Request, req: ModelRequest, path: str) -> Response:
+async def generate(services: Services, request: Request, req: ModelRequest, path: str, defer: bool = False) -> Response:
+    """The answer to one generation request; `defer`: see Relay.forward."""
     arrived = services.clock.now()
     pool = services.pool
     model = req.model
@@ -54,7 +55,7 @@ async def generate(services: Services, request: Request, req: ModelRequest, path
         assert services.relay is not None
         stream = not isinstance(req, EmbeddingRequest) and req.stream
         return await services.relay.forward(request, model, path, engine_body(req), stream, keep_alive,
-                                            arrived, finish)
+                                            arrived, finish, defer)
     except (RequestError, Unavailable) as exc:
         if not counted:
             finish(None, exc.status, None, b"")

@@ -106,7 +106,9 @@ class Relay:
         self.liveness = Liveness(session, engine_timeout)
 
     async def forward(self, request: Request, model: str, path: str, body: bytes, stream: bool,
-                      keep_alive: float | None, arrived: float, finish: Finish) -> Response:
+                      keep_alive: float | None, arrived: float, finish: Finish, defer: bool = False) -> Response:
+        """The engine's answer to the client's request. `defer`: the caller sends the returned response at
+        once (the fast path), so a whole answer's bookkeeping may wait until it is sent."""
         disconnect = asyncio.ensure_future(wait_disconnect(request))
         handed_off = False
         lease: Lease | None = None
@@ -139,13 +141,15 @@ class Relay:
                     return RelayStream(data, upstream, lease, disconnect, arrived, self.now, finish, self.liveness,
                                        watch)
                 watch.close()
-                lease.release()
+                status = upstream.status
                 # without streaming, the first token reaches the client with the whole answer
-                finish(lease, upstream.status, self.now() - arrived if upstream.status == 200 else None, data)
-                if upstream.status != 200:
-                    data = engine_error_body(upstream.status, data, path)
-                return Response(data, status_code=upstream.status, headers=served_headers(lease),
-                                media_type="application/json")
+                ttft = self.now() - arrived if status == 200 else None
+                answer = data if status == 200 else engine_error_body(status, data, path)
+                after = _after(lease, finish, status, ttft, data)
+                if not defer:  # the caller reads the answer (Ollama's API): settle now
+                    after()
+                    after = _nothing
+                return Answer(answer, status, served_headers(lease), after)
             raise AssertionError("unreachable")
         except ClientGone:
             finish(lease, 499, None, b"")
@@ -175,6 +179,36 @@ class Relay:
             raise
         upstream.release()
         return upstream, data
+
+
+def _after(lease: Lease, finish: Finish, status: int, ttft: float | None, data: bytes) -> Callable[[], None]:
+    def after() -> None:
+        lease.release()
+        finish(lease, status, ttft, data)
+    return after
+
+
+def _nothing() -> None:
+    pass
+
+
+class Answer(Response):
+    """A whole JSON answer, then `after()` (the lease given back, the request counted, when the caller
+    deferred them): work the client need not wait for runs once the answer is sent, in the same task,
+    before the loop serves anything else."""
+
+    def __init__(self, body: bytes, status: int, headers: dict[str, str], after: Callable[[], None]) -> None:
+        self.status_code, self.body, self.after = status, body, after
+        self.background = None
+        self.raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *((k.encode(), v.encode()) for k, v in headers.items())]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": self.body})
+        finally:
+            self.after()
 
 
 class RelayStream(Response):

@@ -14,6 +14,7 @@ from warmstart.pool.pool import Pool
 from warmstart.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
+    from warmstart.catalog import Catalog
     from warmstart.telemetry.audit import AuditLog
     from warmstart.warming.runner import WarmingRunner
 
@@ -29,6 +30,7 @@ class Services:
     audit: AuditLog | None = None
     warming: WarmingRunner | None = None  # when [warming] is enabled
     access: AccessLog | None = None  # the access log, unless server.access_log is "off"
+    catalog: Catalog | None = None  # the models served and the settings in force, changed while running
 
     def __post_init__(self) -> None:
         # labelled metric children, looked up once per label set rather than on every request

@@ -77,7 +77,7 @@ def check_embedding_request(req: EmbeddingRequest, caps: Capabilities) -> None:
 def _check_supported(req: GenerationRequest, caps: Capabilities) -> None:
     """Refuse a field the engine would silently ignore, and more choices than it makes, naming the field."""
     extra = req.model_extra or {}
-    for name in caps.unsupported_fields:
+    for name in caps.unsupported_fields if extra else ():  # a field not sent asks for nothing
         value = extra.get(name)
         if not _inert(name, value, extra):
             raise InvalidRequest(f"'{name}' is not supported by this model's engine.", param=name,

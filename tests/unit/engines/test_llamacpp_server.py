@@ -51,3 +51,23 @@ def test_another_models_instance_is_not_read_as_this_ones():
     start = StartLog(report, began=0.0, pick=_Instance("other").pick)
     start.feed(ROUTER_LOG, now=1.0)
     assert report.phases == [] and start.port is None
+
+
+def test_a_model_whose_settings_changed_since_its_router_started_starts_without_it(tmp_path):
+    import dataclasses
+
+    from warmstart.config_loader import parse_config
+    from warmstart.engines.llamacpp import LlamaCppEngine
+
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"GGUF")
+    model = parse_config({"server": {"data_dir": str(tmp_path)}, "models": [
+        {"name": "m", "engine": "llamacpp", "path": str(weights),
+         "options": {"server": "llama-server", "router": True, "n_ctx": 512}}]}, base_dir=tmp_path).models[0]
+    engine = LlamaCppEngine(tmp_path, models=(model,))
+    assert engine.router_for(model) is engine.routers["m"]
+    assert engine.router_for(dataclasses.replace(model, keep_alive=5.0)) is engine.routers["m"]  # not a flag
+    # a reload gave it a new context: the router would load it with the old flags
+    changed = dataclasses.replace(model, options={**model.options, "n_ctx": 1024})
+    assert engine.router_for(changed) is None
+    assert engine.router_for(dataclasses.replace(model, name="other")) is None

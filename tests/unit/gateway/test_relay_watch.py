@@ -152,3 +152,26 @@ def test_a_closed_watch_asks_nothing() -> None:
 
     lease, liveness = run(main())
     assert lease.failed == [] and liveness.probes == 0
+
+
+def test_an_answer_settles_after_it_is_sent_and_when_sending_fails() -> None:
+    from warmstart.gateway.relay import Answer
+
+    events: list[str] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        events.append(message["type"])
+
+    async def broken(message: dict[str, Any]) -> None:
+        raise OSError("the client went away")
+
+    async def main() -> None:
+        answer = Answer(b'{"ok":1}', 200, {"x-warmstart-start": "warm"}, lambda: events.append("settled"))
+        assert events == []  # nothing given back before the answer leaves
+        await answer({}, None, send)  # type: ignore[arg-type]
+        assert dict(answer.raw_headers)[b"content-length"] == b"8"
+        with pytest.raises(OSError):
+            await Answer(b"{}", 200, {}, lambda: events.append("settled too"))({}, None, broken)  # type: ignore[arg-type]
+
+    run(main())
+    assert events == ["http.response.start", "http.response.body", "settled", "settled too"]
