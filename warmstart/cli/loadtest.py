@@ -15,9 +15,7 @@ from typing import Any
 
 from warmstart.cli.base import CLIError, call, command
 from warmstart.config import is_loopback
-from warmstart.loadtest.plan import DEFAULT_MAX_OUTPUT, Limits, plan
-from warmstart.loadtest.report import format_summary, summarize
-from warmstart.loadtest.runner import ENDPOINTS, replay
+from warmstart.loadtest.plan import DEFAULT_MAX_OUTPUT, ENDPOINTS, Limits, plan
 from warmstart.loadtest.trace import FORMATS, TraceError, read_trace
 from warmstart.progress import Progress, step
 
@@ -103,6 +101,10 @@ def _raise_open_files() -> None:
 
 @command("loadtest")
 def _loadtest(args: argparse.Namespace) -> int:
+    # the replay's HTTP client (aiohttp) only here: every command, `serve` first, imports this module
+    from warmstart.loadtest.report import format_summary, summarize
+    from warmstart.loadtest.runner import replay
+
     args.url = loopback_url(args.url or os.environ.get("WARMSTART_URL") or "http://127.0.0.1:8000")
     args.api_key = args.api_key or os.environ.get("WARMSTART_API_KEY")
     args.admin_key = None

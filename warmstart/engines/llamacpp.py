@@ -17,9 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from warmstart.config import ModelConfig
 from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, NoRuntimes, StartReport
@@ -30,6 +28,9 @@ from warmstart.engines.llamacpp_router import Router, RouterInstance, RouterUnav
 from warmstart.engines.llamacpp_server import binary_version, find_binary, server_flags, start_server
 from warmstart.engines.process import ManagedProcess, replica_log_path
 from warmstart.errors import EngineError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("warmstart.engines.llamacpp")
 
@@ -213,6 +214,8 @@ def _count_slots(proc: ManagedProcess | RouterInstance) -> None:
 
 async def _active_requests(url: str, session: aiohttp.ClientSession) -> int | None:
     """The requests llama-server is still working on, in its slots or waiting for one (its /metrics)."""
+    import aiohttp
+
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
         if resp.status != 200:
             return None

@@ -24,8 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from warmstart.engines.base import READY, SPAWN, StartReport
 from warmstart.engines.health import wait_healthy
 from warmstart.engines.ledger import ProcessLedger
@@ -264,6 +262,8 @@ class Router:
                 await self._task
 
     async def post(self, path: str) -> dict[str, Any]:
+        import aiohttp  # when first used: engines start before the gateway (which needs it) is imported
+
         if self.url is None:
             raise RouterUnavailable(f"{self.name} is not running")
         try:

@@ -20,9 +20,7 @@ import time
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from warmstart.config import ModelConfig
 from warmstart.engines.base import ENGINE_INIT, HANDOFF, IMPORT, READY, WARMUP, Capabilities, StartReport
@@ -33,6 +31,9 @@ from warmstart.engines.runtime import RuntimePool
 from warmstart.engines.vllm_log import PhaseClock, last_error, split_lines
 from warmstart.errors import EngineError, StoreError
 from warmstart.names import safe_name
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("warmstart.engines.vllm")
 # OpenAI request fields vLLM's server accepts and ignores (it logs them as ignored, or has no use for them on a
@@ -322,6 +323,8 @@ class VllmEngine:
             report.enter(ENGINE_INIT)
         pending = b""
         last_probe = 0.0
+        import aiohttp  # when first used: engines start before the gateway (which needs it) is imported
+
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
             while True:
                 chunk = read_from(proc.log_path, offset)
@@ -345,6 +348,8 @@ class VllmEngine:
 
 
 async def _healthy(session: aiohttp.ClientSession, base_url: str) -> bool:
+    import aiohttp
+
     try:
         async with session.get(base_url + "/health") as resp:
             return resp.status == 200

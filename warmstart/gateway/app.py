@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from fastapi import FastAPI, Request
@@ -40,6 +40,9 @@ from warmstart.gateway.translate import (
 from warmstart.pool.pool import Pool
 from warmstart.telemetry.metrics import Metrics
 
+if TYPE_CHECKING:
+    from warmstart.warming.runner import WarmingRunner
+
 log = logging.getLogger("warmstart.gateway")
 
 
@@ -59,23 +62,27 @@ class Gateway:
 
 
 def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None,
-               load: Callable[[], Config] | None = None) -> Gateway:
+               load: Callable[[], Config] | None = None, warming: WarmingRunner | None = None) -> Gateway:
     """`load` reads the config again for a reload (default: the file `config` came from)."""
-    return Gateway(create_fastapi_app(config, pool, metrics, clock, load), config)
+    return Gateway(create_fastapi_app(config, pool, metrics, clock, load, warming), config)
 
 
 def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None,
-                       load: Callable[[], Config] | None = None) -> FastAPI:
+                       load: Callable[[], Config] | None = None, warming: WarmingRunner | None = None) -> FastAPI:
+    """`warming`: the runner when the caller made (and may have started) it, else one is made here when
+    [warming] is enabled; the lifespan starts it (unless started) and stops it."""
     clock = clock or SystemClock()
     services = Services(config=config, pool=pool, metrics=metrics, clock=clock, started_wall=time.time())
     services.catalog = catalog = Catalog(config, pool, load)
     if config.server.access_log != "off":
         services.access = AccessLog(config.server.access_log)
-    if config.warming.enabled:
+    if warming is None and config.warming.enabled:
         from warmstart.warming.runner import new_runner
 
-        services.warming = runner = new_runner(config, pool, clock, metrics)
-        catalog.listeners.append(runner.reconfigure)
+        warming = new_runner(config, pool, clock, metrics)
+    if warming is not None:
+        services.warming = warming
+        catalog.listeners.append(warming.reconfigure)
 
     def in_force(cfg: Config, _changes: object) -> None:
         services.config = cfg

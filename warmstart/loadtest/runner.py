@@ -12,9 +12,7 @@ from dataclasses import asdict, dataclass
 
 import aiohttp
 
-from warmstart.loadtest.plan import Plan, Planned, prompt_text
-
-ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+from warmstart.loadtest.plan import ENDPOINTS, Plan, Planned, prompt_text
 
 
 @dataclass

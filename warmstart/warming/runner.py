@@ -131,6 +131,10 @@ class WarmingRunner:
     # ---- life ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Load the history and apply the first plans (a scheduled model starts now); a second call does nothing
+        (the server starts the runner before its gateway exists, the gateway's lifespan asks again)."""
+        if self._started:
+            return
         self._started = True
         for model in self.pool.configs():
             if model.keep_alive_auto and self.config.warming.predictive:
