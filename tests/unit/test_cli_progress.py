@@ -76,3 +76,17 @@ def test_bench_arguments_without_json_pass_unchanged(argv):
     from warmstart.cli.bench import json_argument
 
     assert json_argument(argv) == (1 if argv else None)
+
+
+def test_models_add_and_verify_say_how_far_the_hashing_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setenv("WARMSTART_PROGRESS", "always")
+    model = tmp_path / "m.gguf"
+    model.write_bytes(os.urandom(20 << 20))
+    assert main(["models", "add", str(model), "--data-dir", str(tmp_path / "data")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("added m: gguf") and "hashing" not in out  # stdout: the result alone
+    assert "models add: hashing m.gguf: MB 8.4/21.0 (40%)" in err, err
+    assert main(["models", "verify", "--data-dir", str(tmp_path / "data")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("m: ok") and "models verify m: hashing m.gguf: MB" in err, err

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from warmstart.cli.base import CLIError, command, data_dir_flags, load
 from warmstart.cli_format import columns
+from warmstart.progress import Progress
 
 if TYPE_CHECKING:
     from warmstart.store.manifest import ManifestStore
@@ -117,7 +118,8 @@ def _models(args: argparse.Namespace) -> int:
         if not path.exists():
             raise CLIError(f"no such file or folder: {path}")
         t = time.monotonic()
-        manifest = store.add(path, name=args.name, engine=args.engine, replace_existing=args.replace)
+        with Progress("models add"):
+            manifest = store.add(path, name=args.name, engine=args.engine, replace_existing=args.replace)
         print(f"added {manifest.name}: {manifest.format}, {len(manifest.files)} file(s), {_size(manifest.size)}, "
               f"sha256 {manifest.files[0].sha256[:16]}... ({time.monotonic() - t:.1f} s)")
         print(_served_as(manifest.name, manifest.engine, store))
@@ -130,7 +132,8 @@ def _models(args: argparse.Namespace) -> int:
         bad = 0
         for name in names:
             t = time.monotonic()
-            checks = store.verify(name)
+            with Progress(f"models verify {name}"):
+                checks = store.verify(name)
             wrong = [c for c in checks if c.status != "ok"]
             if not wrong:
                 print(f"{name}: ok ({len(checks)} file(s) re-hashed in {time.monotonic() - t:.1f} s)")
