@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from warmstart.policy.observation import Observation
-from warmstart.policy.predictive import PredictiveParams, PredictivePolicy
+from warmstart.policy.predictive import DAY, PredictiveParams, PredictivePolicy
 
 
 def test_a_model_never_seen_to_pause_is_kept_no_longer_than_the_minimum_keep_alive():
@@ -29,3 +29,28 @@ def test_the_cap_follows_the_gaps_the_model_has_shown():
     policy = PredictivePolicy(PredictiveParams(cold_request_cost=160, max_keep_alive=3 * 3600.0))
     plan = policy.decide(Observation("m", arrivals, 30.0), policy.initial_state(), float(arrivals[-1]) + 1)[0]
     assert max(s.end for s in plan.after_arrival if s.trigger == "keep-alive") >= 7200.0
+
+
+def _daily_habits(days: int) -> np.ndarray:
+    """Silent all day but for two wake-ups, 09:00 and 09:20 UTC (20 requests in 40 s each, within 20 s)."""
+    day0 = 20000 * DAY
+    return np.sort(np.concatenate([day0 + d * DAY + t + (d % 3) * 10.0 + np.arange(20) * 2.0
+                                   for d in range(days) for t in (9 * 3600.0, 9 * 3600.0 + 1200.0)]))
+
+
+def test_two_daily_habits_twenty_minutes_apart_are_pre_warmed_apart():
+    arrivals = _daily_habits(6)
+    today = float(arrivals[0] // DAY * DAY + 6 * DAY)
+
+    def prewarm(params: PredictiveParams) -> list[tuple[float, float]]:
+        policy = PredictivePolicy(params)
+        plan = policy.decide(Observation("m", arrivals, 30.0), policy.initial_state(), today + 8 * 3600)[0]
+        return [(s.start - today, s.end - today) for s in plan.spans if s.trigger == "prediction"]
+
+    spans = prewarm(PredictiveParams())
+    for wake in (9 * 3600.0, 9 * 3600.0 + 1200.0):  # both habits loaded (one cold start ahead) when they come
+        assert any(lo <= wake - 30.0 and wake + 20.0 <= hi for lo, hi in spans), (wake, spans)
+    # and not the 20 minutes between them: 600 s slots (each pooled with its neighbours) blurred the two into
+    # one habit spread over half an hour and kept the model loaded through it
+    assert sum(hi - lo for lo, hi in spans) < 600.0
+    assert sum(hi - lo for lo, hi in prewarm(PredictiveParams(slot=600.0))) > 1800.0
