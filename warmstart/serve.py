@@ -71,7 +71,7 @@ def build_app(config: Config) -> Gateway:
 
     ProcessLedger(data_dir / "run" / "engines").sweep()  # engines an earlier, crashed warmstart left behind
     clock = SystemClock()
-    metrics = Metrics()
+    metrics = Metrics(node_label=config.cluster.enabled)  # many machines: per-model metrics per node too
     seals = load_seals(config)
     digests = DigestCache(data_dir / "digests.json", seals)
     audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=digests,
