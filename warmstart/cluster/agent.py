@@ -25,6 +25,7 @@ from typing import Any
 from warmstart.cluster.chunks import offer_file, receive_checked
 from warmstart.config import ModelConfig
 from warmstart.engines.base import StartReport
+from warmstart.engines.command import CommandEngine
 from warmstart.engines.llamacpp import LlamaCppEngine
 from warmstart.engines.process import ManagedProcess
 from warmstart.errors import IntegrityError, StoreError
@@ -52,7 +53,10 @@ class NodeAgent:
         self.models_dir = self.dir / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.host = host
-        self.engine = LlamaCppEngine(self.dir, host=host)
+        # the engines a node runs on a model's one file, by kind: the same classes as on one box, listening on
+        # the node's address (vLLM's models are checkpoint folders, which nodes do not hold or fetch yet)
+        self.kinds: dict[str, LlamaCppEngine | CommandEngine] = {
+            "llamacpp": LlamaCppEngine(self.dir, host=host), "command": CommandEngine(self.dir, host=host)}
         self.digests = DigestCache(self.dir / "digests.json")
         # a tmpfs folder of its own: several nodes (and several clusters) may share one machine's /dev/shm
         tag = hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:12]
@@ -101,6 +105,10 @@ class NodeAgent:
     async def start(self, model: ModelConfig, replica: str, sha256: str) -> dict[str, Any]:
         """Start an engine on the model's file here (its RAM copy when held), after checking the file against
         `sha256`; returns its pid, URL and the start's phases, or the error that stopped it."""
+        engine = self.kinds.get(model.engine)
+        if engine is None:
+            return {"error": f"model '{model.name}': engine {model.engine} does not run on cluster nodes (only "
+                             f"{' and '.join(self.kinds)}, on one model file)"}
         path = self.path_of(model.name)
         if path is None:
             return {"error": f"node {self.name} holds no file of model '{model.name}'"}
@@ -113,7 +121,7 @@ class NodeAgent:
         verify_s = time.monotonic() - began
         report = StartReport()
         try:
-            proc = await self.engine.start(model, self.tier.path_for(model.name, path), report, replica)
+            proc = await engine.start(model, self.tier.path_for(model.name, path), report, replica)
         except Exception as exc:
             return {"error": f"{type(exc).__name__}: {exc}", "phases": report.phases}
         self.engines[proc.pid] = (model.name, proc)

@@ -130,7 +130,8 @@ class Cluster:
     async def digest(self, path: Path) -> tuple[str, int]:
         """The sha256 and size of the model's file on the head (the manifest every node's copy must match)."""
         if not Path(path).is_file():
-            raise IntegrityError(f"{path} is not one file; on a cluster a model is one GGUF file")
+            raise IntegrityError(f"{path} is not one file; on a cluster a model is one file (a GGUF, for the "
+                                 "llamacpp or command engine): vLLM's checkpoint folders do not run on nodes yet")
         d = await asyncio.to_thread(self.digests.digest, Path(path))
         if d.sha256 not in self._chunks:  # once per file: what a fetch checks each piece of the copy against
             self._chunks[d.sha256] = await asyncio.to_thread(chunk_digests, Path(path))
