@@ -252,6 +252,7 @@ def test_a_command_engine_runs_on_a_node(world: World) -> None:
                                                                                   stream=True))
     assert status == 200 and headers["x-warmstart-start"] == "warm" and headers["x-warmstart-node"] == "n4"
     assert raw.decode().rstrip().endswith("data: [DONE]")
+    assert metric_sum(world.srv, "warmstart_unloads_total", model=D, reason="evicted", node="n4") == 1
 
 
 def test_a_node_killed_mid_stream_loses_no_request_that_had_not_started_streaming(world: World) -> None:

@@ -38,7 +38,8 @@ OFFER_TIMEOUT = 30.0  # seconds a stream from a peer may go silent
 # how a peer fetch moves the bytes: "stream", one TCP connection between the two agents (set up through Ray,
 # a one-time token), or "object_store", chunks returned through Ray's object store. Measured here (warmstart
 # bench cluster): the stream at the raw TCP ceiling's rate less hashing, the object store at about a tenth
-TRANSPORTS = ("stream", "object_store")
+# ("stream-buffered": the stream read through a buffer of our own rather than spliced into the file, for the bench)
+TRANSPORTS = ("stream", "stream-buffered", "object_store")
 
 
 def model_file(models_dir: Path, model: str) -> Path:
@@ -200,13 +201,17 @@ class NodeAgent:
         refused and the next source tried. Returns the source, bytes, seconds and refusals."""
         target = model_file(self.models_dir, model)
         refused: list[dict[str, str]] = []
-        if transport == "stream" and chunks:  # checked piece by piece on every core (warmstart.cluster.chunks)
+        asked: list[float] = []  # seconds the peer took to answer the offer (the Ray call), for the bench
+        if transport.startswith("stream") and chunks:  # checked piece by piece on every core (cluster.chunks)
             async def pull(handle: Any, model: str, size: int, partial: Path) -> str:
+                t = time.monotonic()
                 offer = await handle.offer.remote(model)
-                await asyncio.to_thread(receive_checked, offer, size, partial, tuple(chunks))
+                asked.append(time.monotonic() - t)
+                await asyncio.to_thread(receive_checked, offer, size, partial, tuple(chunks),
+                                        transport == "stream")
                 return sha256  # every piece is the head's: the file is the one the manifest's sha256 names
         else:
-            pull = self._pull_stream if transport == "stream" else self._pull
+            pull = self._pull_stream if transport.startswith("stream") else self._pull
         for source, handle in sources:
             partial = target.with_name(target.name + ".partial")
             began = time.monotonic()
@@ -224,7 +229,8 @@ class NodeAgent:
             os.replace(partial, target)
             seconds = time.monotonic() - began
             self.fetched_bps = size / seconds if seconds > 0 else None
-            return {"source": source, "bytes": size, "seconds": seconds, "refused": refused, "transport": transport}
+            return {"source": source, "bytes": size, "seconds": seconds, "refused": refused, "transport": transport,
+                    "offer_seconds": asked[-1] if asked else None}
         return {"error": f"no peer gave model '{model}' intact", "refused": refused}
 
     async def offer(self, model: str) -> dict[str, Any]:
