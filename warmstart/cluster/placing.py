@@ -24,6 +24,15 @@ from warmstart.telemetry.metrics import Metrics
 
 FETCH = "fetch"  # the cold-start phase of copying the weights from a peer
 ENGINE_OVERHEAD = 256 << 20  # bytes an engine takes beyond its weights (llama.cpp: context, buffers)
+NODE_ENGINES = ("llamacpp", "command")  # what a node agent runs (warmstart.cluster.agent), on a model's one file
+
+
+def not_on_nodes(model: ModelConfig) -> str | None:
+    """Why the model cannot start on a cluster node, None when it can."""
+    if model.engine in NODE_ENGINES:
+        return None
+    return (f"model '{model.name}' uses the {model.engine} engine, which does not run on cluster nodes yet "
+            f"(only {' and '.join(NODE_ENGINES)}, on one model file); serve it from a single-box warmstart")
 
 
 class NodeLost(EngineError):

@@ -26,10 +26,13 @@ async def start_placed(books: Books, table: Mapping[str, ModelEntry], entry: Mod
                        path: Path, stop: Stop) -> Any:
     """The engine process of `replica`, started on the node placement chose; records the node on the replica.
     NoRoom refuses the start (ModelStartFailed: a 503 naming the memory that is short)."""
-    from warmstart.cluster.placing import NodeLost, need_bytes
+    from warmstart.cluster.placing import NodeLost, need_bytes, not_on_nodes
 
     cluster = books.cluster
     assert cluster is not None
+    refusal = not_on_nodes(entry.config)
+    if refusal is not None:
+        raise ModelStartFailed(refusal, retry_after=None)
     sha256, size = await cluster.digest(path)
     need = need_bytes(entry.config, size)
     for attempt in range(ATTEMPTS):

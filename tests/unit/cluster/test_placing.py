@@ -43,3 +43,13 @@ def test_loaded_used_and_idle_come_from_the_pools_table_and_tiers_from_the_agent
     assert a.idle == (rules.IdleModel("m", "m#1", 300, 5.0),)
     assert a.rates.net_bps == 5e8 and a.starting_s == a.rates.overhead_s
     assert b.used_bytes == 0 and b.tiers == {} and b.rates == rules.NodeRates()
+
+
+def test_only_the_engines_a_node_runs_are_placed_on_nodes():
+    from warmstart.cluster.placing import not_on_nodes
+    from warmstart.config import ModelConfig
+
+    assert not_on_nodes(ModelConfig("m", "llamacpp", "m.gguf")) is None
+    assert not_on_nodes(ModelConfig("m", "command", "m.gguf")) is None
+    why = not_on_nodes(ModelConfig("big", "vllm", "/models/big"))
+    assert why is not None and "'big' uses the vllm engine" in why and "single-box" in why
