@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from warmstart.telemetry.audit import AuditWriter, parse_record, read_head, segments
+from warmstart.telemetry.audit import AuditWriter
+from warmstart.telemetry.audit_format import parse_record, read_head, segments
 from warmstart.telemetry.audit_verify import verify
 
 pytestmark = pytest.mark.integration

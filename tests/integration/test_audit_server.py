@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ROOT, chat, pid_alive, smollm2
-from warmstart.telemetry.audit import parse_record, segments
+from warmstart.telemetry.audit_format import parse_record, segments
 
 pytestmark = pytest.mark.integration
 SMOL = "smollm2-135m-instruct"

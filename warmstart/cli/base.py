@@ -164,6 +164,16 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None, tim
                        "Pass --url or set WARMSTART_URL") from None
 
 
+def fetch(args: argparse.Namespace, method: str, path: str, body: Any = None, timeout: float = 660,
+          ok: tuple[int, ...] = (200,)) -> Any:
+    """`call`, and the server's answer when its status is one of `ok`; any other status is a CLIError
+    that says what the server said and which flag would fix a refused key."""
+    status, payload = call(args, method, path, body, timeout=timeout)
+    if status not in ok:
+        raise CLIError(_error_text(status, payload))
+    return payload
+
+
 def _error_text(status: int, payload: Any) -> str:
     hint = {401: "; pass --api-key (or set WARMSTART_API_KEY)",
             403: "; pass --admin-key (or set WARMSTART_ADMIN_KEY)"}.get(status, "")
@@ -176,9 +186,7 @@ def _error_text(status: int, payload: Any) -> str:
 def _ps(args: argparse.Namespace) -> int:
     from warmstart.cli_format import ps_table
 
-    status, payload = call(args, "GET", "/v1/models", timeout=10)
-    if status != 200:
-        raise CLIError(_error_text(status, payload))
+    payload = fetch(args, "GET", "/v1/models", timeout=10)
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
@@ -246,9 +254,7 @@ def _with_progress(args: argparse.Namespace, work: Callable[[], tuple[int, Any]]
 
 @command("unload")
 def _unload(args: argparse.Namespace) -> int:
-    status, payload = call(args, "POST", f"/admin/models/{args.model}/unload", {})
-    if status != 200:
-        raise CLIError(_error_text(status, payload))
+    payload = fetch(args, "POST", f"/admin/models/{args.model}/unload", {})
     print(f"{args.model}: {payload.get('state')} ({payload.get('stopped', 0)} replica(s) stopped)")
     return 0
 
@@ -258,9 +264,7 @@ def _hold(args: argparse.Namespace) -> int:
     from warmstart.durations import format_duration
 
     body = {} if args.keep_alive is None else {"keep_alive": args.keep_alive}
-    status, payload = call(args, "POST", f"/admin/models/{args.model}/ram", body)
-    if status != 200:
-        raise CLIError(_error_text(status, payload))
+    payload = fetch(args, "POST", f"/admin/models/{args.model}/ram", body)
     ram = (payload.get("tier") or {}).get("ram")
     if ram is None:
         print(f"{args.model}: {payload.get('state')}, weights on disk")

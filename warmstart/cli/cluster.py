@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from warmstart.cli.base import CLIError, _client_flags, _error_text, call, command
+from warmstart.cli.base import _client_flags, command, fetch
 from warmstart.cli_format import columns
 
 
@@ -36,9 +36,7 @@ def nodes_table(nodes: list[dict[str, Any]]) -> str:
 
 @command("nodes")
 def _nodes(args: argparse.Namespace) -> int:
-    status, payload = call(args, "GET", "/admin/nodes", timeout=10)
-    if status != 200:
-        raise CLIError(_error_text(status, payload))
+    payload = fetch(args, "GET", "/admin/nodes", timeout=10)
     if args.json:
         print(json.dumps(payload, indent=2))
     elif not payload.get("cluster"):

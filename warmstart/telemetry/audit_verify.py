@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from warmstart.telemetry.audit import (
+from warmstart.telemetry.audit_format import (
     GENESIS,
     HEAD,
     NotARecord,

@@ -19,7 +19,8 @@ from warmstart.errors import AuditError
 from warmstart.pool.replica import Replica
 from warmstart.store.digest import DigestCache
 from warmstart.telemetry import audit as audit_mod
-from warmstart.telemetry.audit import GENESIS, AuditLog, AuditWriter, record_hash, segments
+from warmstart.telemetry.audit import AuditLog, AuditWriter
+from warmstart.telemetry.audit_format import GENESIS, record_hash, segments
 from warmstart.telemetry.audit_verify import verify
 from warmstart.telemetry.metrics import Metrics
 

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from warmstart.cli import main
-from warmstart.telemetry.audit import AuditWriter, segments
+from warmstart.telemetry.audit import AuditWriter
+from warmstart.telemetry.audit_format import segments
 
 DAY = 86400.0
 T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z
