@@ -30,7 +30,7 @@ from warmstart.pool.states import ReplicaState
 from warmstart.sim.traces import Trace
 
 S = ReplicaState
-READY, EXPIRE = 0, 1  # events on the virtual clock, besides arrivals
+READY, EXPIRE, EVICT = 0, 1, 2  # events on the virtual clock, besides arrivals
 
 
 @dataclass
@@ -80,11 +80,13 @@ class _Replay:
     net_bps: float
     replicas: dict[str, Replica] = field(default_factory=dict)  # model -> its one replica
     events: list[tuple[float, int, int, Replica]] = field(default_factory=list)
+    by_id: dict[str, Replica] = field(default_factory=dict)  # replicas loaded, by id (what evictions name)
     seq: int = 0
     waits: list[float] = field(default_factory=list)
     requests: int = 0
     refused: int = 0
     started: int = 0
+    start_log: list[tuple[float, str, str]] | None = None  # (time placed, node, model), when asked for
 
     def push(self, when: float, kind: int, replica: Replica) -> None:
         self.seq += 1
@@ -96,7 +98,9 @@ class _Replay:
             when, _, kind, replica = heapq.heappop(self.events)
             if self.replicas.get(replica.model) is not replica:
                 continue  # unloaded since (evicted)
-            if kind == READY:
+            if kind == EVICT:  # the weights are on the node now: unload it, if it is still idle
+                self.advance_evict(replica, when)
+            elif kind == READY:
                 replica.move(S.WARM)
                 replica.idle_since = replica.warm_at = when  # held requests are served the moment it is ready
                 self.arm(replica, when)
@@ -119,6 +123,7 @@ class _Replay:
         replica.move(S.STOPPING)
         replica.move(S.COLD)
         del self.replicas[replica.model]
+        self.by_id.pop(replica.id, None)
         node.loaded_s += now - replica.created_at
         node.used_bytes -= replica.need_bytes
         if evicted:
@@ -149,27 +154,41 @@ class _Replay:
         if isinstance(decision, rules.NoRoom):
             return None
         node = self.nodes[decision.node]
-        for idle in decision.evict:
-            victim = self.replicas.get(idle.model)
-            if victim is not None and victim.id == idle.replica:
-                self.unload(victim, now, evicted=True)
-        seconds = self.cold_start
+        fetch = 0.0
         if decision.where == rules.PEER:  # copied from a holder first, and kept there
-            seconds += self.size / self.net_bps
+            fetch = self.size / self.net_bps
             node.fetches += 1
             node.fetched_bytes += self.size
             node.files.add(model)
+        for idle in decision.evict:  # as the live pool does: once the weights are there (after the fetch)
+            victim = self.by_id.get(idle.replica)
+            if victim is not None:
+                if fetch:
+                    self.push(now + fetch, EVICT, victim)
+                else:
+                    self.advance_evict(victim, now)
+        seconds = fetch + self.cold_start
         self.started += 1
+        if self.start_log is not None:
+            self.start_log.append((now, node.name, model))
         replica = Replica(id=f"{model}#{self.started}", model=model, trigger="request", capacity=1, keep_alive=None,
                           created_at=now, created_wall=now, node=node.name, need_bytes=need)
         replica.move(S.STARTING)
         replica.warm_at = now + seconds
         self.replicas[model] = replica
+        self.by_id[replica.id] = replica
         node.starts += 1
-        node.used_bytes += need
-        node.peak_bytes = max(node.peak_bytes, node.used_bytes)
+        node.used_bytes += need  # counted from now, as placement counts it (the victims' until they go)
+        if not (fetch and decision.evict):
+            node.peak_bytes = max(node.peak_bytes, node.used_bytes)
         self.push(replica.warm_at, READY, replica)
         return replica
+
+    def advance_evict(self, victim: Replica, now: float) -> None:
+        if victim.state is S.WARM and victim.in_flight == 0:
+            self.unload(victim, now, evicted=True)
+        node = self.nodes[victim.node or ""]
+        node.peak_bytes = max(node.peak_bytes, node.used_bytes)  # the new engine loads once room is made
 
     def finish(self, end: float) -> None:
         """Count what is still loaded at the trace's end (up to its keep-alive, when that comes first)."""
@@ -179,12 +198,14 @@ class _Replay:
 
 
 def simulate_nodes(trace: Trace, nodes: Sequence[SimNode], *, keep_alive: float, cold_start: float,
-                   size: int, net_bps: float) -> dict[str, Any]:
+                   size: int, net_bps: float, log_starts: bool = False) -> dict[str, Any]:
     """Replay `trace` across `nodes` (their files already placed, see spread_files) with every model's
-    weights `size` bytes; returns the totals and each node's figures."""
+    weights `size` bytes; returns the totals and each node's figures (`log_starts`: and "start_log", every
+    start's (time placed, node, model))."""
     for node in nodes:
         node.net_bps = net_bps  # placement estimates a fetch at the rate the replay charges for it
-    replay = _Replay({n.name: n for n in nodes}, size, cold_start, keep_alive, net_bps)
+    replay = _Replay({n.name: n for n in nodes}, size, cold_start, keep_alive, net_bps,
+                     start_log=[] if log_starts else None)
     stream = _merged(trace.arrivals)
     for model, t in stream:
         replay.arrive(model, t)
@@ -202,6 +223,7 @@ def simulate_nodes(trace: Trace, nodes: Sequence[SimNode], *, keep_alive: float,
         "starts": sum(n.starts for n in nodes), "fetches": sum(n.fetches for n in nodes),
         "evictions": sum(n.evictions for n in nodes),
         "nodes": {n.name: n.report() for n in nodes},
+        **({"start_log": replay.start_log} if replay.start_log is not None else {}),
     }
 
 
