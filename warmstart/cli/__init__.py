@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from warmstart import __version__
-from warmstart.cli import audit, base, bench, cluster, image, loadtest, quant, sim, store
+from warmstart.cli import audit, base, bench, cluster, image, loadtest, quant, reload, sim, store
 from warmstart.cli.base import COMMANDS, CLIError, _Parser
 from warmstart.errors import ConfigError, WarmstartError
 
 __all__ = ["build_parser", "main"]
-AREAS = (base, bench, audit, sim, store, loadtest, quant, cluster, image)
+AREAS = (base, reload, bench, audit, sim, store, loadtest, quant, cluster, image)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -128,6 +128,8 @@ def records_table(records: list[dict[str, Any]]) -> str:
         seconds = r.get("seconds")
         if r.get("event") == "recovery":
             detail = f"acknowledged {len(r.get('torn') or [])} torn line(s)"
+        elif r.get("event") == "reload":
+            detail = f"{r.get('source')}: {r.get('summary')}"
         else:
             detail = r.get("error") or (f"reason: {r['reason']}" if r.get("reason") else " ".join(
                 f"{p.get('phase')} {float(p.get('seconds') or 0):.2f}s" for p in r.get("phases") or []))

@@ -4,14 +4,16 @@ calling it, reading the config. The commands themselves are the other modules of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -105,12 +107,13 @@ def load(args: argparse.Namespace, flags: dict[str, Any] | None = None) -> Confi
 def _serve(args: argparse.Namespace) -> int:
     from warmstart.serve import run
 
-    config = load(args, {
+    flags = {
         "server.host": args.host, "server.port": args.port, "server.data_dir": args.data_dir,
         "server.log_level": args.log_level, "defaults.keep_alive": args.keep_alive,
         "cluster.address": args.cluster,
-    })
-    return run(config)
+    }
+    # a reload (SIGHUP, `warmstart reload`) reads the same file, environment and flags again
+    return run(load(args, flags), lambda: load(args, flags))
 
 
 # ---- talking to a running server ---------------------------------------------------------------
@@ -215,10 +218,28 @@ def _warm(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def json_on_stdout(path: str | None) -> Iterator[str | None]:
+    """`--json -`: the JSON alone on stdout, for a pipe. The command writes it to the file it is handed, and what
+    else it prints (tables, notes) goes to stderr meanwhile; any other path is handed through unchanged."""
+    if path != "-":
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="warmstart-json-") as tmp:
+        out = Path(tmp) / "out.json"
+        with contextlib.redirect_stdout(sys.stderr):
+            yield str(out)
+        if out.exists():
+            sys.stdout.write(out.read_text())
+            sys.stdout.flush()
+
+
 def _with_progress(args: argparse.Namespace, work: Callable[[], tuple[int, Any]], quiet: bool = False,
                    every: float = 0.5) -> tuple[int, Any]:
     """Run `work` (a call that waits for a start); meanwhile, after a second, say on stderr which phase the
-    model's start is in, a line per phase, so a long start is seen to move."""
+    model's start is in (warmstart.progress), so a long start is seen to move."""
+    from warmstart.progress import Progress
+
     if quiet:
         return work()
     result: list[tuple[int, Any]] = []
@@ -231,22 +252,20 @@ def _with_progress(args: argparse.Namespace, work: Callable[[], tuple[int, Any]]
             failure.append(exc)
 
     worker = threading.Thread(target=run, daemon=True)
-    began = time.monotonic()
-    worker.start()
-    worker.join(1.0)
-    said = None
-    while worker.is_alive():
-        try:
-            status, view = call(args, "GET", f"/v1/models/{args.model}", timeout=5)
-        except CLIError:
-            status, view = 0, None
-        replicas = (view or {}).get("replicas", []) if status == 200 else []
-        starting = [r for r in replicas if r.get("state") == "starting"]
-        phase = starting[0].get("phase") if starting else None
-        if phase and phase != said:
-            print(f"{args.model}: starting, {phase} ({time.monotonic() - began:.1f} s)", file=sys.stderr, flush=True)
-            said = phase
-        worker.join(every)
+    with Progress(args.model) as progress:
+        worker.start()
+        worker.join(1.0)
+        while worker.is_alive():
+            try:
+                status, view = call(args, "GET", f"/v1/models/{args.model}", timeout=5)
+            except CLIError:
+                status, view = 0, None
+            replicas = (view or {}).get("replicas", []) if status == 200 else []
+            starting = [r for r in replicas if r.get("state") == "starting"]
+            phase = starting[0].get("phase") if starting else None
+            if phase:
+                progress.update(f"starting, {phase}")
+            worker.join(every)
     if failure:
         raise failure[0]
     return result[0]

@@ -7,7 +7,7 @@ import importlib
 import pkgutil
 
 import warmstart.bench
-from warmstart.cli.base import CLIError, command
+from warmstart.cli.base import CLIError, command, json_on_stdout
 
 
 def available() -> list[str]:
@@ -28,5 +28,20 @@ def _bench(args: argparse.Namespace) -> int:
     names = available()
     if args.name not in names:
         raise CLIError(f"no benchmark named {args.name!r}; choose one of: {', '.join(names)}", status=2)
+    from warmstart.progress import Progress
+
     module = importlib.import_module("warmstart.bench." + args.name.replace("-", "_"))
-    return int(module.main(args.args) or 0)
+    argv, at = list(args.args), json_argument(args.args)
+    with json_on_stdout(argv[at] if at is not None else None) as path, Progress(f"bench {args.name}") as progress:
+        if at is not None and path is not None:
+            argv[at] = path
+        progress.update("running")  # until the benchmark says which step it is in
+        return int(module.main(argv) or 0)
+
+
+def json_argument(argv: list[str]) -> int | None:
+    """Where the value of a benchmark's `--json OUT` is in its arguments (None: not given)."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--json":
+            return i + 1
+    return None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.cli.base import CLIError, _client_flags, call, command, load
+from warmstart.progress import Progress
 
 
 def default_cache() -> Path:
@@ -99,7 +100,9 @@ def _image(args: argparse.Namespace) -> int:
     if write_only:
         print(f"build it with: buildah build --format docker --layers -t {tag} {context}")
         return 0
-    build.build(context, tag)
+    with Progress(f"image build {tag}") as progress:
+        progress.update("buildah build (base, packages, model layers)")
+        build.build(context, tag)
     print(f"built {tag}: {_size(tools.image_bytes(tag))}, {len(tools.layers(tag))} layers, "
           f"{time.monotonic() - t0:.0f} s; run it with\n"
           f"  podman run --rm -p 127.0.0.1:8000:8000 -e WARMSTART_API_KEYS=$(openssl rand -hex 24) {tag}")

@@ -15,10 +15,9 @@ from typing import Any
 
 from warmstart.cli.base import CLIError, call, command
 from warmstart.config import is_loopback
-from warmstart.loadtest.plan import DEFAULT_MAX_OUTPUT, Limits, plan
-from warmstart.loadtest.report import format_summary, summarize
-from warmstart.loadtest.runner import ENDPOINTS, replay
+from warmstart.loadtest.plan import DEFAULT_MAX_OUTPUT, ENDPOINTS, Limits, plan
 from warmstart.loadtest.trace import FORMATS, TraceError, read_trace
+from warmstart.progress import Progress, step
 
 MAX_DURATION = 3600.0
 MAX_REQUESTS = 100_000
@@ -102,6 +101,10 @@ def _raise_open_files() -> None:
 
 @command("loadtest")
 def _loadtest(args: argparse.Namespace) -> int:
+    # the replay's HTTP client (aiohttp) only here: every command, `serve` first, imports this module
+    from warmstart.loadtest.report import format_summary, summarize
+    from warmstart.loadtest.runner import replay
+
     args.url = loopback_url(args.url or os.environ.get("WARMSTART_URL") or "http://127.0.0.1:8000")
     args.api_key = args.api_key or os.environ.get("WARMSTART_API_KEY")
     args.admin_key = None
@@ -131,8 +134,9 @@ def _loadtest(args: argparse.Namespace) -> int:
           f"to {model} at {args.url}", file=sys.stderr, flush=True)
     _raise_open_files()
     stream = not args.no_stream
-    outcomes, wall = asyncio.run(replay(the_plan, url=args.url, api_key=args.api_key, endpoint=args.endpoint,
-                                        stream=stream, timeout=args.timeout, drain=args.drain))
+    with Progress("loadtest"):
+        outcomes, wall = asyncio.run(replay(the_plan, url=args.url, api_key=args.api_key, endpoint=args.endpoint,
+                                            stream=stream, timeout=args.timeout, drain=args.drain, progress=step))
     summary = summarize(outcomes, the_plan, wall, url=args.url, endpoint=args.endpoint, stream=stream)
     summary["trace"] = {"path": str(args.trace), "format": args.format, "requests": len(trace)}
     print(format_summary(summary))

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from warmstart.cli.base import CLIError, command
+from warmstart.cli.base import CLIError, command, json_on_stdout
 
 # the curve of fixed keep-alives every other policy is judged against, then the policies
 DEFAULT_POLICIES = ("keepalive-0s,keepalive-30s,keepalive-60s,keepalive-120s,keepalive-180s,keepalive-300s,"
@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "default), or on every node (all)")
     p.add_argument("--net-gbps", type=float, default=1.25, metavar="GB/s",
                    help="with --nodes: the rate of a fetch from a peer (default 1.25, 10 Gbit/s)")
-    p.add_argument("--json", help="write the results as JSON to this file")
+    p.add_argument("--json", help="write the results as JSON to this file ('-': to stdout, the table to stderr)")
     p.add_argument("--plot", help="write a PNG of cost against warm %% to this file")
 
 
@@ -137,11 +137,13 @@ def parse_ram_tier(args: argparse.Namespace, cold: float) -> tuple[Any, float]:
     return RamTier(keep, ram_cold, ram_price_per_s(price, args.model_gib)), price
 
 
-def run_simulation(args: argparse.Namespace, log: Any = print, on_trace: Any = None) -> dict[str, Any]:
+def run_simulation(args: argparse.Namespace, log: Any = None, on_trace: Any = None) -> dict[str, Any]:
     """Replay the trace for each policy; `on_trace` is handed the trace as read, then the history (None without
-    --history-days): the bench uses them."""
+    --history-days): the bench uses them. What it reads and each policy's time are said on stderr (`log`), the
+    step under way on the command's progress display."""
     from warmstart.policy.defaults import predictive_params
     from warmstart.policy.schedule import parse_window, zone
+    from warmstart.progress import say, step
     from warmstart.sim.frontier import frontier
     from warmstart.sim.run import UnknownPolicy, make_policy, oracle_summary, simulate
     from warmstart.sim.traces import Trace, TraceError, read_trace
@@ -177,7 +179,9 @@ def run_simulation(args: argparse.Namespace, log: Any = print, on_trace: Any = N
                     for name in names}
     except UnknownPolicy as exc:
         raise CLIError(str(exc)) from None
+    log = log or say
     t0 = time.perf_counter()
+    step(f"reading the trace {path.name}")
     try:
         trace = read_trace(path, fmt, days, args.max_rate, args.seed)
     except TraceError as exc:
@@ -202,9 +206,13 @@ def run_simulation(args: argparse.Namespace, log: Any = print, on_trace: Any = N
         return run_on_nodes(args, trace, policies, cold, path, fmt, log)
     results: dict[str, Any] = {}
     seconds: dict[str, float] = {}
-    for name, policy in policies.items():
+    for i, (name, policy) in enumerate(policies.items()):
         t = time.perf_counter()
-        results[name] = simulate(trace, policy, cold, ram, history)
+
+        def models_done(done: int, total: int, what: str = f"policy {i + 1}/{len(policies)} {name}, models") -> None:
+            step(what, done, total)
+
+        results[name] = simulate(trace, policy, cold, ram, history, progress=models_done)
         seconds[name] = time.perf_counter() - t
         log(f"  {name}: {seconds[name]:.1f} s")
     # asked for by name, the oracle is replayed like the others; otherwise its closed form (the same figures)
@@ -284,18 +292,21 @@ def nodes_table(report: dict[str, Any]) -> str:
 
 @command("simulate")
 def _simulate(args: argparse.Namespace) -> int:
+    from warmstart.progress import Progress
     from warmstart.sim.report import PlotUnavailable, plot, table
 
-    report = run_simulation(args)
-    if getattr(args, "nodes", None) is not None:
-        print(nodes_table(report))
-        if args.json:
-            write_json(Path(args.json), report)
-        return 0
-    print(table(report["policies"], report["oracle"], tiers=report["ram_tier"]["keep_alive_s"] != 0 or any(
-        r["ram_resident_s"] for r in report["policies"].values()), judged=report["frontier"]))
-    if args.json:
-        write_json(Path(args.json), report)
+    with json_on_stdout(args.json) as json_path:  # `--json -`: the JSON alone on stdout, the table on stderr
+        with Progress("simulate"):
+            report = run_simulation(args)
+        if getattr(args, "nodes", None) is not None:
+            print(nodes_table(report))
+            if json_path:
+                write_json(Path(json_path), report)
+            return 0
+        print(table(report["policies"], report["oracle"], tiers=report["ram_tier"]["keep_alive_s"] != 0 or any(
+            r["ram_resident_s"] for r in report["policies"].values()), judged=report["frontier"]))
+        if json_path:
+            write_json(Path(json_path), report)
     if args.plot:
         title = f"{Path(report['trace']).name}: {report['models']} models, {report['requests']:,} requests, " \
                 f"cold start {report['cold_start_s']:g} s"

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from warmstart.cli.base import CLIError, command, data_dir_flags, load
 from warmstart.cli_format import columns
+from warmstart.progress import Progress
 
 if TYPE_CHECKING:
     from warmstart.store.manifest import ManifestStore
@@ -55,9 +56,18 @@ def _pull(args: argparse.Namespace) -> int:
     except StoreError as exc:
         raise CLIError(str(exc)) from None
     print(f"pulled {manifest.name}: {_size(manifest.size)}, sha256 {manifest.files[0].sha256[:16]}... from "
-          f"{manifest.source} ({time.monotonic() - t:.1f} s); serve it with name = \"{manifest.name}\", "
-          f'path = "store:{manifest.name}"')
+          f"{manifest.source} ({time.monotonic() - t:.1f} s)")
+    print(_served_as(manifest.name, manifest.engine, _store(args)))
     return 0
+
+
+def _served_as(name: str, engine: str, store: ManifestStore) -> str:
+    """What a server on this data directory does with a model just added: serves it (a running one at once)."""
+    if engine == "command":
+        return (f"to serve it, give it a [[models]] entry with name = \"{name}\", path = \"store:{name}\", "
+                "engine = \"command\" and its command")
+    return (f"served as model '{name}' by warmstart on data directory {store.root.parent} (a running server at "
+            f"once, no restart); settings of its own: a [[models]] entry with path = \"store:{name}\"")
 
 
 def _store(args: argparse.Namespace) -> ManifestStore:
@@ -108,10 +118,11 @@ def _models(args: argparse.Namespace) -> int:
         if not path.exists():
             raise CLIError(f"no such file or folder: {path}")
         t = time.monotonic()
-        manifest = store.add(path, name=args.name, engine=args.engine, replace_existing=args.replace)
+        with Progress("models add"):
+            manifest = store.add(path, name=args.name, engine=args.engine, replace_existing=args.replace)
         print(f"added {manifest.name}: {manifest.format}, {len(manifest.files)} file(s), {_size(manifest.size)}, "
-              f"sha256 {manifest.files[0].sha256[:16]}... ({time.monotonic() - t:.1f} s); serve it with "
-              f'path = "store:{manifest.name}"')
+              f"sha256 {manifest.files[0].sha256[:16]}... ({time.monotonic() - t:.1f} s)")
+        print(_served_as(manifest.name, manifest.engine, store))
         return 0
     if action == "verify":
         names = [args.name] if args.name else [m.name for m in store.list()]
@@ -121,7 +132,8 @@ def _models(args: argparse.Namespace) -> int:
         bad = 0
         for name in names:
             t = time.monotonic()
-            checks = store.verify(name)
+            with Progress(f"models verify {name}"):
+                checks = store.verify(name)
             wrong = [c for c in checks if c.status != "ok"]
             if not wrong:
                 print(f"{name}: ok ({len(checks)} file(s) re-hashed in {time.monotonic() - t:.1f} s)")

@@ -27,6 +27,7 @@ from warmstart.config import ModelConfig
 from warmstart.engines.base import StartReport
 from warmstart.engines.command import CommandEngine
 from warmstart.engines.llamacpp import LlamaCppEngine
+from warmstart.engines.llamacpp_router import RouterInstance
 from warmstart.engines.process import ManagedProcess
 from warmstart.errors import IntegrityError, StoreError
 from warmstart.store.digest import DigestCache
@@ -65,7 +66,7 @@ class NodeAgent:
                             tmpfs_dir=Path("/dev/shm") / f"warmstart-{os.getuid()}-node-{tag}")
         # models whose files are elsewhere on this machine (the head's configured files, on the head's node)
         self.seeded = {m: Path(p) for m, p in (seed or {}).items()}
-        self.engines: dict[int, tuple[str, ManagedProcess]] = {}  # pid -> (model, process)
+        self.engines: dict[int, tuple[str, ManagedProcess | RouterInstance]] = {}  # pid -> (model, process)
         self.fetched_bps: float | None = None  # the last peer fetch's rate, for placement's estimate
         self._ram_timers: dict[str, asyncio.TimerHandle] = {}  # RAM keep-alives running out
 

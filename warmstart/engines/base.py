@@ -32,12 +32,18 @@ class Capabilities:
     max_token_bytes: int | None = None
     # request fields the engine would accept and silently ignore: refused with a 400 naming them
     unsupported_fields: tuple[str, ...] = ()
-    # the most choices (`n`) one request may ask for
+    # the most choices (`n`) one request may ask for, and with greedy sampling (temperature 0)
     max_choices: int = 1
+    max_greedy_choices: int | None = None  # None: max_choices
     # the message content part types it reads (None: whatever the engine is sent)
     content_types: tuple[str, ...] | None = None
     # serves /v1/embeddings (a model configured as an embedding model)
     embeddings: bool = False
+    # answers `stream_options.include_usage` with a usage event of its own, which the gateway may then ask for
+    # (and take out of the stream) to count every stream's tokens
+    stream_usage: bool = False
+    # the engine as its refusals name it ("llama.cpp", "vLLM"); empty: not named
+    engine: str = ""
 
     def to_dict(self) -> dict:
         return {
@@ -95,7 +101,7 @@ class EngineProcess(Protocol):
 class Engine(Protocol):
     kind: str
 
-    def version(self) -> str: ...
+    def version(self, model: ModelConfig | None = None) -> str: ...
 
     def inspect(self, model: ModelConfig, path: Path) -> Capabilities:
         """What the model can do, found without loading it."""

@@ -24,8 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import aiohttp
-
 from warmstart.config import ModelConfig
 from warmstart.engines.base import LOAD, READY, SPAWN, Capabilities, NoRuntimes, StartReport
 from warmstart.engines.gguf import read_gguf
@@ -48,7 +46,7 @@ class CommandEngine(NoRuntimes):
         self.host = host  # where its servers listen ({host}): loopback, or a cluster node's private address
         self.ledger = ProcessLedger(data_dir / "run" / "engines")
 
-    def version(self) -> str:
+    def version(self, model: ModelConfig | None = None) -> str:
         return "command (any OpenAI-compatible server)"
 
     def inspect(self, model: ModelConfig, path: Path) -> Capabilities:
@@ -97,6 +95,8 @@ class CommandEngine(NoRuntimes):
 
     async def _wait_ready(self, proc: ManagedProcess, offset: int, pattern: str | None, health: str,
                           report: StartReport, program: str) -> None:
+        import aiohttp  # when first used: engines start before the gateway (which needs it) is imported
+
         ready_line = re.compile(pattern) if pattern else None
         t = time.monotonic()
         # with a ready line: `load` lasts until it is printed; then `ready` until the health check passes

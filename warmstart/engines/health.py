@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
-
 from warmstart.engines.base import EngineProcess
 from warmstart.errors import EngineError
 
 
 async def wait_healthy(proc: EngineProcess, url: str, timeout: float, interval: float = 0.02) -> None:
+    import aiohttp  # imported when first used: engines start before the gateway (which needs it) is imported
+
     deadline = time.monotonic() + timeout
     last = "no answer"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:

@@ -1,6 +1,8 @@
 """The llama.cpp engine: a replica is llama.cpp's own server (llama-server, from the prebuilt xllamacpp
 wheel) run by `python -m warmstart.engines.llamacpp_worker` on one GGUF file, with one slot per
-concurrent request (`max_concurrency`), each slot holding the model's whole context."""
+concurrent request (`max_concurrency`), each slot holding the model's whole context. With the option
+`server`, the replica is that llama-server binary itself (llamacpp_server.py); with `router` too, a router
+started with warmstart waits for the model and a start loads it there (llamacpp_router.py)."""
 
 from __future__ import annotations
 
@@ -8,21 +10,29 @@ import asyncio
 import functools
 import importlib.metadata
 import json
+import logging
 import os
+import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from warmstart.config import ModelConfig
 from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, NoRuntimes, StartReport
 from warmstart.engines.gguf import check_complete, read_gguf
 from warmstart.engines.health import wait_healthy
 from warmstart.engines.ledger import ProcessLedger
+from warmstart.engines.llamacpp_router import Router, RouterInstance, RouterUnavailable
+from warmstart.engines.llamacpp_server import binary_version, find_binary, server_flags, start_server
 from warmstart.engines.process import ManagedProcess, replica_log_path
 from warmstart.errors import EngineError
+
+if TYPE_CHECKING:
+    import aiohttp
+
+log = logging.getLogger("warmstart.engines.llamacpp")
 
 # OpenAI request fields llama-server takes without a word and ignores (measured on xllamacpp 2026.10.11549),
 # or that ask for what no local engine does (storing answers, a service tier, moderation, a cache retention
@@ -46,13 +56,56 @@ def slot_context(model: ModelConfig, path: Path) -> int:
 class LlamaCppEngine(NoRuntimes):
     kind = "llamacpp"
 
-    def __init__(self, data_dir: Path, python: str = sys.executable, host: str = "127.0.0.1") -> None:
+    def __init__(self, data_dir: Path, python: str = sys.executable, host: str = "127.0.0.1",
+                 models: tuple[ModelConfig, ...] = ()) -> None:
         self.data_dir = data_dir
         self.python = python
         self.host = host  # where its engines listen: loopback, or a cluster node's address on its private network
         self.ledger = ProcessLedger(data_dir / "run" / "engines")
+        # a router per model configured with one: started by open(), waiting for its model
+        self.routers: dict[str, Router] = {}
+        # the settings each router was started for: a model whose settings changed since (a reload) starts
+        # without it, since the router would load it with the old flags
+        self._router_settings: dict[str, tuple[Any, ...]] = {}
+        for model in models:
+            if model.engine == self.kind and model.options.get("router") and model.options.get("server"):
+                self._router_settings[model.name] = _router_settings(model)
+                self.routers[model.name] = Router(model.name, str(model.options["server"]),
+                                                  functools.partial(self._router_flags, model), data_dir, host,
+                                                  self.ledger)
 
-    def version(self) -> str:
+    def _router_flags(self, model: ModelConfig) -> list[str]:
+        """A router's flags, when it starts: the slots' context comes from the model file (StoreError if none)."""
+        from warmstart.store.sources import resolve_model_path
+
+        path = resolve_model_path(model.path, self.data_dir)
+        return server_flags(model.options, model.max_concurrency, slot_context(model, path))
+
+    def router_for(self, model: ModelConfig) -> Router | None:
+        """The model's router, if it has one started for the model's settings as they are now."""
+        if self._router_settings.get(model.name) != _router_settings(model):
+            return None
+        return self.routers.get(model.name)
+
+    async def open(self) -> None:
+        for router in self.routers.values():
+            router.refill()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(r.close() for r in self.routers.values()), return_exceptions=True)
+
+    def runtime_pools(self) -> Sequence[Any]:
+        return tuple(self.routers.values())
+
+    def runtime_view(self, model: ModelConfig) -> dict[str, Any] | None:
+        router = self.router_for(model)
+        if router is None:
+            return None
+        return router.last_stats if router.last_stats is not None else router.stats()
+
+    def version(self, model: ModelConfig | None = None) -> str:
+        if model is not None and model.options.get("server"):
+            return binary_version(str(model.options["server"]))
         try:
             return "xllamacpp " + importlib.metadata.version("xllamacpp")
         except importlib.metadata.PackageNotFoundError:
@@ -67,17 +120,24 @@ class LlamaCppEngine(NoRuntimes):
         tools = "tools" in str(template)
         if not tools:
             notes += ("tools: its chat template takes none",)
+        if model.options.get("server") and shutil.which(str(model.options["server"])) is None:
+            notes += (f"server {model.options['server']!r} is not an executable: its starts fail",)
+        if self.router_for(model) is not None:
+            notes += ("a pre-started llama-server router waits for it: a start is POST /models/load",)
         return Capabilities(chat=chat, completions=True, sleep=False, context_length=slot_context(model, path),
                             max_token_bytes=info.max_token_bytes,
                             unsupported_fields=UNSUPPORTED_FIELDS + (() if tools else TOOL_FIELDS),
                             max_choices=MAX_CHOICES, content_types=("text",),
-                            embeddings=bool(model.options.get("embedding")),
+                            embeddings=bool(model.options.get("embedding")), stream_usage=True, engine="llama.cpp",
                             notes=notes + ("sleep: not supported by llama.cpp; a replica is loaded or cold",))
 
-    async def start(self, model: ModelConfig, path: Path, report: StartReport, name: str) -> ManagedProcess:
+    async def start(self, model: ModelConfig, path: Path, report: StartReport,
+                    name: str) -> ManagedProcess | RouterInstance:
         options: dict[str, Any] = dict(model.options)
         if path.is_file():  # a truncated file is named as such, not left to llama.cpp's "failed to load"
             await asyncio.to_thread(check_complete, path)
+        if options.get("server"):
+            return await self._start_binary(model, path, report, name)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         report.enter(SPAWN)
         proc = await ManagedProcess.spawn(
@@ -90,10 +150,7 @@ class LlamaCppEngine(NoRuntimes):
         try:
             port, last_phase_end = await self._follow(proc, report)
             proc.base_url = f"http://{self.host}:{port}"
-            proc.count_active = functools.partial(_active_requests, proc.base_url + "/metrics")
-            # llama-server looks at a non-streamed request's connection only after a second with no result
-            # in its queue, and each /metrics answer is one: asked more often, a client that left is never seen
-            proc.count_interval = 1.5
+            _count_slots(proc)
             report.enter(READY)
             await wait_healthy(proc, proc.base_url + "/health", timeout=30.0)
             # ready: from the end of the last phase (the engine's HTTP server starting) to a healthy answer
@@ -102,6 +159,27 @@ class LlamaCppEngine(NoRuntimes):
         except BaseException:
             await proc.abandon()
             raise
+
+    async def _start_binary(self, model: ModelConfig, path: Path, report: StartReport,
+                            name: str) -> ManagedProcess | RouterInstance:
+        """The `server` binary: a start in the model's router when it waits idle, else a process of its own."""
+        router = self.router_for(model)
+        if router is not None:
+            router.refill()  # a router that died is started again, for the next start
+            if router.take():
+                try:
+                    proc: ManagedProcess | RouterInstance = await router.load(path, report)
+                    _count_slots(proc)
+                    return proc
+                except RouterUnavailable as exc:  # the router failed, not the model: start without it
+                    log.warning("%s; starting llama-server without the router", exc)
+                    report.phases.clear()  # the wasted time stays in the start's total, not in a phase
+        flags = server_flags(model.options, model.max_concurrency, slot_context(model, path))
+        binary = find_binary(str(model.options["server"]))
+        proc = await start_server(binary, ["--model", str(path), "--alias", model.name, *flags], report,
+                                  data_dir=self.data_dir, replica=name, host=self.host, ledger=self.ledger)
+        _count_slots(proc)
+        return proc
 
     async def _follow(self, proc: ManagedProcess, report: StartReport) -> tuple[int, float]:
         """Phase reports until the engine listens; returns its port and when its last phase ended."""
@@ -127,8 +205,17 @@ class LlamaCppEngine(NoRuntimes):
         raise EngineError(f"llama.cpp engine exited with code {code} during {phase}: {detail}")
 
 
+def _count_slots(proc: ManagedProcess | RouterInstance) -> None:
+    proc.count_active = functools.partial(_active_requests, proc.base_url + "/metrics")
+    # llama-server looks at a non-streamed request's connection only after a second with no result
+    # in its queue, and each /metrics answer is one: asked more often, a client that left is never seen
+    proc.count_interval = 1.5
+
+
 async def _active_requests(url: str, session: aiohttp.ClientSession) -> int | None:
     """The requests llama-server is still working on, in its slots or waiting for one (its /metrics)."""
+    import aiohttp
+
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
         if resp.status != 200:
             return None
@@ -136,3 +223,8 @@ async def _active_requests(url: str, session: aiohttp.ClientSession) -> int | No
                       if line.startswith("llamacpp:requests_"))
         return int(float(values.get("llamacpp:requests_processing", 0))
                    + float(values.get("llamacpp:requests_deferred", 0)))
+
+
+def _router_settings(model: ModelConfig) -> tuple[Any, ...]:
+    """What a router's flags are made of (its model's file, options and slots)."""
+    return (model.path, tuple(sorted((k, repr(v)) for k, v in model.options.items())), model.max_concurrency)

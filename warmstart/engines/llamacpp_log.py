@@ -10,11 +10,15 @@ two marker lines is a phase, measured on the server's own clock:
 | kv_init | "constructing llama_context"                | "warming up the model" (else "load_model: initializing") |
 | warmup  | "warming up the model"                      | "listening on" (slots and chat template set up too) |
 
+A router's (llama-server --models-preset) instances log through the router, each line prefixed `[PORT] `:
+`instance_line` picks one instance's lines and strips the prefix.
+
 The worker reports `kv_init` and `warmup` as timed here and `load` as the rest of the server's start
 (its log begins a moment after the start). `load` is weights (mmap, or a copy into repacked buffers),
 tokenizer and metadata; `kv_init` the
 context: KV cache, compute buffers, thread pool; `warmup` one empty decode through the whole graph.
-Markers are message text from llama.cpp b11549 (xllamacpp 2026.10.11549); a marker that never comes
+Markers are message text from llama.cpp b11549 (xllamacpp 2026.10.11549) and b11669 (Debian's
+llama.cpp-tools 0.7.0, a system binary); a marker that never comes
 merges its phase into the next one instead of inventing a time.
 """
 
@@ -31,7 +35,8 @@ _STAMP = re.compile(r"^(\d+)\.(\d{2})\.(\d{3})\.(\d{3}) ")
 MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (LOAD, re.compile(r"llama_context: constructing llama_context")),
     (KV_INIT, re.compile(r"warming up the model|srv +load_model: initializing, n_slots")),
-    (WARMUP, re.compile(r"srv +init: listening on ")),
+    # xllamacpp's server logs it from `init`, llama-server's own main from `llama_server`
+    (WARMUP, re.compile(r"srv +(?:init|llama_server): listening on ")),
 )
 NEXT_PHASE = {LOAD: KV_INIT, KV_INIT: WARMUP}
 _ERROR = re.compile(r"^\d+\.\d{2}\.\d{3}\.\d{3} E (?:\w+ +)?(.*)$")
@@ -44,6 +49,12 @@ def stamp_of(line: str) -> float | None:
         return None
     minutes, seconds, ms, us = (int(g) for g in m.groups())
     return minutes * 60 + seconds + ms / 1e3 + us / 1e6
+
+
+def instance_line(line: str, port: int) -> str | None:
+    """A line of a router's log written by its instance on `port`, without the `[PORT] ` prefix; else None."""
+    prefix = f"[{port}] "
+    return line[len(prefix):] if line.startswith(prefix) else None
 
 
 def marker_of(line: str) -> str | None:

@@ -21,8 +21,10 @@ LLAMACPP: OptionTypes = {
 LLAMACPP_POOLING = ("mean", "cls", "last")  # an embedding's pooling; default: the model's own
 # read by warmstart's llama.cpp worker itself: warmup=false skips the server's warm-up run; repack=false
 # keeps weights in the file mapping instead of copying them into llama.cpp's CPU_REPACK buffer (a start
-# from the RAM tier is then a mapping, not a copy)
-LLAMACPP_OWN: OptionTypes = {"warmup": bool, "repack": bool}
+# from the RAM tier is then a mapping, not a copy); server: a llama-server binary (a path, or a name on PATH)
+# run as the engine process instead of the xllamacpp wheel (a GPU build, a distribution's package); router:
+# keep that binary running in router mode, waiting for the model (a start is then POST /models/load)
+LLAMACPP_OWN: OptionTypes = {"warmup": bool, "repack": bool, "server": str, "router": bool}
 
 # vLLM server flags, passed as --flag-name VALUE (a true bool as --flag-name, a false one left out)
 VLLM_FLAGS: OptionTypes = {
@@ -30,7 +32,7 @@ VLLM_FLAGS: OptionTypes = {
     "max_num_batched_tokens": int, "gpu_memory_utilization": (int, float), "tensor_parallel_size": int,
     "quantization": str, "seed": int, "block_size": int, "tokenizer": str, "trust_remote_code": bool,
     "enable_prefix_caching": bool, "chat_template": str, "kv_cache_dtype": str, "swap_space": (int, float),
-    "load_format": str, "generation_config": str,
+    "load_format": str, "generation_config": str, "tool_call_parser": str, "enable_auto_tool_choice": bool,
 }
 # read by warmstart's vLLM engine: interpreter, pre-initialized runtimes, environment, more flags
 VLLM_OWN: OptionTypes = {
@@ -71,6 +73,13 @@ def check_vllm(options: dict[str, Any], where: str) -> None:
 
 
 def check_llamacpp(options: dict[str, Any], where: str) -> None:
+    if options.get("router") and not options.get("server"):
+        raise ConfigError(f"{where}.router", options["router"], "needs `server`: the path of a llama-server binary "
+                          "with router mode (the xllamacpp wheel has none)")
+    # whether it is there is checked where it runs (a config may be checked on another machine)
+    if "server" in options and not options["server"].strip():
+        raise ConfigError(f"{where}.server", options["server"],
+                          "must name a llama-server binary: a path or a name on PATH")
     if "pooling" in options and options["pooling"] not in LLAMACPP_POOLING:
         raise ConfigError(f"{where}.pooling", options["pooling"], "must be one of " + ", ".join(LLAMACPP_POOLING))
 

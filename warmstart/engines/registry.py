@@ -40,5 +40,5 @@ def create_engines(data_dir: Path, models: tuple[Any, ...] = ()) -> dict[str, An
     from warmstart.engines.llamacpp import LlamaCppEngine
     from warmstart.engines.vllm import VllmEngine
 
-    return {"llamacpp": LlamaCppEngine(data_dir), "vllm": VllmEngine(data_dir, tuple(models)),
+    return {"llamacpp": LlamaCppEngine(data_dir, models=tuple(models)), "vllm": VllmEngine(data_dir, tuple(models)),
             "command": CommandEngine(data_dir)}

@@ -63,7 +63,7 @@ class SimulatedEngine(NoRuntimes):
         self.fail_with = fail_with
         self.started: list[SimulatedProcess] = []
 
-    def version(self) -> str:
+    def version(self, model: ModelConfig | None = None) -> str:
         return "simulated"
 
     def inspect(self, model: ModelConfig, path: Path) -> Capabilities:

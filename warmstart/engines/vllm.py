@@ -20,9 +20,7 @@ import time
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from warmstart.config import ModelConfig
 from warmstart.engines.base import ENGINE_INIT, HANDOFF, IMPORT, READY, WARMUP, Capabilities, StartReport
@@ -34,7 +32,26 @@ from warmstart.engines.vllm_log import PhaseClock, last_error, split_lines
 from warmstart.errors import EngineError, StoreError
 from warmstart.names import safe_name
 
+if TYPE_CHECKING:
+    import aiohttp
+
 log = logging.getLogger("warmstart.engines.vllm")
+# OpenAI request fields vLLM's server accepts and ignores (it logs them as ignored, or has no use for them on a
+# model without a reasoning or tool parser): refused with a 400 naming them, as for llama.cpp. `echo` works on
+# vLLM. tests/integration/test_openai_fields.py walks every field through a real vLLM.
+UNSUPPORTED_FIELDS = ("best_of", "suffix", "functions", "function_call", "audio", "modalities", "prediction",
+                      "web_search_options", "store", "service_tier", "moderation", "prompt_cache_retention",
+                      "prompt_cache_options", "reasoning_effort", "verbosity")
+# tools need a parser of the model's tool-call format (vLLM answers tool_choice=required or auto with a 400
+# naming no field without one)
+TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
+MAX_CHOICES = 128  # `n`: vLLM samples each choice as its own sequence; greedy sampling makes one only
+
+
+def tool_calls(model: ModelConfig) -> bool:
+    """Whether the model's vLLM is started with a tool-call parser (the option or a flag in extra_args)."""
+    extra = [str(a) for a in model.options.get("extra_args", [])]
+    return bool(model.options.get("tool_call_parser")) or any(a.startswith("--tool-call-parser") for a in extra)
 API_SERVER = "vllm.entrypoints.openai.api_server"
 RUNTIME = "warmstart.engines.vllm_runtime"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # holds the `warmstart` package
@@ -110,7 +127,7 @@ class VllmEngine:
     def python(self, model: ModelConfig) -> str:
         return str(model.options.get("python") or default_python())
 
-    def version(self) -> str:
+    def version(self, model: ModelConfig | None = None) -> str:
         info = probe(default_python())
         if not info["version"]:
             return "vllm (not installed; run scripts/install.d/30-vllm.sh or set WARMSTART_VLLM_PYTHON)"
@@ -142,8 +159,13 @@ class VllmEngine:
         pool = self.pools.get(self.python(model))
         if pool is not None and int(model.options.get("runtimes", DEFAULT_RUNTIMES)) > 0:
             notes.append(f"pre-initialized runtimes: {pool.size} kept for {pool.name}")
+        tools = tool_calls(model)
+        if not tools:
+            notes.append("tools: set the tool_call_parser option (and enable_auto_tool_choice for tool_choice=auto)")
         return Capabilities(chat=chat, completions=True, sleep=False,
-                            context_length=int(context) if context else None, notes=tuple(notes))
+                            context_length=int(context) if context else None, notes=tuple(notes), stream_usage=True,
+                            unsupported_fields=UNSUPPORTED_FIELDS + (() if tools else TOOL_FIELDS),
+                            max_choices=MAX_CHOICES, max_greedy_choices=1, engine="vLLM")
 
     def argv(self, model: ModelConfig, path: Path, port: int) -> list[str]:
         """vLLM server flags for a model: never a shell, every value its own argument."""
@@ -301,6 +323,8 @@ class VllmEngine:
             report.enter(ENGINE_INIT)
         pending = b""
         last_probe = 0.0
+        import aiohttp  # when first used: engines start before the gateway (which needs it) is imported
+
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
             while True:
                 chunk = read_from(proc.log_path, offset)
@@ -324,6 +348,8 @@ class VllmEngine:
 
 
 async def _healthy(session: aiohttp.ClientSession, base_url: str) -> bool:
+    import aiohttp
+
     try:
         async with session.get(base_url + "/health") as resp:
             return resp.status == 200

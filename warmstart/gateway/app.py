@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from fastapi import FastAPI, Request
@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from warmstart import __version__
+from warmstart.catalog import Catalog
 from warmstart.clock import Clock, SystemClock
 from warmstart.config import Config
 from warmstart.errors import RequestError, Unavailable, openai_error_body
@@ -39,6 +40,9 @@ from warmstart.gateway.translate import (
 from warmstart.pool.pool import Pool
 from warmstart.telemetry.metrics import Metrics
 
+if TYPE_CHECKING:
+    from warmstart.warming.runner import WarmingRunner
+
 log = logging.getLogger("warmstart.gateway")
 
 
@@ -48,25 +52,42 @@ class Gateway:
     def __init__(self, app: FastAPI, config: Config) -> None:
         self.app = app
         self.services: Services = app.state.services
-        self._asgi = Auth(FastPath(app, self.services), config.auth, config.auth_required, config.loopback_only)
+        self._asgi = auth = Auth(FastPath(app, self.services), config.auth, config.auth_required,
+                                 config.loopback_only)
+        if self.services.catalog is not None:  # keys changed in the config apply at a reload
+            self.services.catalog.listeners.append(lambda cfg, _changes: auth.update(cfg.auth, cfg.auth_required))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self._asgi(scope, receive, send)
 
 
-def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> Gateway:
-    return Gateway(create_fastapi_app(config, pool, metrics, clock), config)
+def create_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None,
+               load: Callable[[], Config] | None = None, warming: WarmingRunner | None = None) -> Gateway:
+    """`load` reads the config again for a reload (default: the file `config` came from)."""
+    return Gateway(create_fastapi_app(config, pool, metrics, clock, load, warming), config)
 
 
-def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None) -> FastAPI:
+def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Clock | None = None,
+                       load: Callable[[], Config] | None = None, warming: WarmingRunner | None = None) -> FastAPI:
+    """`warming`: the runner when the caller made (and may have started) it, else one is made here when
+    [warming] is enabled; the lifespan starts it (unless started) and stops it."""
     clock = clock or SystemClock()
     services = Services(config=config, pool=pool, metrics=metrics, clock=clock, started_wall=time.time())
+    services.catalog = catalog = Catalog(config, pool, load)
     if config.server.access_log != "off":
         services.access = AccessLog(config.server.access_log)
-    if config.warming.enabled:
+    if warming is None and config.warming.enabled:
         from warmstart.warming.runner import new_runner
 
-        services.warming = new_runner(config, pool, clock, metrics)
+        warming = new_runner(config, pool, clock, metrics)
+    if warming is not None:
+        services.warming = warming
+        catalog.listeners.append(warming.reconfigure)
+
+    def in_force(cfg: Config, _changes: object) -> None:
+        services.config = cfg
+
+    catalog.listeners.insert(0, in_force)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -78,6 +99,7 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
         client = EngineClient()
         services.relay = Relay(pool, metrics, client, session, clock.now, config.server.engine_timeout)
         patrol = asyncio.get_running_loop().create_task(services.relay.liveness.patrol(pool), name="liveness")
+        catalog.refresh()  # the models added to the store, served beside the configured ones
         if services.warming is not None:
             await services.warming.start()
         try:

@@ -45,11 +45,15 @@ class KeyRing:
 class Auth:
     def __init__(self, app: ASGIApp, config: AuthConfig, required: bool, loopback: bool) -> None:
         self.app = app
+        self.loopback = loopback
+        self.update(config, required)
+
+    def update(self, config: AuthConfig, required: bool) -> None:
+        """Take the keys in force (at start, and again on a reload of the config)."""
         self.api = KeyRing(config.api_keys)
         self.admin = KeyRing(config.admin_keys)
         # keys configured on loopback are enforced too: configuring them is asking for them
         self.enforce_api = required or bool(self.api) or bool(self.admin)
-        self.loopback = loopback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -55,9 +55,10 @@ class FastPath:
             except ValidationError as exc:
                 response = invalid_request_json(exc.errors())
                 if self.services.access is not None:
-                    log_access(self.services, request, scope["path"], None, None, "-", 400, None, b"", arrived)
+                    log_access(self.services, request, scope["path"], None, None, "-", 400, None,
+                               (None, None), arrived)
             else:
-                response = await self.generate(self.services, request, req, scope["path"])
+                response = await self.generate(self.services, request, req, scope["path"], True)
         except (RequestError, Unavailable) as exc:
             response = error_json(exc)
         except Exception:

@@ -15,12 +15,15 @@ from warmstart.gateway.translate import (
     check_embedding_request,
     check_request,
     engine_body,
+    hidden_usage,
+    inert_fields,
     keep_alive_of,
 )
 from warmstart.pool.lease import Lease
 
 
-async def generate(services: Services, request: Request, req: ModelRequest, path: str) -> Response:
+async def generate(services: Services, request: Request, req: ModelRequest, path: str, defer: bool = False) -> Response:
+    """The answer to one generation request; `defer`: see Relay.forward."""
     arrived = services.clock.now()
     pool = services.pool
     model = req.model
@@ -28,7 +31,7 @@ async def generate(services: Services, request: Request, req: ModelRequest, path
         pool.check_model(model)
     except RequestError as exc:
         if services.access is not None:
-            log_access(services, request, path, req, None, "-", exc.status, None, b"", arrived)
+            log_access(services, request, path, req, None, "-", exc.status, None, (None, None), arrived)
         raise
     # how it would be served if no lease says otherwise: warm when a warm replica exists on arrival
     arrival_start = "warm" if pool.state_of(model).value == "warm" else "cold"
@@ -42,8 +45,13 @@ async def generate(services: Services, request: Request, req: ModelRequest, path
         services.counted(model, start, status, node).inc()
         if ttft is not None:
             services.ttft(model, start, node).observe(ttft)
+        used = tokens(answer) if status == 200 else (None, None)
+        if used[0] or used[1]:
+            prompt_tokens, generation_tokens = services.tokens(model)
+            prompt_tokens.inc(used[0] or 0)
+            generation_tokens.inc(used[1] or 0)
         if services.access is not None:
-            log_access(services, request, path, req, lease, start, status, ttft, answer, arrived)
+            log_access(services, request, path, req, lease, start, status, ttft, used, arrived)
 
     try:
         caps = await pool.capabilities(model)
@@ -54,8 +62,10 @@ async def generate(services: Services, request: Request, req: ModelRequest, path
         keep_alive = keep_alive_of(req)
         assert services.relay is not None
         stream = not isinstance(req, EmbeddingRequest) and req.stream
-        return await services.relay.forward(request, model, path, engine_body(req), stream, keep_alive,
-                                            arrived, finish)
+        hidden = hidden_usage(req, caps)  # so that every stream's tokens are counted
+        body = engine_body(req, add_usage=hidden, leave_out=inert_fields(req, caps))
+        return await services.relay.forward(request, model, path, body, stream, keep_alive, arrived, finish,
+                                            hidden_usage=hidden, defer=defer)
     except (RequestError, Unavailable) as exc:
         if not counted:
             finish(None, exc.status, None, b"")
@@ -67,10 +77,12 @@ async def generate(services: Services, request: Request, req: ModelRequest, path
 
 
 def log_access(services: Services, request: Request, path: str, req: ModelRequest | None, lease: Lease | None,
-               start: str, status: int, ttft: float | None, answer: bytes, arrived: float) -> None:
-    """The request's line in the access log; `req` None: its body was not a valid request."""
+               start: str, status: int, ttft: float | None, used: tuple[int | None, int | None],
+               arrived: float) -> None:
+    """The request's line in the access log; `req` None: its body was not a valid request; `used`: its prompt
+    and generated tokens."""
     assert services.access is not None
-    prompt, completion = tokens(answer)
+    prompt, completion = used
     client = request.client
     services.access.write(Access(
         method="POST", path=request.scope.get("path", path), model=req.model[:200] if req is not None else "-",

@@ -57,10 +57,12 @@ SCRIPT = r"""// warmstart.js: warm the model this page will use, before the user
 
 def router(services: Services) -> APIRouter:
     api = APIRouter(tags=["warming"])
-    origins = set(services.config.warming.hint.cors_origins)
+    def allowed() -> set[str]:  # the config in force: a reload may change it
+        return set(services.config.warming.hint.cors_origins)
 
     def cors(request: Request) -> dict[str, str]:
         origin = request.headers.get("origin")
+        origins = allowed()
         if origin and ("*" in origins or origin in origins):
             return {"access-control-allow-origin": origin, "vary": "Origin"}
         return {}
@@ -70,7 +72,7 @@ def router(services: Services) -> APIRouter:
 
     def answer(request: Request, model: Any) -> Response:
         try:
-            return JSONResponse(_hint(services, request, model, origins), status_code=202, headers=cors(request))
+            return JSONResponse(_hint(services, request, model, allowed()), status_code=202, headers=cors(request))
         except RequestError as exc:
             return refuse(request, exc)
 

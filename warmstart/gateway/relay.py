@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aiohttp
 from starlette.requests import Request
@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from warmstart.errors import Unavailable
 from warmstart.gateway.engine_http import EngineClient, EngineConnectionError, EngineResponse
+from warmstart.gateway.stream_usage import HiddenUsage
 from warmstart.gateway.translate import engine_error_body, sse_error
 from warmstart.pool.lease import Lease
 from warmstart.pool.pool import Pool
@@ -49,16 +50,34 @@ async def wait_disconnect(request: Request) -> None:
 
 
 async def race(awaitable: Awaitable[T], disconnect: asyncio.Future[None]) -> T:
-    """Await `awaitable` unless the client disconnects first; then cancel it and raise ClientGone."""
-    task = asyncio.ensure_future(awaitable)
-    either: set[asyncio.Future[Any]] = {task, disconnect}
-    done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-    raise ClientGone()
+    """Await `awaitable` unless the client disconnects first; then cancel it and raise ClientGone.
+
+    The awaitable runs in the caller's own task (no task of its own, no asyncio.wait: both cost more CPU
+    than the rest of a warm request's bookkeeping); a disconnect cancels the caller's task, and that one
+    cancellation is turned into ClientGone."""
+    if disconnect.done():
+        if asyncio.iscoroutine(awaitable):
+            awaitable.close()
+        raise ClientGone()
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    def leave(future: asyncio.Future[None]) -> None:
+        nonlocal gone
+        if not future.cancelled():  # forward() cancels it when the request is over: not a disconnect
+            gone = True
+            task.cancel()
+
+    disconnect.add_done_callback(leave)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            raise ClientGone() from None
+        raise
+    finally:
+        disconnect.remove_done_callback(leave)
 
 
 def served_headers(lease: Lease) -> dict[str, str]:
@@ -88,7 +107,11 @@ class Relay:
         self.liveness = Liveness(session, engine_timeout)
 
     async def forward(self, request: Request, model: str, path: str, body: bytes, stream: bool,
-                      keep_alive: float | None, arrived: float, finish: Finish) -> Response:
+                      keep_alive: float | None, arrived: float, finish: Finish,
+                      hidden_usage: bool = False, defer: bool = False) -> Response:
+        """The engine's answer to the client's request. `hidden_usage`: the stream's usage event was asked for
+        by warmstart alone and is taken out of it. `defer`: the caller sends the returned response at once
+        (the fast path), so a whole answer's bookkeeping may wait until it is sent."""
         disconnect = asyncio.ensure_future(wait_disconnect(request))
         handed_off = False
         lease: Lease | None = None
@@ -119,15 +142,17 @@ class Relay:
                 if stream and upstream.status == 200:
                     handed_off = True
                     return RelayStream(data, upstream, lease, disconnect, arrived, self.now, finish, self.liveness,
-                                       watch)
+                                       watch, HiddenUsage() if hidden_usage else None)
                 watch.close()
-                lease.release()
+                status = upstream.status
                 # without streaming, the first token reaches the client with the whole answer
-                finish(lease, upstream.status, self.now() - arrived if upstream.status == 200 else None, data)
-                if upstream.status != 200:
-                    data = engine_error_body(upstream.status, data, path)
-                return Response(data, status_code=upstream.status, headers=served_headers(lease),
-                                media_type="application/json")
+                ttft = self.now() - arrived if status == 200 else None
+                answer = data if status == 200 else engine_error_body(status, data, path)
+                after = _after(lease, finish, status, ttft, data)
+                if not defer:  # the caller reads the answer (Ollama's API): settle now
+                    after()
+                    after = _nothing
+                return Answer(answer, status, served_headers(lease), after)
             raise AssertionError("unreachable")
         except ClientGone:
             finish(lease, 499, None, b"")
@@ -159,13 +184,43 @@ class Relay:
         return upstream, data
 
 
+def _after(lease: Lease, finish: Finish, status: int, ttft: float | None, data: bytes) -> Callable[[], None]:
+    def after() -> None:
+        lease.release()
+        finish(lease, status, ttft, data)
+    return after
+
+
+def _nothing() -> None:
+    pass
+
+
+class Answer(Response):
+    """A whole JSON answer, then `after()` (the lease given back, the request counted, when the caller
+    deferred them): work the client need not wait for runs once the answer is sent, in the same task,
+    before the loop serves anything else."""
+
+    def __init__(self, body: bytes, status: int, headers: dict[str, str], after: Callable[[], None]) -> None:
+        self.status_code, self.body, self.after = status, body, after
+        self.background = None
+        self.raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *((k.encode(), v.encode()) for k, v in headers.items())]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": self.body})
+        finally:
+            self.after()
+
+
 class RelayStream(Response):
     """An SSE stream relayed byte for byte; a cut upstream ends it with an error event, a client
     that leaves closes the upstream connection, which stops the engine's generation."""
 
     def __init__(self, first: bytes, upstream: EngineResponse, lease: Lease,
                  disconnect: asyncio.Future[None], arrived: float, now: Callable[[], float],
-                 finish: Finish, liveness: Liveness, watch: Watch) -> None:
+                 finish: Finish, liveness: Liveness, watch: Watch, hidden: HiddenUsage | None = None) -> None:
         super().__init__(status_code=200, media_type="text/event-stream",
                          headers={"cache-control": "no-cache", **served_headers(lease)})
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
@@ -174,6 +229,7 @@ class RelayStream(Response):
         self.liveness, self.watch = liveness, watch
         self.ttft = now() - arrived
         self.usage = b""  # the last event that carried `usage` (stream_options.include_usage)
+        self.hidden = hidden
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status = 200
@@ -198,6 +254,8 @@ class RelayStream(Response):
             else:
                 self.upstream.release()
             self.disconnect.cancel()
+            if self.hidden is not None and self.hidden.usage:
+                self.usage = self.hidden.usage
             self.finish(self.lease, status, self.ttft, self.usage)
             if status == 499:
                 await self.liveness.drain(self.lease)
@@ -205,17 +263,30 @@ class RelayStream(Response):
                 self.lease.release()
 
     async def _pump(self, send: Send) -> None:
-        await send({"type": "http.response.body", "body": self.first, "more_body": True})
-        tail = self.first[-2:]
+        hidden = self.hidden
+        first = self.first if hidden is None else hidden.feed(self.first)
+        if b'"usage"' in first:
+            self.usage = first
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        tail = first[-2:]
         upstream, progress = self.upstream, self.watch.progress
         try:
             while data := await upstream.readany():
                 progress()
+                if hidden is not None:
+                    data = hidden.feed(data)
+                    if not data:
+                        continue
                 if b'"usage"' in data:
                     self.usage = data
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 tail = (tail + data[-2:])[-2:]
+            if hidden is not None and (rest := hidden.rest()):
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
         except _UPSTREAM_ERRORS as exc:
+            if hidden is not None and (rest := hidden.rest()):
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
+                tail = rest[-2:]
             why = self.watch.reason or f"{type(exc).__name__}: {exc}"
             self.lease.fail(f"stream cut: {why}")
             prefix = b"" if tail == b"\n\n" else b"\n\n"
@@ -307,39 +378,56 @@ class Liveness:
 
 
 class Watch:
-    """One request's watch over its engine, with no task per read: the reads mark progress; silent for
-    `engine_timeout`, the engine is asked its health check, and one that does not answer is failed (its
-    process group killed), which ends the request's reads with a connection error. An engine that answers
-    is given more time: a non-streamed answer sends nothing until it is done."""
+    """One request's watch over its engine, with no task per read and none per request: the reads mark
+    progress, and one timer looks when `engine_timeout` would have passed since the last. Silent that
+    long, the engine is asked its health check, and one that does not answer is failed (its process
+    group killed), which ends the request's reads with a connection error. An engine that answers is
+    given more time: a non-streamed answer sends nothing until it is done."""
 
     def __init__(self, liveness: Liveness, lease: Lease) -> None:
         self.liveness, self.lease = liveness, lease
         self.loop = asyncio.get_running_loop()
         self.last = self.loop.time()
         self.reason: str | None = None  # why the engine was failed, when this watch failed it
-        self._task = self.loop.create_task(self._run())
+        self._closed = False
+        self._probe: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = self.loop.call_at(self.last + liveness.engine_timeout, self._look)
 
     def progress(self) -> None:
         self.last = self.loop.time()
 
     def close(self) -> None:
-        self._task.cancel()
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._probe is not None:
+            self._probe.cancel()
 
-    async def _run(self) -> None:
+    def _look(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        if self._silent():
+            self._probe = self.loop.create_task(self._ask())
+        else:
+            self._timer = self.loop.call_at(self.last + self.liveness.engine_timeout, self._look)
+
+    def _silent(self) -> bool:
+        return self.loop.time() - self.last >= self.liveness.engine_timeout
+
+    async def _ask(self) -> None:
         timeout = self.liveness.engine_timeout
-        while True:
-            await asyncio.sleep(max(0.0, self.last + timeout - self.loop.time()))
-            if self.loop.time() - self.last < timeout:
-                continue
-            why = await self.liveness.probe(self.lease)
-            if self.loop.time() - self.last < timeout:  # bytes came while it was asked
-                continue
-            if why is None:
-                log.info("replica %s sent nothing for %g s but answers its health check; waiting on",
-                         self.lease.replica.id, timeout)
-                self.last = self.loop.time()
-                continue
+        why = await self.liveness.probe(self.lease)
+        if self._closed:
+            return
+        if self._silent() and why is not None:
             self.reason = f"the engine sent nothing for {timeout:g} s and {why}"
             log.warning("replica %s is wedged: %s; killing it", self.lease.replica.id, self.reason)
             self.lease.fail(self.reason)
             return
+        if self._silent():  # it answers its health check: more time
+            log.info("replica %s sent nothing for %g s but answers its health check; waiting on",
+                     self.lease.replica.id, timeout)
+            self.last = self.loop.time()
+        self._probe = None
+        self._timer = self.loop.call_at(self.last + timeout, self._look)

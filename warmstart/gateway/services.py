@@ -14,6 +14,7 @@ from warmstart.pool.pool import Pool
 from warmstart.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
+    from warmstart.catalog import Catalog
     from warmstart.telemetry.audit import AuditLog
     from warmstart.warming.runner import WarmingRunner
 
@@ -29,11 +30,13 @@ class Services:
     audit: AuditLog | None = None
     warming: WarmingRunner | None = None  # when [warming] is enabled
     access: AccessLog | None = None  # the access log, unless server.access_log is "off"
+    catalog: Catalog | None = None  # the models served and the settings in force, changed while running
 
     def __post_init__(self) -> None:
         # labelled metric children, looked up once per label set rather than on every request
         self._requests: dict[tuple[str, str, int, str | None], Any] = {}
         self._ttft: dict[tuple[str, str, str | None], Any] = {}
+        self._tokens: dict[str, tuple[Any, Any]] = {}
 
     def counted(self, model: str, start: str, status: int, node: str | None = None) -> Any:
         """`node`: the node of the replica that answered (many machines), None when none did or on one box."""
@@ -50,3 +53,11 @@ class Services:
         if child is None:
             child = self._ttft[key] = self.metrics.ttft_seconds.labels(model, start, *self.metrics.at(node))
         return child
+
+    def tokens(self, model: str) -> tuple[Any, Any]:
+        """The model's prompt and generated token counters."""
+        pair = self._tokens.get(model)
+        if pair is None:
+            pair = self._tokens[model] = (self.metrics.prompt_tokens.labels(model),
+                                          self.metrics.generation_tokens.labels(model))
+        return pair

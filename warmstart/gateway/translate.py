@@ -77,10 +77,11 @@ def check_embedding_request(req: EmbeddingRequest, caps: Capabilities) -> None:
 def _check_supported(req: GenerationRequest, caps: Capabilities) -> None:
     """Refuse a field the engine would silently ignore, and more choices than it makes, naming the field."""
     extra = req.model_extra or {}
-    for name in caps.unsupported_fields:
+    engine = f" ({caps.engine})" if caps.engine else ""
+    for name in caps.unsupported_fields if extra else ():  # a field not sent asks for nothing
         value = extra.get(name)
         if not _inert(name, value, extra):
-            raise InvalidRequest(f"'{name}' is not supported by this model's engine.", param=name,
+            raise InvalidRequest(f"'{name}' is not supported by this model's engine{engine}.", param=name,
                                  code="unsupported_parameter")
     if isinstance(req, ChatCompletionRequest) and caps.content_types is not None:
         for i, message in enumerate(req.messages):
@@ -94,8 +95,13 @@ def _check_supported(req: GenerationRequest, caps: Capabilities) -> None:
                 raise InvalidRequest(f"This model reads content parts of type {', '.join(caps.content_types)} only.",
                                      param=f"messages[{i}].content")
     if req.n is not None and req.n > caps.max_choices:
-        raise InvalidRequest(f"'n' is {req.n}; this model's engine makes at most {caps.max_choices} "
+        raise InvalidRequest(f"'n' is {req.n}; this model's engine{engine} makes at most {caps.max_choices} "
                              f"choice{'s' if caps.max_choices > 1 else ''} per request.", param="n",
+                             code="unsupported_parameter")
+    greedy = caps.max_greedy_choices
+    if req.n is not None and greedy is not None and req.n > greedy and req.temperature == 0:
+        raise InvalidRequest(f"'n' is {req.n} with temperature 0; this model's engine{engine} makes {greedy} "
+                             "choice with greedy sampling: sample (temperature above 0) for more.", param="n",
                              code="unsupported_parameter")
 
 
@@ -157,9 +163,29 @@ def _check_prompt_size(req: GenerationRequest, caps: Capabilities) -> None:
             param=param, code="context_length_exceeded")
 
 
-def engine_body(req: ModelRequest) -> bytes:
-    """The body an engine receives: the client's request minus warmstart's own fields."""
+def hidden_usage(req: ModelRequest, caps: Capabilities) -> bool:
+    """Whether a stream's usage is asked of the engine for warmstart's token count alone (the client did not ask
+    for it, so its usage event is taken out of the stream the client gets)."""
+    if isinstance(req, EmbeddingRequest) or not req.stream or not caps.stream_usage:
+        return False
+    return not (req.stream_options or {}).get("include_usage")
+
+
+def inert_fields(req: ModelRequest, caps: Capabilities) -> set[str]:
+    """The fields the engine does not support that the request sends with values asking for nothing: left out
+    of what the engine gets (vLLM refuses `tool_choice: "none"` without tools, which OpenAI accepts)."""
+    extra = req.model_extra or {}
+    return {name for name in caps.unsupported_fields if name in extra and _inert(name, extra[name], extra)}
+
+
+def engine_body(req: ModelRequest, add_usage: bool = False, leave_out: set[str] | None = None) -> bytes:
+    """The body an engine receives: the client's request minus warmstart's own fields and `leave_out` (with
+    `add_usage`, a stream asks for its usage)."""
     body = req.model_dump(exclude_unset=True, exclude={"keep_alive"})
+    for name in leave_out or ():
+        body.pop(name, None)
+    if add_usage:
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     if isinstance(req, CompletionRequest) and isinstance(req.prompt, list) and req.prompt \
             and isinstance(req.prompt[0], str):
         body["prompt"] = req.prompt[0]

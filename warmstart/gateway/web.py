@@ -132,7 +132,7 @@ async def _sample_forever(window: HourWindow, services: Services) -> None:
 
 def default_chat_model(services: Services) -> str:
     """The playground's model when none is asked for: the first that can chat (or simply the first)."""
-    models = services.config.models
+    models = services.pool.configs()
     for model in models:
         caps = services.pool.known_capabilities(model.name)
         chat = caps.chat if caps is not None else model.chat

@@ -23,6 +23,7 @@ WORDS = (
     "get come made may part"
 ).split()
 DEFAULT_MAX_OUTPUT = 256
+ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}  # --endpoint: its path
 
 
 @dataclass(frozen=True)

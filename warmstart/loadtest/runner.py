@@ -12,9 +12,7 @@ from dataclasses import asdict, dataclass
 
 import aiohttp
 
-from warmstart.loadtest.plan import Plan, Planned, prompt_text
-
-ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+from warmstart.loadtest.plan import ENDPOINTS, Plan, Planned, prompt_text
 
 
 @dataclass
@@ -55,8 +53,10 @@ def request_body(p: Planned, endpoint: str, stream: bool) -> bytes:
 
 async def replay(plan: Plan, *, url: str, api_key: str | None = None, endpoint: str = "completions",
                  stream: bool = True, timeout: float = 120.0, drain: float = 60.0,
-                 now: Callable[[], float] = time.monotonic) -> tuple[list[Outcome], float]:
-    """Send every planned request at its time; returns the outcomes in plan order and the wall seconds."""
+                 now: Callable[[], float] = time.monotonic,
+                 progress: Callable[[str, int, int], None] | None = None) -> tuple[list[Outcome], float]:
+    """Send every planned request at its time; returns the outcomes in plan order and the wall seconds.
+    `progress(step, done, total)` is told each time a request ends (answered, refused or failed)."""
     headers = {"content-type": "application/json"}
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
@@ -69,12 +69,22 @@ async def replay(plan: Plan, *, url: str, api_key: str | None = None, endpoint: 
                                      auto_decompress=False) as session:
         begin = now()
         tasks: list[asyncio.Task] = []
+        count = 0
+
+        def ended(_: asyncio.Task) -> None:
+            nonlocal count
+            count += 1
+            if progress is not None:
+                progress("requests ended", count, len(outcomes))
+
         for p, outcome in zip(plan.requests, outcomes, strict=True):
             delay = begin + p.at - now()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(
                 _send(session, path, request_body(p, endpoint, stream), stream, outcome, begin, now)))
+            if progress is not None:
+                tasks[-1].add_done_callback(ended)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=drain)
             for task in pending:

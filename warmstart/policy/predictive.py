@@ -49,10 +49,17 @@ class PredictiveParams:
     min_gaps: float = 8.0
     fallback_keep_alive: float = 300.0
     # never unload sooner than this after a request: a floor against what little data cannot show
-    min_keep_alive: float = 180.0
+    min_keep_alive: float = 300.0
     max_keep_alive: float = 3600.0
     # the longest the weights stay in RAM after a request (policy.tiers)
     max_ram_keep_alive: float = 2 * DAY
+    # hold the weights in RAM no longer than this x the end of the longest gap bin the model was seen to have
+    # (0: no cap): a RAM hold bought by the prior's unseen long gaps alone went unused (tuned on ServeGen days 2-6)
+    ram_evidence: float = 1.0
+    # keep the model loaded after a request no longer than this x the end of the longest gap bin seen at that
+    # recent rate (but at least `min_keep_alive`; 0: no cap): the prior alone does not buy an hour after a
+    # busy spell that has never paused for long (Azure: +55 % cost over a fixed 300 s, no request kept warm)
+    keep_evidence: float = 1.0
     # a pre-warm relative to the last request needs this many observed gaps ending in it
     min_period_gaps: float = 3.0
     # time-of-day profile slot, and how many distinct days a wake-up must recur on before it is pre-warmed
@@ -230,18 +237,19 @@ class PredictivePolicy:
         ram: list[WarmSpan] = []
         kas = np.empty(NC)
         wake = self.wake_burst(s)
+        ram_cap = self.ram_cap(s)
         pooled = self.with_prior(s.n.sum(axis=0), s.w.sum(axis=0), s.idle.sum(axis=0), self._flat, p.prior_gaps, wake)
         for ci in range(NC):
             lo, hi = int(CONTEXTS[ci]), CONTEXTS[ci + 1] - 1
             hist = self.with_prior(s.n[ci], s.w[ci], s.idle[ci], pooled, p.prior_gaps, wake)
             ram_net = None if ram_cold_start is None else self.ram_net(hist, c, ram_cold_start, ram_price)
-            spans = self.keep_spans(*hist, c, seen=s.n[ci] if s.n[ci].sum() >= p.min_gaps else s.n.sum(axis=0),
-                                    ram_net=ram_net)
+            seen = s.n[ci] if s.n[ci].sum() >= p.min_gaps else s.n.sum(axis=0)
+            spans = self.keep_spans(*hist, c, seen=seen, ram_net=ram_net, cap=evidence(seen, p.keep_evidence))
             kas[ci] = spans[0].end if spans else 0.0
             after += [WarmSpan(sp.start, sp.end, sp.trigger, lo, hi) for sp in spans]
             if ram_cold_start is not None:
-                ram.append(WarmSpan(kas[ci], self.ram_horizon(hist, c, ram_cold_start, ram_price, kas[ci]), "ram",
-                                    lo, hi))
+                ram.append(WarmSpan(kas[ci], self.ram_horizon(hist, c, ram_cold_start, ram_price, kas[ci], ram_cap),
+                                    "ram", lo, hi))
         return tuple(after), kas, tuple(ram)
 
     def ram_net(self, hist: tuple[np.ndarray, np.ndarray, np.ndarray], c: float, ram_cold_start: float,
@@ -251,12 +259,19 @@ class PredictivePolicy:
                              ram_price=ram_price, rate=self.p.cold_request_cost)
 
     def ram_horizon(self, hist: tuple[np.ndarray, np.ndarray, np.ndarray], c: float, ram_cold_start: float,
-                    ram_price: float, keep_alive: float) -> float:
+                    ram_price: float, keep_alive: float, cap: float = math.inf) -> float:
         """Seconds after a request until which the weights stay in RAM once unloaded (policy.tiers)."""
         if hist[0].sum() < self.p.min_gaps + self.p.prior_gaps:
             return keep_alive  # too little known: disk after the unload, as without a RAM keep-alive
         return tiers.ram_horizon(EDGES, self.ram_net(hist, c, ram_cold_start, ram_price), keep_alive,
-                                 self.p.max_ram_keep_alive)
+                                 min(self.p.max_ram_keep_alive, cap))
+
+    def ram_cap(self, s: PredictiveState) -> float:
+        """The longest RAM hold the model's own gaps support: `ram_evidence` x the end of the longest gap bin
+        it was seen to have (a decayed count of at least a half; math.inf when `ram_evidence` is 0, or when it
+        had a gap longer than the last edge). The prior's pseudo-gaps price what a hold gains; alone they do not
+        hold weights in RAM for days."""
+        return evidence(s.n.sum(axis=0), self.p.ram_evidence)
 
     def wake_burst(self, s: PredictiveState) -> float:
         """The requests a cold start after a long gap made wait, on average (one pseudo-gap of one request
@@ -284,7 +299,8 @@ class PredictivePolicy:
         return n + pn * scale, w + pn * scale * weight, idle + pi * scale
 
     def keep_spans(self, n: np.ndarray, w: np.ndarray, idle: np.ndarray, c: float,
-                   seen: np.ndarray | None = None, ram_net: np.ndarray | None = None) -> list[WarmSpan]:
+                   seen: np.ndarray | None = None, ram_net: np.ndarray | None = None,
+                   cap: float = math.inf) -> list[WarmSpan]:
         """Keep-alive after a request, and possibly a later pre-warm, from one gap histogram (`seen`: the
         gaps actually observed, without the prior; a pre-warm needs `min_period_gaps` of them in its span).
         `ram_net`: what holding the weights in RAM gains per bin (policy.tiers); the keep-alive is then chosen
@@ -300,7 +316,7 @@ class PredictivePolicy:
             ram_prefix = np.concatenate([[0.0], np.cumsum(np.maximum(ram_net, -1e300))])
             best_ram_after = np.maximum.accumulate(ram_prefix[::-1])[::-1]
             k = int(np.argmax(prefix - ram_prefix + best_ram_after))
-        ka = float(np.clip(EDGES[k], p.min_keep_alive, p.max_keep_alive))
+        ka = float(np.clip(EDGES[k], p.min_keep_alive, max(p.min_keep_alive, min(p.max_keep_alive, cap))))
         out = [WarmSpan(0.0, ka, "keep-alive")] if ka > 0 else [WarmSpan(0.0, 0.0, "keep-alive")]
         # a later pre-warm relative to the last request (callers with a period): the best run of bins
         # after the keep-alive, paying a cold start for every gap that lasts until it
@@ -368,6 +384,15 @@ class PredictivePolicy:
                     spans.append(WarmSpan(start, end, "prediction"))
             t += p.slot
         return tuple(sp for sp in spans if sp.end > now)
+
+
+def evidence(seen: np.ndarray, factor: float) -> float:
+    """`factor` x the end of the longest gap bin in `seen` (gap counts per bin, decayed: at least a half
+    counts), 0 when none; math.inf when `factor` is 0 (no cap) or a gap outlasted the last edge."""
+    if factor <= 0:
+        return math.inf
+    nz = np.nonzero(seen >= 0.5)[0]
+    return float(factor * EDGES[nz[-1] + 1]) if len(nz) else 0.0
 
 
 def _weekday(day: int) -> int:

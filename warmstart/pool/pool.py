@@ -16,18 +16,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from warmstart.clock import Clock
-from warmstart.config import Config
+from warmstart.config import Config, ModelConfig
 from warmstart.engines.base import Capabilities, Engine
 from warmstart.engines.runtime import account_runtimes
 from warmstart.errors import ModelNotFound, StoreError, Unavailable
 from warmstart.pool import rules
 from warmstart.pool.books import Books
+from warmstart.pool.changes import ModelChanges
 from warmstart.pool.entry import AuditSink, ModelEntry, NullAudit
 from warmstart.pool.files import ModelFiles
 from warmstart.pool.lease import Lease, LeaseOwner
 from warmstart.pool.leasing import Leasing
 from warmstart.pool.lifecycle import Lifecycle
 from warmstart.pool.replica import Replica
+from warmstart.pool.roster import Roster
 from warmstart.pool.states import LIVE, ReplicaState, model_state
 from warmstart.pool.view import ReplicaInfo, model_view, replica_info
 from warmstart.telemetry.metrics import Metrics
@@ -50,12 +52,16 @@ class Pool:
                                wait_histogram=metrics.request_wait_seconds.labels(m.name))
             for m in config.models
         }
+        # asked when a lookup misses and before a listing: a model may just have been added to the store (the
+        # catalog sets it; True when the models served changed)
+        self.refresh: Callable[[], bool] = lambda: False
         self._arrival_listeners: list[Callable[[str, float], None]] = []
         self._files = ModelFiles(books)
         self._lifecycle = Lifecycle(books, self._files, dispatch=lambda e: self._leasing.dispatch(e),
                                     scale=lambda e: self._leasing.scale(e), table=lambda: self._models)
         owner = LeaseOwner(release=self._release, broken=self._broken)
         self._leasing = Leasing(books, self._lifecycle, owner, self._arrived)
+        self._roster = Roster(books, self._models, engines, self._files, self._lifecycle, self._leasing)
         for entry in self._models.values():
             books.changed(entry)
             books.init_series(entry.name)
@@ -63,12 +69,13 @@ class Pool:
     # ---- lookups -------------------------------------------------------------------------
 
     def _entry(self, name: str) -> ModelEntry:
-        try:
-            return self._models[name]
-        except KeyError:
+        entry = self._models.get(name)
+        if entry is None and self.refresh():  # the catalog found the model just added to the store
+            entry = self._models.get(name)
+        if entry is None:
             known = ", ".join(sorted(self._models)) or "none"
-            raise ModelNotFound(f"The model '{name}' does not exist. Models served here: {known}.",
-                                param="model") from None
+            raise ModelNotFound(f"The model '{name}' does not exist. Models served here: {known}.", param="model")
+        return entry
 
     def check_model(self, name: str) -> None:
         """Raise ModelNotFound (naming the models served here) unless `name` is one."""
@@ -76,6 +83,7 @@ class Pool:
 
     def model_names(self) -> tuple[str, ...]:
         """The models served here, in configured order."""
+        self.refresh()
         return tuple(self._models)
 
     def has_model(self, name: str) -> bool:
@@ -152,10 +160,10 @@ class Pool:
             listener(name, wall)
 
     def _release(self, lease: Lease) -> None:
-        self._leasing.release(self._models[lease.replica.model], lease)
+        self._leasing.release(self._roster.owner(lease.replica), lease)
 
     def _broken(self, replica: Replica, reason: str) -> None:
-        self._lifecycle.broken(self._models[replica.model], replica, reason)
+        self._lifecycle.broken(self._roster.owner(replica), replica, reason)
 
     def idle_warm(self) -> list[Replica]:
         """Warm replicas with no request in flight (their engines are watched by a liveness probe; a busy
@@ -264,6 +272,20 @@ class Pool:
             await self._books.cluster.close()
         await self._books.cancel_tasks()
 
+    # ---- the models served, changed while the server runs (a reload, a model added to the store) ------------
+
+    def configs(self) -> tuple[ModelConfig, ...]:
+        """The settings of the models served now, in order."""
+        return tuple(entry.config for entry in self._models.values())
+
+    def apply(self, changes: ModelChanges) -> None:
+        """Add, remove, restart and update models as `changes` says (`Roster.apply`)."""
+        self._roster.apply(changes)
+
+    def draining(self) -> tuple[str, ...]:
+        """Models taken out of service whose replicas still finish their requests."""
+        return self._roster.draining()
+
     # ---- what the warming runner may ask and set (it never touches the table) ------------------------
 
     def subscribe_arrivals(self, listener: Callable[[str, float], None]) -> Callable[[], None]:
@@ -330,6 +352,7 @@ class Pool:
             self._books.cluster.account([r for e in self._models.values() for r in e.replicas])
 
     def snapshot(self) -> list[dict[str, Any]]:
+        self.refresh()
         now = self._clock.now()
         self.account_all()
         return [model_view(entry, self.state_of(entry.name), now, self._books.store)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,15 +152,16 @@ def convert(src: Path, dst: Path, mix: recipe.Mix, *, allow_requantize: bool = F
 
 
 def bar(label: str) -> Callable[[int, int], None]:
-    """A one-line progress bar on stderr (when it is a terminal)."""
+    """Progress through `total` steps on stderr (warmstart.progress: a line in place on a terminal, a line every
+    few seconds in a log)."""
+    from warmstart.progress import Progress
+
+    progress = Progress(label, tick=False)
+
     def show(done: int, total: int) -> None:
-        if not sys.stderr.isatty():
-            return
-        filled = int(30 * done / total)
-        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+        progress.update("", done, total)
         if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+            progress.close()
     return show
 
 

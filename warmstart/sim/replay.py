@@ -164,7 +164,7 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
 
     def advance(t: float) -> None:
         """Everything that happens before an arrival at `t` (or up to the end when t is the end)."""
-        nonlocal expiry, held, loaded_s, plan, state, review, shown, unshown, ram_since, ram_until
+        nonlocal expiry, held, loaded_s, ram_since, ram_until
         while True:
             replica = replicas[0] if replicas else None
             if (replica is not None and replica.state is STARTING and ready_at <= t and ready_at <= review
@@ -191,15 +191,20 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
             if tn > t:
                 return
             if tn == review:
-                k = int(np.searchsorted(arr, tn, side="left")) if shown < n else n
-                seen = arr[shown:k] if not len(unshown) else np.concatenate([unshown, arr[shown:k]])
-                obs = Observation(model, seen, c) if ram_price_s is None else \
-                    Observation(model, seen, c, ram_cold_start_s=c_ram, ram_price_s=ram_price_s)
-                shown, unshown = k, unshown[:0]
-                assert controller is not None and state is not None
-                plan, state = controller.decide(obs, state, tn)
-                review = plan.review_at
+                consult(tn)
             apply(tn)
+
+    def consult(tn: float) -> None:
+        """Show the controller the arrivals up to `tn` and take its new plan."""
+        nonlocal plan, state, review, shown, unshown
+        k = int(np.searchsorted(arr, tn, side="left")) if shown < n else n
+        seen = arr[shown:k] if not len(unshown) else np.concatenate([unshown, arr[shown:k]])
+        obs = Observation(model, seen, c) if ram_price_s is None else \
+            Observation(model, seen, c, ram_cold_start_s=c_ram, ram_price_s=ram_price_s)
+        shown, unshown = k, unshown[:0]
+        assert controller is not None and state is not None
+        plan, state = controller.decide(obs, state, tn)
+        review = plan.review_at
 
     if idle_since is not None:  # the replica the history left loaded; unloaded at once if nothing keeps it
         replica = Replica(id=f"{model}#0", model=model, trigger="request", capacity=1, keep_alive=None,
@@ -208,6 +213,10 @@ def replay_model(model: str, arrivals: np.ndarray, *, start: float, end: float, 
         replica.move(WARM)
         replica.idle_since = idle_since
         replicas.append(replica)
+        if learned is not None and controller is not None:
+            # the plan the running server had: its keep-alive and RAM horizon judge the replica, not the floor
+            consult(start)
+            apply(start)
         arm(start)
     admit, unload_at, serve = rules.admit, rules.unload_at, rules.Serve  # once per request: no lookups
     for i in range(n):

@@ -85,13 +85,15 @@ def make_policy(name: str, *, schedule: Sequence[str] = (), tz: str = "UTC",
 
 
 def simulate(trace: Trace, policy: SimPolicy, cold_start: float, ram: RamTier | None = None,
-             history: Trace | None = None) -> dict[str, Any]:
+             history: Trace | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Replay every model of `trace` under `policy`. `history`: earlier arrivals the controllers learn from
     before the trace starts (`policy.controller.learn`, as the server does from its request history); only
-    the trace is judged."""
+    the trace is judged. `progress(models done, models)` is told as it goes."""
     ram = ram if ram is not None and policy.ram_tier else RamTier()
     outcomes = []
-    for model, arr in trace.arrivals.items():
+    for done, (model, arr) in enumerate(trace.arrivals.items()):
+        if progress is not None:
+            progress(done, len(trace.arrivals))
         controller = policy.controller(model, arr, cold_start)
         # a controller may act one cold start before the trace begins, as it would on a running server
         begin = trace.start - (cold_start if controller is not None else 0.0)
@@ -179,6 +181,33 @@ def causal_bound(trace: Trace, cold_start: float, history: Trace | None = None) 
     return {"first_burst_requests": first,
             "min_cold_fraction": first / requests if requests else math.nan,
             "max_warm_fraction": (requests - first) / requests if requests else math.nan}
+
+
+def novel_silence_bound(trace: Trace, cold_start: float, history: Trace | None = None,
+                        longer_than: float = 4 * 3600.0) -> dict[str, Any]:
+    """Cold requests no policy that keeps a model loaded (or pre-warms it) only through silences it has seen,
+    and never longer than `longer_than` beyond them, can avoid: the first burst of every model the history
+    never saw, and every burst after a silence longer than `longer_than` and than any the model had before it
+    (in the history or earlier in the trace; the silence before its first request in the trace counts from
+    its last request in the history). Not a floor for every policy (one that keeps a model loaded for days
+    on end avoids them): what of the cold requests nothing learned from the model's own gaps foresees."""
+    seen = history.arrivals if history is not None else {}
+    first = novel = 0
+    for model, arr in trace.arrivals.items():
+        past = seen.get(model, np.empty(0))
+        burst = np.searchsorted(arr, arr + cold_start, side="left") - np.arange(len(arr))
+        if not len(past):
+            first += int(burst[0])
+            gaps, ends = np.diff(arr), np.arange(1, len(arr))
+            longest = 0.0
+        else:
+            gaps, ends = np.diff(np.concatenate([past[-1:], arr])), np.arange(len(arr))
+            longest = float(np.diff(past).max()) if len(past) > 1 else 0.0
+        before = np.maximum.accumulate(np.concatenate([[longest], gaps]))[:-1]  # longest gap before each
+        novel += int(burst[ends[(gaps > before) & (gaps > longer_than)]].sum())
+    requests = trace.requests
+    return {"first_burst_requests": first, "novel_silence_requests": novel,
+            "min_cold_fraction": (first + novel) / requests if requests else math.nan}
 
 
 HINDSIGHT_KEEPALIVES = (0, 30, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200,

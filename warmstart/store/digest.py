@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from warmstart.errors import StoreError
+from warmstart.progress import step
 
 if TYPE_CHECKING:
     from warmstart.store.seal import Seals
@@ -71,13 +72,17 @@ def _stat(path: Path) -> FileStat:
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
+    done = 0
     try:
         with open(path, "rb", buffering=0) as f:
+            total = os.fstat(f.fileno()).st_size
             while True:
                 block = f.read(_CHUNK)
                 if not block:
                     break
                 h.update(block)
+                done += len(block)
+                step(f"hashing {path.name}: MB", done / 1e6, total / 1e6)  # said only where a command shows it
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
     return h.hexdigest()

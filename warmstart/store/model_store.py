@@ -64,6 +64,19 @@ class ModelStore:
         if self.tier.tmpfs_dir.is_dir() and self.settings.tmpfs_dir is None:
             shutil.rmtree(self.tier.tmpfs_dir, ignore_errors=True)
 
+    def track(self, model: ModelConfig) -> None:
+        """A model added to the pool while it runs, or one whose settings changed (a reload)."""
+        state = self.models.get(model.name)
+        if state is None:
+            self.models[model.name] = _Residency(model)
+        else:
+            state.config = model
+
+    async def forget(self, name: str) -> None:
+        """A model no longer served: its RAM copy goes back to disk and its bookkeeping ends."""
+        await self.evict(name, "no longer served")
+        self.models.pop(name, None)
+
     # ---- integrity --------------------------------------------------------------------------------
 
     async def check(self, model: ModelConfig, path: Path) -> None:

@@ -353,10 +353,22 @@ class AuditLog:
             except StoreError as exc:
                 fields["digest_error"] = str(exc)
         try:
-            fields["engine_version"] = engine.version()
+            fields["engine_version"] = engine.version(model)
         except Exception as exc:  # an engine that cannot say its version still gets its record
             fields["engine_version"] = f"unknown ({type(exc).__name__}: {exc})"
         self.writer.append(fields, self.clock.wall())
+
+    async def record_change(self, event: str, fields: Mapping[str, Any]) -> None:
+        """A change of what the server serves (a reload of its config), in the chain beside the starts it
+        affects; a record that cannot be written is logged and counted, never refusing the change."""
+        record = {"event": event, **fields, "host": self.host, "pid": os.getpid(), "warmstart_version": __version__}
+        try:
+            await asyncio.to_thread(self.writer.append, record, self.clock.wall())
+        except OSError as exc:
+            if self.metrics is not None:
+                self.metrics.audit_failures.inc()
+            log.error("audit log: cannot write %s: %s (%s record lost)", exc.filename or self.directory,
+                      exc.strerror or exc, event)
 
     async def prime(self, paths: list[Path]) -> None:
         """Hash model files ahead of their first start (a cached digest makes that start's record cheap)."""

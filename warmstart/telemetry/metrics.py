@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
+
+# a `_created` sample beside every counter and histogram only doubles the series a scrape stores
+disable_created_metrics()
 
 # Cold starts run from ~0.2 s (a tiny GGUF) to minutes (a 70B model from network storage).
 COLD_START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -23,6 +26,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self.node_label = node_label
         r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds...
         node = ["node"] if node_label else []
         self.cold_start_seconds = Histogram(
             "warmstart_cold_start_seconds", "Duration of each phase of a replica start, and phase=\"total\".",
@@ -34,6 +38,12 @@ class Metrics:
         self.requests = Counter(
             "warmstart_requests", "Requests answered, by how they were served and their HTTP status.",
             ["model", "start", "code", *node], registry=r)
+        self.prompt_tokens = Counter(
+            "warmstart_prompt_tokens", "Prompt tokens of answered requests, as their engine counted them (usage).",
+            ["model"], registry=r)
+        self.generation_tokens = Counter(
+            "warmstart_generation_tokens", "Tokens generated for answered requests, as their engine counted them.",
+            ["model"], registry=r)
         self.request_wait_seconds = Histogram(
             "warmstart_request_wait_seconds", "Time a request was held waiting for a replica.",
             ["model"], buckets=WAIT_BUCKETS, registry=r)

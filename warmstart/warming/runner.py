@@ -30,6 +30,7 @@ from warmstart.policy.hint import HintDecision, HintLimits, HintRequest, HintSta
 from warmstart.policy.observation import Observation
 from warmstart.policy.plan import IDLE, Plan, evaluate, ram_until
 from warmstart.policy.tiers import MEASURED_RAM_SPEEDUP
+from warmstart.pool.changes import ModelChanges
 from warmstart.pool.pool import Pool
 from warmstart.pool.states import ReplicaState
 from warmstart.telemetry.metrics import Metrics
@@ -99,11 +100,43 @@ class WarmingRunner:
         self._wake = asyncio.Event()
         self._last_flush = -math.inf
         self._last_prune = -math.inf
+        self._started = False
+
+    def reconfigure(self, config: Config, changes: ModelChanges) -> None:
+        """The models served or the config changed while the server runs (warmstart.catalog): plan for the
+        models added, no longer for the removed ones, and afresh for those whose settings or schedules changed
+        (their predictions then learn again from new arrivals)."""
+        old, self.config = self.config, config
+        self.limits = hint_limits(config)
+        for name in changes.removed:
+            self.models.pop(name, None)
+        renewed = {m.name for m in (*changes.added, *changes.restarted, *changes.updated)}
+        renewed |= {s.model for s in set(old.warming.schedules) ^ set(config.warming.schedules)}
+        hints_changed = old.warming.hint.enabled != config.warming.hint.enabled
+        for model in self.pool.configs():
+            prior = self.models.get(model.name)
+            if prior is not None and model.name not in renewed and not hints_changed:
+                continue
+            controller = build_controller(config, model)
+            mw = ModelWarming(model.name, controller, controller.initial_state(),
+                              ram_auto=model.ram_keep_alive_auto and config.warming.predictive)
+            if prior is not None:
+                mw.last, mw.recent = prior.last, prior.recent
+            self.models[model.name] = mw
+            auto = model.keep_alive_auto and config.warming.predictive
+            self.pool.set_keep_alive_floor(model.name, AUTO_KEEP_ALIVE_FLOOR if auto else None)
+        if self._started:
+            self.step()
 
     # ---- life ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for model in self.config.models:
+        """Load the history and apply the first plans (a scheduled model starts now); a second call does nothing
+        (the server starts the runner before its gateway exists, the gateway's lifespan asks again)."""
+        if self._started:
+            return
+        self._started = True
+        for model in self.pool.configs():
             if model.keep_alive_auto and self.config.warming.predictive:
                 self.pool.set_keep_alive_floor(model.name, AUTO_KEEP_ALIVE_FLOOR)
         if self.history is not None:

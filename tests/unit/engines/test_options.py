@@ -8,7 +8,8 @@ import pytest
 
 from warmstart.config_loader import parse_config
 from warmstart.engines.command import expand
-from warmstart.errors import ConfigError
+from warmstart.engines.llamacpp_server import find_binary
+from warmstart.errors import ConfigError, EngineError
 
 
 def model(engine: str, **options: object) -> dict:
@@ -59,6 +60,26 @@ def test_a_bad_vllm_option_names_its_field(options, field, says):
         parse(model("vllm", **options))
     assert err.value.field == field
     assert says in str(err.value)
+
+
+@pytest.mark.parametrize(("options", "field", "says"), [
+    ({"router": True}, "models[0].options.router", "needs `server`"),
+    ({"server": " "}, "models[0].options.server", "must name a llama-server binary"),
+    ({"server": "/bin/true", "router": "yes"}, "models[0].options.router", "must be of type bool"),
+])
+def test_a_bad_llama_server_option_names_its_field(options, field, says):
+    with pytest.raises(ConfigError) as err:
+        parse(model("llamacpp", **options))
+    assert err.value.field == field
+    assert says in str(err.value)
+
+
+def test_a_llama_server_binary_is_checked_where_it_runs_not_in_the_config():
+    cfg = parse(model("llamacpp", server="/no/such/llama-server", router=True))
+    assert cfg.models[0].options == {"server": "/no/such/llama-server", "router": True}
+    with pytest.raises(EngineError, match=r"server = '/no/such/llama-server' is not an executable.*llama\.cpp-tools"):
+        find_binary("/no/such/llama-server")
+    assert find_binary("true").endswith("/true")
 
 
 def test_the_port_may_be_passed_in_an_environment_variable():

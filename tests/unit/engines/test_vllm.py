@@ -117,3 +117,17 @@ def test_the_plugin_is_written_once_and_repaired_when_changed(tmp_path):
     entry.write_text("[vllm.general_plugins]\n")
     install_plugin(tmp_path)
     assert "warmstart.engines.vllm_loader:register" in entry.read_text()
+
+
+def test_tools_are_refused_by_name_unless_vllm_runs_with_a_tool_call_parser(tmp_path):
+    engine = VllmEngine(tmp_path)
+    plain = engine.inspect(model(tmp_path, python="/nonexistent/python"), folder(tmp_path))
+    assert {"tools", "tool_choice", "best_of", "suffix"} <= set(plain.unsupported_fields)
+    assert "echo" not in plain.unsupported_fields and plain.engine == "vLLM" and plain.stream_usage
+    assert plain.max_greedy_choices == 1 and plain.max_choices > 1
+    (tmp_path / "model").rename(tmp_path / "first")
+    parsed = engine.inspect(model(tmp_path, python="/nonexistent/python", tool_call_parser="hermes",
+                                  enable_auto_tool_choice=True), folder(tmp_path))
+    assert "tools" not in parsed.unsupported_fields and "best_of" in parsed.unsupported_fields
+    argv = engine.argv(model(tmp_path, tool_call_parser="hermes", enable_auto_tool_choice=True), Path("/m"), 1)
+    assert argv[argv.index("--tool-call-parser") + 1] == "hermes" and "--enable-auto-tool-choice" in argv

@@ -88,3 +88,32 @@ def test_model_file_paths_are_shown_to_an_operator_not_to_an_api_key(tmp_path):
             assert data and all(("path" in m) is shown for m in data), key
             one = c.get(f"/v1/models/{data[0]['id']}", headers=bearer(key)).json()
             assert ("path" in one) is shown
+
+
+def test_a_reload_rotates_the_keys_and_needs_the_admin_key(tmp_path):
+    from warmstart.errors import ConfigError
+
+    new_admin, new_api = "admin-key-rotated-0123456789", "api-key-rotated-0123456789"
+    loads = [parse_config({"server": {"data_dir": str(tmp_path)},
+                           "auth": {"api_keys": [new_api], "admin_keys": [new_admin]}}, base_dir=tmp_path)]
+
+    def load():
+        if not loads:
+            raise ConfigError("auth.api_keys", "<hidden>", "each key must be at least 16 printable characters")
+        return loads.pop()
+
+    config = parse_config({"server": {"data_dir": str(tmp_path)},
+                           "auth": {"api_keys": [API_KEY], "admin_keys": [ADMIN_KEY]}}, base_dir=tmp_path)
+    metrics = Metrics()
+    app = create_app(config, Pool(config, create_engines(tmp_path), SystemClock(), metrics), metrics, load=load)
+    with TestClient(app) as c:
+        assert c.post("/admin/reload").status_code == 401
+        assert c.post("/admin/reload", headers=bearer(API_KEY)).status_code == 403
+        r = c.post("/admin/reload", headers=bearer(ADMIN_KEY))
+        assert r.status_code == 200 and r.json()["settings_applied"] == ["auth"], r.json()
+        assert c.get("/v1/models", headers=bearer(API_KEY)).status_code == 401  # the old key no longer opens it
+        assert c.get("/v1/models", headers=bearer(new_api)).status_code == 200
+        r = c.post("/admin/reload", headers=bearer(new_admin))  # a config that does not load: the keys stay
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_config"
+        assert "keeps serving" in r.json()["error"]["message"]
+        assert c.get("/v1/models", headers=bearer(new_api)).status_code == 200

@@ -220,3 +220,28 @@ def test_a_message_without_content_is_refused_unless_an_assistant_calls_a_tool()
             check_request(req({"role": "user", "content": "hi"}, message) if i else req(message), LLAMA)
         assert err.value.param == f"messages[{i}].content"
     check_request(req({"role": "tool", "content": None}), CHAT)  # an engine that declares nothing gets it as sent
+
+
+VLLM = Capabilities(chat=True, context_length=512, unsupported_fields=("best_of", "suffix"), max_choices=128,
+                    max_greedy_choices=1, engine="vLLM")
+
+
+def test_a_refusal_names_the_engine_and_more_greedy_choices_than_it_makes_are_refused():
+    with pytest.raises(InvalidRequest, match=r"'best_of' is not supported by this model's engine \(vLLM\)"):
+        check_request(chat(best_of=2), VLLM)
+    with pytest.raises(InvalidRequest, match=r"engine \(vLLM\) makes 1 choice with greedy sampling") as err:
+        check_request(chat(n=2, temperature=0), VLLM)
+    assert err.value.param == "n"
+    check_request(chat(n=2, temperature=0.7), VLLM)  # sampled: as many as asked
+    check_request(chat(n=2), VLLM)  # the model's own default temperature: left to the engine
+    check_request(chat(n=2, temperature=0), LLAMA)  # llama.cpp makes greedy choices alike
+
+
+def test_inert_values_of_unsupported_fields_are_left_out_of_the_engine_body():
+    from warmstart.gateway.translate import inert_fields
+
+    req = chat(tool_choice="none", store=False, best_of=1, logprobs=True)
+    leave_out = inert_fields(req, Capabilities(chat=True, unsupported_fields=("tool_choice", "store", "best_of")))
+    assert leave_out == {"tool_choice", "store", "best_of"}
+    body = json.loads(engine_body(req, leave_out=leave_out))
+    assert "tool_choice" not in body and "store" not in body and "best_of" not in body and body["logprobs"] is True

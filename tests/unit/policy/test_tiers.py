@@ -106,3 +106,28 @@ def test_the_default_policy_prices_the_ram_it_chooses_and_waits_less_for_it():
     assert auto["cold_requests"] < 0.6 * disk["cold_requests"]
     # for 0.08 x 6,700 s held per silence, against 20 x 29 requests x 15 s a faster start saves
     assert auto["ram_cost_fraction"] < 0.08
+
+
+def test_weights_stay_in_ram_no_longer_than_the_longest_gap_the_model_was_seen_to_have():
+    # a model that wakes every 4000 s with 60 requests: the prior's unseen long gaps, priced at its bursts,
+    # alone would hold its weights in RAM for two days after every burst (ram_evidence 0, as before)
+    arrivals = bursts(every=4000.0, size=60, count=30)
+    last = float(arrivals[-1])
+
+    def held(arrivals: np.ndarray, evidence: float) -> float:
+        policy = PredictivePolicy(PredictiveParams(ram_evidence=evidence))
+        obs = Observation("m", arrivals, 30.0, ram_cold_start_s=15.0, ram_price_s=0.08)
+        until = ram_until(policy.decide(obs, policy.initial_state(), float(arrivals[-1]) + 3000)[0],
+                          float(arrivals[-1]), recent=60)
+        assert until is not None
+        return until - float(arrivals[-1])
+
+    assert held(arrivals, evidence=0.0) == 2 * 86400.0
+    cap = float(EDGES[EDGES > 4000][0])  # the end of the bin the 4000 s gaps fall in
+    assert held(arrivals, evidence=1.0) == cap
+    assert PredictiveParams().ram_evidence == 1.0
+    # once the model has been seen silent for a day, a hold may reach that far
+    slept = np.concatenate([arrivals, bursts(every=4000.0, size=60, count=30, start=last + 86400.0)])
+    policy = PredictivePolicy()
+    state = policy.observe(Observation("m", slept, 30.0), policy.initial_state(), float(slept[-1]) + 3000)
+    assert policy.ram_cap(state) == float(EDGES[EDGES > 86400][0])

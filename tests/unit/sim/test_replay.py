@@ -163,3 +163,33 @@ def test_the_oracle_stays_on_disk():
     report = simulate(trace, make_policy("oracle"), 30.0, RamTier(3600.0, 12.0, 0.08))
     assert report["ram_resident_s"] == 0
     assert report["loaded_replica_s"] == pytest.approx(oracle_cost(arrivals["a"], 30.0))
+
+
+def test_a_learned_policy_keeps_the_replica_its_history_left_loaded_while_its_plan_says_so():
+    # two days of a request every 100 s: the predictive policy learns a keep-alive of at least 180 s. The
+    # judged window opens 50 s after the last of them, its first request 10 s later: the replica the
+    # running server had is still loaded under that plan (not unloaded at the window's start on the pool's
+    # floor keep-alive of 0 and started again), so the request is warm and nothing starts
+    past = np.arange(0.0, 2 * 86400.0, 100.0)
+    start = float(past[-1]) + 50.0
+    trace = Trace("t", {"m": np.array([start + 10.0])}, start, start + 3600.0)
+    history = Trace("h", {"m": past}, 0.0, start)
+    out = simulate(trace, make_policy("predictive"), 30.0, history=history)
+    assert out["cold_requests"] == 0
+    assert out["starts"] == {}
+
+
+def test_the_novel_silence_bound_counts_first_bursts_and_bursts_after_silences_longer_than_any_before():
+    from warmstart.sim.run import novel_silence_bound
+
+    h = 3600.0
+    # "old": history gaps of up to 10 h, last request at 0; in the trace a 12 h silence (longer than 4 h and
+    # than any before: its 3 requests within the 30 s start count), then a 6 h one (shorter than 12 h: not
+    # novel), then a 20 h one (novel again: 2 requests). "new": never in the history, its first burst of 2.
+    history = Trace("h", {"old": np.array([-20 * h, -10 * h, 0.0])}, -20 * h, 1.0)
+    old = np.array([12 * h, 12 * h + 5, 12 * h + 10, 18 * h, 38 * h, 38 * h + 29])
+    new = np.array([h, h + 20, h + 40])
+    trace = Trace("t", {"old": old, "new": new}, 1.0, 40 * h)
+    out = novel_silence_bound(trace, 30.0, history)
+    assert (out["first_burst_requests"], out["novel_silence_requests"]) == (2, 5)
+    assert out["min_cold_fraction"] == 7 / 9

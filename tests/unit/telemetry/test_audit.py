@@ -317,7 +317,7 @@ class LlamaLike:
 
     kind = "llamacpp"
 
-    def version(self) -> str:
+    def version(self, model: object = None) -> str:
         return "llama-cpp-python 0.3.36"
 
 
