@@ -57,6 +57,7 @@ class PlacedReplica(Protocol):
     need_bytes: int
     in_flight: int
     idle_since: float | None
+    evicting: bool
 
 
 def node_facts(nodes: Iterable[Any], replicas: Iterable[PlacedReplica]) -> list[rules.NodeFacts]:
@@ -75,7 +76,8 @@ def node_facts(nodes: Iterable[Any], replicas: Iterable[PlacedReplica]) -> list[
             if r.state in rules.RUNNING:
                 tiers[r.model] = rules.LOADED
         idle = tuple(rules.IdleModel(r.model, r.id, r.need_bytes, r.idle_since) for r in mine
-                     if r.state is ReplicaState.WARM and r.in_flight == 0 and r.idle_since is not None)
+                     if r.state is ReplicaState.WARM and r.in_flight == 0 and r.idle_since is not None
+                     and not r.evicting)  # already promised to a start under way
         starting = sum(1.0 for r in mine if r.state is ReplicaState.STARTING)
         fetched = node.status.get("fetched_bps")
         rates = rules.NodeRates(net_bps=fetched) if fetched else rules.NodeRates()

@@ -30,7 +30,7 @@ from warmstart.pool.states import ReplicaState
 from warmstart.sim.traces import Trace
 
 S = ReplicaState
-READY, EXPIRE, EVICT = 0, 1, 2  # events on the virtual clock, besides arrivals
+READY, EXPIRE, FETCHED = 0, 1, 2  # events on the virtual clock, besides arrivals
 
 
 @dataclass
@@ -49,7 +49,7 @@ class SimNode:
     evictions: int = 0
     unloads: int = 0
     loaded_s: float = 0.0
-    used_bytes: int = 0
+    used_bytes: int = 0  # of the engines loaded or loading here (a start's from when its weights are here)
     peak_bytes: int = 0
 
     @property
@@ -81,6 +81,7 @@ class _Replay:
     replicas: dict[str, Replica] = field(default_factory=dict)  # model -> its one replica
     events: list[tuple[float, int, int, Replica]] = field(default_factory=list)
     by_id: dict[str, Replica] = field(default_factory=dict)  # replicas loaded, by id (what evictions name)
+    victims: dict[str, list[Replica]] = field(default_factory=dict)  # a fetching start's id -> whom it unloads
     seq: int = 0
     waits: list[float] = field(default_factory=list)
     requests: int = 0
@@ -98,8 +99,8 @@ class _Replay:
             when, _, kind, replica = heapq.heappop(self.events)
             if self.replicas.get(replica.model) is not replica:
                 continue  # unloaded since (evicted)
-            if kind == EVICT:  # the weights are on the node now: unload it, if it is still idle
-                self.advance_evict(replica, when)
+            if kind == FETCHED:  # the weights are on the node now: unload the victims, the engine loads
+                self.load(replica, self.victims.pop(replica.id, []), when)
             elif kind == READY:
                 replica.move(S.WARM)
                 replica.idle_since = replica.warm_at = when  # held requests are served the moment it is ready
@@ -160,13 +161,7 @@ class _Replay:
             node.fetches += 1
             node.fetched_bytes += self.size
             node.files.add(model)
-        for idle in decision.evict:  # as the live pool does: once the weights are there (after the fetch)
-            victim = self.by_id.get(idle.replica)
-            if victim is not None:
-                if fetch:
-                    self.push(now + fetch, EVICT, victim)
-                else:
-                    self.advance_evict(victim, now)
+        victims = [v for idle in decision.evict if (v := self.by_id.get(idle.replica)) is not None]
         seconds = fetch + self.cold_start
         self.started += 1
         if self.start_log is not None:
@@ -178,17 +173,25 @@ class _Replay:
         self.replicas[model] = replica
         self.by_id[replica.id] = replica
         node.starts += 1
-        node.used_bytes += need  # counted from now, as placement counts it (the victims' until they go)
-        if not (fetch and decision.evict):
-            node.peak_bytes = max(node.peak_bytes, node.used_bytes)
+        if fetch:  # as the live pool does: the victims unloaded once the weights are there, after the fetch
+            for victim in victims:
+                victim.evicting = True  # as the live pool marks them: not offered as room again meanwhile
+            self.victims[replica.id] = victims
+            self.push(now + fetch, FETCHED, replica)
+        else:
+            self.load(replica, victims, now)
         self.push(replica.warm_at, READY, replica)
         return replica
 
-    def advance_evict(self, victim: Replica, now: float) -> None:
-        if victim.state is S.WARM and victim.in_flight == 0:
-            self.unload(victim, now, evicted=True)
-        node = self.nodes[victim.node or ""]
-        node.peak_bytes = max(node.peak_bytes, node.used_bytes)  # the new engine loads once room is made
+    def load(self, replica: Replica, victims: list[Replica], now: float) -> None:
+        """The start's weights are on its node: unload its victims (still idle), then its engine loads."""
+        for victim in victims:
+            victim.evicting = False
+            if self.replicas.get(victim.model) is victim and victim.state is S.WARM and victim.in_flight == 0:
+                self.unload(victim, now, evicted=True)
+        node = self.nodes[replica.node or ""]
+        node.used_bytes += replica.need_bytes
+        node.peak_bytes = max(node.peak_bytes, node.used_bytes)
 
     def finish(self, end: float) -> None:
         """Count what is still loaded at the trace's end (up to its keep-alive, when that comes first)."""
