@@ -91,7 +91,7 @@ def build_core(config: Config) -> Core:
 
     ProcessLedger(data_dir / "run" / "engines").sweep()  # engines an earlier, crashed warmstart left behind
     clock = SystemClock()
-    metrics = Metrics()
+    metrics = Metrics(node_label=config.cluster.enabled)  # many machines: per-model metrics per node too
     seals = load_seals(config)
     digests = DigestCache(data_dir / "digests.json", seals)
     audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=digests,

@@ -5,7 +5,7 @@ real llama.cpp engines on SmolLM2. One cluster and one server for the module, th
   n1: 200 MiB for engines (too little to run one): holds smol-b, and smol-c corrupted
   n2: 600 MiB (room for one replica): holds smollm2 on disk
   n3: 600 MiB: holds smollm2, which the test holds in its RAM tier
-  n4: joins late, holds smol-d only
+  n4: joins late, holds smol-d only, then smol-cmd (the command engine: llama.cpp's own server)
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import pytest
 from tests.e2e.conftest import browser, browser_missing  # noqa: F401 - the browser fixture
 from tests.e2e.test_pages import until
 from tests.faults import metric_sum
+from tests.integration.test_command_engine import llama_cpp_server
 from tests.integration.test_serving import sse_events
 from tests.support import SMOLLM2, Server, chat, config_text, free_port, pid_alive, smollm2
 
@@ -39,7 +40,7 @@ ray = pytest.importorskip("ray", reason="the cluster extra (Ray) is installed by
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-SMOL, B, C, D = "smollm2-135m-instruct", "smol-b", "smol-c", "smol-d"
+SMOL, B, C, D, CMD = "smollm2-135m-instruct", "smol-b", "smol-c", "smol-d", "smol-cmd"
 MiB = 1 << 20
 NO_EOS = {"2": -100}  # SmolLM2's end-of-text token: a long answer that does not stop early
 
@@ -99,6 +100,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         cluster.add_node(num_cpus=0, memory=memory, resources={f"warmstart_node_{name}": 1})
     ray.init(address=cluster.address, log_to_driver=False)
     models = [smollm2(keep_alive="10m", max_concurrency=1)] + [smollm2(name=m, keep_alive="10m") for m in (B, C, D)]
+    models.append({**llama_cpp_server(), "name": CMD})
     config = tmp / "warmstart.toml"
     config.write_text(config_text(models, {"queue_deadline": "120s", "engine_timeout": "20s"}, {
         "cluster": {"backend": "ray", "address": cluster.address, "node_dir": str(node_dir), "head_engines": False,
@@ -137,6 +139,11 @@ def test_a_model_is_placed_on_the_node_holding_it_in_ram(world: World) -> None:
     assert world.nodes()["n3"]["tiers"][SMOL] == "loaded"
     assert metric_sum(world.srv, "warmstart_node_replicas", node="n3", model=SMOL, state="warm") == 1
     assert metric_sum(world.srv, "warmstart_node_up", node="n2") == 1
+    # the per-model metrics name the node the replica ran on
+    assert metric_sum(world.srv, "warmstart_cold_start_seconds_count", model=SMOL, phase="total", node="n3") == 1
+    assert metric_sum(world.srv, "warmstart_starts_total", model=SMOL, outcome="ok", node="n3") == 1
+    assert metric_sum(world.srv, "warmstart_requests_total", model=SMOL, start="cold", code="200", node="n3") == 1
+    assert metric_sum(world.srv, "warmstart_time_to_first_token_seconds_count", model=SMOL, node="n3") == 1
     header, *rows = cli(world.srv, "ps").splitlines()
     assert "NODE" in header.split()
     assert [r.split()[5] for r in rows if r.startswith(SMOL)] == ["n3"]
@@ -174,6 +181,8 @@ def test_a_model_held_only_on_a_peer_is_fetched_checked_and_started(world: World
     fetch = record["details"]["fetch"]
     assert fetch["source"] == "n1" and fetch["sha256"] == world.sha256 and fetch["gbps"] > 0
     assert record["node"] == node and any(p["phase"] == "fetch" for p in record["phases"])
+    assert metric_sum(world.srv, "warmstart_cold_start_seconds_count", model=B, phase="fetch", node=node) == 1
+    assert metric_sum(world.srv, "warmstart_cold_start_last_seconds", model=B, phase="fetch", node=node) > 0
 
 
 def test_a_corrupted_transfer_is_refused_and_no_engine_sees_it(world: World) -> None:
@@ -210,7 +219,7 @@ def test_a_full_node_unloads_its_least_recently_used_idle_model(world: World) ->
     assert headers["x-warmstart-node"] == "n2"
     assert world.srv.model(B)["state"] == "cold"
     assert world.srv.model(SMOL)["state"] == "warm"
-    assert metric_sum(world.srv, "warmstart_unloads_total", model=B, reason="evicted") == 1
+    assert metric_sum(world.srv, "warmstart_unloads_total", model=B, reason="evicted", node="n2") == 1
 
 
 def test_a_node_that_joins_late_is_used(world: World) -> None:
@@ -222,6 +231,28 @@ def test_a_node_that_joins_late_is_used(world: World) -> None:
     status, headers, body = world.srv.post("/v1/chat/completions", chat(model=D, max_tokens=4))
     assert status == 200, body
     assert headers["x-warmstart-node"] == "n4"
+
+
+def test_a_command_engine_runs_on_a_node(world: World) -> None:
+    # the agent runs the same CommandEngine as one box: its server listens on the node's address, its
+    # phases come back to the head; n4 is full (smol-d, idle): the only holder unloads it to make room
+    place(world.weights, world.node_dir, "n4", CMD)
+    world.srv.wait_for(lambda: world.nodes()["n4"]["tiers"].get(CMD) == "disk", timeout=20)
+    status, headers, body = world.srv.post("/v1/chat/completions", chat(model=CMD, max_tokens=12))
+    assert status == 200, body
+    assert headers["x-warmstart-node"] == "n4" and "Oslo" in body["choices"][0]["message"]["content"]
+    replica = world.replica(CMD)
+    cmdline = Path(f"/proc/{replica['pid']}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1].endswith(b"llama_server.py") and str(model_file(world.node_dir, "n4", CMD)).encode() in cmdline
+    phases = world.srv.model(CMD)["last_start"]["phases"]
+    assert {"verify", "spawn", "load", "ready"} <= set(phases), phases
+    assert metric_sum(world.srv, "warmstart_cold_start_seconds_count", model=CMD, engine="command", phase="total",
+                      node="n4") == 1
+    status, headers, raw = world.srv.request("POST", "/v1/chat/completions", chat(model=CMD, max_tokens=6,
+                                                                                  stream=True))
+    assert status == 200 and headers["x-warmstart-start"] == "warm" and headers["x-warmstart-node"] == "n4"
+    assert raw.decode().rstrip().endswith("data: [DONE]")
+    assert metric_sum(world.srv, "warmstart_unloads_total", model=D, reason="evicted", node="n4") == 1
 
 
 def test_a_node_killed_mid_stream_loses_no_request_that_had_not_started_streaming(world: World) -> None:
@@ -253,6 +284,7 @@ def test_a_node_killed_mid_stream_loses_no_request_that_had_not_started_streamin
     srv.wait_for(lambda: not world.nodes()["n3"]["alive"], timeout=60, interval=0.5)
     failures = [r for r in audit_records(srv) if r["event"] == "failure" and r["model"] == SMOL]
     assert failures and failures[-1]["node"] == "n3"
+    assert metric_sum(srv, "warmstart_replica_failures_total", model=SMOL, stage="running", node="n3") == 1
 
 
 def cli(srv: Server, *args: str) -> str:

@@ -53,6 +53,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: store.ram_price's default, 0.005)")
     p.add_argument("--model-gib", type=float, default=DEFAULT_MODEL_GIB, metavar="GiB",
                    help=f"size of each model's weights, for the RAM price (default {DEFAULT_MODEL_GIB:g})")
+    p.add_argument("--nodes", type=int, metavar="N",
+                   help="replay across N nodes (a cluster), placing each start with the live pool's rules.place; "
+                        "fixed keep-alive policies only; each model's weights are --model-gib")
+    p.add_argument("--node-memory", default="64GiB", metavar="SIZE[,SIZE...]",
+                   help="memory for engines per node with --nodes: one size for all, or one per node "
+                        "(default 64GiB)")
+    p.add_argument("--files", choices=["spread", "all"], default="spread",
+                   help="with --nodes: each model's file on one node in turn, the others fetch it (spread, "
+                        "default), or on every node (all)")
+    p.add_argument("--net-gbps", type=float, default=1.25, metavar="GB/s",
+                   help="with --nodes: the rate of a fetch from a peer (default 1.25, 10 Gbit/s)")
     p.add_argument("--json", help="write the results as JSON to this file ('-': to stdout, the table to stderr)")
     p.add_argument("--plot", help="write a PNG of cost against warm %% to this file")
 
@@ -191,6 +202,8 @@ def run_simulation(args: argparse.Namespace, log: Any = None, on_trace: Any = No
     log(f"trace {trace.name}: {trace.requests:,} requests, {len(trace.arrivals)} models, "
         f"{(trace.end - trace.start) / 86400:.2f} days (read in {time.perf_counter() - t0:.1f} s)"
         + (f"; history {history.requests:,} requests of {len(history.arrivals)} of them" if history else ""))
+    if getattr(args, "nodes", None) is not None:
+        return run_on_nodes(args, trace, policies, cold, path, fmt, log)
     results: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     for i, (name, policy) in enumerate(policies.items()):
@@ -216,6 +229,67 @@ def run_simulation(args: argparse.Namespace, log: Any = None, on_trace: Any = No
     }
 
 
+def parse_nodes(args: argparse.Namespace) -> list[Any]:
+    """--nodes and --node-memory, checked: the simulated nodes, named n1..nN."""
+    from warmstart.sim.nodes import SimNode
+    from warmstart.store.tiers import parse_size
+
+    if args.nodes < 1:
+        raise CLIError(f"--nodes {args.nodes}: expected at least 1 node")
+    try:
+        sizes = [parse_size(s) for s in str(args.node_memory).split(",")]
+    except ValueError as exc:
+        raise CLIError(f"--node-memory {args.node_memory!r}: {exc}") from None
+    if len(sizes) not in (1, args.nodes) or not all(sizes):
+        raise CLIError(f"--node-memory {args.node_memory!r}: give one size above 0 for every node, or "
+                       f"{args.nodes} sizes separated by commas")
+    if not (args.net_gbps > 0 and math.isfinite(args.net_gbps)):
+        raise CLIError(f"--net-gbps {args.net_gbps!r}: expected a positive rate in GB/s")
+    return [SimNode(f"n{i + 1}", sizes[i if len(sizes) > 1 else 0]) for i in range(args.nodes)]
+
+
+def run_on_nodes(args: argparse.Namespace, trace: Any, policies: dict[str, Any], cold: float, path: Path,
+                 fmt: str, log: Any) -> dict[str, Any]:
+    """`--nodes`: each fixed keep-alive policy replayed across the nodes (warmstart.sim.nodes)."""
+    from warmstart.sim.nodes import simulate_nodes, spread_files
+
+    if args.policy == DEFAULT_POLICIES:  # the curve of fixed keep-alives
+        policies = {n: p for n, p in policies.items() if n.startswith("keepalive-")}
+    other = [n for n in policies if not n.startswith("keepalive-")]
+    if other:
+        raise CLIError(f"--policy {','.join(other)}: with --nodes only keepalive-<seconds>s policies are replayed "
+                       "(the warming controller and the RAM tier are not replayed across nodes yet)")
+    size = int(args.model_gib * (1 << 30))
+    results: dict[str, Any] = {}
+    for name, policy in policies.items():
+        nodes = parse_nodes(args)
+        spread_files(list(trace.arrivals), nodes, args.files)
+        t = time.perf_counter()
+        results[name] = simulate_nodes(trace, nodes, keep_alive=policy.keep_alive, cold_start=cold, size=size,
+                                       net_bps=args.net_gbps * 1e9)
+        log(f"  {name}: {time.perf_counter() - t:.1f} s")
+    return {"trace": str(path), "format": fmt, "cold_start_s": cold, "models": len(trace.arrivals),
+            "requests": trace.requests, "model_gib": args.model_gib, "files": args.files,
+            "net_gbps": args.net_gbps, "policies": results,
+            "nodes": {n.name: n.memory_bytes for n in parse_nodes(args)}}
+
+
+def nodes_table(report: dict[str, Any]) -> str:
+    from warmstart.cli_format import columns
+
+    rows: list[tuple[str, ...]] = [("policy", "node", "memory GiB", "starts", "fetches", "evicted",
+                                    "loaded h", "peak GiB", "warm %", "refused", "cold p99 s")]
+    for name, r in report["policies"].items():
+        for node, n in r["nodes"].items():
+            rows.append((name, node, f"{n['memory_bytes'] / (1 << 30):.0f}", f"{n['starts']:,}", f"{n['fetches']:,}",
+                         f"{n['evictions']:,}", f"{n['loaded_replica_s'] / 3600:,.1f}",
+                         f"{n['peak_used_bytes'] / (1 << 30):.1f}", "", "", ""))
+        rows.append((name, "all", f"{sum(report['nodes'].values()) / (1 << 30):.0f}", f"{r['starts']:,}",
+                     f"{r['fetches']:,}", f"{r['evictions']:,}", f"{r['loaded_replica_s'] / 3600:,.1f}", "",
+                     f"{100 * r['warm_fraction']:.3f}", f"{r['refused']:,}", f"{r['wait_p99_s']:.1f}"))
+    return "\n".join(columns(rows, numbers=True, rule=True))
+
+
 @command("simulate")
 def _simulate(args: argparse.Namespace) -> int:
     from warmstart.progress import Progress
@@ -224,6 +298,11 @@ def _simulate(args: argparse.Namespace) -> int:
     with json_on_stdout(args.json) as json_path:  # `--json -`: the JSON alone on stdout, the table on stderr
         with Progress("simulate"):
             report = run_simulation(args)
+        if getattr(args, "nodes", None) is not None:
+            print(nodes_table(report))
+            if json_path:
+                write_json(Path(json_path), report)
+            return 0
         print(table(report["policies"], report["oracle"], tiers=report["ram_tier"]["keep_alive_s"] != 0 or any(
             r["ram_resident_s"] for r in report["policies"].values()), judged=report["frontier"]))
         if json_path:

@@ -25,6 +25,7 @@ from typing import Any
 from warmstart.cluster.chunks import offer_file, receive_checked
 from warmstart.config import ModelConfig
 from warmstart.engines.base import StartReport
+from warmstart.engines.command import CommandEngine
 from warmstart.engines.llamacpp import LlamaCppEngine
 from warmstart.engines.llamacpp_router import RouterInstance
 from warmstart.engines.process import ManagedProcess
@@ -38,7 +39,8 @@ OFFER_TIMEOUT = 30.0  # seconds a stream from a peer may go silent
 # how a peer fetch moves the bytes: "stream", one TCP connection between the two agents (set up through Ray,
 # a one-time token), or "object_store", chunks returned through Ray's object store. Measured here (warmstart
 # bench cluster): the stream at the raw TCP ceiling's rate less hashing, the object store at about a tenth
-TRANSPORTS = ("stream", "object_store")
+# ("stream-buffered": the stream read through a buffer of our own rather than spliced into the file, for the bench)
+TRANSPORTS = ("stream", "stream-buffered", "object_store")
 
 
 def model_file(models_dir: Path, model: str) -> Path:
@@ -53,7 +55,10 @@ class NodeAgent:
         self.models_dir = self.dir / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.host = host
-        self.engine = LlamaCppEngine(self.dir, host=host)
+        # the engines a node runs on a model's one file, by kind: the same classes as on one box, listening on
+        # the node's address (vLLM's models are checkpoint folders, which nodes do not hold or fetch yet)
+        self.kinds: dict[str, LlamaCppEngine | CommandEngine] = {
+            "llamacpp": LlamaCppEngine(self.dir, host=host), "command": CommandEngine(self.dir, host=host)}
         self.digests = DigestCache(self.dir / "digests.json")
         # a tmpfs folder of its own: several nodes (and several clusters) may share one machine's /dev/shm
         tag = hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:12]
@@ -102,6 +107,10 @@ class NodeAgent:
     async def start(self, model: ModelConfig, replica: str, sha256: str) -> dict[str, Any]:
         """Start an engine on the model's file here (its RAM copy when held), after checking the file against
         `sha256`; returns its pid, URL and the start's phases, or the error that stopped it."""
+        engine = self.kinds.get(model.engine)
+        if engine is None:
+            return {"error": f"model '{model.name}': engine {model.engine} does not run on cluster nodes (only "
+                             f"{' and '.join(self.kinds)}, on one model file)"}
         path = self.path_of(model.name)
         if path is None:
             return {"error": f"node {self.name} holds no file of model '{model.name}'"}
@@ -114,7 +123,7 @@ class NodeAgent:
         verify_s = time.monotonic() - began
         report = StartReport()
         try:
-            proc = await self.engine.start(model, self.tier.path_for(model.name, path), report, replica)
+            proc = await engine.start(model, self.tier.path_for(model.name, path), report, replica)
         except Exception as exc:
             return {"error": f"{type(exc).__name__}: {exc}", "phases": report.phases}
         self.engines[proc.pid] = (model.name, proc)
@@ -193,13 +202,17 @@ class NodeAgent:
         refused and the next source tried. Returns the source, bytes, seconds and refusals."""
         target = model_file(self.models_dir, model)
         refused: list[dict[str, str]] = []
-        if transport == "stream" and chunks:  # checked piece by piece on every core (warmstart.cluster.chunks)
+        asked: list[float] = []  # seconds the peer took to answer the offer (the Ray call), for the bench
+        if transport.startswith("stream") and chunks:  # checked piece by piece on every core (cluster.chunks)
             async def pull(handle: Any, model: str, size: int, partial: Path) -> str:
+                t = time.monotonic()
                 offer = await handle.offer.remote(model)
-                await asyncio.to_thread(receive_checked, offer, size, partial, tuple(chunks))
+                asked.append(time.monotonic() - t)
+                await asyncio.to_thread(receive_checked, offer, size, partial, tuple(chunks),
+                                        transport == "stream")
                 return sha256  # every piece is the head's: the file is the one the manifest's sha256 names
         else:
-            pull = self._pull_stream if transport == "stream" else self._pull
+            pull = self._pull_stream if transport.startswith("stream") else self._pull
         for source, handle in sources:
             partial = target.with_name(target.name + ".partial")
             began = time.monotonic()
@@ -217,7 +230,8 @@ class NodeAgent:
             os.replace(partial, target)
             seconds = time.monotonic() - began
             self.fetched_bps = size / seconds if seconds > 0 else None
-            return {"source": source, "bytes": size, "seconds": seconds, "refused": refused, "transport": transport}
+            return {"source": source, "bytes": size, "seconds": seconds, "refused": refused, "transport": transport,
+                    "offer_seconds": asked[-1] if asked else None}
         return {"error": f"no peer gave model '{model}' intact", "refused": refused}
 
     async def offer(self, model: str) -> dict[str, Any]:

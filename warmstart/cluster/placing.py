@@ -24,6 +24,15 @@ from warmstart.telemetry.metrics import Metrics
 
 FETCH = "fetch"  # the cold-start phase of copying the weights from a peer
 ENGINE_OVERHEAD = 256 << 20  # bytes an engine takes beyond its weights (llama.cpp: context, buffers)
+NODE_ENGINES = ("llamacpp", "command")  # what a node agent runs (warmstart.cluster.agent), on a model's one file
+
+
+def not_on_nodes(model: ModelConfig) -> str | None:
+    """Why the model cannot start on a cluster node, None when it can."""
+    if model.engine in NODE_ENGINES:
+        return None
+    return (f"model '{model.name}' uses the {model.engine} engine, which does not run on cluster nodes yet "
+            f"(only {' and '.join(NODE_ENGINES)}, on one model file); serve it from a single-box warmstart")
 
 
 class NodeLost(EngineError):
@@ -48,6 +57,7 @@ class PlacedReplica(Protocol):
     need_bytes: int
     in_flight: int
     idle_since: float | None
+    evicting: bool
 
 
 def node_facts(nodes: Iterable[Any], replicas: Iterable[PlacedReplica]) -> list[rules.NodeFacts]:
@@ -66,7 +76,8 @@ def node_facts(nodes: Iterable[Any], replicas: Iterable[PlacedReplica]) -> list[
             if r.state in rules.RUNNING:
                 tiers[r.model] = rules.LOADED
         idle = tuple(rules.IdleModel(r.model, r.id, r.need_bytes, r.idle_since) for r in mine
-                     if r.state is ReplicaState.WARM and r.in_flight == 0 and r.idle_since is not None)
+                     if r.state is ReplicaState.WARM and r.in_flight == 0 and r.idle_since is not None
+                     and not r.evicting)  # already promised to a start under way
         starting = sum(1.0 for r in mine if r.state is ReplicaState.STARTING)
         fetched = node.status.get("fetched_bps")
         rates = rules.NodeRates(net_bps=fetched) if fetched else rules.NodeRates()
@@ -130,7 +141,8 @@ class Cluster:
     async def digest(self, path: Path) -> tuple[str, int]:
         """The sha256 and size of the model's file on the head (the manifest every node's copy must match)."""
         if not Path(path).is_file():
-            raise IntegrityError(f"{path} is not one file; on a cluster a model is one GGUF file")
+            raise IntegrityError(f"{path} is not one file; on a cluster a model is one file (a GGUF, for the "
+                                 "llamacpp or command engine): vLLM's checkpoint folders do not run on nodes yet")
         d = await asyncio.to_thread(self.digests.digest, Path(path))
         if d.sha256 not in self._chunks:  # once per file: what a fetch checks each piece of the copy against
             self._chunks[d.sha256] = await asyncio.to_thread(chunk_digests, Path(path))

@@ -41,8 +41,9 @@ def expand(argv: list[str], values: dict[str, str]) -> list[str]:
 class CommandEngine(NoRuntimes):
     kind = "command"
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir
+        self.host = host  # where its servers listen ({host}): loopback, or a cluster node's private address
         self.ledger = ProcessLedger(data_dir / "run" / "engines")
 
     def version(self, model: ModelConfig | None = None) -> str:
@@ -70,7 +71,7 @@ class CommandEngine(NoRuntimes):
     async def start(self, model: ModelConfig, path: Path, report: StartReport, name: str) -> ManagedProcess:
         options = model.options
         port = free_port()
-        values = {"port": str(port), "model_path": str(path), "model_name": model.name, "host": "127.0.0.1",
+        values = {"port": str(port), "model_path": str(path), "model_name": model.name, "host": self.host,
                   "python": sys.executable}
         argv = expand(list(options["command"]), values)
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
@@ -82,7 +83,7 @@ class CommandEngine(NoRuntimes):
         proc = await ManagedProcess.spawn(argv, env=env, log_path=log_path, ledger=self.ledger, replica=name)
         offset = proc.log_path.stat().st_size
         report.done(SPAWN, time.monotonic() - began)
-        proc.base_url = f"http://127.0.0.1:{port}"
+        proc.base_url = f"http://{self.host}:{port}"
         proc.health_path = options.get("health_path", "/v1/models")
         try:
             await self._wait_ready(proc, offset, options.get("ready_pattern"), proc.health_path, report,

@@ -41,9 +41,10 @@ async def generate(services: Services, request: Request, req: ModelRequest, path
         nonlocal counted
         counted = True
         start = lease.start if lease is not None else arrival_start
-        services.counted(model, start, status).inc()
+        node = lease.replica.node if lease is not None else None
+        services.counted(model, start, status, node).inc()
         if ttft is not None:
-            services.ttft(model, start).observe(ttft)
+            services.ttft(model, start, node).observe(ttft)
         used = tokens(answer) if status == 200 else (None, None)
         if used[0] or used[1]:
             prompt_tokens, generation_tokens = services.tokens(model)

@@ -34,22 +34,24 @@ class Services:
 
     def __post_init__(self) -> None:
         # labelled metric children, looked up once per label set rather than on every request
-        self._requests: dict[tuple[str, str, int], Any] = {}
-        self._ttft: dict[tuple[str, str], Any] = {}
+        self._requests: dict[tuple[str, str, int, str | None], Any] = {}
+        self._ttft: dict[tuple[str, str, str | None], Any] = {}
         self._tokens: dict[str, tuple[Any, Any]] = {}
 
-    def counted(self, model: str, start: str, status: int) -> Any:
-        key = (model, start, status)
+    def counted(self, model: str, start: str, status: int, node: str | None = None) -> Any:
+        """`node`: the node of the replica that answered (many machines), None when none did or on one box."""
+        key = (model, start, status, node)
         child = self._requests.get(key)
         if child is None:
-            child = self._requests[key] = self.metrics.requests.labels(model, start, str(status))
+            child = self._requests[key] = self.metrics.requests.labels(model, start, str(status),
+                                                                       *self.metrics.at(node))
         return child
 
-    def ttft(self, model: str, start: str) -> Any:
-        key = (model, start)
+    def ttft(self, model: str, start: str, node: str | None = None) -> Any:
+        key = (model, start, node)
         child = self._ttft.get(key)
         if child is None:
-            child = self._ttft[key] = self.metrics.ttft_seconds.labels(model, start)
+            child = self._ttft[key] = self.metrics.ttft_seconds.labels(model, start, *self.metrics.at(node))
         return child
 
     def tokens(self, model: str) -> tuple[Any, Any]:

@@ -61,7 +61,8 @@ class Books:
         """Count the replica's loaded seconds up to now."""
         now = self.clock.now()
         if replica.accounted_to is not None and replica.state in LIVE:
-            self.metrics.replica_loaded_seconds.labels(replica.model).inc(max(0.0, now - replica.accounted_to))
+            loaded = self.metrics.replica_loaded_seconds.labels(replica.model, *self.metrics.at(replica.node))
+            loaded.inc(max(0.0, now - replica.accounted_to))
             if self.store is not None:
                 self.store.add_loaded_seconds(replica.model, max(0.0, now - replica.accounted_to))
         replica.accounted_to = now
@@ -69,6 +70,8 @@ class Books:
     def init_series(self, name: str) -> None:
         """Create the counters' series at zero, so the first start or failure shows as an increase."""
         m = self.metrics
+        if m.node_label:  # a cluster: a series per node, made when a replica there first counts
+            return
         m.replica_loaded_seconds.labels(name)
         for trigger in TRIGGERS:
             for outcome in ("ok", "failed"):
@@ -96,17 +99,18 @@ class Books:
         phases = tuple(replica.report.phases)
         entry.starts.append(StartRecord(replica.id, replica.trigger, outcome, phases, total,
                                         replica.created_wall, error, replica.tier))
-        self.metrics.starts.labels(entry.name, replica.trigger, outcome).inc()
+        node = self.metrics.at(replica.node)
+        self.metrics.starts.labels(entry.name, replica.trigger, outcome, *node).inc()
         if outcome == "ok":
             hist, last = self.metrics.cold_start_seconds, self.metrics.cold_start_last_seconds
             engine = entry.config.engine
             for name, seconds in phases:
-                hist.labels(entry.name, engine, name).observe(seconds)
-            hist.labels(entry.name, engine, "total").observe(total)
-            # the last start replaces the previous one's phases, including any this start did not go through
+                hist.labels(entry.name, engine, name, *node).observe(seconds)
+            hist.labels(entry.name, engine, "total", *node).observe(total)
+            # the last start (on that node) replaces the previous one's phases, including any this one skipped
             for sample in list(next(iter(last.collect())).samples):
-                if sample.labels["model"] == entry.name:
-                    last.remove(entry.name, sample.labels["engine"], sample.labels["phase"])
+                if sample.labels["model"] == entry.name and node == self.metrics.at(sample.labels.get("node")):
+                    last.remove(entry.name, sample.labels["engine"], sample.labels["phase"], *node)
             for name, seconds in phases:
-                last.labels(entry.name, engine, name).set(seconds)
-            last.labels(entry.name, engine, "total").set(total)
+                last.labels(entry.name, engine, name, *node).set(seconds)
+            last.labels(entry.name, engine, "total", *node).set(total)

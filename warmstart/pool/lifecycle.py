@@ -124,7 +124,7 @@ class Lifecycle:
         books = self._books
         now = books.clock.now
         # stop() counted up to its move to COLD; the engine process was loaded until now
-        books.metrics.replica_loaded_seconds.labels(entry.name).inc(
+        books.metrics.replica_loaded_seconds.labels(entry.name, *books.metrics.at(replica.node)).inc(
             max(0.0, now() - (replica.accounted_to or began)))
         books.start_finished(entry, replica, "cancelled", now() - began, None)
         with contextlib.suppress(Exception):
@@ -140,7 +140,7 @@ class Lifecycle:
         entry.last_failure = error
         replica.move(S.FAILED)
         books.start_finished(entry, replica, "failed", books.clock.now() - began, error)
-        books.metrics.replica_failures.labels(entry.name, stage).inc()
+        books.metrics.replica_failures.labels(entry.name, stage, *books.metrics.at(replica.node)).inc()
         log.warning("replica %s failed to start: %s", replica.id, error)
         if not any(r.state in (S.STARTING, S.WARM) for r in entry.replicas):
             # nothing else will serve them: tell every held request now rather than at the deadline
@@ -171,7 +171,7 @@ class Lifecycle:
         replica.error = error
         entry.last_failure = error
         replica.move(S.FAILED)
-        books.metrics.replica_failures.labels(entry.name, "running").inc()
+        books.metrics.replica_failures.labels(entry.name, "running", *books.metrics.at(replica.node)).inc()
         log.warning("replica %s failed: %s", replica.id, error)
         books.spawn(books.audit.record("failure", model=entry.config, path=entry.path, replica=replica,
                                        engine=entry.engine, outcome="failed", error=error,
@@ -226,7 +226,7 @@ class Lifecycle:
         replica.move(S.COLD)
         with contextlib.suppress(ValueError):
             entry.replicas.remove(replica)
-        books.metrics.unloads.labels(entry.name, reason).inc()
+        books.metrics.unloads.labels(entry.name, reason, *books.metrics.at(replica.node)).inc()
         log.info("replica %s unloaded (%s)", replica.id, reason)
         if replica.warm_at is not None:
             with contextlib.suppress(Exception):

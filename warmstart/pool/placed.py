@@ -26,10 +26,13 @@ async def start_placed(books: Books, table: Mapping[str, ModelEntry], entry: Mod
                        path: Path, stop: Stop) -> Any:
     """The engine process of `replica`, started on the node placement chose; records the node on the replica.
     NoRoom refuses the start (ModelStartFailed: a 503 naming the memory that is short)."""
-    from warmstart.cluster.placing import NodeLost, need_bytes
+    from warmstart.cluster.placing import NodeLost, need_bytes, not_on_nodes
 
     cluster = books.cluster
     assert cluster is not None
+    refusal = not_on_nodes(entry.config)
+    if refusal is not None:
+        raise ModelStartFailed(refusal, retry_after=None)
     sha256, size = await cluster.digest(path)
     need = need_bytes(entry.config, size)
     for attempt in range(ATTEMPTS):
@@ -39,16 +42,21 @@ async def start_placed(books: Books, table: Mapping[str, ModelEntry], entry: Mod
         if isinstance(decision, rules.NoRoom):
             raise ModelStartFailed(decision.reason, retry_after=None)
         replica.node, replica.need_bytes = decision.node, need
+        by_id = {r.id: r for r in replicas}
+        victims = [v for idle in decision.evict if (v := by_id.get(idle.replica)) is not None]
+        for victim in victims:  # promised to this start: no other start counts on their memory meanwhile
+            victim.evicting = True
         try:
             await cluster.fetch_for(decision, entry.name, sha256, size, replica.report)
-            by_id = {r.id: r for r in replicas}  # only once the weights are there: a failed fetch unloads nothing
-            for idle in decision.evict:
-                victim = by_id.get(idle.replica)
-                if victim is not None and victim.state is ReplicaState.WARM and victim.in_flight == 0:  # still idle
-                    await stop(table[idle.model], victim, "evicted")
+            for victim in victims:  # only once the weights are there: a failed fetch unloads nothing
+                if victim.state is ReplicaState.WARM and victim.in_flight == 0:  # still idle
+                    await stop(table[victim.model], victim, "evicted")
             return await cluster.start(decision, entry.config, sha256, replica.report, replica.id)
         except NodeLost as exc:
             if attempt == ATTEMPTS - 1:
                 raise
             log.warning("replica %s: %s; placing it again", replica.id, exc)
+        finally:
+            for victim in victims:  # those not unloaded (a fetch failed, a request came): room again
+                victim.evicting = False
     raise AssertionError("unreachable")

@@ -47,6 +47,9 @@ class Replica:
     # many machines: the node it runs on (None on a single box) and the memory placement counted for it there
     node: str | None = None
     need_bytes: int = 0
+    # chosen to make room for a start on its node, unloaded once that start's weights are there: its memory
+    # is not offered as room again meanwhile (two starts would count on the same bytes)
+    evicting: bool = False
 
     def move(self, target: ReplicaState) -> None:
         self.state = transition(self.state, target)

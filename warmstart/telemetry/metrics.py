@@ -16,20 +16,28 @@ TRIGGERS = ("request", "keep-alive", "schedule", "prediction", "hint", "manual")
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """`node_label`: many machines (`[cluster]` on): the per-model metrics of what a replica did (its start's
+    phases, starts, unloads, failures, loaded seconds, the requests it answered and their time to first token)
+    carry a last label `node`, the node the replica ran on ("" before one was placed, which Prometheus stores
+    as no label). On one box they have no `node` label at all, so single-box queries and dashboards are
+    unchanged; a cluster's are the same queries, summed over nodes or broken down `by (node)`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, node_label: bool = False) -> None:
         self.registry = registry or CollectorRegistry()
+        self.node_label = node_label
         r = self.registry
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds...
+        node = ["node"] if node_label else []
         self.cold_start_seconds = Histogram(
             "warmstart_cold_start_seconds", "Duration of each phase of a replica start, and phase=\"total\".",
-            ["model", "engine", "phase"], buckets=COLD_START_BUCKETS, registry=r)
+            ["model", "engine", "phase", *node], buckets=COLD_START_BUCKETS, registry=r)
         self.cold_start_last_seconds = Gauge(
             "warmstart_cold_start_last_seconds",
             "Duration of each phase of the model's most recent successful start, and phase=\"total\".",
-            ["model", "engine", "phase"], registry=r)
+            ["model", "engine", "phase", *node], registry=r)
         self.requests = Counter(
             "warmstart_requests", "Requests answered, by how they were served and their HTTP status.",
-            ["model", "start", "code"], registry=r)
+            ["model", "start", "code", *node], registry=r)
         self.prompt_tokens = Counter(
             "warmstart_prompt_tokens", "Prompt tokens of answered requests, as their engine counted them (usage).",
             ["model"], registry=r)
@@ -41,7 +49,7 @@ class Metrics:
             ["model"], buckets=WAIT_BUCKETS, registry=r)
         self.ttft_seconds = Histogram(
             "warmstart_time_to_first_token_seconds", "Arrival to first token (first byte of the answer).",
-            ["model", "start"], buckets=TTFT_BUCKETS, registry=r)
+            ["model", "start", *node], buckets=TTFT_BUCKETS, registry=r)
         self.replicas = Gauge(
             "warmstart_replicas", "Replicas by lifecycle state.", ["model", "state"], registry=r)
         self.queue_depth = Gauge(
@@ -49,15 +57,15 @@ class Metrics:
         self.replica_loaded_seconds = Counter(
             "warmstart_replica_loaded_seconds",
             "Replica-seconds loaded (starting, warm or sleeping): the basis of cost.",
-            ["model"], registry=r)
+            ["model", *node], registry=r)
         self.starts = Counter(
             "warmstart_starts", "Replica starts by what triggered them and how they ended.",
-            ["model", "trigger", "outcome"], registry=r)
+            ["model", "trigger", "outcome", *node], registry=r)
         self.unloads = Counter(
-            "warmstart_unloads", "Replica stops by reason.", ["model", "reason"], registry=r)
+            "warmstart_unloads", "Replica stops by reason.", ["model", "reason", *node], registry=r)
         self.replica_failures = Counter(
             "warmstart_replica_failures", "Replicas that failed (start failure or unexpected exit).",
-            ["model", "stage"], registry=r)
+            ["model", "stage", *node], registry=r)
         self.retries = Counter(
             "warmstart_request_retries", "Requests retried on a new replica after theirs died before answering.",
             ["model"], registry=r)
@@ -111,3 +119,8 @@ class Metrics:
         self.node_memory_bytes = Gauge(
             "warmstart_node_memory_bytes", "Memory of a node for engines (total) and what its replicas take (used).",
             ["node", "kind"], registry=r)
+
+    def at(self, node: str | None) -> tuple[str, ...]:
+        """The `node` label's value to append to a per-model metric's labels: (node or "",) when the metrics
+        carry one (a cluster), () on one box."""
+        return (node or "",) if self.node_label else ()

@@ -46,22 +46,22 @@ def read_counters(metrics: Metrics) -> Sample:
             r = rows[model] = [0.0] * WIDTH
         return r
 
-    for (model, start, code), value in counter_values(metrics.requests, ("model", "start", "code")):
+    for (model, start, code, *_node), value in counter_values(metrics.requests, ("model", "start", "code")):
         if value:
             r = row(model)
             r[REQ_WARM if start == "warm" else REQ_COLD] += value
             if not code.startswith("2"):
                 r[REQ_ERRORS] += value
-    for (model,), value in counter_values(metrics.replica_loaded_seconds, ("model",)):
+    for (model, *_node), value in counter_values(metrics.replica_loaded_seconds, ("model",)):
         if value:
             row(model)[LOADED_S] += value
-    for (model, _trigger, outcome), value in counter_values(metrics.starts, ("model", "trigger", "outcome")):
+    for (model, _trigger, outcome, *_node), value in counter_values(metrics.starts, ("model", "trigger", "outcome")):
         if value and outcome in ("ok", "failed"):
             row(model)[STARTS_OK if outcome == "ok" else STARTS_FAILED] += value
     for (model, outcome), value in counter_values(metrics.hints, ("model", "outcome")):
         if value:
             row(model)[HINTS_OK if outcome in ACCEPTED_HINTS else HINTS_REFUSED] += value
-    for (model, start), count, total, buckets in histogram_values(metrics.ttft_seconds, ("model", "start")):
+    for (model, start, *_node), count, total, buckets in histogram_values(metrics.ttft_seconds, ("model", "start")):
         if count and start in STARTS:
             base = _TTFT + STARTS.index(start) * _PER_START
             row(model)[base:base + _PER_START] = [count, total, *buckets]

@@ -11,9 +11,20 @@ from pathlib import Path
 
 import pytest
 
+from warmstart.cluster import chunks
 from warmstart.cluster.agent import _receive
 from warmstart.cluster.chunks import VERIFY_CHUNK, chunk_digests, receive_checked, serve_file
 from warmstart.errors import StoreError
+
+
+@pytest.fixture(params=["splice", "buffered"])
+def path_taken(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The pieces are received by splice into the file (Linux) or through a buffer (where there is no splice)."""
+    if request.param == "buffered":
+        monkeypatch.delattr(os, "splice", raising=False)
+    elif not hasattr(os, "splice"):
+        pytest.skip("no os.splice here")
+    return str(request.param)
 
 
 def offer(path: Path, token: bytes = b"t" * 16) -> dict:
@@ -47,7 +58,7 @@ def test_a_peer_without_the_token_gets_nothing(tmp_path: Path) -> None:
         _receive(o, 14, tmp_path / "w.partial")
 
 
-def test_pieces_checked_on_a_pool_of_threads_give_the_head_file(tmp_path: Path) -> None:
+def test_pieces_checked_on_a_pool_of_threads_give_the_head_file(tmp_path: Path, path_taken: str) -> None:
     src = tmp_path / "w.gguf"
     src.write_bytes(os.urandom(3 * VERIFY_CHUNK + 12345))
     out = tmp_path / "w.partial"
@@ -55,7 +66,7 @@ def test_pieces_checked_on_a_pool_of_threads_give_the_head_file(tmp_path: Path) 
     assert out.read_bytes() == src.read_bytes()
 
 
-def test_a_piece_that_differs_refuses_the_transfer(tmp_path: Path) -> None:
+def test_a_piece_that_differs_refuses_the_transfer(tmp_path: Path, path_taken: str) -> None:
     head, peer = tmp_path / "head.gguf", tmp_path / "peer.gguf"
     data = bytearray(os.urandom(2 * VERIFY_CHUNK + 7))
     head.write_bytes(data)
@@ -65,10 +76,26 @@ def test_a_piece_that_differs_refuses_the_transfer(tmp_path: Path) -> None:
         receive_checked(offer(peer), len(data), tmp_path / "w.partial", chunk_digests(head))
 
 
-def test_a_short_transfer_with_pieces_is_refused(tmp_path: Path) -> None:
+def test_a_short_transfer_with_pieces_is_refused(tmp_path: Path, path_taken: str) -> None:
     head = tmp_path / "head.gguf"
     head.write_bytes(os.urandom(VERIFY_CHUNK + 10))
     short = tmp_path / "short.gguf"
     short.write_bytes(head.read_bytes()[:VERIFY_CHUNK])
     with pytest.raises(StoreError, match=f"got {VERIFY_CHUNK} bytes of {VERIFY_CHUNK + 10}"):
         receive_checked(offer(short), VERIFY_CHUNK + 10, tmp_path / "w.partial", chunk_digests(head))
+
+
+def test_a_peer_that_goes_silent_is_refused_not_waited_on_for_ever(tmp_path: Path, path_taken: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunks, "TIMEOUT", 0.5)
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(server.accept()[0]), daemon=True).start()  # accepts, sends nothing
+    o = {"host": "127.0.0.1", "port": server.getsockname()[1], "token": (b"t" * 16).hex()}
+    try:
+        with pytest.raises((StoreError, TimeoutError)):
+            receive_checked(o, VERIFY_CHUNK, tmp_path / "w.partial", (hashlib.sha256(b"").hexdigest(),))
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()

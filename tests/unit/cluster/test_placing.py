@@ -27,6 +27,7 @@ class Replica:
     need_bytes: int
     in_flight: int = 0
     idle_since: float | None = None
+    evicting: bool = False
 
 
 def test_loaded_used_and_idle_come_from_the_pools_table_and_tiers_from_the_agent() -> None:
@@ -43,3 +44,29 @@ def test_loaded_used_and_idle_come_from_the_pools_table_and_tiers_from_the_agent
     assert a.idle == (rules.IdleModel("m", "m#1", 300, 5.0),)
     assert a.rates.net_bps == 5e8 and a.starting_s == a.rates.overhead_s
     assert b.used_bytes == 0 and b.tiers == {} and b.rates == rules.NodeRates()
+
+
+def test_only_the_engines_a_node_runs_are_placed_on_nodes():
+    from warmstart.cluster.placing import not_on_nodes
+    from warmstart.config import ModelConfig
+
+    assert not_on_nodes(ModelConfig("m", "llamacpp", "m.gguf")) is None
+    assert not_on_nodes(ModelConfig("m", "command", "m.gguf")) is None
+    why = not_on_nodes(ModelConfig("big", "vllm", "/models/big"))
+    assert why is not None and "'big' uses the vllm engine" in why and "single-box" in why
+
+
+def test_an_idle_model_promised_to_a_start_under_way_is_not_offered_as_room_again() -> None:
+    # node a (1000 bytes) runs m and k, both idle; a start fetching its weights there has promised to unload m
+    nodes = [Node("a", 1000, {"tiers": {"new": "disk"}})]
+    replicas = [Replica("m#1", "m", S.WARM, "a", 400, idle_since=1.0, evicting=True),
+                Replica("k#1", "k", S.WARM, "a", 400, idle_since=2.0),
+                Replica("f#1", "f", S.STARTING, "a", 400)]
+    [a] = node_facts(nodes, replicas)
+    assert a.used_bytes == 1200  # m is still loaded until the fetch ends
+    assert a.idle == (rules.IdleModel("k", "k#1", 400, 2.0),)
+    # a second start needing 700 bytes: counting on m as well would have unloaded m and k for it, on top of
+    # the start that already counts on m's bytes (1000 < 400 + 700); with k alone there is no room
+    assert isinstance(rules.place("new", [a], size=100, need=700), rules.NoRoom)
+    unpromised = [Replica("m#1", "m", S.WARM, "a", 400, idle_since=1.0), *replicas[1:]]
+    assert len(rules.place("new", node_facts(nodes, unpromised), size=100, need=700).evict) == 2  # type: ignore[union-attr]

@@ -135,3 +135,27 @@ def test_reading_the_children_directly_agrees_with_collect():
     slow = sorted(histogram_values_collected(m.ttft_seconds, ("model", "start")))
     assert fast == slow and len(fast) == 4
     assert dict((labels, buckets[-1]) for labels, _, _, buckets in fast)[("a", "warm")] == 2
+
+
+def test_on_a_cluster_the_per_model_counters_carry_the_node_and_the_window_sums_over_nodes():
+    per_model = ("warmstart_cold_start_seconds", "warmstart_requests", "warmstart_starts", "warmstart_unloads",
+                 "warmstart_time_to_first_token_seconds", "warmstart_replica_failures")
+
+    def labels(m: Metrics) -> dict[str, set[str]]:
+        return {f.name: {k for s in f.samples for k in s.labels} for f in m.registry.collect()
+                if f.name in per_model}
+
+    one_box = Metrics()
+    one_box.requests.labels("a", "warm", "200").inc()
+    assert "node" not in labels(one_box)["warmstart_requests"]  # single-box series are as they were
+    assert one_box.at("n1") == ()
+    m = Metrics(node_label=True)
+    for node in ("n1", "n2"):
+        m.requests.labels("a", "warm", "200", *m.at(node)).inc()
+        m.ttft_seconds.labels("a", "warm", *m.at(node)).observe(0.05)
+        m.starts.labels("a", "request", "ok", *m.at(node)).inc()
+    m.requests.labels("a", "cold", "503", *m.at(None)).inc()  # refused before any node was placed
+    assert {s.labels["node"] for f in m.registry.collect() if f.name == "warmstart_requests"
+            for s in f.samples} == {"n1", "n2", ""}
+    f = HourWindow(m, started=0.0).figures(now=60.0)[1]["a"].to_dict()
+    assert (f["requests"], f["warm"], f["errors"], f["starts"]) == (3, 2, 1, 2)
