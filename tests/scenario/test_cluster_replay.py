@@ -3,7 +3,7 @@ live `Pool` with a cluster attached (placement, peer fetches, evictions of idle 
 and through `simulate_nodes`; both start the same models on the same nodes at the same moments, evict and
 fetch the same, and serve the same requests warm.
 
-Both call `rules.place` on `cluster.placing.node_facts`. The nodes here are `ClockNodes`, which carry out a
+Both call `placement.place` on `cluster.placing.node_facts`. The nodes here are `ClockNodes`, which carry out a
 fetch and a start by waiting on the clock (no Ray and no engine process can run on virtual time); the
 `Cluster` between them and the pool is the live one. Starts and fetches take whole seconds and arrivals fall
 on 1/64 s, so both sides add the same exact floats.

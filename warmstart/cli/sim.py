@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-gib", type=float, default=DEFAULT_MODEL_GIB, metavar="GiB",
                    help=f"size of each model's weights, for the RAM price (default {DEFAULT_MODEL_GIB:g})")
     p.add_argument("--nodes", type=int, metavar="N",
-                   help="replay across N nodes (a cluster), placing each start with the live pool's rules.place; "
+                   help="replay across N nodes (a cluster), placing each start with the live pool's placement.place; "
                         "fixed keep-alive policies only; each model's weights are --model-gib")
     p.add_argument("--node-memory", default="64GiB", metavar="SIZE[,SIZE...]",
                    help="memory for engines per node with --nodes: one size for all, or one per node "

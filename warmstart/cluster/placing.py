@@ -17,7 +17,7 @@ from warmstart.config import ModelConfig
 from warmstart.engines.base import StartReport
 from warmstart.errors import EngineError, IntegrityError, StoreError
 from warmstart.policy import tiering
-from warmstart.pool import rules
+from warmstart.pool import placement, rules
 from warmstart.pool.states import LIVE, ReplicaState
 from warmstart.store.digest import DigestCache
 from warmstart.telemetry.metrics import Metrics
@@ -60,7 +60,7 @@ class PlacedReplica(Protocol):
     evicting: bool
 
 
-def node_facts(nodes: Iterable[Any], replicas: Iterable[PlacedReplica]) -> list[rules.NodeFacts]:
+def node_facts(nodes: Iterable[Any], replicas: Iterable[PlacedReplica]) -> list[placement.NodeFacts]:
     """Placement's view: each node's memory and tiers as its agent reported them, its used memory, loaded
     models and idle ones (the LRU candidates) from the pool's own replicas."""
     by_node: dict[str, list[PlacedReplica]] = {}
@@ -71,17 +71,17 @@ def node_facts(nodes: Iterable[Any], replicas: Iterable[PlacedReplica]) -> list[
     for node in nodes:
         mine = by_node.get(node.name, [])
         tiers = dict(node.status.get("tiers", {}))
-        tiers = {m: t for m, t in tiers.items() if t != rules.LOADED}  # what runs there: the pool's table says
+        tiers = {m: t for m, t in tiers.items() if t != placement.LOADED}  # what runs there: the pool's table says
         for r in mine:
             if r.state in rules.RUNNING:
-                tiers[r.model] = rules.LOADED
-        idle = tuple(rules.IdleModel(r.model, r.id, r.need_bytes, r.idle_since) for r in mine
+                tiers[r.model] = placement.LOADED
+        idle = tuple(placement.IdleModel(r.model, r.id, r.need_bytes, r.idle_since) for r in mine
                      if r.state is ReplicaState.WARM and r.in_flight == 0 and r.idle_since is not None
                      and not r.evicting)  # already promised to a start under way
         starting = sum(1.0 for r in mine if r.state is ReplicaState.STARTING)
         fetched = node.status.get("fetched_bps")
-        rates = rules.NodeRates(net_bps=fetched) if fetched else rules.NodeRates()
-        facts.append(rules.NodeFacts(node.name, node.alive, node.memory_bytes, sum(r.need_bytes for r in mine),
+        rates = placement.NodeRates(net_bps=fetched) if fetched else placement.NodeRates()
+        facts.append(placement.NodeFacts(node.name, node.alive, node.memory_bytes, sum(r.need_bytes for r in mine),
                                      tiers, idle, rates, starting_s=starting * rates.overhead_s))
     return facts
 
@@ -101,7 +101,7 @@ class Cluster:
     async def close(self) -> None:
         await self.nodes.close()
 
-    def facts(self, replicas: Iterable[PlacedReplica]) -> list[rules.NodeFacts]:
+    def facts(self, replicas: Iterable[PlacedReplica]) -> list[placement.NodeFacts]:
         return node_facts(self.nodes.live(), replicas)
 
     def account(self, replicas: Iterable[PlacedReplica]) -> None:
@@ -149,7 +149,7 @@ class Cluster:
         return d.sha256, d.size
 
     async def hold(self, model: str, seconds: float, path: Path, replicas: Iterable[PlacedReplica]) -> str:
-        """`warmstart hold` on a cluster: hold the weights in the RAM tier of the node `rules.place` would start
+        """`warmstart hold` on a cluster: hold the weights in the RAM tier of the node `placement.place` would start
         the model on (or, when that node must fetch them, of the peer it would fetch from) for `seconds`
         (0: let them go on every node). Returns the node; StoreError when no node holds the model."""
         if seconds == 0:
@@ -157,24 +157,24 @@ class Cluster:
                 await self.nodes.release(node.name, model)
             return ""
         size = (await self.digest(path))[1]
-        decision = rules.place(model, self.facts(replicas), size=size, need=need_bytes_for(size))
-        if isinstance(decision, rules.NoRoom):
-            holders = rules.holders(model, self.facts(replicas))
+        decision = placement.place(model, self.facts(replicas), size=size, need=need_bytes_for(size))
+        if isinstance(decision, placement.NoRoom):
+            holders = placement.holders(model, self.facts(replicas))
             if not holders:
                 raise StoreError(decision.reason)
             node = holders[0]
         else:
-            node = decision.sources[0] if decision.where == rules.PEER else decision.node
+            node = decision.sources[0] if decision.where == placement.PEER else decision.node
         await self.nodes.hold(node, model, seconds, strict=True)
         return node
 
-    async def fetch_for(self, place: rules.Place, model: str, sha256: str, size: int, report: StartReport) -> None:
+    async def fetch_for(self, place: placement.Place, model: str, sha256: str, size: int, report: StartReport) -> None:
         """The first part of a placed start: when `place.node` lacks the weights, copy them from a peer (a
         `fetch` phase), before anything is unloaded there to make room."""
-        if place.where == rules.PEER:
+        if place.where == placement.PEER:
             await self._fetch(place, model, sha256, size, report)
 
-    async def start(self, place: rules.Place, model: ModelConfig, sha256: str, report: StartReport,
+    async def start(self, place: placement.Place, model: ModelConfig, sha256: str, report: StartReport,
                     replica: str) -> Any:
         """Start the engine on `place.node`; the agent's phases are added to `report`."""
         report.enter("spawn")
@@ -193,7 +193,7 @@ class Cluster:
         if isinstance(decision, tiering.HoldInRam) and replica.node is not None:
             await self.nodes.hold(replica.node, replica.model, decision.until - now)
 
-    async def _fetch(self, place: rules.Place, model: str, sha256: str, size: int, report: StartReport) -> None:
+    async def _fetch(self, place: placement.Place, model: str, sha256: str, size: int, report: StartReport) -> None:
         report.enter(FETCH)
         answer = await self.nodes.fetch(place.node, model, sha256, size, place.sources,
                                         chunks=self._chunks.get(sha256))

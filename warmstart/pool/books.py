@@ -33,7 +33,7 @@ class Books:
         self.audit = audit
         # integrity before starts and the RAM tier between them (warmstart.store); None: neither
         self.store = store
-        # many machines (warmstart.cluster): replicas are placed on nodes (rules.place); None: this box only
+        # many machines (warmstart.cluster): replicas are placed on nodes (placement.place); None: this box only
         self.cluster: Cluster | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 

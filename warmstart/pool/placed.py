@@ -1,4 +1,4 @@
-"""A start on many machines: placed on a node by `rules.place` (on the table as it is now), the weights fetched
+"""A start on many machines: placed on a node by `placement.place` (on the table as it is now), the weights fetched
 there when it lacks them, the least recently used idle models there unloaded to make room, then the engine
 started on that node. A node lost on the way: placed again on those that remain."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.errors import ModelStartFailed
-from warmstart.pool import rules
+from warmstart.pool import placement
 from warmstart.pool.books import Books
 from warmstart.pool.entry import ModelEntry
 from warmstart.pool.replica import Replica
@@ -38,8 +38,8 @@ async def start_placed(books: Books, table: Mapping[str, ModelEntry], entry: Mod
     for attempt in range(ATTEMPTS):
         replica.report.enter(PLACE)
         replicas = [r for e in table.values() for r in e.replicas]
-        decision = rules.place(entry.name, cluster.facts(replicas), size=size, need=need)
-        if isinstance(decision, rules.NoRoom):
+        decision = placement.place(entry.name, cluster.facts(replicas), size=size, need=need)
+        if isinstance(decision, placement.NoRoom):
             raise ModelStartFailed(decision.reason, retry_after=None)
         replica.node, replica.need_bytes = decision.node, need
         by_id = {r.id: r for r in replicas}

@@ -115,7 +115,7 @@ class Pool:
         self._books.store = store
 
     def attach_cluster(self, cluster: Cluster) -> None:
-        """Many machines (warmstart.cluster): every start is placed on a node by `rules.place` from now on."""
+        """Many machines (warmstart.cluster): every start is placed on a node by `placement.place` from now on."""
         self._books.cluster = cluster
 
     @property

@@ -1,7 +1,7 @@
 """Replay a trace across several nodes, each with its own memory, through the placement the live pool uses.
 
 Every model's arrivals are merged into one stream on virtual time. A request for a model with no replica
-starts one where `rules.place` says, on the facts `warmstart.cluster.placing.node_facts` builds from the
+starts one where `placement.place` says, on the facts `warmstart.cluster.placing.node_facts` builds from the
 replicas (the same two functions a live cluster's pool calls before each start): the node with the shortest
 estimated start that has the memory, after unloading its least recently used idle models (`evicted`); a
 node without the model's file fetches it from a holder first and keeps it. No node with room: the request
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from warmstart.cluster.placing import need_bytes_for, node_facts
-from warmstart.pool import rules
+from warmstart.pool import placement, rules
 from warmstart.pool.replica import Replica
 from warmstart.pool.states import ReplicaState
 from warmstart.sim.traces import Trace
@@ -54,7 +54,7 @@ class SimNode:
 
     @property
     def status(self) -> dict[str, Any]:
-        return {"tiers": dict.fromkeys(self.files, rules.DISK), "fetched_bps": self.net_bps}
+        return {"tiers": dict.fromkeys(self.files, placement.DISK), "fetched_bps": self.net_bps}
 
     def report(self) -> dict[str, Any]:
         return {"memory_bytes": self.memory_bytes, "starts": self.starts, "fetches": self.fetches,
@@ -151,12 +151,12 @@ class _Replay:
     def start(self, model: str, now: float) -> Replica | None:
         need = need_bytes_for(self.size)
         live = list(self.replicas.values())
-        decision = rules.place(model, node_facts(self.nodes.values(), live), size=self.size, need=need)
-        if isinstance(decision, rules.NoRoom):
+        decision = placement.place(model, node_facts(self.nodes.values(), live), size=self.size, need=need)
+        if isinstance(decision, placement.NoRoom):
             return None
         node = self.nodes[decision.node]
         fetch = 0.0
-        if decision.where == rules.PEER:  # copied from a holder first, and kept there
+        if decision.where == placement.PEER:  # copied from a holder first, and kept there
             fetch = self.size / self.net_bps
             node.fetches += 1
             node.fetched_bytes += self.size

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from warmstart.cluster.placing import node_facts
-from warmstart.pool import rules
+from warmstart.pool import placement
 from warmstart.pool.states import ReplicaState as S
 
 
@@ -40,10 +40,10 @@ def test_loaded_used_and_idle_come_from_the_pools_table_and_tiers_from_the_agent
                 Replica("h#1", "h", S.WARM, None, 999)]  # a single-box replica: on no node
     a, b = node_facts(nodes, replicas)
     assert a.used_bytes == 600 and a.free_bytes == 400
-    assert a.tiers == {"m": rules.LOADED, "k": rules.LOADED, "s": rules.LOADED}  # "gone": not in the table
-    assert a.idle == (rules.IdleModel("m", "m#1", 300, 5.0),)
+    assert a.tiers == {"m": placement.LOADED, "k": placement.LOADED, "s": placement.LOADED}  # "gone": not in the table
+    assert a.idle == (placement.IdleModel("m", "m#1", 300, 5.0),)
     assert a.rates.net_bps == 5e8 and a.starting_s == a.rates.overhead_s
-    assert b.used_bytes == 0 and b.tiers == {} and b.rates == rules.NodeRates()
+    assert b.used_bytes == 0 and b.tiers == {} and b.rates == placement.NodeRates()
 
 
 def test_only_the_engines_a_node_runs_are_placed_on_nodes():
@@ -64,9 +64,9 @@ def test_an_idle_model_promised_to_a_start_under_way_is_not_offered_as_room_agai
                 Replica("f#1", "f", S.STARTING, "a", 400)]
     [a] = node_facts(nodes, replicas)
     assert a.used_bytes == 1200  # m is still loaded until the fetch ends
-    assert a.idle == (rules.IdleModel("k", "k#1", 400, 2.0),)
+    assert a.idle == (placement.IdleModel("k", "k#1", 400, 2.0),)
     # a second start needing 700 bytes: counting on m as well would have unloaded m and k for it, on top of
     # the start that already counts on m's bytes (1000 < 400 + 700); with k alone there is no room
-    assert isinstance(rules.place("new", [a], size=100, need=700), rules.NoRoom)
+    assert isinstance(placement.place("new", [a], size=100, need=700), placement.NoRoom)
     unpromised = [Replica("m#1", "m", S.WARM, "a", 400, idle_since=1.0), *replicas[1:]]
-    assert len(rules.place("new", node_facts(nodes, unpromised), size=100, need=700).evict) == 2  # type: ignore[union-attr]
+    assert len(placement.place("new", node_facts(nodes, unpromised), size=100, need=700).evict) == 2  # type: ignore[union-attr]

@@ -1,11 +1,11 @@
-"""rules.place: loading-aware placement across nodes, a pure rule (no Ray, no clock)."""
+"""placement.place: loading-aware placement across nodes, a pure rule (no Ray, no clock)."""
 
 from __future__ import annotations
 
 import pytest
 
-from warmstart.pool import rules
-from warmstart.pool.rules import DISK, LOADED, PEER, RAM, IdleModel, NodeFacts, NodeRates, NoRoom, Place
+from warmstart.pool import placement
+from warmstart.pool.placement import DISK, LOADED, PEER, RAM, IdleModel, NodeFacts, NodeRates, NoRoom, Place
 
 MiB, GiB = 1 << 20, 1 << 30
 SIZE, NEED = 100 * MiB, 400 * MiB
@@ -17,7 +17,7 @@ def node(name: str, tiers: dict[str, str] | None = None, *, memory: int = 4 * Gi
 
 
 def place(nodes: list[NodeFacts], model: str = "m") -> Place | NoRoom:
-    return rules.place(model, nodes, size=SIZE, need=NEED)
+    return placement.place(model, nodes, size=SIZE, need=NEED)
 
 
 def test_the_node_holding_the_weights_in_ram_wins_over_one_reading_disk() -> None:
@@ -37,7 +37,7 @@ def test_a_fast_network_from_a_peers_ram_can_beat_a_slow_local_disk() -> None:
     holder = node("c", {"m": RAM}, memory=0)
     decision = place([slow_disk, fast_net, holder])
     assert (decision.node, decision.where) == ("b", PEER)
-    assert decision.estimate_s < rules.start_estimate(slow_disk, "m", SIZE, ("c", "a"),
+    assert decision.estimate_s < placement.start_estimate(slow_disk, "m", SIZE, ("c", "a"),
                                                       {n.name: n for n in (slow_disk, fast_net, holder)})[1]
 
 

@@ -1,4 +1,4 @@
-"""The replay across nodes: placement by the live pool's rules.place on a trace checked by hand, the same
+"""The replay across nodes: placement by the live pool's placement.place on a trace checked by hand, the same
 figures as the single-box replay when one node has room for everything, and `warmstart simulate --nodes`."""
 
 from __future__ import annotations
