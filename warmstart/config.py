@@ -118,7 +118,7 @@ class WarmingConfig:
     history_retention: float = 28 * 86400.0
     # assumed cold start of a model before one was measured
     cold_start_estimate: float = 30.0
-    # expert settings of the predictive policy (warmstart.policy.predictive.PredictiveParams), in seconds
+    # expert settings of the predictive policy (warmstart.policy.predictive_params.PredictiveParams), in seconds
     predictive_settings: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     hint: HintConfig = field(default_factory=HintConfig)
     schedules: tuple[ScheduleConfig, ...] = ()

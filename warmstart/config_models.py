@@ -119,7 +119,7 @@ def parse_warming(raw: Mapping[str, Any], models: set[str]) -> WarmingConfig:
     if settings:
         from dataclasses import fields
 
-        from warmstart.policy.predictive import PredictiveParams
+        from warmstart.policy.predictive_params import PredictiveParams
 
         only_keys(settings, "warming.settings", {f.name for f in fields(PredictiveParams)})
     parsed_settings = {k: read_duration(settings, k, 0.0, "warming.settings", finite=True) for k in settings}

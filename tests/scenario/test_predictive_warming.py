@@ -7,7 +7,8 @@ import numpy as np
 
 from warmstart.policy.controller import Controller
 from warmstart.policy.observation import Observation
-from warmstart.policy.predictive import PredictiveParams, PredictivePolicy
+from warmstart.policy.predictive import PredictivePolicy
+from warmstart.policy.predictive_params import PredictiveParams
 from warmstart.sim.replay import replay_model
 from warmstart.sim.traces import EPOCH
 

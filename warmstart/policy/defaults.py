@@ -9,7 +9,8 @@ from typing import Any
 
 from warmstart.policy.controller import Controller, Policy
 from warmstart.policy.hint import HintPolicy
-from warmstart.policy.predictive import PredictiveParams, PredictivePolicy
+from warmstart.policy.predictive import PredictivePolicy
+from warmstart.policy.predictive_params import PredictiveParams
 from warmstart.policy.schedule import SchedulePolicy, parse_window, zone
 
 # the serving core's fixed keep-alive, for models that set one (and the `schedule` simulation)

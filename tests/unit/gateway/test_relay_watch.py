@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from warmstart.gateway.relay import ClientGone, Watch, race
+from warmstart.gateway.liveness import Watch
+from warmstart.gateway.relay import ClientGone, race
 
 
 def run(coro: Any) -> Any:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from warmstart.policy.observation import Observation
-from warmstart.policy.predictive import DAY, PredictiveParams, PredictivePolicy
+from warmstart.policy.predictive import PredictivePolicy
+from warmstart.policy.predictive_params import DAY, PredictiveParams
 
 
 def test_a_model_never_seen_to_pause_is_kept_no_longer_than_the_minimum_keep_alive():

@@ -11,7 +11,8 @@ import pytest
 from warmstart.policy import tiering, tiers
 from warmstart.policy.observation import Observation
 from warmstart.policy.plan import Plan, WarmSpan, ram_until
-from warmstart.policy.predictive import EDGES, PredictiveParams, PredictivePolicy
+from warmstart.policy.predictive import EDGES, PredictivePolicy
+from warmstart.policy.predictive_params import PredictiveParams
 from warmstart.pool import rules
 from warmstart.pool.replica import Replica
 from warmstart.pool.states import ReplicaState

@@ -1,0 +1,54 @@
+"""The predictive policy's settings (warmstart.policy.predictive): its exchange rate of replica-seconds for cold
+requests, its bounds, and what it must have seen before it acts. `[warming.settings]` in the config sets them;
+the values here were tuned on ../shared/traces only (docs/warming.md says on which days)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class PredictiveParams:
+    # replica-seconds worth paying to keep one request from waiting for a cold start
+    cold_request_cost: float = 160.0
+    # how fast old behaviour is forgotten
+    half_life: float = 7 * DAY
+    # before this many gaps are known, keep the model warm for `fallback_keep_alive` after each request
+    min_gaps: float = 8.0
+    fallback_keep_alive: float = 300.0
+    # never unload sooner than this after a request: a floor against what little data cannot show
+    min_keep_alive: float = 300.0
+    max_keep_alive: float = 3600.0
+    # the longest the weights stay in RAM after a request (policy.tiers)
+    max_ram_keep_alive: float = 2 * DAY
+    # hold the weights in RAM no longer than this x the end of the longest gap bin the model was seen to have
+    # (0: no cap): a RAM hold bought by the prior's unseen long gaps alone went unused (tuned on ServeGen days 2-6)
+    ram_evidence: float = 1.0
+    # keep the model loaded after a request no longer than this x the end of the longest gap bin seen at that
+    # recent rate (but at least `min_keep_alive`; 0: no cap): the prior alone does not buy an hour after a
+    # busy spell that has never paused for long (Azure: +55 % cost over a fixed 300 s, no request kept warm)
+    keep_evidence: float = 1.0
+    # a pre-warm relative to the last request needs this many observed gaps ending in it
+    min_period_gaps: float = 3.0
+    # time-of-day profile slot (each judged with its two neighbours), and how many distinct days a wake-up must
+    # recur on before it is pre-warmed; 300 s, from 600 s: two habits 20 minutes apart no longer blur into one
+    # half-hour pre-warm (better on each of ServeGen days 2-4, 3-6, 4-6 at 30 s and 5 s; 180 s and 120 s were
+    # worse on days 3-6)
+    slot: float = 300.0
+    min_days: float = 2.0
+    min_recurrence: float = 0.25
+    # a habit is pre-warmed from 2 standard deviations of its times before their mean; at least this many s
+    min_spread: float = 30.0
+    # how far ahead profile spans are planned, and how often the policy re-decides
+    horizon: float = 3 * 3600.0
+    review: float = 900.0
+    # seconds added to the measured cold start before a planned span (the live controller's tick)
+    lead: float = 0.0
+    # pseudo-gaps from the prior (the model's pooled histogram for a recent-rate class; log-uniform for the model)
+    prior_gaps: float = 10.0
+    # gaps at least this long are wake-ups: their bursts price the gaps not seen yet
+    wake_gap: float = 120.0
+    # requests in this many seconds up to a request are its recent rate
+    recent_window: float = 600.0
