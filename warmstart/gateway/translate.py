@@ -175,7 +175,7 @@ def inert_fields(req: ModelRequest, caps: Capabilities) -> set[str]:
     """The fields the engine does not support that the request sends with values asking for nothing: left out
     of what the engine gets (vLLM refuses `tool_choice: "none"` without tools, which OpenAI accepts)."""
     extra = req.model_extra or {}
-    return {name for name in caps.unsupported_fields if name in extra and _inert(name, extra[name], extra)}
+    return {name for name in extra if name in caps.unsupported_fields and _inert(name, extra[name], extra)}
 
 
 def engine_body(req: ModelRequest, add_usage: bool = False, leave_out: set[str] | None = None) -> bytes:
