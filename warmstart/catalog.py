@@ -115,7 +115,7 @@ class Catalog:
         if signature is not None and signature == self._seen:
             return False
         try:
-            return bool(self._apply(self.config.models + self._store_models(), "store"))
+            return bool(self._apply(self.config.models + self._store_models(signature), "store"))
         except Exception:  # a lookup or listing goes on with the models served so far
             log.exception("reading the models added to the store failed")
             return False
@@ -129,11 +129,13 @@ class Catalog:
             return None  # changed just now: another change in the same tick would not move the mtime
         return (st.st_mtime_ns, st.st_ino)
 
-    def _store_models(self) -> tuple[ModelConfig, ...]:
-        """The models added to the store that no configured model names, as they are served."""
+    def _store_models(self, signature: tuple[int, int] | None) -> tuple[ModelConfig, ...]:
+        """The models added to the store that no configured model names, as they are served. `signature`: the
+        manifests folder's, taken by the caller before the folder is read (so that a change made while it is
+        read is seen at the next look)."""
         from warmstart.config_models import store_model
 
-        self._seen = self._signature()
+        self._seen = signature
         if not self.config.store.serve_added:
             return ()
         taken = {m.name for m in self.config.models} | {m.path[len("store:"):] for m in self.config.models
@@ -185,7 +187,7 @@ class Catalog:
             report_restart = restart_needed(self.config, new)
             applied = live_changes(self.config, new)
             self.config = in_force(self.config, new)
-            changes = self._apply(self.config.models + self._store_models(), "reload")
+            changes = self._apply(self.config.models + self._store_models(self._signature()), "reload")
             if applied and not changes:  # auth, schedules or hints changed alone: listeners still apply them
                 for listener in self.listeners:
                     listener(self.config, changes)
