@@ -94,7 +94,9 @@ def own_wheel(store: Path) -> Path:
 def gather_wheels(wheels: Path, cache: Path, extra: tuple[str, ...], *, own_only: bool = False,
                   strip: bool = True) -> tuple[str, tuple[str, ...]]:
     """warmstart's wheel, its dependencies' and pip's own, into `wheels` (hard links into the cache), with
-    their libraries' debug information stripped (`strip`). Returns pip's wheel file name and what to install."""
+    their libraries' debug information stripped (`strip`). Only the wheels this install resolves go in: the
+    cache may hold others (older versions, other engines), and each one would change the wheels' digest, so
+    rebuild the install layer for nothing. Returns pip's wheel file name and what to install."""
     store = cache / "wheels"
     store.mkdir(parents=True, exist_ok=True)
     wheel = own_wheel(store)
@@ -102,16 +104,29 @@ def gather_wheels(wheels: Path, cache: Path, extra: tuple[str, ...], *, own_only
     if own_only:
         shutil.copy2(wheel, wheels / wheel.name)
         return "", ()
-    _pip(["wheel", "--quiet", "--find-links", str(store), "--wheel-dir", str(store), str(wheel), *extra, "pip"])
-    for stale in store.glob("warmstart-*.whl"):  # pip copies the wheel it was given; the cache keeps only deps
-        stale.unlink()
-    for f in [wheel, *store.glob("*.whl")]:
-        target = wheels / f.name
-        f = stripped(f, cache / "stripped") if strip else f
-        if not target.exists():
-            os.link(f, target) if f.stat().st_dev == wheels.stat().st_dev else shutil.copy2(f, target)
+    # pip saves into `wheels` exactly the wheels it resolved (from the cache when there, else the index)
+    _pip(["wheel", "--quiet", "--find-links", str(store), "--wheel-dir", str(wheels), str(wheel), *extra, "pip"])
+    if not (wheels / wheel.name).exists():
+        shutil.copy2(wheel, wheels / wheel.name)
+    for f in sorted(wheels.glob("*.whl")):
+        if f.name == wheel.name:
+            continue
+        cached = store / f.name
+        if not cached.exists():  # downloaded now: kept for the next build
+            _link(f, cached)
+        if strip and (smaller := stripped(cached, cache / "stripped")) != cached:
+            f.unlink()
+            _link(smaller, f)
     pip = sorted(wheels.glob("pip-*.whl"))[-1].name
     return pip, (wheel.name.split("-")[0], *extra)
+
+
+def _link(source: Path, target: Path) -> None:
+    """A hard link where both are on one file system, else a copy."""
+    if source.stat().st_dev == target.parent.stat().st_dev:
+        os.link(source, target)
+    else:
+        shutil.copy2(source, target)
 
 
 def wheels_digest(wheels: Path) -> str:
