@@ -81,6 +81,7 @@ async def run(work: Path, weights: Path, rounds: int) -> dict[str, Any]:
 
     from warmstart.cluster.chunks import chunk_digests
     from warmstart.cluster.ray_nodes import RayNodes
+    from warmstart.cluster.weights import of_path
     from warmstart.config import ClusterConfig, ModelConfig
     from warmstart.store.digest import sha256_file
 
@@ -95,19 +96,21 @@ async def run(work: Path, weights: Path, rounds: int) -> dict[str, Any]:
         shutil.copyfile(weights, a_file)
         await nodes.open()
         a, b = nodes.by_name("a"), nodes.by_name("b")
-        sha, size = sha256_file(a_file), a_file.stat().st_size
+        held = of_path(a_file, sha256_file, lambda p, _: chunk_digests(p))
+        whole_file = held.without_pieces()  # one sha256 over the stream, on one core
+        size = held.size
         model = ModelConfig(name=MODEL, engine="llamacpp", path=str(a_file), options={"n_ctx": 2048})
 
         async def start_on(node: Any, tag: str) -> dict[str, Any]:
             began = time.perf_counter()
-            proc, phases = await nodes.start(node.name, model, f"{MODEL}#{tag}", sha)
+            proc, phases = await nodes.start(node.name, model, f"{MODEL}#{tag}", held)
             seconds = time.perf_counter() - began
             await proc.stop(10)
             return {"seconds": seconds, "phases": dict(phases)}
 
         await start_on(a, "warm-up")  # imports in the page cache, the digest cached: what every run shares
         disk, ram, peer, fetches, object_store, single, ceilings, buffered = [], [], [], [], [], [], [], []
-        pieces = chunk_digests(a_file)
+        pieces = held.files[0].pieces or ()
         for i in range(rounds):
             step("starts from disk, RAM and a peer, rounds", i, rounds)
             await a.agent.release.remote(MODEL)
@@ -116,19 +119,19 @@ async def run(work: Path, weights: Path, rounds: int) -> dict[str, Any]:
             await a.agent.hold.remote(MODEL)
             ram.append(await start_on(a, f"ram-{i}"))
             await b.agent.drop.remote(MODEL)
-            via_store = await nodes.fetch("b", MODEL, sha, size, ("a",), transport="object_store")
+            via_store = await nodes.fetch("b", MODEL, whole_file, ("a",), transport="object_store")
             assert "error" not in via_store, via_store
             object_store.append(via_store)
             await b.agent.drop.remote(MODEL)
-            whole = await nodes.fetch("b", MODEL, sha, size, ("a",))  # one sha256 over the stream, on one core
+            whole = await nodes.fetch("b", MODEL, whole_file, ("a",))
             assert "error" not in whole, whole
             single.append(whole)
             await b.agent.drop.remote(MODEL)
-            through = await nodes.fetch("b", MODEL, sha, size, ("a",), transport="stream-buffered", chunks=pieces)
+            through = await nodes.fetch("b", MODEL, held, ("a",), transport="stream-buffered")
             assert "error" not in through, through
             buffered.append(through)
             await b.agent.drop.remote(MODEL)
-            fetch = await nodes.fetch("b", MODEL, sha, size, ("a",), chunks=pieces)
+            fetch = await nodes.fetch("b", MODEL, held, ("a",))
             assert "error" not in fetch, fetch
             fetches.append(fetch)
             started = await start_on(b, f"peer-{i}")
