@@ -256,6 +256,11 @@ class NodeAgent:
                      transport: str) -> dict[str, Any]:
         stage = staging(self.models_dir, model)
         await asyncio.to_thread(shutil.rmtree, stage, True)  # what a fetch cut short left (an agent that died)
+        free = shutil.disk_usage(self.models_dir).free
+        if free < weights.size:  # refused before a byte moves, not part-way by whichever file runs out of room
+            return {"error": f"node {self.name} has {free / 2**30:.2f} GiB free in {self.models_dir}, model "
+                             f"'{model}' needs {weights.size / 2**30:.2f} GiB; free disk space there",
+                    "refused": [], "from": {}}
         copy = stage / "copy"  # the model's file, or its folder
         refused: list[dict[str, str]] = []
         landed: list[WeightFile] = []  # files received whole and checked, whichever source gave them
@@ -282,10 +287,16 @@ class NodeAgent:
         return {"error": f"no peer gave model '{model}' intact", "refused": refused, "from": moved}
 
     def _put_in_place(self, model: str, weights: Weights, copy: Path) -> None:
-        """The checked copy renamed into place (a folder: replacing any copy there), its staging folder gone."""
-        target = model_folder(self.models_dir, model) if weights.folder else model_file(self.models_dir, model)
-        if target.is_dir():
-            shutil.rmtree(target)
+        """The checked copy renamed into place, its staging folder gone; any other copy of the model here (a
+        folder where a file now goes, or the reverse, and a RAM copy of it) is dropped, so one copy is listed."""
+        file, folder = model_file(self.models_dir, model), model_folder(self.models_dir, model)
+        target, other = (folder, file) if weights.folder else (file, folder)
+        self.tier.release(model)
+        for stale in (target, other):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists() and stale is other:
+                stale.unlink()
         os.replace(copy, target)
         shutil.rmtree(copy.parent, ignore_errors=True)
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from warmstart.cluster import chunks
-from warmstart.cluster.agent import NodeAgent, model_folder, staging
+from warmstart.cluster.agent import NodeAgent, model_file, model_folder, staging
 from warmstart.cluster.chunks import VERIFY_CHUNK, chunk_digests
 from warmstart.cluster.weights import Weights, mismatch, of_path
 from warmstart.config import ModelConfig
@@ -73,7 +73,8 @@ async def test_a_folder_held_in_a_peers_ram_arrives_whole_checked_and_is_then_li
         assert await n1.hold(M) == weights.size and n1.tiers() == {M: "ram"}
         [served] = n1._served(M, ["tokenizer.json"])  # what a peer gets: the RAM tier's copy
         assert n1.tier.tmpfs_dir in served.parents
-        assert n2.tiers() == {}
+        stale = model_file(n2.models_dir, M)
+        stale.write_bytes(b"an older single-file copy")  # replaced by the folder, not listed beside it
         answer = await n2.fetch(M, weights, [("n1", Handle(n1))])
         assert "error" not in answer, answer
         assert answer["bytes"] == weights.size and answer["from"] == {"n1": weights.size} and answer["files"] == 4
@@ -188,5 +189,28 @@ async def test_a_copy_that_is_not_the_heads_is_refused_at_start_naming_what_diff
         assert mismatch(weights, copy, sha256_file) is None
         assert weights.sha256 == head_weights(copy).sha256 != hashlib.sha256(b"").hexdigest()
         assert os.path.isdir(copy)
+    finally:
+        await close(n2)
+
+
+async def test_a_node_without_the_disk_space_refuses_the_fetch_before_a_byte_moves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    write_folder(src)
+    weights = head_weights(src)
+    n2 = NodeAgent("n2", str(tmp_path / "n2"), "127.0.0.1")
+    asked: list[str] = []
+
+    class Peer:
+        async def offer(self, model: str, files: list[str]) -> dict:
+            asked.append(model)
+            raise AssertionError("no transfer should start")
+
+    room = shutil.disk_usage(n2.models_dir)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: room._replace(free=weights.size - 1))
+    try:
+        answer = await n2.fetch(M, weights, [("n1", Handle(Peer()))])
+        assert "needs" in answer["error"] and "free disk space" in answer["error"] and asked == []
+        assert list(n2.models_dir.iterdir()) == []
     finally:
         await close(n2)

@@ -153,3 +153,18 @@ def test_a_peer_that_goes_silent_is_refused_not_waited_on_for_ever(tmp_path: Pat
         server.close()
         for conn in held:
             conn.close()
+
+
+def test_a_disk_without_room_for_a_file_refuses_it_before_its_bytes_arrive(tmp_path: Path, path_taken: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    src = tmp_path / "w.gguf"
+    src.write_bytes(os.urandom(VERIFY_CHUNK + 1))
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(StoreError, match=f"no room for {VERIFY_CHUNK + 1} bytes at {tmp_path}"):
+        receive_checked(offer(src), VERIFY_CHUNK + 1, tmp_path / "w.partial", chunk_digests(src))
