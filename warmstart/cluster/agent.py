@@ -299,6 +299,8 @@ class NodeAgent:
                 stale.unlink()
         os.replace(copy, target)
         shutil.rmtree(copy.parent, ignore_errors=True)
+        for f in weights.files:  # every piece was checked against the head's: the first start need not hash it
+            self.digests.remember(f.under(target), f.sha256)
 
     async def _pull(self, handle: Any, model: str, files: list[WeightFile], copy: Path, transport: str,
                     asked: list[float], landed: Any) -> None:

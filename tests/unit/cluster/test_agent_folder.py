@@ -83,6 +83,8 @@ async def test_a_folder_held_in_a_peers_ram_arrives_whole_checked_and_is_then_li
         assert n2.tiers() == {M: "disk"} and n2.path_of(M) == copy
         assert same_files(copy, model_folder(n1.models_dir, M))
         assert mismatch(weights, copy, sha256_file) is None
+        # what a start checks: from the digests the fetch recorded, without reading the files again
+        assert mismatch(weights, copy, n2._sha256) is None and n2.digests.hashed == 0
         assert sorted(p.name for p in n2.models_dir.iterdir()) == [M.replace("/", "%2F")]  # no staging left
     finally:
         await close(n1, n2)
