@@ -277,16 +277,18 @@ class NodeAgent:
             if len(landed) > before:
                 moved[source] = moved.get(source, 0) + sum(f.size for f in landed[before:])
             if len(landed) == len(weights.files):
-                await asyncio.to_thread(self._put_in_place, model, weights, copy)
+                target = await asyncio.to_thread(self._put_in_place, model, weights, copy)
                 seconds = time.monotonic() - began
                 self.fetched_bps = weights.size / seconds if seconds > 0 else None
+                # every piece was checked against the head's as it landed: the first start need not hash them
+                await asyncio.to_thread(self.digests.remember, {f.under(target): f.sha256 for f in weights.files})
                 return {"source": source, "bytes": weights.size, "seconds": seconds, "refused": refused,
                         "from": moved, "files": len(weights.files), "transport": transport,
                         "offer_seconds": asked[-1] if asked else None}
         await asyncio.to_thread(shutil.rmtree, stage, True)
         return {"error": f"no peer gave model '{model}' intact", "refused": refused, "from": moved}
 
-    def _put_in_place(self, model: str, weights: Weights, copy: Path) -> None:
+    def _put_in_place(self, model: str, weights: Weights, copy: Path) -> Path:
         """The checked copy renamed into place, its staging folder gone; any other copy of the model here (a
         folder where a file now goes, or the reverse, and a RAM copy of it) is dropped, so one copy is listed."""
         file, folder = model_file(self.models_dir, model), model_folder(self.models_dir, model)
@@ -299,8 +301,7 @@ class NodeAgent:
                 stale.unlink()
         os.replace(copy, target)
         shutil.rmtree(copy.parent, ignore_errors=True)
-        for f in weights.files:  # every piece was checked against the head's: the first start need not hash it
-            self.digests.remember(f.under(target), f.sha256)
+        return target
 
     async def _pull(self, handle: Any, model: str, files: list[WeightFile], copy: Path, transport: str,
                     asked: list[float], landed: Any) -> None:

@@ -47,25 +47,51 @@ def chunk_digests(path: Path) -> tuple[str, ...]:
 def receive_files(offer: dict[str, Any], files: Sequence[tuple[WeightFile, Path]], splice: bool = True,
                   landed: Callable[[WeightFile], None] | None = None) -> None:
     """Read each file in turn from one connection to a peer's offer into its path, each piece checked against the
-    file's `pieces` on a pool of threads while the next one arrives (a file without pieces: one sha256 over its
-    bytes); `landed` is told of each file once it is whole and checked. Raises IntegrityError when a piece or a
-    file has another sha256, StoreError when the transfer is short or cut. `splice` False: through a buffer even
-    where splice exists (the bench compares both)."""
+    file's `pieces` on a pool of threads while the next ones (of this file or the next) arrive (a file without
+    pieces: one sha256 over its bytes); `landed` is told of each file, in order, once it is whole and checked.
+    Raises IntegrityError when a piece or a file has another sha256, StoreError when the transfer is short or
+    cut. `splice` False: through a buffer even where splice exists (the bench compares both)."""
+    pending: list[tuple[WeightFile, list[Future[None]]]] = []  # received, pieces still being checked
+    bad = threading.Event()  # a piece did not match: stop receiving
     with socket.create_connection((offer["host"], offer["port"]), timeout=TIMEOUT) as conn, \
             ThreadPoolExecutor(_workers(), thread_name_prefix="fetch-check") as pool:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
         conn.sendall(bytes.fromhex(offer["token"]))
-        for wf, partial in files:
+        try:
+            for wf, partial in files:
+                if bad.is_set():
+                    break
+                try:
+                    pending.append((wf, _receive_one(conn, pool, wf, partial, splice, bad)))
+                except (StoreError, OSError) as exc:
+                    _settle(pending, landed, wait=True)  # a bad file before this one is the reason to give
+                    raise _named(wf, exc) from None
+                _settle(pending, landed, wait=False)
+            _settle(pending, landed, wait=True)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # checks not started yet need not run
+            raise
+
+
+def _settle(pending: list[tuple[WeightFile, list[Future[None]]]], landed: Callable[[WeightFile], None] | None,
+            wait: bool) -> None:
+    """Tell `landed` of the files, in order, whose pieces have all been checked (waiting for them with `wait`);
+    raises for the first whose check failed."""
+    while pending and (wait or all(f.done() for f in pending[0][1])):
+        wf, futures = pending.pop(0)
+        for future in futures:
             try:
-                _receive_one(conn, pool, wf, partial, splice)
-            except (StoreError, OSError) as exc:
-                if not isinstance(exc, StoreError):  # the peer went away, or went silent
-                    raise StoreError(f"the transfer was cut: {type(exc).__name__}: {exc}") from None
-                if wf.path:  # a folder's file: say which
-                    raise type(exc)(f"{wf.path}: {exc}") from None
-                raise
-            if landed is not None:
-                landed(wf)
+                future.result()
+            except StoreError as exc:
+                raise _named(wf, exc) from None
+        if landed is not None:
+            landed(wf)
+
+
+def _named(wf: WeightFile, exc: BaseException) -> StoreError:
+    if not isinstance(exc, StoreError):  # the peer went away, or went silent
+        exc = StoreError(f"the transfer was cut: {type(exc).__name__}: {exc}")
+    return type(exc)(f"{wf.path}: {exc}") if wf.path else exc  # a folder's file: say which
 
 
 def receive_checked(offer: dict[str, Any], size: int, partial: Path, chunks: tuple[str, ...],
@@ -74,19 +100,21 @@ def receive_checked(offer: dict[str, Any], size: int, partial: Path, chunks: tup
     receive_files(offer, [(WeightFile(ONE_FILE, size, "", chunks), partial)], splice)
 
 
-def _receive_one(conn: socket.socket, pool: ThreadPoolExecutor, wf: WeightFile, partial: Path, splice: bool) -> None:
+def _receive_one(conn: socket.socket, pool: ThreadPoolExecutor, wf: WeightFile, partial: Path, splice: bool,
+                 bad: threading.Event) -> list[Future[None]]:
+    """Receive one file; returns the checks of its pieces still under way (none when it was checked whole)."""
     partial.parent.mkdir(parents=True, exist_ok=True)
     if wf.pieces is None:
         got = receive_hashed(conn, wf.size, partial)
         if got != wf.sha256:
             raise IntegrityError(f"sha256 {got[:16]}... is not the manifest's {wf.sha256[:16]}...")
-        return
+        return []
     if len(wf.pieces) != -(-wf.size // VERIFY_CHUNK):
         raise StoreError(f"{len(wf.pieces)} chunk digests for {wf.size} bytes")
     if splice and hasattr(os, "splice") and wf.size:
-        _receive_spliced(conn, wf.size, partial, wf.pieces, pool)
-    else:  # no splice (macOS), or nothing to splice: through a buffer of our own
-        _receive_buffered(conn, wf.size, partial, wf.pieces, pool)
+        return _receive_spliced(conn, wf.size, partial, wf.pieces, pool, bad)
+    _receive_buffered(conn, wf.size, partial, wf.pieces, pool)  # no splice (macOS), or nothing to splice
+    return []
 
 
 def preallocate(fd: int, size: int, path: Path) -> None:
@@ -110,44 +138,48 @@ def _workers() -> int:
 
 
 def _receive_spliced(conn: socket.socket, size: int, partial: Path, chunks: tuple[str, ...],
-                     pool: ThreadPoolExecutor) -> None:
+                     pool: ThreadPoolExecutor, bad: threading.Event) -> list[Future[None]]:
     """Linux: the socket's bytes moved into the file's pages by the kernel (splice, socket -> pipe -> file),
     and each whole piece hashed from those pages (mmap) on the pool: one copy of every byte fewer than
-    reading into a buffer and writing it out, and what is checked is what the engine will read."""
-    bad: list[str] = []
+    reading into a buffer and writing it out, and what is checked is what the engine will read. Returns the
+    checks still under way: the next file is received meanwhile."""
     fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     rd, wr = os.pipe()
+    futures: list[Future[None]] = []
+    done = 0
     try:
         with contextlib.suppress(OSError):  # a larger pipe: fewer round trips (at most pipe-max-size, 1 MiB)
             fcntl.fcntl(wr, fcntl.F_SETPIPE_SZ, 1 << 20)
         preallocate(fd, size, partial)
-        with mmap.mmap(fd, size) as pages:
-            def check(i: int) -> None:
-                begin, end = i * VERIFY_CHUNK, min(size, (i + 1) * VERIFY_CHUNK)
-                with memoryview(pages) as view, view[begin:end] as piece:
-                    if hashlib.sha256(piece).hexdigest() != chunks[i]:
-                        bad.append(f"piece {i} (bytes {begin}-{end}) has another sha256")
-
-            futures: list[Future[None]] = []
-            done = 0
-            while done < size and not bad:
-                got = _splice_in(conn, wr, min(1 << 20, size - done))
-                if not got:
-                    break
-                while got:  # the pipe into the file, at its offset
-                    moved = os.splice(rd, fd, got, offset_dst=done, flags=os.SPLICE_F_MOVE)
-                    done, got = done + moved, got - moved
-                while len(futures) < len(chunks) and min(size, (len(futures) + 1) * VERIFY_CHUNK) <= done:
-                    futures.append(pool.submit(check, len(futures)))  # a whole piece has arrived
-            for f in futures:
-                f.result()
+        while done < size and not bad.is_set():
+            got = _splice_in(conn, wr, min(1 << 20, size - done))
+            if not got:
+                break
+            while got:  # the pipe into the file, at its offset
+                moved = os.splice(rd, fd, got, offset_dst=done, flags=os.SPLICE_F_MOVE)
+                done, got = done + moved, got - moved
+            while len(futures) < len(chunks) and min(size, (len(futures) + 1) * VERIFY_CHUNK) <= done:
+                i = len(futures)  # a whole piece has arrived
+                futures.append(pool.submit(_check_piece, partial, i, size, chunks[i], bad))
     finally:
         for handle in (fd, rd, wr):
             os.close(handle)
-    if bad:
-        raise IntegrityError("; ".join(bad[:3]))
-    if done < size:
+    if done < size and not bad.is_set():
         raise StoreError(f"got {done} bytes of {size}")
+    return futures
+
+
+def _check_piece(partial: Path, i: int, size: int, expected: str, bad: threading.Event) -> None:
+    """Piece `i` of the file, hashed from its pages (the page cache: what was just written), against `expected`."""
+    begin, end = i * VERIFY_CHUNK, min(size, (i + 1) * VERIFY_CHUNK)
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        with mmap.mmap(fd, end - begin, prot=mmap.PROT_READ, offset=begin) as pages, memoryview(pages) as piece:
+            if hashlib.sha256(piece).hexdigest() != expected:
+                bad.set()
+                raise IntegrityError(f"piece {i} (bytes {begin}-{end}) has another sha256")
+    finally:
+        os.close(fd)
 
 
 def _splice_in(conn: socket.socket, pipe: int, count: int) -> int:

@@ -86,7 +86,7 @@ def test_a_digest_remembered_for_a_checked_copy_is_used_until_the_file_changes(t
     f = tmp_path / "w.bin"
     f.write_bytes(b"fetched")
     cache = DigestCache(tmp_path / "d.json")
-    cache.remember(f, hashlib.sha256(b"fetched").hexdigest())
+    cache.remember({f: hashlib.sha256(b"fetched").hexdigest()})
     got = cache.digest(f)
     assert got.cached and got.sha256 == hashlib.sha256(b"fetched").hexdigest() and cache.hashed == 0
     f.write_bytes(b"changed")  # a later write moves ctime: read again
