@@ -30,6 +30,7 @@ from warmstart.bench._harness import (
     table,
     write_json,
 )
+from warmstart.engines.llamacpp_server import default_threads
 from warmstart.progress import step
 
 MODEL = "smollm2-135m-instruct"
@@ -39,12 +40,15 @@ QUESTIONS = [
     "What colour is the sky?",
 ]
 SLOTS_MODEL, ONE_SLOT_MODEL = "smollm2-slots", "smollm2-one-slot"
+# the same model with the engine at its default threads (half the CPUs): the gateway keeps a core of its own
+DEFAULT_THREADS_MODEL = "smollm2-default-threads"
 NO_EOS = {"0": -100, "2": -100}  # SmolLM2's end tokens banned: every stream runs to max_tokens
 
 
 def config(streams: int) -> str:
-    models = [(MODEL, 4), (SLOTS_MODEL, streams), (ONE_SLOT_MODEL, 1)]
-    # every CPU for the one replica generating at a time (the engine's default is half, for many replicas)
+    models = [(MODEL, 4), (SLOTS_MODEL, streams), (ONE_SLOT_MODEL, 1), (DEFAULT_THREADS_MODEL, 4)]
+    # every CPU for the one replica generating at a time (the engine's default is half, for many replicas),
+    # except the model that measures the overhead at the engine's default
     return "".join(f"""
 [[models]]
 name = "{name}"
@@ -55,8 +59,7 @@ max_replicas = 1
 max_concurrency = {slots}
 [models.options]
 n_ctx = 2048
-n_threads = {os.cpu_count() or 2}
-""" for name, slots in models)
+""" + ("" if name == DEFAULT_THREADS_MODEL else f"n_threads = {os.cpu_count() or 2}\n") for name, slots in models)
 
 
 def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, max_tokens: int = 64) -> dict[str, Any]:
@@ -81,32 +84,12 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
             ttfts.append(gateway.first_token("/v1/chat/completions", _chat(i, 8))[0])
 
         # 3. the gateway's added latency: the same request to the engine directly, through the gateway, and
-        # through a process that only copies bytes (the floor any proxy in its own process pays here)
-        direct, splice_proc = Client(engine_url), _splice(engine_url)
-        splice = Client(f"http://127.0.0.1:{splice_proc.stdout.readline().strip()}")  # type: ignore[union-attr]
-        body = {"model": MODEL, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
-        arms = {"d": direct, "g": gateway, "s": splice}
-        step("gateway overhead: warm-up")
-        for _ in range(20):
-            for arm in arms.values():
-                arm.post("/v1/completions", body)
-        times: dict[str, list[float]] = {tag: [] for tag in arms}
-        cpu_before = _cpu_seconds(server.pid)
-        for i in range(overhead_pairs):
-            step("gateway overhead, request triples", i, overhead_pairs)
-            rotation = list(arms.items())
-            for tag, arm in rotation[i % 3:] + rotation[:i % 3]:
-                seconds, code, _, _ = arm.post("/v1/completions", body)
-                assert code == 200
-                times[tag].append(seconds)
-        gateway_cpu = (_cpu_seconds(server.pid) - cpu_before) / overhead_pairs
-        d_times, g_times, s_times = times["d"], times["g"], times["s"]
-        diffs = [g - d for g, d in zip(g_times, d_times, strict=True)]
-        splice_diffs = [s - d for s, d in zip(s_times, d_times, strict=True)]
-        for arm in arms.values():
-            arm.close()
-        splice_proc.kill()
-        splice_proc.wait()
+        # through a process that only copies bytes (the floor any proxy in its own process pays here); with the
+        # engine on every CPU, then at its default threads
+        overhead = _overhead(server, gateway, engine_url, MODEL, overhead_pairs)
+        step("gateway overhead: starting the replica at the engine's default threads")
+        default_url = _warm_replica(server.url, DEFAULT_THREADS_MODEL)
+        at_default = _overhead(server, gateway, default_url, DEFAULT_THREADS_MODEL, overhead_pairs)
 
         # 4. tokens per second: `streams` at once on one replica, through warmstart and directly, and one slot
         step("tokens per second: starting the replicas")
@@ -129,14 +112,10 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         "warm_ttft_p50_ms": round(percentile(ttfts, 50) * 1000, 2),
         "warm_ttft_p99_ms": round(percentile(ttfts, 99) * 1000, 2),
         "warm_ttft_requests": len(ttfts),
-        "gateway_overhead_p50_ms": round((statistics.median(g_times) - statistics.median(d_times)) * 1000, 3),
-        "gateway_overhead_paired_p50_ms": round(statistics.median(diffs) * 1000, 3),
-        "direct_latency_p50_ms": round(statistics.median(d_times) * 1000, 3),
-        "gateway_latency_p50_ms": round(statistics.median(g_times) * 1000, 3),
-        "overhead_pairs": len(diffs),
-        "splice_overhead_p50_ms": round((statistics.median(s_times) - statistics.median(d_times)) * 1000, 3),
-        "splice_overhead_paired_p50_ms": round(statistics.median(splice_diffs) * 1000, 3),
-        "gateway_cpu_ms_per_request": round(gateway_cpu * 1000, 3),
+        **overhead,
+        "engine_threads": os.cpu_count() or 2,
+        **{f"{key}_default_threads": value for key, value in at_default.items()},
+        "engine_default_threads": default_threads({}),
         "streams": streams,
         "stream_max_tokens": max_tokens,
         "tokens_per_s_via_gateway": round(statistics.median(via), 1),
@@ -149,6 +128,49 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         "machine": machine(),
     }
     return result
+
+
+def _overhead(server: ServerProcess, gateway: Client, engine_url: str, model: str, pairs: int) -> dict[str, float]:
+    """Request triples (engine direct, via the gateway, via a byte-copying proxy), in rotating order so that
+    each arm sees the same conditions; the gateway's added latency and its CPU per request."""
+    direct, splice_proc = Client(engine_url), _splice(engine_url)
+    splice = Client(f"http://127.0.0.1:{splice_proc.stdout.readline().strip()}")  # type: ignore[union-attr]
+    body = {"model": model, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
+    arms = {"d": direct, "g": gateway, "s": splice}
+    step(f"gateway overhead ({model}): warm-up")
+    for _ in range(20):
+        for arm in arms.values():
+            arm.post("/v1/completions", body)
+    times: dict[str, list[float]] = {tag: [] for tag in arms}
+    cpu_before = _cpu_seconds(server.pid)
+    for i in range(pairs):
+        step(f"gateway overhead ({model}), request triples", i, pairs)
+        rotation = list(arms.items())
+        for tag, arm in rotation[i % 3:] + rotation[:i % 3]:
+            seconds, code, _, _ = arm.post("/v1/completions", body)
+            assert code == 200
+            times[tag].append(seconds)
+    gateway_cpu = (_cpu_seconds(server.pid) - cpu_before) / pairs
+    direct.close()
+    splice.close()
+    splice_proc.kill()
+    splice_proc.wait()
+    d_times, g_times, s_times = times["d"], times["g"], times["s"]
+    paired = [g - d for g, d in zip(g_times, d_times, strict=True)]
+    return {
+        "gateway_overhead_p50_ms": _ms(statistics.median(g_times) - statistics.median(d_times)),
+        "gateway_overhead_paired_p50_ms": _ms(statistics.median(paired)),
+        "direct_latency_p50_ms": _ms(statistics.median(d_times)),
+        "gateway_latency_p50_ms": _ms(statistics.median(g_times)),
+        "overhead_pairs": len(d_times),
+        "splice_overhead_p50_ms": _ms(statistics.median(s_times) - statistics.median(d_times)),
+        "splice_overhead_paired_p50_ms": _ms(statistics.median([s - d for s, d in zip(s_times, d_times, strict=True)])),
+        "gateway_cpu_ms_per_request": _ms(gateway_cpu),
+    }
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
 
 
 def _splice(engine_url: str) -> subprocess.Popen[str]:
@@ -212,13 +234,9 @@ def report(result: dict[str, Any]) -> str:
     rows = [
         ("warm time to first token p50", f"{result['warm_ttft_p50_ms']:.1f} ms", "< 100 ms"),
         ("warm time to first token p99", f"{result['warm_ttft_p99_ms']:.1f} ms", ""),
-        ("gateway added latency p50", f"{result['gateway_overhead_p50_ms']:.3f} ms", "< 1 ms"),
-        ("  (paired differences p50)", f"{result['gateway_overhead_paired_p50_ms']:.3f} ms", ""),
-        ("  through a byte-copying proxy instead (the floor), p50",
-         f"{result['splice_overhead_p50_ms']:.3f} ms", ""),
-        ("  gateway process CPU per request", f"{result['gateway_cpu_ms_per_request']:.3f} ms", ""),
-        ("  engine direct / via gateway p50",
-         f"{result['direct_latency_p50_ms']:.2f} / {result['gateway_latency_p50_ms']:.2f} ms", ""),
+        *_overhead_rows(result, "", f"engine on all {result['engine_threads']} CPUs"),
+        *_overhead_rows(result, "_default_threads",
+                        f"engine at its default {result['engine_default_threads']} of {result['engine_threads']} CPUs"),
         (f"tokens/s, {result['streams']} streams, one replica, via warmstart",
          f"{result['tokens_per_s_via_gateway']:.1f}", ""),
         (f"tokens/s, {result['streams']} streams, same llama-server direct",
@@ -232,6 +250,20 @@ def report(result: dict[str, Any]) -> str:
     phases = [(name, f"{seconds:.3f} s") for name, seconds in result["phases"].items()]
     return (table(rows, ("measure", "value", "target")) + "\n\ncold start by phase\n"
             + table(phases, ("phase", "seconds")))
+
+
+def _overhead_rows(result: dict[str, Any], suffix: str, engine: str) -> list[tuple[str, str, str]]:
+    def ms(key: str) -> float:
+        return float(result[f"{key}{suffix}"])
+
+    return [
+        (f"gateway added latency p50, {engine}", f"{ms('gateway_overhead_p50_ms'):.3f} ms", "< 1 ms"),
+        ("  (paired differences p50)", f"{ms('gateway_overhead_paired_p50_ms'):.3f} ms", ""),
+        ("  through a byte-copying proxy instead (the floor), p50", f"{ms('splice_overhead_p50_ms'):.3f} ms", ""),
+        ("  gateway process CPU per request", f"{ms('gateway_cpu_ms_per_request'):.3f} ms", ""),
+        ("  engine direct / via gateway p50",
+         f"{ms('direct_latency_p50_ms'):.2f} / {ms('gateway_latency_p50_ms'):.2f} ms", ""),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from warmstart.engines.gguf import check_complete, read_gguf
 from warmstart.engines.health import wait_healthy
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.llamacpp_router import Router, RouterInstance, RouterUnavailable
-from warmstart.engines.llamacpp_server import binary_version, find_binary, server_flags, start_server
+from warmstart.engines.llamacpp_server import binary_version, find_binary, server_flags, start_options, start_server
 from warmstart.engines.process import ManagedProcess, replica_log_path
 from warmstart.errors import EngineError
 
@@ -75,11 +75,15 @@ class LlamaCppEngine(NoRuntimes):
                                                   self.ledger)
 
     def _router_flags(self, model: ModelConfig) -> list[str]:
-        """A router's flags, when it starts: the slots' context comes from the model file (StoreError if none)."""
+        """A router's flags, when it starts: the slots' context comes from the model file (StoreError if none).
+        Its instances run no warm-up unless the model sets `warmup`: the flags are fixed before a start knows
+        whether its weights are in memory (a second preset entry would need a second name, which clients would
+        see), and a router is there for fast starts; from disk too the warm-up only repeats the decode of the
+        server's context probe, after a load that read every page (MAP_POPULATE)."""
         from warmstart.store.sources import resolve_model_path
 
         path = resolve_model_path(model.path, self.data_dir)
-        return server_flags(model.options, model.max_concurrency, slot_context(model, path))
+        return server_flags({"warmup": False, **model.options}, model.max_concurrency, slot_context(model, path))
 
     def router_for(self, model: ModelConfig) -> Router | None:
         """The model's router, if it has one started for the model's settings as they are now."""
@@ -133,11 +137,12 @@ class LlamaCppEngine(NoRuntimes):
 
     async def start(self, model: ModelConfig, path: Path, report: StartReport,
                     name: str) -> ManagedProcess | RouterInstance:
-        options: dict[str, Any] = dict(model.options)
         if path.is_file():  # a truncated file is named as such, not left to llama.cpp's "failed to load"
             await asyncio.to_thread(check_complete, path)
+        # no warm-up run when the weights are in memory (the RAM tier): it would only repeat the probe's decode
+        options = await asyncio.to_thread(start_options, model.options, path)
         if options.get("server"):
-            return await self._start_binary(model, path, report, name)
+            return await self._start_binary(model, options, path, report, name)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         report.enter(SPAWN)
         proc = await ManagedProcess.spawn(
@@ -160,7 +165,7 @@ class LlamaCppEngine(NoRuntimes):
             await proc.abandon()
             raise
 
-    async def _start_binary(self, model: ModelConfig, path: Path, report: StartReport,
+    async def _start_binary(self, model: ModelConfig, options: dict[str, Any], path: Path, report: StartReport,
                             name: str) -> ManagedProcess | RouterInstance:
         """The `server` binary: a start in the model's router when it waits idle, else a process of its own."""
         router = self.router_for(model)
@@ -174,7 +179,7 @@ class LlamaCppEngine(NoRuntimes):
                 except RouterUnavailable as exc:  # the router failed, not the model: start without it
                     log.warning("%s; starting llama-server without the router", exc)
                     report.phases.clear()  # the wasted time stays in the start's total, not in a phase
-        flags = server_flags(model.options, model.max_concurrency, slot_context(model, path))
+        flags = server_flags(options, model.max_concurrency, slot_context(model, path))
         binary = find_binary(str(model.options["server"]))
         proc = await start_server(binary, ["--model", str(path), "--alias", model.name, *flags], report,
                                   data_dir=self.data_dir, replica=name, host=self.host, ledger=self.ledger)

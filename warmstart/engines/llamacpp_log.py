@@ -7,8 +7,10 @@ two marker lines is a phase, measured on the server's own clock:
 | phase   | from the line                               | to the line                               |
 |---------|---------------------------------------------|-------------------------------------------|
 | load    | the first line (server init)                | "llama_context: constructing llama_context" |
-| kv_init | "constructing llama_context"                | "warming up the model" (else "load_model: initializing") |
-| warmup  | "warming up the model"                      | "listening on" (slots and chat template set up too) |
+| kv_init | "constructing llama_context"                | "llama threadpool init" (older: "warming up the model") |
+| warmup  | "llama threadpool init"                     | "listening on" (slots and chat template set up too) |
+
+(Without both "threadpool" and "warming up" lines, "load_model: initializing" ends kv_init.)
 
 A router's (llama-server --models-preset) instances log through the router, each line prefixed `[PORT] `:
 `instance_line` picks one instance's lines and strips the prefix.
@@ -16,7 +18,10 @@ A router's (llama-server --models-preset) instances log through the router, each
 The worker reports `kv_init` and `warmup` as timed here and `load` as the rest of the server's start
 (its log begins a moment after the start). `load` is weights (mmap, or a copy into repacked buffers),
 tokenizer and metadata; `kv_init` the
-context: KV cache, compute buffers, thread pool; `warmup` one empty decode through the whole graph.
+context: KV cache, compute buffers, thread pool; `warmup` the decodes the server runs before it listens:
+its warm-up run (two tokens through the whole graph, unless `--no-warmup`) and, in every start since
+llama.cpp's context probe (`common_context_can_seq_rm`, which decodes two tokens to learn whether the
+context can drop a sequence's tail), that probe too.
 Markers are message text from llama.cpp b11549 (xllamacpp 2026.10.11549) and b11669 (Debian's
 llama.cpp-tools 0.7.0, a system binary); a marker that never comes
 merges its phase into the next one instead of inventing a time.
@@ -34,7 +39,8 @@ _STAMP = re.compile(r"^(\d+)\.(\d{2})\.(\d{3})\.(\d{3}) ")
 # (the phase a line ends, the pattern); the phase after it starts on the same line
 MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (LOAD, re.compile(r"llama_context: constructing llama_context")),
-    (KV_INIT, re.compile(r"warming up the model|srv +load_model: initializing, n_slots")),
+    # the thread pool is the context's last step, with or without a warm-up run after it
+    (KV_INIT, re.compile(r"llama threadpool init|warming up the model|srv +load_model: initializing, n_slots")),
     # xllamacpp's server logs it from `init`, llama-server's own main from `llama_server`
     (WARMUP, re.compile(r"srv +(?:init|llama_server): listening on ")),
 )

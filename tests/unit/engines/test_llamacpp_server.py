@@ -38,10 +38,11 @@ def test_a_routers_log_gives_its_instances_phases_and_port_and_exit():
     assert instance.port == start.port == 38835 and start.listening_at == 101.0
     phases = dict(report.phases)
     assert list(phases) == ["spawn", "load", "kv_init", "warmup"]
-    # the instance's own clock: first line 0.017250, context 1.035383, warm-up 1.329989, listening 1.616775
+    # the instance's own clock: first line 0.017250, context 1.035383, thread pool 1.329927 (warm-up 1.329989),
+    # listening 1.616775
     assert phases["load"] == pytest.approx(1.035383 - 0.017250)
-    assert phases["kv_init"] == pytest.approx(1.329989 - 1.035383)
-    assert phases["warmup"] == pytest.approx(1.616775 - 1.329989)
+    assert phases["kv_init"] == pytest.approx(1.329927 - 1.035383)
+    assert phases["warmup"] == pytest.approx(1.616775 - 1.329927)
     assert phases["spawn"] == pytest.approx(1.0 - 0.017250)  # until its first line was read, less its stamp
     assert instance.exit_code == 0
 
@@ -71,3 +72,27 @@ def test_a_model_whose_settings_changed_since_its_router_started_starts_without_
     changed = dataclasses.replace(model, options={**model.options, "n_ctx": 1024})
     assert engine.router_for(changed) is None
     assert engine.router_for(dataclasses.replace(model, name="other")) is None
+
+
+def test_a_start_whose_weights_are_in_memory_runs_no_warm_up_and_one_from_disk_keeps_it(tmp_path):
+    # the RAM tier: a tmpfs copy (or locked pages) is wholly in memory; warm-up would repeat the probe's decode
+    import os
+
+    from warmstart.engines.llamacpp_server import start_options
+    from warmstart.store.pagecache import evict
+
+    on_disk = tmp_path / "m.gguf"
+    on_disk.write_bytes(os.urandom(3 << 20))
+    assert evict(on_disk) == 0.0, "the test needs a file system whose pages can be dropped"
+    assert "--no-warmup" not in server_flags(start_options({"n_ctx": 512}, on_disk), parallel=1, ctx=512)
+    shm = Path("/dev/shm") / f"ws-test-warmup-{os.getpid()}.gguf"
+    try:
+        shm.write_bytes(on_disk.read_bytes())
+        assert start_options({"n_ctx": 512}, shm) == {"n_ctx": 512, "warmup": False}
+        assert "--no-warmup" in server_flags(start_options({}, shm), parallel=1, ctx=512)
+        assert start_options({"warmup": True}, shm) == {"warmup": True}  # what the model sets wins
+        on_disk.read_bytes()  # a cached file is in memory too
+        assert start_options({}, on_disk) == {"warmup": False}
+    finally:
+        shm.unlink(missing_ok=True)
+    assert start_options({}, tmp_path / "missing.gguf") == {}
