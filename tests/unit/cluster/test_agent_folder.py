@@ -62,7 +62,9 @@ def same_files(a: Path, b: Path) -> bool:
     return all((a / rel).read_bytes() == (b / rel).read_bytes() for rel in FILES)
 
 
-async def test_a_folder_held_in_a_peers_ram_arrives_whole_checked_and_is_then_listed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["stream", "stream-buffered", "object_store"])
+async def test_a_folder_held_in_a_peers_ram_arrives_whole_checked_and_is_then_listed(tmp_path: Path,
+                                                                                     transport: str) -> None:
     n1 = NodeAgent("n1", str(tmp_path / "n1"), "127.0.0.1", ram_method="tmpfs")
     n2 = NodeAgent("n2", str(tmp_path / "n2"), "127.0.0.1")
     try:
@@ -75,7 +77,7 @@ async def test_a_folder_held_in_a_peers_ram_arrives_whole_checked_and_is_then_li
         assert n1.tier.tmpfs_dir in served.parents
         stale = model_file(n2.models_dir, M)
         stale.write_bytes(b"an older single-file copy")  # replaced by the folder, not listed beside it
-        answer = await n2.fetch(M, weights, [("n1", Handle(n1))])
+        answer = await n2.fetch(M, weights, [("n1", Handle(n1))], transport)
         assert "error" not in answer, answer
         assert answer["bytes"] == weights.size and answer["from"] == {"n1": weights.size} and answer["files"] == 4
         assert answer["refused"] == []
