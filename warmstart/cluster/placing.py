@@ -25,6 +25,8 @@ from warmstart.telemetry.metrics import Metrics
 
 FETCH = "fetch"  # the cold-start phase of copying the weights from a peer
 ENGINE_OVERHEAD = 256 << 20  # bytes an engine takes beyond its weights (llama.cpp: context, buffers)
+
+
 class NodeLost(EngineError):
     """The node a start was placed on left the cluster (its agent died) before the engine was up: the start is
     placed again on the nodes that remain."""
