@@ -97,7 +97,10 @@ def build_core(config: Config) -> Core:
     audit = AuditLog(config.audit_dir, clock=clock, metrics=metrics, digests=digests,
                      required=config.audit.required, rotate_bytes=config.audit.rotate_bytes,
                      manifests=ManifestStore(data_dir))
-    pool = Pool(config, create_engines(data_dir, config.models), clock, metrics, audit=audit)
+    # on a cluster every engine runs on a node (its agent's engines): the head keeps no pre-initialized vLLM
+    # runtime or llama.cpp router of its own, which no start would take
+    planned = () if config.cluster.enabled else config.models
+    pool = Pool(config, create_engines(data_dir, planned), clock, metrics, audit=audit)
     pool.attach_store(build_store(config, pool, clock, metrics, seals))
     if config.cluster.enabled:
         pool.attach_cluster(build_cluster(config, metrics))

@@ -6,6 +6,9 @@ real llama.cpp engines on SmolLM2. One cluster and one server for the module, th
   n2: 600 MiB (room for one replica): holds smollm2 on disk
   n3: 600 MiB: holds smollm2, which the test holds in its RAM tier
   n4: joins late, holds smol-d only, then smol-cmd (the command engine: llama.cpp's own server)
+
+then, once n3 is gone, models of several files held only on n1: smol-dir (a folder: the GGUF and files beside
+it, run by the command engine) and tiny-vllm (a Llama checkpoint made here, two safetensors shards, run by vLLM).
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ from tests.e2e.test_pages import until
 from tests.faults import metric_sum
 from tests.integration.test_command_engine import llama_cpp_server
 from tests.integration.test_serving import sse_events
+from tests.integration.test_vllm_engine import OPTIONS as VLLM_OPTIONS
+from tests.integration.test_vllm_engine import descendants
 from tests.support import SMOLLM2, Server, chat, config_text, free_port, pid_alive, smollm2
+from warmstart.bench._tiny_llama import build_in
+from warmstart.cluster.chunks import chunk_digests
+from warmstart.cluster.weights import Weights, of_path
+from warmstart.engines.vllm import default_python
+from warmstart.store.digest import sha256_file
 
 # Ray reads its authentication mode once, when it is imported: the token is set before that, for this process,
 # the cluster's processes (started from it) and the server (given the same environment)
@@ -41,12 +51,23 @@ cluster_utils = pytest.importorskip("ray.cluster_utils")
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SMOL, B, C, D, CMD = "smollm2-135m-instruct", "smol-b", "smol-c", "smol-d", "smol-cmd"
+DIR, TINY = "smol-dir", "tiny-vllm"  # models of several files
+VLLM = ".venv-vllm" in default_python()  # vLLM's CPU build, installed by ./install.sh --test
 MiB = 1 << 20
 NO_EOS = {"2": -100}  # SmolLM2's end-of-text token: a long answer that does not stop early
 
 
 def model_file(node_dir: Path, node: str, model: str) -> Path:
     return node_dir / node / "models" / f"{model}.gguf"
+
+
+def folder_of(node_dir: Path, node: str, model: str) -> Path:
+    return node_dir / node / "models" / model
+
+
+def head_weights(path: Path) -> Weights:
+    """The model as the head describes it to the nodes (each file's sha256 and pieces)."""
+    return of_path(path, sha256_file, lambda p, _: chunk_digests(p))
 
 
 def place(src: Path, node_dir: Path, node: str, model: str, corrupt: bool = False) -> None:
@@ -62,8 +83,10 @@ def place(src: Path, node_dir: Path, node: str, model: str, corrupt: bool = Fals
 
 
 class World:
-    def __init__(self, cluster: object, srv: Server, node_dir: Path, weights: Path) -> None:
+    def __init__(self, cluster: object, srv: Server, node_dir: Path, weights: Path, folders: dict[str, Path]
+                 ) -> None:
         self.cluster, self.srv, self.node_dir, self.weights = cluster, srv, node_dir, weights
+        self.folders = folders  # the head's copies of the models of several files
         self.sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
         self.ray_nodes: dict[str, object] = {}
 
@@ -101,14 +124,28 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ray.init(address=cluster.address, log_to_driver=False)
     models = [smollm2(keep_alive="10m", max_concurrency=1)] + [smollm2(name=m, keep_alive="10m") for m in (B, C, D)]
     models.append({**llama_cpp_server(), "name": CMD})
+    folders = {DIR: tmp / DIR}  # the GGUF, and files beside it as a checkpoint has them
+    folders[DIR].mkdir()
+    shutil.copyfile(weights, folders[DIR] / "smol.gguf")
+    (folders[DIR] / "config.json").write_text(json.dumps({"model_type": "llama", "note": "beside the weights"}))
+    (folders[DIR] / "tokenizer").mkdir()
+    (folders[DIR] / "tokenizer" / "special_tokens_map.json").write_text('{"eos_token": "<|im_end|>"}')
+    in_folder = llama_cpp_server()
+    in_folder["options"]["command"] = [a.replace("{model_path}", "{model_path}/smol.gguf")
+                                       for a in in_folder["options"]["command"]]
+    models.append({**in_folder, "name": DIR, "path": str(folders[DIR])})
+    if VLLM:
+        folders[TINY] = build_in(default_python(), tmp / TINY, shards=2)
+        models.append({"name": TINY, "engine": "vllm", "path": str(folders[TINY]), "keep_alive": "10m",
+                       "options": VLLM_OPTIONS})
     config = tmp / "warmstart.toml"
-    config.write_text(config_text(models, {"queue_deadline": "120s", "engine_timeout": "20s"}, {
+    config.write_text(config_text(models, {"queue_deadline": "300s", "engine_timeout": "20s"}, {
         "cluster": {"backend": "ray", "address": cluster.address, "node_dir": str(node_dir), "head_engines": False,
                     "memory_reserve": "0", "engine_host": "127.0.0.1", "watch_interval": "1s"}}))
     srv = Server(config_path=config, data_dir=tmp / "data", port=free_port(), env=TOKEN)
     try:
         srv.start(timeout=120)
-        w = World(cluster, srv, node_dir, weights)
+        w = World(cluster, srv, node_dir, weights, folders)
         nodes = w.nodes()
         assert sorted(nodes) == ["n1", "n2", "n3"], nodes  # the head runs no engines here
         yield w
@@ -199,8 +236,8 @@ def test_a_corrupted_transfer_is_refused_and_no_engine_sees_it(world: World) -> 
 def test_a_refused_transfer_is_retried_from_another_holder(world: World) -> None:
     place(world.weights, world.node_dir, "n2", C)  # a good copy appears on n2
     size = world.weights.stat().st_size
-    answer = ray.get(world.agent("n3").fetch.remote(C, world.sha256, size, [("n1", world.agent("n1")),
-                                                                           ("n2", world.agent("n2"))]))
+    answer = ray.get(world.agent("n3").fetch.remote(C, head_weights(world.weights), [("n1", world.agent("n1")),
+                                                                                    ("n2", world.agent("n2"))]))
     assert answer["source"] == "n2" and answer["bytes"] == size, answer
     assert [r["source"] for r in answer["refused"]] == ["n1"] and "sha256" in answer["refused"][0]["reason"]
     assert hashlib.sha256(model_file(world.node_dir, "n3", C).read_bytes()).hexdigest() == world.sha256
@@ -300,11 +337,81 @@ def audit_records(srv: Server) -> list[dict]:
     return records
 
 
+def test_a_model_folder_held_only_on_a_peer_is_fetched_whole_checked_and_served(world: World) -> None:
+    # after n3 is gone: n1 (no room) holds the folder; n2 and n4 each run one idle model, one of them unloads it
+    shutil.copytree(world.folders[DIR], folder_of(world.node_dir, "n1", DIR))
+    world.srv.wait_for(lambda: world.nodes()["n1"]["tiers"].get(DIR) == "disk", timeout=20)
+    status, headers, body = world.srv.post("/v1/chat/completions", chat(model=DIR, max_tokens=12))
+    assert status == 200, body
+    node = headers["x-warmstart-node"]
+    assert node in ("n2", "n4") and "Oslo" in body["choices"][0]["message"]["content"]
+    weights = head_weights(world.folders[DIR])
+    copy = folder_of(world.node_dir, node, DIR)
+    assert sorted(f.path for f in weights.files) == ["config.json", "smol.gguf", "tokenizer/special_tokens_map.json"]
+    for f in weights.files:  # every file, byte for byte, and nothing left half-way
+        assert sha256_file(f.under(copy)) == f.sha256
+    assert [p.name for p in copy.parent.iterdir() if p.name.startswith(".")] == []
+    assert world.nodes()[node]["tiers"][DIR] == "loaded"
+    # the engine runs on the fetched folder, on the node
+    cmdline = Path(f"/proc/{world.replica(DIR)['pid']}/cmdline").read_bytes().split(b"\0")
+    assert str(copy / "smol.gguf").encode() in cmdline
+    # the fetch phase counts every file's bytes
+    assert metric_sum(world.srv, "warmstart_fetch_bytes_total", model=DIR, node=node, source="n1") == weights.size
+    [record] = [r for r in audit_records(world.srv) if r["model"] == DIR and r["event"] == "start"]
+    fetch = record["details"]["fetch"]
+    assert fetch["source"] == "n1" and fetch["bytes"] == weights.size and fetch["files"] == 3
+    assert fetch["sha256"] == weights.sha256 and record["node"] == node
+
+    # a holder whose copy differs in one file: refused, naming the file; the files still missing come from the
+    # next holder (those it sent checked are kept), on the node that has none (n2 or n4, the other one)
+    other = {"n2": "n4", "n4": "n2"}[node]
+    bad = folder_of(world.node_dir, "n1", DIR) / "tokenizer" / "special_tokens_map.json"
+    bad.write_text('{"eos_token": "<|im_END|>"}')  # same size
+    answer = ray.get(world.agent(other).fetch.remote(DIR, weights, [("n1", world.agent("n1")),
+                                                                    (node, world.agent(node))]))
+    assert answer["source"] == node and answer["bytes"] == weights.size, answer
+    [refusal] = answer["refused"]
+    assert refusal["source"] == "n1" and "tokenizer/special_tokens_map.json" in refusal["reason"]
+    assert "sha256" in refusal["reason"]
+    sizes = {f.path: f.size for f in weights.files}
+    assert answer["from"] == {"n1": sizes["config.json"] + sizes["smol.gguf"],
+                              node: sizes["tokenizer/special_tokens_map.json"]}
+    for f in weights.files:
+        assert sha256_file(f.under(folder_of(world.node_dir, other, DIR))) == f.sha256
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not VLLM, reason="vLLM's CPU build (.venv-vllm) is installed by ./install.sh --test")
+def test_vllm_starts_on_a_node_from_a_checkpoint_fetched_from_a_peer(world: World) -> None:
+    shutil.copytree(world.folders[TINY], folder_of(world.node_dir, "n1", TINY))
+    world.srv.wait_for(lambda: world.nodes()["n1"]["tiers"].get(TINY) == "disk", timeout=20)
+    status, headers, body = world.srv.post("/v1/completions", {"model": TINY, "prompt": "the model answers",
+                                                               "max_tokens": 4}, timeout=300)
+    assert status == 200, body
+    node = headers["x-warmstart-node"]  # n2 or n4 in the module's order (n3 gone); alone (-m vllm), n2 or n3
+    assert node != "n1" and body["usage"]["completion_tokens"] == 4  # n1 has no room: fetched elsewhere
+    weights = head_weights(world.folders[TINY])
+    assert sum(f.path.endswith(".safetensors") for f in weights.files) == 2
+    copy = folder_of(world.node_dir, node, TINY)
+    assert all(sha256_file(f.under(copy)) == f.sha256 for f in weights.files)
+    # vLLM's server on the node, on the fetched folder; its start's phases read from its log, as on one box
+    cmdline = Path(f"/proc/{world.replica(TINY)['pid']}/cmdline").read_bytes().split(b"\0")
+    assert str(copy).encode() in cmdline and b"--host" in cmdline
+    phases = world.srv.model(TINY)["last_start"]["phases"]
+    assert {"fetch", "verify", "load", "ready"} <= set(phases), phases
+    assert metric_sum(world.srv, "warmstart_fetch_bytes_total", model=TINY, node=node, source="n1") == weights.size
+
+
 def test_a_head_killed_leaves_no_engine_running_on_the_nodes(world: World) -> None:
     # last: it ends the module's server. The agents belong to the head's Ray driver: Ray ends them with it,
     # and each agent's engines end with their parent
     pids = [r["pid"] for m in world.srv.get("/v1/models")[1]["data"] for r in m["replicas"] if r["state"] == "warm"]
     assert pids and all(pid_alive(p) for p in pids)
+    pids += [child for p in pids for child in descendants(p)]  # vLLM's engine core, its workers
     world.srv.proc.send_signal(signal.SIGKILL)
     world.srv.proc.wait(10)
-    world.srv.wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=60, interval=0.5)
+    try:
+        world.srv.wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=60, interval=0.5)
+    except AssertionError:
+        left = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in pids if pid_alive(p)}
+        raise AssertionError(f"still running: {left}") from None

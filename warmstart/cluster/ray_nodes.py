@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from warmstart.cluster.agent import NodeAgent
 from warmstart.cluster.placing import NodeLost
+from warmstart.cluster.weights import Weights
 from warmstart.config import ClusterConfig, ModelConfig
 from warmstart.errors import EngineError, StoreError, WarmstartError
 
@@ -191,24 +192,24 @@ class RayNodes:
 
     # ---- what the pool asks of a node ------------------------------------------------------------------
 
-    async def fetch(self, node: str, model: str, sha256: str, size: int, sources: tuple[str, ...],
-                    transport: str = "stream", chunks: tuple[str, ...] | None = None) -> dict[str, Any]:
-        """Have `node` copy the model's file from the first of `sources` that gives it intact."""
+    async def fetch(self, node: str, model: str, weights: Weights, sources: tuple[str, ...],
+                    transport: str = "stream") -> dict[str, Any]:
+        """Have `node` copy the model's files from the first of `sources` that gives them intact."""
         handles = []
         for name in sources:
             with contextlib.suppress(EngineError):
                 handles.append((name, self.by_name(name).agent))
         try:
-            return await self.by_name(node).agent.fetch.remote(model, sha256, size, handles, transport, chunks)
+            return await self.by_name(node).agent.fetch.remote(model, weights, handles, transport)
         except RayError as exc:
             self.by_name(node).alive = False
             raise NodeLost(f"node {node} was lost while fetching model '{model}': {type(exc).__name__}") from None
 
-    async def start(self, node: str, model: ModelConfig, replica: str, sha256: str
+    async def start(self, node: str, model: ModelConfig, replica: str, weights: Weights
                     ) -> tuple[RemoteProcess, list[tuple[str, float]]]:
         target = self.by_name(node)
         try:
-            answer = await target.agent.start.remote(model, replica, sha256)
+            answer = await target.agent.start.remote(model, replica, weights)
         except RayError as exc:
             target.alive = False
             raise NodeLost(f"node {node} was lost while starting model '{model.name}': "

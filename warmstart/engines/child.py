@@ -18,6 +18,18 @@ def die_with_parent() -> None:
             sys.exit(0)
 
 
+def die_with_starter() -> None:
+    """Be sent SIGTERM when the process that started this one dies, whichever it is (vLLM's engine core: when its
+    API server is killed, SIGKILL included, as Ray does to an agent's children when the agent goes)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        starter = os.getppid()
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != starter:  # it died before the line above: nothing would tell this process
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def parent_gone() -> bool:
     """The process that started this one has died, and this one was re-parented. The parent names itself
     in WARMSTART_PARENT_PID, so a warmstart that is PID 1 (in a container) is not mistaken for init."""

@@ -112,8 +112,9 @@ def probe(python: str) -> dict[str, Any]:
 class VllmEngine:
     kind = "vllm"
 
-    def __init__(self, data_dir: Path, models: tuple[ModelConfig, ...] = ()) -> None:
+    def __init__(self, data_dir: Path, models: tuple[ModelConfig, ...] = (), host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir
+        self.host = host  # where its servers listen: loopback, or a cluster node's private address
         self.root = data_dir / "vllm"
         self.ledger = ProcessLedger(data_dir / "run" / "engines")
         self.pools: dict[str, RuntimePool] = {}
@@ -169,7 +170,7 @@ class VllmEngine:
 
     def argv(self, model: ModelConfig, path: Path, port: int) -> list[str]:
         """vLLM server flags for a model: never a shell, every value its own argument."""
-        args = ["--model", str(path), "--served-model-name", model.name, "--host", "127.0.0.1",
+        args = ["--model", str(path), "--served-model-name", model.name, "--host", self.host,
                 "--port", str(port), "--disable-uvicorn-access-log"]
         for key, value in model.options.items():
             if key not in VLLM_FLAGS:
@@ -281,7 +282,7 @@ class VllmEngine:
                                                   ledger=self.ledger, replica=name)
                 offset = proc.log_path.stat().st_size
             try:
-                proc.base_url = f"http://127.0.0.1:{port}"
+                proc.base_url = f"http://{self.host}:{port}"
                 await self._follow(proc, report, offset, began)
                 return proc
             except BaseException:

@@ -30,6 +30,7 @@ from vllm.logger import init_logger
 from vllm.model_executor.model_loader import DefaultModelLoader, register_model_loader
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 
+from warmstart.engines.child import die_with_starter
 from warmstart.store.loader import Checkpoint, FastLoader, folder_files
 
 LOAD_FORMAT = "warmstart"
@@ -119,5 +120,9 @@ def check_all_loaded(model: nn.Module, names: set[str]) -> None:
 
 
 def register() -> Any:
-    """The `vllm.general_plugins` entry point: vLLM calls it once in every process it starts."""
+    """The `vllm.general_plugins` entry point: vLLM calls it once in every process it starts. Each of them also
+    dies with the process that started it: vLLM's engine core does not outlive its API server, even one killed
+    by SIGKILL (warmstart ends a whole engine's process group, but on a cluster node Ray kills only the
+    agent's children when the agent goes, and the engine core would be left running)."""
+    die_with_starter()
     return register_model_loader(LOAD_FORMAT)(WarmstartModelLoader)

@@ -26,14 +26,12 @@ async def start_placed(books: Books, table: Mapping[str, ModelEntry], entry: Mod
                        path: Path, stop: Stop) -> Any:
     """The engine process of `replica`, started on the node placement chose; records the node on the replica.
     NoRoom refuses the start (ModelStartFailed: a 503 naming the memory that is short)."""
-    from warmstart.cluster.placing import NodeLost, need_bytes, not_on_nodes
+    from warmstart.cluster.placing import NodeLost, need_bytes
 
     cluster = books.cluster
     assert cluster is not None
-    refusal = not_on_nodes(entry.config)
-    if refusal is not None:
-        raise ModelStartFailed(refusal, retry_after=None)
-    sha256, size = await cluster.digest(path)
+    weights = await cluster.weights(path)
+    size = weights.size
     need = need_bytes(entry.config, size)
     for attempt in range(ATTEMPTS):
         replica.report.enter(PLACE)
@@ -47,11 +45,11 @@ async def start_placed(books: Books, table: Mapping[str, ModelEntry], entry: Mod
         for victim in victims:  # promised to this start: no other start counts on their memory meanwhile
             victim.evicting = True
         try:
-            await cluster.fetch_for(decision, entry.name, sha256, size, replica.report)
+            await cluster.fetch_for(decision, entry.name, weights, replica.report)
             for victim in victims:  # only once the weights are there: a failed fetch unloads nothing
                 if victim.state is ReplicaState.WARM and victim.in_flight == 0:  # still idle
                     await stop(table[victim.model], victim, "evicted")
-            return await cluster.start(decision, entry.config, sha256, replica.report, replica.id)
+            return await cluster.start(decision, entry.config, weights, replica.report, replica.id)
         except NodeLost as exc:
             if attempt == ATTEMPTS - 1:
                 raise

@@ -16,6 +16,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,6 +156,24 @@ class DigestCache:
             self._entries[_key(path, st)] = (value, hashed_at, False)
             self._save()
         return FileDigest(str(path), st.size, value, cached=False, hashed_at=hashed_at, stat=st)
+
+    def remember(self, known: Mapping[Path, str]) -> None:
+        """Record the sha256 of files whose bytes were checked as they were written (a peer fetch checks every
+        piece against the head's), so their first use does not read them again. Held for each file as it is
+        now, once its ctime is older than a clock tick (as hash_stable waits); a file changed meanwhile is left
+        out (hashed when next asked for)."""
+        stats = {Path(p).resolve(): _stat(Path(p).resolve()) for p in known}
+        young = max((st.ctime_ns for st in stats.values()), default=0) - (time.time_ns() - _TICK_NS)
+        if 0 < young <= _TICK_NS:
+            time.sleep(young / 1e9)
+        with self._lock:
+            for (path, st), sha256 in zip(stats.items(), known.values(), strict=True):
+                if _stat(path) != st:
+                    continue
+                for old in [k for k in self._entries if k.startswith(f"{path}|")]:
+                    del self._entries[old]
+                self._entries[_key(path, st)] = (sha256, time.time(), False)
+            self._save()
 
     def _save(self) -> None:
         if self.cache_file is None:

@@ -36,3 +36,27 @@ async def test_the_heads_own_files_are_served_by_its_node_and_never_deleted(tmp_
         assert await agent.drop("m") is False and head_file.read_bytes() == b"weights"
     finally:
         await agent.shutdown()
+
+
+async def test_engines_an_earlier_agent_left_running_are_ended_when_the_node_gets_a_new_one(tmp_path: Path) -> None:
+    # an engine's process group, recorded by an agent that is gone (its head died): the next agent ends it
+    import json
+    import subprocess
+    import sys
+
+    from tests.support import pid_alive
+
+    left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    ledger = tmp_path / "n" / "run" / "engines"
+    ledger.mkdir(parents=True)
+    cmdline = Path(f"/proc/{left.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    (ledger / f"{left.pid}.json").write_text(json.dumps({"pid": left.pid, "pgid": left.pid, "cmdline": cmdline,
+                                                         "replica": "m#1", "warmstart_pid": gone.pid}))
+    try:
+        agent = NodeAgent("n", str(tmp_path / "n"), "127.0.0.1")
+        assert left.wait(10) == -9 and not pid_alive(left.pid)
+        await agent.shutdown()
+    finally:
+        left.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from warmstart.cluster.placing import node_facts
@@ -46,14 +47,17 @@ def test_loaded_used_and_idle_come_from_the_pools_table_and_tiers_from_the_agent
     assert b.used_bytes == 0 and b.tiers == {} and b.rates == placement.NodeRates()
 
 
-def test_only_the_engines_a_node_runs_are_placed_on_nodes():
-    from warmstart.cluster.placing import not_on_nodes
-    from warmstart.config import ModelConfig
+async def test_every_engine_kind_runs_on_a_node(tmp_path: Path) -> None:
+    # placement sends every model to a node: a node agent must run every engine a config can name
+    from warmstart.cluster.agent import NodeAgent
+    from warmstart.engines.registry import ENGINES
 
-    assert not_on_nodes(ModelConfig("m", "llamacpp", "m.gguf")) is None
-    assert not_on_nodes(ModelConfig("m", "command", "m.gguf")) is None
-    why = not_on_nodes(ModelConfig("big", "vllm", "/models/big"))
-    assert why is not None and "'big' uses the vllm engine" in why and "single-box" in why
+    agent = NodeAgent("n", str(tmp_path / "n"), "127.0.0.1")
+    try:
+        assert sorted(agent.kinds) == sorted(ENGINES)
+        assert all(engine.kind == kind for kind, engine in agent.kinds.items())
+    finally:
+        await agent.shutdown()
 
 
 def test_an_idle_model_promised_to_a_start_under_way_is_not_offered_as_room_again() -> None:

@@ -79,3 +79,16 @@ def test_a_cache_of_the_earlier_format_costs_one_rehash(tmp_path):
     d = cache.digest(f)
     assert not d.cached and d.sha256 == hashlib.sha256(b"abc").hexdigest()
     assert DigestCache(tmp_path / "d.json").digest(f).cached
+
+
+def test_a_digest_remembered_for_a_checked_copy_is_used_until_the_file_changes(tmp_path):
+    # a peer fetch checked every piece as it wrote the file: its first use need not read it again
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"fetched")
+    cache = DigestCache(tmp_path / "d.json")
+    cache.remember({f: hashlib.sha256(b"fetched").hexdigest()})
+    got = cache.digest(f)
+    assert got.cached and got.sha256 == hashlib.sha256(b"fetched").hexdigest() and cache.hashed == 0
+    f.write_bytes(b"changed")  # a later write moves ctime: read again
+    again = cache.digest(f)
+    assert not again.cached and again.sha256 == hashlib.sha256(b"changed").hexdigest()
