@@ -196,6 +196,7 @@ class PredictivePolicy:
         kas = np.empty(NC)
         wake = self.wake_burst(s)
         ram_cap = self.ram_cap(s)
+        hold = 0.0 if ram_cold_start is None else self.wake_hold(s, c, ram_cold_start, ram_price)
         pooled = self.with_prior(s.n.sum(axis=0), s.w.sum(axis=0), s.idle.sum(axis=0), self._flat, p.prior_gaps, wake)
         for ci in range(NC):
             lo, hi = int(CONTEXTS[ci]), CONTEXTS[ci + 1] - 1
@@ -206,8 +207,8 @@ class PredictivePolicy:
             kas[ci] = spans[0].end if spans else 0.0
             after += [WarmSpan(sp.start, sp.end, sp.trigger, lo, hi) for sp in spans]
             if ram_cold_start is not None:
-                ram.append(WarmSpan(kas[ci], self.ram_horizon(hist, c, ram_cold_start, ram_price, kas[ci], ram_cap),
-                                    "ram", lo, hi))
+                horizon = self.ram_horizon(hist, c, ram_cold_start, ram_price, kas[ci], ram_cap)
+                ram.append(WarmSpan(kas[ci], max(horizon, hold), "ram", lo, hi))
         return tuple(after), kas, tuple(ram)
 
     def ram_net(self, hist: tuple[np.ndarray, np.ndarray, np.ndarray], c: float, ram_cold_start: float,
@@ -230,6 +231,21 @@ class PredictivePolicy:
         had a gap longer than the last edge). The prior's pseudo-gaps price what a hold gains; alone they do not
         hold weights in RAM for days."""
         return evidence(s.n.sum(axis=0), self.p.ram_evidence)
+
+    def wake_hold(self, s: PredictiveState, c: float, ram_cold_start: float, ram_price: float) -> float:
+        """`wake_ram_hold` when the model's wake-ups are worth more than the RAM they would be read from: what
+        RAM starts would have saved on them (`tiers.ram_net`, all but the first request of each burst waiting
+        less, and the shorter starts) beats a RAM second for every second of the days the model was observed;
+        0 otherwise, or before it has been observed a whole day. Unlike the gap histogram this does not ask
+        whether a silence this long was seen: a model that wakes to large bursts day after day is held through
+        the silence before its next one."""
+        days = float(s.seen_dow.sum())
+        if self.p.wake_ram_hold <= 0 or days < 1.0:
+            return 0.0
+        gain = tiers.ram_net(np.array([s.wake_n.sum()]), np.array([s.wake_w.sum()]), np.array([days * DAY]),
+                             cold_start=c, ram_cold_start=ram_cold_start, ram_price=ram_price,
+                             rate=self.p.cold_request_cost)
+        return self.p.wake_ram_hold if gain[0] > 0 else 0.0
 
     def wake_burst(self, s: PredictiveState) -> float:
         """The requests a cold start after a long gap made wait, on average (one pseudo-gap of one request
