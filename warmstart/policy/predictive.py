@@ -233,19 +233,29 @@ class PredictivePolicy:
         return evidence(s.n.sum(axis=0), self.p.ram_evidence)
 
     def wake_hold(self, s: PredictiveState, c: float, ram_cold_start: float, ram_price: float) -> float:
-        """`wake_ram_hold` when the model's wake-ups are worth more than the RAM they would be read from: what
-        RAM starts would have saved on them (`tiers.ram_net`, all but the first request of each burst waiting
-        less, and the shorter starts) beats a RAM second for every second of the days the model was observed;
-        0 otherwise, or before it has been observed a whole day. Unlike the gap histogram this does not ask
-        whether a silence this long was seen: a model that wakes to large bursts day after day is held through
-        the silence before its next one."""
+        """How long after a request the model's wake-ups pay for holding its weights in RAM, however long the
+        silences it has shown: 0 unless what RAM starts would have saved on them (`tiers.ram_net`: all but the
+        first request of each burst waiting less, and the shorter starts) beats a RAM second for every second
+        of the days the model was observed (at least one whole day). Then as long as that stays true while the
+        silence goes on: the wake-ups decay with the half-life and every silent day adds a day observed, so
+        the hold ends where the decayed worth meets the growing cost, at most `wake_ram_hold`."""
+        p = self.p
         days = float(s.seen_dow.sum())
-        if self.p.wake_ram_hold <= 0 or days < 1.0:
+        if p.wake_ram_hold <= 0 or days < 1.0:
             return 0.0
-        gain = tiers.ram_net(np.array([s.wake_n.sum()]), np.array([s.wake_w.sum()]), np.array([days * DAY]),
-                             cold_start=c, ram_cold_start=ram_cold_start, ram_price=ram_price,
-                             rate=self.p.cold_request_cost)
-        return self.p.wake_ram_hold if gain[0] > 0 else 0.0
+        worth = tiers.ram_net(np.array([s.wake_n.sum()]), np.array([s.wake_w.sum()]), np.zeros(1),
+                              cold_start=c, ram_cold_start=ram_cold_start, ram_price=ram_price,
+                              rate=p.cold_request_cost)[0]
+        day_cost = ram_price * DAY
+        if not worth > day_cost * days:
+            return 0.0
+        # after t silent seconds (x = 0.5 ** (t / half_life)): worth x against day_cost (days x + h (1 - x)),
+        # h the silent days' decayed sum as t grows without end; the hold ends where they meet
+        h = p.half_life / (math.log(2) * DAY)
+        x = day_cost * h / (worth - day_cost * days + day_cost * h)
+        # the plan's spans count from the last request: add the silence already past
+        past = 0.0 if math.isnan(s.pending) else max(0.0, s.updated - s.pending)
+        return float(min(p.wake_ram_hold, past - p.half_life * math.log2(x)))
 
     def wake_burst(self, s: PredictiveState) -> float:
         """The requests a cold start after a long gap made wait, on average (one pseudo-gap of one request

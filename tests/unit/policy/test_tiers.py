@@ -151,15 +151,38 @@ def test_a_model_whose_wake_ups_pay_for_ram_is_held_through_a_silence_longer_tha
     # 30 s) makes wait half as long: 160 x 59 x 0.5 x 21 = 99,000 replica-seconds a day saved for 6,912 in RAM
     habit = bursts(every=4000.0, size=60, count=60)
     cap = float(EDGES[EDGES > 4000][0])  # the longest gap it has shown ends in this bin
-    assert held_after(habit) == PredictiveParams().wake_ram_hold == 7 * 86400.0
+    hold = held_after(habit)
+    assert 7 * 86400 < hold < PredictiveParams().wake_ram_hold == 28 * 86400.0
     assert held_after(habit, PredictiveParams(wake_ram_hold=0.0)) == cap  # off: the gaps' cap, as before
+    assert held_after(habit, PredictiveParams(wake_ram_hold=2 * 86400.0)) == 2 * 86400.0  # at most this
+    # half the bursts' worth (30 requests each): held, for less long
+    assert cap < held_after(bursts(every=4000.0, size=30, count=60)) < hold
     # the same gaps ending in one request each: a RAM start saves its 15 s, not a day's RAM
-    lone = bursts(every=4000.0, size=1, count=60)
-    assert held_after(lone) < 2 * 86400.0
+    assert held_after(bursts(every=4000.0, size=1, count=60)) < 2 * 86400.0
     # RAM dearer than the wake-ups' worth (a RAM second at 5 loaded seconds: 432,000 a day): no hold
     assert held_after(habit, ram_price=5.0) < 2 * 86400.0
     # not yet observed for a whole day (10 bursts, 11 hours): the gaps' cap alone
     assert held_after(bursts(every=4000.0, size=60, count=10)) <= cap
+
+
+def test_the_hold_ends_where_deciding_again_through_the_silence_would_let_the_weights_go():
+    policy = PredictivePolicy()
+    habit = bursts(every=4000.0, size=60, count=60)
+    last = float(habit[-1])
+
+    state = policy.observe(Observation("m", habit, 30.0), policy.initial_state(), last + 3000)
+    hold = policy.wake_hold(state, 30.0, 15.0, 0.08)
+    # decided again every hour of the silence, as a quiet model is (nothing arriving)
+    held, t = [], last + 3000
+    while t < last + hold + 3 * 86400:
+        t += 3600.0
+        state = policy.observe(Observation("m", habit[:0], 30.0), state, t)
+        held.append((t - last, policy.wake_hold(state, 30.0, 15.0, 0.08)))
+    # each decision holds on to about the same end, and the last one that holds is there (the silent days
+    # count whole: to within a day)
+    assert all(abs(h - hold) < 86400 for since, h in held if h > 0)
+    last_held = max(since for since, h in held if h > 0)
+    assert abs(last_held - hold) < 86400
 
 
 def test_the_default_reads_ram_after_a_silence_longer_than_any_its_habit_showed():
