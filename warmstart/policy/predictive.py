@@ -196,6 +196,7 @@ class PredictivePolicy:
         kas = np.empty(NC)
         wake = self.wake_burst(s)
         ram_cap = self.ram_cap(s)
+        hold = 0.0 if ram_cold_start is None else self.wake_hold(s, c, ram_cold_start, ram_price)
         pooled = self.with_prior(s.n.sum(axis=0), s.w.sum(axis=0), s.idle.sum(axis=0), self._flat, p.prior_gaps, wake)
         for ci in range(NC):
             lo, hi = int(CONTEXTS[ci]), CONTEXTS[ci + 1] - 1
@@ -206,8 +207,8 @@ class PredictivePolicy:
             kas[ci] = spans[0].end if spans else 0.0
             after += [WarmSpan(sp.start, sp.end, sp.trigger, lo, hi) for sp in spans]
             if ram_cold_start is not None:
-                ram.append(WarmSpan(kas[ci], self.ram_horizon(hist, c, ram_cold_start, ram_price, kas[ci], ram_cap),
-                                    "ram", lo, hi))
+                horizon = self.ram_horizon(hist, c, ram_cold_start, ram_price, kas[ci], ram_cap)
+                ram.append(WarmSpan(kas[ci], max(horizon, hold), "ram", lo, hi))
         return tuple(after), kas, tuple(ram)
 
     def ram_net(self, hist: tuple[np.ndarray, np.ndarray, np.ndarray], c: float, ram_cold_start: float,
@@ -230,6 +231,31 @@ class PredictivePolicy:
         had a gap longer than the last edge). The prior's pseudo-gaps price what a hold gains; alone they do not
         hold weights in RAM for days."""
         return evidence(s.n.sum(axis=0), self.p.ram_evidence)
+
+    def wake_hold(self, s: PredictiveState, c: float, ram_cold_start: float, ram_price: float) -> float:
+        """How long after a request the model's wake-ups pay for holding its weights in RAM, however long the
+        silences it has shown: 0 unless what RAM starts would have saved on them (`tiers.ram_net`: all but the
+        first request of each burst waiting less, and the shorter starts) beats a RAM second for every second
+        of the days the model was observed (at least one whole day). Then as long as that stays true while the
+        silence goes on: the wake-ups decay with the half-life and every silent day adds a day observed, so
+        the hold ends where the decayed worth meets the growing cost, at most `wake_ram_hold`."""
+        p = self.p
+        days = float(s.seen_dow.sum())
+        if p.wake_ram_hold <= 0 or days < 1.0:
+            return 0.0
+        worth = tiers.ram_net(np.array([s.wake_n.sum()]), np.array([s.wake_w.sum()]), np.zeros(1),
+                              cold_start=c, ram_cold_start=ram_cold_start, ram_price=ram_price,
+                              rate=p.cold_request_cost)[0]
+        day_cost = ram_price * DAY
+        if not worth > day_cost * days:
+            return 0.0
+        # after t silent seconds (x = 0.5 ** (t / half_life)): worth x against day_cost (days x + h (1 - x)),
+        # h the silent days' decayed sum as t grows without end; the hold ends where they meet
+        h = p.half_life / (math.log(2) * DAY)
+        x = day_cost * h / (worth - day_cost * days + day_cost * h)
+        # the plan's spans count from the last request: add the silence already past
+        past = 0.0 if math.isnan(s.pending) else max(0.0, s.updated - s.pending)
+        return float(min(p.wake_ram_hold, past - p.half_life * math.log2(x)))
 
     def wake_burst(self, s: PredictiveState) -> float:
         """The requests a cold start after a long gap made wait, on average (one pseudo-gap of one request

@@ -26,6 +26,12 @@ class PredictiveParams:
     # hold the weights in RAM no longer than this x the end of the longest gap bin the model was seen to have
     # (0: no cap): a RAM hold bought by the prior's unseen long gaps alone went unused (tuned on ServeGen days 2-6)
     ram_evidence: float = 1.0
+    # but when the model's wake-ups (requests after a silence longer than its keep-alive) are worth more per day
+    # than a day in RAM, hold its weights in RAM after each request as long as that stays true through a silence
+    # (the wake-ups decaying with `half_life`), however long the silences it has shown; at most this (0: never):
+    # the request history's default retention, beyond which nothing is remembered (chosen on ServeGen days 2-6:
+    # better on each tuning window at 30 s and at 5 s)
+    wake_ram_hold: float = 28 * DAY
     # keep the model loaded after a request no longer than this x the end of the longest gap bin seen at that
     # recent rate (but at least `min_keep_alive`; 0: no cap): the prior alone does not buy an hour after a
     # busy spell that has never paused for long (Azure: +55 % cost over a fixed 300 s, no request kept warm)

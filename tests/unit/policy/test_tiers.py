@@ -48,7 +48,8 @@ def test_the_ram_horizon_is_the_best_run_of_bins_after_the_keep_alive():
 
 
 def test_the_predictive_policy_holds_a_model_in_ram_through_the_gaps_a_keep_alive_would_not_pay_for():
-    policy = PredictivePolicy(PredictiveParams(cold_request_cost=20))
+    # (wake_ram_hold 0: the gaps' choice alone; the hold earned by wake-ups is tested below)
+    policy = PredictivePolicy(PredictiveParams(cold_request_cost=20, wake_ram_hold=0.0))
     arrivals = bursts(every=3000.0, size=60, count=40)
     now = float(arrivals[-1]) + 3000
 
@@ -116,7 +117,8 @@ def test_weights_stay_in_ram_no_longer_than_the_longest_gap_the_model_was_seen_t
     last = float(arrivals[-1])
 
     def held(arrivals: np.ndarray, evidence: float) -> float:
-        policy = PredictivePolicy(PredictiveParams(ram_evidence=evidence))
+        # (wake_ram_hold 0: the hold a model's wake-ups earn, tested below, would lift the cap)
+        policy = PredictivePolicy(PredictiveParams(ram_evidence=evidence, wake_ram_hold=0.0))
         obs = Observation("m", arrivals, 30.0, ram_cold_start_s=15.0, ram_price_s=0.08)
         until = ram_until(policy.decide(obs, policy.initial_state(), float(arrivals[-1]) + 3000)[0],
                           float(arrivals[-1]), recent=60)
@@ -132,3 +134,69 @@ def test_weights_stay_in_ram_no_longer_than_the_longest_gap_the_model_was_seen_t
     policy = PredictivePolicy()
     state = policy.observe(Observation("m", slept, 30.0), policy.initial_state(), float(slept[-1]) + 3000)
     assert policy.ram_cap(state) == float(EDGES[EDGES > 86400][0])
+
+
+def held_after(arrivals: np.ndarray, params: PredictiveParams | None = None, ram_price: float = 0.08) -> float:
+    """Seconds after the last request the default policy holds the weights in RAM, decided 3000 s later."""
+    policy = PredictivePolicy(params or PredictiveParams())
+    last = float(arrivals[-1])
+    obs = Observation("m", arrivals, 30.0, ram_cold_start_s=15.0, ram_price_s=ram_price)
+    until = ram_until(policy.decide(obs, policy.initial_state(), last + 3000)[0], last, recent=60)
+    assert until is not None
+    return until - last
+
+
+def test_a_model_whose_wake_ups_pay_for_ram_is_held_through_a_silence_longer_than_any_it_has_shown():
+    # 60 requests every 4000 s for 2.8 days: 21 wake-ups a day, each with 59 requests a RAM start (15 s, not
+    # 30 s) makes wait half as long: 160 x 59 x 0.5 x 21 = 99,000 replica-seconds a day saved for 6,912 in RAM
+    habit = bursts(every=4000.0, size=60, count=60)
+    cap = float(EDGES[EDGES > 4000][0])  # the longest gap it has shown ends in this bin
+    hold = held_after(habit)
+    assert 7 * 86400 < hold < PredictiveParams().wake_ram_hold == 28 * 86400.0
+    assert held_after(habit, PredictiveParams(wake_ram_hold=0.0)) == cap  # off: the gaps' cap, as before
+    assert held_after(habit, PredictiveParams(wake_ram_hold=2 * 86400.0)) == 2 * 86400.0  # at most this
+    # half the bursts' worth (30 requests each): held, for less long
+    assert cap < held_after(bursts(every=4000.0, size=30, count=60)) < hold
+    # the same gaps ending in one request each: a RAM start saves its 15 s, not a day's RAM
+    assert held_after(bursts(every=4000.0, size=1, count=60)) < 2 * 86400.0
+    # RAM dearer than the wake-ups' worth (a RAM second at 5 loaded seconds: 432,000 a day): no hold
+    assert held_after(habit, ram_price=5.0) < 2 * 86400.0
+    # not yet observed for a whole day (10 bursts, 11 hours): the gaps' cap alone
+    assert held_after(bursts(every=4000.0, size=60, count=10)) <= cap
+
+
+def test_the_hold_ends_where_deciding_again_through_the_silence_would_let_the_weights_go():
+    policy = PredictivePolicy()
+    habit = bursts(every=4000.0, size=60, count=60)
+    last = float(habit[-1])
+
+    state = policy.observe(Observation("m", habit, 30.0), policy.initial_state(), last + 3000)
+    hold = policy.wake_hold(state, 30.0, 15.0, 0.08)
+    # decided again every hour of the silence, as a quiet model is (nothing arriving)
+    held, t = [], last + 3000
+    while t < last + hold + 3 * 86400:
+        t += 3600.0
+        state = policy.observe(Observation("m", habit[:0], 30.0), state, t)
+        held.append((t - last, policy.wake_hold(state, 30.0, 15.0, 0.08)))
+    # each decision holds on to about the same end, and the last one that holds is there (the silent days
+    # count whole: to within a day)
+    assert all(abs(h - hold) < 86400 for since, h in held if h > 0)
+    last_held = max(since for since, h in held if h > 0)
+    assert abs(last_held - hold) < 86400
+
+
+def test_the_default_reads_ram_after_a_silence_longer_than_any_its_habit_showed():
+    """End to end through the replay: a model wakes to bursts of 40 every 3.1 hours for 4 days (at no fixed time
+    of day: nothing to pre-warm), then sleeps 3 days (longer than any gap it has shown) and wakes again: that
+    start reads RAM, and RAM is what it paid for."""
+    habit = bursts(every=11220.0, size=40, count=32, rate=1.0)
+    later = bursts(every=11220.0, size=40, count=4, start=float(habit[-1]) + 3 * 86400.0 + 5000.0, rate=1.0)
+    arrivals = {"m": np.concatenate([habit, later])}
+    trace = Trace("t", arrivals, 0.0, float(arrivals["m"][-1]) + 3600)
+    ram = RamTier(0.0, 15.0, 0.08)
+    held = simulate(trace, make_policy("default"), 30.0, ram)
+    before = simulate(trace, make_policy("default", predictive={"wake_ram_hold": 0}), 30.0, ram)
+    # the first burst after the silence waited on RAM (15 s: 15 of its 40 requests), not disk (30 s: 30)
+    assert held["cold_requests"] <= before["cold_requests"] - 10
+    assert held["starts_from_ram"] == before["starts_from_ram"] + 1
+    assert held["ram_resident_s"] >= before["ram_resident_s"] + 2.8 * 86400
