@@ -20,6 +20,7 @@ CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 4.0
 MAX_HEAD_BYTES = 64 * 1024
 READ_SIZE = 64 * 1024
+MAX_TARGETS = 256
 
 
 class EngineConnectionError(ConnectionError):
@@ -148,18 +149,14 @@ class EngineClient:
         self._idle: dict[tuple[str, int], list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         self._closed = False
         self._sweep_at: asyncio.TimerHandle | None = None
+        self._targets: dict[str, tuple[tuple[str, int], str]] = {}
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> EngineResponse:
         """POST `body` to `url` (http://HOST:PORT/PATH); returns once the answer's head is in. A connection kept
         from an earlier request that turns out closed is replaced and the request sent once more: the engine
         closed it before reading the request, so nothing was done twice."""
-        parts = urlsplit(url)
-        if parts.scheme != "http" or parts.hostname is None:
-            raise EngineConnectionError(f"engine URL {url!r} is not http://HOST:PORT")
-        key = (parts.hostname, parts.port or 80)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        head = [f"POST {target} HTTP/1.1", f"host: {parts.netloc}", f"content-length: {len(body)}"]
-        head += [f"{k}: {v}" for k, v in headers.items()]
+        key, start = self._targets.get(url) or self._target(url)
+        head = [start, f"content-length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         while True:
             reader, writer, reused = await self._connection(key)
@@ -176,6 +173,18 @@ class EngineClient:
             except BaseException:
                 writer.close()
                 raise
+
+    def _target(self, url: str) -> tuple[tuple[str, int], str]:
+        """Where a URL's requests go and their request line and host header, worked out once per URL."""
+        parts = urlsplit(url)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise EngineConnectionError(f"engine URL {url!r} is not http://HOST:PORT")
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        found = ((parts.hostname, parts.port or 80), f"POST {target} HTTP/1.1\r\nhost: {parts.netloc}")
+        if len(self._targets) >= MAX_TARGETS:  # engines come and go on new ports: forget the oldest
+            del self._targets[next(iter(self._targets))]
+        self._targets[url] = found
+        return found
 
     async def _head(self, key: tuple[str, int], reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter) -> EngineResponse:

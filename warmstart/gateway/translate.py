@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pydantic_core import PydanticSerializationError
 from starlette.responses import JSONResponse
 
 from warmstart.durations import parse_duration
@@ -178,10 +180,19 @@ def inert_fields(req: ModelRequest, caps: Capabilities) -> set[str]:
     return {name for name in extra if name in caps.unsupported_fields and _inert(name, extra[name], extra)}
 
 
+_OWN_FIELDS = {"keep_alive"}
+
+
 def engine_body(req: ModelRequest, add_usage: bool = False, leave_out: set[str] | None = None) -> bytes:
     """The body an engine receives: the client's request minus warmstart's own fields and `leave_out` (with
     `add_usage`, a stream asks for its usage)."""
-    body = req.model_dump(exclude_unset=True, exclude={"keep_alive"})
+    prompt = req.prompt if isinstance(req, CompletionRequest) else None
+    if not (leave_out or add_usage or isinstance(prompt, list) or "max_completion_tokens" in req.model_fields_set):
+        # nothing to change but warmstart's own field: serialized by pydantic in one step, unless a string holds
+        # a lone surrogate (possible in a body read by json.loads, as Ollama's routes do): json.dumps escapes it
+        with contextlib.suppress(PydanticSerializationError):
+            return req.model_dump_json(exclude_unset=True, exclude=_OWN_FIELDS).encode()
+    body = req.model_dump(exclude_unset=True, exclude=_OWN_FIELDS)
     for name in leave_out or ():
         body.pop(name, None)
     if add_usage:
