@@ -69,7 +69,7 @@ class LlamaCppEngine(NoRuntimes):
         self._router_settings: dict[str, tuple[Any, ...]] = {}
         self._retired: list[Router] = []  # routers a reload let go of, closed once no replica runs in them
         self._closing: set[asyncio.Task[None]] = set()
-        self._generation = 0
+        self._generations: dict[str, int] = {}  # routers made per model: a second one gets a log of its own
         self._opened = False
         for model in models:
             if _wants_router(model):
@@ -79,8 +79,8 @@ class LlamaCppEngine(NoRuntimes):
         self._router_settings[model.name] = _router_settings(model)
         router = self.routers[model.name] = Router(
             model.name, str(model.options["server"]), functools.partial(self._router_flags, model), self.data_dir,
-            self.host, self.ledger, generation=self._generation)
-        self._generation += 1
+            self.host, self.ledger, generation=self._generations.get(model.name, 0))
+        self._generations[model.name] = self._generations.get(model.name, 0) + 1
         return router
 
     def models_changed(self, models: Sequence[ModelConfig]) -> None:

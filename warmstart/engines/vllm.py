@@ -120,6 +120,7 @@ class VllmEngine:
         self.pools: dict[str, RuntimePool] = {}
         self.architectures: set[str] = set()
         self._env: dict[str, str] | None = None  # every pool's environment, once open() made it
+        self._read_paths: set[str] = set()  # model folders whose architectures were read
         for model in models:
             if model.engine == self.kind:
                 self._plan_pool(model)
@@ -220,9 +221,11 @@ class VllmEngine:
 
     def _plan_pool(self, model: ModelConfig) -> None:
         size = int(model.options.get("runtimes", DEFAULT_RUNTIMES))
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            config = json.loads((Path(model.path) / "config.json").read_text())
-            self.architectures.update(str(a) for a in config.get("architectures", []))
+        if model.path not in self._read_paths:  # a reload reads only the folders it has not read yet
+            self._read_paths.add(model.path)
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                config = json.loads((Path(model.path) / "config.json").read_text())
+                self.architectures.update(str(a) for a in config.get("architectures", []))
         python = self.python(model)
         pool = self.pools.get(python)
         if pool is None:
