@@ -97,7 +97,7 @@ class LlamaCppEngine(NoRuntimes):
                 router = self._add_router(model)
                 if self._opened:
                     router.refill()
-                log.info("%s started for a changed model", router.name)
+                log.info("%s set up for a model added or changed", router.name)
 
     def _retire(self, name: str) -> None:
         router = self.routers.pop(name)
