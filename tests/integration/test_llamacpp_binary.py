@@ -247,6 +247,10 @@ def test_a_reload_that_adds_router_starts_one_and_a_changed_model_gets_a_fresh_o
     [replica] = srv.model(SMOL)["replicas"]
     assert fresh_pid != router_pid and _parent(replica["pid"]) == fresh_pid
     assert [s["n_ctx"] for s in engine_slots(srv)] == [1024]
+    # each router's log of its own: the two never read each other's instance lines
+    logs = srv.data_dir / "logs"
+    assert "spawning server instance with name=" in (logs / f"router-{SMOL}.1.log").read_text()
+    assert (logs / f"router-{SMOL}.log").read_text().count("spawning server instance with name=") == 1
 
 
 def test_a_reload_that_drops_router_closes_it_once_its_replica_has_drained(start_server):
