@@ -203,3 +203,72 @@ async def test_a_start_cancelled_in_the_router_leaves_no_instance_and_the_next_l
     finally:
         await engine.close()
         shutil.rmtree(Path("/dev/shm") / f"ws-test-router-{os.getpid()}", ignore_errors=True)
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])  # its ppid
+
+
+def _reload(srv, models: list[dict]) -> dict:
+    from tests.support import config_text
+
+    srv.config_path.write_text(config_text(models))
+    status, _, body = srv.post("/admin/reload", {})
+    assert status == 200, body
+    return body
+
+
+def _router_ready(srv) -> dict:
+    return srv.wait_for(lambda: (p := srv.model(SMOL).get("runtime_pool") or {}).get("ready") == 1 and p, timeout=30)
+
+
+def test_a_reload_that_adds_router_starts_one_and_a_changed_model_gets_a_fresh_one(start_server):
+    srv = start_server([smollm2(keep_alive="10m", options={"server": BINARY, "n_ctx": 512}, max_concurrency=1)])
+    assert srv.model(SMOL).get("runtime_pool") is None
+    # `router = true` added: its router starts at the reload, and the next start is a POST /models/load there
+    _reload(srv, [smollm2(keep_alive="10m", options={"server": BINARY, "n_ctx": 512, "router": True},
+                          max_concurrency=1)])
+    [router_pid] = _router_ready(srv)["pids"]
+    status, headers, body = srv.post("/v1/chat/completions", chat(max_tokens=12, temperature=0))
+    assert status == 200 and headers["x-warmstart-start"] == "cold", body
+    [replica] = srv.model(SMOL)["replicas"]
+    assert _parent(replica["pid"]) == router_pid  # the router's instance, not a process warmstart spawned
+    assert srv.model(SMOL)["runtime_pool"]["handed_out"] == 1
+    assert [s["n_ctx"] for s in engine_slots(srv)] == [512]
+
+    # new router settings (n_ctx): a fresh router for them; the old one closes once its draining replica is gone
+    _reload(srv, [smollm2(keep_alive="10m", options={"server": BINARY, "n_ctx": 1024, "router": True},
+                          max_concurrency=1)])
+    assert srv.wait_for(lambda: not pid_alive(replica["pid"]) and not pid_alive(router_pid), timeout=30)
+    [fresh_pid] = _router_ready(srv)["pids"]
+    status, _, body = srv.post("/v1/chat/completions", chat(max_tokens=12, temperature=0))
+    assert status == 200 and "Oslo" in body["choices"][0]["message"]["content"], body
+    [replica] = srv.model(SMOL)["replicas"]
+    assert fresh_pid != router_pid and _parent(replica["pid"]) == fresh_pid
+    assert [s["n_ctx"] for s in engine_slots(srv)] == [1024]
+    # each router's log of its own: the two never read each other's instance lines
+    logs = srv.data_dir / "logs"
+    assert "spawning server instance with name=" in (logs / f"router-{SMOL}.1.log").read_text()
+    assert (logs / f"router-{SMOL}.log").read_text().count("spawning server instance with name=") == 1
+
+
+def test_a_reload_that_drops_router_closes_it_once_its_replica_has_drained(start_server):
+    srv = start_server([smollm2(keep_alive="10m", options={"server": BINARY, "n_ctx": 512, "router": True},
+                                max_concurrency=1)])
+    [router_pid] = _router_ready(srv)["pids"]
+    resp = open_stream(srv, max_tokens=200)  # in flight in the router's instance as the config changes
+    try:
+        assert resp.recv(4096).startswith(b"HTTP/1.1 200")
+        replica = srv.wait_for(lambda: (r := srv.model(SMOL)["replicas"]) and r[0]["in_flight"] == 1 and r[0])
+        assert _parent(replica["pid"]) == router_pid
+        _reload(srv, [smollm2(keep_alive="10m", options={"server": BINARY, "n_ctx": 512}, max_concurrency=1)])
+        assert srv.model(SMOL).get("runtime_pool") is None  # handed out no more
+        assert pid_alive(router_pid)  # its instance still serves the stream: the router waits for it
+    finally:
+        resp.close()
+    assert srv.wait_for(lambda: not pid_alive(replica["pid"]) and not pid_alive(router_pid), timeout=30)
+    status, _, body = srv.post("/v1/chat/completions", chat(max_tokens=4))
+    assert status == 200, body
+    [replica] = srv.model(SMOL)["replicas"]
+    assert _parent(replica["pid"]) == srv.proc.pid  # a plain llama-server: no router left for the model

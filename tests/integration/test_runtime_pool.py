@@ -117,3 +117,41 @@ async def test_runtimes_prepare_at_idle_priority_and_get_normal_priority_when_ta
     assert os.sched_getscheduler(pid) == os.SCHED_OTHER
     await runtimes.close()
     await runtime.process.stop(2)
+
+
+async def test_a_reload_gives_a_new_vllm_python_its_runtimes_and_stops_those_no_model_uses(tmp_path):
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    from warmstart.config import ModelConfig
+    from warmstart.engines.vllm import VllmEngine
+
+    def stand_in(name: str) -> str:  # an executable speaking the runtime's protocol, in place of a vLLM Python
+        path = tmp_path / name
+        path.write_text(f"#!{sys.executable}\n" + STAND_IN)
+        path.chmod(0o755)
+        return str(path)
+
+    a = ModelConfig("a", "vllm", str(tmp_path), options=MappingProxyType({"python": stand_in("py-a")}))
+    b = ModelConfig("b", "vllm", str(tmp_path), options=MappingProxyType({"python": stand_in("py-b"), "runtimes": 2}))
+    engine = VllmEngine(tmp_path / "data", (a,))
+    await engine.open()
+    try:
+        pool_a = engine.pools[a.options["python"]]
+        await until(lambda: pool_a.stats()["ready"] == 1)
+        [pid_a] = pool_a.stats()["pids"]
+        engine.models_changed((b,))  # a removed; b added, on another Python, with 2 runtimes
+        pool_b = engine.pools[b.options["python"]]
+        await until(lambda: pool_b.stats()["ready"] == 2)
+        await until(lambda: not pid_alive(pid_a))
+        assert pool_a.size == 0 and pool_a.stats()["pids"] == [] and engine.runtime_view(a) is None
+        view = engine.runtime_view(b)
+        assert view is not None and view["size"] == 2
+
+        engine.models_changed((replace(b, options=MappingProxyType({**b.options, "runtimes": 1})),))
+        pids = pool_b.stats()["pids"]
+        await until(lambda: len(pool_b.stats()["pids"]) == 1)  # the surplus idle runtime stops
+        await until(lambda: sum(pid_alive(p) for p in pids) == 1)
+        assert pool_b.spawned == 2
+    finally:
+        await engine.close()

@@ -151,3 +151,25 @@ def test_a_plain_start_reports_every_phase_and_unload_frees_all_its_processes(sr
     assert runtime_ready(srv) is not None  # the waiting runtime is not a replica: it stays
     # per-model caches in the data directory, reused by the next start of the same model
     assert (srv.data_dir / "vllm" / "cache" / "tiny-plain" / "vllm" / "modelinfos").is_dir()
+
+
+def _reload_with_runtimes(srv: Server, runtimes: int) -> None:
+    import tomllib
+
+    models = tomllib.loads(srv.config_path.read_text())["models"]
+    models[0]["options"]["runtimes"] = runtimes  # `tiny`
+    srv.config_path.write_text(config_text(models))
+    status, _, body = srv.post("/admin/reload", {})
+    assert status == 200 and body["models"]["restarted"] == {"tiny": ["options"]}, body
+
+
+def test_a_reload_stops_a_waiting_runtime_no_model_takes_and_starts_one_for_a_model_that_takes_them(srv):
+    # last in the module: it leaves `tiny` restarted, with a runtime still importing (the fixture's stop ends it)
+    pool = srv.wait_for(lambda: runtime_ready(srv), timeout=RUNTIME_IMPORT_S, interval=0.5)
+    [waiting] = pool["pids"]
+    _reload_with_runtimes(srv, 0)  # no model takes runtimes now: the waiting one stops
+    srv.wait_for(lambda: not pid_alive(waiting), timeout=30)
+    assert srv.model("tiny")["runtime_pool"] is None
+    _reload_with_runtimes(srv, 1)  # and again: one starts, without a restart of the server
+    fresh = srv.wait_for(lambda: (p := srv.model("tiny")["runtime_pool"]) and p["pids"] and p, timeout=30)
+    assert fresh["pids"] != [waiting] and fresh["spawned"] == pool["spawned"] + 1

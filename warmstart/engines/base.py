@@ -121,6 +121,10 @@ class Engine(Protocol):
     def runtime_pools(self) -> Sequence[RuntimePool]:
         """The pools of pre-initialized runtimes this engine keeps (for their metrics)."""
 
+    def models_changed(self, models: Sequence[ModelConfig]) -> None:
+        """The models served are now `models` (a reload, a model added to the store): start what the engine keeps
+        ready for the new ones and let go of what none uses any more, in the background (never waited for)."""
+
 
 class NoRuntimes:
     """The `Engine` methods of an engine that keeps nothing ready between starts."""
@@ -136,3 +140,6 @@ class NoRuntimes:
 
     def runtime_pools(self) -> Sequence[RuntimePool]:
         return ()
+
+    def models_changed(self, models: Sequence[ModelConfig]) -> None:
+        return None

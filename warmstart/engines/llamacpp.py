@@ -62,17 +62,51 @@ class LlamaCppEngine(NoRuntimes):
         self.python = python
         self.host = host  # where its engines listen: loopback, or a cluster node's address on its private network
         self.ledger = ProcessLedger(data_dir / "run" / "engines")
-        # a router per model configured with one: started by open(), waiting for its model
+        # a router per model configured with one: started by open(), waiting for its model; a reload
+        # (models_changed) starts one for a model that gains one and retires those no model uses any more
         self.routers: dict[str, Router] = {}
-        # the settings each router was started for: a model whose settings changed since (a reload) starts
-        # without it, since the router would load it with the old flags
+        # the settings each router was started for: a model whose settings changed gets a new router
         self._router_settings: dict[str, tuple[Any, ...]] = {}
+        self._retired: list[Router] = []  # routers a reload let go of, closed once no replica runs in them
+        self._closing: set[asyncio.Task[None]] = set()
+        self._generations: dict[str, int] = {}  # routers made per model: a second one gets a log of its own
+        self._opened = False
         for model in models:
-            if model.engine == self.kind and model.options.get("router") and model.options.get("server"):
-                self._router_settings[model.name] = _router_settings(model)
-                self.routers[model.name] = Router(model.name, str(model.options["server"]),
-                                                  functools.partial(self._router_flags, model), data_dir, host,
-                                                  self.ledger)
+            if _wants_router(model):
+                self._add_router(model)
+
+    def _add_router(self, model: ModelConfig) -> Router:
+        self._router_settings[model.name] = _router_settings(model)
+        router = self.routers[model.name] = Router(
+            model.name, str(model.options["server"]), functools.partial(self._router_flags, model), self.data_dir,
+            self.host, self.ledger, generation=self._generations.get(model.name, 0))
+        self._generations[model.name] = self._generations.get(model.name, 0) + 1
+        return router
+
+    def models_changed(self, models: Sequence[ModelConfig]) -> None:
+        """The models served changed (a reload, the store): a model that gains a router, or whose router settings
+        changed, gets one started in the background; a router no served model uses (or started for settings
+        since changed) is handed out no more and closes once its replica, if any, has ended."""
+        wanted = {m.name: m for m in models if _wants_router(m)}
+        for name in list(self.routers):
+            model = wanted.get(name)
+            if model is None or self._router_settings.get(name) != _router_settings(model):
+                self._retire(name)
+        for name, model in wanted.items():
+            if name not in self.routers:
+                router = self._add_router(model)
+                if self._opened:
+                    router.refill()
+                log.info("%s set up for a model added or changed", router.name)
+
+    def _retire(self, name: str) -> None:
+        router = self.routers.pop(name)
+        self._router_settings.pop(name, None)
+        self._retired.append(router)
+        task = asyncio.get_running_loop().create_task(router.close_when_idle(), name=f"retire {router.name}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        log.info("%s retired: it closes once no replica runs in it", router.name)
 
     def _router_flags(self, model: ModelConfig) -> list[str]:
         """A router's flags, when it starts: the slots' context comes from the model file (StoreError if none).
@@ -92,14 +126,19 @@ class LlamaCppEngine(NoRuntimes):
         return self.routers.get(model.name)
 
     async def open(self) -> None:
+        self._opened = True
         for router in self.routers.values():
             router.refill()
 
     async def close(self) -> None:
-        await asyncio.gather(*(r.close() for r in self.routers.values()), return_exceptions=True)
+        await asyncio.gather(*(r.close() for r in (*self._retired, *self.routers.values())),
+                             return_exceptions=True)
 
     def runtime_pools(self) -> Sequence[Any]:
-        return tuple(self.routers.values())
+        # a retired router is listed until it has closed and its gauges were set to what it holds then (none);
+        # first, so that a model's new router, of the same name, sets them last
+        self._retired = [r for r in self._retired if not (r.closed and _holds_nothing(r.last_stats))]
+        return (*self._retired, *self.routers.values())
 
     def runtime_view(self, model: ModelConfig) -> dict[str, Any] | None:
         router = self.router_for(model)
@@ -228,6 +267,14 @@ async def _active_requests(url: str, session: aiohttp.ClientSession) -> int | No
                       if line.startswith("llamacpp:requests_"))
         return int(float(values.get("llamacpp:requests_processing", 0))
                    + float(values.get("llamacpp:requests_deferred", 0)))
+
+
+def _holds_nothing(stats: dict[str, Any] | None) -> bool:
+    return stats is not None and stats["ready"] == 0 and stats["starting"] == 0 and not stats["pids"]
+
+
+def _wants_router(model: ModelConfig) -> bool:
+    return model.engine == "llamacpp" and bool(model.options.get("router")) and bool(model.options.get("server"))
 
 
 def _router_settings(model: ModelConfig) -> tuple[Any, ...]:

@@ -171,22 +171,26 @@ class Router:
     """One pre-started router for one model. Seen by the metrics and `ps` as a runtime pool of size 1."""
 
     def __init__(self, model: str, binary: str, flags: Callable[[], list[str]], data_dir: Path, host: str,
-                 ledger: ProcessLedger) -> None:
+                 ledger: ProcessLedger, generation: int = 0) -> None:
         self.model = model
         self.name = f"llama-server router {model}"
         self.binary = binary
         self.flags = flags
         self.host = host
         self.ledger = ledger
-        self.folder = data_dir / "run" / "routers" / safe_name(model)
+        # a router started by a reload for a model whose old router still holds a draining replica: a folder
+        # (preset, link) and log of its own, so that neither reads the other's instance lines
+        own = safe_name(model) + (f".{generation}" if generation else "")
+        self.folder = data_dir / "run" / "routers" / own
         self.link = self.folder / "model.gguf"
-        self.log_path = data_dir / "logs" / f"router-{safe_name(model)}.log"
+        self.log_path = data_dir / "logs" / f"router-{own}.log"
         self.size = 1
         self.process: ManagedProcess | None = None
         self.url: str | None = None
         self.listening = asyncio.Event()
         self.loaded: RouterInstance | None = None
         self.busy = False
+        self._free = asyncio.Event()  # set each time a start or its instance lets go of the router
         self._instance: _Instance | None = None
         self.handed_out = 0
         self.spawned = 0
@@ -337,7 +341,7 @@ class Router:
                         os.kill(child, signal.SIGKILL)
                 with contextlib.suppress(Exception):
                     await self.post("/models/unload")
-                self.busy = False
+                self._let_go()
             raise
 
     def exit_code_of(self, loaded: RouterInstance) -> int | None:
@@ -359,7 +363,19 @@ class Router:
         """The instance has ended: the router waits for the next start."""
         if self.loaded is loaded:
             self.loaded = None
-            self.busy = False
+            self._let_go()
+
+    def _let_go(self) -> None:
+        self.busy = False
+        self._free.set()
+
+    async def close_when_idle(self) -> None:
+        """Close the router once no replica runs in it (a reload removed its model or changed its settings;
+        the engine no longer hands it out): a draining replica's instance, the router's child, ends first."""
+        while self.busy and not self.closed:
+            self._free.clear()
+            await self._free.wait()
+        await self.close()
 
     # ---- views ------------------------------------------------------------------------------
 

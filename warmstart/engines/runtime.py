@@ -87,6 +87,7 @@ class RuntimePool:
         self.last_error: str | None = None
         self.closed = False
         self._refilling: asyncio.Task | None = None
+        self._stopping: set[asyncio.Task[None]] = set()  # surplus runtimes a resize stops
         self._seq = 0
         # Runtimes prepare at idle CPU priority so a refill never slows the replicas serving
         # requests (on 2 cores it tripled generation time); given normal priority when taken.
@@ -113,6 +114,9 @@ class RuntimePool:
                 self._failed(str(exc))
                 continue
             self.idle.append(runtime)
+            if len(self.idle) > self.size:  # resized smaller while it spawned
+                self.resize(self.size)
+                continue
             # one at a time: two runtimes importing at once take twice the CPU for no earlier gain
             await runtime.wait_imported_or_exit()
 
@@ -163,6 +167,17 @@ class RuntimePool:
             log.warning("could not give runtime %d normal CPU priority back", runtime.process.pid)
         return runtime
 
+    def resize(self, size: int) -> None:
+        """Keep `size` runtimes from now on (a reload changed the models using the pool): a bigger pool fills at
+        the next refill; surplus idle runtimes (the least advanced first) stop in the background."""
+        self.size = max(0, size)
+        surplus = sorted(self.idle, key=lambda r: (r.ready, -r.spawned_at))[:max(0, len(self.idle) - self.size)]
+        for runtime in surplus:
+            self.idle.remove(runtime)
+            self._stopping.add(task := asyncio.get_running_loop().create_task(
+                runtime.process.stop(5.0), name=f"stop runtime {runtime.process.pid}"))
+            task.add_done_callback(self._stopping.discard)
+
     async def close(self, timeout: float = 5.0) -> None:
         self.closed = True
         if self._refilling is not None:
@@ -170,7 +185,7 @@ class RuntimePool:
             with contextlib.suppress(BaseException):
                 await self._refilling
         idle, self.idle = self.idle, []
-        await asyncio.gather(*(r.process.stop(timeout) for r in idle), return_exceptions=True)
+        await asyncio.gather(*(r.process.stop(timeout) for r in idle), *self._stopping, return_exceptions=True)
         for runtime in idle:
             if runtime.reader is not None:
                 runtime.reader.cancel()
@@ -218,7 +233,7 @@ def account_runtimes(engines: Any, metrics: Any, now: float) -> None:
             continue
         seen.add(id(engine))
         for pool in engine.runtime_pools():
-            if pool.size <= 0:
+            if pool.size <= 0 and pool.accounted_to is None:  # never kept any: no series
                 continue
             stats = pool.last_stats = pool.stats()
             metrics.runtimes.labels(pool.name, "ready").set(stats["ready"])

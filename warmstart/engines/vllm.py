@@ -119,6 +119,8 @@ class VllmEngine:
         self.ledger = ProcessLedger(data_dir / "run" / "engines")
         self.pools: dict[str, RuntimePool] = {}
         self.architectures: set[str] = set()
+        self._env: dict[str, str] | None = None  # every pool's environment, once open() made it
+        self._read_paths: set[str] = set()  # model folders whose architectures were read
         for model in models:
             if model.engine == self.kind:
                 self._plan_pool(model)
@@ -219,9 +221,11 @@ class VllmEngine:
 
     def _plan_pool(self, model: ModelConfig) -> None:
         size = int(model.options.get("runtimes", DEFAULT_RUNTIMES))
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            config = json.loads((Path(model.path) / "config.json").read_text())
-            self.architectures.update(str(a) for a in config.get("architectures", []))
+        if model.path not in self._read_paths:  # a reload reads only the folders it has not read yet
+            self._read_paths.add(model.path)
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                config = json.loads((Path(model.path) / "config.json").read_text())
+                self.architectures.update(str(a) for a in config.get("architectures", []))
         python = self.python(model)
         pool = self.pools.get(python)
         if pool is None:
@@ -232,12 +236,31 @@ class VllmEngine:
 
     async def open(self) -> None:
         """Start filling the runtime pools (called once the server is up)."""
-        env = self.base_env()
+        env = self._env = self.base_env()
         env["VLLM_CACHE_ROOT"] = str(self.root / "cache" / "_shared")
         env["WARMSTART_VLLM_ARCHITECTURES"] = ",".join(sorted(self.architectures))
         for pool in self.pools.values():
             pool.env = env
             pool.refill()
+
+    def models_changed(self, models: Sequence[ModelConfig]) -> None:
+        """The models served changed (a reload, the store): each pool is sized again for the vLLM models that
+        use its Python (a new Python gets a pool, filled in the background; surplus idle runtimes stop, and a
+        pool no model uses any more keeps none); runtimes spawned from now on pre-import the new models'
+        architectures too."""
+        wanted: dict[str, int] = {}
+        for model in models:
+            if model.engine == self.kind:
+                self._plan_pool(model)
+                python = self.python(model)
+                wanted[python] = max(wanted.get(python, 0), int(model.options.get("runtimes", DEFAULT_RUNTIMES)))
+        if self._env is not None:
+            self._env["WARMSTART_VLLM_ARCHITECTURES"] = ",".join(sorted(self.architectures))
+        for python, pool in self.pools.items():
+            pool.resize(wanted.get(python, 0))
+            if self._env is not None:
+                pool.env = self._env
+                pool.refill()
 
     async def close(self) -> None:
         await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)

@@ -39,7 +39,8 @@ class Roster:
         """A removed model is found by no new request, its held requests are refused, and its replicas drain
         (in-flight requests finish) and unload; a restarted one's replicas drain so while its next start uses
         the new settings; an updated one takes them at once (a new keep-alive counts from the idle clock
-        already running)."""
+        already running). The engines then start, or let go of, what they keep ready for the models (a llama.cpp
+        router, vLLM's pre-initialized runtimes)."""
         for name in changes.removed:
             self._retire(self._models.pop(name), "removed")
         for config in changes.restarted:
@@ -49,6 +50,10 @@ class Roster:
             self._update(config)
         for config in changes.added:
             self._add(config)
+        if self._books.cluster is None:  # on a cluster the nodes' engines run every start: the head keeps none
+            served = tuple(entry.config for entry in self._models.values())
+            for engine in {id(e): e for e in self._engines.values()}.values():
+                engine.models_changed(served)
 
     def _add(self, config: ModelConfig) -> None:
         books = self._books
