@@ -165,7 +165,7 @@ async def test_a_start_cancelled_in_the_router_leaves_no_instance_and_the_next_l
     from warmstart.config import ModelConfig
     from warmstart.engines.base import StartReport
     from warmstart.engines.llamacpp import LlamaCppEngine
-    from warmstart.engines.llamacpp_router import _children
+    from warmstart.engines.procfs import children
     from warmstart.store.tiers import RamTier
 
     cfg = ModelConfig(name="smol", engine="llamacpp", path=str(smol_file()),
@@ -187,16 +187,16 @@ async def test_a_start_cancelled_in_the_router_leaves_no_instance_and_the_next_l
             await start
         assert not router.busy
         for _ in range(200):
-            if not _children(router.process.pid):
+            if not children(router.process.pid):
                 break
             await asyncio.sleep(0.05)
-        assert _children(router.process.pid) == []
+        assert children(router.process.pid) == []
         # the next start, from the RAM tier's copy: the router's link points there, the instance maps it
         tier = RamTier(method="tmpfs", tmpfs_dir=Path("/dev/shm") / f"ws-test-router-{os.getpid()}")
         tier.hold("smol", [smol_file()])
         copy = tier.path_for("smol", smol_file())
         proc = await engine.start(cfg, copy, StartReport(), "smol#2")
-        assert proc.pid in _children(router.process.pid) and router.handed_out == 2
+        assert proc.pid in children(router.process.pid) and router.handed_out == 2
         assert str(copy) in Path(f"/proc/{proc.pid}/maps").read_text()
         await proc.stop(10)
         assert proc.returncode == 0 and not router.busy  # unloaded by the router: it logged status 0

@@ -30,6 +30,7 @@ from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.llamacpp_log import instance_line
 from warmstart.engines.llamacpp_server import LISTENING, StartLog, find_binary
 from warmstart.engines.process import ManagedProcess, read_from
+from warmstart.engines.procfs import alive, children, rss
 from warmstart.errors import EngineError, StoreError
 from warmstart.names import safe_name
 
@@ -102,7 +103,7 @@ class RouterInstance:
                 finally:
                     loop.remove_reader(fd)
             else:
-                while _alive(self.pid):
+                while alive(self.pid):
                     await asyncio.sleep(0.2)
         finally:
             if fd >= 0:
@@ -141,25 +142,8 @@ class RouterInstance:
             os.kill(self.pid, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
-                found += [int(c) for c in f.read().split()]
-    return found
-
-
 def _child_on_port(router_pid: int, port: int) -> int | None:
-    for child in _children(router_pid):
+    for child in children(router_pid):
         with contextlib.suppress(OSError):
             argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
             if b"--port" in argv and argv[argv.index(b"--port") + 1:][:1] == [str(port).encode()]:
@@ -387,7 +371,7 @@ class Router:
             "ready": int(up and not self.busy),
             "starting": int(not up and not self.closed and self.failures < _FAILURES_BEFORE_GIVING_UP),
             "pids": [self.process.pid] if up and self.process is not None else [],
-            "rss_bytes": _rss(self.process.pid) if up and self.process is not None else 0,  # the router alone
+            "rss_bytes": rss(self.process.pid) if up and self.process is not None else 0,  # the router alone
             "import_s": [],
             "handed_out": self.handed_out,
             "spawned": self.spawned,
@@ -395,10 +379,3 @@ class Router:
             "last_error": self.last_error,
         }
 
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0

@@ -18,6 +18,7 @@ from typing import Any
 
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.process import ManagedProcess, can_restore_priority, restore_priority
+from warmstart.engines.procfs import tree_rss
 from warmstart.errors import EngineError
 
 log = logging.getLogger("warmstart.engines.runtime")
@@ -207,22 +208,6 @@ class RuntimePool:
             "failures_in_a_row": self.failures,
             "last_error": self.last_error,
         }
-
-
-def tree_rss(pid: int) -> int:
-    """Resident memory of a process and its descendants, in bytes (0 if it is gone)."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except (OSError, ValueError):
-            continue
-    return total
 
 
 def account_runtimes(engines: Any, metrics: Any, now: float) -> None:
