@@ -1,7 +1,7 @@
-"""A start whose weights are in memory (the RAM tier) runs no llama.cpp warm-up: llama-server maps the file with
-MAP_POPULATE and decodes two tokens before it listens anyway (its context probe), so the warm-up would only
-repeat a forward pass over every weight. A start from disk keeps llama.cpp's default, and a model that sets
-`warmup` gets what it sets. Real engines on SmolLM2: the xllamacpp worker, and a pre-started router."""
+"""A llama.cpp start runs no warm-up unless the model sets one, from the RAM tier and from disk alike:
+llama-server maps the file with MAP_POPULATE and decodes two tokens before it listens anyway (its context
+probe), so the warm-up would only repeat a forward pass over every weight. A model that sets `warmup` gets what
+it sets. Real engines on SmolLM2: the xllamacpp worker, and a pre-started router."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ async def _start_log(engine, cfg, path: Path, replica: str, log: Path) -> tuple[
         await proc.stop(10)
 
 
-async def test_the_worker_skips_warm_up_from_the_ram_tier_and_keeps_it_from_disk(tmp_path):
+async def test_the_worker_skips_warm_up_from_the_ram_tier_and_from_disk_unless_set(tmp_path):
     from warmstart.engines.llamacpp import LlamaCppEngine
     from warmstart.engines.process import replica_log_path
     from warmstart.store.pagecache import evict
@@ -61,6 +61,9 @@ async def test_the_worker_skips_warm_up_from_the_ram_tier_and_keeps_it_from_disk
         assert phases["warmup"] > 0  # the probe's decode, still timed as the decode before listening
         assert evict(on_disk) == 0.0
         lines, _ = await _start_log(engine, _config(on_disk), on_disk, "disk", log("disk"))
+        assert WARMING not in lines and b"listening on" in lines
+        assert evict(on_disk) == 0.0
+        lines, _ = await _start_log(engine, _config(on_disk, warmup=True), on_disk, "disk-set", log("disk-set"))
         assert WARMING in lines
         lines, _ = await _start_log(engine, _config(on_disk, warmup=True), held, "ram-set", log("ram-set"))
         assert WARMING in lines  # what the model sets wins

@@ -7,8 +7,8 @@ start from RAM is then a mapping of the tier's pages, not a copy).
 
 The disk arms start a copy of the file whose pages are dropped first (the RAM tier's mlock holds the original's);
 `disk_binary` is a plain llama-server start with llama.cpp's defaults, warm-up included; `disk_binary_no_warmup`
-is the same without the warm-up run. RAM-tier starts run no warm-up (the engine's default when the weights are
-in memory); `ram_router_warmup` puts it back, to show what it costs in the same run.
+is warmstart's own start from disk (no warm-up run: the engine's default). RAM-tier starts run none either;
+`ram_router_warmup` puts it back, to show what it costs in the same run.
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ async def _rounds(binary: str, gguf: Path, work: Path, repeat: int, say: Any) ->
 
     plain, routed = config("bench-7b", server=binary), config("bench-7b-r", server=binary, router=True)
     routed_warm = config("bench-7b-rw", server=binary, router=True, warmup=True)
-    configs = {"disk_binary": plain, "disk_binary_no_warmup": config("bench-7b-nw", server=binary, warmup=False),
+    # the baseline is llama.cpp's own default (warm-up on); warmstart's starts run none unless a model sets it
+    configs = {"disk_binary": config("bench-7b-dw", server=binary, warmup=True),
+               "disk_binary_no_warmup": plain,
                "ram_binary": plain, "ram_router": routed, "ram_router_warmup": routed_warm,
                "ram_router_tmpfs": routed, "ram_worker": config("bench-7b-w")}
     disk_copy = gguf.with_name(gguf.stem + ".disk.gguf")  # evictable: the tier's mlock keeps the original's pages

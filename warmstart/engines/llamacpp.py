@@ -178,8 +178,8 @@ class LlamaCppEngine(NoRuntimes):
                     name: str) -> ManagedProcess | RouterInstance:
         if path.is_file():  # a truncated file is named as such, not left to llama.cpp's "failed to load"
             await asyncio.to_thread(check_complete, path)
-        # no warm-up run when the weights are in memory (the RAM tier): it would only repeat the probe's decode
-        options = await asyncio.to_thread(start_options, model.options, path)
+        # no warm-up run unless the model sets one: it would only repeat the decode of llama-server's context probe
+        options = start_options(model.options)
         if options.get("server"):
             return await self._start_binary(model, options, path, report, name)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -19,8 +19,8 @@ LLAMACPP: OptionTypes = {
     "chat_format": str, "embedding": bool, "pooling": str,
 }
 LLAMACPP_POOLING = ("mean", "cls", "last")  # an embedding's pooling; default: the model's own
-# read by warmstart's llama.cpp worker itself: warmup=false skips the server's warm-up run (unset: skipped when
-# the GGUF is wholly in memory, and in a router; llamacpp_server.start_options); repack=false
+# read by warmstart's llama.cpp worker itself: warmup=false skips the server's warm-up run (unset: skipped,
+# llamacpp_server.start_options); repack=false
 # keeps weights in the file mapping instead of copying them into llama.cpp's CPU_REPACK buffer (a start
 # from the RAM tier is then a mapping, not a copy); server: a llama-server binary (a path, or a name on PATH)
 # run as the engine process instead of the xllamacpp wheel (a GPU build, a distribution's package); router:
