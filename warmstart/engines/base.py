@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -143,3 +143,8 @@ class NoRuntimes:
 
     def models_changed(self, models: Sequence[ModelConfig]) -> None:
         return None
+
+
+def distinct(engines: Iterable[Engine]) -> list[Engine]:
+    """Each engine once: one engine object serves every model of its kind, and a mapping names it once per kind."""
+    return list({id(e): e for e in engines}.values())

@@ -211,12 +211,9 @@ class RuntimePool:
 
 
 def account_runtimes(engines: Any, metrics: Any, now: float) -> None:
-    """Set the runtime gauges and add the runtime-seconds since the last call (for the cost report)."""
-    seen: set[int] = set()
+    """Set the runtime gauges and add the runtime-seconds since the last call (for the cost report); `engines`:
+    each engine once (engines.base.distinct)."""
     for engine in engines:
-        if id(engine) in seen:
-            continue
-        seen.add(id(engine))
         for pool in engine.runtime_pools():
             if pool.size <= 0 and pool.accounted_to is None:  # never kept any: no series
                 continue

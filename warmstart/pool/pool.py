@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from warmstart.clock import Clock
 from warmstart.config import Config, ModelConfig
-from warmstart.engines.base import Capabilities, Engine
+from warmstart.engines.base import Capabilities, Engine, distinct
 from warmstart.engines.runtime import account_runtimes
 from warmstart.errors import ModelNotFound, StoreError, Unavailable
 from warmstart.pool import rules
@@ -136,7 +136,7 @@ class Pool:
         """Resolve, inspect and (for the store's manifest) hash every model in the background at start-up,
         so a first request does not pay for it; problems are logged, not fatal. Engines that keep
         pre-initialized runtimes start filling them first."""
-        for engine in {id(e): e for e in self._engines.values()}.values():
+        for engine in distinct(self._engines.values()):
             await engine.open()
         for entry in list(self._models.values()):
             await self._files.prepare(entry)
@@ -264,7 +264,7 @@ class Pool:
             for replica in list(entry.replicas):
                 stops.append(self._lifecycle.stop(entry, replica, "shutdown"))
         await asyncio.gather(*stops, return_exceptions=True)
-        await asyncio.gather(*(e.close() for e in {id(e): e for e in self._engines.values()}.values()),
+        await asyncio.gather(*(e.close() for e in distinct(self._engines.values())),
                              return_exceptions=True)
         if self._books.store is not None:
             await self._books.store.close()
@@ -345,7 +345,7 @@ class Pool:
         for entry in self._models.values():
             for replica in entry.replicas:
                 self._books.account(replica)
-        account_runtimes(self._engines.values(), self._books.metrics, self._clock.now())
+        account_runtimes(distinct(self._engines.values()), self._books.metrics, self._clock.now())
         if self._books.store is not None:
             self._books.store.account()
         if self._books.cluster is not None:

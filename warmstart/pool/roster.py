@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 
 from warmstart.config import ModelConfig
-from warmstart.engines.base import Engine
+from warmstart.engines.base import Engine, distinct
 from warmstart.errors import Unavailable
 from warmstart.pool import rules
 from warmstart.pool.books import Books
@@ -52,7 +52,7 @@ class Roster:
             self._add(config)
         if self._books.cluster is None:  # on a cluster the nodes' engines run every start: the head keeps none
             served = tuple(entry.config for entry in self._models.values())
-            for engine in {id(e): e for e in self._engines.values()}.values():
+            for engine in distinct(self._engines.values()):
                 engine.models_changed(served)
 
     def _add(self, config: ModelConfig) -> None:
