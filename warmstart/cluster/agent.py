@@ -30,6 +30,7 @@ from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.llamacpp import LlamaCppEngine
 from warmstart.engines.llamacpp_router import RouterInstance
 from warmstart.engines.process import ManagedProcess
+from warmstart.engines.procfs import rss
 from warmstart.engines.vllm import VllmEngine
 from warmstart.errors import IntegrityError, StoreError
 from warmstart.store.digest import DigestCache
@@ -123,7 +124,8 @@ class NodeAgent:
 
     async def status(self) -> dict[str, Any]:
         return {"name": self.name, "host": self.host, "tiers": self.tiers(), "ram_bytes": self.tier.held_bytes,
-                "engines": [{"pid": pid, "model": m, "rss_bytes": _rss(pid)} for pid, (m, _) in self.engines.items()],
+                "engines": [{"pid": pid, "model": m, "rss_bytes": rss(pid) or None}  # None: it is gone
+                            for pid, (m, _) in self.engines.items()],
                 "fetched_bps": self.fetched_bps}
 
     # ---- engines ---------------------------------------------------------------------------------------
@@ -351,12 +353,3 @@ def _write_hashed(out: Any, h: Any, data: bytes) -> None:
     h.update(data)
     out.write(data)
 
-
-def _rss(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None

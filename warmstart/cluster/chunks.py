@@ -324,7 +324,3 @@ def offer_files(host: str, paths: Sequence[Path]) -> dict[str, Any]:
     token = secrets.token_bytes(16)
     threading.Thread(target=serve_files, args=(server, token, list(paths)), daemon=True, name="offer").start()
     return {"host": host, "port": server.getsockname()[1], "token": token.hex()}
-
-
-def offer_file(host: str, path: Path) -> dict[str, Any]:
-    return offer_files(host, [path])
