@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration,
 MODEL = "smollm2-135m-instruct"
 API_KEY = "e2e-api-key-0123456789"
 # the phases a llama.cpp start reports, in order; "audit" is the audit record written before it is warm
-LLAMACPP_PHASES = ["spawn", "import", "load", "kv_init", "warmup", "ready", "audit"]
+LLAMACPP_PHASES = ["verify", "spawn", "import", "load", "kv_init", "warmup", "ready", "audit"]
 
 # collects every value a row's data-state takes, so a state the page showed for one poll is not missed
 WATCH_STATES = """name => {

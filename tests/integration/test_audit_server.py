@@ -82,7 +82,7 @@ def test_starts_unloads_and_failures_are_recorded_before_they_are_reported_in_on
         assert r["host"] == socket.gethostname() and r["time"].endswith("Z")
     for r in (start, restart):
         names = [p["phase"] for p in r["phases"]]
-        assert names[:2] == ["spawn", "import"] and "load" in names and names[-1] == "ready"
+        assert names[:3] == ["verify", "spawn", "import"] and "load" in names and names[-1] == "ready"
         assert r["seconds"] >= sum(p["seconds"] for p in r["phases"]) * 0.99
         assert r["error"] is None
     # the weights were hashed before the first start (at server start) and never again

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 SMOL = "smollm2-135m-instruct"
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = os.environ.get("WARMSTART_LLAMA_SERVER") or str(ROOT / ".cache" / "llama-server" / "bin" / "llama-server")
-PHASES = ["spawn", "load", "kv_init", "warmup", "ready", "audit"]
+PHASES = ["verify", "spawn", "load", "kv_init", "warmup", "ready", "audit"]
 
 
 def _runs(binary: str) -> str | None:
@@ -151,7 +151,7 @@ async def test_a_model_that_fails_in_the_router_names_why_and_leaves_the_router_
         report = StartReport()
         with pytest.raises(EngineError, match=r"exited with code 1 during load: .*unknown model architecture: 'llamb'"):
             await engine.start(cfg, gguf, report, "unknown-arch#1")
-        assert [p for p, _ in report.phases] == ["spawn"]  # and not started again without the router
+        assert [p for p, _ in report.phases] == ["verify", "spawn"]  # and not started again without the router
         assert router.process is not None and router.process.returncode is None
         assert router.stats()["ready"] == 1 and router.handed_out == 1
     finally:

@@ -14,7 +14,7 @@ from tests.support import chat, smollm2
 pytestmark = pytest.mark.integration
 SMOL = "smollm2-135m-instruct"
 NO_EOS = {"0": -100, "2": -100}  # SmolLM2's end tokens banned: generation runs to max_tokens
-LLAMACPP_PHASES = ["spawn", "import", "load", "kv_init", "warmup", "ready", "audit"]
+LLAMACPP_PHASES = ["verify", "spawn", "import", "load", "kv_init", "warmup", "ready", "audit"]
 
 
 def engine_slots(srv) -> list[dict]:

@@ -55,7 +55,8 @@ def test_truncated_model_files_are_refused_clearly_audited_and_other_models_keep
     failed = [r for r in log if r["model"] == "half"]
     refused = [r for r in log if r["model"] == "header"]
     assert failed and all(r["outcome"] == "failed" and "is truncated" in r["error"] for r in failed)
-    assert failed[0]["phases"] == []  # refused before an engine process was spawned for it
+    # refused while its files were checked, before an engine process was spawned for it
+    assert [p["phase"] for p in failed[0]["phases"]] == ["verify"]
     # refused at inspection: one record for the reason, not one per request
     assert len(refused) == 1 and refused[0]["outcome"] == "refused" and refused[0]["trigger"] == "inspect"
     assert "GGUF header cannot be read" in refused[0]["error"]

@@ -42,6 +42,28 @@ def spawn(coro):
     return asyncio.get_running_loop().create_task(coro)
 
 
+async def test_the_time_before_the_engine_spawns_is_a_phase_of_its_own(model_file):
+    """Finding, fetching and checking the model's files takes time before any process runs: it is the
+    `verify` phase, so a start's phases add up to its total (they fell short by that time before)."""
+    pool, clock, _engine = await make_pool(model_file)
+    files = pool._files
+    resolve = files.resolve
+
+    async def slow_resolve(entry):
+        await clock.sleep(0.75)  # a fetch, a manifest check
+        return await resolve(entry)
+
+    files.resolve = slow_resolve
+    task = spawn(pool.acquire("m"))
+    await clock.advance(0.5)
+    assert pool.snapshot()[0]["replicas"][0]["phase"] == "verify"
+    await clock.advance(7)
+    task.result().release()
+    last = pool.snapshot()[0]["last_start"]
+    assert last["phases"] == {"verify": 0.75, "spawn": 1.0, "load": 4.0, "warmup": 1.0}
+    assert sum(last["phases"].values()) == pytest.approx(last["total_s"])
+
+
 async def test_a_cold_request_is_held_until_the_start_ends_then_served_cold(model_file):
     pool, clock, _engine = await make_pool(model_file)
     assert pool.state_of("m") is S.COLD
@@ -60,7 +82,8 @@ async def test_a_cold_request_is_held_until_the_start_ends_then_served_cold(mode
     assert not second.cold and second.waited_s == 0
     second.release()
     last = pool.snapshot()[0]["last_start"]
-    assert last["phases"] == {"spawn": 1.0, "load": 4.0, "warmup": 1.0} and last["trigger"] == "request"
+    assert last["phases"] == {"verify": 0.0, "spawn": 1.0, "load": 4.0, "warmup": 1.0}
+    assert last["trigger"] == "request"
     await pool.shutdown()
 
 

@@ -12,7 +12,9 @@ from warmstart.config import ModelConfig
 if TYPE_CHECKING:
     from warmstart.engines.runtime import RuntimePool
 
-# Phase names shared by every engine, in the order a start goes through them.
+# Phase names shared by every engine, in the order a start goes through them. VERIFY comes first: the
+# model's files found (fetched on first use), checked against the store's manifest and for completeness.
+VERIFY = "verify"
 SPAWN, IMPORT, LOAD, KV_INIT, COMPILE, WARMUP, READY = (
     "spawn", "import", "load", "kv_init", "compile", "warmup", "ready",
 )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from warmstart.config import ModelConfig
-from warmstart.engines.base import IMPORT, READY, SPAWN, Capabilities, NoRuntimes, StartReport
+from warmstart.engines.base import IMPORT, READY, SPAWN, VERIFY, Capabilities, NoRuntimes, StartReport
 from warmstart.engines.gguf import check_complete, read_gguf
 from warmstart.engines.health import wait_healthy
 from warmstart.engines.ledger import ProcessLedger
@@ -177,7 +177,10 @@ class LlamaCppEngine(NoRuntimes):
     async def start(self, model: ModelConfig, path: Path, report: StartReport,
                     name: str) -> ManagedProcess | RouterInstance:
         if path.is_file():  # a truncated file is named as such, not left to llama.cpp's "failed to load"
+            report.enter(VERIFY)
+            checking = time.monotonic()
             await asyncio.to_thread(check_complete, path)
+            report.done(VERIFY, time.monotonic() - checking)
         # no warm-up run unless the model sets one: it would only repeat the decode of llama-server's context probe
         options = start_options(model.options)
         if options.get("server"):

@@ -9,6 +9,7 @@ import logging
 import math
 from collections.abc import Callable
 
+from warmstart.engines.base import VERIFY
 from warmstart.errors import AuditError, ModelStartFailed, WarmstartError
 from warmstart.pool import rules
 from warmstart.pool.books import Books
@@ -63,12 +64,14 @@ class Lifecycle:
         began = clock.now()
         cfg = entry.config
         try:
+            replica.report.enter(VERIFY)  # every second of a start is in one of its phases
             path = await self._files.resolve(entry)
             if entry.capabilities is None:
                 await self._files.capabilities(entry)
             if books.store is not None:  # refuses files that do not match the manifest; RAM tier's path
                 replica.tier = "ram" if books.store.in_ram(cfg.name) else "disk"
                 path = await books.store.before_start(cfg, path)
+            replica.report.done(VERIFY, clock.now() - began)
             start = entry.engine.start(cfg, path, replica.report, replica.id) if books.cluster is None else (
                 start_placed(books, self._table(), entry, replica, path, self.stop))
             proc = await asyncio.wait_for(start, server.start_timeout)

@@ -147,12 +147,12 @@ async def test_the_dashboard_follows_a_start_phase_by_phase_on_virtual_time(tmp_
     assert data["states"] == {"starting": 1, "cold": 1}
     assert m["state"] == "starting" and m["phase"] == "load" and m["trigger"] == "hint"
     starting = m["replicas"][0]
-    assert starting["phases"] == {"spawn": 1.0} and starting["elapsed_s"] == 2.5
+    assert starting["phases"] == {"verify": 0.0, "spawn": 1.0} and starting["elapsed_s"] == 2.5
     await clock.advance(3.5)
     data, rows = view()
     m = rows["m"]
     assert m["state"] == "warm" and m["phase"] is None
-    assert m["last_start"]["phases"] == {"spawn": 1.0, "load": 4.0, "warmup": 1.0}
+    assert m["last_start"]["phases"] == {"verify": 0.0, "spawn": 1.0, "load": 4.0, "warmup": 1.0}
     assert m["last_start"]["trigger"] == "hint" and m["last_start"]["outcome"] == "ok"
     assert m["unload_in_s"] == pytest.approx(300.0)
     assert m["hour"]["starts"] == 1 and m["hour"]["loaded_s"] == pytest.approx(6.0)

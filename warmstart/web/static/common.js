@@ -74,7 +74,7 @@
 
   // The phases of a start, in the order they happen, with the names people use for them.
   const PHASES = {
-    spawn: "process start", import: "import", load: "weight load", kv_init: "KV-cache init",
+    verify: "file check", spawn: "process start", import: "import", load: "weight load", kv_init: "KV-cache init",
     compile: "compile", warmup: "warm-up", ready: "ready", audit: "audit log",
   };
   function phaseName(p) {
