@@ -258,6 +258,10 @@ class RelayStream(Response):
         self.ttft = now() - arrived
         self.usage = b""  # the last event that carried `usage` (stream_options.include_usage)
         self.hidden = hidden
+        # the client was sent the stream's last event (`data: [DONE]`): one that leaves now, as OpenAI's SDK
+        # does without reading the end of the chunked body, got the whole answer (200, its tokens counted)
+        self.delivered = False
+        self._end = b"\n"  # the last bytes sent (a stream begins at the start of a line)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status = 200
@@ -266,7 +270,7 @@ class RelayStream(Response):
             pump = asyncio.ensure_future(self._pump(send))
             done, _ = await asyncio.wait({pump, self.disconnect}, return_when=asyncio.FIRST_COMPLETED)
             if pump not in done:
-                status = 499
+                status = 200 if self.delivered else 499
                 pump.cancel()
                 with contextlib.suppress(BaseException):
                     await pump
@@ -274,7 +278,7 @@ class RelayStream(Response):
                 try:
                     pump.result()
                 except OSError:  # the client went away while we were sending
-                    status = 499
+                    status = 200 if self.delivered else 499
         finally:
             self.watch.close()
             if status == 499:
@@ -290,12 +294,20 @@ class RelayStream(Response):
             else:
                 self.lease.release()
 
+    def _sent(self, data: bytes) -> None:
+        """Note whether the stream sent so far ends in its last event, a line `data: [DONE]` (a JSON string holds
+        no raw line break, so no answer's text can start such a line)."""
+        end = data[-32:] if len(data) >= 32 else self._end + data
+        self._end = end[-32:]
+        self.delivered = b"\ndata: [DONE]" in end
+
     async def _pump(self, send: Send) -> None:
         hidden = self.hidden
         first = self.first if hidden is None else hidden.feed(self.first)
         if b'"usage"' in first:
             self.usage = first
         await send({"type": "http.response.body", "body": first, "more_body": True})
+        self._sent(first)
         tail = first[-2:]
         upstream, progress = self.upstream, self.watch.progress
         try:
@@ -308,6 +320,7 @@ class RelayStream(Response):
                 if b'"usage"' in data:
                     self.usage = data
                 await send({"type": "http.response.body", "body": data, "more_body": True})
+                self._sent(data)
                 tail = (tail + data[-2:])[-2:]
             if hidden is not None and (rest := hidden.rest()):
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
