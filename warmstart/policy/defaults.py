@@ -9,7 +9,6 @@ from typing import Any
 
 from warmstart.policy.controller import Controller, Policy
 from warmstart.policy.hint import HintPolicy
-from warmstart.policy.predictive import PredictivePolicy
 from warmstart.policy.predictive_params import PredictiveParams
 from warmstart.policy.schedule import SchedulePolicy, parse_window, zone
 
@@ -39,5 +38,7 @@ def controller(*, schedules: Sequence[tuple[Sequence[str], str]] = (), hints: bo
     if hints:
         policies.append(HintPolicy())
     if predictive is not None:
+        from warmstart.policy.predictive import PredictivePolicy  # numpy: imported only where a model learns
+
         policies.append(PredictivePolicy(replace(predictive, lead=predictive.lead + lead)))
     return Controller(policies)

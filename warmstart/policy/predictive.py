@@ -104,7 +104,7 @@ class PredictivePolicy:
         wake_count, wake_n = s.wake_count, s.wake_n * decay
         wake_off, wake_off2 = s.wake_off * decay, s.wake_off2 * decay
         wake_dow, seen_dow = s.wake_dow * decay, s.seen_dow * decay
-        new = obs.arrivals
+        new = np.asarray(obs.arrivals, dtype=np.float64)  # the server shows a tuple
         first_seen = s.first_seen if not math.isnan(s.first_seen) else (float(new[0]) if len(new) else math.nan)
         last_day = s.last_day
         if not math.isnan(first_seen):

@@ -11,8 +11,10 @@ import sqlite3
 import threading
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("warmstart.warming")
 SCHEMA = """
@@ -96,6 +98,10 @@ class ArrivalHistory:
         with self._lock:
             for model, t in self.db.execute("SELECT model, t FROM arrivals WHERE t >= ? ORDER BY model, t", (since,)):
                 out.setdefault(model, []).append(t)
+        if not out:
+            return {}
+        import numpy as np  # only with arrivals to learn from: a fresh server's start does not wait for it
+
         return {m: np.array(v, dtype=np.float64) for m, v in out.items()}
 
     def close(self) -> None:

