@@ -236,6 +236,8 @@ def _server(config: Config, core: Core, load: Callable[[], Config] | None) -> tu
     """The gateway and its uvicorn server (run in a thread: the import is most of it)."""
     import uvicorn
 
+    from warmstart.gateway.front import front_protocol
+
     app = build_gateway(config, core, load)
 
     class Server(uvicorn.Server):
@@ -246,6 +248,8 @@ def _server(config: Config, core: Core, load: Callable[[], Config] | None) -> tu
 
     # forwarded headers only from configured proxies (uvicorn would otherwise believe any loopback peer)
     proxies = list(config.server.trusted_proxies)
+    # the generation routes straight from uvicorn's protocol, unless forwarded headers must be read first
+    http = "httptools" if proxies else front_protocol(app)
     return Server(uvicorn.Config(app, log_level=config.server.log_level, access_log=False,
-                                 loop="uvloop", http="httptools", ws="none", timeout_graceful_shutdown=5,
+                                 loop="uvloop", http=http, ws="none", timeout_graceful_shutdown=5,
                                  proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)), app

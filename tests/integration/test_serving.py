@@ -101,6 +101,37 @@ def test_curl_works_unchanged(start_server):
     assert b"x-warmstart-start: cold" in out and out.rstrip().endswith(b"data: [DONE]")
 
 
+def test_whole_answers_on_one_connection_keep_alive_pipelined_then_closed(start_server):
+    """Warm answers, written by the gateway's own HTTP protocol (gateway/front.py) in one piece: two requests
+    sent in one write on one connection are answered in order, each whole, and the second's
+    `Connection: close` closes it after its answer."""
+    srv = start_server([smollm2()])
+    assert srv.post("/v1/chat/completions", chat(max_tokens=4))[0] == 200  # warm now
+    bodies = [json.dumps(chat(max_tokens=8, temperature=0)).encode(), json.dumps(
+        {"model": SMOL, "prompt": "The capital of Norway is", "max_tokens": 4, "temperature": 0}).encode()]
+    head = b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n%scontent-length: %d\r\n\r\n"
+    sent = ((b"/v1/chat/completions", b"", bodies[0]), (b"/v1/completions", b"connection: close\r\n", bodies[1]))
+    raw = b"".join(head % (path, close, len(body)) + body for path, close, body in sent)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=60) as sock:
+        sock.sendall(raw)
+        reader = sock.makefile("rb")
+        answers = []
+        for _ in bodies:
+            status = reader.readline()
+            headers = {}
+            while (line := reader.readline()) != b"\r\n":
+                name, _, value = line.decode().partition(":")
+                assert name.lower() not in headers, f"{name} twice"
+                headers[name.lower()] = value.strip()
+            answers.append((status, headers, json.loads(reader.read(int(headers["content-length"])))))
+        assert reader.read() == b""  # closed after the second answer, nothing more sent
+    assert [a[0].split()[1] for a in answers] == [b"200", b"200"]
+    assert [a[1]["x-warmstart-start"] for a in answers] == ["warm", "warm"]
+    assert answers[1][1]["connection"] == "close" and "connection" not in answers[0][1]
+    assert "Oslo" in answers[0][2]["choices"][0]["message"]["content"]
+    assert answers[1][2]["object"] == "text_completion" and answers[1][2]["choices"][0]["text"]
+
+
 @pytest.mark.parametrize("body,status,code,param", [
     (b'{"model": "smollm2-135m-instruct", "messages": [', 400, "invalid_request", None),
     (b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "invalid_request", "model"),

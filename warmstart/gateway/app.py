@@ -52,8 +52,8 @@ class Gateway:
     def __init__(self, app: FastAPI, config: Config) -> None:
         self.app = app
         self.services: Services = app.state.services
-        self._asgi = auth = Auth(FastPath(app, self.services), config.auth, config.auth_required,
-                                 config.loopback_only)
+        self.fast = FastPath(app, self.services)
+        self.auth = self._asgi = auth = Auth(self.fast, config.auth, config.auth_required, config.loopback_only)
         if self.services.catalog is not None:  # keys changed in the config apply at a reload
             self.services.catalog.listeners.append(lambda cfg, _changes: auth.update(cfg.auth, cfg.auth_required))
 

@@ -59,6 +59,15 @@ class Auth:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        denial = self.admit(scope)
+        if denial is None:
+            await self.app(scope, receive, send)
+        else:
+            await self.refuse(scope, send, denial)
+
+    def admit(self, scope: Scope) -> tuple[int, str, str] | None:
+        """None if the request may go on (and whether its caller is an operator is noted in its scope's state),
+        else the refusal: (status, code, message)."""
         path = scope["path"]
         if path.startswith(ADMIN):
             denial = self._check_admin(scope)
@@ -72,9 +81,11 @@ class Auth:
             token = self._presented(scope) if self.enforce_api else None
             scope.setdefault("state", {})["operator"] = not self.enforce_api or (
                 bool(token) and bool(self.admin) and self.admin.holds(token or b""))
-            await self.app(scope, receive, send)
-        else:
-            await _refuse(send, *denial, ollama=path.startswith(OLLAMA) and path not in OWN_API)
+        return denial
+
+    async def refuse(self, scope: Scope, send: Send, denial: tuple[int, str, str]) -> None:
+        path = scope["path"]
+        await _refuse(send, *denial, ollama=path.startswith(OLLAMA) and path not in OWN_API)
 
     def _presented(self, scope: Scope) -> bytes | None:
         for name, value in scope["headers"]:

@@ -45,6 +45,11 @@ class FastPath:
         if model is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        response = await self.respond(scope, receive, model)
+        await response(scope, receive, send)
+
+    async def respond(self, scope: Scope, receive: Receive, model: type[ModelRequest]) -> Response:
+        """The answer to a POST to one of ROUTES (`model`: its body's type), to be sent by the caller."""
         request = Request(scope, receive)
         arrived = self.services.clock.now()
         response: Response
@@ -64,7 +69,7 @@ class FastPath:
         except Exception:
             log.exception("unexpected error")
             response = internal_error_json()
-        await response(scope, request.receive, send)
+        return response
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         for name, value in scope["headers"]:

@@ -1,0 +1,136 @@
+"""The gateway's HTTP protocol (gateway/front.py): a POST to a generation route is served from uvicorn's
+request cycle without entering the ASGI app, with the same answer, and the connection behaves as uvicorn's:
+keep-alive, pipelined requests answered in order, `Connection: close`, API keys. A real uvicorn server on
+loopback, spoken to over a raw socket; answers with an engine behind them are tested with llama.cpp in
+tests/integration/test_serving.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from warmstart.clock import SystemClock
+from warmstart.config_loader import load_config
+from warmstart.engines.registry import create_engines
+from warmstart.gateway.app import Gateway, create_app
+from warmstart.gateway.front import front_protocol
+from warmstart.pool.pool import Pool
+from warmstart.telemetry.metrics import Metrics
+
+UNKNOWN = b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+class Running:
+    def __init__(self, gateway: Gateway, port: int) -> None:
+        self.gateway, self.port = gateway, port
+        self.asgi_calls: list[str] = []
+
+    def exchange(self, raw: bytes, answers: int = 1,
+                 wait: float = 0.0) -> tuple[list[tuple[bytes, dict[bytes, bytes], bytes]], bool]:
+        """Send `raw` on a new connection; read `answers` answers; whether the server then closed it (within
+        `wait` seconds)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(raw)
+            reader = sock.makefile("rb")
+            got = []
+            for _ in range(answers):
+                status = reader.readline()
+                headers: dict[bytes, bytes] = {}
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    assert name.lower() not in headers, f"{name!r} twice"
+                    headers[name.lower()] = value.strip()
+                got.append((status, headers, reader.read(int(headers[b"content-length"]))))
+            sock.settimeout(wait or 0.001)
+            try:
+                closed = reader.read(1) == b""
+            except TimeoutError:
+                closed = False
+            return got, closed
+
+
+@pytest.fixture
+def running(tmp_path) -> Iterator[Any]:
+    def start(**flags: Any) -> Running:
+        config = load_config(None, env={}, flags={"server.data_dir": str(tmp_path), **flags})
+        metrics = Metrics()
+        gateway = create_app(config, Pool(config, create_engines(tmp_path), SystemClock(), metrics), metrics)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        run = Running(gateway, sock.getsockname()[1])
+        asgi = gateway.__call__
+
+        async def counted(scope: Any, receive: Any, send: Any) -> None:  # what reaches the ASGI app
+            if scope["type"] == "http":
+                run.asgi_calls.append(scope["path"])
+            await asgi(scope, receive, send)
+
+        server = uvicorn.Server(uvicorn.Config(counted, loop="asyncio", http=front_protocol(gateway),
+                                               ws="none", log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        while not server.started:
+            threading.Event().wait(0.02)
+        return run
+
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)
+
+
+def post(body: bytes = UNKNOWN, path: bytes = b"/v1/chat/completions", *headers: bytes) -> bytes:
+    return (b"POST " + path + b" HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            + b"".join(h + b"\r\n" for h in headers) + b"content-length: %d\r\n\r\n" % len(body) + body)
+
+
+def test_a_generation_post_is_answered_without_entering_the_asgi_app(running):
+    run = running()
+    [(status, headers, body)], closed = run.exchange(post(), wait=0.5)
+    assert status.startswith(b"HTTP/1.1 404") and json.loads(body)["error"]["code"] == "model_not_found"
+    assert headers[b"content-type"] == b"application/json" and b"date" in headers and not closed
+    [(status, _, body)], _ = run.exchange(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200") and json.loads(body) == {"status": "ok"}
+    assert run.asgi_calls == ["/healthz"]  # the POST never reached it; everything else does
+
+
+def test_pipelined_requests_are_answered_in_order_and_connection_close_is_kept(running):
+    run = running()
+    raw = post() + post(b'{"model": "nope", "prompt": "hi"}', b"/v1/completions") + \
+        post(b'"not a request"', b"/v1/chat/completions", b"connection: close")
+    answers, closed = run.exchange(raw, answers=3, wait=5)
+    assert [s.split()[1] for s, _, _ in answers] == [b"404", b"404", b"400"]
+    assert answers[2][1][b"connection"] == b"close" and closed
+    assert run.asgi_calls == []
+
+
+def test_api_keys_guard_the_generation_routes_too(running):
+    run = running(**{"auth.api_keys": ["sk-test-0123456789abcdef"]})
+    [(status, headers, body)], _ = run.exchange(post())
+    assert status.startswith(b"HTTP/1.1 401") and json.loads(body)["error"]["code"] == "missing_api_key"
+    assert headers[b"www-authenticate"].startswith(b"Bearer")
+    key = b"authorization: Bearer sk-test-0123456789abcdef"
+    [(status, _, body)], _ = run.exchange(post(UNKNOWN, b"/v1/chat/completions", key))
+    assert status.startswith(b"HTTP/1.1 404")
+    assert run.asgi_calls == []
+
+
+@pytest.mark.parametrize(("proxies", "front"), [([], True), (["10.0.0.1"], False)])
+def test_the_server_serves_through_the_front_unless_forwarded_headers_are_read_first(tmp_path, proxies, front):
+    from warmstart.serve import _server, build_core
+
+    config = load_config(None, env={}, flags={"server.data_dir": str(tmp_path),
+                                              "server.trusted_proxies": proxies})
+    server, _gateway = _server(config, build_core(config), None)
+    http = server.config.http
+    # behind trusted proxies uvicorn's own protocol, which reads X-Forwarded-For through its middleware first
+    assert (http != "httptools" and http.__name__ == "FrontProtocol") is front
