@@ -135,9 +135,35 @@ def _overhead(server: ServerProcess, gateway: Client, engine_url: str, model: st
     """Request triples (engine direct, via the gateway, via a byte-copying proxy), in rotating order so that
     each arm sees the same conditions; the gateway's added latency and its CPU per request."""
     direct, splice_proc = Client(engine_url), _splice(engine_url)
-    splice = Client(f"http://127.0.0.1:{splice_proc.stdout.readline().strip()}")  # type: ignore[union-attr]
+    try:
+        splice = Client(f"http://127.0.0.1:{splice_proc.stdout.readline().strip()}")  # type: ignore[union-attr]
+        try:
+            times, gateway_cpu, idle = _triples(server, {"d": direct, "g": gateway, "s": splice}, model, pairs)
+        finally:
+            splice.close()
+    finally:  # the proxy process ends with the measure, whatever happened in it
+        direct.close()
+        splice_proc.kill()
+        splice_proc.wait()
+    d_times, g_times, s_times = times["d"], times["g"], times["s"]
+    paired = [g - d for g, d in zip(g_times, d_times, strict=True)]
+    return {
+        "gateway_overhead_p50_ms": _ms(statistics.median(g_times) - statistics.median(d_times)),
+        "gateway_overhead_paired_p50_ms": _ms(statistics.median(paired)),
+        "direct_latency_p50_ms": _ms(statistics.median(d_times)),
+        "gateway_latency_p50_ms": _ms(statistics.median(g_times)),
+        "overhead_pairs": len(d_times),
+        "splice_overhead_p50_ms": _ms(statistics.median(s_times) - statistics.median(d_times)),
+        "splice_overhead_paired_p50_ms": _ms(statistics.median([s - d for s, d in zip(s_times, d_times, strict=True)])),
+        "gateway_cpu_ms_per_request": _ms(gateway_cpu),
+        "gateway_idle_cpu_ms_per_s": _ms(idle),
+    }
+
+
+def _triples(server: ServerProcess, arms: dict[str, Client], model: str,
+             pairs: int) -> tuple[dict[str, list[float]], float, float]:
+    """Each arm's request times, in rotating order; the gateway's CPU seconds per request, and per second idle."""
     body = {"model": model, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
-    arms = {"d": direct, "g": gateway, "s": splice}
     step(f"gateway overhead ({model}): warm-up")
     for _ in range(20):
         for arm in arms.values():
@@ -153,24 +179,7 @@ def _overhead(server: ServerProcess, gateway: Client, engine_url: str, model: st
             seconds, code, _, _ = arm.post("/v1/completions", body)
             assert code == 200
             times[tag].append(seconds)
-    gateway_cpu = (_cpu_seconds(server.pid) - cpu_before - idle * (time.perf_counter() - began)) / pairs
-    direct.close()
-    splice.close()
-    splice_proc.kill()
-    splice_proc.wait()
-    d_times, g_times, s_times = times["d"], times["g"], times["s"]
-    paired = [g - d for g, d in zip(g_times, d_times, strict=True)]
-    return {
-        "gateway_overhead_p50_ms": _ms(statistics.median(g_times) - statistics.median(d_times)),
-        "gateway_overhead_paired_p50_ms": _ms(statistics.median(paired)),
-        "direct_latency_p50_ms": _ms(statistics.median(d_times)),
-        "gateway_latency_p50_ms": _ms(statistics.median(g_times)),
-        "overhead_pairs": len(d_times),
-        "splice_overhead_p50_ms": _ms(statistics.median(s_times) - statistics.median(d_times)),
-        "splice_overhead_paired_p50_ms": _ms(statistics.median([s - d for s, d in zip(s_times, d_times, strict=True)])),
-        "gateway_cpu_ms_per_request": _ms(gateway_cpu),
-        "gateway_idle_cpu_ms_per_s": _ms(idle),
-    }
+    return times, (_cpu_seconds(server.pid) - cpu_before - idle * (time.perf_counter() - began)) / pairs, idle
 
 
 def _cpu_rate(pid: int, seconds: float) -> float:
