@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from warmstart.cluster.chunks import offer_files, receive_files
+from warmstart.cluster.chunks import not_the_manifests, offer_files, receive_files
 from warmstart.cluster.weights import ONE_FILE, WeightFile, Weights, mismatch
 from warmstart.config import ModelConfig
 from warmstart.engines.base import StartReport
@@ -333,7 +333,7 @@ class NodeAgent:
         if written != wf.size:
             raise StoreError(f"got {written} bytes of {wf.size}")
         if h.hexdigest() != wf.sha256:
-            raise IntegrityError(f"sha256 {h.hexdigest()[:16]}... is not the manifest's {wf.sha256[:16]}...")
+            raise not_the_manifests(h.hexdigest(), wf.sha256)
 
 
 def _refusal(exc: BaseException) -> str:

@@ -35,6 +35,11 @@ SOCKET_BUFFER = 4 << 20
 HASHED_BUFFER = 8 << 20  # bytes per hand-over when a file is hashed whole as it arrives
 
 
+def not_the_manifests(got: str, want: str) -> IntegrityError:
+    """The refusal of bytes whose sha256 is not the one the manifest gives (either way they arrived)."""
+    return IntegrityError(f"sha256 {got[:16]}... is not the manifest's {want[:16]}...")
+
+
 def chunk_digests(path: Path) -> tuple[str, ...]:
     """The sha256 of each VERIFY_CHUNK-sized piece of the file, in order."""
     out = []
@@ -107,7 +112,7 @@ def _receive_one(conn: socket.socket, pool: ThreadPoolExecutor, wf: WeightFile, 
     if wf.pieces is None:
         got = receive_hashed(conn, wf.size, partial)
         if got != wf.sha256:
-            raise IntegrityError(f"sha256 {got[:16]}... is not the manifest's {wf.sha256[:16]}...")
+            raise not_the_manifests(got, wf.sha256)
         return []
     if len(wf.pieces) != -(-wf.size // VERIFY_CHUNK):
         raise StoreError(f"{len(wf.pieces)} chunk digests for {wf.size} bytes")
