@@ -33,8 +33,12 @@ class NodeLost(EngineError):
 
 
 def need_bytes(model: ModelConfig, size: int) -> int:
-    """The memory a replica of `model` takes once loaded: its weights and the engine's own (an estimate)."""
-    return int(model.options.get("memory_bytes") or need_bytes_for(size))
+    """The memory a replica of `model` takes once loaded: its weights and the engine's own (an estimate), and a
+    vLLM model's KV cache where its size is set (`kv_cache_space_gib`: vLLM on CPUs allocates all of it at start)."""
+    if model.options.get("memory_bytes"):
+        return int(model.options["memory_bytes"])
+    kv_cache = int(model.options.get("kv_cache_space_gib") or 0) << 30 if model.engine == "vllm" else 0
+    return need_bytes_for(size) + kv_cache
 
 
 def need_bytes_for(size: int) -> int:

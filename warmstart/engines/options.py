@@ -45,10 +45,13 @@ COMMAND: OptionTypes = {
 }
 COMMAND_PLACEHOLDERS = frozenset({"port", "model_path", "model_name", "host", "python"})
 
+# read by placement on a cluster, for every engine: the bytes a replica takes once loaded, in place of the estimate
+PLACEMENT: OptionTypes = {"memory_bytes": int}
+
 BY_KIND: dict[str, OptionTypes] = {
-    "llamacpp": {**LLAMACPP, **LLAMACPP_OWN},
-    "vllm": {**VLLM_FLAGS, **VLLM_OWN},
-    "command": COMMAND,
+    "llamacpp": {**LLAMACPP, **LLAMACPP_OWN, **PLACEMENT},
+    "vllm": {**VLLM_FLAGS, **VLLM_OWN, **PLACEMENT},
+    "command": {**COMMAND, **PLACEMENT},
 }
 
 

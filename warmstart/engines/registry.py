@@ -28,6 +28,8 @@ def validate_options(kind: str, options: dict[str, Any], where: str) -> dict[str
         if not ok:
             name = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
             raise ConfigError(f"{where}.{key}", value, f"must be of type {name}")
+    if options.get("memory_bytes", 1) < 1:
+        raise ConfigError(f"{where}.memory_bytes", options["memory_bytes"], "must be a positive number of bytes")
     check = CHECKS.get(kind)
     if check is not None:
         check(options, where)

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from warmstart.cluster.placing import node_facts
+from warmstart.cluster.placing import ENGINE_OVERHEAD, need_bytes, node_facts
+from warmstart.config_loader import parse_config
 from warmstart.pool import placement
 from warmstart.pool.states import ReplicaState as S
 
@@ -74,3 +75,20 @@ def test_an_idle_model_promised_to_a_start_under_way_is_not_offered_as_room_agai
     assert isinstance(placement.place("new", [a], size=100, need=700), placement.NoRoom)
     unpromised = [Replica("m#1", "m", S.WARM, "a", 400, idle_since=1.0), *replicas[1:]]
     assert len(placement.place("new", node_facts(nodes, unpromised), size=100, need=700).evict) == 2  # type: ignore[union-attr]
+
+
+def test_a_replicas_memory_counts_a_vllm_models_kv_cache_where_its_size_is_set(tmp_path: Path) -> None:
+    """And `options.memory_bytes`, as documented, replaces the estimate for any engine (it was refused as an
+    unknown option before)."""
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"GGUF")
+    models = [{"name": "v", "engine": "vllm", "path": str(tmp_path), "options": {"kv_cache_space_gib": 2}},
+              {"name": "v-default", "engine": "vllm", "path": str(tmp_path)},
+              {"name": "set", "engine": "vllm", "path": str(tmp_path),
+               "options": {"kv_cache_space_gib": 2, "memory_bytes": 5 << 30}},
+              {"name": "l", "engine": "llamacpp", "path": str(weights)},
+              {"name": "l-set", "engine": "llamacpp", "path": str(weights), "options": {"memory_bytes": 3 << 30}}]
+    config = parse_config({"server": {"data_dir": str(tmp_path / "data")}, "models": models}, base_dir=tmp_path)
+    need = {m.name: need_bytes(m, 1 << 30) for m in config.models}
+    assert need == {"v": (3 << 30) + ENGINE_OVERHEAD, "v-default": (1 << 30) + ENGINE_OVERHEAD,
+                    "set": 5 << 30, "l": (1 << 30) + ENGINE_OVERHEAD, "l-set": 3 << 30}

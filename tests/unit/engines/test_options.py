@@ -54,6 +54,8 @@ def test_a_bad_command_option_names_its_field(options, field, says):
     ({"kv_cache_space_gib": 0}, "models[0].options.kv_cache_space_gib", "1 or more"),
     ({"enforce_eager": "yes"}, "models[0].options.enforce_eager", "must be of type bool"),
     ({"n_ctx": 2048}, "models[0].options.n_ctx", "unknown option for engine vllm"),
+    ({"memory_bytes": 0}, "models[0].options.memory_bytes", "positive number of bytes"),
+    ({"memory_bytes": "4G"}, "models[0].options.memory_bytes", "must be of type int"),
 ])
 def test_a_bad_vllm_option_names_its_field(options, field, says):
     with pytest.raises(ConfigError) as err:
