@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -10,18 +9,9 @@ from typing import Any
 from warmstart.cli_format import columns
 from warmstart.loadtest.plan import Plan
 from warmstart.loadtest.runner import Outcome
+from warmstart.stats import percentile
 
 QUANTILES = (50, 90, 99)
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def distribution(values: Sequence[float]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import logging
 import math
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from warmstart.policy.plan import IDLE, Plan, evaluate, ram_until
 from warmstart.pool.changes import ModelChanges
 from warmstart.pool.pool import Pool
 from warmstart.pool.states import ReplicaState
+from warmstart.stats import percentile
 from warmstart.telemetry.metrics import Metrics
 from warmstart.warming.history import ArrivalHistory
 
@@ -75,16 +76,6 @@ def hint_limits(config: Config) -> HintLimits:
                       client_burst=float(h.per_client_burst),
                       models=frozenset(h.models) if h.models is not None else None,
                       budget_per_hour=h.budget_per_hour)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile of `values` (not empty), interpolated linearly between the closest ranks: numpy's
-    default, without importing numpy on the server's way to its first start (numpy takes 0.1 s of CPU)."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 class WarmingRunner:
@@ -285,17 +276,15 @@ class WarmingRunner:
             return None, 0.0
         from warmstart.policy.tiers import MEASURED_RAM_SPEEDUP  # the RAM tier's policies import numpy anyway
 
-        starts = self.pool.start_seconds(mw.name, 20, tier="ram")
-        ram_start = percentile(starts, 95) if starts else cold_start / MEASURED_RAM_SPEEDUP
+        measured = percentile(self.pool.start_seconds(mw.name, 20, tier="ram"), 95)
+        ram_start = cold_start / MEASURED_RAM_SPEEDUP if measured is None else measured
         return min(round(ram_start, 3), cold_start), price  # to the millisecond, as starts are measured
 
     def _cold_start(self, model: str) -> float:
         """p95 of the model's recent successful starts from disk (a RAM start is shorter: the tier choice is
         shown those apart), or the configured estimate before there are any."""
-        starts = self.pool.start_seconds(model, 20, tier="disk")
-        if not starts:
-            return self.config.warming.cold_start_estimate
-        return percentile(starts, 95)
+        measured = percentile(self.pool.start_seconds(model, 20, tier="disk"), 95)
+        return self.config.warming.cold_start_estimate if measured is None else measured
 
     # ---- hints ---------------------------------------------------------------------------------------
 

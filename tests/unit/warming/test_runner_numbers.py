@@ -10,7 +10,7 @@ import pytest
 from warmstart.policy.observation import Observation
 from warmstart.policy.predictive import PredictivePolicy
 from warmstart.policy.predictive_params import PredictiveParams
-from warmstart.warming.runner import percentile
+from warmstart.stats import percentile
 
 
 @pytest.mark.parametrize("values", [[3.0], [1.0, 2.0], [5.0, 1.0, 4.0, 2.0, 3.0], list(np.linspace(0.4, 9.1, 20)),
