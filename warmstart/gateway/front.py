@@ -5,8 +5,8 @@ written in one piece.
 Every other request, and everything about the connection (parsing, keep-alive, pipelining, flow control,
 timeouts, shutdown), stays uvicorn's. What is skipped on a warm request: the ASGI call chain, the response's
 two `send` messages and their checks (the gateway made the headers itself), and one of its two socket writes.
-On two CPUs, where every microsecond of the gateway's CPU is on some request's path, that is about a tenth of
-its work per request.
+Measured on two CPUs (old and new gateways interleaved, README): 0.976 -> 0.940 ms added per request, 1.30 ->
+1.275 ms of CPU: a few percent, not more; no single layer of the gateway costs more than that.
 """
 
 from __future__ import annotations
