@@ -210,6 +210,22 @@ def novel_silence_bound(trace: Trace, cold_start: float, history: Trace | None =
             "min_cold_fraction": (first + novel) / requests if requests else math.nan}
 
 
+def in_sample_history(trace: Trace, history: Trace | None, only_unseen: bool = False) -> Trace:
+    """Not a history a server can have: the judged arrivals themselves, moved back by the judged window's length
+    in whole days (rounded up, so times of day stay put), as the history of every model
+    (`only_unseen`: of the models `history` never saw; the others keep theirs). Replayed with it, a learning
+    policy shows what its own structure reaches when the future repeats the past: the difference from the
+    real history is what the judged days brought that the earlier ones did not show."""
+    shift = max(1, math.ceil((trace.end - trace.start) / 86400.0)) * 86400.0
+    seen = history.arrivals if history is not None else {}
+    moved = {model: arr - shift for model, arr in trace.arrivals.items()
+             if not only_unseen or not len(seen.get(model, ()))}
+    if not only_unseen:
+        return Trace(f"{trace.name} (in sample)", moved, trace.start - shift, trace.end - shift)
+    start = min(trace.start - shift, history.start) if history is not None else trace.start - shift
+    return Trace(f"{trace.name} (in sample, unseen models)", {**seen, **moved}, start, trace.start)
+
+
 HINDSIGHT_KEEPALIVES = (0, 30, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200,
                         10800, 14400, 21600, 43200, 86400)
 

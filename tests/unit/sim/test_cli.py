@@ -149,9 +149,15 @@ def test_bench_warming_judges_every_policy_against_the_frontier_after_learning_f
         # the model was seen in the history: nothing forces a cold request on a policy that learns from it
         assert run["bounds"]["history_learning_floor"]["first_burst_requests"] == 0
         assert len(run["bounds"]["hindsight_keepalive_per_model"]) == 8
+        # every model was seen: shown only the unseen models' judged days, the default replays as it did
+        ins = run["bounds"]["in_sample"]
+        assert ins["unseen_models"] == 0
+        assert ins["unseen_models_only"]["cold_fraction"] == judged["cold_fraction"]
+        assert ins["unseen_models_only"]["total_cost_fraction"] == judged["total_cost_fraction"]
     assert (tmp_path / "f.png").stat().st_size > 10_000
     text = capsys.readouterr().out
     assert "cold vs curve" in text and "servegen-m-large" in text
+    assert "shown the judged days beforehand" in text
 
 
 def test_bench_unknown_name_is_one_line(capsys):

@@ -193,3 +193,33 @@ def test_the_novel_silence_bound_counts_first_bursts_and_bursts_after_silences_l
     out = novel_silence_bound(trace, 30.0, history)
     assert (out["first_burst_requests"], out["novel_silence_requests"]) == (2, 5)
     assert out["min_cold_fraction"] == 7 / 9
+
+
+def test_in_sample_history_is_the_judged_days_moved_back_and_teaches_a_habit_the_real_history_never_showed():
+    from warmstart.sim.run import in_sample_history
+
+    day = 86400.0
+    # "habit": every judged day a burst at 09:00 (never in the history); "old": in the history, quiet in it
+    habit = np.concatenate([d * day + 9 * 3600 + np.arange(0.0, 600.0, 20.0) for d in range(10, 14)])
+    old = np.array([10 * day + 100.0, 12 * day + 100.0])
+    trace = Trace("t", {"habit": habit, "old": old}, 10 * day, 14 * day)
+    history = Trace("h", {"old": np.array([2 * day, 3 * day])}, 0.0, 10 * day)
+
+    every = in_sample_history(trace, history)
+    assert (every.start, every.end) == (6 * day, 10 * day)  # 4 whole days back: times of day stay put
+    np.testing.assert_array_equal(every.arrivals["habit"], habit - 4 * day)
+    np.testing.assert_array_equal(every.arrivals["old"], old - 4 * day)
+    unseen = in_sample_history(trace, history, only_unseen=True)
+    np.testing.assert_array_equal(unseen.arrivals["old"], history.arrivals["old"])  # a seen model keeps its own
+    np.testing.assert_array_equal(unseen.arrivals["habit"], habit - 4 * day)
+    assert unseen.start == 0.0 and unseen.end == 10 * day
+    # an hour-long window moves back a whole day
+    short = Trace("s", {"m": np.array([50.0, 3000.0])}, 0.0, 3600.0)
+    assert in_sample_history(short, None).arrivals["m"].tolist() == [50.0 - day, 3000.0 - day]
+
+    # the default taught the habit pre-warms 09:00 and waits far less often than with the real history
+    policy, ram = make_policy("default"), RamTier(0.0, 30.0 / 1.9, 0.08)
+    real = simulate(trace, policy, 30.0, ram, history)
+    taught = simulate(trace, policy, 30.0, ram, unseen)
+    assert taught["cold_requests"] < real["cold_requests"] / 2
+    assert taught["starts"]["prediction"] > real["starts"]["prediction"]
