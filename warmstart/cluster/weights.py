@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warmstart.errors import IntegrityError
+from warmstart.store.files import folder_files
 
 ONE_FILE = ""  # the relative path of a single-file model's one file
 
@@ -51,18 +52,6 @@ class Weights:
     def without_pieces(self) -> Weights:
         """The same files checked by one sha256 each over the stream (the bench's other way)."""
         return Weights(tuple(WeightFile(f.path, f.size, f.sha256) for f in self.files), self.folder)
-
-
-def folder_files(root: Path) -> list[tuple[str, Path]]:
-    """A model folder's files as (relative path, file), sorted; hidden files and folders (names starting with a
-    dot: a download's cache, a fetch under way) are not part of the model. Links are followed (a Hugging Face
-    snapshot's files are links into its blob store)."""
-    out = []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
-            out.append((rel.as_posix(), p))
-    return out
 
 
 def of_path(path: Path, sha256: Callable[[Path], str], pieces: Callable[[Path, str], tuple[str, ...]]) -> Weights:

@@ -32,6 +32,7 @@ from warmstart.pool.replica import Replica
 from warmstart.pool.roster import Roster
 from warmstart.pool.states import LIVE, ReplicaState, model_state
 from warmstart.pool.view import ReplicaInfo, model_view, replica_info
+from warmstart.store.files import folder_files
 from warmstart.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -324,8 +325,7 @@ class Pool:
         entry = self._entry(name)
         path = entry.path or Path(entry.config.path)
         try:
-            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() \
-                else path.stat().st_size
+            size = sum(f.stat().st_size for _, f in folder_files(path)) if path.is_dir() else path.stat().st_size
         except OSError:
             return None
         return store.settings.ram_price * size / (1 << 30)

@@ -23,6 +23,7 @@ from typing import Any
 from warmstart.errors import IntegrityError, StoreError
 from warmstart.names import MODEL_NAME, MODEL_NAME_RULE
 from warmstart.store.digest import DigestCache, FileDigest, FileStat
+from warmstart.store.files import folder_files, hidden_under
 
 
 def manifest_name(model_name: str, model_path: str) -> str:
@@ -102,20 +103,28 @@ class FileCheck:
 
 
 def model_files(root: Path) -> list[Path]:
-    """The files a model is made of: the file itself, or every regular file under a folder."""
+    """The files a model is made of, resolved: the file itself, or a folder's (`store.files.folder_files`)."""
+    return [f for _, f in model_entries(root)]
+
+
+def model_entries(root: Path) -> list[tuple[str, Path]]:
+    """The files a model is made of as (name, resolved file): the file itself, or a folder's files
+    (`store.files.folder_files`), each named by its path in the folder (a link by its own name)."""
     root = Path(root)
     if root.is_file():
-        return [root.resolve()]
+        return [(root.name, root.resolve())]
     if root.is_dir():
-        files = sorted(p.resolve() for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-        if not files:
+        entries = [(rel, p.resolve()) for rel, p in folder_files(root)]
+        if not entries:
             raise StoreError(f"model folder {root} has no files")
-        return files
+        return sorted(entries, key=lambda e: e[1])
     raise StoreError(f"model path not found: {root}")
 
 
-def detect_format(files: list[Path]) -> str:
-    suffixes = {f.suffix.lower() for f in files}
+def detect_format(entries: list[tuple[str, Path]]) -> str:
+    """From the files' names (a Hugging Face snapshot's links name what their blobs hold), else a lone file's magic."""
+    files = [f for _, f in entries]
+    suffixes = {Path(name).suffix.lower() for name, _ in entries}
     if ".gguf" in suffixes:
         return "gguf"
     if ".safetensors" in suffixes:
@@ -176,7 +185,7 @@ class ManifestStore:
         name = name or (root.stem if root.is_file() else root.name)
         if not MODEL_NAME.match(name) or ".." in name.split("/"):
             raise StoreError(f"model name {name!r} is not valid: use {MODEL_NAME_RULE} (pass --name)")
-        files = model_files(root)
+        files = model_entries(root)
         existing = self.get(name)
         if existing is not None and not replace_existing:
             raise StoreError(f"model '{name}' is already in the store ({existing.root}); "
@@ -184,11 +193,11 @@ class ManifestStore:
         return self._record(name, root, files, engine=engine, source=source, pinned=pinned,
                             quantization=quantization)
 
-    def _record(self, name: str, root: Path, files: builtins.list[Path], *, engine: str | None, source: str | None,
-                pinned: bool, quantization: dict[str, Any] | None = None) -> Manifest:
+    def _record(self, name: str, root: Path, files: builtins.list[tuple[str, Path]], *, engine: str | None,
+                source: str | None, pinned: bool, quantization: dict[str, Any] | None = None) -> Manifest:
         fmt = detect_format(files)
         entries = []
-        for f in files:
+        for _, f in files:
             # the stat the digest was taken under, not a later one: a change in between would be trusted
             entries.append(ManifestFile.of(self.digests.digest(f)))
         manifest = Manifest(name=name, engine=engine or default_engine(fmt), format=fmt,
@@ -226,10 +235,16 @@ class ManifestStore:
         """The cheap check before a start; raises IntegrityError on a mismatch. Creates the manifest
         on a model's first start, and again when an unpinned model's config names other files."""
         manifest = self.get(name)
-        files = model_files(root)
+        files = model_entries(root)
         if manifest is None:
             return self._record(name, root, files, engine=engine, source=source, pinned=False)
-        if {f.path for f in manifest.files} != {str(f) for f in files}:
+        listed = {str(f) for _, f in files}
+        if listed < {f.path for f in manifest.files} and all(
+                hidden_under(Path(manifest.root), Path(f.path)) for f in manifest.files if f.path not in listed):
+            # written when files in hidden folders (a download's cache) were counted as the model's: not any more
+            manifest = replace(manifest, files=tuple(f for f in manifest.files if f.path in listed))
+            self._write(manifest)
+        if {f.path for f in manifest.files} != listed:
             if manifest.pinned:
                 raise IntegrityError(
                     f"model '{name}' is pinned in the store to {manifest.root}, but its config names {root}; "

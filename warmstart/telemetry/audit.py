@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from warmstart import __version__
 from warmstart.errors import AuditError, StoreError
 from warmstart.store.digest import DigestCache
+from warmstart.store.files import folder_files
 from warmstart.store.manifest import ManifestStore, manifest_name
 from warmstart.telemetry.audit_format import (
     FORMAT,
@@ -264,14 +265,15 @@ class WeightsDigest:
 
 
 def weights_digest(cache: DigestCache, path: Path) -> WeightsDigest:
-    """The weights' digest; a folder (several files) gets one digest of its files' digests and relative names."""
+    """The weights' digest; a folder (several files) gets one digest of its files' digests and relative names
+    (`store.files.folder_files`: hidden files and folders, such as a download's cache, are not the model's)."""
     if not path.is_dir():
         d = cache.digest(path)
         return WeightsDigest(d.sha256, d.size, d.cached, d.hashed_at, d.sealed)
     manifest, size, cached, sealed, hashed_at = hashlib.sha256(), 0, True, True, math.inf
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    for rel, file in folder_files(path):
         d = cache.digest(file)
-        manifest.update(f"{d.sha256}  {file.relative_to(path).as_posix()}\n".encode())
+        manifest.update(f"{d.sha256}  {rel}\n".encode())
         size, cached, hashed_at = size + d.size, cached and d.cached, min(hashed_at, d.hashed_at)
         sealed = sealed and d.sealed
     return WeightsDigest(manifest.hexdigest(), size, cached, 0.0 if math.isinf(hashed_at) else hashed_at, sealed)

@@ -149,3 +149,54 @@ def test_a_folder_model_lists_every_file(tmp_path):
     assert (m.name, m.format, m.engine, len(m.files)) == ("hf-model", "safetensors", "vllm", 2)
     with pytest.raises(StoreError, match="not valid"):
         ManifestStore(tmp_path / "data").add(folder, name="../escape")
+
+
+def _hf_snapshot(tmp_path):
+    """A Hugging Face download: the snapshot's files are links into the blob store (names that are digests),
+    and `--local-dir`-style metadata under a hidden `.cache` folder, rewritten by every later download."""
+    blobs = tmp_path / "hub" / "blobs"
+    snap = tmp_path / "hub" / "snapshots" / "rev1"
+    blobs.mkdir(parents=True)
+    (snap / ".cache" / "huggingface" / "download").mkdir(parents=True)
+    (blobs / "a1b2").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (blobs / "c3d4").write_bytes(b"\0" * 64)
+    (snap / "config.json").symlink_to(blobs / "a1b2")
+    (snap / "model.safetensors").symlink_to(blobs / "c3d4")
+    meta = snap / ".cache" / "huggingface" / "download" / "model.safetensors.metadata"
+    meta.write_text('{"etag": "1"}')
+    return snap, meta
+
+
+def test_a_hugging_face_snapshot_is_safetensors_for_vllm_and_its_download_cache_is_not_the_model(tmp_path):
+    from warmstart.cluster.weights import folder_files as cluster_files
+    from warmstart.telemetry.audit import weights_digest
+
+    snap, meta = _hf_snapshot(tmp_path)
+    store = ManifestStore(tmp_path / "data")
+    m = store.add(snap, name="hf")
+    # named by the links, not by the blobs they point to (which once made it "unknown", for engine "command")
+    assert (m.format, m.engine) == ("safetensors", "vllm")
+    assert sorted(os.path.basename(f.path) for f in m.files) == ["a1b2", "c3d4"]
+    # the cluster sends exactly the files the manifest checks
+    assert [rel for rel, _ in cluster_files(snap)] == ["config.json", "model.safetensors"]
+    digest = weights_digest(store.digests, snap).sha256
+    meta.write_text('{"etag": "2", "checked": "again"}')  # a later `hf download` rewrote its metadata
+    assert store.check("hf", snap, engine="vllm", source="x").files == m.files  # still the pinned model
+    assert weights_digest(store.digests, snap).sha256 == digest  # the audit record's digest did not move
+
+
+def test_a_manifest_that_counted_a_hidden_folder_s_files_drops_them_once_and_still_checks_the_rest(tmp_path):
+    snap, meta = _hf_snapshot(tmp_path)
+    store = ManifestStore(tmp_path / "data")
+    store.add(snap, name="hf")
+    # as written before hidden folders were left out: the metadata file was one of the model's files
+    path = tmp_path / "data" / "store" / "manifests" / "hf.json"
+    doc = json.loads(path.read_text())
+    doc["files"].append({**doc["files"][0], "path": str(meta.resolve()), "sha256": "0" * 64})
+    path.write_text(json.dumps(doc))
+    assert len(store.get("hf").files) == 3
+    checked = store.check("hf", snap, engine="vllm", source="x")
+    assert len(checked.files) == 2 and len(store.get("hf").files) == 2  # written back without it
+    (tmp_path / "hub" / "blobs" / "c3d4").write_bytes(b"\1" * 64)  # the weights themselves are still checked
+    with pytest.raises(IntegrityError, match="was modified"):
+        store.check("hf", snap, engine="vllm", source="x")
