@@ -136,7 +136,7 @@ class LlamaCppEngine(NoRuntimes):
 
     def runtime_pools(self) -> Sequence[Any]:
         # a retired router is listed until it has closed and its gauges were set to what it holds then (none);
-        # first, so that a model's new router, of the same name, sets them last
+        # while it drains, its gauges add to those of the model's new router, of the same name
         self._retired = [r for r in self._retired if not (r.closed and _holds_nothing(r.last_stats))]
         return (*self._retired, *self.routers.values())
 

@@ -213,14 +213,17 @@ class RuntimePool:
 def account_runtimes(engines: Any, metrics: Any, now: float) -> None:
     """Set the runtime gauges and add the runtime-seconds since the last call (for the cost report); `engines`:
     each engine once (engines.base.distinct)."""
+    # pools of one name (a model's retired router, draining after a reload, and its new one) add up
+    gauges: dict[str, list[int]] = {}
     for engine in engines:
         for pool in engine.runtime_pools():
             if pool.size <= 0 and pool.accounted_to is None:  # never kept any: no series
                 continue
             stats = pool.last_stats = pool.stats()
-            metrics.runtimes.labels(pool.name, "ready").set(stats["ready"])
-            metrics.runtimes.labels(pool.name, "starting").set(stats["starting"])
-            metrics.runtime_rss_bytes.labels(pool.name).set(stats["rss_bytes"])
+            totals = gauges.setdefault(pool.name, [0, 0, 0])
+            totals[0] += stats["ready"]
+            totals[1] += stats["starting"]
+            totals[2] += stats["rss_bytes"]
             live = stats["ready"] + stats["starting"]
             if pool.accounted_to is not None and now > pool.accounted_to:
                 metrics.runtime_seconds.labels(pool.name).inc(live * (now - pool.accounted_to))
@@ -229,3 +232,7 @@ def account_runtimes(engines: Any, metrics: Any, now: float) -> None:
             if handed > 0:
                 metrics.runtime_handoffs.labels(pool.name).inc(handed)
                 pool.handoffs_counted = pool.handed_out
+    for name, (ready, starting, rss) in gauges.items():
+        metrics.runtimes.labels(name, "ready").set(ready)
+        metrics.runtimes.labels(name, "starting").set(starting)
+        metrics.runtime_rss_bytes.labels(name).set(rss)
