@@ -8,14 +8,16 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support import chat, smollm2
+from tests.support import SMOLLM2, chat, smollm2
 from warmstart.store.pagecache import evict, resident_fraction
+from warmstart.store.sources import resolve_model_path
 
 pytestmark = pytest.mark.integration
 MODEL = "smollm2-135m-instruct"
@@ -162,3 +164,21 @@ def test_a_modified_model_file_is_refused_at_start_until_restored(start_server, 
     model.write_bytes(bytes(data))
     status, _, _ = srv.post("/v1/chat/completions", chat(max_tokens=2))
     assert status == 200
+
+
+def test_a_hugging_face_snapshot_folder_holding_a_gguf_is_added_and_served(start_server, tmp_path):
+    """`models add` of a snapshot folder (its file a link into the blob store), then served by name: llama.cpp
+    is given the GGUF the folder holds (it once was given the folder: "Is a directory")."""
+    blobs, snap = tmp_path / "hub" / "blobs", tmp_path / "hub" / "snapshots" / "rev1"
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    shutil.copyfile(resolve_model_path(SMOLLM2, tmp_path), blobs / "9f8e7d")
+    (snap / "SmolLM2-135M-Instruct.Q4_1.gguf").symlink_to(blobs / "9f8e7d")
+    data = tmp_path / "data"
+    added = subprocess.run([sys.executable, "-m", "warmstart", "models", "add", str(snap), "--name", "snap-smol",
+                            "--data-dir", str(data)], capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0 and "added snap-smol: gguf, 1 file(s)" in added.stdout, added.stderr
+    srv = start_server([smollm2(name="snap-smol", path="store:snap-smol", options={"n_ctx": 512})], data_dir=data)
+    status, headers, body = srv.post("/v1/chat/completions", chat(model="snap-smol", max_tokens=8))
+    assert status == 200, body
+    assert headers["x-warmstart-start"] == "cold" and body["choices"][0]["message"]["content"]

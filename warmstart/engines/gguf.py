@@ -3,6 +3,7 @@ and where its tensor data ends, so a truncated file is named as such before an e
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from warmstart.errors import StoreError
+from warmstart.store.files import folder_files
 
 _FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _SCALARS = {t: struct.Struct(fmt) for t, fmt in _FORMATS.items()}
@@ -55,6 +57,36 @@ class GGUFInfo:
     def name(self) -> str | None:
         value = self.metadata.get("general.name")
         return str(value) if value else None
+
+
+# a model split by llama.cpp's gguf-split: NAME-00001-of-00003.gguf ...; llama.cpp is given the first
+_SHARD = re.compile(r"^(?P<model>.+)-(?P<part>\d{5})-of-(?P<parts>\d{5})\.gguf$", re.IGNORECASE)
+
+
+def gguf_file(path: Path) -> Path:
+    """The GGUF file a model's path names: the path itself, or the model a folder holds (a Hugging Face
+    snapshot, whose files are links into its blob store, or a folder of one's own). A model split in shards
+    is named by its first; a multimodal projector (mmproj*.gguf) beside the model is not the model.
+    StoreError, saying what to set, when a folder holds no GGUF or several models."""
+    if not path.is_dir():
+        return path
+    found = [(rel, p) for rel, p in folder_files(path) if rel.lower().endswith(".gguf")]
+    models = [(rel, p) for rel, p in found if not Path(rel).name.lower().startswith("mmproj")] or found
+    if not models:
+        raise StoreError(f"model folder {path} holds no .gguf file: set the model's path to a GGUF file")
+    shards = [(m.group("model"), m.group("parts"), int(m.group("part")), p)
+              for rel, p in models if (m := _SHARD.match(rel))]
+    if len(shards) == len(models) and len({(name, parts) for name, parts, _, _ in shards}) == 1:
+        first = [p for _, _, part, p in shards if part == 1]
+        if first:
+            return first[0]
+        raise StoreError(f"model folder {path} holds shards of a split GGUF but not its first "
+                         f"(-00001-of-...): download every part")
+    if len(models) > 1:
+        names = ", ".join(rel for rel, _ in models[:6]) + (", ..." if len(models) > 6 else "")
+        raise StoreError(f"model folder {path} holds {len(models)} GGUF models ({names}): set the model's path to "
+                         f"the one to serve, e.g. {path / models[0][0]}")
+    return models[0][1]
 
 
 def read_gguf(path: Path) -> GGUFInfo:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from warmstart.config import ModelConfig
 from warmstart.engines.base import IMPORT, READY, SPAWN, VERIFY, Capabilities, NoRuntimes, StartReport
-from warmstart.engines.gguf import check_complete, read_gguf
+from warmstart.engines.gguf import check_complete, gguf_file, read_gguf
 from warmstart.engines.health import wait_healthy
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.llamacpp_router import Router, RouterInstance, RouterUnavailable
@@ -116,7 +116,7 @@ class LlamaCppEngine(NoRuntimes):
         server's context probe, after a load that read every page (MAP_POPULATE)."""
         from warmstart.store.sources import resolve_model_path
 
-        path = resolve_model_path(model.path, self.data_dir)
+        path = gguf_file(resolve_model_path(model.path, self.data_dir))
         return server_flags({"warmup": False, **model.options}, model.max_concurrency, slot_context(model, path))
 
     def router_for(self, model: ModelConfig) -> Router | None:
@@ -155,6 +155,7 @@ class LlamaCppEngine(NoRuntimes):
             return "xllamacpp (not installed)"
 
     def inspect(self, model: ModelConfig, path: Path) -> Capabilities:
+        path = gguf_file(path)
         info = read_gguf(path)
         chat = model.chat if model.chat is not None else bool(
             info.chat_template or model.options.get("chat_format"))
@@ -176,6 +177,7 @@ class LlamaCppEngine(NoRuntimes):
 
     async def start(self, model: ModelConfig, path: Path, report: StartReport,
                     name: str) -> ManagedProcess | RouterInstance:
+        path = gguf_file(path)  # a folder (a Hugging Face snapshot): the model it holds
         if path.is_file():  # a truncated file is named as such, not left to llama.cpp's "failed to load"
             report.enter(VERIFY)
             checking = time.monotonic()

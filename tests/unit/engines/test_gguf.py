@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from warmstart.engines.gguf import check_complete, read_gguf
+from warmstart.engines.gguf import check_complete, gguf_file, read_gguf
 from warmstart.errors import StoreError
 from warmstart.store.sources import resolve_model_path
 
@@ -85,3 +85,35 @@ def test_a_header_cut_anywhere_is_an_error_never_a_short_answer(tmp_path):
     assert read_gguf(whole).data_end == info.data_end
     with pytest.raises(StoreError, match="is truncated: its tensor data ends"):
         check_complete(whole)
+
+
+def test_a_folder_names_the_gguf_model_it_holds_or_says_what_to_set(tmp_path):
+    def folder(name, *files, links=()):
+        root = tmp_path / name
+        root.mkdir()
+        for f in files:
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            (root / f).write_bytes(b"GGUF")
+        for link, target in links:
+            (root / link).symlink_to(target)
+        return root
+
+    one = tmp_path / "one.gguf"
+    one.write_bytes(b"GGUF")
+    assert gguf_file(one) == one  # a file is itself
+    # a Hugging Face snapshot: a link into the blob store, named by its link; hidden files are not models
+    blob = tmp_path / "blob-9f8e"
+    blob.write_bytes(b"GGUF")
+    snap = folder("snap", "README.md", ".cache/huggingface/x.gguf", links=[("m.Q4_K_M.gguf", blob)])
+    assert gguf_file(snap) == snap / "m.Q4_K_M.gguf"
+    # a vision model's projector beside it is not the model
+    assert gguf_file(folder("vision", "gemma.Q4_0.gguf", "mmproj-f16.gguf")).name == "gemma.Q4_0.gguf"
+    # a split model: its first shard (llama.cpp reads the others from it), in any order of listing
+    split = folder("split", "m-00002-of-00003.gguf", "m-00001-of-00003.gguf", "m-00003-of-00003.gguf")
+    assert gguf_file(split) == split / "m-00001-of-00003.gguf"
+    with pytest.raises(StoreError, match="not its first"):
+        gguf_file(folder("part", "m-00002-of-00003.gguf", "m-00003-of-00003.gguf"))
+    with pytest.raises(StoreError, match=r"holds 2 GGUF models \(a.Q4_K_M.gguf, a.Q8_0.gguf\): set the model's path"):
+        gguf_file(folder("quants", "a.Q4_K_M.gguf", "a.Q8_0.gguf"))
+    with pytest.raises(StoreError, match=r"holds no \.gguf file"):
+        gguf_file(folder("none", "config.json"))
