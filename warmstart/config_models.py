@@ -20,6 +20,7 @@ from warmstart.config_checks import expect, only_keys, read_bool, read_duration,
 from warmstart.engines.registry import DEFAULT_CONCURRENCY, ENGINES, validate_options
 from warmstart.errors import ConfigError
 from warmstart.names import MODEL_NAME, MODEL_NAME_RULE
+from warmstart.store.files import folder_files
 
 
 def store_model(config: Config, manifest: Any) -> ModelConfig:
@@ -33,7 +34,8 @@ def store_model(config: Config, manifest: Any) -> ModelConfig:
 
 def infer_engine(path: Any, base_dir: Path, data_dir: Path) -> str | None:
     """The engine for a model whose entry names none, told from its path: a GGUF file is llama.cpp's, a folder
-    with a Hugging Face config.json vLLM's, a store model the one its manifest records."""
+    with a Hugging Face config.json vLLM's, one holding GGUF files llama.cpp's, a store model the one its
+    manifest records."""
     if not isinstance(path, str) or not path:
         return None
     if path.startswith("store:"):
@@ -54,6 +56,8 @@ def infer_engine(path: Any, base_dir: Path, data_dir: Path) -> str | None:
     local = local if local.is_absolute() or ":" in path.split("/")[0] else base_dir / local
     if (local / "config.json").is_file():
         return "vllm"
+    if local.is_dir() and any(rel.lower().endswith(".gguf") for rel, _ in folder_files(local)):
+        return "llamacpp"  # a folder holding GGUF files (a Hugging Face snapshot of a GGUF repository)
     return None
 
 

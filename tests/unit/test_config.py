@@ -173,6 +173,14 @@ def test_the_engine_is_told_from_the_path_when_a_model_names_none(tmp_path):
     assert engine_of("models/Other.GGUF") == "llamacpp"
     assert engine_of("hf") == engine_of(str(tmp_path / "hf")) == "vllm"
     assert engine_of("store:tiny") == "llamacpp"
+    (tmp_path / "snap" / ".cache").mkdir(parents=True)  # a GGUF repository's snapshot: llama.cpp's
+    (tmp_path / "snap" / "m.Q4_K_M.gguf").symlink_to(gguf)
+    assert engine_of("snap") == "llamacpp"
+    (tmp_path / "cached").mkdir()  # a GGUF in a hidden folder (a download's cache) is not the folder's model
+    (tmp_path / "cached" / ".cache").mkdir()
+    (tmp_path / "cached" / ".cache" / "x.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ConfigError, match="cannot be told"):
+        engine_of("cached")
     with pytest.raises(ConfigError, match=r'models\[0\]\.engine.*cannot be told from the path.*"llamacpp"'):
         engine_of("weights.bin")
     with pytest.raises(ConfigError, match="cannot be told"):
