@@ -17,10 +17,10 @@ from warmstart.config import (
     WarmingConfig,
 )
 from warmstart.config_checks import expect, only_keys, read_bool, read_duration, read_int, read_positive
+from warmstart.engines.gguf import holds_gguf
 from warmstart.engines.registry import DEFAULT_CONCURRENCY, ENGINES, validate_options
 from warmstart.errors import ConfigError
 from warmstart.names import MODEL_NAME, MODEL_NAME_RULE
-from warmstart.store.files import folder_files
 
 
 def store_model(config: Config, manifest: Any) -> ModelConfig:
@@ -56,7 +56,7 @@ def infer_engine(path: Any, base_dir: Path, data_dir: Path) -> str | None:
     local = local if local.is_absolute() or ":" in path.split("/")[0] else base_dir / local
     if (local / "config.json").is_file():
         return "vllm"
-    if local.is_dir() and any(rel.lower().endswith(".gguf") for rel, _ in folder_files(local)):
+    if holds_gguf(local):
         return "llamacpp"  # a folder holding GGUF files (a Hugging Face snapshot of a GGUF repository)
     return None
 

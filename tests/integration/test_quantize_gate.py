@@ -75,6 +75,24 @@ def test_requantizing_a_quantized_model_is_refused_in_one_line(store, tmp_path):
     assert "already quantized (Q4_1, Q8_0)" in line and "--allow-requantize" in line
 
 
+def test_a_snapshot_folder_holding_the_gguf_is_quantized_from_that_file(store, tmp_path):
+    """A GGUF repository's Hugging Face snapshot (its file a link into the blob store) is the GGUF it holds, not
+    a safetensors checkpoint to convert; one holding two models is refused in one line naming them."""
+    data, f16 = store
+    snap = tmp_path / "snapshots" / "rev1"
+    snap.mkdir(parents=True)
+    (snap / "smollm2-f16.gguf").symlink_to(f16)
+    out = warmstart("quantize", str(snap), "--type", "q8_0", "--name", "snap-q8_0", "--data-dir", str(data))
+    assert out.returncode == 0, out.stderr
+    made = ManifestStore(data).get("snap-q8_0")
+    assert made.quantization["source_sha256"] == ManifestStore(data).digests.digest(f16).sha256
+    (snap / "other-f16.gguf").symlink_to(f16)
+    out = warmstart("quantize", str(snap), "--type", "q8_0", "--name", "snap-2", "--data-dir", str(data))
+    assert out.returncode != 0
+    [line] = out.stderr.strip().splitlines()
+    assert "holds 2 GGUF models (other-f16.gguf, smollm2-f16.gguf)" in line
+
+
 def test_q8_0_passes_the_gate_and_a_damaged_model_fails_it(store):
     data, f16 = store
     out = warmstart("eval", "smol-q8_0", "smol-damaged", "--against", str(f16), "--data-dir", str(data), "--json",

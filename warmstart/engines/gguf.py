@@ -63,6 +63,11 @@ class GGUFInfo:
 _SHARD = re.compile(r"^(?P<model>.+)-(?P<part>\d{5})-of-(?P<parts>\d{5})\.gguf$", re.IGNORECASE)
 
 
+def holds_gguf(path: Path) -> bool:
+    """Whether `path` is a folder holding GGUF files (hidden ones, such as a download's cache, left out)."""
+    return path.is_dir() and any(rel.lower().endswith(".gguf") for rel, _ in folder_files(path))
+
+
 def gguf_file(path: Path) -> Path:
     """The GGUF file a model's path names: the path itself, or the model a folder holds (a Hugging Face
     snapshot, whose files are links into its blob store, or a folder of one's own). A model split in shards

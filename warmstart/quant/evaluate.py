@@ -43,14 +43,21 @@ def locate(ref: str, store: ManifestStore, config: Config | None) -> Subject:
         return Subject(ref, path.resolve(), None, path.stem)
     manifest = store.get(name)
     if manifest is not None:
-        return Subject(ref, Path(manifest.root), manifest.name, name)
+        return Subject(ref, _gguf(Path(manifest.root)), manifest.name, name)
     for model in config.models if config is not None else ():
         if model.name == name and config is not None:
             path = resolve_model_path(model.path, config.server.data_dir)
             in_store = model.path[len("store:"):] if model.path.startswith("store:") else None
-            return Subject(ref, path, in_store, model.name)
+            return Subject(ref, _gguf(path), in_store, model.name)
     raise StoreError(f"no model '{ref}': not a file, not in the store ({store.root}) and not in the config; "
                      "see `warmstart models list`")
+
+
+def _gguf(path: Path) -> Path:
+    """A folder holding a GGUF model (a Hugging Face snapshot): that file, as llama.cpp's tools need it."""
+    from warmstart.engines.gguf import gguf_file, holds_gguf
+
+    return gguf_file(path) if holds_gguf(path) else path
 
 
 def _divergence(base: Path, models: Sequence[Path], *, text: Path | None, chunks: int | None, threads: int | None,
