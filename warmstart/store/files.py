@@ -1,5 +1,5 @@
 """The files a model folder is made of, by one rule for every part that lists them: the manifest and its
-checks, the audit record's digest, placement's size and the cluster's transfers."""
+checks, the audit record's digest, the RAM tier's price and the cluster's transfers; and which GGUF a folder holds."""
 
 from __future__ import annotations
 
