@@ -89,8 +89,8 @@ def gguf_file(path: Path) -> Path:
                          f"(-00001-of-...): download every part")
     if len(models) > 1:
         names = ", ".join(rel for rel, _ in models[:6]) + (", ..." if len(models) > 6 else "")
-        raise StoreError(f"model folder {path} holds {len(models)} GGUF models ({names}): set the model's path to "
-                         f"the one to serve, e.g. {path / models[0][0]}")
+        raise StoreError(f"model folder {path} holds {len(models)} GGUF models ({names}): name the one to serve, "
+                         f"e.g. {path / models[0][0]}")
     return models[0][1]
 
 

@@ -113,7 +113,7 @@ def test_a_folder_names_the_gguf_model_it_holds_or_says_what_to_set(tmp_path):
     assert gguf_file(split) == split / "m-00001-of-00003.gguf"
     with pytest.raises(StoreError, match="not its first"):
         gguf_file(folder("part", "m-00002-of-00003.gguf", "m-00003-of-00003.gguf"))
-    with pytest.raises(StoreError, match=r"holds 2 GGUF models \(a.Q4_K_M.gguf, a.Q8_0.gguf\): set the model's path"):
+    with pytest.raises(StoreError, match=r"holds 2 GGUF models \(a.Q4_K_M.gguf, a.Q8_0.gguf\): name the one to serve"):
         gguf_file(folder("quants", "a.Q4_K_M.gguf", "a.Q8_0.gguf"))
     with pytest.raises(StoreError, match=r"holds no \.gguf file"):
         gguf_file(folder("none", "config.json"))

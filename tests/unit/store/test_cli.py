@@ -52,6 +52,20 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         assert err.startswith("warmstart: error: ") and expected in err and err.count("\n") == 1, err
 
 
+def test_adding_a_folder_of_several_gguf_models_is_refused_naming_them(tmp_path, capsys):
+    """It could not be served (which one?): refused when added, not at its first request."""
+    quants = tmp_path / "quants"
+    quants.mkdir()
+    for name in ("m.Q4_K_M.gguf", "m.Q8_0.gguf"):
+        (quants / name).write_bytes(b"GGUF" + b"\1" * 100)
+    data = ["--data-dir", str(tmp_path / "data")]
+    code, _, err = run(capsys, "models", "add", str(quants), *data)
+    assert code == 1 and err.count("\n") == 1
+    assert "holds 2 GGUF models (m.Q4_K_M.gguf, m.Q8_0.gguf): name the one to serve" in err
+    code, out, _ = run(capsys, "models", "add", str(quants / "m.Q8_0.gguf"), *data)
+    assert code == 0 and out.startswith("added m.Q8_0: gguf")
+
+
 def test_bench_names_what_exists(capsys):
     code, _, err = run(capsys, "bench", "nope")
     assert code == 2 and "no benchmark named 'nope'" in err and "load" in err and err.count("\n") == 1
