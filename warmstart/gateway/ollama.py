@@ -35,6 +35,7 @@ from warmstart.gateway.ollama_wire import (
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from warmstart.gateway.relay import RelayStream
 from warmstart.gateway.translate import ModelRequest, error_response, validation_message
+from warmstart.store.files import folder_files
 
 if TYPE_CHECKING:
     from warmstart.gateway.services import Services
@@ -247,9 +248,14 @@ async def _show(services: Services, request: Request) -> Response:
 
 
 def _file(view: dict[str, Any]) -> tuple[int, str]:
-    """The model file's size and modification time, when it is a file on this machine."""
+    """The model's size and modification time, when its file or folder is on this machine (a folder: its files',
+    by the store's rule, the newest time)."""
     try:
-        st = os.stat(Path(str(view.get("path"))))
+        path = Path(str(view.get("path")))
+        if path.is_dir():
+            stats = [f.stat() for _, f in folder_files(path)]
+            return sum(st.st_size for st in stats), now_rfc3339(max((st.st_mtime for st in stats), default=0))
+        st = os.stat(path)
     except (OSError, ValueError):
         return 0, now_rfc3339(0)
     return st.st_size, now_rfc3339(st.st_mtime)

@@ -145,3 +145,21 @@ def test_expires_at():
 def test_errors_name_the_option_the_client_sent():
     assert ollama_param("max_tokens") == "options.num_predict" and ollama_param("temperature") == "options.temperature"
     assert ollama_param("n_keep") == "options.num_keep" and ollama_param("messages") == "messages"
+
+
+def test_a_folder_model_is_listed_with_the_size_of_its_files_not_of_the_folder(tmp_path):
+    """`/api/tags` for a vLLM checkpoint or a Hugging Face snapshot (links into a blob store): what its files hold
+    (hidden ones, a download's cache, left out), where a stat of the folder gave a directory's 4096 bytes."""
+    from warmstart.gateway.ollama import _model_entry
+
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"\0" * 5000)
+    folder = tmp_path / "snap"
+    (folder / ".cache").mkdir(parents=True)
+    (folder / ".cache" / "meta").write_bytes(b"\0" * 100)
+    (folder / "config.json").write_bytes(b"{}")
+    (folder / "model.safetensors").symlink_to(blob)
+    entry = _model_entry({"name": "m", "path": str(folder), "engine": "vllm"})
+    assert entry["size"] == 5002 and entry["details"]["format"] == "vllm"
+    assert _model_entry({"name": "m", "path": str(blob), "engine": "llamacpp"})["size"] == 5000
+    assert _model_entry({"name": "m", "path": str(tmp_path / "gone"), "engine": "llamacpp"})["size"] == 0
