@@ -88,3 +88,53 @@ def test_a_gated_repository_needs_hf_token(tmp_path, files):
         assert pulled.returncode == 0, pulled.stderr
     finally:
         hub.close()
+
+
+def split_gguf(src, folder, parts: int) -> list:
+    """`src` written as `parts` shards (NAME-0000i-of-0000N.gguf, as llama.cpp's gguf-split writes them), with
+    the gguf package's writer: tensors copied as they are."""
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(src)
+    arch = str(reader.fields["general.architecture"].contents())
+    per_part = -(-len(reader.tensors) // parts)
+    writer = GGUFWriter(folder / "SmolLM2-135M-Instruct-Q4_1.gguf", arch, split_max_tensors=per_part)
+    for field in reader.fields.values():
+        if not field.name.startswith(("GGUF.", "split.")) and field.name != "general.architecture":
+            kind = field.types[0]
+            writer.add_key_value(field.name, field.contents(), kind,
+                                 sub_type=field.types[-1] if kind == GGUFValueType.ARRAY else None)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, tensor.data, raw_dtype=GGMLQuantizationType(int(tensor.tensor_type)))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return sorted(folder.glob("*-of-*.gguf"))
+
+
+def test_a_split_model_is_pulled_whole_and_served_from_its_first_part(tmp_path, files, start_server):
+    """A quant the repository holds in three shards: all three are downloaded, kept as one model (a folder of
+    its parts in the store), and llama.cpp serves it from the first."""
+    shards_dir = tmp_path / "shards"
+    shards_dir.mkdir()
+    shards = split_gguf(smol_file(), shards_dir, 3)
+    assert [p.name for p in shards] == [f"SmolLM2-135M-Instruct-Q4_1-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    repo = {p.name: p for p in shards} | {"SmolLM2-135M-Instruct-Q8_0.gguf": files["SmolLM2-135M-Instruct-Q8_0.gguf"]}
+    hub = FakeHub({REPO: repo})
+    try:
+        pulled = warmstart(tmp_path, hub, "pull", f"hf:{REPO}:Q4_1", "--name", "smol-split")
+        assert pulled.returncode == 0, pulled.stderr
+        assert not any("Q8_0" in path for _, path, _ in hub.requests if "/resolve/" in path)
+    finally:
+        hub.close()
+    [manifest] = json.loads(warmstart(tmp_path, hub, "models", "list", "--json").stdout)
+    assert (manifest["name"], manifest["engine"], manifest["format"]) == ("smol-split", "llamacpp", "gguf")
+    assert sorted(f["sha256"] for f in manifest["files"]) == sorted(
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in shards)
+    assert manifest["source"] == f"hf:{REPO}@{hub.commit}/{shards[0].name} (+2 parts)"
+
+    srv = start_server([{"name": "smol-split", "path": "store:smol-split", "options": {"n_ctx": 512}}],
+                       data_dir=tmp_path / "data")
+    status, _, body = srv.post("/v1/chat/completions", chat(model="smol-split", max_tokens=16))
+    assert status == 200 and "Oslo" in body["choices"][0]["message"]["content"], body

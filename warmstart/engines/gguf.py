@@ -3,7 +3,6 @@ and where its tensor data ends, so a truncated file is named as such before an e
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from warmstart.errors import StoreError
-from warmstart.store.files import folder_files
+from warmstart.store.files import SHARD, folder_files
 
 _FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _SCALARS = {t: struct.Struct(fmt) for t, fmt in _FORMATS.items()}
@@ -59,10 +58,6 @@ class GGUFInfo:
         return str(value) if value else None
 
 
-# a model split by llama.cpp's gguf-split: NAME-00001-of-00003.gguf ...; llama.cpp is given the first
-_SHARD = re.compile(r"^(?P<model>.+)-(?P<part>\d{5})-of-(?P<parts>\d{5})\.gguf$", re.IGNORECASE)
-
-
 def holds_gguf(path: Path) -> bool:
     """Whether `path` is a folder holding GGUF files (hidden ones, such as a download's cache, left out)."""
     return path.is_dir() and any(rel.lower().endswith(".gguf") for rel, _ in folder_files(path))
@@ -80,7 +75,7 @@ def gguf_file(path: Path) -> Path:
     if not models:
         raise StoreError(f"model folder {path} holds no .gguf file: set the model's path to a GGUF file")
     shards = [(m.group("model"), m.group("parts"), int(m.group("part")), p)
-              for rel, p in models if (m := _SHARD.match(rel))]
+              for rel, p in models if (m := SHARD.match(rel))]
     if len(shards) == len(models) and len({(name, parts) for name, parts, _, _ in shards}) == 1:
         first = [p for _, _, part, p in shards if part == 1]
         if first:

@@ -3,7 +3,11 @@ checks, the audit record's digest, the RAM tier's price and the cluster's transf
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+# a GGUF model split in shards by llama.cpp's gguf-split: NAME-00001-of-00003.gguf ...; llama.cpp is given the first
+SHARD = re.compile(r"^(?P<model>.+)-(?P<part>\d{5})-of-(?P<parts>\d{5})\.gguf$", re.IGNORECASE)
 
 
 def folder_files(root: Path) -> list[tuple[str, Path]]:

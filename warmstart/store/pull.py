@@ -1,4 +1,5 @@
-"""`warmstart pull hf:ORG/REPO[:QUANT | /FILE]`: a GGUF from the Hugging Face Hub into the store.
+"""`warmstart pull hf:ORG/REPO[:QUANT | /FILE]`: a GGUF from the Hugging Face Hub into the store (a model split in
+shards: all of them, as one model).
 
 The download is huggingface_hub's own (resumable, into its cache, `HF_TOKEN` for gated repositories,
 `HF_ENDPOINT` for a mirror, its progress bar); warmstart then hashes the file and records it in the store
@@ -8,10 +9,13 @@ against that digest."""
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from warmstart.errors import StoreError
+from warmstart.names import MODEL_NAME, MODEL_NAME_RULE
+from warmstart.store.files import SHARD
 from warmstart.store.manifest import Manifest, ManifestStore
 
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -50,25 +54,42 @@ def parse_ref(ref: str) -> HubRef:
     return HubRef(repo, selector)
 
 
-def choose_file(files: list[str], ref: HubRef) -> str:
+def choose_files(files: list[str], ref: HubRef) -> list[str]:
     """The GGUF the reference names: a file of that path, else the one whose name contains the selector (case
-    ignored); without a selector, the only GGUF. The error lists the choices when it is not one."""
+    ignored); without a selector, the only GGUF. A model split in shards (NAME-00001-of-00003.gguf, as
+    llama.cpp's gguf-split writes it) is all its shards, in order. The error lists the choices when it is not
+    one model."""
     ggufs = sorted(f for f in files if f.lower().endswith(".gguf"))
     if not ggufs:
         raise StoreError(f"{ref.repo} has no GGUF file (files: {', '.join(sorted(files)[:10]) or 'none'})")
     if ref.selector is None:
-        if len(ggufs) == 1:
-            return ggufs[0]
+        if len(one := _one_model(ggufs, ggufs)) > 0:
+            return one
         raise StoreError(f"{ref.repo} has {len(ggufs)} GGUF files; name one, e.g. hf:{ref.repo}:Q4_K_M "
                          f"(files: {', '.join(ggufs)})")
     if ref.selector in ggufs:
-        return ref.selector
-    # split models (name-00001-of-00003.gguf) are not assembled here: the first part alone is no model
+        return _one_model([ref.selector], ggufs) or [ref.selector]
     matches = [f for f in ggufs if ref.selector.lower() in Path(f).name.lower()]
-    if len(matches) == 1:
-        return matches[0]
+    if len(one := _one_model(matches, ggufs)) > 0:
+        return one
     which = "none" if not matches else f"{len(matches)}: {', '.join(matches)}"
     raise StoreError(f"'{ref.selector}' matches {which} of {ref.repo}'s GGUF files ({', '.join(ggufs)})")
+
+
+def _one_model(chosen: list[str], ggufs: list[str]) -> list[str]:
+    """`chosen` as one model's files: a lone file, or shards of one split model (then all of its shards, which
+    must all be in the repository); [] when it is several models."""
+    shards = {(m.group("model"), m.group("parts")) for f in chosen if (m := SHARD.match(f))}
+    if len(shards) == 1 and all(SHARD.match(f) for f in chosen):
+        (model, parts), = shards
+        names = [f"{model}-{i:05d}-of-{parts}.gguf" for i in range(1, int(parts) + 1)]
+        present = {f.lower(): f for f in ggufs}
+        missing = [n for n in names if n.lower() not in present]
+        if missing:
+            raise StoreError(f"{', '.join(missing)}: parts of the split model {Path(model).name} missing from "
+                             "the repository")
+        return [present[n.lower()] for n in names]
+    return chosen if len(chosen) == 1 else []
 
 
 def pull(ref_text: str, store: ManifestStore, *, name: str | None = None, revision: str | None = None,
@@ -90,9 +111,9 @@ def pull(ref_text: str, store: ManifestStore, *, name: str | None = None, revisi
         api = HfApi()
         info = api.model_info(ref.repo, revision=revision, files_metadata=False)
         files = [s.rfilename for s in info.siblings or []]
-        filename = choose_file(files, ref)
+        chosen = choose_files(files, ref)
         commit = info.sha or revision or "main"
-        local = hf_hub_download(ref.repo, filename, revision=commit)
+        local = [Path(hf_hub_download(ref.repo, filename, revision=commit)) for filename in chosen]
     except GatedRepoError:
         raise StoreError(f"{ref.repo} is gated: accept its terms on the Hub and set HF_TOKEN") from None
     except RepositoryNotFoundError:
@@ -105,6 +126,22 @@ def pull(ref_text: str, store: ManifestStore, *, name: str | None = None, revisi
         raise StoreError(f"the Hub refused: {str(exc).splitlines()[0]}") from None
     except OSError as exc:
         raise StoreError(f"cannot reach the Hub ({exc}); check the network, or HF_ENDPOINT for a mirror") from None
-    # the snapshot's path (a link into the cache's blobs) keeps the file's name, which says it is a GGUF
-    return store.add(Path(local), name=name or ref.default_name, engine="llamacpp",
-                     source=f"hf:{ref.repo}@{commit}/{filename}", replace_existing=replace)
+    name = name or ref.default_name
+    source = f"hf:{ref.repo}@{commit}/{chosen[0]}" + (f" (+{len(chosen) - 1} parts)" if len(chosen) > 1 else "")
+    if len(local) == 1:
+        # the snapshot's path (a link into the cache's blobs) keeps the file's name, which says it is a GGUF
+        return store.add(local[0], name=name, engine="llamacpp", source=source, replace_existing=replace)
+    # a split model: a folder of its parts alone (the snapshot may hold other files of the repository), each
+    # a link to the cache's copy under its own name; llama.cpp is given the first and finds the others beside it
+    if not MODEL_NAME.match(name) or ".." in name.split("/"):
+        raise StoreError(f"model name {name!r} is not valid: use {MODEL_NAME_RULE} (pass --name)")
+    if store.get(name) is not None and not replace:
+        raise StoreError(f"model '{name}' is already in the store; pass --replace to replace it or --name to add "
+                         "it under another name")
+    folder = store.root / "hub" / name
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for path in local:
+        (folder / path.name).symlink_to(path)
+    return store.add(folder, name=name, engine="llamacpp", source=source, replace_existing=replace)
