@@ -50,15 +50,16 @@ def model_config(config: Config, name: str) -> ModelConfig:
 def checked_files(config: Config, model: ModelConfig) -> tuple[Path, list[tuple[Path, ModelFile]]]:
     """The model's files with their sha256, checked against the store's manifest (hashed on first use,
     re-hashed when a file changed, refused when it differs from a pinned manifest)."""
-    from warmstart.store.manifest import ManifestStore
+    from warmstart.store.manifest import ManifestStore, model_entries
     from warmstart.store.sources import resolve_model_path
 
     root = resolve_model_path(model.path, config.server.data_dir)
     manifest = ManifestStore(config.server.data_dir).check(model.name, root, engine=model.engine,
                                                            source=model.path)
-    base = root if root.is_dir() else root.parent
-    files = [(Path(f.path), ModelFile(str(Path(f.path).relative_to(base.resolve())), f.sha256, f.size))
-             for f in manifest.files]
+    # each file by the name the model gives it, not its target's: a pulled model's file and a Hugging Face
+    # snapshot's are links into a blob store, named by digests
+    names = {str(path): name for name, path in model_entries(root)}
+    files = [(Path(f.path), ModelFile(names[f.path], f.sha256, f.size)) for f in manifest.files]
     return root, files
 
 
