@@ -183,15 +183,19 @@ class ManifestStore:
         """Hash the model's files and write its manifest; refuses to overwrite another unless told to."""
         root = Path(root).expanduser()
         name = name or (root.stem if root.is_file() else root.name)
+        self.may_add(name, replace_existing)
+        files = model_entries(root)
+        return self._record(name, root, files, engine=engine, source=source, pinned=pinned,
+                            quantization=quantization)
+
+    def may_add(self, name: str, replace_existing: bool = False) -> None:
+        """StoreError unless `name` is a valid model name, free in the store or allowed to be replaced."""
         if not MODEL_NAME.match(name) or ".." in name.split("/"):
             raise StoreError(f"model name {name!r} is not valid: use {MODEL_NAME_RULE} (pass --name)")
-        files = model_entries(root)
         existing = self.get(name)
         if existing is not None and not replace_existing:
             raise StoreError(f"model '{name}' is already in the store ({existing.root}); "
                              "pass --replace to replace it or --name to add it under another name")
-        return self._record(name, root, files, engine=engine, source=source, pinned=pinned,
-                            quantization=quantization)
 
     def _record(self, name: str, root: Path, files: builtins.list[tuple[str, Path]], *, engine: str | None,
                 source: str | None, pinned: bool, quantization: dict[str, Any] | None = None) -> Manifest:

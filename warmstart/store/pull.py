@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warmstart.errors import StoreError
-from warmstart.names import MODEL_NAME, MODEL_NAME_RULE
 from warmstart.store.files import SHARD
 from warmstart.store.manifest import Manifest, ManifestStore
 
@@ -133,11 +132,7 @@ def pull(ref_text: str, store: ManifestStore, *, name: str | None = None, revisi
         return store.add(local[0], name=name, engine="llamacpp", source=source, replace_existing=replace)
     # a split model: a folder of its parts alone (the snapshot may hold other files of the repository), each
     # a link to the cache's copy under its own name; llama.cpp is given the first and finds the others beside it
-    if not MODEL_NAME.match(name) or ".." in name.split("/"):
-        raise StoreError(f"model name {name!r} is not valid: use {MODEL_NAME_RULE} (pass --name)")
-    if store.get(name) is not None and not replace:
-        raise StoreError(f"model '{name}' is already in the store; pass --replace to replace it or --name to add "
-                         "it under another name")
+    store.may_add(name, replace)  # before the folder is made under that name
     folder = store.root / "hub" / name
     if folder.exists():
         shutil.rmtree(folder)
