@@ -85,7 +85,7 @@ def _progress(label: str):
 
 @command("quantize")
 def _quantize(args: argparse.Namespace) -> int:
-    from warmstart.engines.gguf import gguf_file, holds_gguf
+    from warmstart.engines.gguf import gguf_in
     from warmstart.quant.convert import convert
     from warmstart.quant.evaluate import Subject, locate
 
@@ -93,8 +93,8 @@ def _quantize(args: argparse.Namespace) -> int:
     mix = MIXES[args.type]
     src_path = Path(args.model).expanduser()
     converted_from = None
-    if src_path.is_dir() and holds_gguf(src_path):  # a GGUF repository's snapshot: the GGUF it holds
-        source = Subject(args.model, gguf_file(src_path), None, gguf_file(src_path).stem)
+    if src_path.is_dir() and (held := gguf_in(src_path)) is not None:  # a GGUF repository's snapshot
+        source = Subject(args.model, held, None, held.stem)
     elif src_path.is_dir() or src_path.suffix == ".safetensors":
         src_path, converted_from = _from_safetensors(src_path, args.converter), str(src_path)
         source = Subject(args.model, src_path, None, src_path.stem)

@@ -117,10 +117,10 @@ def _models(args: argparse.Namespace) -> int:
         path = Path(args.path).expanduser()
         if not path.exists():
             raise CLIError(f"no such file or folder: {path}")
-        from warmstart.engines.gguf import gguf_file, holds_gguf
+        from warmstart.engines.gguf import gguf_in
 
-        if (args.engine or "llamacpp") == "llamacpp" and holds_gguf(path):
-            gguf_file(path)  # a folder of several GGUF models cannot be served as one: refused now, naming them
+        if (args.engine or "llamacpp") == "llamacpp" and path.is_dir():
+            gguf_in(path)  # a folder of several GGUF models cannot be served as one: refused now, naming them
         t = time.monotonic()
         with Progress("models add"):
             manifest = store.add(path, name=args.name, engine=args.engine, replace_existing=args.replace)

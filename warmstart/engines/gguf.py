@@ -64,28 +64,37 @@ def holds_gguf(path: Path) -> bool:
 
 
 def gguf_file(path: Path) -> Path:
-    """The GGUF file a model's path names: the path itself, or the model a folder holds (a Hugging Face
-    snapshot, whose files are links into its blob store, or a folder of one's own). A model split in shards
-    is named by its first; a multimodal projector (mmproj*.gguf) beside the model is not the model.
-    StoreError, saying what to set, when a folder holds no GGUF or several models."""
+    """The GGUF file a model's path names: the path itself, or the model a folder holds (`gguf_in`). StoreError
+    when a folder holds no GGUF."""
     if not path.is_dir():
         return path
-    found = [(rel, p) for rel, p in folder_files(path) if rel.lower().endswith(".gguf")]
+    found = gguf_in(path)
+    if found is None:
+        raise StoreError(f"model folder {path} holds no .gguf file: set the model's path to a GGUF file")
+    return found
+
+
+def gguf_in(folder: Path) -> Path | None:
+    """The GGUF model a folder holds (a Hugging Face snapshot, whose files are links into its blob store, or a
+    folder of one's own), None when it holds no GGUF. A model split in shards is named by its first; a
+    multimodal projector (mmproj*.gguf) beside the model is not the model. StoreError, saying what to set, when
+    it holds several models."""
+    found = [(rel, p) for rel, p in folder_files(folder) if rel.lower().endswith(".gguf")]
     models = [(rel, p) for rel, p in found if not Path(rel).name.lower().startswith("mmproj")] or found
     if not models:
-        raise StoreError(f"model folder {path} holds no .gguf file: set the model's path to a GGUF file")
+        return None
     shards = [(m.group("model"), m.group("parts"), int(m.group("part")), p)
               for rel, p in models if (m := SHARD.match(rel))]
     if len(shards) == len(models) and len({(name, parts) for name, parts, _, _ in shards}) == 1:
         first = [p for _, _, part, p in shards if part == 1]
         if first:
             return first[0]
-        raise StoreError(f"model folder {path} holds shards of a split GGUF but not its first "
+        raise StoreError(f"model folder {folder} holds shards of a split GGUF but not its first "
                          f"(-00001-of-...): download every part")
     if len(models) > 1:
         names = ", ".join(rel for rel, _ in models[:6]) + (", ..." if len(models) > 6 else "")
-        raise StoreError(f"model folder {path} holds {len(models)} GGUF models ({names}): name the one to serve, "
-                         f"e.g. {path / models[0][0]}")
+        raise StoreError(f"model folder {folder} holds {len(models)} GGUF models ({names}): name the one to serve, "
+                         f"e.g. {folder / models[0][0]}")
     return models[0][1]
 
 

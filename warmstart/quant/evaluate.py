@@ -55,9 +55,10 @@ def locate(ref: str, store: ManifestStore, config: Config | None) -> Subject:
 
 def _gguf(path: Path) -> Path:
     """A folder holding a GGUF model (a Hugging Face snapshot): that file, as llama.cpp's tools need it."""
-    from warmstart.engines.gguf import gguf_file, holds_gguf
+    from warmstart.engines.gguf import gguf_in
 
-    return gguf_file(path) if holds_gguf(path) else path
+    held = gguf_in(path) if path.is_dir() else None
+    return path if held is None else held
 
 
 def _divergence(base: Path, models: Sequence[Path], *, text: Path | None, chunks: int | None, threads: int | None,
