@@ -62,6 +62,7 @@ def test_the_binary_answers_with_every_phase_from_its_own_log_in_metrics_and_aud
     phases = srv.model(SMOL)["last_start"]["phases"]
     assert list(phases) == PHASES
     assert all(phases[p] > 0 for p in ("spawn", "load", "kv_init", "warmup", "ready"))
+    assert sum(phases.values()) == pytest.approx(srv.model(SMOL)["last_start"]["total_s"], rel=0.02)
     [replica] = srv.model(SMOL)["replicas"]
     with open(f"/proc/{replica['pid']}/exe", "rb"):
         assert os.path.realpath(f"/proc/{replica['pid']}/exe") == os.path.realpath(BINARY)

@@ -177,10 +177,10 @@ class LlamaCppEngine(NoRuntimes):
 
     async def start(self, model: ModelConfig, path: Path, report: StartReport,
                     name: str) -> ManagedProcess | RouterInstance:
+        checking = time.monotonic()
         path = gguf_file(path)  # a folder (a Hugging Face snapshot): the model it holds
         if path.is_file():  # a truncated file is named as such, not left to llama.cpp's "failed to load"
             report.enter(VERIFY)
-            checking = time.monotonic()
             await asyncio.to_thread(check_complete, path)
             report.done(VERIFY, time.monotonic() - checking)
         # no warm-up run unless the model sets one: it would only repeat the decode of llama-server's context probe
@@ -189,6 +189,7 @@ class LlamaCppEngine(NoRuntimes):
             return await self._start_binary(model, options, path, report, name)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         report.enter(SPAWN)
+        spawning = time.monotonic()
         proc = await ManagedProcess.spawn(
             [self.python, "-m", "warmstart.engines.llamacpp_worker", "--model", str(path),
              "--name", model.name, "--host", self.host, "--parallel", str(model.max_concurrency),
@@ -197,13 +198,13 @@ class LlamaCppEngine(NoRuntimes):
             ledger=self.ledger, replica=name,
         )
         try:
-            port, last_phase_end = await self._follow(proc, report)
+            port, loaded = await self._follow(proc, report, spawning)
             proc.base_url = f"http://{self.host}:{port}"
             _count_slots(proc)
             report.enter(READY)
             await wait_healthy(proc, proc.base_url + "/health", timeout=30.0)
-            # ready: from the end of the last phase (the engine's HTTP server starting) to a healthy answer
-            report.done(READY, time.monotonic() - last_phase_end)
+            # ready: from the end of the last phase (the server made, in the worker) to a healthy answer
+            report.done(READY, time.monotonic() - loaded)
             return proc
         except BaseException:
             await proc.abandon()
@@ -230,22 +231,20 @@ class LlamaCppEngine(NoRuntimes):
         _count_slots(proc)
         return proc
 
-    async def _follow(self, proc: ManagedProcess, report: StartReport) -> tuple[int, float]:
-        """Phase reports until the engine listens; returns its port and when its last phase ended."""
+    async def _follow(self, proc: ManagedProcess, report: StartReport, spawning: float) -> tuple[int, float]:
+        """Phase reports until the engine listens; returns its port and when its last phase ended (the
+        worker's monotonic clock is this process's: CLOCK_MONOTONIC is one clock for the whole machine)."""
         error = None
-        last_phase_end = time.monotonic()
         async for message in proc.read_reports():
             if "started" in message:
-                report.done(SPAWN, float(message["started"]) - proc.spawned_at)
-                last_phase_end = time.monotonic()
+                report.done(SPAWN, float(message["started"]) - spawning)
             elif "enter" in message:
                 report.enter(str(message["enter"]))
             elif "phase" in message:
                 report.done(str(message["phase"]), float(message["seconds"]))
-                last_phase_end = time.monotonic()
             elif "listening" in message:
                 proc.close_reports()  # the worker's last report
-                return int(message["listening"]), last_phase_end
+                return int(message["listening"]), float(message["since"])
             elif "error" in message:
                 error = str(message["error"])
         code = await proc.wait_exit()

@@ -102,9 +102,11 @@ def binary_version(binary: str) -> str:
 
 
 class StartLog:
-    """A server start read from its log into phases: spawn (`began` until the log's first line, less that
-    line's own stamp), then load, kv_init, warmup as the log's stamps time them. `pick` gives the server's
-    own line for a raw log line (a router's log holds its instances' lines too), or None."""
+    """A server start read from its log into phases: spawn (`began` until the log's first line was read),
+    then load, kv_init, warmup as the log's stamps time them from that line. `listening_at` is when the
+    server listened on this process's clock: the first line's reading plus the stamps since, so that the
+    phases add up to the start whatever the delays in reading the log. `pick` gives the server's own line
+    for a raw log line (a router's log holds its instances' lines too), or None."""
 
     def __init__(self, report: StartReport, began: float, pick: Callable[[str], str | None] = lambda x: x) -> None:
         self.report = report
@@ -113,6 +115,7 @@ class StartLog:
         self.clock = PhaseClock(on_done=report.done, on_enter=report.enter)
         self.port: int | None = None
         self.listening_at: float | None = None
+        self._first: tuple[float, float] | None = None  # the first stamped line: (read at, its stamp)
         self._pending = b""
 
     def feed(self, chunk: bytes, now: float) -> None:
@@ -122,12 +125,14 @@ class StartLog:
             if line is None:
                 continue
             at = stamp_of(line)
-            if at is not None and self.clock.last is None:
-                self.report.done(SPAWN, now - self.began - at)
-            if self.clock.feed(line) == WARMUP:
+            if at is not None and self._first is None:
+                self._first = (now, at)
+                self.report.done(SPAWN, now - self.began)
+            if self.clock.feed(line) == WARMUP and self._first is not None and at is not None:
                 m = LISTENING.search(line)
                 self.port = int(m.group(1)) if m else None
-                self.listening_at = now
+                read_first, first_stamp = self._first
+                self.listening_at = min(now, read_first + at - first_stamp)
 
     async def follow(self, log_path: Path, offset: int, failed: Callable[[], str | None]) -> int:
         """Read the log from `offset` until the server listens (returns its port); `failed` says why the

@@ -172,28 +172,31 @@ def main(argv: list[str] | None = None) -> int:
     options = json.loads(args.options)
     try:
         report.send(enter="import")
-        t = time.monotonic()
         import xllamacpp
 
         import warmstart.engines.llamacpp_log  # noqa: F401 (the log follower's, timed here with the rest)
 
-        report.send(phase="import", seconds=time.monotonic() - t)
+        # each phase runs from the end of the one before, so the phases add up to the start: import from
+        # _T0 (this module's own imports are imports too), load from the end of import
+        t = time.monotonic()
+        report.send(phase="import", seconds=t - _T0)
         params = server_params(xllamacpp, args.model, args.name, options, args.parallel, args.ctx,
                                args.host, args.port)
-        t = time.monotonic()
         log = _LogFollower(report)
         try:
             server = xllamacpp.Server(params)
         except RuntimeError as exc:  # xllamacpp says only "failed to init server": the log says why
             log.release(timeout=0.2)
             raise RuntimeError("; ".join(log.clock.errors[:2]) or str(exc)) from None
-        seconds = time.monotonic() - t
+        loaded = time.monotonic()
+        seconds = loaded - t
         log.release(timeout=5.0)
         for name, phase_seconds in log.phases(seconds):
             report.send(phase=name, seconds=phase_seconds)
         _set_verbosity(xllamacpp, SERVE_VERBOSITY)
         address = server.listening_address
-        report.send(listening=int(address.rsplit(":", 1)[1]))
+        # the parent times `ready` from the moment the server was made, on the same monotonic clock
+        report.send(listening=int(address.rsplit(":", 1)[1]), since=loaded)
         report.close()
     except Exception as exc:  # reported to the parent, which names it in the failed start
         report.send(error=f"{type(exc).__name__}: {exc}")

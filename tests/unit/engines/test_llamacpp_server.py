@@ -10,6 +10,7 @@ from warmstart.engines.llamacpp_router import _Instance
 from warmstart.engines.llamacpp_server import StartLog, server_flags
 
 ROUTER_LOG = (Path(__file__).parents[2] / "data" / "llama-server-router.log").read_bytes()
+START_LOG = (Path(__file__).parents[2] / "data" / "llama-server-start.log").read_bytes()
 
 
 def value(flags, flag):
@@ -43,8 +44,25 @@ def test_a_routers_log_gives_its_instances_phases_and_port_and_exit():
     assert phases["load"] == pytest.approx(1.035383 - 0.017250)
     assert phases["kv_init"] == pytest.approx(1.329927 - 1.035383)
     assert phases["warmup"] == pytest.approx(1.616775 - 1.329927)
-    assert phases["spawn"] == pytest.approx(1.0 - 0.017250)  # until its first line was read, less its stamp
+    assert phases["spawn"] == pytest.approx(1.0)  # until its first line was read
     assert instance.exit_code == 0
+
+
+def test_the_phases_and_ready_add_up_to_the_start_however_late_the_log_is_read():
+    # the first line (stamp 0.004184) read 0.2 s after the spawn; the rest (listening at 4.539693) read
+    # in one go at 106.0, well after the server listened: ready runs from when it listened, not from the read
+    report = StartReport()
+    start = StartLog(report, began=100.0)
+    first, rest = START_LOG.split(b"\n", 1)
+    start.feed(first + b"\n", now=100.2)
+    start.feed(rest, now=106.0)
+    assert start.port is not None and start.listening_at == pytest.approx(100.2 + 4.539693 - 0.004184)
+    healthy = 105.0
+    report.done("ready", healthy - start.listening_at)
+    phases = dict(report.phases)
+    assert list(phases) == ["spawn", "load", "kv_init", "warmup", "ready"]
+    assert phases["spawn"] == pytest.approx(0.2)
+    assert sum(phases.values()) == pytest.approx(healthy - 100.0)
 
 
 def test_another_models_instance_is_not_read_as_this_ones():
