@@ -33,9 +33,10 @@ def store_model(config: Config, manifest: Any) -> ModelConfig:
 
 
 def infer_engine(path: Any, base_dir: Path, data_dir: Path) -> str | None:
-    """The engine for a model whose entry names none, told from its path: a GGUF file is llama.cpp's, a folder
-    with a Hugging Face config.json vLLM's, one holding GGUF files llama.cpp's, a store model the one its
-    manifest records."""
+    """The engine for a model whose entry names none, told from its path: a GGUF file is llama.cpp's, so is a
+    folder holding GGUF files (even with a config.json beside them, as many GGUF repositories on the Hugging
+    Face Hub have: the store's format rule, `detect_format`, also puts GGUF first), a folder with a Hugging
+    Face config.json vLLM's, a store model the one its manifest records."""
     if not isinstance(path, str) or not path:
         return None
     if path.startswith("store:"):
@@ -54,10 +55,10 @@ def infer_engine(path: Any, base_dir: Path, data_dir: Path) -> str | None:
         return "llamacpp"
     local = Path(path).expanduser()
     local = local if local.is_absolute() or ":" in path.split("/")[0] else base_dir / local
-    if (local / "config.json").is_file():
-        return "vllm"
     if holds_gguf(local):
         return "llamacpp"  # a folder holding GGUF files (a Hugging Face snapshot of a GGUF repository)
+    if (local / "config.json").is_file():
+        return "vllm"
     return None
 
 

@@ -176,6 +176,10 @@ def test_the_engine_is_told_from_the_path_when_a_model_names_none(tmp_path):
     (tmp_path / "snap" / ".cache").mkdir(parents=True)  # a GGUF repository's snapshot: llama.cpp's
     (tmp_path / "snap" / "m.Q4_K_M.gguf").symlink_to(gguf)
     assert engine_of("snap") == "llamacpp"
+    # many GGUF repositories ship a config.json too: their weights are still the GGUF, as `models add` says
+    (tmp_path / "snap" / "config.json").write_text('{"model_type": "llama"}')
+    assert engine_of("snap") == "llamacpp"
+    assert ManifestStore(tmp_path / "data").add(tmp_path / "snap", name="snap").engine == "llamacpp"
     (tmp_path / "cached").mkdir()  # a GGUF in a hidden folder (a download's cache) is not the folder's model
     (tmp_path / "cached" / ".cache").mkdir()
     (tmp_path / "cached" / ".cache" / "x.gguf").write_bytes(b"GGUF")
