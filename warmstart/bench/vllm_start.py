@@ -26,6 +26,7 @@ from typing import Any
 
 from warmstart.bench._harness import Client, ServerProcess, free_port, machine, request_json, table, write_json
 from warmstart.bench._tiny_llama import build_in
+from warmstart.engines.ipc import socket_dir
 from warmstart.engines.vllm import API_SERVER, PACKAGE_ROOT, default_python
 from warmstart.engines.vllm_log import PhaseClock, split_lines
 from warmstart.progress import step
@@ -41,6 +42,7 @@ def plain_start(python: str, model_dir: Path, work: Path, cache: Path, name: str
     for d in ("home", "tmp"):
         (work / d).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(work / "home"), "TMPDIR": str(work / "tmp"),
+           "VLLM_RPC_BASE_PATH": str(socket_dir(work / "tmp")),
            "VLLM_CACHE_ROOT": str(cache / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
            "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
     log_path = work / f"plain-{name}.log"

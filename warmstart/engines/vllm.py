@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from warmstart.config import ModelConfig
 from warmstart.engines.base import ENGINE_INIT, HANDOFF, IMPORT, READY, WARMUP, Capabilities, StartReport
+from warmstart.engines.ipc import socket_dir
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.options import VLLM_FLAGS
 from warmstart.engines.process import ManagedProcess, free_port, read_from, replica_log_path
@@ -191,6 +192,7 @@ class VllmEngine:
         for d in (home, tmp):
             d.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(home), "TMPDIR": str(tmp),
+               "VLLM_RPC_BASE_PATH": str(socket_dir(tmp)),  # a socket's path must fit in 107 bytes
                "VLLM_CONFIG_ROOT": str(self.root / "config"), "VLLM_NO_USAGE_STATS": "1",
                "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         env.pop("WARMSTART_REPORT_FD", None)

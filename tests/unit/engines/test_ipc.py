@@ -1,0 +1,29 @@
+"""The folder for an engine's Unix sockets: the preferred one when a socket's path fits, else a short private one."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from warmstart.engines.ipc import SUN_PATH_MAX, UUID_NAME, socket_dir
+from warmstart.errors import EngineError
+
+
+def test_a_short_folder_is_kept_a_deep_one_gets_a_short_private_one_that_fits_a_socket(tmp_path):
+    assert socket_dir(tmp_path) == tmp_path
+    deep, other = (tmp_path / (c * 80) / "vllm" / "tmp" for c in "de")
+    assert len(os.fsencode(deep)) + UUID_NAME > SUN_PATH_MAX
+    made = [socket_dir(deep), socket_dir(other)]
+    try:
+        short = made[0]
+        assert short != deep and short.is_dir() and (short.stat().st_mode & 0o777) == 0o700
+        assert len(os.fsencode(short / str(uuid.uuid4()))) <= SUN_PATH_MAX
+        assert socket_dir(deep) == short and made[1] != short  # one per data directory
+        short.chmod(0o777)  # others could put their sockets in it: refused, saying what to do
+        with pytest.raises(EngineError, match="not a private folder of this user; remove it"):
+            socket_dir(deep)
+    finally:
+        for folder in made:
+            folder.rmdir()
