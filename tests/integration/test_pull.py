@@ -138,3 +138,44 @@ def test_a_split_model_is_pulled_whole_and_served_from_its_first_part(tmp_path, 
                        data_dir=tmp_path / "data")
     status, _, body = srv.post("/v1/chat/completions", chat(model="smol-split", max_tokens=16))
     assert status == 200 and "Oslo" in body["choices"][0]["message"]["content"], body
+
+
+def test_a_safetensors_checkpoint_is_pulled_without_other_weights_and_served_by_vllm(tmp_path, start_server):
+    """A repository without GGUF files: its config, tokenizer and the weights its index names come down (not the
+    consolidated copy, ONNX export or README beside them), kept as one model for vLLM, and vLLM serves it."""
+    from tests.integration.test_vllm_engine import OPTIONS
+    from warmstart.bench._tiny_llama import build_in
+    from warmstart.engines.vllm import default_python
+
+    python = default_python()
+    assert ".venv-vllm" in python, f"vLLM's interpreter not found ({python}); run ./install.sh --test"
+    model = build_in(python, tmp_path / "tiny", shards=2)
+    other = tmp_path / "other.bin"
+    other.write_bytes(bytes(1000))
+    checkpoint = {p.name: p for p in model.iterdir() if p.name != "warmstart-model.json"}
+    assert {"model.safetensors.index.json", "model-00002-of-00002.safetensors", "tokenizer.json"} <= set(checkpoint)
+    hub = FakeHub({"acme/Tiny-Llama": checkpoint | {"consolidated.safetensors": other, "onnx/model.onnx": other,
+                                                    "README.md": other}})
+    try:
+        refused = warmstart(tmp_path, hub, "pull", "hf:acme/Tiny-Llama:Q4_K_M")
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        assert "is a safetensors checkpoint (for vLLM), pulled whole, without a selector" in refused.stderr
+        pulled = warmstart(tmp_path, hub, "pull", "hf:acme/Tiny-Llama")
+        assert pulled.returncode == 0, pulled.stderr
+        assert pulled.stdout.startswith(f"pulled tiny-llama: safetensors, {len(checkpoint)} file(s)"), pulled.stdout
+        fetched = {path.split("/resolve/", 1)[1].split("/", 1)[1] for method, path, _ in hub.requests
+                   if method == "GET" and "/resolve/" in path}
+        assert fetched == set(checkpoint)
+    finally:
+        hub.close()
+    [manifest] = json.loads(warmstart(tmp_path, hub, "models", "list", "--json").stdout)
+    assert (manifest["name"], manifest["engine"], manifest["format"]) == ("tiny-llama", "vllm", "safetensors")
+    assert manifest["source"] == f"hf:acme/Tiny-Llama@{hub.commit} ({len(checkpoint)} files)"
+
+    # no engine named: the store's manifest says vLLM
+    srv = start_server([{"name": "tiny-llama", "path": "store:tiny-llama", "options": {**OPTIONS, "runtimes": 0}}],
+                       data_dir=tmp_path / "data")
+    status, _, body = srv.post("/v1/completions", {"model": "tiny-llama", "prompt": "hello", "max_tokens": 4},
+                               timeout=600)
+    assert status == 200 and body["usage"]["completion_tokens"] == 4, body
+    assert srv.model("tiny-llama")["last_start"]["outcome"] == "ok"

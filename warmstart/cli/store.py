@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     rm.add_argument("name")
 
     pull = sub.add_parser("pull", help="download a GGUF from the Hugging Face Hub into the store "
-                                       "(hf:ORG/REPO, hf:ORG/REPO:Q4_K_M or hf:ORG/REPO/FILE.gguf)")
+                                       "(hf:ORG/REPO, hf:ORG/REPO:Q4_K_M or hf:ORG/REPO/FILE.gguf), or a "
+                                       "repository's safetensors checkpoint for vLLM (hf:ORG/REPO)")
     data_dir_flags(pull)
     pull.add_argument("ref", metavar="hf:ORG/REPO[:QUANT]")
     pull.add_argument("--name", help="the model's name in the store (default: the repository's and the quant's)")
@@ -55,7 +56,8 @@ def _pull(args: argparse.Namespace) -> int:
         manifest = pull(args.ref, _store(args), name=args.name, revision=args.revision, replace=args.replace)
     except StoreError as exc:
         raise CLIError(str(exc)) from None
-    print(f"pulled {manifest.name}: {_size(manifest.size)}, sha256 {manifest.files[0].sha256[:16]}... from "
+    print(f"pulled {manifest.name}: {manifest.format}, {len(manifest.files)} file(s), {_size(manifest.size)}, "
+          f"sha256 {manifest.files[0].sha256[:16]}... from "
           f"{manifest.source} ({time.monotonic() - t:.1f} s)")
     print(_served_as(manifest.name, manifest.engine, _store(args)))
     return 0

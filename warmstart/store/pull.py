@@ -1,5 +1,6 @@
 """`warmstart pull hf:ORG/REPO[:QUANT | /FILE]`: a GGUF from the Hugging Face Hub into the store (a model split in
-shards: all of them, as one model).
+shards: all of them, as one model), or, from a repository without GGUF files, its safetensors checkpoint for vLLM
+(the files vLLM loads: config, tokenizer, the weights the index names).
 
 The download is huggingface_hub's own (resumable, into its cache, `HF_TOKEN` for gated repositories,
 `HF_ENDPOINT` for a mirror, its progress bar); warmstart then hashes the file and records it in the store
@@ -8,16 +9,23 @@ against that digest."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from warmstart.errors import StoreError
 from warmstart.store.files import SHARD
 from warmstart.store.manifest import Manifest, ManifestStore
 
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+INDEX = "model.safetensors.index.json"
+# what vLLM (transformers) reads from a checkpoint folder besides its weights
+_CHECKPOINT_FILES = re.compile(
+    r"^(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|preprocessor_config|"
+    r"chat_template)\.json$|^(tokenizer\.model|vocab\.json|vocab\.txt|merges\.txt|chat_template\.jinja)$")
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,8 @@ def choose_files(files: list[str], ref: HubRef) -> list[str]:
     one model."""
     ggufs = sorted(f for f in files if f.lower().endswith(".gguf"))
     if not ggufs:
-        raise StoreError(f"{ref.repo} has no GGUF file (files: {', '.join(sorted(files)[:10]) or 'none'})")
+        raise StoreError(f"{ref.repo} has no GGUF file, nor a safetensors checkpoint (config.json and *.safetensors) "
+                         f"for vLLM (files: {', '.join(sorted(files)[:10]) or 'none'})")
     if ref.selector is None:
         if len(one := _one_model(ggufs, ggufs)) > 0:
             return one
@@ -73,6 +82,31 @@ def choose_files(files: list[str], ref: HubRef) -> list[str]:
         return one
     which = "none" if not matches else f"{len(matches)}: {', '.join(matches)}"
     raise StoreError(f"'{ref.selector}' matches {which} of {ref.repo}'s GGUF files ({', '.join(ggufs)})")
+
+
+def is_checkpoint(files: list[str]) -> bool:
+    """A repository without GGUF files that holds a Hugging Face checkpoint: a config.json and safetensors weights
+    at its top level."""
+    return (not any(f.lower().endswith(".gguf") for f in files) and "config.json" in files
+            and any("/" not in f and f.endswith(".safetensors") for f in files))
+
+
+def checkpoint_files(files: list[str], repo: str, index: Any) -> list[str]:
+    """The files of a checkpoint repository vLLM loads: config and tokenizer files, and the weights: those its
+    index (`index`: model.safetensors.index.json as read, None when there is none) names, or without one every
+    safetensors file at the top level. Other weights the repository holds (a consolidated copy, other formats,
+    subfolders) are left."""
+    meta = [f for f in files if _CHECKPOINT_FILES.match(f)]
+    if index is None:
+        return sorted(meta) + sorted(f for f in files if "/" not in f and f.endswith(".safetensors"))
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise StoreError(f"{repo}: {INDEX} has no weight_map")
+    weights = sorted({str(v) for v in weight_map.values()})
+    missing = [w for w in weights if w not in files]
+    if missing:
+        raise StoreError(f"{repo}: {', '.join(missing[:5])} named by {INDEX} but not in the repository")
+    return sorted(meta) + [INDEX] + weights
 
 
 def _one_model(chosen: list[str], ggufs: list[str]) -> list[str]:
@@ -93,7 +127,8 @@ def _one_model(chosen: list[str], ggufs: list[str]) -> list[str]:
 
 def pull(ref_text: str, store: ManifestStore, *, name: str | None = None, revision: str | None = None,
          replace: bool = False) -> Manifest:
-    """Download the referenced GGUF (huggingface_hub: resumable, cached) and add it to the store."""
+    """Download the referenced GGUF, or a repository's safetensors checkpoint (huggingface_hub: resumable,
+    cached), and add it to the store."""
     try:
         from huggingface_hub import HfApi, hf_hub_download
         from huggingface_hub.errors import (
@@ -110,8 +145,22 @@ def pull(ref_text: str, store: ManifestStore, *, name: str | None = None, revisi
         api = HfApi()
         info = api.model_info(ref.repo, revision=revision, files_metadata=False)
         files = [s.rfilename for s in info.siblings or []]
-        chosen = choose_files(files, ref)
         commit = info.sha or revision or "main"
+        engine = "vllm" if is_checkpoint(files) else "llamacpp"
+        if engine == "vllm":
+            if ref.selector is not None:
+                raise StoreError(f"{ref.repo} has no GGUF file: it is a safetensors checkpoint (for vLLM), pulled "
+                                 f"whole, without a selector: hf:{ref.repo}")
+            index = None
+            if INDEX in files:
+                index_path = Path(hf_hub_download(ref.repo, INDEX, revision=commit))
+                try:
+                    index = json.loads(index_path.read_text())
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise StoreError(f"{ref.repo}: {INDEX} is not JSON ({exc})") from None
+            chosen = checkpoint_files(files, ref.repo, index)
+        else:
+            chosen = choose_files(files, ref)
         local = [Path(hf_hub_download(ref.repo, filename, revision=commit)) for filename in chosen]
     except GatedRepoError:
         raise StoreError(f"{ref.repo} is gated: accept its terms on the Hub and set HF_TOKEN") from None
@@ -126,12 +175,16 @@ def pull(ref_text: str, store: ManifestStore, *, name: str | None = None, revisi
     except OSError as exc:
         raise StoreError(f"cannot reach the Hub ({exc}); check the network, or HF_ENDPOINT for a mirror") from None
     name = name or ref.default_name
-    source = f"hf:{ref.repo}@{commit}/{chosen[0]}" + (f" (+{len(chosen) - 1} parts)" if len(chosen) > 1 else "")
-    if len(local) == 1:
+    if engine == "vllm":
+        source = f"hf:{ref.repo}@{commit} ({len(chosen)} files)"
+    else:
+        source = f"hf:{ref.repo}@{commit}/{chosen[0]}" + (f" (+{len(chosen) - 1} parts)" if len(chosen) > 1 else "")
+    if len(local) == 1 and engine == "llamacpp":
         # the snapshot's path (a link into the cache's blobs) keeps the file's name, which says it is a GGUF
-        return store.add(local[0], name=name, engine="llamacpp", source=source, replace_existing=replace)
-    # a split model: a folder of its parts alone (the snapshot may hold other files of the repository), each
-    # a link to the cache's copy under its own name; llama.cpp is given the first and finds the others beside it
+        return store.add(local[0], name=name, engine=engine, source=source, replace_existing=replace)
+    # a split model or a checkpoint: a folder of its files alone (the snapshot may hold other files of the
+    # repository), each a link to the cache's copy under its own name; llama.cpp is given a split model's first
+    # part and finds the others beside it, vLLM the folder
     store.may_add(name, replace)  # before the folder is made under that name
     folder = store.root / "hub" / name
     if folder.exists():
@@ -139,4 +192,4 @@ def pull(ref_text: str, store: ManifestStore, *, name: str | None = None, revisi
     folder.mkdir(parents=True)
     for path in local:
         (folder / path.name).symlink_to(path)
-    return store.add(folder, name=name, engine="llamacpp", source=source, replace_existing=replace)
+    return store.add(folder, name=name, engine=engine, source=source, replace_existing=replace)
