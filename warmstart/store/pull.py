@@ -22,6 +22,7 @@ from warmstart.store.manifest import Manifest, ManifestStore
 
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 INDEX = "model.safetensors.index.json"
+_WEIGHTS_FILE = re.compile(r"^[^/\\.][^/\\]*\.safetensors$")  # a weights file at the top level
 # what vLLM (transformers) reads from a checkpoint folder besides its weights
 _CHECKPOINT_FILES = re.compile(
     r"^(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|preprocessor_config|"
@@ -88,7 +89,7 @@ def is_checkpoint(files: list[str]) -> bool:
     """A repository without GGUF files that holds a Hugging Face checkpoint: a config.json and safetensors weights
     at its top level."""
     return (not any(f.lower().endswith(".gguf") for f in files) and "config.json" in files
-            and any("/" not in f and f.endswith(".safetensors") for f in files))
+            and any(_WEIGHTS_FILE.match(f) for f in files))
 
 
 def checkpoint_files(files: list[str], repo: str, index: Any) -> list[str]:
@@ -98,11 +99,14 @@ def checkpoint_files(files: list[str], repo: str, index: Any) -> list[str]:
     subfolders) are left."""
     meta = [f for f in files if _CHECKPOINT_FILES.match(f)]
     if index is None:
-        return sorted(meta) + sorted(f for f in files if "/" not in f and f.endswith(".safetensors"))
+        return sorted(meta) + sorted(f for f in files if _WEIGHTS_FILE.match(f))
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise StoreError(f"{repo}: {INDEX} has no weight_map")
     weights = sorted({str(v) for v in weight_map.values()})
+    odd = [w for w in weights if not _WEIGHTS_FILE.match(w)]
+    if odd:  # the folder vLLM is given holds files by their names: nothing in another folder, nothing else
+        raise StoreError(f"{repo}: {INDEX} names {odd[0]!r}, not a safetensors file beside it")
     missing = [w for w in weights if w not in files]
     if missing:
         raise StoreError(f"{repo}: {', '.join(missing[:5])} named by {INDEX} but not in the repository")

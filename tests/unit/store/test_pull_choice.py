@@ -66,6 +66,9 @@ def test_an_index_that_names_no_weights_or_missing_ones_is_refused():
         checkpoint_files(CHECKPOINT, "acme/m", {"metadata": {}})
     with pytest.raises(StoreError, match="has no weight_map"):
         checkpoint_files(CHECKPOINT, "acme/m", ["not", "an", "object"])
+    for odd in ("../../outside.safetensors", "sub/model.safetensors", ".hidden.safetensors", "model.bin"):
+        with pytest.raises(StoreError, match="not a safetensors file beside it"):
+            checkpoint_files([*CHECKPOINT, odd], "acme/m", {"weight_map": {"a": odd}})
     gone = [f for f in CHECKPOINT if f != "model-00002-of-00002.safetensors"]
     with pytest.raises(StoreError, match=r"model-00002-of-00002\.safetensors named by model\.safetensors\.index\.json "
                                          r"but not in the repository"):
