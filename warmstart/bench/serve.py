@@ -5,7 +5,10 @@ Everything runs in one go on this machine: a real `warmstart serve` with the emb
 on llama.cpp; the gateway's overhead is measured against the same engine process called directly,
 requests alternating between the two so both see the same conditions. Throughput: `streams` concurrent
 streams on one replica with that many slots, through warmstart and to the same llama-server directly
-(rounds alternating), beside a replica with one slot (requests served one at a time).
+(rounds alternating), beside a replica with one slot (requests served one at a time). The gateway's added
+latency is also measured in front of a stand-in engine that computes nothing (`_stub_engine.py`), answering at
+once and then after as long as the real engine took: what the gateway's own path costs, and what waiting as long
+as the engine does to it, with no model on the CPUs.
 """
 
 from __future__ import annotations
@@ -42,6 +45,20 @@ QUESTIONS = [
 SLOTS_MODEL, ONE_SLOT_MODEL = "smollm2-slots", "smollm2-one-slot"
 # the same model with the engine at its default threads (half the CPUs): the gateway keeps a core of its own
 DEFAULT_THREADS_MODEL = "smollm2-default-threads"
+# the stand-in engine that computes nothing (its path: the module, served by a command of its own)
+STUB_MODEL = "stub-engine"
+STUB = f"""
+[[models]]
+name = "{STUB_MODEL}"
+engine = "command"
+path = "package:warmstart/bench/_stub_engine.py"
+keep_alive = -1
+max_replicas = 1
+max_concurrency = 4
+[models.options]
+command = ["{{python}}", "-m", "warmstart.bench._stub_engine", "{{host}}", "{{port}}"]
+health_path = "/health"
+"""
 IDLE_S = 5.0  # how long the gateway's idle CPU is measured
 NO_EOS = {"0": -100, "2": -100}  # SmolLM2's end tokens banned: every stream runs to max_tokens
 
@@ -50,7 +67,7 @@ def config(streams: int) -> str:
     models = [(MODEL, 4), (SLOTS_MODEL, streams), (ONE_SLOT_MODEL, 1), (DEFAULT_THREADS_MODEL, 4)]
     # every CPU for the one replica generating at a time (the engine's default is half, for many replicas),
     # except the model that measures the overhead at the engine's default
-    return "".join(f"""
+    engines = "".join(f"""
 [[models]]
 name = "{name}"
 engine = "llamacpp"
@@ -61,6 +78,7 @@ max_concurrency = {slots}
 [models.options]
 n_ctx = 2048
 """ + ("" if name == DEFAULT_THREADS_MODEL else f"n_threads = {os.cpu_count() or 2}\n") for name, slots in models)
+    return engines + STUB
 
 
 def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, max_tokens: int = 64) -> dict[str, Any]:
@@ -91,6 +109,14 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         step("gateway overhead: starting the replica at the engine's default threads")
         default_url = _warm_replica(server.url, DEFAULT_THREADS_MODEL)
         at_default = _overhead(server, gateway, default_url, DEFAULT_THREADS_MODEL, overhead_pairs)
+        # the same in front of an engine that computes nothing: answering at once, then after the real one's time
+        step("gateway overhead: starting the stand-in engine")
+        stub_url = _warm_replica(server.url, STUB_MODEL)
+        stub: dict[str, dict[str, float]] = {}
+        for arm, delay in (("stub_at_once", 0.0), ("stub_waiting", overhead["direct_latency_p50_ms"] / 1000)):
+            Client(stub_url).post("/delay", {"seconds": delay})
+            stub[arm] = {**_overhead(server, gateway, stub_url, STUB_MODEL, overhead_pairs),
+                         "stub_delay_ms": round(delay * 1000, 3)}
 
         # 4. tokens per second: `streams` at once on one replica, through warmstart and directly, and one slot
         step("tokens per second: starting the replicas")
@@ -116,6 +142,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         **overhead,
         "engine_threads": os.cpu_count() or 2,
         **{f"{key}_default_threads": value for key, value in at_default.items()},
+        **{f"{key}_{arm}": value for arm, values in stub.items() for key, value in values.items()},
         "engine_default_threads": default_threads({}),
         "streams": streams,
         "stream_max_tokens": max_tokens,
@@ -257,6 +284,9 @@ def report(result: dict[str, Any]) -> str:
         *_overhead_rows(result, "", f"engine on all {result['engine_threads']} CPUs"),
         *_overhead_rows(result, "_default_threads",
                         f"engine at its default {result['engine_default_threads']} of {result['engine_threads']} CPUs"),
+        *_overhead_rows(result, "_stub_at_once", "a stand-in engine computing nothing, answering at once", None),
+        *_overhead_rows(result, "_stub_waiting", "the stand-in answering after "
+                        f"{result['stub_delay_ms_stub_waiting']:.1f} ms (the engine's time above)", None),
         (f"tokens/s, {result['streams']} streams, one replica, via warmstart",
          f"{result['tokens_per_s_via_gateway']:.1f}", ""),
         (f"tokens/s, {result['streams']} streams, same llama-server direct",
@@ -272,12 +302,13 @@ def report(result: dict[str, Any]) -> str:
             + table(phases, ("phase", "seconds")))
 
 
-def _overhead_rows(result: dict[str, Any], suffix: str, engine: str) -> list[tuple[str, str, str]]:
+def _overhead_rows(result: dict[str, Any], suffix: str, engine: str,
+                   target: str | None = "< 1 ms") -> list[tuple[str, str, str]]:
     def ms(key: str) -> float:
         return float(result[f"{key}{suffix}"])
 
     return [
-        (f"gateway added latency p50, {engine}", f"{ms('gateway_overhead_p50_ms'):.3f} ms", "< 1 ms"),
+        (f"gateway added latency p50, {engine}", f"{ms('gateway_overhead_p50_ms'):.3f} ms", target or ""),
         ("  (paired differences p50)", f"{ms('gateway_overhead_paired_p50_ms'):.3f} ms", ""),
         ("  through a byte-copying proxy instead (the floor), p50", f"{ms('splice_overhead_p50_ms'):.3f} ms", ""),
         ("  gateway process CPU per request (its idle CPU taken out)",
