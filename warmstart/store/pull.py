@@ -36,10 +36,13 @@ class HubRef:
 
     @property
     def default_name(self) -> str:
-        """The repository's name (less a -GGUF suffix), and the quant or file chosen: smollm2-135m-q4_k_m."""
+        """The repository's name (less a -GGUF suffix), and the quant or file chosen: smollm2-135m-q4_k_m (a shard
+        of a split model by its model's name, less the part number)."""
         base = re.sub(r"-gguf$", "", self.repo.split("/")[1], flags=re.I)
         if self.selector:
-            base += "-" + Path(self.selector).name.removesuffix(".gguf")
+            chosen = Path(self.selector).name
+            shard = SHARD.match(chosen)
+            base += "-" + (shard.group("model") if shard else chosen.removesuffix(".gguf"))
         return re.sub(r"[^a-z0-9._-]+", "-", base.lower()).strip("-.")
 
 

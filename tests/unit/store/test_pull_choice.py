@@ -73,3 +73,11 @@ def test_an_index_that_names_no_weights_or_missing_ones_is_refused():
     with pytest.raises(StoreError, match=r"model-00002-of-00002\.safetensors named by model\.safetensors\.index\.json "
                                          r"but not in the repository"):
         checkpoint_files(gone, "acme/m", INDEX)
+
+
+def test_the_default_name_is_the_repository_and_the_quant_and_a_shard_names_its_model():
+    assert parse_ref("hf:acme/SmolLM2-135M-GGUF:Q4_K_M").default_name == "smollm2-135m-q4_k_m"
+    assert parse_ref("hf:acme/big-GGUF/big-Q4_K_M.gguf").default_name == "big-big-q4_k_m"
+    assert parse_ref(f"hf:acme/big-GGUF/{SPLIT[1]}").default_name == \
+        parse_ref("hf:acme/big-GGUF/big-Q8_0.gguf").default_name == "big-big-q8_0"
+    assert parse_ref("hf:acme/Tiny-Llama").default_name == "tiny-llama"
