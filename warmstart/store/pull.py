@@ -153,6 +153,7 @@ def pull(ref_text: str, store: ManifestStore, *, name: str | None = None, revisi
         info = api.model_info(ref.repo, revision=revision, files_metadata=False)
         files = [s.rfilename for s in info.siblings or []]
         commit = info.sha or revision or "main"
+        fetched: dict[str, Path] = {}  # downloaded already (a checkpoint's index, read to choose its weights)
         engine = "vllm" if is_checkpoint(files) else "llamacpp"
         if engine == "vllm":
             if ref.selector is not None:
@@ -160,7 +161,7 @@ def pull(ref_text: str, store: ManifestStore, *, name: str | None = None, revisi
                                  f"whole, without a selector: hf:{ref.repo}")
             index = None
             if INDEX in files:
-                index_path = Path(hf_hub_download(ref.repo, INDEX, revision=commit))
+                index_path = fetched[INDEX] = Path(hf_hub_download(ref.repo, INDEX, revision=commit))
                 try:
                     index = json.loads(index_path.read_text())
                 except (ValueError, UnicodeDecodeError) as exc:
@@ -168,7 +169,8 @@ def pull(ref_text: str, store: ManifestStore, *, name: str | None = None, revisi
             chosen = checkpoint_files(files, ref.repo, index)
         else:
             chosen = choose_files(files, ref)
-        local = [Path(hf_hub_download(ref.repo, filename, revision=commit)) for filename in chosen]
+        local = [fetched.get(filename) or Path(hf_hub_download(ref.repo, filename, revision=commit))
+                 for filename in chosen]
     except GatedRepoError:
         raise StoreError(f"{ref.repo} is gated: accept its terms on the Hub and set HF_TOKEN") from None
     except RepositoryNotFoundError:
