@@ -114,7 +114,9 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         stub_url = _warm_replica(server.url, STUB_MODEL)
         stub: dict[str, dict[str, float]] = {}
         for arm, delay in (("stub_at_once", 0.0), ("stub_waiting", overhead["direct_latency_p50_ms"] / 1000)):
-            Client(stub_url).post("/delay", {"seconds": delay})
+            setter = Client(stub_url)
+            setter.post("/delay", {"seconds": delay})
+            setter.close()
             stub[arm] = {**_overhead(server, gateway, stub_url, STUB_MODEL, overhead_pairs),
                          "stub_delay_ms": round(delay * 1000, 3)}
 
@@ -284,9 +286,9 @@ def report(result: dict[str, Any]) -> str:
         *_overhead_rows(result, "", f"engine on all {result['engine_threads']} CPUs"),
         *_overhead_rows(result, "_default_threads",
                         f"engine at its default {result['engine_default_threads']} of {result['engine_threads']} CPUs"),
-        *_overhead_rows(result, "_stub_at_once", "a stand-in engine computing nothing, answering at once", None),
+        *_overhead_rows(result, "_stub_at_once", "a stand-in engine computing nothing, answering at once", ""),
         *_overhead_rows(result, "_stub_waiting", "the stand-in answering after "
-                        f"{result['stub_delay_ms_stub_waiting']:.1f} ms (the engine's time above)", None),
+                        f"{result['stub_delay_ms_stub_waiting']:.1f} ms (the engine's time above)", ""),
         (f"tokens/s, {result['streams']} streams, one replica, via warmstart",
          f"{result['tokens_per_s_via_gateway']:.1f}", ""),
         (f"tokens/s, {result['streams']} streams, same llama-server direct",
@@ -303,12 +305,12 @@ def report(result: dict[str, Any]) -> str:
 
 
 def _overhead_rows(result: dict[str, Any], suffix: str, engine: str,
-                   target: str | None = "< 1 ms") -> list[tuple[str, str, str]]:
+                   target: str = "< 1 ms") -> list[tuple[str, str, str]]:
     def ms(key: str) -> float:
         return float(result[f"{key}{suffix}"])
 
     return [
-        (f"gateway added latency p50, {engine}", f"{ms('gateway_overhead_p50_ms'):.3f} ms", target or ""),
+        (f"gateway added latency p50, {engine}", f"{ms('gateway_overhead_p50_ms'):.3f} ms", target),
         ("  (paired differences p50)", f"{ms('gateway_overhead_paired_p50_ms'):.3f} ms", ""),
         ("  through a byte-copying proxy instead (the floor), p50", f"{ms('splice_overhead_p50_ms'):.3f} ms", ""),
         ("  gateway process CPU per request (its idle CPU taken out)",
