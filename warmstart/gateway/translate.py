@@ -53,8 +53,10 @@ def check_request(req: GenerationRequest, caps: Capabilities) -> None:
             raise InvalidRequest("Token ids in 'prompt' must not be negative.", param="prompt")
     limit = caps.context_length
     _check_prompt_size(req, caps)
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = getattr(req, name, None)
+    # (a completion request has no `max_completion_tokens`: a getattr that misses costs pydantic an exception)
+    asked = (("max_tokens", req.max_tokens), ("max_completion_tokens", req.max_completion_tokens)) \
+        if isinstance(req, ChatCompletionRequest) else (("max_tokens", req.max_tokens),)
+    for name, value in asked:
         if value is not None and limit is not None and value > limit:
             raise InvalidRequest(
                 f"'{name}' is {value}, more than this model's context length of {limit} tokens.",
