@@ -4,16 +4,22 @@ piece by piece (Content-Length, chunked, or to the end), keep-alive connections 
 The relay's hop to an engine is on the path of every request. A general client (aiohttp) spends about
 0.65 ms of CPU on a request to llama-server on this hardware; this one about 0.2 ms, for the small part of
 HTTP that engines on loopback speak. Health checks and everything off the request path keep aiohttp.
+
+A whole answer (`post(..., whole=True)`, not a stream) is gathered by the connection itself as its bytes
+arrive, and handed to `on_whole` from the callback that received its last bytes, before the task that
+asked is resumed: the gateway can send it on to its client first and do its bookkeeping after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
+log = logging.getLogger("warmstart.gateway")
 CONNECT_TIMEOUT = 10.0
 # engines' HTTP servers (uvicorn, llama-server) close a connection idle for 5 s: the gateway lets go of one
 # first, or a request could go out on it just as the engine closes it
@@ -31,31 +37,87 @@ class _NoAnswer(Exception):
     """The connection closed before any byte of an answer: on a kept connection, the engine let it go idle."""
 
 
+# a whole answer's status, headers and body, as it arrives (see the module's note)
+OnWhole = Callable[[int, dict[str, str], bytes], None]
+
+
+def _parse_head(raw: bytes) -> tuple[int, dict[str, str], bool]:
+    """A response head's status, headers (lower-case names) and whether its connection may be kept."""
+    lines = raw.decode("latin-1").split("\r\n")
+    status_line = lines[0].split(" ", 2)
+    if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
+        raise EngineConnectionError(f"engine answered {lines[0][:80]!r}, not HTTP/1.1")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    reusable = status_line[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+    return int(status_line[1]), headers, reusable
+
+
+class _Whole:
+    """One request's answer gathered by its connection: `future` gets (status, headers, body, reusable) once the
+    last byte of a Content-Length body is in, or None when the answer is of another kind (chunked, to the end),
+    whose bytes then go to the stream reader as usual."""
+
+    def __init__(self, future: asyncio.Future[tuple[int, dict[str, str], bytes, bool] | None],
+                 on_whole: OnWhole | None) -> None:
+        self.future, self.on_whole = future, on_whole
+        self.buffer = b""
+        self.head: tuple[int, dict[str, str], bool] | None = None
+        self.plain = True  # False: not an answer of Content-Length (handed back to the reader)
+        self.body_at = 0
+        self.length = 0
+
+    def feed(self, data: bytes) -> bool:
+        """Take bytes; True once the answer is settled (whole, or handed back to the reader)."""
+        self.buffer += data
+        if self.head is None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > MAX_HEAD_BYTES:
+                    raise EngineConnectionError(f"engine's headers exceed {MAX_HEAD_BYTES} bytes")
+                return False
+            self.head = status, headers, _ = _parse_head(self.buffer[:end])
+            length = headers.get("content-length")
+            if length is None or not length.isdigit() or "transfer-encoding" in headers or status < 200:
+                self.plain = False  # the reader takes it from here
+                return True
+            self.body_at, self.length = end + 4, int(length)
+        return len(self.buffer) >= self.body_at + self.length
+
+
 class EngineResponse:
     """One engine answer: `status` and `headers` (lower-case names) once the head is in; the body by
     `read()` (all of it) or `readany()` (what has come, b"" at its end). `release()` after the whole body
     gives the connection back for the next request; `close()` drops it (an engine sees a client leave)."""
 
     def __init__(self, client: EngineClient, key: tuple[str, int], reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, status: int, headers: dict[str, str], reusable: bool) -> None:
+                 writer: asyncio.StreamWriter, status: int, headers: dict[str, str], reusable: bool,
+                 body: bytes | None = None) -> None:
         self._client, self._key, self._reader, self._writer = client, key, reader, writer
         self.status, self.headers = status, headers
         self._reusable = reusable
-        self._chunked = headers.get("transfer-encoding", "").lower() == "chunked"
+        self._body = body  # the whole body, when the connection gathered it
+        self._chunked = body is None and headers.get("transfer-encoding", "").lower() == "chunked"
         length = headers.get("content-length")
-        if self._chunked:
-            self._left: int | None = 0  # in the current chunk
-        elif length is not None:
-            if not length.isdigit():
+        self._left: int | None = 0  # bytes left of the body, or of the current chunk (none: a gathered body)
+        if body is None and not self._chunked:
+            if length is None:
+                self._left = None  # to the end of the connection
+                self._reusable = False
+            elif not length.isdigit():
                 raise EngineConnectionError(f"engine sent Content-Length {length!r}")
-            self._left = int(length)
-        else:
-            self._left = None  # to the end of the connection
-            self._reusable = False
+            else:
+                self._left = int(length)
         self._done = self._left == 0 and not self._chunked
         self._open = True
 
     async def readany(self) -> bytes:
+        if self._body is not None:
+            body, self._body = self._body, b""
+            return body
         if self._done:
             return b""
         try:
@@ -75,6 +137,8 @@ class EngineResponse:
             raise EngineConnectionError(f"engine's answer broke off: {exc}") from None
 
     async def read(self) -> bytes:
+        if self._body is not None:
+            return await self.readany()
         if self._left is not None and not self._chunked and not self._done:
             try:
                 data = await self._reader.readexactly(self._left)
@@ -130,16 +194,73 @@ def _usable(since: float, reader: asyncio.StreamReader, writer: asyncio.StreamWr
     return now - since < IDLE_TIMEOUT and not reader.at_eof() and not writer.is_closing()
 
 
-class _ClosingOnEof(asyncio.StreamReaderProtocol):
+class _EngineProtocol(asyncio.StreamReaderProtocol):
+    """The stream reader's protocol, which can also gather one whole answer itself (`expect`)."""
+
+    whole: _Whole | None = None
+
+    def expect(self, whole: _Whole) -> None:
+        self.whole = whole
+
+    def data_received(self, data: bytes) -> None:
+        whole = self.whole
+        if whole is None:
+            super().data_received(data)
+            return
+        try:
+            if not whole.feed(data):
+                return
+        except EngineConnectionError as exc:
+            self.whole = None
+            if not whole.future.done():
+                whole.future.set_exception(exc)
+            return
+        self.whole = None
+        head, buffer = whole.head, whole.buffer
+        assert head is not None
+        if not whole.plain:  # another kind of answer: the reader reads it all
+            super().data_received(buffer)
+            if not whole.future.done():
+                whole.future.set_result(None)
+            return
+        end = whole.body_at + whole.length
+        # bytes past the answer (none from an engine: one request at a time) leave the connection unfit to keep
+        found = (head[0], head[1], buffer[whole.body_at:end], head[2] and len(buffer) == end)
+        if whole.on_whole is not None and not whole.future.done():
+            try:
+                whole.on_whole(found[0], found[1], found[2])
+            except Exception:  # the caller still gets the answer, as without the hook
+                log.exception("handing on an engine's answer failed")
+        if not whole.future.done():
+            whole.future.set_result(found)
+
     def eof_received(self) -> bool:
+        self._lost(None)
         super().eof_received()
         return False  # the engine closed its side (or exited): close ours now, not when the sweep finds it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(exc)
+        super().connection_lost(exc)
+
+    def _lost(self, exc: Exception | None) -> None:
+        whole, self.whole = self.whole, None
+        if whole is None or whole.future.done():
+            return
+        if not whole.buffer:
+            whole.future.set_exception(_NoAnswer("closed the connection without answering"))
+        elif whole.head is None:
+            whole.future.set_exception(EngineConnectionError("engine closed the connection in the middle of its "
+                                                             "headers"))
+        else:
+            whole.future.set_exception(EngineConnectionError("engine closed the connection in the middle of its "
+                                                             "answer"))
 
 
 async def _open(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_HEAD_BYTES, loop=loop)
-    protocol = _ClosingOnEof(reader, loop=loop)
+    protocol = _EngineProtocol(reader, loop=loop)
     transport, _ = await loop.create_connection(lambda: protocol, host, port)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
@@ -151,18 +272,34 @@ class EngineClient:
         self._sweep_at: asyncio.TimerHandle | None = None
         self._targets: dict[str, tuple[tuple[str, int], str]] = {}
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> EngineResponse:
-        """POST `body` to `url` (http://HOST:PORT/PATH); returns once the answer's head is in. A connection kept
-        from an earlier request that turns out closed is replaced and the request sent once more: the engine
-        closed it before reading the request, so nothing was done twice."""
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], whole: bool = False,
+                   on_whole: OnWhole | None = None) -> EngineResponse:
+        """POST `body` to `url` (http://HOST:PORT/PATH); returns once the answer's head is in (`whole`: once all of
+        an answer of Content-Length is, handed to `on_whole` first). A connection kept from an earlier request
+        that turns out closed is replaced and the request sent once more: the engine closed it before reading
+        the request, so nothing was done twice."""
         key, start = self._targets.get(url) or self._target(url)
         head = [start, f"content-length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         while True:
             reader, writer, reused = await self._connection(key)
             try:
+                if not whole:
+                    writer.write(request)
+                    return await self._head(key, reader, writer)
+                gathered: asyncio.Future[tuple[int, dict[str, str], bytes, bool] | None] = \
+                    asyncio.get_running_loop().create_future()
+                protocol: _EngineProtocol = writer.transport.get_protocol()  # type: ignore[assignment]
+                protocol.expect(_Whole(gathered, on_whole))
                 writer.write(request)
-                return await self._head(key, reader, writer)
+                try:
+                    found = await gathered
+                finally:
+                    protocol.whole = None
+                if found is None:
+                    return await self._head(key, reader, writer)
+                status, answer_headers, answer, reusable = found
+                return EngineResponse(self, key, reader, writer, status, answer_headers, reusable, answer)
             except (_NoAnswer, EngineConnectionError, OSError) as exc:
                 writer.close()
                 if reused and not isinstance(exc, EngineConnectionError):
@@ -196,17 +333,8 @@ class EngineClient:
             raise EngineConnectionError("engine closed the connection in the middle of its headers") from None
         except asyncio.LimitOverrunError:
             raise EngineConnectionError(f"engine's headers exceed {MAX_HEAD_BYTES} bytes") from None
-        lines = raw.decode("latin-1").split("\r\n")
-        status_line = lines[0].split(" ", 2)
-        if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
-            raise EngineConnectionError(f"engine answered {lines[0][:80]!r}, not HTTP/1.1")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        reusable = status_line[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        return EngineResponse(self, key, reader, writer, int(status_line[1]), headers, reusable)
+        status, headers, reusable = _parse_head(raw[:-4])
+        return EngineResponse(self, key, reader, writer, status, headers, reusable)
 
     async def _connection(self, key: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
         idle = self._idle.get(key)

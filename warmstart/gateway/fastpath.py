@@ -20,6 +20,7 @@ from warmstart.errors import PayloadTooLarge, RequestError, Unavailable
 from warmstart.gateway.generate import generate, log_access
 from warmstart.gateway.limits import too_large_message
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from warmstart.gateway.relay import SendNow
 from warmstart.gateway.translate import ModelRequest, error_json, internal_error_json, invalid_request_json
 
 if TYPE_CHECKING:
@@ -48,8 +49,10 @@ class FastPath:
         response = await self.respond(scope, receive, model)
         await response(scope, receive, send)
 
-    async def respond(self, scope: Scope, receive: Receive, model: type[ModelRequest]) -> Response:
-        """The answer to a POST to one of ROUTES (`model`: its body's type), to be sent by the caller."""
+    async def respond(self, scope: Scope, receive: Receive, model: type[ModelRequest],
+                      send_now: SendNow | None = None) -> Response:
+        """The answer to a POST to one of ROUTES (`model`: its body's type), to be sent by the caller (unless
+        `send_now` sent it: see Relay.forward)."""
         request = Request(scope, receive)
         arrived = self.services.clock.now()
         response: Response
@@ -63,7 +66,7 @@ class FastPath:
                     log_access(self.services, request, scope["path"], None, None, "-", 400, None,
                                (None, None), arrived)
             else:
-                response = await self.generate(self.services, request, req, scope["path"], True)
+                response = await self.generate(self.services, request, req, scope["path"], True, send_now)
         except (RequestError, Unavailable) as exc:
             response = error_json(exc)
         except Exception:

@@ -53,9 +53,10 @@ async def serve(gateway: Gateway, cycle: RequestResponseCycle, model: Any) -> No
         if denial is not None:
             await gateway.auth.refuse(scope, send, denial)
             return
-        response = await gateway.fast.respond(scope, receive, model)
+        response = await gateway.fast.respond(scope, receive, model, lambda answer: _send_now(cycle, answer))
         if type(response) is Answer:
-            await _write(cycle, response)
+            if not response.sent:
+                await _write(cycle, response)
         else:
             await response(scope, receive, send)
     except BaseException as exc:  # as uvicorn's run_asgi: logged, and a 500 if nothing was sent yet
@@ -69,29 +70,42 @@ async def serve(gateway: Gateway, cycle: RequestResponseCycle, model: Any) -> No
 
 
 async def _write(cycle: RequestResponseCycle, answer: Answer) -> None:
-    """A whole answer in one write, as uvicorn's `send` would write it in two (its headers are the gateway's
-    own: JSON content type and length, and x-warmstart-* values made of model names, which admit no line
-    breaks); then the answer's deferred bookkeeping."""
+    """A whole answer in one write, as uvicorn's `send` would write it in two; then the answer's deferred
+    bookkeeping."""
     try:
         if cycle.flow.write_paused and not cycle.disconnected:
             await cycle.flow.drain()
-        if cycle.disconnected:
-            return
-        parts: list[Any] = [STATUS_LINE[answer.status_code]]
-        for name, value in (*cycle.default_headers, *answer.raw_headers):
-            parts += (name, b": ", value, b"\r\n")
-        if not cycle.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts += (b"\r\n", answer.body)
-        cycle.response_started, cycle.waiting_for_100_continue = True, False
-        cycle.transport.write(b"".join(parts))
-        cycle.response_complete = True
-        cycle.message_event.set()
-        if not cycle.keep_alive:
-            cycle.transport.close()
-        cycle.on_response()
+        if not cycle.disconnected:
+            _put(cycle, answer)
     finally:
         answer.after()
+
+
+def _send_now(cycle: RequestResponseCycle, answer: Answer) -> bool:
+    """Send a whole answer at once, from wherever it is ready (the engine connection's callback), unless the
+    connection cannot take it now (paused, gone, or an answer begun)."""
+    if cycle.flow.write_paused or cycle.disconnected or cycle.response_started:
+        return False
+    _put(cycle, answer)
+    return True
+
+
+def _put(cycle: RequestResponseCycle, answer: Answer) -> None:
+    """Write a whole answer in one piece (its headers are the gateway's own: JSON content type and length, and
+    x-warmstart-* values made of model names, which admit no line breaks) and end the request's cycle."""
+    parts: list[Any] = [STATUS_LINE[answer.status_code]]
+    for name, value in (*cycle.default_headers, *answer.raw_headers):
+        parts += (name, b": ", value, b"\r\n")
+    if not cycle.keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", answer.body)
+    cycle.response_started, cycle.waiting_for_100_continue = True, False
+    cycle.transport.write(b"".join(parts))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
 
 
 def _nothing() -> None:

@@ -9,6 +9,7 @@ from starlette.responses import Response
 from warmstart.errors import RequestError, Unavailable
 from warmstart.gateway.access import Access, tokens
 from warmstart.gateway.protocol import EmbeddingRequest
+from warmstart.gateway.relay import SendNow
 from warmstart.gateway.services import Services
 from warmstart.gateway.translate import (
     ModelRequest,
@@ -22,19 +23,19 @@ from warmstart.gateway.translate import (
 from warmstart.pool.lease import Lease
 
 
-async def generate(services: Services, request: Request, req: ModelRequest, path: str, defer: bool = False) -> Response:
-    """The answer to one generation request; `defer`: see Relay.forward."""
+async def generate(services: Services, request: Request, req: ModelRequest, path: str, defer: bool = False,
+                   send_now: SendNow | None = None) -> Response:
+    """The answer to one generation request; `defer`, `send_now`: see Relay.forward."""
     arrived = services.clock.now()
     pool = services.pool
     model = req.model
     try:  # an unknown model is a 404 and not counted: a label per made-up name would be unbounded
-        pool.check_model(model)
+        # how it would be served if no lease says otherwise: warm when a warm replica exists on arrival
+        arrival_start = "warm" if pool.is_warm(model) else "cold"
     except RequestError as exc:
         if services.access is not None:
             log_access(services, request, path, req, None, "-", exc.status, None, (None, None), arrived)
         raise
-    # how it would be served if no lease says otherwise: warm when a warm replica exists on arrival
-    arrival_start = "warm" if pool.state_of(model).value == "warm" else "cold"
     counted = False
 
     def finish(lease: Lease | None, status: int, ttft: float | None, answer: bytes) -> None:
@@ -65,7 +66,7 @@ async def generate(services: Services, request: Request, req: ModelRequest, path
         hidden = hidden_usage(req, caps)  # so that every stream's tokens are counted
         body = engine_body(req, add_usage=hidden, leave_out=inert_fields(req, caps))
         return await services.relay.forward(request, model, path, body, stream, keep_alive, arrived, finish,
-                                            hidden_usage=hidden, defer=defer)
+                                            hidden_usage=hidden, defer=defer, send_now=send_now)
     except (RequestError, Unavailable) as exc:
         if not counted:
             finish(None, exc.status, None, b"")

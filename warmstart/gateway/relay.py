@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from warmstart.errors import Unavailable
-from warmstart.gateway.engine_http import EngineClient, EngineConnectionError, EngineResponse
+from warmstart.gateway.engine_http import EngineClient, EngineConnectionError, EngineResponse, OnWhole
 from warmstart.gateway.liveness import Liveness, Watch
 from warmstart.gateway.stream_usage import HiddenUsage
 from warmstart.gateway.translate import engine_error_body, sse_error
@@ -136,22 +136,27 @@ class Relay:
 
     async def forward(self, request: Request, model: str, path: str, body: bytes, stream: bool,
                       keep_alive: float | None, arrived: float, finish: Finish,
-                      hidden_usage: bool = False, defer: bool = False) -> Response:
+                      hidden_usage: bool = False, defer: bool = False, send_now: SendNow | None = None) -> Response:
         """The engine's answer to the client's request. `hidden_usage`: the stream's usage event was asked for
         by warmstart alone and is taken out of it. `defer`: the caller sends the returned response at once
-        (the fast path), so a whole answer's bookkeeping may wait until it is sent."""
+        (the fast path), so a whole answer's bookkeeping may wait until it is sent. `send_now`: sends a whole
+        200 answer to the client from the moment its last byte comes in, before anything else is done (the
+        fast path's own connection); then the returned answer is `SENT`, its bookkeeping done."""
         disconnect = listen_for_disconnect(request)
         handed_off = False
         lease: Lease | None = None
         watch: Watch | None = None
+        sent: list[tuple[float, bytes]] = []  # when send_now sent the answer, and the answer
         try:
             for attempt in (0, 1):
                 lease = self.pool.try_acquire(model, keep_alive)
                 if lease is None:
                     lease = await race(self.pool.acquire(model, keep_alive=keep_alive), disconnect)
                 watch = self.liveness.watch(lease)
+                on_whole = None if send_now is None or stream else self._sender(lease, send_now, sent)
                 try:
-                    upstream, data = await race(self._exchange(lease, path, body, stream, watch), disconnect)
+                    upstream, data = await race(self._exchange(lease, path, body, stream, watch, on_whole),
+                                                disconnect)
                 except _UPSTREAM_ERRORS as exc:
                     # nothing reached the client yet: the replica is replaced and the request tried once more
                     watch.close()
@@ -165,6 +170,9 @@ class Relay:
                                       retry_after=1) from exc
                 except ClientGone:
                     watch.close()
+                    if sent:  # it left after its answer was sent: the answer counts, and its slot is free
+                        _after(lease, finish, 200, sent[0][0] - arrived, sent[0][1])()
+                        return SENT
                     await self.liveness.drain(lease)
                     raise
                 if stream and upstream.status == 200:
@@ -173,6 +181,9 @@ class Relay:
                                        watch, HiddenUsage() if hidden_usage else None)
                 watch.close()
                 status = upstream.status
+                if sent:
+                    _after(lease, finish, status, sent[0][0] - arrived, data)()
+                    return SENT
                 # without streaming, the first token reaches the client with the whole answer
                 ttft = self.now() - arrived if status == 200 else None
                 answer = data if status == 200 else engine_error_body(status, data, path)
@@ -191,11 +202,18 @@ class Relay:
                 if watch is not None:
                     watch.close()
 
+    def _sender(self, lease: Lease, send_now: SendNow, sent: list[tuple[float, bytes]]) -> OnWhole:
+        """What hands a whole 200 answer to `send_now` as it arrives; `sent` gets when it was sent, and what."""
+        def on_whole(status: int, headers: dict[str, str], data: bytes) -> None:
+            if status == 200 and send_now(Answer(data, 200, served_headers(lease), _nothing)):
+                sent.append((self.now(), data))
+        return on_whole
+
     async def _exchange(self, lease: Lease, path: str, body: bytes, stream: bool,
-                        watch: Watch) -> tuple[EngineResponse, bytes]:
+                        watch: Watch, on_whole: OnWhole | None = None) -> tuple[EngineResponse, bytes]:
         """Send the request; return the whole answer, or for a stream its first bytes."""
         headers = _JSON_STREAM if stream else _JSON
-        upstream = await self.client.post(lease.base_url + path, body, headers)
+        upstream = await self.client.post(lease.base_url + path, body, headers, whole=not stream, on_whole=on_whole)
         watch.progress()
         try:
             if stream and upstream.status == 200:
@@ -226,7 +244,9 @@ def _nothing() -> None:
 class Answer(Response):
     """A whole JSON answer, then `after()` (the lease given back, the request counted, when the caller
     deferred them): work the client need not wait for runs once the answer is sent, in the same task,
-    before the loop serves anything else."""
+    before the loop serves anything else. `sent`: already sent (by `send_now`), its bookkeeping done."""
+
+    sent = False
 
     def __init__(self, body: bytes, status: int, headers: dict[str, str], after: Callable[[], None]) -> None:
         self.status_code, self.body, self.after = status, body, after
@@ -240,6 +260,13 @@ class Answer(Response):
             await send({"type": "http.response.body", "body": self.body})
         finally:
             self.after()
+
+
+# an answer `send_now` sent already
+SENT = Answer(b"", 200, {}, _nothing)
+SENT.sent = True
+# sends a whole answer to the client now; False when it cannot (the connection is paused or gone)
+SendNow = Callable[["Answer"], bool]
 
 
 class RelayStream(Response):

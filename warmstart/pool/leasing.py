@@ -23,7 +23,7 @@ S = ReplicaState
 
 class Leasing:
     def __init__(self, books: Books, lifecycle: Lifecycle, owner: LeaseOwner,
-                 arrived: Callable[[str], None]) -> None:
+                 arrived: Callable[[str, float | None], None]) -> None:
         self._books = books
         self._lifecycle = lifecycle
         self._owner = owner
@@ -37,8 +37,14 @@ class Leasing:
         decision = rules.admit(entry.replicas, len(entry.waiters), self._books.config.server.queue_size)
         if not isinstance(decision, rules.Serve):
             return None
-        self._arrived(entry.name)
-        return self._lease(entry, decision.replica, cold=False, waited=0.0, keep_alive=keep_alive)
+        # what the request need not wait for (its wait of 0 counted, the arrival told) is done once it is on its
+        # way to the engine, at its arrival's time
+        asyncio.get_running_loop().call_soon(self._served_at_once, entry, self._books.clock.wall())
+        return self._lease(entry, decision.replica, cold=False, waited=None, keep_alive=keep_alive)
+
+    def _served_at_once(self, entry: ModelEntry, wall: float) -> None:
+        entry.wait_histogram.observe(0.0)
+        self._arrived(entry.name, wall)
 
     async def acquire(self, entry: ModelEntry, keep_alive: float | None, deadline_s: float | None) -> Lease:
         """A lease on a warm replica, starting one if needed; held up to the deadline.
@@ -49,7 +55,7 @@ class Leasing:
         if self.closing:
             raise Unavailable("warmstart is shutting down", retry_after=5)
         now = books.clock.now()
-        self._arrived(entry.name)
+        self._arrived(entry.name, None)
         self.reap_failed(entry)
         decision = rules.admit(entry.replicas, len(entry.waiters), books.config.server.queue_size)
         if isinstance(decision, rules.Serve):  # never held: no wait, whatever the bookkeeping above cost
@@ -86,15 +92,17 @@ class Leasing:
             if not leased:  # held, then refused or abandoned: the wait still happened (a lease records its own)
                 books.metrics.request_wait_seconds.labels(entry.name).observe(max(0.0, books.clock.now() - now))
 
-    def _lease(self, entry: ModelEntry, replica: Replica, cold: bool, waited: float,
+    def _lease(self, entry: ModelEntry, replica: Replica, cold: bool, waited: float | None,
                keep_alive: float | None) -> Lease:
         """A slot of `replica` for a request that was held `waited` seconds (0 for one never queued: two
-        clock reads around the bookkeeping would charge it for a thread switch it never waited for)."""
+        clock reads around the bookkeeping would charge it for a thread switch it never waited for; None: the
+        same, its wait counted by the caller)."""
         replica.in_flight += 1
         replica.idle_since = None
         self._lifecycle.disarm_expiry(replica)
-        entry.wait_histogram.observe(waited)
-        return Lease(self._owner, replica, cold, waited, keep_alive)
+        if waited is not None:
+            entry.wait_histogram.observe(waited)
+        return Lease(self._owner, replica, cold, waited or 0.0, keep_alive)
 
     def dispatch(self, entry: ModelEntry) -> None:
         """Hand free slots of warm replicas to the requests waiting, first come first served."""

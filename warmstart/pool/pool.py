@@ -155,8 +155,9 @@ class Pool:
         """
         return await self._leasing.acquire(self._entry(name), keep_alive, deadline_s)
 
-    def _arrived(self, name: str) -> None:
-        wall = self._clock.wall()
+    def _arrived(self, name: str, wall: float | None = None) -> None:
+        """Tell the arrival listeners of a request for `name` (that arrived at `wall`, or now)."""
+        wall = self._clock.wall() if wall is None else wall
         for listener in self._arrival_listeners:
             listener(name, wall)
 
@@ -336,6 +337,10 @@ class Pool:
         return rules.outlook(entry.replicas, model=entry.keep_alive, cold_start=cold_start, now=self._clock.now())
 
     # ---- views ----------------------------------------------------------------------------
+
+    def is_warm(self, name: str) -> bool:
+        """Whether `name` has a warm replica (ModelNotFound unless it is a model served here)."""
+        return any(r.state is S.WARM for r in self._entry(name).replicas)
 
     def state_of(self, name: str) -> ReplicaState:
         return model_state([r.state for r in self._entry(name).replicas])

@@ -51,11 +51,16 @@ def fixed(data):
     return f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n{data}".encode()
 
 
-async def test_content_length_answers_reuse_one_connection():
+WHOLE = pytest.mark.parametrize("whole", [False, True], ids=["head-first", "whole"])
+
+
+@WHOLE
+async def test_content_length_answers_reuse_one_connection(whole):
     async with Server(lambda n, body: [fixed(f'{{"n": {n}, "got": {len(body)}}}')]) as srv:
         client = EngineClient()
         for n in (1, 2, 3):
-            r = await client.post(srv.url + "/v1/chat/completions", b"x" * 10, {"content-type": "application/json"})
+            r = await client.post(srv.url + "/v1/chat/completions", b"x" * 10, {"content-type": "application/json"},
+                                  whole=whole)
             assert (r.status, r.headers["content-type"]) == (200, "application/json")
             assert await r.read() == f'{{"n": {n}, "got": 10}}'.encode()
             r.release()
@@ -64,7 +69,8 @@ async def test_content_length_answers_reuse_one_connection():
         await client.close()
 
 
-async def test_a_chunked_stream_is_read_piece_by_piece_with_the_chunks_joined_back():
+@WHOLE
+async def test_a_chunked_stream_is_read_piece_by_piece_with_the_chunks_joined_back(whole):
     events = [b"data: one\n\n", b"data: two\n\n", b"data: [DONE]\n\n"]
 
     def answer(n, body):
@@ -75,38 +81,40 @@ async def test_a_chunked_stream_is_read_piece_by_piece_with_the_chunks_joined_ba
 
     async with Server(answer) as srv:
         client = EngineClient()
-        r = await client.post(srv.url + "/s", b"{}", {"connection": "close"})
+        r = await client.post(srv.url + "/s", b"{}", {"connection": "close"}, whole=whole)
         got = []
         while data := await r.readany():
             got.append(data)
         assert b"".join(got) == b"".join(events)
         r.release()
         # one more: read whole
-        r = await client.post(srv.url + "/s", b"{}", {})
+        r = await client.post(srv.url + "/s", b"{}", {}, whole=whole)
         assert await r.read() == b"".join(events)
         r.release()
         await client.close()
 
 
-async def test_an_answer_without_length_is_read_to_the_end_and_its_connection_not_kept():
+@WHOLE
+async def test_an_answer_without_length_is_read_to_the_end_and_its_connection_not_kept(whole):
     async with Server(lambda n, body: [b"HTTP/1.1 200 OK\r\n\r\n", b"partly ", b"done"], close_after=True) as srv:
         client = EngineClient()
         for _ in range(2):
-            r = await client.post(srv.url + "/", b"", {})
+            r = await client.post(srv.url + "/", b"", {}, whole=whole)
             assert await r.read() == b"partly done"
             r.release()
         assert srv.connections == 2
         await client.close()
 
 
-async def test_a_kept_connection_the_engine_closed_while_idle_is_replaced_and_the_request_sent_once():
+@WHOLE
+async def test_a_kept_connection_the_engine_closed_while_idle_is_replaced_and_the_request_sent_once(whole):
     async with Server(lambda n, body: [fixed(str(n))], close_idle_after=0.05) as srv:
         client = EngineClient()
-        r = await client.post(srv.url + "/", b"a", {})
+        r = await client.post(srv.url + "/", b"a", {}, whole=whole)
         assert await r.read() == b"1"
         r.release()
         await asyncio.sleep(0.3)  # the server closed it; the client may not have noticed yet
-        r = await client.post(srv.url + "/", b"b", {})
+        r = await client.post(srv.url + "/", b"b", {}, whole=whole)
         assert await r.read() == b"2"
         r.release()
         assert srv.requests == 2 and srv.connections == 2
@@ -132,20 +140,49 @@ async def test_an_answer_cut_in_the_middle_is_a_connection_error():
         await client.close()
 
 
-async def test_no_answer_or_not_http_or_no_server_is_a_connection_error_naming_it():
+@WHOLE
+async def test_no_answer_or_not_http_or_no_server_is_a_connection_error_naming_it(whole):
     client = EngineClient()
     async with Server(lambda n, body: [], close_after=True) as srv:
         with pytest.raises(EngineConnectionError, match="without answering"):
-            await client.post(srv.url + "/", b"", {})
+            await client.post(srv.url + "/", b"", {}, whole=whole)
     async with Server(lambda n, body: [b"SSH-2.0-OpenSSH\r\n\r\n"], close_after=True) as srv:
         with pytest.raises(EngineConnectionError, match=r"not HTTP/1\.1"):
-            await client.post(srv.url + "/", b"", {})
+            await client.post(srv.url + "/", b"", {}, whole=whole)
         url = srv.url
     with pytest.raises(EngineConnectionError, match="Connect"):
         await client.post(url + "/", b"", {})  # nothing listens there any more
     with pytest.raises(EngineConnectionError, match="not http"):
         await client.post("https://127.0.0.1:1/", b"", {})
     await client.close()
+
+
+async def test_a_whole_answer_is_handed_on_from_the_connection_before_the_caller_resumes():
+    """`on_whole` gets the status, headers and body from the callback that received the last bytes (no task
+    runs it), before `post` returns; the answer arrives in pieces, and an answer cut short is an error."""
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\n"
+    async with Server(lambda n, body: [head, b"\r\n{\"a\":", b" 12345}"]) as srv:
+        client = EngineClient()
+        seen = []
+
+        def on_whole(status, headers, body):
+            seen.append((status, headers["content-type"], body, asyncio.current_task()))
+
+        r = await client.post(srv.url + "/", b"", {}, whole=True, on_whole=on_whole)
+        assert seen == [(200, "application/json", b'{"a": 12345}', None)]
+        assert await r.read() == b'{"a": 12345}'
+        r.release()
+        r = await client.post(srv.url + "/", b"", {}, whole=True)  # the kept connection serves the next
+        assert await r.read() == b'{"a": 12345}' and srv.connections == 1
+        r.release()
+        await client.close()
+    async with Server(lambda n, body: [b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this"],
+                      close_after=True) as srv:
+        client = EngineClient()
+        with pytest.raises(EngineConnectionError, match="middle of its answer"):
+            await client.post(srv.url + "/", b"", {}, whole=True, on_whole=on_whole)
+        assert len(seen) == 1  # nothing handed on
+        await client.close()
 
 
 async def test_an_answer_closed_early_by_the_gateway_drops_its_connection():

@@ -58,8 +58,10 @@ class Running:
 
 @pytest.fixture
 def running(tmp_path) -> Iterator[Any]:
-    def start(**flags: Any) -> Running:
-        config = load_config(None, env={}, flags={"server.data_dir": str(tmp_path), **flags})
+    def start(config_text: str = "", **flags: Any) -> Running:
+        path = tmp_path / "warmstart.toml"
+        path.write_text(config_text)
+        config = load_config(path, env={}, flags={"server.data_dir": str(tmp_path), **flags})
         metrics = Metrics()
         gateway = create_app(config, Pool(config, create_engines(tmp_path), SystemClock(), metrics), metrics)
         sock = socket.socket()
@@ -121,6 +123,40 @@ def test_api_keys_guard_the_generation_routes_too(running):
     key = b"authorization: Bearer sk-test-0123456789abcdef"
     [(status, _, body)], _ = run.exchange(post(UNKNOWN, b"/v1/chat/completions", key))
     assert status.startswith(b"HTTP/1.1 404")
+    assert run.asgi_calls == []
+
+
+def test_an_engine_answer_is_sent_on_from_its_connection_before_the_requests_bookkeeping(running, monkeypatch):
+    """A whole answer goes to the client from the callback that read the engine's last byte: no task is resumed
+    first, and the lease is given back (the request counted) only after. Pipelined requests still come back in
+    order. The engine: bench serve's stand-in (a real process, one canned completion, after a delay)."""
+    from warmstart.bench.serve import STUB, STUB_MODEL
+    from warmstart.gateway import front
+    from warmstart.pool.lease import Lease
+
+    events: list[str] = []
+    put, release = front._put, Lease.release
+
+    def recorded_put(cycle: Any, answer: Any) -> None:
+        events.append("sent from the engine's callback" if asyncio.current_task() is None else "sent from a task")
+        put(cycle, answer)
+
+    def recorded_release(lease: Lease) -> None:
+        events.append("lease released")
+        release(lease)
+
+    monkeypatch.setattr(front, "_put", recorded_put)
+    monkeypatch.setattr(Lease, "release", recorded_release)
+    run = running(STUB)
+    body = json.dumps({"model": STUB_MODEL, "prompt": "Hello", "max_tokens": 1}).encode()
+    [(status, _, first)], _ = run.exchange(post(body, b"/v1/completions"))  # starts the stand-in
+    assert status.startswith(b"HTTP/1.1 200"), first
+    events.clear()
+    answers, _ = run.exchange(post(body, b"/v1/completions") * 3, answers=3)
+    assert [s.split()[1] for s, _, _ in answers] == [b"200"] * 3
+    assert all(json.loads(b)["choices"][0]["text"] == " there" for _, _, b in answers)
+    assert all(h[b"x-warmstart-start"] == b"warm" for _, h, _ in answers)
+    assert events == ["sent from the engine's callback", "lease released"] * 3
     assert run.asgi_calls == []
 
 
