@@ -50,16 +50,19 @@ class FastPath:
         await response(scope, receive, send)
 
     async def respond(self, scope: Scope, receive: Receive, model: type[ModelRequest],
-                      send_now: SendNow | None = None) -> Response:
+                      send_now: SendNow | None = None, body: bytes | None = None) -> Response:
         """The answer to a POST to one of ROUTES (`model`: its body's type), to be sent by the caller (unless
-        `send_now` sent it: see Relay.forward)."""
+        `send_now` sent it: see Relay.forward). `body`: the whole body, when the caller has it already."""
         request = Request(scope, receive)
         arrived = self.services.clock.now()
         response: Response
         try:
-            body = await self._body(scope, receive)
+            if body is None:
+                body = await self._body(scope, receive)
+            elif len(body) > self.max_bytes:
+                raise PayloadTooLarge(too_large_message(self.max_bytes))
             try:
-                req = model.model_validate_json(body)
+                req = model.__pydantic_validator__.validate_json(body)
             except ValidationError as exc:
                 response = invalid_request_json(exc.errors())
                 if self.services.access is not None:

@@ -53,7 +53,11 @@ async def serve(gateway: Gateway, cycle: RequestResponseCycle, model: Any) -> No
         if denial is not None:
             await gateway.auth.refuse(scope, send, denial)
             return
-        response = await gateway.fast.respond(scope, receive, model, lambda answer: _send_now(cycle, answer))
+        # the whole body is in when the request's last byte came with its head (and reading was not paused for it)
+        body = None
+        if not cycle.more_body and not cycle.flow.read_paused:
+            body, cycle.body = bytes(cycle.body), bytearray()
+        response = await gateway.fast.respond(scope, receive, model, lambda answer: _send_now(cycle, answer), body)
         if type(response) is Answer:
             if not response.sent:
                 await _write(cycle, response)

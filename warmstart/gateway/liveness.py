@@ -49,9 +49,9 @@ class Liveness:
             except Exception:  # the patrol goes on; one failed round is logged
                 log.exception("liveness patrol failed; trying again in %g s", self.engine_timeout)
 
-    def watch(self, lease: Lease) -> Watch:
-        """Watch one request's engine from now until `close()`."""
-        return Watch(self, lease)
+    def watch(self, lease: Lease, armed: bool = True) -> Watch:
+        """Watch one request's engine from now until `close()` (`armed` False: its timer set only by `arm()`)."""
+        return Watch(self, lease, armed)
 
     async def probe(self, lease: Lease) -> str | None:
         """None if the engine answers its health check in time, else what went wrong."""
@@ -105,16 +105,24 @@ class Watch:
     progress, and one timer looks when `engine_timeout` would have passed since the last. Silent that
     long, the engine is asked its health check, and one that does not answer is failed (its process
     group killed), which ends the request's reads with a connection error. An engine that answers is
-    given more time: a non-streamed answer sends nothing until it is done."""
+    given more time: a non-streamed answer sends nothing until it is done. Made unarmed, it sets its timer
+    only when `arm()`ed (the relay arms it when a request outlasts the disconnect grace: a warm answer that
+    comes first never makes a timer), for the same moment: `engine_timeout` after the last progress."""
 
-    def __init__(self, liveness: Liveness, lease: Lease) -> None:
+    def __init__(self, liveness: Liveness, lease: Lease, armed: bool = True) -> None:
         self.liveness, self.lease = liveness, lease
         self.loop = asyncio.get_running_loop()
         self.last = self.loop.time()
         self.reason: str | None = None  # why the engine was failed, when this watch failed it
         self._closed = False
         self._probe: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = self.loop.call_at(self.last + liveness.engine_timeout, self._look)
+        self._timer: asyncio.TimerHandle | None = None
+        if armed:
+            self.arm()
+
+    def arm(self) -> None:
+        if not self._closed and self._timer is None and self._probe is None:
+            self._timer = self.loop.call_at(self.last + self.liveness.engine_timeout, self._look)
 
     def progress(self) -> None:
         self.last = self.loop.time()

@@ -49,10 +49,11 @@ async def wait_disconnect(request: Request) -> None:
 LISTEN_AFTER_S = 0.05
 
 
-def listen_for_disconnect(request: Request) -> asyncio.Future[None]:
+def listen_for_disconnect(request: Request, late: Callable[[], None] | None = None) -> asyncio.Future[None]:
     """A future done when the client disconnects; cancel it when the request is over. The task that listens
     starts only once the request has lasted LISTEN_AFTER_S: a warm answer usually comes first, and then no task
-    is made, run or cancelled for it (on a 2-CPU machine that is CPU taken from the engine answering)."""
+    is made, run or cancelled for it (on a 2-CPU machine that is CPU taken from the engine answering). `late`
+    is called then too."""
     loop = asyncio.get_running_loop()
     gone: asyncio.Future[None] = loop.create_future()
     listener: list[asyncio.Task[None]] = []
@@ -65,6 +66,8 @@ def listen_for_disconnect(request: Request) -> asyncio.Future[None]:
     def start() -> None:
         if not gone.done():
             listener.append(loop.create_task(listen()))
+            if late is not None:
+                late()
 
     timer = loop.call_later(LISTEN_AFTER_S, start)
 
@@ -142,17 +145,25 @@ class Relay:
         (the fast path), so a whole answer's bookkeeping may wait until it is sent. `send_now`: sends a whole
         200 answer to the client from the moment its last byte comes in, before anything else is done (the
         fast path's own connection); then the returned answer is `SENT`, its bookkeeping done."""
-        disconnect = listen_for_disconnect(request)
-        handed_off = False
         lease: Lease | None = None
         watch: Watch | None = None
+        outlasted = False  # the request outlasted the disconnect grace: its engine is watched from then on
+
+        def late() -> None:
+            nonlocal outlasted
+            outlasted = True
+            if watch is not None:
+                watch.arm()
+
+        disconnect = listen_for_disconnect(request, late)
+        handed_off = False
         sent: list[tuple[float, bytes]] = []  # when send_now sent the answer, and the answer
         try:
             for attempt in (0, 1):
                 lease = self.pool.try_acquire(model, keep_alive)
                 if lease is None:
                     lease = await race(self.pool.acquire(model, keep_alive=keep_alive), disconnect)
-                watch = self.liveness.watch(lease)
+                watch = self.liveness.watch(lease, armed=outlasted)
                 on_whole = None if send_now is None or stream else self._sender(lease, send_now, sent)
                 try:
                     upstream, data = await race(self._exchange(lease, path, body, stream, watch, on_whole),

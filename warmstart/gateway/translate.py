@@ -192,8 +192,10 @@ def engine_body(req: ModelRequest, add_usage: bool = False, leave_out: set[str] 
     if not (leave_out or add_usage or isinstance(prompt, list) or "max_completion_tokens" in req.model_fields_set):
         # nothing to change but warmstart's own field: serialized by pydantic in one step, unless a string holds
         # a lone surrogate (possible in a body read by json.loads, as Ollama's routes do): json.dumps escapes it
+        # (the model's serializer itself: model_dump_json's own steps cost about as much again)
+        own = _OWN_FIELDS if "keep_alive" in req.model_fields_set else None
         with contextlib.suppress(PydanticSerializationError):
-            return req.model_dump_json(exclude_unset=True, exclude=_OWN_FIELDS).encode()
+            return req.__pydantic_serializer__.to_json(req, exclude_unset=True, exclude=own)
     body = req.model_dump(exclude_unset=True, exclude=_OWN_FIELDS)
     for name in leave_out or ():
         body.pop(name, None)

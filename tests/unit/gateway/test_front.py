@@ -115,6 +115,43 @@ def test_pipelined_requests_are_answered_in_order_and_connection_close_is_kept(r
     assert run.asgi_calls == []
 
 
+def test_a_body_is_read_whether_it_came_with_its_head_or_after_it_and_the_limit_holds_either_way(running):
+    run = running(**{"server.max_body_bytes": 1024})
+    raw = post()
+    head, body = raw[:-len(UNKNOWN)], UNKNOWN
+    with socket.create_connection(("127.0.0.1", run.port), timeout=10) as sock:
+        sock.sendall(head)
+        threading.Event().wait(0.2)  # the request's task starts with no body in yet: it waits for it
+        sock.sendall(body)
+        reply = _answer(sock)
+    assert reply.startswith(b"HTTP/1.1 404") and b"model_not_found" in reply
+    big = b'{"model": "nope", "prompt": "' + b"x" * 2000 + b'"}'
+    for where in ("with its head", "after it"):
+        with socket.create_connection(("127.0.0.1", run.port), timeout=10) as sock:
+            raw = post(big, b"/v1/completions")
+            if where == "with its head":
+                sock.sendall(raw)
+            else:
+                sock.sendall(raw[:-len(big)])
+                threading.Event().wait(0.2)
+                sock.sendall(big)
+            reply = _answer(sock)
+        assert reply.startswith(b"HTTP/1.1 413") and b"payload_too_large" in reply, where
+    assert run.asgi_calls == []
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """One whole answer (head and Content-Length body) read from `sock`."""
+    reply = b""
+    while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < int(
+            reply.lower().partition(b"content-length: ")[2].partition(b"\r\n")[0] or 0):
+        data = sock.recv(65536)
+        if not data:
+            break
+        reply += data
+    return reply
+
+
 def test_api_keys_guard_the_generation_routes_too(running):
     run = running(**{"auth.api_keys": ["sk-test-0123456789abcdef"]})
     [(status, headers, body)], _ = run.exchange(post())

@@ -144,6 +144,29 @@ def test_an_engine_that_sends_bytes_is_never_asked() -> None:
     assert lease.failed == [] and liveness.probes == 0
 
 
+def test_an_unarmed_watch_waits_for_arm_and_then_keeps_the_same_deadline() -> None:
+    """The relay makes a request's watch unarmed and arms it once the request outlasts the disconnect grace:
+    nothing is asked before; once armed, the engine is asked `engine_timeout` after its last progress, not
+    after the arming."""
+    async def main() -> tuple[Any, _Liveness, float]:
+        loop = asyncio.get_running_loop()
+        lease, liveness = _lease(), _Liveness("dead", 0.3)
+        watch = Watch(liveness, lease, armed=False)  # type: ignore[arg-type]
+        await asyncio.sleep(0.6)  # past the deadline: unarmed, nothing asked
+        assert liveness.probes == 0 and lease.failed == []
+        watch.progress()
+        await asyncio.sleep(0.25)
+        watch.arm()  # 0.05 s before the deadline the progress set; from the arming it would be 0.3 s
+        armed = loop.time()
+        await _until(lambda: lease.failed)
+        watch.close()
+        return lease, liveness, loop.time() - armed
+
+    lease, liveness, after = run(main())
+    assert liveness.probes == 1 and lease.failed == ["the engine sent nothing for 0.3 s and dead"]
+    assert after < 0.2  # asked about 0.05 s after the arming, not 0.3 s
+
+
 def test_a_closed_watch_asks_nothing() -> None:
     async def main() -> tuple[Any, _Liveness]:
         lease, liveness = _lease(), _Liveness("dead", 0.01)
