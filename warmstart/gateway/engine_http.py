@@ -64,7 +64,7 @@ class _Whole:
     def __init__(self, future: asyncio.Future[tuple[int, dict[str, str], bytes, bool] | None],
                  on_whole: OnWhole | None) -> None:
         self.future, self.on_whole = future, on_whole
-        self.buffer = b""
+        self.buffer = bytearray()  # grown in place: a large answer comes in many pieces
         self.head: tuple[int, dict[str, str], bool] | None = None
         self.plain = True  # False: not an answer of Content-Length (handed back to the reader)
         self.body_at = 0
@@ -79,7 +79,7 @@ class _Whole:
                 if len(self.buffer) > MAX_HEAD_BYTES:
                     raise EngineConnectionError(f"engine's headers exceed {MAX_HEAD_BYTES} bytes")
                 return False
-            self.head = status, headers, _ = _parse_head(self.buffer[:end])
+            self.head = status, headers, _ = _parse_head(bytes(self.buffer[:end]))
             length = headers.get("content-length")
             if length is None or not length.isdigit() or "transfer-encoding" in headers or status < 200:
                 self.plain = False  # the reader takes it from here
@@ -219,13 +219,13 @@ class _EngineProtocol(asyncio.StreamReaderProtocol):
         head, buffer = whole.head, whole.buffer
         assert head is not None
         if not whole.plain:  # another kind of answer: the reader reads it all
-            super().data_received(buffer)
+            super().data_received(bytes(buffer))
             if not whole.future.done():
                 whole.future.set_result(None)
             return
         end = whole.body_at + whole.length
         # bytes past the answer (none from an engine: one request at a time) leave the connection unfit to keep
-        found = (head[0], head[1], buffer[whole.body_at:end], head[2] and len(buffer) == end)
+        found = (head[0], head[1], bytes(buffer[whole.body_at:end]), head[2] and len(buffer) == end)
         if whole.on_whole is not None and not whole.future.done():
             try:
                 whole.on_whole(found[0], found[1], found[2])
