@@ -13,79 +13,27 @@ asked is resumed: the gateway can send it on to its client first and do its book
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-log = logging.getLogger("warmstart.gateway")
+from warmstart.gateway.engine_wire import (
+    MAX_HEAD_BYTES,
+    EngineConnectionError,
+    EngineProtocol,
+    NoAnswer,
+    OnWhole,
+    Whole,
+    parse_head,
+)
+
 CONNECT_TIMEOUT = 10.0
 # engines' HTTP servers (uvicorn, llama-server) close a connection idle for 5 s: the gateway lets go of one
 # first, or a request could go out on it just as the engine closes it
 IDLE_TIMEOUT = 4.0
-MAX_HEAD_BYTES = 64 * 1024
 READ_SIZE = 64 * 1024
 MAX_TARGETS = 256
-
-
-class EngineConnectionError(ConnectionError):
-    """The engine's connection broke or it answered something that is not HTTP/1.1."""
-
-
-class _NoAnswer(Exception):
-    """The connection closed before any byte of an answer: on a kept connection, the engine let it go idle."""
-
-
-# a whole answer's status, headers and body, as it arrives (see the module's note)
-OnWhole = Callable[[int, dict[str, str], bytes], None]
-
-
-def _parse_head(raw: bytes) -> tuple[int, dict[str, str], bool]:
-    """A response head's status, headers (lower-case names) and whether its connection may be kept."""
-    lines = raw.decode("latin-1").split("\r\n")
-    status_line = lines[0].split(" ", 2)
-    if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
-        raise EngineConnectionError(f"engine answered {lines[0][:80]!r}, not HTTP/1.1")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    reusable = status_line[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-    return int(status_line[1]), headers, reusable
-
-
-class _Whole:
-    """One request's answer gathered by its connection: `future` gets (status, headers, body, reusable) once the
-    last byte of a Content-Length body is in, or None when the answer is of another kind (chunked, to the end),
-    whose bytes then go to the stream reader as usual."""
-
-    def __init__(self, future: asyncio.Future[tuple[int, dict[str, str], bytes, bool] | None],
-                 on_whole: OnWhole | None) -> None:
-        self.future, self.on_whole = future, on_whole
-        self.buffer = bytearray()  # grown in place: a large answer comes in many pieces
-        self.head: tuple[int, dict[str, str], bool] | None = None
-        self.plain = True  # False: not an answer of Content-Length (handed back to the reader)
-        self.body_at = 0
-        self.length = 0
-
-    def feed(self, data: bytes) -> bool:
-        """Take bytes; True once the answer is settled (whole, or handed back to the reader)."""
-        self.buffer += data
-        if self.head is None:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buffer) > MAX_HEAD_BYTES:
-                    raise EngineConnectionError(f"engine's headers exceed {MAX_HEAD_BYTES} bytes")
-                return False
-            self.head = status, headers, _ = _parse_head(bytes(self.buffer[:end]))
-            length = headers.get("content-length")
-            if length is None or not length.isdigit() or "transfer-encoding" in headers or status < 200:
-                self.plain = False  # the reader takes it from here
-                return True
-            self.body_at, self.length = end + 4, int(length)
-        return len(self.buffer) >= self.body_at + self.length
 
 
 class EngineResponse:
@@ -194,73 +142,37 @@ def _usable(since: float, reader: asyncio.StreamReader, writer: asyncio.StreamWr
     return now - since < IDLE_TIMEOUT and not reader.at_eof() and not writer.is_closing()
 
 
-class _EngineProtocol(asyncio.StreamReaderProtocol):
-    """The stream reader's protocol, which can also gather one whole answer itself (`expect`)."""
+# a whole answer as its connection gathers it (see Whole), or None for one the reader reads
+Gathered = asyncio.Future[tuple[int, dict[str, str], bytes, bool] | None]
 
-    whole: _Whole | None = None
 
-    def expect(self, whole: _Whole) -> None:
-        self.whole = whole
+class Posted:
+    """A request written by `EngineClient.send_at_once`, its answer being gathered on `writer`'s connection."""
 
-    def data_received(self, data: bytes) -> None:
-        whole = self.whole
-        if whole is None:
-            super().data_received(data)
-            return
-        try:
-            if not whole.feed(data):
-                return
-        except EngineConnectionError as exc:
-            self.whole = None
-            if not whole.future.done():
-                whole.future.set_exception(exc)
-            return
-        self.whole = None
-        head, buffer = whole.head, whole.buffer
-        assert head is not None
-        if not whole.plain:  # another kind of answer: the reader reads it all
-            super().data_received(bytes(buffer))
-            if not whole.future.done():
-                whole.future.set_result(None)
-            return
-        end = whole.body_at + whole.length
-        # bytes past the answer (none from an engine: one request at a time) leave the connection unfit to keep
-        found = (head[0], head[1], bytes(buffer[whole.body_at:end]), head[2] and len(buffer) == end)
-        if whole.on_whole is not None and not whole.future.done():
-            try:
-                whole.on_whole(found[0], found[1], found[2])
-            except Exception:  # the caller still gets the answer, as without the hook
-                log.exception("handing on an engine's answer failed")
-        if not whole.future.done():
-            whole.future.set_result(found)
+    __slots__ = ("gathered", "reader", "writer")
 
-    def eof_received(self) -> bool:
-        self._lost(None)
-        super().eof_received()
-        return False  # the engine closed its side (or exited): close ours now, not when the sweep finds it
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gathered: Gathered) -> None:
+        self.reader, self.writer, self.gathered = reader, writer, gathered
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost(exc)
-        super().connection_lost(exc)
 
-    def _lost(self, exc: Exception | None) -> None:
-        whole, self.whole = self.whole, None
-        if whole is None or whole.future.done():
-            return
-        if not whole.buffer:
-            whole.future.set_exception(_NoAnswer("closed the connection without answering"))
-        elif whole.head is None:
-            whole.future.set_exception(EngineConnectionError("engine closed the connection in the middle of its "
-                                                             "headers"))
-        else:
-            whole.future.set_exception(EngineConnectionError("engine closed the connection in the middle of its "
-                                                             "answer"))
+def _request(start: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+    """A POST's bytes: `start` (its request line and host header), then its length, `headers` and `body`."""
+    head = [start, f"content-length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _expect(writer: asyncio.StreamWriter, on_whole: OnWhole | None) -> Gathered:
+    """Have the writer's connection gather the next answer whole; the future it will be in."""
+    gathered: Gathered = asyncio.get_running_loop().create_future()
+    protocol: EngineProtocol = writer.transport.get_protocol()  # type: ignore[assignment]
+    protocol.expect(Whole(gathered, on_whole))
+    return gathered
 
 
 async def _open(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_HEAD_BYTES, loop=loop)
-    protocol = _EngineProtocol(reader, loop=loop)
+    protocol = EngineProtocol(reader, loop=loop)
     transport, _ = await loop.create_connection(lambda: protocol, host, port)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
@@ -272,26 +184,42 @@ class EngineClient:
         self._sweep_at: asyncio.TimerHandle | None = None
         self._targets: dict[str, tuple[tuple[str, int], str]] = {}
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str], whole: bool = False,
-                   on_whole: OnWhole | None = None) -> EngineResponse:
-        """POST `body` to `url` (http://HOST:PORT/PATH); returns once the answer's head is in (`whole`: once all of
-        an answer of Content-Length is, handed to `on_whole` first). A connection kept from an earlier request
-        that turns out closed is replaced and the request sent once more: the engine closed it before reading
-        the request, so nothing was done twice."""
+    def send_at_once(self, url: str, body: bytes, headers: Mapping[str, str], on_whole: OnWhole) -> Posted | None:
+        """Write a POST whose whole answer is wanted, now, from a callback (no await), on a connection kept from an
+        earlier request; None when no kept connection is usable (then `post` opens one). `post(..., posted=)`
+        awaits its answer, and sends it again on a new connection if the kept one turns out closed."""
         key, start = self._targets.get(url) or self._target(url)
-        head = [start, f"content-length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        kept = self._kept(key)
+        if kept is None:
+            return None
+        reader, writer = kept
+        gathered = _expect(writer, on_whole)
+        writer.write(_request(start, body, headers))
+        return Posted(reader, writer, gathered)
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], whole: bool = False,
+                   on_whole: OnWhole | None = None, posted: Posted | None = None) -> EngineResponse:
+        """POST `body` to `url` (http://HOST:PORT/PATH); returns once the answer's head is in (`whole`: once all of
+        an answer of Content-Length is, handed to `on_whole` first; `posted`: the request was written already, by
+        `send_at_once`). A connection kept from an earlier request that turns out closed is replaced and the
+        request sent once more: the engine closed it before reading the request, so nothing was done twice."""
+        key, start = self._targets.get(url) or self._target(url)
+        request = b""
         while True:
-            reader, writer, reused = await self._connection(key)
+            gathered: Gathered | None = None
+            if posted is not None:
+                reader, writer, gathered, reused, posted = posted.reader, posted.writer, posted.gathered, True, None
+            else:
+                reader, writer, reused = await self._connection(key)
             try:
-                if not whole:
+                if gathered is None:
+                    request = request or _request(start, body, headers)
+                    if not whole:
+                        writer.write(request)
+                        return await self._head(key, reader, writer)
+                    gathered = _expect(writer, on_whole)
                     writer.write(request)
-                    return await self._head(key, reader, writer)
-                gathered: asyncio.Future[tuple[int, dict[str, str], bytes, bool] | None] = \
-                    asyncio.get_running_loop().create_future()
-                protocol: _EngineProtocol = writer.transport.get_protocol()  # type: ignore[assignment]
-                protocol.expect(_Whole(gathered, on_whole))
-                writer.write(request)
+                protocol: EngineProtocol = writer.transport.get_protocol()  # type: ignore[assignment]
                 try:
                     found = await gathered
                 finally:
@@ -300,7 +228,7 @@ class EngineClient:
                     return await self._head(key, reader, writer)
                 status, answer_headers, answer, reusable = found
                 return EngineResponse(self, key, reader, writer, status, answer_headers, reusable, answer)
-            except (_NoAnswer, EngineConnectionError, OSError) as exc:
+            except (NoAnswer, EngineConnectionError, OSError) as exc:
                 writer.close()
                 if reused and not isinstance(exc, EngineConnectionError):
                     continue
@@ -329,21 +257,28 @@ class EngineClient:
             raw = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as exc:
             if not exc.partial:
-                raise _NoAnswer("closed the connection without answering") from None
+                raise NoAnswer("closed the connection without answering") from None
             raise EngineConnectionError("engine closed the connection in the middle of its headers") from None
         except asyncio.LimitOverrunError:
             raise EngineConnectionError(f"engine's headers exceed {MAX_HEAD_BYTES} bytes") from None
-        status, headers, reusable = _parse_head(raw[:-4])
+        status, headers, reusable = parse_head(raw[:-4])
         return EngineResponse(self, key, reader, writer, status, headers, reusable)
 
-    async def _connection(self, key: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+    def _kept(self, key: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A connection kept from an earlier request that may carry the next one; the unusable are closed."""
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:
             since, reader, writer = idle.pop()
             if _usable(since, reader, writer, now):
-                return reader, writer, True
+                return reader, writer
             writer.close()
+        return None
+
+    async def _connection(self, key: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        kept = self._kept(key)
+        if kept is not None:
+            return kept[0], kept[1], True
         if self._closed:
             raise EngineConnectionError("the gateway is shutting down")
         try:

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from warmstart.errors import PayloadTooLarge, RequestError, Unavailable
-from warmstart.gateway.generate import generate, log_access
+from warmstart.gateway.generate import Early, begin, generate, log_access
 from warmstart.gateway.limits import too_large_message
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from warmstart.gateway.relay import SendNow
@@ -49,14 +49,31 @@ class FastPath:
         response = await self.respond(scope, receive, model)
         await response(scope, receive, send)
 
+    def begin(self, scope: Scope, body: bytes, model: type[ModelRequest], send_now: SendNow) -> Early | None:
+        """A POST to one of ROUTES with its whole `body` begun at once, from its connection's callback (see
+        front.py), when it is a valid request that a warm replica can take now (generate.begin); None when not, and
+        nothing was done: `respond` serves it."""
+        arrived = self.services.clock.now()
+        if len(body) > self.max_bytes:
+            return None
+        try:
+            req = model.__pydantic_validator__.validate_json(body)
+        except ValidationError:
+            return None
+        return begin(self.services, req, scope["path"], arrived, send_now)
+
     async def respond(self, scope: Scope, receive: Receive, model: type[ModelRequest],
-                      send_now: SendNow | None = None, body: bytes | None = None) -> Response:
+                      send_now: SendNow | None = None, body: bytes | None = None,
+                      early: Early | None = None) -> Response:
         """The answer to a POST to one of ROUTES (`model`: its body's type), to be sent by the caller (unless
-        `send_now` sent it: see Relay.forward). `body`: the whole body, when the caller has it already."""
+        `send_now` sent it: see Relay.forward). `body`: the whole body, when the caller has it already; `early`:
+        the request, begun already (`begin`)."""
         request = Request(scope, receive)
         arrived = self.services.clock.now()
         response: Response
         try:
+            if early is not None:
+                return await self.generate(self.services, request, early.req, scope["path"], True, send_now, early)
             if body is None:
                 body = await self._body(scope, receive)
             elif len(body) > self.max_bytes:

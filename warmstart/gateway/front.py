@@ -5,8 +5,11 @@ written in one piece.
 Every other request, and everything about the connection (parsing, keep-alive, pipelining, flow control,
 timeouts, shutdown), stays uvicorn's. What is skipped on a warm request: the ASGI call chain, the response's
 two `send` messages and their checks (the gateway made the headers itself), and one of its two socket writes.
-Measured on two CPUs (old and new gateways interleaved, README): 0.976 -> 0.940 ms added per request, 1.30 ->
-1.275 ms of CPU: a few percent, not more; no single layer of the gateway costs more than that.
+
+A warm request goes further: once its last byte is in, the callback that read it checks it and sends it to a
+warm replica with a free slot (`_begin`), before any task runs; its task starts after, and awaits the answer
+and does the bookkeeping while the engine computes. Anything else (a cold model, a stream, a refusal, a body
+still coming in pieces past uvicorn's buffer) is served by the task from the start, as before.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from warmstart.gateway.fastpath import ROUTES
+from warmstart.gateway.generate import Early
 from warmstart.gateway.relay import Answer
 
 if TYPE_CHECKING:
@@ -29,35 +34,78 @@ def front_protocol(gateway: Gateway) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol, serving `gateway`'s generation routes from the cycle."""
 
     class FrontProtocol(HttpToolsProtocol):
+        # a generation request whose body is still coming, to be begun once it is in
+        waiting: tuple[RequestResponseCycle, Any] | None = None
+
         def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
             scope = cycle.scope
             model = ROUTES.get(scope["path"]) if scope["method"] == "POST" else None
             # `app` is another when uvicorn refuses the request (its concurrency limit)
             if model is None or app is not self.app:
                 super()._start_asgi_task(cycle, app)
-                return
-            task = self.loop.create_task(serve(gateway, cycle, model))
+            elif cycle is self.cycle and cycle.more_body and not cycle.waiting_for_100_continue and _small(scope):
+                # its body comes unasked (no `Expect: 100-continue`, answered once the app reads) and fits in what
+                # uvicorn takes before it pauses reading
+                self.waiting = (cycle, model)
+            else:
+                self._serve(cycle, model, None)
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            waiting, self.waiting = self.waiting, None
+            if waiting is not None and waiting[0] is self.cycle:
+                self._serve(*waiting, _begin(gateway, *waiting))
+
+        def _serve(self, cycle: RequestResponseCycle, model: Any, early: Early | None) -> None:
+            task = self.loop.create_task(serve(gateway, cycle, model, early))
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
 
     return FrontProtocol
 
 
-async def serve(gateway: Gateway, cycle: RequestResponseCycle, model: Any) -> None:
-    """One generation request, as the gateway's ASGI app would serve it (API keys, then the fast path)."""
+def _small(scope: Any) -> bool:
+    """Whether a request's body has a length that uvicorn gathers without pausing the connection's reading."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.isdigit() and int(value) <= HIGH_WATER_LIMIT
+    return False
+
+
+def _begin(gateway: Gateway, cycle: RequestResponseCycle, model: Any) -> Early | None:
+    """A whole generation request begun from the callback that read its last byte, before any task: admitted,
+    valid, and sent to a warm replica with a free slot at once (the task then waits for the answer and does the
+    bookkeeping, while the engine computes); None when it cannot be, and nothing was done."""
+    scope: Any = cycle.scope  # uvicorn's typed scope, starlette's plain mapping
+    if gateway.auth.admit(scope) is not None:
+        return None
+    try:
+        early = gateway.fast.begin(scope, bytes(cycle.body), model, lambda answer: _send_now(cycle, answer))
+    except Exception:
+        log.exception("beginning a request from its connection failed; it is served as usual")
+        return None
+    if early is not None:
+        cycle.body = bytearray()
+    return early
+
+
+async def serve(gateway: Gateway, cycle: RequestResponseCycle, model: Any, early: Early | None = None) -> None:
+    """One generation request, as the gateway's ASGI app would serve it (API keys, then the fast path); `early`:
+    begun already (`_begin`)."""
     scope: Any = cycle.scope
     receive: Any = cycle.receive  # uvicorn's typed ASGI events, starlette's plain mappings
     send: Any = cycle.send
     try:
-        denial = gateway.auth.admit(scope)
+        denial = None if early is not None else gateway.auth.admit(scope)
         if denial is not None:
             await gateway.auth.refuse(scope, send, denial)
             return
         # the whole body is in when the request's last byte came with its head (and reading was not paused for it)
         body = None
-        if not cycle.more_body and not cycle.flow.read_paused:
+        if early is None and not cycle.more_body and not cycle.flow.read_paused:
             body, cycle.body = bytes(cycle.body), bytearray()
-        response = await gateway.fast.respond(scope, receive, model, lambda answer: _send_now(cycle, answer), body)
+        response = await gateway.fast.respond(scope, receive, model, lambda answer: _send_now(cycle, answer), body,
+                                              early)
         if type(response) is Answer:
             if not response.sent:
                 await _write(cycle, response)

@@ -3,13 +3,16 @@ model looked up, the request checked against what it can do, then relayed; count
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from starlette.requests import Request
 from starlette.responses import Response
 
+from warmstart.engines.base import Capabilities
 from warmstart.errors import RequestError, Unavailable
 from warmstart.gateway.access import Access, tokens
 from warmstart.gateway.protocol import EmbeddingRequest
-from warmstart.gateway.relay import SendNow
+from warmstart.gateway.relay import Begun, SendNow
 from warmstart.gateway.services import Services
 from warmstart.gateway.translate import (
     ModelRequest,
@@ -23,10 +26,56 @@ from warmstart.gateway.translate import (
 from warmstart.pool.lease import Lease
 
 
+class Planned(NamedTuple):
+    """How a checked request goes to its engine."""
+    body: bytes  # the engine's body
+    stream: bool
+    keep_alive: float | None  # the client's own, if it asked
+    hidden_usage: bool  # the stream's usage event asked for by warmstart alone (see Relay.forward)
+
+
+def plan(req: ModelRequest, caps: Capabilities) -> Planned:
+    """The request checked against what its model can do (RequestError naming what it cannot), and its engine's
+    body."""
+    if isinstance(req, EmbeddingRequest):
+        check_embedding_request(req, caps)
+    else:
+        check_request(req, caps)
+    hidden = hidden_usage(req, caps)  # so that every stream's tokens are counted
+    return Planned(engine_body(req, add_usage=hidden, leave_out=inert_fields(req, caps)),
+                   not isinstance(req, EmbeddingRequest) and req.stream, keep_alive_of(req), hidden)
+
+
+class Early(NamedTuple):
+    """A request begun from the connection's callback, before its task started (see front.py): valid, planned,
+    and its first try sent to a warm replica."""
+    req: ModelRequest
+    arrived: float
+    planned: Planned
+    begun: Begun
+
+
+def begin(services: Services, req: ModelRequest, path: str, arrived: float, send_now: SendNow) -> Early | None:
+    """`req` begun at once (no await) when its model is known, its request fits what the model can do, its answer
+    is wanted whole, and a warm replica has a free slot; None when not (nothing was done: `generate` serves it)."""
+    if not isinstance(req, EmbeddingRequest) and req.stream:
+        return None  # its answer comes in pieces, relayed by its task
+    try:
+        caps = services.pool.known_capabilities(req.model)
+        if caps is None or services.relay is None:
+            return None
+        planned = plan(req, caps)
+    except RequestError:
+        return None
+    begun = services.relay.begin(req.model, path, planned.body, planned.keep_alive, send_now)
+    return None if begun is None else Early(req, arrived, planned, begun)
+
+
 async def generate(services: Services, request: Request, req: ModelRequest, path: str, defer: bool = False,
-                   send_now: SendNow | None = None) -> Response:
-    """The answer to one generation request; `defer`, `send_now`: see Relay.forward."""
-    arrived = services.clock.now()
+                   send_now: SendNow | None = None, early: Early | None = None) -> Response:
+    """The answer to one generation request; `defer`, `send_now`: see Relay.forward; `early`: it was begun
+    already (`begin`)."""
+    arrived = services.clock.now() if early is None else early.arrived
     pool = services.pool
     model = req.model
     try:  # an unknown model is a 404 and not counted: a label per made-up name would be unbounded
@@ -55,18 +104,11 @@ async def generate(services: Services, request: Request, req: ModelRequest, path
             log_access(services, request, path, req, lease, start, status, ttft, used, arrived)
 
     try:
-        caps = await pool.capabilities(model)
-        if isinstance(req, EmbeddingRequest):
-            check_embedding_request(req, caps)
-        else:
-            check_request(req, caps)
-        keep_alive = keep_alive_of(req)
+        planned = early.planned if early is not None else plan(req, await pool.capabilities(model))
         assert services.relay is not None
-        stream = not isinstance(req, EmbeddingRequest) and req.stream
-        hidden = hidden_usage(req, caps)  # so that every stream's tokens are counted
-        body = engine_body(req, add_usage=hidden, leave_out=inert_fields(req, caps))
-        return await services.relay.forward(request, model, path, body, stream, keep_alive, arrived, finish,
-                                            hidden_usage=hidden, defer=defer, send_now=send_now)
+        return await services.relay.forward(request, model, path, planned.body, planned.stream, planned.keep_alive,
+                                            arrived, finish, hidden_usage=planned.hidden_usage, defer=defer,
+                                            send_now=send_now, begun=None if early is None else early.begun)
     except (RequestError, Unavailable) as exc:
         if not counted:
             finish(None, exc.status, None, b"")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
 
 import aiohttp
 from starlette.requests import Request
@@ -15,7 +14,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from warmstart.errors import Unavailable
-from warmstart.gateway.engine_http import EngineClient, EngineConnectionError, EngineResponse, OnWhole
+from warmstart.gateway.disconnect import ClientGone, listen_for_disconnect, race
+from warmstart.gateway.engine_http import EngineClient, EngineResponse, Posted
+from warmstart.gateway.engine_wire import EngineConnectionError, OnWhole
 from warmstart.gateway.liveness import Liveness, Watch
 from warmstart.gateway.stream_usage import HiddenUsage
 from warmstart.gateway.translate import engine_error_body, sse_error
@@ -24,91 +25,11 @@ from warmstart.pool.pool import Pool
 from warmstart.telemetry.metrics import Metrics
 
 log = logging.getLogger("warmstart.gateway")
-T = TypeVar("T")
 _UPSTREAM_ERRORS = (EngineConnectionError, ConnectionError)
 _JSON = {"content-type": "application/json"}
 # A stream gets a connection of its own: llama-server closes a connection once a stream on it ends, though
 # its headers offer keep-alive, and the pool would take it back (at the stream's end) and reuse it dead.
 _JSON_STREAM = {**_JSON, "connection": "close"}
-
-
-class ClientGone(Exception):
-    """The client disconnected; whatever it asked for is abandoned."""
-
-
-
-
-async def wait_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-# a request answered sooner than this never starts a task to listen for its client leaving: most warm answers
-LISTEN_AFTER_S = 0.05
-
-
-def listen_for_disconnect(request: Request, late: Callable[[], None] | None = None) -> asyncio.Future[None]:
-    """A future done when the client disconnects; cancel it when the request is over. The task that listens
-    starts only once the request has lasted LISTEN_AFTER_S: a warm answer usually comes first, and then no task
-    is made, run or cancelled for it (on a 2-CPU machine that is CPU taken from the engine answering). `late`
-    is called then too."""
-    loop = asyncio.get_running_loop()
-    gone: asyncio.Future[None] = loop.create_future()
-    listener: list[asyncio.Task[None]] = []
-
-    async def listen() -> None:
-        await wait_disconnect(request)
-        if not gone.done():
-            gone.set_result(None)
-
-    def start() -> None:
-        if not gone.done():
-            listener.append(loop.create_task(listen()))
-            if late is not None:
-                late()
-
-    timer = loop.call_later(LISTEN_AFTER_S, start)
-
-    def over(_: asyncio.Future[None]) -> None:
-        timer.cancel()
-        for task in listener:
-            task.cancel()
-
-    gone.add_done_callback(over)
-    return gone
-
-
-async def race(awaitable: Awaitable[T], disconnect: asyncio.Future[None]) -> T:
-    """Await `awaitable` unless the client disconnects first; then cancel it and raise ClientGone.
-
-    The awaitable runs in the caller's own task (no task of its own, no asyncio.wait: both cost more CPU
-    than the rest of a warm request's bookkeeping); a disconnect cancels the caller's task, and that one
-    cancellation is turned into ClientGone."""
-    if disconnect.done():
-        if asyncio.iscoroutine(awaitable):
-            awaitable.close()
-        raise ClientGone()
-    task = asyncio.current_task()
-    assert task is not None
-    gone = False
-
-    def leave(future: asyncio.Future[None]) -> None:
-        nonlocal gone
-        if not future.cancelled():  # forward() cancels it when the request is over: not a disconnect
-            gone = True
-            task.cancel()
-
-    disconnect.add_done_callback(leave)
-    try:
-        return await awaitable
-    except asyncio.CancelledError:
-        if gone and task.uncancel() == 0:
-            raise ClientGone() from None
-        raise
-    finally:
-        disconnect.remove_done_callback(leave)
 
 
 def served_headers(lease: Lease) -> dict[str, str]:
@@ -137,14 +58,30 @@ class Relay:
         self.now = clock_now
         self.liveness = Liveness(session, engine_timeout)
 
+    def begin(self, model: str, path: str, body: bytes, keep_alive: float | None, send_now: SendNow) -> Begun | None:
+        """A whole answer's request sent to a warm replica at once, from a callback (no await), when one has a free
+        slot (None otherwise: nothing was done); `forward(..., begun=)` takes it from there."""
+        lease = self.pool.try_acquire(model, keep_alive)
+        if lease is None:
+            return None
+        try:
+            sent: list[tuple[float, bytes]] = []
+            on_whole = self._sender(lease, send_now, sent)
+            return Begun(lease, sent, on_whole, self.client.send_at_once(lease.base_url + path, body, _JSON, on_whole))
+        except BaseException:
+            lease.release()
+            raise
+
     async def forward(self, request: Request, model: str, path: str, body: bytes, stream: bool,
                       keep_alive: float | None, arrived: float, finish: Finish,
-                      hidden_usage: bool = False, defer: bool = False, send_now: SendNow | None = None) -> Response:
+                      hidden_usage: bool = False, defer: bool = False, send_now: SendNow | None = None,
+                      begun: Begun | None = None) -> Response:
         """The engine's answer to the client's request. `hidden_usage`: the stream's usage event was asked for
         by warmstart alone and is taken out of it. `defer`: the caller sends the returned response at once
         (the fast path), so a whole answer's bookkeeping may wait until it is sent. `send_now`: sends a whole
         200 answer to the client from the moment its last byte comes in, before anything else is done (the
-        fast path's own connection); then the returned answer is `SENT`, its bookkeeping done."""
+        fast path's own connection); then the returned answer is `SENT`, its bookkeeping done. `begun`: the
+        first try was begun already (`begin`), with the same `send_now`."""
         lease: Lease | None = None
         watch: Watch | None = None
         outlasted = False  # the request outlasted the disconnect grace: its engine is watched from then on
@@ -160,13 +97,18 @@ class Relay:
         sent: list[tuple[float, bytes]] = []  # when send_now sent the answer, and the answer
         try:
             for attempt in (0, 1):
-                lease = self.pool.try_acquire(model, keep_alive)
-                if lease is None:
-                    lease = await race(self.pool.acquire(model, keep_alive=keep_alive), disconnect)
+                posted: Posted | None = None
+                on_whole: OnWhole | None
+                if begun is not None:
+                    lease, sent, on_whole, posted, begun = begun.lease, begun.sent, begun.on_whole, begun.posted, None
+                else:
+                    lease = self.pool.try_acquire(model, keep_alive)
+                    if lease is None:
+                        lease = await race(self.pool.acquire(model, keep_alive=keep_alive), disconnect)
+                    on_whole = None if send_now is None or stream else self._sender(lease, send_now, sent)
                 watch = self.liveness.watch(lease, armed=outlasted)
-                on_whole = None if send_now is None or stream else self._sender(lease, send_now, sent)
                 try:
-                    upstream, data = await race(self._exchange(lease, path, body, stream, watch, on_whole),
+                    upstream, data = await race(self._exchange(lease, path, body, stream, watch, on_whole, posted),
                                                 disconnect)
                 except _UPSTREAM_ERRORS as exc:
                     # nothing reached the client yet: the replica is replaced and the request tried once more
@@ -220,11 +162,12 @@ class Relay:
                 sent.append((self.now(), data))
         return on_whole
 
-    async def _exchange(self, lease: Lease, path: str, body: bytes, stream: bool,
-                        watch: Watch, on_whole: OnWhole | None = None) -> tuple[EngineResponse, bytes]:
-        """Send the request; return the whole answer, or for a stream its first bytes."""
+    async def _exchange(self, lease: Lease, path: str, body: bytes, stream: bool, watch: Watch,
+                        on_whole: OnWhole | None = None, posted: Posted | None = None) -> tuple[EngineResponse, bytes]:
+        """Send the request (unless it was, `posted`); return the whole answer, or for a stream its first bytes."""
         headers = _JSON_STREAM if stream else _JSON
-        upstream = await self.client.post(lease.base_url + path, body, headers, whole=not stream, on_whole=on_whole)
+        upstream = await self.client.post(lease.base_url + path, body, headers, whole=not stream, on_whole=on_whole,
+                                          posted=posted)
         watch.progress()
         try:
             if stream and upstream.status == 200:
@@ -271,6 +214,17 @@ class Answer(Response):
             await send({"type": "http.response.body", "body": self.body})
         finally:
             self.after()
+
+
+class Begun:
+    """A whole answer's first try, begun from a callback (`Relay.begin`): its lease, where `on_whole` notes the
+    answer it sent, and the request written on a kept connection (None: none was kept, `post` opens one)."""
+
+    __slots__ = ("lease", "on_whole", "posted", "sent")
+
+    def __init__(self, lease: Lease, sent: list[tuple[float, bytes]], on_whole: OnWhole,
+                 posted: Posted | None) -> None:
+        self.lease, self.sent, self.on_whole, self.posted = lease, sent, on_whole, posted
 
 
 # an answer `send_now` sent already

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from starlette.requests import Request
 
-from warmstart.gateway import relay
+from warmstart.gateway import disconnect as relay
 
 
 def _request(messages: asyncio.Queue[dict[str, object]]) -> Request:

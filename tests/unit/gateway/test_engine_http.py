@@ -6,12 +6,14 @@ import asyncio
 
 import pytest
 
-from warmstart.gateway.engine_http import EngineClient, EngineConnectionError
+from warmstart.gateway.engine_http import EngineClient
+from warmstart.gateway.engine_wire import EngineConnectionError
 
 
 class Server:
     """A loopback server that answers each request with `answer(n, request_head)`'s bytes, then keeps the
-    connection or closes it; records how many connections it accepted."""
+    connection or closes it (`close_after`: always, or when it holds for the request's number); records how
+    many connections it accepted."""
 
     def __init__(self, answer, close_after=False, close_idle_after=None):
         self.answer, self.close_after, self.close_idle_after = answer, close_after, close_idle_after
@@ -41,7 +43,7 @@ class Server:
                 for piece in self.answer(self.requests, body):
                     writer.write(piece)
                     await writer.drain()
-                if self.close_after:
+                if self.close_after is True or (callable(self.close_after) and self.close_after(self.requests)):
                     return
         finally:
             writer.close()
@@ -118,6 +120,34 @@ async def test_a_kept_connection_the_engine_closed_while_idle_is_replaced_and_th
         assert await r.read() == b"2"
         r.release()
         assert srv.requests == 2 and srv.connections == 2
+        await client.close()
+
+
+async def test_a_request_sent_at_once_goes_on_a_kept_connection_and_one_the_engine_closed_is_sent_again():
+    """`send_at_once` writes from a callback, with no await, on a connection kept from an earlier request (None
+    when there is none: nothing is sent); `post(posted=)` then awaits its answer, handed to `on_whole` first. A
+    kept connection the engine closes without answering takes the request to a new one."""
+    def answer(n, body):
+        return [] if n == 3 else [fixed(f"{n}:{body.decode()}")]
+
+    async with Server(answer, close_after=lambda n: n == 3) as srv:
+        client = EngineClient()
+        seen = []
+        assert client.send_at_once(srv.url + "/", b"a", {}, seen.append) is None  # nothing kept yet
+        r = await client.post(srv.url + "/", b"a", {}, whole=True)
+        assert await r.read() == b"1:a"
+        r.release()
+
+        def on_whole(status, headers, body):
+            seen.append((status, body))
+
+        for n, body, before in ((2, b"b", 1), (4, b"c", 2)):  # the third request is closed without an answer
+            posted = client.send_at_once(srv.url + "/", body, {}, on_whole)
+            assert posted is not None and srv.requests == before
+            r = await client.post(srv.url + "/", body, {}, whole=True, on_whole=on_whole, posted=posted)
+            assert await r.read() == b"%d:%s" % (n, body) and seen[-1] == (200, b"%d:%s" % (n, body))
+            r.release()
+        assert srv.requests == 4 and srv.connections == 2 and len(seen) == 2
         await client.close()
 
 

@@ -197,6 +197,53 @@ def test_an_engine_answer_is_sent_on_from_its_connection_before_the_requests_boo
     assert run.asgi_calls == []
 
 
+def test_a_warm_request_goes_to_its_engine_from_its_connection_before_any_task_runs(running, monkeypatch):
+    """A generation request whose whole body is in, for a model with a warm replica free, is sent to the engine
+    from the callback that read its last byte (its task starts after, and waits for the answer while the engine
+    computes), whether its body came with its head or after it; the same answer and counts as from its task. A
+    request that cannot be (its model cold, a body that waits for `100 Continue`, a request its model refuses) is
+    served by its task as before. The engine: bench serve's stand-in (a real process)."""
+    from warmstart.bench.serve import STUB, STUB_MODEL
+    from warmstart.gateway.engine_http import EngineClient
+
+    sent: list[tuple[bool, bool]] = []  # (from no task, on a kept connection)
+    send_at_once = EngineClient.send_at_once
+
+    def recorded(self: EngineClient, *args: Any) -> Any:
+        posted = send_at_once(self, *args)
+        sent.append((asyncio.current_task() is None, posted is not None))
+        return posted
+
+    monkeypatch.setattr(EngineClient, "send_at_once", recorded)
+    run = running(STUB)
+    body = json.dumps({"model": STUB_MODEL, "prompt": "Hello", "max_tokens": 1}).encode()
+    [(status, headers, _)], _ = run.exchange(post(body, b"/v1/completions"))
+    assert status.startswith(b"HTTP/1.1 200") and headers[b"x-warmstart-start"] == b"cold" and sent == []
+    [(status, headers, answer)], _ = run.exchange(post(body, b"/v1/completions"))
+    assert status.startswith(b"HTTP/1.1 200") and headers[b"x-warmstart-start"] == b"warm"
+    assert json.loads(answer)["choices"][0]["text"] == " there" and sent == [(True, True)]
+    raw = post(body, b"/v1/completions")
+    with socket.create_connection(("127.0.0.1", run.port), timeout=10) as sock:
+        sock.sendall(raw[:-len(body)])
+        threading.Event().wait(0.2)
+        sock.sendall(raw[-len(body):])
+        assert _answer(sock).startswith(b"HTTP/1.1 200")
+    assert sent == [(True, True)] * 2
+    with socket.create_connection(("127.0.0.1", run.port), timeout=10) as sock:  # a client that waits to be asked
+        sock.sendall(raw[:-len(body)].replace(b"host: x\r\n", b"host: x\r\nexpect: 100-continue\r\n"))
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        assert _answer(sock).startswith(b"HTTP/1.1 200")
+    assert len(sent) == 2
+    refused = json.dumps({"model": STUB_MODEL, "prompt": ""}).encode()
+    [(status, _, answer)], _ = run.exchange(post(refused, b"/v1/completions"))
+    assert status.startswith(b"HTTP/1.1 400") and b"must not be empty" in answer and len(sent) == 2
+    metrics = run.gateway.services.metrics.registry
+    assert metrics.get_sample_value("warmstart_requests_total", {
+        "model": STUB_MODEL, "start": "warm", "code": "200"}) == 3
+    assert run.asgi_calls == []
+
+
 @pytest.mark.parametrize(("proxies", "front"), [([], True), (["10.0.0.1"], False)])
 def test_the_server_serves_through_the_front_unless_forwarded_headers_are_read_first(tmp_path, proxies, front):
     from warmstart.serve import _server, build_core

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from warmstart.gateway.disconnect import ClientGone, race
 from warmstart.gateway.liveness import Watch
-from warmstart.gateway.relay import ClientGone, race
 
 
 def run(coro: Any) -> Any:
