@@ -1,10 +1,12 @@
 """A folder for an engine's Unix sockets. A socket's path is at most 107 bytes (sun_path), and vLLM names its
 ZMQ sockets VLLM_RPC_BASE_PATH/UUID4 (37 bytes more): under a deep data directory that is too long, and vLLM
 stops in engine_init with "ZMQError: ipc path ... is longer than ...". Such a data directory gets a short
-private folder in the system's temporary directory instead, one per data directory."""
+private folder in the system's temporary directory instead, one per data directory, removed when its engine
+closes (if nothing is left in it)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -39,3 +41,11 @@ def socket_dir(preferred: Path, room: int = UUID_NAME) -> Path:
         raise EngineError(f"{short} (for the engine's sockets: {preferred} is too long for a socket's path) is "
                           "not a private folder of this user; remove it, or use a shorter data directory")
     return short
+
+
+def release_socket_dir(preferred: Path, used: Path) -> None:
+    """Remove `used`, the short folder `socket_dir(preferred)` made, if it is one and nothing is left in it (every
+    server would otherwise leave one behind in the temporary directory)."""
+    if used != preferred:
+        with contextlib.suppress(OSError):  # gone already, or sockets still in it
+            used.rmdir()

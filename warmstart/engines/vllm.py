@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from warmstart.config import ModelConfig
 from warmstart.engines.base import ENGINE_INIT, HANDOFF, IMPORT, READY, WARMUP, Capabilities, StartReport
-from warmstart.engines.ipc import socket_dir
+from warmstart.engines.ipc import release_socket_dir, socket_dir
 from warmstart.engines.ledger import ProcessLedger
 from warmstart.engines.options import VLLM_FLAGS
 from warmstart.engines.process import ManagedProcess, free_port, read_from, replica_log_path
@@ -121,6 +121,7 @@ class VllmEngine:
         self.pools: dict[str, RuntimePool] = {}
         self.architectures: set[str] = set()
         self._env: dict[str, str] | None = None  # every pool's environment, once open() made it
+        self._sockets: Path | None = None  # the folder for vLLM's sockets, once base_env() chose it
         self._read_paths: set[str] = set()  # model folders whose architectures were read
         for model in models:
             if model.engine == self.kind:
@@ -191,8 +192,9 @@ class VllmEngine:
         home, tmp = self.root / "home", self.root / "tmp"
         for d in (home, tmp):
             d.mkdir(parents=True, exist_ok=True)
+        self._sockets = socket_dir(tmp)  # a socket's path must fit in 107 bytes
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(home), "TMPDIR": str(tmp),
-               "VLLM_RPC_BASE_PATH": str(socket_dir(tmp)),  # a socket's path must fit in 107 bytes
+               "VLLM_RPC_BASE_PATH": str(self._sockets),
                "VLLM_CONFIG_ROOT": str(self.root / "config"), "VLLM_NO_USAGE_STATS": "1",
                "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         env.pop("WARMSTART_REPORT_FD", None)
@@ -266,6 +268,8 @@ class VllmEngine:
 
     async def close(self) -> None:
         await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)
+        if self._sockets is not None:
+            release_socket_dir(self.root / "tmp", self._sockets)
 
     def runtime_pools(self) -> Sequence[RuntimePool]:
         return tuple(self.pools.values())

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from warmstart.engines.ipc import SUN_PATH_MAX, UUID_NAME, socket_dir
+from warmstart.engines.ipc import SUN_PATH_MAX, UUID_NAME, release_socket_dir, socket_dir
 from warmstart.errors import EngineError
 
 
@@ -27,3 +27,35 @@ def test_a_short_folder_is_kept_a_deep_one_gets_a_short_private_one_that_fits_a_
     finally:
         for folder in made:
             folder.rmdir()
+
+
+def test_the_short_folder_is_removed_when_released_empty_and_kept_while_anything_is_in_it(tmp_path):
+    deep = tmp_path / ("d" * 80) / "vllm" / "tmp"
+    short = socket_dir(deep)
+    try:
+        (short / "socket").write_text("")
+        release_socket_dir(deep, short)  # a socket still in it: kept
+        assert short.is_dir()
+        (short / "socket").unlink()
+        release_socket_dir(deep, short)
+        assert not short.exists()
+        release_socket_dir(deep, short)  # gone already: nothing to do
+    finally:
+        if short.exists():
+            for f in short.iterdir():
+                f.unlink()
+            short.rmdir()
+    tmp_path.joinpath("keep").mkdir()
+    release_socket_dir(tmp_path / "keep", tmp_path / "keep")  # the preferred folder itself is never removed
+    assert (tmp_path / "keep").is_dir()
+
+
+async def test_a_vllm_engine_under_a_deep_data_directory_leaves_no_folder_behind_once_closed(tmp_path):
+    from warmstart.engines.vllm import VllmEngine
+
+    engine = VllmEngine(tmp_path / ("d" * 80))
+    await engine.open()
+    short = socket_dir(engine.root / "tmp")
+    assert short != engine.root / "tmp" and short.is_dir()
+    await engine.close()
+    assert not short.exists()
