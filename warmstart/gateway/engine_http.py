@@ -165,7 +165,7 @@ def _expect(writer: asyncio.StreamWriter, on_whole: OnWhole | None) -> Gathered:
     """Have the writer's connection gather the next answer whole; the future it will be in."""
     gathered: Gathered = asyncio.get_running_loop().create_future()
     protocol: EngineProtocol = writer.transport.get_protocol()  # type: ignore[assignment]
-    protocol.expect(Whole(gathered, on_whole))
+    protocol.whole = Whole(gathered, on_whole)
     return gathered
 
 

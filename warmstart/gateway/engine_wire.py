@@ -72,12 +72,9 @@ class Whole:
 
 
 class EngineProtocol(asyncio.StreamReaderProtocol):
-    """The stream reader's protocol, which can also gather one whole answer itself (`expect`)."""
+    """The stream reader's protocol, which can also gather one whole answer itself (`whole`)."""
 
-    whole: Whole | None = None
-
-    def expect(self, whole: Whole) -> None:
-        self.whole = whole
+    whole: Whole | None = None  # the answer being gathered, when one is asked for whole
 
     def data_received(self, data: bytes) -> None:
         whole = self.whole
@@ -112,15 +109,15 @@ class EngineProtocol(asyncio.StreamReaderProtocol):
             whole.future.set_result(found)
 
     def eof_received(self) -> bool:
-        self._lost(None)
+        self._lost()
         super().eof_received()
         return False  # the engine closed its side (or exited): close ours now, not when the sweep finds it
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost(exc)
+        self._lost()
         super().connection_lost(exc)
 
-    def _lost(self, exc: Exception | None) -> None:
+    def _lost(self) -> None:
         whole, self.whole = self.whole, None
         if whole is None or whole.future.done():
             return
