@@ -53,8 +53,8 @@ def front_protocol(gateway: Gateway) -> type[HttpToolsProtocol]:
         def on_message_complete(self) -> None:
             super().on_message_complete()
             waiting, self.waiting = self.waiting, None
-            if waiting is not None and waiting[0] is self.cycle:
-                self._serve(*waiting, _begin(gateway, *waiting))
+            if waiting is not None:  # (another cycle's message cannot end first; if it did, the task reads the body)
+                self._serve(*waiting, _begin(gateway, *waiting) if waiting[0] is self.cycle else None)
 
         def _serve(self, cycle: RequestResponseCycle, model: Any, early: Early | None) -> None:
             task = self.loop.create_task(serve(gateway, cycle, model, early))
