@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from warmstart.errors import PayloadTooLarge, RequestError, Unavailable
 from warmstart.gateway.generate import Early, begin, generate, log_access
-from warmstart.gateway.limits import too_large_message
+from warmstart.gateway.limits import declared_length, too_large_message
 from warmstart.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from warmstart.gateway.relay import SendNow
 from warmstart.gateway.translate import ModelRequest, error_json, internal_error_json, invalid_request_json
@@ -95,9 +95,9 @@ class FastPath:
         return response
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
-        for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
-                raise PayloadTooLarge(too_large_message(self.max_bytes))
+        declared = declared_length(scope)
+        if declared is not None and (declared < 0 or declared > self.max_bytes):
+            raise PayloadTooLarge(too_large_message(self.max_bytes))
         chunks, size = [], 0
         while True:
             message = await receive()

@@ -22,6 +22,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from warmstart.gateway.fastpath import ROUTES
 from warmstart.gateway.generate import Early
+from warmstart.gateway.limits import declared_length
 from warmstart.gateway.relay import Answer
 
 if TYPE_CHECKING:
@@ -66,10 +67,8 @@ def front_protocol(gateway: Gateway) -> type[HttpToolsProtocol]:
 
 def _small(scope: Any) -> bool:
     """Whether a request's body has a length that uvicorn gathers without pausing the connection's reading."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return value.isdigit() and int(value) <= HIGH_WATER_LIMIT
-    return False
+    declared = declared_length(scope)
+    return declared is not None and 0 <= declared <= HIGH_WATER_LIMIT
 
 
 def _begin(gateway: Gateway, cycle: RequestResponseCycle, model: Any) -> Early | None:

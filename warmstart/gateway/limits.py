@@ -11,6 +11,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from warmstart.errors import openai_error_body
 
 
+def declared_length(scope: Scope) -> int | None:
+    """The body's length its request declares (Content-Length; the largest if sent more than once, -1 if one is
+    not a number), None when it declares none."""
+    lengths = [int(value) if value.isdigit() else -1 for name, value in scope.get("headers", ())
+               if name == b"content-length"]
+    if not lengths:
+        return None
+    return -1 if -1 in lengths else max(lengths)
+
+
 def too_large_message(limit: int) -> str:
     return f"Request body is larger than the limit of {limit} bytes (server.max_body_bytes)."
 
@@ -41,15 +51,10 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared > self.max_bytes or declared < 0:
-                    await self._refuse(send)
-                    return
+        declared = declared_length(scope)
+        if declared is not None and (declared > self.max_bytes or declared < 0):
+            await self._refuse(send)
+            return
         seen = 0
         started = False
 
