@@ -60,7 +60,12 @@ class GGUFInfo:
 
 def holds_gguf(path: Path) -> bool:
     """Whether `path` is a folder holding GGUF files (hidden ones, such as a download's cache, left out)."""
-    return path.is_dir() and any(rel.lower().endswith(".gguf") for rel, _ in folder_files(path))
+    return path.is_dir() and bool(_gguf_files(path))
+
+
+def _gguf_files(folder: Path) -> list[tuple[str, Path]]:
+    """A folder's GGUF files, as `folder_files` lists them (hidden ones left out)."""
+    return [(rel, p) for rel, p in folder_files(folder) if rel.lower().endswith(".gguf")]
 
 
 def gguf_file(path: Path) -> Path:
@@ -79,7 +84,7 @@ def gguf_in(folder: Path) -> Path | None:
     folder of one's own), None when it holds no GGUF. A model split in shards is named by its first; a
     multimodal projector (mmproj*.gguf) beside the model is not the model. StoreError, saying what to set, when
     it holds several models."""
-    found = [(rel, p) for rel, p in folder_files(folder) if rel.lower().endswith(".gguf")]
+    found = _gguf_files(folder)
     models = [(rel, p) for rel, p in found if not Path(rel).name.lower().startswith("mmproj")] or found
     if not models:
         return None
