@@ -121,7 +121,7 @@ class VllmEngine:
         self.pools: dict[str, RuntimePool] = {}
         self.architectures: set[str] = set()
         self._env: dict[str, str] | None = None  # every pool's environment, once open() made it
-        self._sockets: Path | None = None  # the folder for vLLM's sockets, chosen by the first base_env()
+        self._sockets: Path | None = None  # the folder for vLLM's sockets, once base_env() chose it
         self._read_paths: set[str] = set()  # model folders whose architectures were read
         for model in models:
             if model.engine == self.kind:
@@ -192,8 +192,7 @@ class VllmEngine:
         home, tmp = self.root / "home", self.root / "tmp"
         for d in (home, tmp):
             d.mkdir(parents=True, exist_ok=True)
-        if self._sockets is None:  # a socket's path must fit in 107 bytes: chosen once, released by close()
-            self._sockets = socket_dir(tmp)
+        self._sockets = socket_dir(tmp)  # a socket's path must fit in 107 bytes
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(home), "TMPDIR": str(tmp),
                "VLLM_RPC_BASE_PATH": str(self._sockets),
                "VLLM_CONFIG_ROOT": str(self.root / "config"), "VLLM_NO_USAGE_STATS": "1",
