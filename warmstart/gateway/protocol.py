@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -16,6 +16,13 @@ class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "tool", "developer", "function"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _null_name_is_no_name(self) -> ChatMessage:
+        # a `"name": null` sent on would fail llama-server's message parsing (an HTTP 500): it names no one
+        if self.name is None:
+            self.__pydantic_fields_set__.discard("name")
+        return self
 
 
 class _GenerationRequest(_Strict):

@@ -30,6 +30,14 @@ def test_engine_body_drops_keep_alive_and_keeps_unknown_openai_fields():
     assert body["messages"] == [{"role": "user", "content": "hi"}]
 
 
+def test_a_message_named_null_reaches_the_engine_without_a_name():
+    # llama-server fails to parse `"name": null` (an HTTP 500, found by the API fuzz); a name is passed on
+    req = ChatCompletionRequest.model_validate({"model": "m", "messages": [
+        {"role": "system", "content": "be brief", "name": None}, {"role": "user", "content": "hi", "name": "ann"}]})
+    assert json.loads(engine_body(req))["messages"] == [{"role": "system", "content": "be brief"},
+                                                        {"role": "user", "content": "hi", "name": "ann"}]
+
+
 def test_engine_body_unwraps_a_one_string_prompt_array():
     req = CompletionRequest.model_validate({"model": "m", "prompt": ["once upon"]})
     assert json.loads(engine_body(req))["prompt"] == "once upon"
