@@ -96,7 +96,7 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
-        client = EngineClient()
+        client = EngineClient(later=services.afterwards.later)
         services.relay = Relay(pool, metrics, client, session, clock.now, config.server.engine_timeout)
         patrol = asyncio.get_running_loop().create_task(services.relay.liveness.patrol(pool), name="liveness")
         catalog.refresh()  # the models added to the store, served beside the configured ones

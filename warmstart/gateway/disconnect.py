@@ -27,18 +27,21 @@ async def wait_disconnect(request: Request) -> None:
 LISTEN_AFTER_S = 0.05
 
 
-def listen_for_disconnect(request: Request, late: Callable[[], None] | None = None) -> asyncio.Future[None]:
+def listen_for_disconnect(request: Request, late: Callable[[], None] | None = None,
+                          answered: Callable[[], bool] | None = None) -> asyncio.Future[None]:
     """A future done when the client disconnects; cancel it when the request is over. The task that listens
     starts only once the request has lasted LISTEN_AFTER_S: a warm answer usually comes first, and then no task
     is made, run or cancelled for it (on a 2-CPU machine that is CPU taken from the engine answering). `late`
-    is called then too."""
+    is called then too. `answered`: whether the whole answer was sent already; a client that leaves after that
+    (or the end of the answer itself, which the server's `receive` reports as a disconnect) is not one that
+    left in the middle."""
     loop = asyncio.get_running_loop()
     gone: asyncio.Future[None] = loop.create_future()
     listener: list[asyncio.Task[None]] = []
 
     async def listen() -> None:
         await wait_disconnect(request)
-        if not gone.done():
+        if not gone.done() and not (answered is not None and answered()):
             gone.set_result(None)
 
     def start() -> None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from warmstart.gateway.afterwards import Later
 from warmstart.gateway.engine_wire import (
     MAX_HEAD_BYTES,
     EngineConnectionError,
@@ -161,11 +162,11 @@ def _request(start: str, body: bytes, headers: Mapping[str, str]) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
-def _expect(writer: asyncio.StreamWriter, on_whole: OnWhole | None) -> Gathered:
+def _expect(writer: asyncio.StreamWriter, on_whole: OnWhole | None, later: Later | None) -> Gathered:
     """Have the writer's connection gather the next answer whole; the future it will be in."""
     gathered: Gathered = asyncio.get_running_loop().create_future()
     protocol: EngineProtocol = writer.transport.get_protocol()  # type: ignore[assignment]
-    protocol.whole = Whole(gathered, on_whole)
+    protocol.whole = Whole(gathered, on_whole, later)
     return gathered
 
 
@@ -178,7 +179,9 @@ async def _open(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.Str
 
 
 class EngineClient:
-    def __init__(self) -> None:
+    def __init__(self, later: Later | None = None) -> None:
+        """`later`: puts off what follows an answer `on_whole` handed on to its client (see Whole)."""
+        self._later = later
         self._idle: dict[tuple[str, int], list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         self._closed = False
         self._sweep_at: asyncio.TimerHandle | None = None
@@ -193,7 +196,7 @@ class EngineClient:
         if kept is None:
             return None
         reader, writer = kept
-        gathered = _expect(writer, on_whole)
+        gathered = _expect(writer, on_whole, self._later)
         writer.write(_request(start, body, headers))
         return Posted(reader, writer, gathered)
 
@@ -217,7 +220,7 @@ class EngineClient:
                     if not whole:
                         writer.write(request)
                         return await self._head(key, reader, writer)
-                    gathered = _expect(writer, on_whole)
+                    gathered = _expect(writer, on_whole, self._later)
                     writer.write(request)
                 protocol: EngineProtocol = writer.transport.get_protocol()  # type: ignore[assignment]
                 try:

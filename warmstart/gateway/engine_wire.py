@@ -8,6 +8,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from warmstart.gateway.afterwards import Later
+
 log = logging.getLogger("warmstart.gateway")
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -20,8 +22,9 @@ class NoAnswer(Exception):
     """The connection closed before any byte of an answer: on a kept connection, the engine let it go idle."""
 
 
-# a whole answer's status, headers and body, as it arrives
-OnWhole = Callable[[int, dict[str, str], bytes], None]
+# a whole answer's status, headers and body, as it arrives; True when it handed the answer on to its client, so that
+# the rest (the future's result, and what its awaiter does next) may wait (`Whole.later`)
+OnWhole = Callable[[int, dict[str, str], bytes], bool]
 
 
 def parse_head(raw: bytes) -> tuple[int, dict[str, str], bool]:
@@ -42,11 +45,12 @@ def parse_head(raw: bytes) -> tuple[int, dict[str, str], bool]:
 class Whole:
     """One request's answer gathered by its connection: `future` gets (status, headers, body, reusable) once the
     last byte of a Content-Length body is in, or None when the answer is of another kind (chunked, to the end),
-    whose bytes then go to the stream reader as usual."""
+    whose bytes then go to the stream reader as usual. `later`: puts off the future's result when `on_whole`
+    handed the answer on to its client (None: never put off)."""
 
     def __init__(self, future: asyncio.Future[tuple[int, dict[str, str], bytes, bool] | None],
-                 on_whole: OnWhole | None) -> None:
-        self.future, self.on_whole = future, on_whole
+                 on_whole: OnWhole | None, later: Later | None = None) -> None:
+        self.future, self.on_whole, self.later = future, on_whole, later
         self.buffer = bytearray()  # grown in place: a large answer comes in many pieces
         self.head: tuple[int, dict[str, str], bool] | None = None
         self.plain = True  # False: not an answer of Content-Length (handed back to the reader)
@@ -69,6 +73,12 @@ class Whole:
                 return True
             self.body_at, self.length = end + 4, int(length)
         return len(self.buffer) >= self.body_at + self.length
+
+
+def _settle(future: asyncio.Future[tuple[int, dict[str, str], bytes, bool] | None],
+            found: tuple[int, dict[str, str], bytes, bool]) -> None:
+    if not future.done():  # (its awaiter may have been cancelled meanwhile)
+        future.set_result(found)
 
 
 class EngineProtocol(asyncio.StreamReaderProtocol):
@@ -100,12 +110,15 @@ class EngineProtocol(asyncio.StreamReaderProtocol):
         end = whole.body_at + whole.length
         # bytes past the answer (none from an engine: one request at a time) leave the connection unfit to keep
         found = (head[0], head[1], bytes(buffer[whole.body_at:end]), head[2] and len(buffer) == end)
+        handed = False
         if whole.on_whole is not None and not whole.future.done():
             try:
-                whole.on_whole(found[0], found[1], found[2])
+                handed = whole.on_whole(found[0], found[1], found[2])
             except Exception:  # the caller still gets the answer, as without the hook
                 log.exception("handing on an engine's answer failed")
-        if not whole.future.done():
+        if handed and whole.later is not None:
+            whole.later(_settle, whole.future, found)
+        elif not whole.future.done():
             whole.future.set_result(found)
 
     def eof_received(self) -> bool:

@@ -10,6 +10,10 @@ A warm request goes further: once its last byte is in, the callback that read it
 warm replica with a free slot (`_begin`), before any task runs; its task starts after, and awaits the answer
 and does the bookkeeping while the engine computes. Anything else (a cold model, a stream, a refusal, a body
 still coming in pieces past uvicorn's buffer) is served by the task from the start, as before.
+
+Once a whole answer is sent from the engine connection's callback, what remains of its request waits a moment
+(gateway/afterwards.py) so that the client is not kept waiting behind it; the next bytes read from any client
+bring it on first.
 """
 
 from __future__ import annotations
@@ -34,9 +38,21 @@ log = logging.getLogger("warmstart.gateway")
 def front_protocol(gateway: Gateway) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol, serving `gateway`'s generation routes from the cycle."""
 
+    afterwards = gateway.services.afterwards
+
     class FrontProtocol(HttpToolsProtocol):
         # a generation request whose body is still coming, to be begun once it is in
         waiting: tuple[RequestResponseCycle, Any] | None = None
+
+        # work put off after earlier answers was brought on by these bytes (see `_begin`)
+        flushed = False
+
+        def data_received(self, data: bytes) -> None:
+            # what was put off after the answers sent before these bytes is done before anything they ask
+            self.flushed = afterwards.pending
+            if self.flushed:
+                afterwards.run()
+            super().data_received(data)
 
         def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
             scope = cycle.scope
@@ -55,7 +71,10 @@ def front_protocol(gateway: Gateway) -> type[HttpToolsProtocol]:
             super().on_message_complete()
             waiting, self.waiting = self.waiting, None
             if waiting is not None:  # (another cycle's message cannot end first; if it did, the task reads the body)
-                self._serve(*waiting, _begin(gateway, *waiting) if waiting[0] is self.cycle else None)
+                # not begun from here after work was brought on: the tasks that do it run first, and give back
+                # their engine connections for this request to reuse
+                begin = waiting[0] is self.cycle and not self.flushed
+                self._serve(*waiting, _begin(gateway, *waiting) if begin else None)
 
         def _serve(self, cycle: RequestResponseCycle, model: Any, early: Early | None) -> None:
             task = self.loop.create_task(serve(gateway, cycle, model, early))

@@ -87,7 +87,7 @@ async def generate(services: Services, request: Request, req: ModelRequest, path
         raise
     counted = False
 
-    def finish(lease: Lease | None, status: int, ttft: float | None, answer: bytes) -> None:
+    def finish(lease: Lease | None, status: int, ttft: float | None, answer: bytes, ended: float | None = None) -> None:
         nonlocal counted
         counted = True
         start = lease.start if lease is not None else arrival_start
@@ -101,7 +101,7 @@ async def generate(services: Services, request: Request, req: ModelRequest, path
             prompt_tokens.inc(used[0] or 0)
             generation_tokens.inc(used[1] or 0)
         if services.access is not None:
-            log_access(services, request, path, req, lease, start, status, ttft, used, arrived)
+            log_access(services, request, path, req, lease, start, status, ttft, used, arrived, ended)
 
     try:
         planned = early.planned if early is not None else plan(req, await pool.capabilities(model))
@@ -121,9 +121,9 @@ async def generate(services: Services, request: Request, req: ModelRequest, path
 
 def log_access(services: Services, request: Request, path: str, req: ModelRequest | None, lease: Lease | None,
                start: str, status: int, ttft: float | None, used: tuple[int | None, int | None],
-               arrived: float) -> None:
+               arrived: float, ended: float | None = None) -> None:
     """The request's line in the access log; `req` None: its body was not a valid request; `used`: its prompt
-    and generated tokens."""
+    and generated tokens; `ended`: when it was answered (None: now)."""
     assert services.access is not None
     prompt, completion = used
     client = request.client
@@ -131,7 +131,7 @@ def log_access(services: Services, request: Request, path: str, req: ModelReques
         method="POST", path=request.scope.get("path", path), model=req.model[:200] if req is not None else "-",
         status=status, start=start,
         wait_ms=round(lease.waited_s * 1000 if lease is not None else 0.0, 1),
-        duration_ms=round((services.clock.now() - arrived) * 1000, 1),
+        duration_ms=round(((services.clock.now() if ended is None else ended) - arrived) * 1000, 1),
         ttft_ms=None if ttft is None else round(ttft * 1000, 1),
         stream=req is not None and not isinstance(req, EmbeddingRequest) and bool(req.stream),
         replica=lease.replica.id if lease is not None else None,

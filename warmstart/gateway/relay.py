@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 import aiohttp
 from starlette.requests import Request
@@ -43,8 +44,11 @@ def served_headers(lease: Lease) -> dict[str, str]:
     return headers
 
 
-# (lease, status, seconds to the first token, the answer's last bytes: its usage, when it carries one)
-Finish = Callable[[Lease | None, int, float | None, bytes], None]
+class Finish(Protocol):
+    def __call__(self, lease: Lease | None, status: int, ttft: float | None, answer: bytes,
+                 ended: float | None = None) -> None:
+        """The request counted and logged: its lease, status, seconds to the first token, the answer's last bytes
+        (its usage, when it carries one) and when it ended (None: now)."""
 
 
 class Relay:
@@ -92,9 +96,9 @@ class Relay:
             if watch is not None:
                 watch.arm()
 
-        disconnect = listen_for_disconnect(request, late)
         handed_off = False
         sent: list[tuple[float, bytes]] = []  # when send_now sent the answer, and the answer
+        disconnect = listen_for_disconnect(request, late, lambda: bool(sent))
         try:
             for attempt in (0, 1):
                 posted: Posted | None = None
@@ -124,7 +128,7 @@ class Relay:
                 except ClientGone:
                     watch.close()
                     if sent:  # it left after its answer was sent: the answer counts, and its slot is free
-                        _after(lease, finish, 200, sent[0][0] - arrived, sent[0][1])()
+                        _after(lease, finish, 200, sent[0][0] - arrived, sent[0][1], sent[0][0])()
                         return SENT
                     await self.liveness.drain(lease)
                     raise
@@ -135,7 +139,7 @@ class Relay:
                 watch.close()
                 status = upstream.status
                 if sent:
-                    _after(lease, finish, status, sent[0][0] - arrived, data)()
+                    _after(lease, finish, status, sent[0][0] - arrived, data, sent[0][0])()
                     return SENT
                 # without streaming, the first token reaches the client with the whole answer
                 ttft = self.now() - arrived if status == 200 else None
@@ -156,10 +160,15 @@ class Relay:
                     watch.close()
 
     def _sender(self, lease: Lease, send_now: SendNow, sent: list[tuple[float, bytes]]) -> OnWhole:
-        """What hands a whole 200 answer to `send_now` as it arrives; `sent` gets when it was sent, and what."""
-        def on_whole(status: int, headers: dict[str, str], data: bytes) -> None:
+        """What hands a whole 200 answer to `send_now` as it arrives; `sent` gets when it was sent, and what. Its
+        slot is given back then too (the next request for the model finds it free, even while the rest of this
+        one's bookkeeping waits: see gateway/afterwards.py)."""
+        def on_whole(status: int, headers: dict[str, str], data: bytes) -> bool:
             if status == 200 and send_now(Answer(data, 200, served_headers(lease), _nothing)):
                 sent.append((self.now(), data))
+                lease.release()
+                return True
+            return False
         return on_whole
 
     async def _exchange(self, lease: Lease, path: str, body: bytes, stream: bool, watch: Watch,
@@ -184,10 +193,11 @@ class Relay:
         return upstream, data
 
 
-def _after(lease: Lease, finish: Finish, status: int, ttft: float | None, data: bytes) -> Callable[[], None]:
+def _after(lease: Lease, finish: Finish, status: int, ttft: float | None, data: bytes,
+           ended: float | None = None) -> Callable[[], None]:
     def after() -> None:
         lease.release()
-        finish(lease, status, ttft, data)
+        finish(lease, status, ttft, data, ended)
     return after
 
 

@@ -3,12 +3,13 @@ warming runner, with the labelled metric children requests count into."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from warmstart.clock import Clock
 from warmstart.config import Config
 from warmstart.gateway.access import AccessLog
+from warmstart.gateway.afterwards import Afterwards
 from warmstart.gateway.relay import Relay
 from warmstart.pool.pool import Pool
 from warmstart.telemetry.metrics import Metrics
@@ -31,6 +32,7 @@ class Services:
     warming: WarmingRunner | None = None  # when [warming] is enabled
     access: AccessLog | None = None  # the access log, unless server.access_log is "off"
     catalog: Catalog | None = None  # the models served and the settings in force, changed while running
+    afterwards: Afterwards = field(default_factory=Afterwards)  # what an answered request's client need not wait for
 
     def __post_init__(self) -> None:
         # labelled metric children, looked up once per label set rather than on every request

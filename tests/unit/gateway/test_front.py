@@ -169,21 +169,21 @@ def test_an_engine_answer_is_sent_on_from_its_connection_before_the_requests_boo
     order. The engine: bench serve's stand-in (a real process, one canned completion, after a delay)."""
     from warmstart.bench.serve import STUB, STUB_MODEL
     from warmstart.gateway import front
-    from warmstart.pool.lease import Lease
+    from warmstart.pool.leasing import Leasing
 
     events: list[str] = []
-    put, release = front._put, Lease.release
+    put, release = front._put, Leasing.release
 
     def recorded_put(cycle: Any, answer: Any) -> None:
         events.append("sent from the engine's callback" if asyncio.current_task() is None else "sent from a task")
         put(cycle, answer)
 
-    def recorded_release(lease: Lease) -> None:
+    def recorded_release(leasing: Leasing, entry: Any, lease: Any) -> None:
         events.append("lease released")
-        release(lease)
+        release(leasing, entry, lease)
 
     monkeypatch.setattr(front, "_put", recorded_put)
-    monkeypatch.setattr(Lease, "release", recorded_release)
+    monkeypatch.setattr(Leasing, "release", recorded_release)
     run = running(STUB)
     body = json.dumps({"model": STUB_MODEL, "prompt": "Hello", "max_tokens": 1}).encode()
     [(status, _, first)], _ = run.exchange(post(body, b"/v1/completions"))  # starts the stand-in
@@ -195,6 +195,55 @@ def test_an_engine_answer_is_sent_on_from_its_connection_before_the_requests_boo
     assert all(h[b"x-warmstart-start"] == b"warm" for _, h, _ in answers)
     assert events == ["sent from the engine's callback", "lease released"] * 3
     assert run.asgi_calls == []
+
+
+def test_the_bookkeeping_after_a_sent_answer_waits_until_the_gateway_reads_anything_or_a_millisecond(running):
+    """Once a whole answer is sent from the engine's callback, the rest (the request's task resumed, the request
+    counted) is put off (gateway/afterwards.py) so that the client is not kept waiting behind it: until the
+    gateway next reads anything from any client, or AFTER_S at most. Its slot is free at once. Here the delay is
+    made long, so only the reads can bring the work on: every request, and a scrape, still sees every answer sent
+    before it counted, and each request finds the replica's one slot free. The engine: bench serve's stand-in."""
+    from warmstart.bench.serve import STUB, STUB_MODEL
+    from warmstart.gateway.afterwards import AFTER_S
+
+    run = running(STUB.replace("max_concurrency = 4", "max_concurrency = 1"))
+    afterwards = run.gateway.services.afterwards
+    assert afterwards.delay == AFTER_S
+    body = json.dumps({"model": STUB_MODEL, "prompt": "Hello", "max_tokens": 1}).encode()
+    [(status, _, first)], _ = run.exchange(post(body, b"/v1/completions"))  # starts the stand-in
+    assert status.startswith(b"HTTP/1.1 200"), first
+    registry = run.gateway.services.metrics.registry
+
+    def counted() -> float:
+        return registry.get_sample_value("warmstart_requests_total",
+                                         {"model": STUB_MODEL, "start": "warm", "code": "200"}) or 0.0
+
+    afterwards.delay = 3600.0
+    with socket.create_connection(("127.0.0.1", run.port), timeout=10) as sock:
+        for n in range(1, 6):
+            sock.sendall(post(body, b"/v1/completions"))
+            reply = _answer(sock)
+            assert reply.startswith(b"HTTP/1.1 200") and b"x-warmstart-start: warm" in reply, reply
+            assert b"x-warmstart-wait-ms: 0.0" in reply  # the slot was free: not held for the last one's work
+            _until(lambda: afterwards.pending)  # (the server's thread puts it off just after the write)
+            assert counted() == n - 1  # this one's count waits for the next read
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        scrape = _answer(sock)
+    line = f'warmstart_requests_total{{code="200",model="{STUB_MODEL}",start="warm"}} 5.0'.encode()
+    assert line in scrape and counted() == 5 and not afterwards.pending
+    afterwards.delay = AFTER_S
+    [(status, _, _)], _ = run.exchange(post(body, b"/v1/completions"))
+    assert status.startswith(b"HTTP/1.1 200")
+    _until(lambda: counted() == 6)  # with nothing read after it, its work is done within the millisecond
+    assert not afterwards.pending
+
+
+def _until(condition: Any, seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.005)):
+        if condition():
+            return
+        threading.Event().wait(0.005)
+    raise AssertionError(f"not within {seconds} s")
 
 
 def test_a_warm_request_goes_to_its_engine_from_its_connection_before_any_task_runs(running, monkeypatch):
@@ -216,12 +265,19 @@ def test_a_warm_request_goes_to_its_engine_from_its_connection_before_any_task_r
 
     monkeypatch.setattr(EngineClient, "send_at_once", recorded)
     run = running(STUB)
+
+    def settled() -> None:  # the work put off after the last answer done (a request right after it brings it on,
+        # and is then served by its task: test_the_bookkeeping_after_a_sent_answer_waits_...)
+        _until(lambda: not run.gateway.services.afterwards.pending)
+
     body = json.dumps({"model": STUB_MODEL, "prompt": "Hello", "max_tokens": 1}).encode()
     [(status, headers, _)], _ = run.exchange(post(body, b"/v1/completions"))
     assert status.startswith(b"HTTP/1.1 200") and headers[b"x-warmstart-start"] == b"cold" and sent == []
+    settled()
     [(status, headers, answer)], _ = run.exchange(post(body, b"/v1/completions"))
     assert status.startswith(b"HTTP/1.1 200") and headers[b"x-warmstart-start"] == b"warm"
     assert json.loads(answer)["choices"][0]["text"] == " there" and sent == [(True, True)]
+    settled()
     raw = post(body, b"/v1/completions")
     with socket.create_connection(("127.0.0.1", run.port), timeout=10) as sock:
         sock.sendall(raw[:-len(body)])
@@ -229,6 +285,7 @@ def test_a_warm_request_goes_to_its_engine_from_its_connection_before_any_task_r
         sock.sendall(raw[-len(body):])
         assert _answer(sock).startswith(b"HTTP/1.1 200")
     assert sent == [(True, True)] * 2
+    settled()
     with socket.create_connection(("127.0.0.1", run.port), timeout=10) as sock:  # a client that waits to be asked
         sock.sendall(raw[:-len(body)].replace(b"host: x\r\n", b"host: x\r\nexpect: 100-continue\r\n"))
         assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -238,6 +295,7 @@ def test_a_warm_request_goes_to_its_engine_from_its_connection_before_any_task_r
     refused = json.dumps({"model": STUB_MODEL, "prompt": ""}).encode()
     [(status, _, answer)], _ = run.exchange(post(refused, b"/v1/completions"))
     assert status.startswith(b"HTTP/1.1 400") and b"must not be empty" in answer and len(sent) == 2
+    settled()
     metrics = run.gateway.services.metrics.registry
     assert metrics.get_sample_value("warmstart_requests_total", {
         "model": STUB_MODEL, "start": "warm", "code": "200"}) == 3
