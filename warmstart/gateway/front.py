@@ -44,7 +44,7 @@ def front_protocol(gateway: Gateway) -> type[HttpToolsProtocol]:
         # a generation request whose body is still coming, to be begun once it is in
         waiting: tuple[RequestResponseCycle, Any] | None = None
 
-        # work put off after earlier answers was brought on by these bytes (see `_begin`)
+        # work put off after earlier answers was brought on by these bytes (see `on_message_complete`)
         flushed = False
 
         def data_received(self, data: bytes) -> None:
