@@ -81,7 +81,7 @@ n_ctx = 2048
     return engines + STUB
 
 
-def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, max_tokens: int = 64) -> dict[str, Any]:
+def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 8, max_tokens: int = 64) -> dict[str, Any]:
     with ServerProcess(config(streams)) as server:
         gateway = Client(server.url)
         # 1. one cold start, measured by the client and by warmstart's own phase records
@@ -129,11 +129,19 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         via: list[float] = []
         direct_tps: list[float] = []
         one_slot: list[float] = []
+        idle = _cpu_rate(server.pid, IDLE_S)
+        stream_cpu = 0.0  # the gateway's CPU seconds (its idle rate taken out) and the tokens it relayed
+        stream_tokens = 0.0
         for i in range(rounds):
             step(f"tokens per second, {streams} streams, rounds", i, rounds)
             order = [(via, server.url), (direct_tps, slots_url)]
             for out, base in order if i % 2 == 0 else order[::-1]:
+                cpu, began = _cpu_seconds(server.pid), time.perf_counter()
                 out.append(_throughput(base, SLOTS_MODEL, streams, max_tokens))
+                if out is via:
+                    seconds = time.perf_counter() - began
+                    stream_cpu += _cpu_seconds(server.pid) - cpu - idle * seconds
+                    stream_tokens += via[-1] * seconds
             one_slot.append(_throughput(server.url, ONE_SLOT_MODEL, streams, max_tokens))
 
     result = {
@@ -152,6 +160,11 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 3, m
         "tokens_per_s_direct": round(statistics.median(direct_tps), 1),
         "tokens_per_s_one_slot": round(statistics.median(one_slot), 1),
         "gateway_share_of_direct": round(statistics.median(via) / statistics.median(direct_tps), 4),
+        # each round's two arms ran back to back: the median of their ratios is steadier than the medians' ratio
+        "gateway_share_of_direct_paired": round(statistics.median(v / d for v, d in zip(via, direct_tps,
+                                                                                      strict=True)), 4),
+        "throughput_rounds": rounds,
+        "gateway_cpu_us_per_streamed_token": round(stream_cpu / stream_tokens * 1e6, 1) if stream_tokens else None,
         "cold_start_s": round(last["total_s"], 4),
         "cold_request_ttft_s": round(cold_ttft, 4),
         "phases": last["phases"],
@@ -294,6 +307,11 @@ def report(result: dict[str, Any]) -> str:
         (f"tokens/s, {result['streams']} streams, same llama-server direct",
          f"{result['tokens_per_s_direct']:.1f}", ""),
         ("  via warmstart / direct", f"{result['gateway_share_of_direct'] * 100:.1f} %", ">= 95 %"),
+        (f"  (each round's ratio, p50 of {result['throughput_rounds']})",
+         f"{result['gateway_share_of_direct_paired'] * 100:.1f} %", ""),
+        ("  gateway process CPU per streamed token (its idle CPU taken out)",
+         "-" if result["gateway_cpu_us_per_streamed_token"] is None
+         else f"{result['gateway_cpu_us_per_streamed_token']:.0f} us", ""),
         (f"tokens/s, {result['streams']} streams, one slot (one at a time)",
          f"{result['tokens_per_s_one_slot']:.1f}", ""),
         ("cold start (warmstart's record)", f"{result['cold_start_s']:.3f} s", ""),
@@ -326,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="warm requests for the TTFT percentiles")
     parser.add_argument("--pairs", type=int, default=400, help="direct/gateway request pairs for the overhead")
     parser.add_argument("--streams", type=int, default=8, help="concurrent streams for tokens per second")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of each throughput measure (median)")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds of each throughput measure (median)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens each throughput stream generates")
     args = parser.parse_args(argv)
     result = run(args.requests, args.pairs, args.streams, args.rounds, args.max_tokens)
