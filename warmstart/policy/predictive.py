@@ -50,6 +50,10 @@ class PredictiveState:
     n: np.ndarray = field(default_factory=lambda: np.zeros((NC, NB)))
     w: np.ndarray = field(default_factory=lambda: np.zeros((NC, NB)))
     idle: np.ndarray = field(default_factory=lambda: np.zeros((NC, NB)))
+    # the same, decaying with `recent_half_life`
+    nf: np.ndarray = field(default_factory=lambda: np.zeros((NC, NB)))
+    wf: np.ndarray = field(default_factory=lambda: np.zeros((NC, NB)))
+    idlef: np.ndarray = field(default_factory=lambda: np.zeros((NC, NB)))
     # wake-ups (requests after a gap longer than the keep-alive then in force), per time-of-day slot:
     # decayed cold requests they brought, decayed number of days they happened on, the last such day
     wake_w: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -100,6 +104,8 @@ class PredictivePolicy:
         p, c = self.p, obs.cold_start_s
         decay = 1.0 if math.isinf(s.updated) else 0.5 ** (max(0.0, now - s.updated) / p.half_life)
         n, w, idle = s.n * decay, s.w * decay, s.idle * decay
+        fast = 1.0 if math.isinf(s.updated) else 0.5 ** (max(0.0, now - s.updated) / p.recent_half_life)
+        nf, wf, idlef = s.nf * fast, s.wf * fast, s.idlef * fast
         wake_w, wake_days, wake_last_day = s.wake_w * decay, s.wake_days * decay, s.wake_last_day
         wake_count, wake_n = s.wake_count, s.wake_n * decay
         wake_off, wake_off2 = s.wake_off * decay, s.wake_off2 * decay
@@ -132,13 +138,18 @@ class PredictivePolicy:
                 cell = ctx * NB + b
                 counts = np.bincount(cell, minlength=NC * NB).reshape(NC, NB)
                 n += counts
-                w += np.bincount(cell, weights=burst, minlength=NC * NB).reshape(NC, NB)
+                dw = np.bincount(cell, weights=burst, minlength=NC * NB).reshape(NC, NB)
+                w += dw
+                nf += counts
+                wf += dw
                 # idle seconds a replica kept warm through bin j spends there: the full width for gaps that
                 # outlast the bin, the part after the bin's start for gaps that end in it
                 sums = np.bincount(cell, weights=gaps, minlength=NC * NB).reshape(NC, NB)
                 longer = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]  # gaps in bin j or later
                 outlast = np.concatenate([longer[:, 1:], np.zeros((NC, 1))], axis=1)
-                idle[:, :-1] += (outlast[:, :-1] * WIDTHS + sums[:, :-1] - EDGES[:-2] * counts[:, :-1])
+                didle = (outlast[:, :-1] * WIDTHS + sums[:, :-1] - EDGES[:-2] * counts[:, :-1])
+                idle[:, :-1] += didle
+                idlef[:, :-1] += didle
                 ka = np.where(np.isnan(s.keep_alive), p.fallback_keep_alive, s.keep_alive)[ctx]
                 wake = gaps > np.maximum(ka, p.slot)
                 if wake.any():
@@ -161,6 +172,7 @@ class PredictivePolicy:
                 wakes_seen = s.wakes_seen + int(np.count_nonzero(wake))
             allv = allv[np.searchsorted(allv, pending - p.recent_window, side="right"):]
         return replace(s, updated=now, first_seen=first_seen, buf=allv, pending=pending, n=n, w=w, idle=idle,
+                       nf=nf, wf=wf, idlef=idlef,
                        wake_w=wake_w, wake_days=wake_days, wake_last_day=wake_last_day, wake_count=wake_count,
                        wake_n=wake_n, wake_off=wake_off, wake_off2=wake_off2, wake_dow=wake_dow,
                        seen_dow=seen_dow, last_day=last_day, gaps_seen=gaps_seen, wakes_seen=wakes_seen)
@@ -174,7 +186,9 @@ class PredictivePolicy:
     def decide(self, obs: Observation, state: PredictiveState, now: float) -> tuple[Plan, PredictiveState]:
         p, c = self.p, obs.cold_start_s
         s = self.observe(obs, state, now)
-        # the prior does not decay with the data: re-derive at least every quarter half-life
+        # the prior does not decay with the data: re-derive at least every quarter half-life (the fast copy's
+        # own decay is seen at the next gap learned or the next such epoch: re-deriving every quarter of its
+        # half-life measured no better on the tuning windows)
         epoch = math.floor(now / (p.half_life / 4))
         key = (float(s.gaps_seen), c, float(epoch), obs.ram_cold_start_s or 0.0, obs.ram_price_s)
         if s.after_key != key:
@@ -191,6 +205,7 @@ class PredictivePolicy:
         """Per recent-rate class: how long to keep the model after a request (and a later pre-warm), and,
         when the model has a RAM tier (`ram_cold_start`), how long its weights then stay in RAM."""
         p = self.p
+        s = self.mixed(s)
         after: list[WarmSpan] = []
         ram: list[WarmSpan] = []
         kas = np.empty(NC)
@@ -210,6 +225,17 @@ class PredictivePolicy:
                 horizon = self.ram_horizon(hist, c, ram_cold_start, ram_price, kas[ci], ram_cap)
                 ram.append(WarmSpan(kas[ci], max(horizon, hold), "ram", lo, hi))
         return tuple(after), kas, tuple(ram)
+
+    def mixed(self, s: PredictiveState) -> PredictiveState:
+        """The gap histograms as decisions see them: the slow copy plus `recent_weight` x the fast one, scaled so
+        that steady traffic weighs what it weighs in the slow copy alone (the prior and the `min_gaps` thresholds
+        keep their meaning); a habit that moved within the last days counts for more than its share."""
+        p = self.p
+        if p.recent_weight <= 0:
+            return s
+        k = 1.0 / (1.0 + p.recent_weight * p.recent_half_life / p.half_life)
+        return replace(s, n=k * (s.n + p.recent_weight * s.nf), w=k * (s.w + p.recent_weight * s.wf),
+                       idle=k * (s.idle + p.recent_weight * s.idlef))
 
     def ram_net(self, hist: tuple[np.ndarray, np.ndarray, np.ndarray], c: float, ram_cold_start: float,
                 ram_price: float) -> np.ndarray:

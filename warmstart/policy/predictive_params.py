@@ -58,3 +58,10 @@ class PredictiveParams:
     wake_gap: float = 120.0
     # requests in this many seconds up to a request are its recent rate
     recent_window: float = 600.0
+    # habits that move: a second copy of the gap histograms decays with `recent_half_life`, and the keep-alive
+    # and RAM horizon are chosen from the two added, this copy `recent_weight` times over (scaled so that steady
+    # traffic weighs what it weighs in the first copy alone; 0: the first copy alone). Chosen on ServeGen days
+    # 2-4, 3-6 and 4-6 (seeds 0-2): 0.5-2 points fewer cold requests against the curve at 30 s on each window
+    # and draw, days 2-4 better at 5 s too (docs/warming.md)
+    recent_weight: float = 4.0
+    recent_half_life: float = 1 * DAY

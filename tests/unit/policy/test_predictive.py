@@ -55,3 +55,34 @@ def test_two_daily_habits_twenty_minutes_apart_are_pre_warmed_apart():
     # one habit spread over half an hour and kept the model loaded through it
     assert sum(hi - lo for lo, hi in spans) < 600.0
     assert sum(hi - lo for lo, hi in prewarm(PredictiveParams(slot=600.0))) > 1800.0
+
+
+def _learned_hourly(params: PredictiveParams, arrivals: np.ndarray) -> float:
+    """The keep-alive after a request at 8-31 requests in the last 10 minutes, the policy taught an hour at a time
+    (as the server learns from its history), decided an hour after the last request."""
+    policy = PredictivePolicy(params)
+    state = policy.initial_state()
+    i, t = 0, float(arrivals[0] // 3600 * 3600 + 3600)
+    while t <= arrivals[-1] + 3600:
+        j = int(np.searchsorted(arrivals, t))
+        plan, state = policy.decide(Observation("m", arrivals[i:j], 30.0), state, t)
+        i, t = j, t + 3600
+    return max(s.end for s in plan.after_arrival if s.trigger == "keep-alive" and s.min_recent == 8)
+
+
+def test_a_habit_that_moved_hours_ago_counts_for_more_than_its_share_of_the_week():
+    # for six days: 30 requests 10 s apart, then 700 s of silence (a cold start after it makes 3 requests wait:
+    # not worth 700 s loaded); for the last 3 hours the same 30 requests come in 15 s (30 would wait: worth it)
+    day0, t, arrivals = 20000 * DAY, 20000 * DAY, []
+    while t < day0 + 6 * DAY:
+        arrivals.append(t + np.arange(30) * 10.0)
+        t += 290.0 + 700.0
+    end = t + 3 * 3600
+    while t < end:
+        arrivals.append(t + np.arange(30) * 0.5)
+        t += 14.5 + 700.0
+    both = np.concatenate(arrivals)
+    # the fast copy of the histograms (a day's half-life, weighed 4x) covers the new 700 s silences at once
+    assert _learned_hourly(PredictiveParams(), both) > 700.0
+    # the week-long histograms alone still weigh the six days of cheap silences more
+    assert _learned_hourly(PredictiveParams(recent_weight=0.0), both) == PredictiveParams().min_keep_alive
