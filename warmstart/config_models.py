@@ -128,6 +128,14 @@ def parse_warming(raw: Mapping[str, Any], models: set[str]) -> WarmingConfig:
 
         only_keys(settings, "warming.settings", {f.name for f in fields(PredictiveParams)})
     parsed_settings = {k: read_duration(settings, k, 0.0, "warming.settings", finite=True) for k in settings}
+    if parsed_settings:
+        from warmstart.policy.defaults import predictive_params
+        from warmstart.policy.predictive_params import SettingError
+
+        try:
+            predictive_params(parsed_settings)
+        except SettingError as exc:
+            raise ConfigError(f"warming.settings.{exc.name}", settings[exc.name], exc.reason) from None
     hint_raw = raw.get("hint", {})
     expect(isinstance(hint_raw, Mapping), "warming.hint", hint_raw, "must be a table")
     only_keys(hint_raw, "warming.hint", set(HintConfig.__dataclass_fields__))

@@ -9,6 +9,14 @@ from dataclasses import dataclass
 DAY = 86400.0
 
 
+class SettingError(ValueError):
+    """A predictive setting the policy cannot run with: its name, its value and why."""
+
+    def __init__(self, name: str, value: float, reason: str) -> None:
+        super().__init__(f"{name} = {value:g}: {reason}")
+        self.name, self.value, self.reason = name, value, reason
+
+
 @dataclass(frozen=True)
 class PredictiveParams:
     # replica-seconds worth paying to keep one request from waiting for a cold start
@@ -65,3 +73,12 @@ class PredictiveParams:
     # and draw, days 2-4 better at 5 s too (docs/warming.md)
     recent_weight: float = 4.0
     recent_half_life: float = 1 * DAY
+
+    def __post_init__(self) -> None:
+        # what the policy divides by (a decay, the time-of-day slots, its review and planning horizons)
+        for name in ("half_life", "recent_half_life", "horizon", "review"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise SettingError(name, value, "must be above 0 seconds")
+        if not 0 < self.slot <= DAY:
+            raise SettingError("slot", self.slot, "must be above 0 and at most a day (86400 s)")

@@ -111,6 +111,8 @@ def test_simulate_without_the_ram_tier_prints_the_table_as_before(jsonl: Path, c
     (["--history-days", "x", "--days", "2:4"], "--history-days 'x': expected A:B"),
     (["--cold-start", "-4"], "--cold-start"),
     (["--set", "nonsense=1"], "unknown predictive setting"),
+    (["--set", "slot=0"], "slot = 0: must be above 0"),
+    (["--set", "half_life=0"], "half_life = 0: must be above 0"),
     (["--schedule", "25:00-26:00"], "not a time of day"),
 ])
 def test_simulate_bad_input_is_one_line(jsonl: Path, capsys, args, message):

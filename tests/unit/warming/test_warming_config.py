@@ -47,6 +47,11 @@ def test_a_full_warming_section():
     ({"bogus": 1}, "warming.bogus"),
     ({"predictive": "yes"}, "warming.predictive"),
     ({"settings": {"cold_request_kost": 1}}, "warming.settings.cold_request_kost"),
+    # values the policy would divide by zero with: refused at start-up, not a traceback at the first request
+    ({"settings": {"slot": "0s"}}, "warming.settings.slot"),
+    ({"settings": {"slot": "2d"}}, "warming.settings.slot"),
+    ({"settings": {"half_life": 0}}, "warming.settings.half_life"),
+    ({"settings": {"recent_half_life": "0s"}}, "warming.settings.recent_half_life"),
     ({"hint": {"models": ["other"]}}, "warming.hint.models"),
     ({"hint": {"cors_origins": ["app.example"]}}, "warming.hint.cors_origins"),
     ({"hint": {"per_client_per_minute": 0}}, "warming.hint.per_client_per_minute"),
