@@ -69,13 +69,14 @@ class PredictiveParams:
     # habits that move: a second copy of the gap histograms decays with `recent_half_life`, and the keep-alive
     # and RAM horizon are chosen from the two added, this copy `recent_weight` times over (scaled so that steady
     # traffic weighs what it weighs in the first copy alone; 0: the first copy alone). Chosen on ServeGen days
-    # 2-4, 3-6 and 4-6 (seeds 0-2): 0.5-2 points fewer cold requests against the curve at 30 s on each window
+    # 2-4, 3-6 and 4-6 (seeds 0-2): 0-2.1 points fewer cold requests against the curve at 30 s on each window
     # and draw, days 2-4 better at 5 s too (docs/warming.md)
     recent_weight: float = 4.0
     recent_half_life: float = 1 * DAY
 
     def __post_init__(self) -> None:
-        # what the policy divides by (a decay, the time-of-day slots, its review and planning horizons)
+        # what the policy divides by or steps with (the decays, the time-of-day slots; the next review and the
+        # planning horizon: at 0 it would re-decide without end)
         for name in ("half_life", "recent_half_life", "horizon", "review"):
             value = getattr(self, name)
             if not value > 0:
