@@ -77,9 +77,15 @@ class PredictiveParams:
     def __post_init__(self) -> None:
         # what the policy divides by or steps with (the decays, the time-of-day slots; the next review and the
         # planning horizon: at 0 it would re-decide without end)
-        for name in ("half_life", "recent_half_life", "horizon", "review"):
+        for name in ("half_life", "recent_half_life"):
             value = getattr(self, name)
             if not value > 0:
                 raise SettingError(name, value, "must be above 0 seconds")
-        if not 0 < self.slot <= DAY:
-            raise SettingError("slot", self.slot, "must be above 0 and at most a day (86400 s)")
+        # and what would make each decision huge: an array per slot of the day, a span per slot of the horizon,
+        # a decision per review
+        if not 60 <= self.slot <= DAY:
+            raise SettingError("slot", self.slot, "must be from 60 s to a day (86400 s)")
+        if not 0 < self.horizon <= 7 * DAY:
+            raise SettingError("horizon", self.horizon, "must be above 0 and at most 7 days (604800 s)")
+        if not self.review >= 1:
+            raise SettingError("review", self.review, "must be at least 1 s")

@@ -111,7 +111,7 @@ def test_simulate_without_the_ram_tier_prints_the_table_as_before(jsonl: Path, c
     (["--history-days", "x", "--days", "2:4"], "--history-days 'x': expected A:B"),
     (["--cold-start", "-4"], "--cold-start"),
     (["--set", "nonsense=1"], "unknown predictive setting"),
-    (["--set", "slot=0"], "slot = 0: must be above 0"),
+    (["--set", "slot=0"], "slot = 0: must be from 60 s to a day"),
     (["--set", "half_life=0"], "half_life = 0: must be above 0"),
     (["--schedule", "25:00-26:00"], "not a time of day"),
 ])

@@ -52,6 +52,10 @@ def test_a_full_warming_section():
     ({"settings": {"slot": "2d"}}, "warming.settings.slot"),
     ({"settings": {"half_life": 0}}, "warming.settings.half_life"),
     ({"settings": {"recent_half_life": "0s"}}, "warming.settings.recent_half_life"),
+    # and values that would make every decision huge (86 million slots a day, a 30-year horizon, a review a ms)
+    ({"settings": {"slot": "1ms"}}, "warming.settings.slot"),
+    ({"settings": {"horizon": 1e9}}, "warming.settings.horizon"),
+    ({"settings": {"review": 0.001}}, "warming.settings.review"),
     ({"hint": {"models": ["other"]}}, "warming.hint.models"),
     ({"hint": {"cors_origins": ["app.example"]}}, "warming.hint.cors_origins"),
     ({"hint": {"per_client_per_minute": 0}}, "warming.hint.per_client_per_minute"),
