@@ -33,6 +33,7 @@ from warmstart.bench._harness import (
     table,
     write_json,
 )
+from warmstart.bench._interval import median_difference_interval
 from warmstart.engines.llamacpp_server import default_threads
 from warmstart.progress import step
 
@@ -112,7 +113,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 8, m
         # the same in front of an engine that computes nothing: answering at once, then after the real one's time
         step("gateway overhead: starting the stand-in engine")
         stub_url = _warm_replica(server.url, STUB_MODEL)
-        stub: dict[str, dict[str, float]] = {}
+        stub: dict[str, dict[str, Any]] = {}
         for arm, delay in (("stub_at_once", 0.0), ("stub_waiting", overhead["direct_latency_p50_ms"] / 1000)):
             setter = Client(stub_url)
             setter.post("/delay", {"seconds": delay})
@@ -173,7 +174,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 8, m
     return result
 
 
-def _overhead(server: ServerProcess, gateway: Client, engine_url: str, model: str, pairs: int) -> dict[str, float]:
+def _overhead(server: ServerProcess, gateway: Client, engine_url: str, model: str, pairs: int) -> dict[str, Any]:
     """Request triples (engine direct, via the gateway, via a byte-copying proxy), in rotating order so that
     each arm sees the same conditions; the gateway's added latency and its CPU per request."""
     direct, splice_proc = Client(engine_url), _splice(engine_url)
@@ -191,7 +192,11 @@ def _overhead(server: ServerProcess, gateway: Client, engine_url: str, model: st
     paired = [g - d for g, d in zip(g_times, d_times, strict=True)]
     return {
         "gateway_overhead_p50_ms": _ms(statistics.median(g_times) - statistics.median(d_times)),
+        # how far each could move by chance: 95 % bootstrap intervals over the triples
+        "gateway_overhead_p50_interval_ms": [_ms(x) for x in median_difference_interval(d_times, g_times)],
         "gateway_overhead_paired_p50_ms": _ms(statistics.median(paired)),
+        "gateway_overhead_paired_p50_interval_ms": [
+            _ms(x) for x in median_difference_interval(d_times, g_times, paired=True)],
         "direct_latency_p50_ms": _ms(statistics.median(d_times)),
         "gateway_latency_p50_ms": _ms(statistics.median(g_times)),
         "overhead_pairs": len(d_times),
@@ -327,9 +332,15 @@ def _overhead_rows(result: dict[str, Any], suffix: str, engine: str,
     def ms(key: str) -> float:
         return float(result[f"{key}{suffix}"])
 
+    def interval(key: str) -> str:
+        lo, hi = result[f"{key}{suffix}"]
+        return f" ({lo:.2f}-{hi:.2f})"
+
     return [
-        (f"gateway added latency p50, {engine}", f"{ms('gateway_overhead_p50_ms'):.3f} ms", target),
-        ("  (paired differences p50)", f"{ms('gateway_overhead_paired_p50_ms'):.3f} ms", ""),
+        (f"gateway added latency p50, {engine} (95 % interval)",
+         f"{ms('gateway_overhead_p50_ms'):.3f} ms{interval('gateway_overhead_p50_interval_ms')}", target),
+        ("  (paired differences p50)",
+         f"{ms('gateway_overhead_paired_p50_ms'):.3f} ms{interval('gateway_overhead_paired_p50_interval_ms')}", ""),
         ("  through a byte-copying proxy instead (the floor), p50", f"{ms('splice_overhead_p50_ms'):.3f} ms", ""),
         ("  gateway process CPU per request (its idle CPU taken out)",
          f"{ms('gateway_cpu_ms_per_request'):.3f} ms", ""),
