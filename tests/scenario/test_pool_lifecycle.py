@@ -273,3 +273,40 @@ async def test_a_request_served_by_a_free_warm_replica_waited_nothing_whatever_t
     assert not held.cold and held.waited_s == 0.0
     held.release()
     await pool.shutdown()
+
+
+async def test_a_lease_taken_from_a_callback_leaves_the_pools_bookkeeping_until_it_is_settled(model_file):
+    """`try_acquire(put_off=True)` (a request sent to its engine from its connection's callback) takes the slot at
+    once and nothing more: the replica's unload timer, its idle clock and the arrival told wait for
+    `Lease.settle`, which the release does first if nobody did. Each is done once; a taken slot is never handed
+    out twice meanwhile, and the replica still unloads on time after the last release."""
+    pool, clock, _engine = await make_pool(model_file, keep_alive=60, max_concurrency=2)
+    first = spawn(pool.acquire("m"))
+    await clock.advance(6)
+    first.result().release()
+    arrivals: list[str] = []
+    pool.subscribe_arrivals(lambda model, _wall: arrivals.append(model))
+
+    lease = pool.try_acquire("m", put_off=True)
+    other = pool.try_acquire("m", put_off=True)
+    assert lease is not None and other is not None
+    replica = lease.replica  # (the pool's own record: what it has not done yet shows there)
+    armed = replica.expires_at
+    assert armed is not None and replica.idle_since is not None  # still as when idle: its unload armed
+    assert replica.in_flight == 2 and other.replica is replica
+    assert pool.try_acquire("m", put_off=True) is None  # both slots taken before any bookkeeping
+    await asyncio.sleep(0)
+    assert arrivals == [] and replica.expires_at == armed
+
+    lease.settle()
+    assert arrivals == ["m"] and replica.expires_at is None and replica.idle_since is None
+    lease.settle()
+    lease.release()
+    assert arrivals == ["m"] and replica.in_flight == 1 and replica.expires_at is None
+    other.release()  # never settled: its release does it first
+    assert arrivals == ["m", "m"] and replica.in_flight == 0 and replica.expires_at is not None
+    await clock.advance(59)
+    assert pool.state_of("m") is S.WARM
+    await clock.advance(2)
+    assert pool.state_of("m") is S.COLD
+    await pool.shutdown()

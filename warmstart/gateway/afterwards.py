@@ -9,9 +9,9 @@ gateway's write to the client holding the answer 570-640 us when the work follow
 waited 1 ms (the gateway's added latency 0.2-0.3 ms lower, docs in the README's "Serving").
 
 So that nothing is seen out of order, the work waits at most AFTER_S, and less when the gateway reads anything
-first: each read of a client's bytes (`run`) does the work put off before it, so a request (a metric scrape, the
-next request on the model) sees everything answered before it arrived counted. A slot of the replica is given
-back when the answer is sent, not put off (see Relay._sender).
+first: each read of a client's bytes (`run`), and the start of a pipelined request, does the work put off before
+it, so a request (a metric scrape, the next request on the model) sees everything answered before it arrived
+counted, and the slots of the replicas that answered given back (see Relay._sender).
 """
 
 from __future__ import annotations

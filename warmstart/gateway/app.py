@@ -97,7 +97,8 @@ def create_fastapi_app(config: Config, pool: Pool, metrics: Metrics, clock: Cloc
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         client = EngineClient(later=services.afterwards.later)
-        services.relay = Relay(pool, metrics, client, session, clock.now, config.server.engine_timeout)
+        services.relay = Relay(pool, metrics, client, session, clock.now, config.server.engine_timeout,
+                               later=services.afterwards.later)
         patrol = asyncio.get_running_loop().create_task(services.relay.liveness.patrol(pool), name="liveness")
         catalog.refresh()  # the models added to the store, served beside the configured ones
         if services.warming is not None:

@@ -7,8 +7,10 @@ timeouts, shutdown), stays uvicorn's. What is skipped on a warm request: the ASG
 two `send` messages and their checks (the gateway made the headers itself), and one of its two socket writes.
 
 A warm request goes further: once its last byte is in, the callback that read it checks it and sends it to a
-warm replica with a free slot (`_begin`), before any task runs; its task starts after, and awaits the answer
-and does the bookkeeping while the engine computes. Anything else (a cold model, a stream, a refusal, a body
+warm replica with a free slot (`_begin`), before any task runs; the gateway then does nothing more for it until
+the engine answers (the pool's bookkeeping of the slot is put off, and the request's task is made only once the
+answer is in, or once the request has lasted LISTEN_AFTER_S): on a machine whose engine computes on every CPU,
+any step taken meanwhile is time taken from the engine. Anything else (a cold model, a stream, a refusal, a body
 still coming in pieces past uvicorn's buffer) is served by the task from the start, as before.
 
 Once a whole answer is sent from the engine connection's callback, what remains of its request waits a moment
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
+from warmstart.gateway.disconnect import LISTEN_AFTER_S
 from warmstart.gateway.fastpath import ROUTES
 from warmstart.gateway.generate import Early
 from warmstart.gateway.limits import declared_length
@@ -55,6 +58,10 @@ def front_protocol(gateway: Gateway) -> type[HttpToolsProtocol]:
             super().data_received(data)
 
         def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+            if afterwards.pending:
+                # a pipelined request, started once the one before it was answered (no read brings the put-off
+                # work on): that work first, so that it finds the slot the answer gave back free
+                afterwards.run()
             scope = cycle.scope
             model = ROUTES.get(scope["path"]) if scope["method"] == "POST" else None
             # `app` is another when uvicorn refuses the request (its concurrency limit)
@@ -74,7 +81,31 @@ def front_protocol(gateway: Gateway) -> type[HttpToolsProtocol]:
                 # not begun from here after work was brought on: the tasks that do it run first, and give back
                 # their engine connections for this request to reuse
                 begin = waiting[0] is self.cycle and not self.flushed
-                self._serve(*waiting, _begin(gateway, *waiting) if begin else None)
+                early = _begin(gateway, *waiting) if begin else None
+                if early is not None and early.begun.posted is not None:
+                    self._serve_answered(*waiting, early)
+                else:
+                    self._serve(*waiting, early)
+
+        def _serve_answered(self, cycle: RequestResponseCycle, model: Any, early: Early) -> None:
+            """The task of a request sent to its engine from this callback, started once the engine has answered
+            (and, when the answer was sent on at once, once its put-off work is due), or once the request has lasted
+            LISTEN_AFTER_S: until then the gateway does nothing for it (on a machine whose engine computes on
+            every CPU, any step it took meanwhile would be time taken from the engine)."""
+            assert early.begun.posted is not None
+            gathered = early.begun.posted.gathered
+            started = False
+
+            def start(_: object = None) -> None:
+                nonlocal started
+                if not started:
+                    started = True
+                    timer.cancel()
+                    gathered.remove_done_callback(start)
+                    self._serve(cycle, model, early)
+
+            timer = self.loop.call_later(LISTEN_AFTER_S, start)
+            gathered.add_done_callback(start)
 
         def _serve(self, cycle: RequestResponseCycle, model: Any, early: Early | None) -> None:
             task = self.loop.create_task(serve(gateway, cycle, model, early))

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from warmstart.errors import Unavailable
+from warmstart.gateway.afterwards import Later
 from warmstart.gateway.disconnect import ClientGone, listen_for_disconnect, race
 from warmstart.gateway.engine_http import EngineClient, EngineResponse, Posted
 from warmstart.gateway.engine_wire import EngineConnectionError, OnWhole
@@ -55,17 +56,21 @@ class Relay:
     """Sends one generation request to the pool's replicas and answers the client."""
 
     def __init__(self, pool: Pool, metrics: Metrics, client: EngineClient, session: aiohttp.ClientSession,
-                 clock_now: Callable[[], float], engine_timeout: float = 60.0) -> None:
+                 clock_now: Callable[[], float], engine_timeout: float = 60.0, later: Later | None = None) -> None:
+        """`later`: puts off what follows a whole answer sent from a callback (gateway/afterwards.py)."""
         self.pool = pool
         self.metrics = metrics
         self.client = client
         self.now = clock_now
+        self.later = later
         self.liveness = Liveness(session, engine_timeout)
 
     def begin(self, model: str, path: str, body: bytes, keep_alive: float | None, send_now: SendNow) -> Begun | None:
         """A whole answer's request sent to a warm replica at once, from a callback (no await), when one has a free
         slot (None otherwise: nothing was done); `forward(..., begun=)` takes it from there."""
-        lease = self.pool.try_acquire(model, keep_alive)
+        # the pool's bookkeeping of the slot waits (Lease.settle): the request reaches its engine first, and the
+        # gateway does nothing more until the answer is sent (see front.py)
+        lease = self.pool.try_acquire(model, keep_alive, put_off=True)
         if lease is None:
             return None
         try:
@@ -105,6 +110,7 @@ class Relay:
                 on_whole: OnWhole | None
                 if begun is not None:
                     lease, sent, on_whole, posted, begun = begun.lease, begun.sent, begun.on_whole, begun.posted, None
+                    lease.settle()
                 else:
                     lease = self.pool.try_acquire(model, keep_alive)
                     if lease is None:
@@ -161,12 +167,16 @@ class Relay:
 
     def _sender(self, lease: Lease, send_now: SendNow, sent: list[tuple[float, bytes]]) -> OnWhole:
         """What hands a whole 200 answer to `send_now` as it arrives; `sent` gets when it was sent, and what. Its
-        slot is given back then too (the next request for the model finds it free, even while the rest of this
-        one's bookkeeping waits: see gateway/afterwards.py)."""
+        slot is given back with the rest of its bookkeeping, put off (`later`) until the client has had time to read
+        the answer: the next bytes read from any client bring it on first, so the next request finds the slot free
+        (see gateway/afterwards.py)."""
         def on_whole(status: int, headers: dict[str, str], data: bytes) -> bool:
             if status == 200 and send_now(Answer(data, 200, served_headers(lease), _nothing)):
                 sent.append((self.now(), data))
-                lease.release()
+                if self.later is not None:
+                    self.later(lease.release)
+                else:
+                    lease.release()
                 return True
             return False
         return on_whole

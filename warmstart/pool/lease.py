@@ -19,12 +19,13 @@ class LeaseOwner:
 class Lease:
     """A request's claim on one slot of a warm replica; release it exactly once."""
 
-    __slots__ = ("_owner", "_released", "cold", "keep_alive", "replica", "waited_s")
+    __slots__ = ("_owner", "_released", "_settle", "cold", "keep_alive", "replica", "waited_s")
 
     def __init__(self, owner: LeaseOwner, replica: Replica, cold: bool, waited_s: float,
-                 keep_alive: float | None) -> None:
+                 keep_alive: float | None, settle: Callable[[], None] | None = None) -> None:
         self._owner, self.replica, self.cold = owner, replica, cold
         self.waited_s, self.keep_alive, self._released = waited_s, keep_alive, False
+        self._settle = settle  # the pool's bookkeeping of the slot taken, when it was put off (Pool.try_acquire)
 
     @property
     def base_url(self) -> str:
@@ -35,9 +36,17 @@ class Lease:
     def start(self) -> str:
         return "cold" if self.cold else "warm"
 
+    def settle(self) -> None:
+        """Do the pool's bookkeeping of taking the slot now, if it was put off (`Pool.try_acquire(put_off=True)`);
+        `release` does it first in any case."""
+        settle, self._settle = self._settle, None
+        if settle is not None:
+            settle()
+
     def release(self) -> None:
         if not self._released:
             self._released = True
+            self.settle()
             self._owner.release(self)
 
     def fail(self, reason: str) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from warmstart.errors import DeadlineExceeded, QueueFull, Unavailable
@@ -30,17 +31,31 @@ class Leasing:
         self._arrived = arrived  # tells the arrival listeners, as each request arrives
         self.closing = False
 
-    def try_acquire(self, entry: ModelEntry, keep_alive: float | None) -> Lease | None:
-        """The warm fast path: a lease at once if a warm replica has a free slot and nobody waits."""
+    def try_acquire(self, entry: ModelEntry, keep_alive: float | None, put_off: bool = False) -> Lease | None:
+        """The warm fast path: a lease at once if a warm replica has a free slot and nobody waits. `put_off`: only
+        the slot is taken now; the rest (see `_taken`) waits for `Lease.settle` (or its release)."""
         if self.closing:
             return None
         decision = rules.admit(entry.replicas, len(entry.waiters), self._books.config.server.queue_size)
         if not isinstance(decision, rules.Serve):
             return None
+        replica, wall = decision.replica, self._books.clock.wall()
+        if put_off:
+            replica.in_flight += 1
+            settle = partial(self._taken, entry, replica, wall)
+            return Lease(self._owner, replica, False, 0.0, keep_alive, settle=settle)
         # what the request need not wait for (its wait of 0 counted, the arrival told) is done once it is on its
         # way to the engine, at its arrival's time
-        asyncio.get_running_loop().call_soon(self._served_at_once, entry, self._books.clock.wall())
-        return self._lease(entry, decision.replica, cold=False, waited=None, keep_alive=keep_alive)
+        asyncio.get_running_loop().call_soon(self._served_at_once, entry, wall)
+        return self._lease(entry, replica, cold=False, waited=None, keep_alive=keep_alive)
+
+    def _taken(self, entry: ModelEntry, replica: Replica, wall: float) -> None:
+        """A slot taken at `wall` with its bookkeeping put off: the replica is no longer idle (its unload timer
+        disarmed; one that fired meanwhile found the slot taken and left the replica be), the wait of 0 counted,
+        the arrival told."""
+        replica.idle_since = None
+        self._lifecycle.disarm_expiry(replica)
+        self._served_at_once(entry, wall)
 
     def _served_at_once(self, entry: ModelEntry, wall: float) -> None:
         entry.wait_histogram.observe(0.0)

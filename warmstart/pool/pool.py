@@ -144,9 +144,11 @@ class Pool:
 
     # ---- leases --------------------------------------------------------------------------
 
-    def try_acquire(self, name: str, keep_alive: float | None = None) -> Lease | None:
-        """The warm fast path: a lease at once if a warm replica has a free slot and nobody waits."""
-        return self._leasing.try_acquire(self._entry(name), keep_alive)
+    def try_acquire(self, name: str, keep_alive: float | None = None, put_off: bool = False) -> Lease | None:
+        """The warm fast path: a lease at once if a warm replica has a free slot and nobody waits. `put_off`: the
+        pool's bookkeeping of it (the replica's idle clock, the wait counted, the arrival told) waits for
+        `Lease.settle` or the release, so that a request sent from a callback reaches its engine first."""
+        return self._leasing.try_acquire(self._entry(name), keep_alive, put_off)
 
     async def acquire(self, name: str, keep_alive: float | None = None, deadline_s: float | None = None) -> Lease:
         """A lease on a warm replica of `name`, starting one if needed; held up to the deadline.

@@ -188,19 +188,24 @@ def test_an_engine_answer_is_sent_on_from_its_connection_before_the_requests_boo
     body = json.dumps({"model": STUB_MODEL, "prompt": "Hello", "max_tokens": 1}).encode()
     [(status, _, first)], _ = run.exchange(post(body, b"/v1/completions"))  # starts the stand-in
     assert status.startswith(b"HTTP/1.1 200"), first
+    _until(lambda: "lease released" in events)  # its release waits for a read or a millisecond
     events.clear()
     answers, _ = run.exchange(post(body, b"/v1/completions") * 3, answers=3)
     assert [s.split()[1] for s, _, _ in answers] == [b"200"] * 3
     assert all(json.loads(b)["choices"][0]["text"] == " there" for _, _, b in answers)
     assert all(h[b"x-warmstart-start"] == b"warm" for _, h, _ in answers)
-    assert events == ["sent from the engine's callback", "lease released"] * 3
+    _until(lambda: len(events) == 6)  # the last one's release waits for a read or a millisecond
+    # each answer sent before its lease is given back (the releases put off: see the next test)
+    assert sorted(events) == sorted(["sent from the engine's callback", "lease released"] * 3), events
+    assert all(events[:i].count("lease released") <= events[:i].count("sent from the engine's callback")
+               for i in range(len(events) + 1)), events
     assert run.asgi_calls == []
 
 
 def test_the_bookkeeping_after_a_sent_answer_waits_until_the_gateway_reads_anything_or_a_millisecond(running):
-    """Once a whole answer is sent from the engine's callback, the rest (the request's task resumed, the request
-    counted) is put off (gateway/afterwards.py) so that the client is not kept waiting behind it: until the
-    gateway next reads anything from any client, or AFTER_S at most. Its slot is free at once. Here the delay is
+    """Once a whole answer is sent from the engine's callback, the rest (its slot given back, the request's task,
+    the request counted) is put off (gateway/afterwards.py) so that the client is not kept waiting behind it: until
+    the gateway next reads anything from any client, or AFTER_S at most. Here the delay is
     made long, so only the reads can bring the work on: every request, and a scrape, still sees every answer sent
     before it counted, and each request finds the replica's one slot free. The engine: bench serve's stand-in."""
     from warmstart.bench.serve import STUB, STUB_MODEL
@@ -248,8 +253,8 @@ def _until(condition: Any, seconds: float = 5.0) -> None:
 
 def test_a_warm_request_goes_to_its_engine_from_its_connection_before_any_task_runs(running, monkeypatch):
     """A generation request whose whole body is in, for a model with a warm replica free, is sent to the engine
-    from the callback that read its last byte (its task starts after, and waits for the answer while the engine
-    computes), whether its body came with its head or after it; the same answer and counts as from its task. A
+    from the callback that read its last byte (its task is made after: see the next test), whether its body came
+    with its head or after it; the same answer and counts as from its task. A
     request that cannot be (its model cold, a body that waits for `100 Continue`, a request its model refuses) is
     served by its task as before. The engine: bench serve's stand-in (a real process)."""
     from warmstart.bench.serve import STUB, STUB_MODEL
@@ -300,6 +305,58 @@ def test_a_warm_request_goes_to_its_engine_from_its_connection_before_any_task_r
     assert metrics.get_sample_value("warmstart_requests_total", {
         "model": STUB_MODEL, "start": "warm", "code": "200"}) == 3
     assert run.asgi_calls == []
+
+
+def test_a_warm_requests_task_starts_once_its_engine_has_answered(running, monkeypatch):
+    """A request sent to its engine from its connection's callback has no task while the engine computes: its task
+    (the relay's retry, liveness watch and disconnect listener, the counting) is made once the answer is sent on
+    and its put-off work is due, so that the gateway takes no CPU from an engine computing on every core. One
+    that outlasts LISTEN_AFTER_S gets its task then, and is served and counted the same. The engine: bench
+    serve's stand-in (a real process), told to answer after a delay."""
+    from warmstart.bench.serve import STUB, STUB_MODEL
+    from warmstart.gateway import front
+    from warmstart.gateway.disconnect import LISTEN_AFTER_S
+
+    events: list[str] = []
+    serve, put = front.serve, front._put
+
+    def recorded_serve(*args: Any) -> Any:
+        events.append("task made")
+        return serve(*args)
+
+    def recorded_put(cycle: Any, answer: Any) -> None:
+        events.append("answer sent")
+        put(cycle, answer)
+
+    run = running(STUB)
+    body = json.dumps({"model": STUB_MODEL, "prompt": "Hello", "max_tokens": 1}).encode()
+    [(status, _, _)], _ = run.exchange(post(body, b"/v1/completions"))  # starts the stand-in
+    assert status.startswith(b"HTTP/1.1 200")
+    _until(lambda: not run.gateway.services.afterwards.pending)
+    monkeypatch.setattr(front, "serve", recorded_serve)
+    monkeypatch.setattr(front, "_put", recorded_put)
+    registry = run.gateway.services.metrics.registry
+
+    def counted() -> float:
+        return registry.get_sample_value("warmstart_requests_total",
+                                         {"model": STUB_MODEL, "start": "warm", "code": "200"}) or 0.0
+
+    [(status, headers, _)], _ = run.exchange(post(body, b"/v1/completions"))
+    assert status.startswith(b"HTTP/1.1 200") and headers[b"x-warmstart-start"] == b"warm"
+    _until(lambda: counted() == 1)
+    assert events == ["answer sent", "task made"]
+
+    [(_, _, models)], _ = run.exchange(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+    url = next(m for m in json.loads(models)["data"] if m["id"] == STUB_MODEL)["replicas"][0]["url"]
+    with socket.create_connection(tuple(url.split("//")[1].split(":")), timeout=10) as engine:  # type: ignore[arg-type]
+        delay = json.dumps({"seconds": 4 * LISTEN_AFTER_S}).encode()
+        engine.sendall(post(delay, b"/delay"))
+        assert _answer(engine).startswith(b"HTTP/1.1 200")
+    events.clear()
+    [(status, headers, _)], _ = run.exchange(post(body, b"/v1/completions"))
+    assert status.startswith(b"HTTP/1.1 200") and headers[b"x-warmstart-start"] == b"warm"
+    _until(lambda: counted() == 2)
+    assert events == ["task made", "answer sent"]
 
 
 @pytest.mark.parametrize(("proxies", "front"), [([], True), (["10.0.0.1"], False)])
