@@ -297,6 +297,8 @@ async def test_a_lease_taken_from_a_callback_leaves_the_pools_bookkeeping_until_
     assert pool.try_acquire("m", put_off=True) is None  # both slots taken before any bookkeeping
     await asyncio.sleep(0)
     assert arrivals == [] and replica.expires_at == armed
+    shown = pool.view("m")["replicas"][0]  # what `ps` and /v1/models show: busy, not idle or about to unload
+    assert shown["in_flight"] == 2 and shown["idle_s"] is None and shown["expires_in_s"] is None
 
     lease.settle()
     assert arrivals == ["m"] and replica.expires_at is None and replica.idle_since is None

@@ -50,8 +50,9 @@ def model_view(entry: ModelEntry, state: ReplicaState, now: float, store: ModelS
             "served": r.served,
             "trigger": r.trigger,
             "keep_alive_s": _seconds(entry.keep_alive if r.keep_alive is None else r.keep_alive),
-            "idle_s": None if r.idle_since is None else round(now - r.idle_since, 3),
-            "expires_in_s": None if r.expires_at is None else round(max(0.0, r.expires_at - now), 3),
+            # (a busy replica is not idle, though a lease's bookkeeping may not have said so yet: Pool.try_acquire)
+            "idle_s": None if r.idle_since is None or r.in_flight else round(now - r.idle_since, 3),
+            "expires_in_s": None if r.expires_at is None or r.in_flight else round(max(0.0, r.expires_at - now), 3),
             "error": r.error,
         })
     last = entry.starts[-1].to_dict() if entry.starts else None
