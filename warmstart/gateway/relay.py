@@ -169,11 +169,12 @@ class Relay:
         """What hands a whole 200 answer to `send_now` as it arrives; `sent` gets when it was sent, and what. Its
         slot is given back with the rest of its bookkeeping, put off (`later`) until the client has had time to read
         the answer: the next bytes read from any client bring it on first, so the next request finds the slot free
-        (see gateway/afterwards.py)."""
+        (see gateway/afterwards.py). When requests for the model are held for a slot, at once: one of them takes
+        it now."""
         def on_whole(status: int, headers: dict[str, str], data: bytes) -> bool:
             if status == 200 and send_now(Answer(data, 200, served_headers(lease), _nothing)):
                 sent.append((self.now(), data))
-                if self.later is not None:
+                if self.later is not None and not self.pool.held(lease.replica.model):
                     self.later(lease.release)
                 else:
                     lease.release()

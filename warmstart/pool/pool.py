@@ -144,6 +144,11 @@ class Pool:
 
     # ---- leases --------------------------------------------------------------------------
 
+    def held(self, name: str) -> int:
+        """How many requests for `name` wait for a slot (0 for a model not served here)."""
+        entry = self._models.get(name)
+        return 0 if entry is None else len(entry.waiters)
+
     def try_acquire(self, name: str, keep_alive: float | None = None, put_off: bool = False) -> Lease | None:
         """The warm fast path: a lease at once if a warm replica has a free slot and nobody waits. `put_off`: the
         pool's bookkeeping of it (the replica's idle clock, the wait counted, the arrival told) waits for

@@ -346,17 +346,46 @@ def test_a_warm_requests_task_starts_once_its_engine_has_answered(running, monke
     _until(lambda: counted() == 1)
     assert events == ["answer sent", "task made"]
 
-    [(_, _, models)], _ = run.exchange(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
-    url = next(m for m in json.loads(models)["data"] if m["id"] == STUB_MODEL)["replicas"][0]["url"]
-    with socket.create_connection(tuple(url.split("//")[1].split(":")), timeout=10) as engine:  # type: ignore[arg-type]
-        delay = json.dumps({"seconds": 4 * LISTEN_AFTER_S}).encode()
-        engine.sendall(post(delay, b"/delay"))
-        assert _answer(engine).startswith(b"HTTP/1.1 200")
+    _stand_in_waits(run, 4 * LISTEN_AFTER_S)
     events.clear()
     [(status, headers, _)], _ = run.exchange(post(body, b"/v1/completions"))
     assert status.startswith(b"HTTP/1.1 200") and headers[b"x-warmstart-start"] == b"warm"
     _until(lambda: counted() == 2)
     assert events == ["task made", "answer sent"]
+
+
+def _stand_in_waits(run: Any, seconds: float) -> None:
+    """Tell bench serve's stand-in engine (started already) to answer after `seconds`."""
+    from warmstart.bench.serve import STUB_MODEL
+    [(_, _, models)], _ = run.exchange(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+    url = next(m for m in json.loads(models)["data"] if m["id"] == STUB_MODEL)["replicas"][0]["url"]
+    with socket.create_connection(tuple(url.split("//")[1].split(":")), timeout=10) as engine:  # type: ignore[arg-type]
+        engine.sendall(post(json.dumps({"seconds": seconds}).encode(), b"/delay"))
+        assert _answer(engine).startswith(b"HTTP/1.1 200")
+
+
+def test_a_slot_that_a_held_request_waits_for_is_given_back_with_the_answer(running):
+    """An answer sent from the engine's callback puts its slot's release off with the rest of its bookkeeping,
+    unless a request for the model is held for a slot: then the slot goes back at once, without waiting for the
+    gateway's next read (here none comes, and the put-off work waits an hour). The stand-in: one slot, 0.3 s."""
+    from warmstart.bench.serve import STUB, STUB_MODEL
+
+    run = running(STUB.replace("max_concurrency = 4", "max_concurrency = 1"))
+    body = json.dumps({"model": STUB_MODEL, "prompt": "Hello", "max_tokens": 1}).encode()
+    assert run.exchange(post(body, b"/v1/completions"))[0][0][0].startswith(b"HTTP/1.1 200")  # starts the stand-in
+    _stand_in_waits(run, 0.3)
+    _until(lambda: not run.gateway.services.afterwards.pending)
+    run.gateway.services.afterwards.delay = 3600.0
+    with socket.create_connection(("127.0.0.1", run.port), timeout=10) as first, \
+            socket.create_connection(("127.0.0.1", run.port), timeout=10) as second:
+        first.sendall(post(body, b"/v1/completions"))
+        threading.Event().wait(0.1)
+        second.sendall(post(body, b"/v1/completions"))  # held: the one slot is busy
+        _until(lambda: run.gateway.services.pool.held(STUB_MODEL) == 1)
+        reply = _answer(first)
+        assert reply.startswith(b"HTTP/1.1 200") and b"x-warmstart-wait-ms: 0.0" in reply
+        reply = _answer(second)  # (a socket timeout of 10 s: without the slot back it would wait the hour)
+        assert reply.startswith(b"HTTP/1.1 200") and b"x-warmstart-wait-ms: 0.0" not in reply, reply
 
 
 @pytest.mark.parametrize(("proxies", "front"), [([], True), (["10.0.0.1"], False)])
