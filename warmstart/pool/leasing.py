@@ -53,8 +53,7 @@ class Leasing:
         """A slot taken at `wall` with its bookkeeping put off: the replica is no longer idle (its unload timer
         disarmed; one that fired meanwhile found the slot taken and left the replica be), the wait of 0 counted,
         the arrival told."""
-        replica.idle_since = None
-        self._lifecycle.disarm_expiry(replica)
+        self._busy(replica)
         self._served_at_once(entry, wall)
 
     def _served_at_once(self, entry: ModelEntry, wall: float) -> None:
@@ -113,11 +112,15 @@ class Leasing:
         clock reads around the bookkeeping would charge it for a thread switch it never waited for; None: the
         same, its wait counted by the caller)."""
         replica.in_flight += 1
-        replica.idle_since = None
-        self._lifecycle.disarm_expiry(replica)
+        self._busy(replica)
         if waited is not None:
             entry.wait_histogram.observe(waited)
         return Lease(self._owner, replica, cold, waited or 0.0, keep_alive)
+
+    def _busy(self, replica: Replica) -> None:
+        """A slot of `replica` is taken: it is not idle, and its unload timer is disarmed."""
+        replica.idle_since = None
+        self._lifecycle.disarm_expiry(replica)
 
     def dispatch(self, entry: ModelEntry) -> None:
         """Hand free slots of warm replicas to the requests waiting, first come first served."""
