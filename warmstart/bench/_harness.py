@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +23,40 @@ from warmstart.loadtest.report import percentile as loadtest_percentile
 from warmstart.progress import step
 
 
+def leave_scratch(path: Path, exc_type: type[BaseException] | None) -> None:
+    """A benchmark's own folder in the temporary directory, at the benchmark's end: removed when it ended well or
+    was interrupted by hand; kept, and named on stderr, when it failed (its logs say why)."""
+    if exc_type is None or issubclass(exc_type, KeyboardInterrupt):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        print(f"warmstart bench: the failed run's logs and data are kept in {path}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def scratch(prefix: str, given: str | None = None) -> Iterator[Path]:
+    """A working folder for a benchmark: `given` (made if needed, always kept), else a new one in the temporary
+    directory, left as `leave_scratch` says."""
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    except BaseException as exc:
+        leave_scratch(path, type(exc))
+        raise
+    leave_scratch(path, None)
+
+
 class ServerProcess:
-    """`warmstart serve` with a given config text, in its own data directory."""
+    """`warmstart serve` with a given config text, in its own data directory. Without a `workdir` it makes one
+    in the temporary directory, left at the end as `leave_scratch` says (the server's log and data kept when the
+    benchmark failed)."""
 
     def __init__(self, config_text: str, workdir: Path | None = None) -> None:
+        self.owned = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="warmstart-bench-"))
         self.port = free_port()
         self.config = self.workdir / "warmstart.toml"
@@ -41,27 +74,35 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         step("starting a warmstart server")
-        log = open(self.workdir / "server.log", "ab")  # kept by the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "warmstart", "serve", "--config", str(self.config), "--port", str(self.port),
-             "--data-dir", str(self.workdir / "data"), "--log-level", "warning"],
-            stdout=log, stderr=log, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        with open(self.workdir / "server.log", "ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "warmstart", "serve", "--config", str(self.config), "--port", str(self.port),
+                 "--data-dir", str(self.workdir / "data"), "--log-level", "warning"],
+                stdout=log, stderr=log, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if request_json(self.url, "GET", "/readyz")[0] == 200:
                     return self
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError("warmstart did not become ready; see " + str(self.workdir / "server.log"))
+        why = "did not become ready in 60 s" if self.proc.poll() is None else f"exited ({self.proc.returncode})"
+        self._stop()
+        raise RuntimeError(f"warmstart {why}; see {self.workdir / 'server.log'}")
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: Any) -> None:
+        self._stop()
+        if self.owned:  # each run would otherwise leave ~10 MB (log, history, store) in the temporary directory
+            leave_scratch(self.workdir, exc_type)
+
+    def _stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
 def request_json(base: str, method: str, path: str, body: Any = None, timeout: float = 600) -> tuple[int, Any]:

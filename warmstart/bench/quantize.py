@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--starts", type=int, default=3, help="cold starts per model (the median is reported)")
     p.add_argument("--limit", type=int, help="answer only the first N of the 100 prompts")
     p.add_argument("--chunks", type=int, help="score only N chunks of the corpus")
-    p.add_argument("--workdir", help="keep the model files here (default: a temporary folder)")
+    p.add_argument("--workdir", help="keep the model files here (default: a temporary folder, removed at the end)")
     p.add_argument("--json", help="write the results here")
     return p
 
@@ -69,6 +68,15 @@ async def _start(path: Path, data_dir: Path, label: str) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
+    from warmstart.bench._harness import scratch
+
+    args = parser().parse_args(argv)
+    # some 600 MB of model files: removed at the end unless --workdir names a folder to keep them in
+    with scratch("warmstart-bench-quantize-", args.workdir) as work:
+        return _measure(args, work)
+
+
+def _measure(args: argparse.Namespace, work: Path) -> int:
     from warmstart.bench._harness import machine, table, write_json
     from warmstart.quant.answers import default_prompts, read_prompts
     from warmstart.quant.convert import convert
@@ -79,9 +87,6 @@ def main(argv: list[str]) -> int:
     from warmstart.store.manifest import ManifestStore
     from warmstart.store.sources import resolve_model_path
 
-    args = parser().parse_args(argv)
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="warmstart-bench-quantize-"))
-    work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
     files = {t: work / f"smollm2-{t}.gguf" for t in TYPES}
     quantize_s = {}

@@ -1,0 +1,58 @@
+"""The benchmarks' working folders: a run that ends well leaves nothing in the temporary directory (each `bench
+serve` left ~10 MB, `bench quantize` ~600 MB); a failed one keeps its logs and says where; a server that cannot
+start is reported at once, not after the 60 s wait for it to be ready."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from warmstart.bench._harness import ServerProcess, request_json, scratch
+from warmstart.bench.serve import STUB
+
+
+def test_a_scratch_folder_is_removed_when_the_run_ends_well_or_is_interrupted(tmp_path):
+    with scratch("warmstart-test-") as work:
+        (work / "model.gguf").write_bytes(b"x" * 1000)
+    assert not work.exists()
+    with pytest.raises(KeyboardInterrupt), scratch("warmstart-test-") as work:
+        (work / "model.gguf").write_bytes(b"x")
+        raise KeyboardInterrupt
+    assert not work.exists()
+
+
+def test_a_failed_run_keeps_its_folder_and_names_it(capsys):
+    with pytest.raises(RuntimeError, match="engine died"), scratch("warmstart-test-") as work:
+        (work / "server.log").write_text("why it failed")
+        raise RuntimeError("engine died")
+    try:
+        assert (work / "server.log").read_text() == "why it failed"
+        assert str(work) in capsys.readouterr().err
+    finally:
+        shutil.rmtree(work)
+
+
+def test_a_folder_given_is_made_and_kept(tmp_path):
+    given = tmp_path / "keep" / "here"
+    with scratch("warmstart-test-", str(given)) as work:
+        (work / "f16.gguf").write_bytes(b"x")
+    assert work == given and (given / "f16.gguf").exists()
+
+
+def test_the_benchmark_server_leaves_no_folder_behind():
+    with ServerProcess(STUB) as server:
+        assert request_json(server.url, "GET", "/readyz")[0] == 200
+        workdir = server.workdir
+        assert (workdir / "server.log").exists()
+    assert server.proc is not None and server.proc.poll() is not None
+    assert not workdir.exists()
+
+
+def test_a_server_that_cannot_start_is_reported_at_once_with_its_log():
+    server = ServerProcess("[[models]\nname = ")  # not TOML: `warmstart serve` exits with an error
+    with pytest.raises(RuntimeError, match=r"exited \(\d+\); see .*server\.log") as caught:  # not after 60 s
+        server.__enter__()
+    log = server.workdir / "server.log"
+    assert str(log) in str(caught.value) and log.read_text().strip()
+    shutil.rmtree(server.workdir)
