@@ -26,7 +26,7 @@ from typing import Any
 
 from warmstart.bench._harness import Client, ServerProcess, free_port, machine, request_json, table, write_json
 from warmstart.bench._tiny_llama import build_in
-from warmstart.engines.ipc import socket_dir
+from warmstart.engines.ipc import release_socket_dir, socket_dir
 from warmstart.engines.vllm import API_SERVER, PACKAGE_ROOT, default_python
 from warmstart.engines.vllm_log import PhaseClock, split_lines
 from warmstart.progress import step
@@ -41,8 +41,9 @@ def plain_start(python: str, model_dir: Path, work: Path, cache: Path, name: str
     port = free_port()
     for d in ("home", "tmp"):
         (work / d).mkdir(parents=True, exist_ok=True)
+    sockets = socket_dir(work / "tmp")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(work / "home"), "TMPDIR": str(work / "tmp"),
-           "VLLM_RPC_BASE_PATH": str(socket_dir(work / "tmp")),
+           "VLLM_RPC_BASE_PATH": str(sockets),
            "VLLM_CACHE_ROOT": str(cache / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
            "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
     log_path = work / f"plain-{name}.log"
@@ -88,6 +89,7 @@ def plain_start(python: str, model_dir: Path, work: Path, cache: Path, name: str
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        release_socket_dir(work / "tmp", sockets)
 
 
 def warmstart_starts(python: str, models: dict[str, Path], work: Path) -> dict[str, dict[str, Any]]:

@@ -44,8 +44,28 @@ def socket_dir(preferred: Path, room: int = UUID_NAME) -> Path:
 
 
 def release_socket_dir(preferred: Path, used: Path) -> None:
-    """Remove `used`, the short folder `socket_dir(preferred)` made, if it is one and nothing is left in it (every
-    server would otherwise leave one behind in the temporary directory)."""
-    if used != preferred:
-        with contextlib.suppress(OSError):  # gone already, or sockets still in it
-            used.rmdir()
+    """Remove `used`, the short folder `socket_dir(preferred)` made, if it is one (every server would otherwise
+    leave one behind in the temporary directory): first the socket files in it that no process has bound any
+    more (vLLM leaves its ZMQ sockets behind, so the folder was never empty), then the folder when nothing else
+    is left in it. A socket another engine of the same data directory still listens on stays, and so does the
+    folder."""
+    if used == preferred:
+        return
+    bound = bound_socket_paths()
+    with contextlib.suppress(OSError):  # gone already
+        for entry in used.iterdir():
+            with contextlib.suppress(OSError):
+                if bound is not None and stat.S_ISSOCK(entry.lstat().st_mode) and str(entry) not in bound:
+                    entry.unlink()
+    with contextlib.suppress(OSError):  # gone already, or something still in it
+        used.rmdir()
+
+
+def bound_socket_paths() -> set[str] | None:
+    """The paths of the Unix sockets bound in this network namespace (Linux's /proc/net/unix, whose last column
+    is the path), or None where that cannot be read: then nothing counts as stale."""
+    try:
+        lines = Path("/proc/net/unix").read_text(errors="replace").splitlines()[1:]
+    except OSError:
+        return None
+    return {fields[7] for fields in (line.split(None, 7) for line in lines) if len(fields) == 8}

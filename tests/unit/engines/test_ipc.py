@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 
 import pytest
@@ -59,3 +60,26 @@ async def test_a_vllm_engine_under_a_deep_data_directory_leaves_no_folder_behind
     assert short != engine.root / "tmp" and short.is_dir()
     await engine.close()
     assert not short.exists()
+
+
+def test_sockets_no_process_listens_on_are_removed_with_the_folder_and_live_ones_kept(tmp_path):
+    deep = tmp_path / ("d" * 80) / "vllm" / "tmp"
+    short = socket_dir(deep)
+    live, stale = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+    try:
+        live.bind(str(short / "live"))
+        live.listen()
+        stale.bind(str(short / "stale"))
+        stale.close()  # its file stays, as an engine killed or closed without unlinking leaves it
+        assert (short / "stale").exists()
+        release_socket_dir(deep, short)
+        assert not (short / "stale").exists() and (short / "live").exists() and short.is_dir()
+        live.close()
+        release_socket_dir(deep, short)
+        assert not short.exists()
+    finally:
+        live.close()
+        if short.exists():
+            for f in short.iterdir():
+                f.unlink()
+            short.rmdir()
