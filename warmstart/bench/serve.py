@@ -13,7 +13,6 @@ as the engine does to it, with no model on the CPUs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -34,6 +33,7 @@ from warmstart.bench._harness import (
     write_json,
 )
 from warmstart.bench._interval import median_difference_interval
+from warmstart.cli.base import Parser, at_least
 from warmstart.engines.llamacpp_server import default_threads
 from warmstart.progress import step
 
@@ -350,16 +350,16 @@ def _overhead_rows(result: dict[str, Any], suffix: str, engine: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="warmstart bench serve", description=__doc__)
+    parser = Parser(prog="warmstart bench serve", description=__doc__)
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--requests", type=int, default=200, help="warm requests for the TTFT percentiles")
+    parser.add_argument("--requests", type=at_least(1), default=200, help="warm requests for the TTFT percentiles")
     # 1,600: with the engine at its default threads its own time spreads over milliseconds, and a difference of
     # p50s over 400 pairs was known only to +-0.2-0.4 ms (95 % interval); over 1,600 to about +-0.1-0.2
-    parser.add_argument("--pairs", type=int, default=1600,
+    parser.add_argument("--pairs", type=at_least(1), default=1600,
                         help="direct/gateway request triples for each overhead arm (about a minute each)")
-    parser.add_argument("--streams", type=int, default=8, help="concurrent streams for tokens per second")
-    parser.add_argument("--rounds", type=int, default=8, help="rounds of each throughput measure (median)")
-    parser.add_argument("--max-tokens", type=int, default=64, help="tokens each throughput stream generates")
+    parser.add_argument("--streams", type=at_least(1), default=8, help="concurrent streams for tokens per second")
+    parser.add_argument("--rounds", type=at_least(1), default=8, help="rounds of each throughput measure (median)")
+    parser.add_argument("--max-tokens", type=at_least(1), default=64, help="tokens each throughput stream generates")
     args = parser.parse_args(argv)
     result = run(args.requests, args.pairs, args.streams, args.rounds, args.max_tokens)
     print(report(result))

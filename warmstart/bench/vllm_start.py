@@ -14,7 +14,6 @@ each with a BPE tokenizer trained here: nothing is downloaded.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from typing import Any
 
 from warmstart.bench._harness import Client, ServerProcess, free_port, machine, request_json, table, write_json
 from warmstart.bench._tiny_llama import build_in
+from warmstart.cli.base import Parser
 from warmstart.engines.ipc import release_socket_dir, socket_dir
 from warmstart.engines.vllm import API_SERVER, PACKAGE_ROOT, default_python
 from warmstart.engines.vllm_log import PhaseClock, split_lines
@@ -149,7 +149,7 @@ def phase_rows(runs: dict[str, dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="warmstart bench vllm-start", description=__doc__.split("\n")[0])
+    parser = Parser(prog="warmstart bench vllm-start", description=__doc__.split("\n")[0])
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--python", default=default_python(), help="vLLM's interpreter (default: .venv-vllm)")
     parser.add_argument("--work", default=str(PACKAGE_ROOT / ".cache" / "bench" / "vllm-start"),

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from warmstart.cli.base import CLIError
+from warmstart.cli.base import CLIError, Parser
 
 TARGET_FEWER_COLD = 0.20
 KEEPALIVES = "0,30,60,120,180,300,600,1200,1800,3600,7200,14400"
@@ -34,13 +34,8 @@ TRACES = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise CLIError(f"{message} (see `warmstart bench warming --help`)", status=2)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="warmstart bench warming", description=__doc__,
+    p = Parser(prog="warmstart bench warming", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--traces", default=None, help="folder holding servegen-m-large/ and azure-2023/ "
                                                    "(default: the shared traces)")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from warmstart import __version__
 from warmstart.cli import audit, base, bench, cluster, image, loadtest, quant, reload, sim, store
-from warmstart.cli.base import COMMANDS, CLIError, _Parser
+from warmstart.cli.base import COMMANDS, CLIError, Parser
 from warmstart.errors import ConfigError, WarmstartError
 
 __all__ = ["build_parser", "main"]
@@ -20,9 +20,9 @@ AREAS = (base, reload, bench, audit, sim, store, loadtest, quant, cluster, image
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="warmstart", description="Serve self-hosted LLMs warm, without keeping them loaded.")
+    parser = Parser(prog="warmstart", description="Serve self-hosted LLMs warm, without keeping them loaded.")
     parser.add_argument("--version", action="version", version=f"warmstart {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for area in AREAS:
         area.register(sub)
     return parser

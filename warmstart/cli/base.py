@@ -28,9 +28,26 @@ class CLIError(Exception):
         self.status = status
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (CLIError, exit status 2) naming the command's --help."""
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise CLIError(f"{message} (see `{self.prog} --help`)", status=2)
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than `minimum` (a count of requests, rounds, runs)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 Command = Callable[[argparse.Namespace], int]
