@@ -9,6 +9,8 @@ import pytest
 
 from tests.support import Server, config_text, free_port, smollm2
 
+pytest_plugins = ["tests.reaper"]  # servers started by tests stop when pytest is stopped
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.cli_format import columns
-from warmstart.engines.process import free_port
+from warmstart.engines.process import die_with_parent, free_port
 from warmstart.loadtest.report import percentile as loadtest_percentile
 from warmstart.progress import step
 
@@ -78,7 +78,8 @@ class ServerProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "warmstart", "serve", "--config", str(self.config), "--port", str(self.port),
                  "--data-dir", str(self.workdir / "data"), "--log-level", "warning"],
-                stdout=log, stderr=log, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                stdout=log, stderr=log, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=die_with_parent)  # a benchmark stopped by a signal does not leave its server running
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:

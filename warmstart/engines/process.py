@@ -46,7 +46,7 @@ def read_from(path: Path, offset: int) -> bytes:
         return b""
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child between fork and exec: SIGTERM it when warmstart dies, even by kill -9.
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
@@ -55,7 +55,7 @@ def _die_with_parent() -> None:
 
 def _die_with_parent_idle() -> None:
     # Also: run only on CPU time nothing else wants (a runtime preparing in the background)
-    _die_with_parent()
+    die_with_parent()
     with contextlib.suppress(Exception):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
@@ -133,7 +133,7 @@ class ManagedProcess:
                 *argv, stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,
                 stdout=log, stderr=log, env=env, cwd=cwd,
                 pass_fds=pass_fds, start_new_session=True,
-                preexec_fn=_die_with_parent_idle if idle else _die_with_parent,
+                preexec_fn=_die_with_parent_idle if idle else die_with_parent,
             )
         except OSError as exc:
             if with_reports:

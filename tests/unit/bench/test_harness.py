@@ -4,7 +4,13 @@ start is reported at once, not after the 60 s wait for it to be ready."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +62,35 @@ def test_a_server_that_cannot_start_is_reported_at_once_with_its_log():
     log = server.workdir / "server.log"
     assert str(log) in str(caught.value) and log.read_text().strip()
     shutil.rmtree(server.workdir)
+
+
+def test_a_benchmark_stopped_by_a_signal_does_not_leave_its_server_running():
+    bench = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                              "from warmstart.bench._harness import ServerProcess\n"
+                              "from warmstart.bench.serve import STUB\n"
+                              "with ServerProcess(STUB) as s:\n"
+                              "    print(s.pid, flush=True)\n"
+                              "    time.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
+    server = None
+    try:
+        server = int(bench.stdout.readline())
+        assert _alive(server)
+        bench.send_signal(signal.SIGTERM)  # as `timeout` or a CI job's end does: no __exit__ runs
+        bench.wait(30)
+        for _ in range(300):
+            if not _alive(server):
+                break
+            time.sleep(0.1)
+        assert not _alive(server)
+    finally:
+        bench.kill()
+        bench.stdout.close()
+        if server is not None and _alive(server):
+            os.kill(server, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().split(b") ")[1][:1] != b"Z"
+    except (OSError, IndexError):
+        return False
