@@ -69,11 +69,12 @@ def test_a_benchmark_stopped_by_a_signal_does_not_leave_its_server_running():
                               "from warmstart.bench._harness import ServerProcess\n"
                               "from warmstart.bench.serve import STUB\n"
                               "with ServerProcess(STUB) as s:\n"
-                              "    print(s.pid, flush=True)\n"
+                              "    print(s.pid, s.workdir, flush=True)\n"
                               "    time.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
-    server = None
+    server, workdir = None, None
     try:
-        server = int(bench.stdout.readline())
+        pid, folder = bench.stdout.readline().split(maxsplit=1)
+        server, workdir = int(pid), Path(folder.strip())
         assert _alive(server)
         bench.send_signal(signal.SIGTERM)  # as `timeout` or a CI job's end does: no __exit__ runs
         bench.wait(30)
@@ -87,6 +88,8 @@ def test_a_benchmark_stopped_by_a_signal_does_not_leave_its_server_running():
         bench.stdout.close()
         if server is not None and _alive(server):
             os.kill(server, signal.SIGKILL)
+        if workdir is not None:  # a benchmark killed by a signal cannot remove it
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
