@@ -139,13 +139,18 @@ class Server:
         return next(m for m in payload["data"] if m["id"] == name)
 
     def wait_for(self, predicate: Any, timeout: float = 30, interval: float = 0.1) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
-        raise AssertionError(f"condition not met within {timeout} s")
+        return wait_until(predicate, timeout, interval)
+
+
+def wait_until(predicate: Any, timeout: float = 30, interval: float = 0.1) -> Any:
+    """`predicate()`'s first true value, asked every `interval` s; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def pid_alive(pid: int) -> bool:

@@ -6,10 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.reaper import descendants
+from tests.support import pid_alive, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CHILD_TEST = '''
@@ -21,13 +21,6 @@ def test_starts_a_server_and_waits():
     Path(sys.argv[-1]).parent.joinpath("child.pid").write_text(str(child.pid))
     time.sleep(120)
 '''
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().split(b") ")[1][:1] != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 def test_descendants_are_found_through_grandchildren():
@@ -53,21 +46,13 @@ def test_a_process_a_test_started_in_its_own_session_ends_when_pytest_is_stopped
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pid_file = tmp_path / "child.pid"
     child = None
-    try:
-        for _ in range(300):  # the inner test writes its child's pid once it runs
-            if pid_file.exists() and pid_file.read_text():
-                child = int(pid_file.read_text())
-                break
-            time.sleep(0.1)
-        assert child is not None and _alive(child)
+    try:  # the inner test writes its child's pid once it runs
+        child = int(wait_until(lambda: pid_file.exists() and pid_file.read_text()))
+        assert pid_alive(child)
         pytest_run.send_signal(signal.SIGTERM)
         assert pytest_run.wait(30) == -signal.SIGTERM
-        for _ in range(100):
-            if not _alive(child):
-                break
-            time.sleep(0.1)
-        assert not _alive(child)
+        wait_until(lambda: not pid_alive(child))
     finally:
         pytest_run.kill()
-        if child is not None and _alive(child):
+        if child is not None and pid_alive(child):
             os.kill(child, signal.SIGKILL)

@@ -9,11 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support import pid_alive, wait_until
 from warmstart.bench._harness import ServerProcess, request_json, scratch
 from warmstart.bench.serve import STUB
 
@@ -75,25 +75,14 @@ def test_a_benchmark_stopped_by_a_signal_does_not_leave_its_server_running():
     try:
         pid, folder = bench.stdout.readline().split(maxsplit=1)
         server, workdir = int(pid), Path(folder.strip())
-        assert _alive(server)
+        assert pid_alive(server)
         bench.send_signal(signal.SIGTERM)  # as `timeout` or a CI job's end does: no __exit__ runs
         bench.wait(30)
-        for _ in range(300):
-            if not _alive(server):
-                break
-            time.sleep(0.1)
-        assert not _alive(server)
+        wait_until(lambda: not pid_alive(server))
     finally:
         bench.kill()
         bench.stdout.close()
-        if server is not None and _alive(server):
+        if server is not None and pid_alive(server):
             os.kill(server, signal.SIGKILL)
         if workdir is not None:  # a benchmark killed by a signal cannot remove it
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().split(b") ")[1][:1] != b"Z"
-    except (OSError, IndexError):
-        return False
