@@ -7,6 +7,7 @@ tests/integration/test_serving.py."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from tests.support import wait_until
 from warmstart.clock import SystemClock
 from warmstart.config_loader import load_config
 from warmstart.engines.registry import create_engines
@@ -243,12 +245,7 @@ def test_the_bookkeeping_after_a_sent_answer_waits_until_the_gateway_reads_anyth
     assert not afterwards.pending
 
 
-def _until(condition: Any, seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.005)):
-        if condition():
-            return
-        threading.Event().wait(0.005)
-    raise AssertionError(f"not within {seconds} s")
+_until = functools.partial(wait_until, timeout=5.0, interval=0.005)  # polls often: the steps here take milliseconds
 
 
 def test_a_warm_request_goes_to_its_engine_from_its_connection_before_any_task_runs(running, monkeypatch):
