@@ -295,7 +295,7 @@ def report(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="warmstart bench image", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--runs", type=at_least(1), default=3, help="starts of each image (the median is reported)")
     parser.add_argument("--cache", help="base tarballs and wheels (default: as `warmstart image build`)")
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        f"(default {MODEL})")
     parser.add_argument("--config", help="a config naming --model (default: the embedded models)")
     args = parser.parse_args(argv)
-    result = run(max(1, args.runs), Path(args.cache) if args.cache else default_cache(), args.keep or args.reuse,
+    result = run(args.runs, Path(args.cache) if args.cache else default_cache(), args.keep or args.reuse,
                  args.reuse, args.model, Path(args.config) if args.config else None)
     print(report(result))
     write_json(args.json, result)
