@@ -3,12 +3,15 @@ replica, the OpenAI fields it supports pass through, the ones it would ignore ar
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
+import time
 import urllib.request
 
 import pytest
 
+from tests.faults import metric_sum
 from tests.support import chat, smollm2
 
 pytestmark = pytest.mark.integration
@@ -132,3 +135,28 @@ def test_a_model_configured_for_embeddings_answers_v1_embeddings_and_others_refu
     assert srv.model("smol-embed")["capabilities"]["embeddings"] is True
     status, _, body = srv.post("/v1/chat/completions", chat(model="smol-embed", max_tokens=2))
     assert status == 200, body  # an embedding model still generates
+
+
+def test_warm_requests_past_llama_servers_keep_alive_count_are_all_answered_on_one_client_connection(start_server):
+    """llama.cpp's server closes a connection after 100 requests on it (its HTTP library's keep-alive count). The
+    gateway's warm requests are sent on one kept engine connection straight from the client connection's callback,
+    and the request's task, started after the answer went out, found that connection closed: it failed, the client
+    connection was closed under the client and a 500 was counted for an answered request (every 100th request)."""
+    srv = start_server([smollm2(max_concurrency=1, max_replicas=1)])
+    body = json.dumps({"model": SMOL, "prompt": "Hello", "max_tokens": 1, "temperature": 0})
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        statuses, sockets = [], set()
+        for _ in range(130):
+            conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            statuses.append(resp.status)
+            sockets.add(id(conn.sock))
+            time.sleep(0.005)  # nothing put off is pending when the next one comes: it is begun from the callback
+    finally:
+        conn.close()
+    assert statuses == [200] * 130 and len(sockets) == 1
+    assert metric_sum(srv, "warmstart_requests_total", model=SMOL, code="200") == 130
+    assert metric_sum(srv, "warmstart_requests_total", model=SMOL, code="500") == 0
+    assert "Traceback" not in srv.log()

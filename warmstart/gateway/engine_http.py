@@ -222,11 +222,14 @@ class EngineClient:
                         return await self._head(key, reader, writer)
                     gathered = _expect(writer, on_whole, self._later)
                     writer.write(request)
-                protocol: EngineProtocol = writer.transport.get_protocol()  # type: ignore[assignment]
+                # None when the engine has closed the connection already (after a whole answer sent at once, its
+                # answer is in all the same)
+                protocol: EngineProtocol | None = writer.transport.get_protocol()  # type: ignore[assignment]
                 try:
                     found = await gathered
                 finally:
-                    protocol.whole = None
+                    if protocol is not None:
+                        protocol.whole = None
                 if found is None:
                     return await self._head(key, reader, writer)
                 status, answer_headers, answer, reusable = found

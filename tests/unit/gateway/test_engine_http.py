@@ -151,6 +151,32 @@ async def test_a_request_sent_at_once_goes_on_a_kept_connection_and_one_the_engi
         await client.close()
 
 
+async def test_an_answer_sent_at_once_whose_engine_then_closed_the_connection_is_still_the_answer():
+    """An engine may close its connection right after a whole answer (llama.cpp's server does after its keep-alive
+    count of requests on one connection): by the time `post(posted=)` looks at the answer the connection is gone
+    (its transport has no protocol any more). The answer is still the answer, and the connection is not kept."""
+    async with Server(lambda n, body: [fixed(f"{n}:{body.decode()}")], close_after=lambda n: n == 2) as srv:
+        client = EngineClient()
+        r = await client.post(srv.url + "/", b"a", {}, whole=True)
+        assert await r.read() == b"1:a"
+        r.release()
+        seen = []
+        posted = client.send_at_once(srv.url + "/", b"b", {}, lambda status, headers, body: seen.append(body))
+        assert posted is not None
+        for _ in range(200):  # the answer is in and the engine has closed the connection
+            if seen and posted.writer.transport.get_protocol() is None:
+                break
+            await asyncio.sleep(0.005)
+        assert seen == [b"2:b"] and posted.writer.transport.get_protocol() is None
+        r = await client.post(srv.url + "/", b"b", {}, whole=True, posted=posted)
+        assert r.status == 200 and await r.read() == b"2:b"
+        r.release()
+        r = await client.post(srv.url + "/", b"c", {}, whole=True)  # on a new connection
+        assert await r.read() == b"3:c" and srv.connections == 2
+        r.release()
+        await client.close()
+
+
 async def test_an_answer_cut_in_the_middle_is_a_connection_error():
     async with Server(lambda n, body: [b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this"],
                       close_after=True) as srv:
