@@ -120,11 +120,13 @@ def request_json(base: str, method: str, path: str, body: Any = None, timeout: f
 
 
 class Client:
-    """One keep-alive connection, as a benchmark client would hold."""
+    """One keep-alive connection, as a benchmark client would hold; `reconnects`: how often the server had closed
+    it under a request (llama.cpp's server does after 100 requests on one connection; a gateway never should)."""
 
     def __init__(self, base: str) -> None:
         host, port = base.split("//")[1].split(":")
         self.conn = http.client.HTTPConnection(host, int(port), timeout=600)
+        self.reconnects = 0
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[float, int, bytes, dict[str, str]]:
         data = json.dumps(body).encode()
@@ -137,6 +139,7 @@ class Client:
             except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
                 # the server closed this keep-alive connection meanwhile: timed again on a new one
                 self.conn.close()
+                self.reconnects += 1
                 if attempt:
                     raise
                 continue

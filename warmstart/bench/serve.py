@@ -181,7 +181,8 @@ def _overhead(server: ServerProcess, gateway: Client, engine_url: str, model: st
     try:
         splice = Client(f"http://127.0.0.1:{splice_proc.stdout.readline().strip()}")  # type: ignore[union-attr]
         try:
-            times, gateway_cpu, idle = _triples(server, {"d": direct, "g": gateway, "s": splice}, model, pairs)
+            times, gateway_cpu, idle, closed = _triples(server, {"d": direct, "g": gateway, "s": splice}, model,
+                                                        pairs)
         finally:
             splice.close()
     finally:  # the proxy process ends with the measure, whatever happened in it
@@ -204,12 +205,17 @@ def _overhead(server: ServerProcess, gateway: Client, engine_url: str, model: st
         "splice_overhead_paired_p50_ms": _ms(statistics.median([s - d for s, d in zip(s_times, d_times, strict=True)])),
         "gateway_cpu_ms_per_request": _ms(gateway_cpu),
         "gateway_idle_cpu_ms_per_s": _ms(idle),
+        # keep-alive connections closed under a timed request (it was timed again on a new one): llama.cpp's server
+        # closes one after 100 requests on it; a gateway should not close a busy one
+        "direct_reconnects": closed["d"],
+        "gateway_reconnects": closed["g"],
     }
 
 
 def _triples(server: ServerProcess, arms: dict[str, Client], model: str,
-             pairs: int) -> tuple[dict[str, list[float]], float, float]:
-    """Each arm's request times, in rotating order; the gateway's CPU seconds per request, and per second idle."""
+             pairs: int) -> tuple[dict[str, list[float]], float, float, dict[str, int]]:
+    """Each arm's request times, in rotating order; the gateway's CPU seconds per request, and per second idle; how
+    many times each arm's connection was closed under a timed request."""
     body = {"model": model, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
     step(f"gateway overhead ({model}): warm-up")
     for _ in range(20):
@@ -218,6 +224,9 @@ def _triples(server: ServerProcess, arms: dict[str, Client], model: str,
     times: dict[str, list[float]] = {tag: [] for tag in arms}
     step(f"gateway overhead ({model}): the gateway's idle CPU")
     idle = _cpu_rate(server.pid, IDLE_S)  # its timers' CPU, taken out of the per-request figure
+    for arm in arms.values():  # untimed: a connection left idle that long may have been closed (uvicorn: after 5 s)
+        arm.post("/v1/completions", body)
+    closed = {tag: arm.reconnects for tag, arm in arms.items()}
     cpu_before, began = _cpu_seconds(server.pid), time.perf_counter()
     for i in range(pairs):
         step(f"gateway overhead ({model}), request triples", i, pairs)
@@ -226,7 +235,8 @@ def _triples(server: ServerProcess, arms: dict[str, Client], model: str,
             seconds, code, _, _ = arm.post("/v1/completions", body)
             assert code == 200
             times[tag].append(seconds)
-    return times, (_cpu_seconds(server.pid) - cpu_before - idle * (time.perf_counter() - began)) / pairs, idle
+    cpu = (_cpu_seconds(server.pid) - cpu_before - idle * (time.perf_counter() - began)) / pairs
+    return times, cpu, idle, {tag: arm.reconnects - closed[tag] for tag, arm in arms.items()}
 
 
 def _cpu_rate(pid: int, seconds: float) -> float:
@@ -346,6 +356,8 @@ def _overhead_rows(result: dict[str, Any], suffix: str, engine: str,
          f"{ms('gateway_cpu_ms_per_request'):.3f} ms", ""),
         ("  engine direct / via gateway p50",
          f"{ms('direct_latency_p50_ms'):.2f} / {ms('gateway_latency_p50_ms'):.2f} ms", ""),
+        ("  connections closed under a request, direct / via gateway",
+         f"{result[f'direct_reconnects{suffix}']} / {result[f'gateway_reconnects{suffix}']}", "0 via gateway"),
     ]
 
 

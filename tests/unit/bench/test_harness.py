@@ -7,14 +7,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from tests.support import pid_alive, wait_until
-from warmstart.bench._harness import ServerProcess, request_json, scratch
+from warmstart.bench._harness import Client, ServerProcess, request_json, scratch
 from warmstart.bench.serve import STUB
 
 
@@ -86,3 +88,37 @@ def test_a_benchmark_stopped_by_a_signal_does_not_leave_its_server_running():
             os.kill(server, signal.SIGKILL)
         if workdir is not None:  # a benchmark killed by a signal cannot remove it
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_connection_the_server_closed_under_a_request_is_timed_again_and_counted():
+    """A server that answers one request per connection and closes it without saying so: the client's next request
+    on it fails and is sent again on a new connection, and counted (`bench serve` reports the count per arm: a
+    gateway closing its clients' connections is a defect that reconnecting alone would hide)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        for _ in range(3):
+            conn, _ = listener.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(4096)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = Client(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    try:
+        for _ in range(3):
+            _seconds, status, payload, _ = client.post("/v1/completions", {"prompt": "x"})
+            assert status == 200 and payload == b"{}"
+        assert client.reconnects == 2
+    finally:
+        client.close()
+        listener.close()
+        thread.join(5)
