@@ -9,6 +9,7 @@ Run alone with `pytest -m vllm`.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -55,12 +56,15 @@ def srv() -> Iterator[Server]:
         {"name": "tiny-plain", "engine": "vllm", "path": str(model), "keep_alive": "30m",
          "options": {**OPTIONS, "runtimes": 0}},
     ]))
-    server = Server(config_path=config, data_dir=work / "data", port=free_port()).start()
-    yield server
-    pool = server.model("tiny")["runtime_pool"]
-    server.stop()
-    # warmstart's shutdown stops the runtimes still waiting for a model
-    assert not any(pid_alive(pid) for pid in pool["pids"])
+    try:
+        server = Server(config_path=config, data_dir=work / "data", port=free_port()).start()
+        yield server
+        pool = server.model("tiny")["runtime_pool"]
+        server.stop()
+        # warmstart's shutdown stops the runtimes still waiting for a model
+        assert not any(pid_alive(pid) for pid in pool["pids"])
+    finally:  # a short folder of its own (vLLM's socket paths must fit): not pytest's, so removed here
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def engine_phases(phases: dict) -> list[str]:

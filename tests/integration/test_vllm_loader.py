@@ -11,6 +11,7 @@ Run alone with `pytest -m vllm tests/integration/test_vllm_loader.py`.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,9 +43,12 @@ def srv() -> Iterator[Server]:
         {"name": "tiny-forked", "engine": "vllm", "path": str(model), "keep_alive": "30m",
          "options": {**OPTIONS, "load_format": "warmstart", "runtimes": 1}},
     ]))
-    server = Server(config_path=config, data_dir=work / "data", port=free_port()).start()
-    yield server
-    server.stop()
+    try:
+        server = Server(config_path=config, data_dir=work / "data", port=free_port()).start()
+        yield server
+        server.stop()
+    finally:  # a short folder of its own (vLLM's socket paths must fit): not pytest's, so removed here
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def complete(srv: Server, model: str, start: str = "cold") -> dict:

@@ -121,6 +121,7 @@ class VllmEngine:
         self.pools: dict[str, RuntimePool] = {}
         self.architectures: set[str] = set()
         self._env: dict[str, str] | None = None  # every pool's environment, once open() made it
+        self._opened = False
         self._sockets: Path | None = None  # the folder for vLLM's sockets, once base_env() chose it
         self._read_paths: set[str] = set()  # model folders whose architectures were read
         for model in models:
@@ -239,7 +240,13 @@ class VllmEngine:
         pool.size = max(pool.size, size)
 
     async def open(self) -> None:
-        """Start filling the runtime pools (called once the server is up)."""
+        """Start filling the runtime pools (called once the server is up). A server without vLLM models makes
+        nothing for vLLM (its socket folder in /tmp under a deep data directory, left behind if it is killed)."""
+        self._opened = True
+        if self.pools:
+            self._open_pools()
+
+    def _open_pools(self) -> None:
         env = self._env = self.base_env()
         env["VLLM_CACHE_ROOT"] = str(self.root / "cache" / "_shared")
         env["WARMSTART_VLLM_ARCHITECTURES"] = ",".join(sorted(self.architectures))
@@ -258,6 +265,8 @@ class VllmEngine:
                 self._plan_pool(model)
                 python = self.python(model)
                 wanted[python] = max(wanted.get(python, 0), int(model.options.get("runtimes", DEFAULT_RUNTIMES)))
+        if self._env is None and self._opened and self.pools:  # the first vLLM models of a server opened without
+            self._open_pools()
         if self._env is not None:
             self._env["WARMSTART_VLLM_ARCHITECTURES"] = ",".join(sorted(self.architectures))
         for python, pool in self.pools.items():

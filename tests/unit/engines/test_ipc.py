@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 
 from warmstart.engines.ipc import SUN_PATH_MAX, UUID_NAME, release_socket_dir, socket_dir
 from warmstart.errors import EngineError
+
+
+def _hash(preferred: Path) -> str:
+    return hashlib.sha256(os.fsencode(preferred)).hexdigest()[:12]
 
 
 def test_a_short_folder_is_kept_a_deep_one_gets_a_short_private_one_that_fits_a_socket(tmp_path):
@@ -52,14 +59,31 @@ def test_the_short_folder_is_removed_when_released_empty_and_kept_while_anything
 
 
 async def test_a_vllm_engine_under_a_deep_data_directory_leaves_no_folder_behind_once_closed(tmp_path):
+    """Its socket folder is made once it has vLLM models (at open, or when a reload brings the first), and removed
+    when it closes; a server without vLLM models makes none (a killed one would leave it in /tmp)."""
+    from tests.support import config_text
+    from warmstart.config_loader import load_config
     from warmstart.engines.vllm import VllmEngine
 
-    engine = VllmEngine(tmp_path / ("d" * 80))
-    await engine.open()
-    short = socket_dir(engine.root / "tmp")
-    assert short != engine.root / "tmp" and short.is_dir()
-    await engine.close()
-    assert not short.exists()
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (tmp_path / "warmstart.toml").write_text(config_text([
+        {"name": "tiny", "engine": "vllm", "path": str(model_dir), "options": {"runtimes": 0}}]))
+    [model] = load_config(tmp_path / "warmstart.toml", env={}, flags={"server.data_dir": str(tmp_path)}).models
+    for at_open in (True, False):
+        engine = VllmEngine(tmp_path / ("d" * 80) / str(at_open), (model,) if at_open else ())
+        short = tmp_path / "unused"
+        try:
+            await engine.open()
+            if not at_open:
+                assert engine._sockets is None and not list(Path(tempfile.gettempdir()).glob(
+                    f"warmstart-{os.getuid()}-{_hash(engine.root / 'tmp')}"))
+                engine.models_changed([model])  # a reload brings its first vLLM model
+            short = socket_dir(engine.root / "tmp")
+            assert short != engine.root / "tmp" and short.is_dir() and engine._sockets == short
+        finally:
+            await engine.close()
+        assert not short.exists()
 
 
 def test_sockets_no_process_listens_on_are_removed_with_the_folder_and_live_ones_kept(tmp_path):
