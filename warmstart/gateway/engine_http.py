@@ -148,12 +148,14 @@ Gathered = asyncio.Future[tuple[int, dict[str, str], bytes, bool] | None]
 
 
 class Posted:
-    """A request written by `EngineClient.send_at_once`, its answer being gathered on `writer`'s connection."""
+    """A request written by `EngineClient.send_at_once`, its answer being gathered by `protocol`, `writer`'s
+    connection's."""
 
-    __slots__ = ("gathered", "reader", "writer")
+    __slots__ = ("gathered", "protocol", "reader", "writer")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gathered: Gathered) -> None:
-        self.reader, self.writer, self.gathered = reader, writer, gathered
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gathered: Gathered,
+                 protocol: EngineProtocol) -> None:
+        self.reader, self.writer, self.gathered, self.protocol = reader, writer, gathered, protocol
 
 
 def _request(start: str, body: bytes, headers: Mapping[str, str]) -> bytes:
@@ -162,12 +164,15 @@ def _request(start: str, body: bytes, headers: Mapping[str, str]) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
-def _expect(writer: asyncio.StreamWriter, on_whole: OnWhole | None, later: Later | None) -> Gathered:
-    """Have the writer's connection gather the next answer whole; the future it will be in."""
+def _expect(writer: asyncio.StreamWriter, on_whole: OnWhole | None,
+            later: Later | None) -> tuple[Gathered, EngineProtocol]:
+    """Have the writer's connection gather the next answer whole; the future it will be in, and the connection's
+    protocol gathering it (kept: the transport forgets its protocol once the connection is closed, which the
+    engine may do right after the answer, llama.cpp's server after 100 requests on one connection)."""
     gathered: Gathered = asyncio.get_running_loop().create_future()
     protocol: EngineProtocol = writer.transport.get_protocol()  # type: ignore[assignment]
     protocol.whole = Whole(gathered, on_whole, later)
-    return gathered
+    return gathered, protocol
 
 
 async def _open(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -196,9 +201,9 @@ class EngineClient:
         if kept is None:
             return None
         reader, writer = kept
-        gathered = _expect(writer, on_whole, self._later)
+        gathered, protocol = _expect(writer, on_whole, self._later)
         writer.write(_request(start, body, headers))
-        return Posted(reader, writer, gathered)
+        return Posted(reader, writer, gathered, protocol)
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], whole: bool = False,
                    on_whole: OnWhole | None = None, posted: Posted | None = None) -> EngineResponse:
@@ -209,27 +214,25 @@ class EngineClient:
         key, start = self._targets.get(url) or self._target(url)
         request = b""
         while True:
-            gathered: Gathered | None = None
+            sent: Posted | None = posted
             if posted is not None:
-                reader, writer, gathered, reused, posted = posted.reader, posted.writer, posted.gathered, True, None
+                reader, writer, reused, posted = posted.reader, posted.writer, True, None
             else:
                 reader, writer, reused = await self._connection(key)
             try:
-                if gathered is None:
+                if sent is None:
                     request = request or _request(start, body, headers)
                     if not whole:
                         writer.write(request)
                         return await self._head(key, reader, writer)
-                    gathered = _expect(writer, on_whole, self._later)
+                    gathered, protocol = _expect(writer, on_whole, self._later)
                     writer.write(request)
-                # None when the engine has closed the connection already (after a whole answer sent at once, its
-                # answer is in all the same)
-                protocol: EngineProtocol | None = writer.transport.get_protocol()  # type: ignore[assignment]
+                else:
+                    gathered, protocol = sent.gathered, sent.protocol
                 try:
                     found = await gathered
                 finally:
-                    if protocol is not None:
-                        protocol.whole = None
+                    protocol.whole = None
                 if found is None:
                     return await self._head(key, reader, writer)
                 status, answer_headers, answer, reusable = found
