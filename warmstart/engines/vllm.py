@@ -244,15 +244,17 @@ class VllmEngine:
         nothing for vLLM (its socket folder in /tmp under a deep data directory, left behind if it is killed)."""
         self._opened = True
         if self.pools:
-            self._open_pools()
+            env = self._pool_env()
+            env["WARMSTART_VLLM_ARCHITECTURES"] = ",".join(sorted(self.architectures))
+            for pool in self.pools.values():
+                pool.env = env
+                pool.refill()
 
-    def _open_pools(self) -> None:
+    def _pool_env(self) -> dict[str, str]:
+        """Every pool's environment (its socket folder made), kept for the pools a reload brings."""
         env = self._env = self.base_env()
         env["VLLM_CACHE_ROOT"] = str(self.root / "cache" / "_shared")
-        env["WARMSTART_VLLM_ARCHITECTURES"] = ",".join(sorted(self.architectures))
-        for pool in self.pools.values():
-            pool.env = env
-            pool.refill()
+        return env
 
     def models_changed(self, models: Sequence[ModelConfig]) -> None:
         """The models served changed (a reload, the store): each pool is sized again for the vLLM models that
@@ -266,7 +268,7 @@ class VllmEngine:
                 python = self.python(model)
                 wanted[python] = max(wanted.get(python, 0), int(model.options.get("runtimes", DEFAULT_RUNTIMES)))
         if self._env is None and self._opened and self.pools:  # the first vLLM models of a server opened without
-            self._open_pools()
+            self._pool_env()  # (each pool gets it and is filled below)
         if self._env is not None:
             self._env["WARMSTART_VLLM_ARCHITECTURES"] = ",".join(sorted(self.architectures))
         for python, pool in self.pools.items():
