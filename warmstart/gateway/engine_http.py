@@ -61,6 +61,7 @@ class EngineResponse:
             else:
                 self._left = int(length)
         self._done = self._left == 0 and not self._chunked
+        self._raw = b""  # bytes of a chunked body read but not yet taken apart (a size line cut by a read)
         self._open = True
 
     async def readany(self) -> bytes:
@@ -101,26 +102,64 @@ class EngineResponse:
         return b"".join(parts)
 
     async def _read_chunked(self) -> bytes:
-        if self._left == 0:
-            line = await self._reader.readuntil(b"\r\n")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise EngineConnectionError(f"engine sent a bad chunk size {line[:20]!r}") from None
-            if size == 0:  # the last chunk; trailers (none from engines) end with an empty line
-                while await self._reader.readuntil(b"\r\n") != b"\r\n":
-                    pass
-                self._done = True
-                return b""
-            self._left = size
-        assert self._left is not None
-        data = await self._reader.read(min(self._left, READ_SIZE))
-        if not data:
-            raise EngineConnectionError("engine closed the connection in the middle of a chunk")
-        self._left -= len(data)
-        if self._left == 0 and await self._reader.readexactly(2) != b"\r\n":
-            raise EngineConnectionError("engine sent a chunk longer than it said")
-        return data
+        """The data of every chunk that has come, joined: what one read brings (a stream's events as the engine
+        wrote them since the last read), not one chunk at a time; b"" once the last chunk and its trailers are in.
+        A relay that falls behind thus catches up a read's worth of events at a time, not event by event."""
+        while True:
+            raw = await self._reader.read(READ_SIZE)
+            if not raw:
+                raise EngineConnectionError("engine closed the connection in the middle of a chunked answer")
+            data = self._dechunk(self._raw + raw if self._raw else raw)
+            if data or self._done:
+                return data
+
+    def _dechunk(self, raw: bytes) -> bytes:
+        """The chunk data in `raw`; what is left of an unfinished size line, chunk end or trailer kept for the next
+        read. `_left`: bytes of the current chunk still to come; -2: its closing CRLF; -1: trailers, to an empty
+        line."""
+        out = []
+        at, end = 0, len(raw)
+        left = self._left
+        assert left is not None
+        while at < end:
+            if left > 0:
+                take = min(left, end - at)
+                out.append(raw[at:at + take])
+                at += take
+                left -= take
+                if left == 0:
+                    left = -2
+            elif left == -2:
+                if end - at < 2:
+                    break
+                if raw[at:at + 2] != b"\r\n":
+                    raise EngineConnectionError("engine sent a chunk longer than it said")
+                at += 2
+                left = 0
+            else:
+                line_end = raw.find(b"\r\n", at)
+                if line_end < 0:
+                    if end - at > MAX_HEAD_BYTES:
+                        raise EngineConnectionError("engine sent a chunk size line without its end")
+                    break
+                line, at = raw[at:line_end], line_end + 2
+                if left == -1:  # trailers (none from engines), to an empty line: the answer's end
+                    if not line:
+                        self._done = True
+                        if at < end:  # nothing may follow an answer asked for alone: the connection is not reused
+                            self._reusable = False
+                        break
+                    continue
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise EngineConnectionError(f"engine sent a bad chunk size {line[:20]!r}") from None
+                if size < 0:
+                    raise EngineConnectionError(f"engine sent a bad chunk size {line[:20]!r}")
+                left = size if size > 0 else -1
+        self._left = left
+        self._raw = raw[at:] if at < end and not self._done else b""
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def release(self) -> None:
         """Done with the answer: its connection serves the next request if the body was read to its end."""

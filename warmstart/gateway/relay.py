@@ -20,7 +20,7 @@ from warmstart.gateway.disconnect import ClientGone, listen_for_disconnect, race
 from warmstart.gateway.engine_http import EngineClient, EngineResponse, Posted
 from warmstart.gateway.engine_wire import EngineConnectionError, OnWhole
 from warmstart.gateway.liveness import Liveness, Watch
-from warmstart.gateway.stream_usage import HiddenUsage
+from warmstart.gateway.stream_usage import HiddenUsage, last_usage
 from warmstart.gateway.translate import engine_error_body, sse_error
 from warmstart.pool.lease import Lease
 from warmstart.pool.pool import Pool
@@ -318,7 +318,7 @@ class RelayStream(Response):
         hidden = self.hidden
         first = self.first if hidden is None else hidden.feed(self.first)
         if b'"usage"' in first:
-            self.usage = first
+            self.usage = last_usage(first)
         await send({"type": "http.response.body", "body": first, "more_body": True})
         self._sent(first)
         tail = first[-2:]
@@ -331,7 +331,7 @@ class RelayStream(Response):
                     if not data:
                         continue
                 if b'"usage"' in data:
-                    self.usage = data
+                    self.usage = last_usage(data)
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 self._sent(data)
                 tail = (tail + data[-2:])[-2:]

@@ -20,6 +20,13 @@ def usage_only(event: bytes) -> bool:
     return isinstance(body, dict) and not body.get("choices") and isinstance(body.get("usage"), dict)
 
 
+def last_usage(data: bytes) -> bytes:
+    """From the last event in `data` that carries `usage` on (a read may bring many events, each with its usage
+    when the engine reports it on every chunk)."""
+    start = data.rfind(b"data:", 0, data.rfind(b'"usage"'))
+    return data[start:] if start > 0 else data
+
+
 class HiddenUsage:
     """Feeds a stream through, event by event, less its usage event (kept in `usage`). Bytes after the last
     complete event wait for the rest of it: a client reads whole events only, so it waits for nothing more."""

@@ -15,8 +15,9 @@ class Server:
     connection or closes it (`close_after`: always, or when it holds for the request's number); records how
     many connections it accepted."""
 
-    def __init__(self, answer, close_after=False, close_idle_after=None):
+    def __init__(self, answer, close_after=False, close_idle_after=None, pause=None):
         self.answer, self.close_after, self.close_idle_after = answer, close_after, close_idle_after
+        self.pause = pause  # seconds between the answer's pieces (each then comes to the client in a read of its own)
         self.connections, self.requests, self.heads = 0, 0, []
 
     async def __aenter__(self):
@@ -43,6 +44,8 @@ class Server:
                 for piece in self.answer(self.requests, body):
                     writer.write(piece)
                     await writer.drain()
+                    if self.pause:
+                        await asyncio.sleep(self.pause)
                 if self.close_after is True or (callable(self.close_after) and self.close_after(self.requests)):
                     return
         finally:
@@ -93,6 +96,70 @@ async def test_a_chunked_stream_is_read_piece_by_piece_with_the_chunks_joined_ba
         r = await client.post(srv.url + "/s", b"{}", {}, whole=whole)
         assert await r.read() == b"".join(events)
         r.release()
+        await client.close()
+
+
+def chunked(events, last=b"0\r\n\r\n"):
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            + b"".join(f"{len(e):x}\r\n".encode() + e + b"\r\n" for e in events) + last)
+
+
+async def test_a_chunked_answer_cut_anywhere_by_the_network_is_put_back_together_and_its_connection_kept():
+    events = [b"data: " + b"x" * 20 + b"\n\n", b"data: two\n\n", b"data: [DONE]\n\n"]
+    answer = chunked(events, last=b"0;ext=1\r\nx-trailer: 1\r\n\r\n")
+    head = answer.index(b"\r\n\r\n") + 4
+    # the head whole, then the body a byte at a time: size lines, chunk ends and trailers cut at every byte
+    async with Server(lambda n, body: [answer[:head], *(answer[i:i + 1] for i in range(head, len(answer)))],
+                      pause=0.002) as srv:
+        client = EngineClient()
+        for _ in range(2):
+            r = await client.post(srv.url + "/s", b"{}", {})
+            got = []
+            while data := await r.readany():
+                got.append(data)
+            assert b"".join(got) == b"".join(events) and len(got) > len(events)
+            r.release()
+        assert srv.connections == 1 and srv.requests == 2
+        await client.close()
+
+
+async def test_the_chunks_come_together_in_one_piece_when_a_read_brings_them_together():
+    """A relay that fell behind catches up with every event that has come in one piece, not one event at a time."""
+    events = [b"data: %d\n\n" % i for i in range(50)]
+    async with Server(lambda n, body: [chunked(events)]) as srv:
+        client = EngineClient()
+        r = await client.post(srv.url + "/s", b"{}", {})
+        assert await r.readany() == b"".join(events)
+        assert await r.readany() == b""
+        r.release()
+        await client.close()
+
+
+@pytest.mark.parametrize("answer, why", [
+    (chunked([b"data: one\n\n"], last=b"-5\r\nhello\r\n0\r\n\r\n"), "bad chunk size"),
+    (chunked([b"data: one\n\n"], last=b"zz\r\n"), "bad chunk size"),
+    (chunked([b"data: one\n\n"], last=b"3\r\nhello\r\n0\r\n\r\n"), "longer than it said"),
+    (chunked([b"data: one\n\n"], last=b"5\r\nhel"), "middle of a chunked answer"),
+])
+async def test_a_broken_chunked_answer_is_a_connection_error(answer, why):
+    async with Server(lambda n, body: [answer], close_after=True) as srv:
+        client = EngineClient()
+        r = await client.post(srv.url + "/", b"", {})
+        with pytest.raises(EngineConnectionError, match=why):
+            while await r.readany():
+                pass
+        r.close()
+        await client.close()
+
+
+async def test_bytes_after_a_chunked_answers_end_keep_its_connection_from_being_reused():
+    async with Server(lambda n, body: [chunked([b"data: %d\n\n" % n]) + b"HTTP/1.1 200 OK\r\n"]) as srv:
+        client = EngineClient()
+        for n in (1, 2):
+            r = await client.post(srv.url + "/s", b"{}", {})
+            assert await r.read() == b"data: %d\n\n" % n
+            r.release()
+        assert srv.connections == 2
         await client.close()
 
 

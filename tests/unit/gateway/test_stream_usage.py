@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from warmstart.engines.base import Capabilities
+from warmstart.gateway.access import tokens
 from warmstart.gateway.protocol import ChatCompletionRequest
-from warmstart.gateway.stream_usage import HiddenUsage
+from warmstart.gateway.stream_usage import HiddenUsage, last_usage
 from warmstart.gateway.translate import engine_body, hidden_usage
 
 CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"Oslo \\"usage\\""}}]}\n\n'
@@ -43,3 +44,14 @@ def test_usage_is_asked_of_the_engine_only_for_a_stream_whose_client_did_not_ask
     asked = stream.model_copy(update={"stream_options": {"include_usage": True}})
     assert not hidden_usage(asked, caps)
     assert not hidden_usage(stream.model_copy(update={"stream": False}), caps)
+
+
+def test_the_last_usage_in_a_read_of_many_events_is_the_one_kept():
+    """An engine reporting usage on every chunk (vLLM's continuous usage stats): a read bringing several events
+    counts the tokens of the last."""
+    event = b'data: {"choices":[{"delta":{"content":"a"}}],"usage":{"prompt_tokens":3,"completion_tokens":%d}}\n\n'
+    events = b"".join(event % n for n in (1, 2, 3))
+    assert tokens(last_usage(events)) == (3, 3)
+    assert tokens(events) == (3, 1)  # what the first would have given
+    only = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7}}\n\n'
+    assert last_usage(only) == only
