@@ -8,7 +8,9 @@ streams on one replica with that many slots, through warmstart and to the same l
 (rounds alternating), beside a replica with one slot (requests served one at a time). The gateway's added
 latency is also measured in front of a stand-in engine that computes nothing (`_stub_engine.py`), answering at
 once and then after as long as the real engine took: what the gateway's own path costs, and what waiting as long
-as the engine does to it, with no model on the CPUs.
+as the engine does to it, with no model on the CPUs. The stand-in also streams, to measure the gateway's CPU per
+relayed event at an engine's pace (one event per read) against the byte-copying proxy's, and the most events a
+second it relays when the stand-in writes them as fast as it can.
 """
 
 from __future__ import annotations
@@ -48,20 +50,31 @@ SLOTS_MODEL, ONE_SLOT_MODEL = "smollm2-slots", "smollm2-one-slot"
 DEFAULT_THREADS_MODEL = "smollm2-default-threads"
 # the stand-in engine that computes nothing (its path: the module, served by a command of its own)
 STUB_MODEL = "stub-engine"
-STUB = f"""
+
+
+def stub(slots: int = 4) -> str:
+    """The stand-in engine's model, serving `slots` requests at once."""
+    return f"""
 [[models]]
 name = "{STUB_MODEL}"
 engine = "command"
 path = "package:warmstart/bench/_stub_engine.py"
 keep_alive = -1
 max_replicas = 1
-max_concurrency = 4
+max_concurrency = {slots}
 [models.options]
 command = ["{{python}}", "-m", "warmstart.bench._stub_engine", "{{host}}", "{{port}}"]
 health_path = "/health"
 """
+
+
+STUB = stub()
 IDLE_S = 5.0  # how long the gateway's idle CPU is measured
 NO_EOS = {"0": -100, "2": -100}  # SmolLM2's end tokens banned: every stream runs to max_tokens
+# the relay measure: each stream one event every RELAY_PACE_S (8 streams: 1,600 events a second, an engine's pace:
+# every event comes in a read of its own), RELAY_EVENTS each, RELAY_ROUNDS rounds through the gateway and the proxy;
+# then CEILING_EVENTS each as fast as the stand-in writes them
+RELAY_PACE_S, RELAY_EVENTS, RELAY_ROUNDS, CEILING_EVENTS = 0.005, 400, 3, 4000
 
 
 def config(streams: int) -> str:
@@ -79,7 +92,7 @@ max_concurrency = {slots}
 [models.options]
 n_ctx = 2048
 """ + ("" if name == DEFAULT_THREADS_MODEL else f"n_threads = {os.cpu_count() or 2}\n") for name, slots in models)
-    return engines + STUB
+    return engines + stub(max(4, streams))
 
 
 def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 8, max_tokens: int = 64) -> dict[str, Any]:
@@ -121,7 +134,10 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 8, m
             stub[arm] = {**_overhead(server, gateway, stub_url, STUB_MODEL, overhead_pairs),
                          "stub_delay_ms": round(delay * 1000, 3)}
 
-        # 4. tokens per second: `streams` at once on one replica, through warmstart and directly, and one slot
+        # 4. the gateway's CPU per relayed stream event, and the most events it relays, in front of the stand-in
+        relay = _relay(server, stub_url, streams)
+
+        # 5. tokens per second: `streams` at once on one replica, through warmstart and directly, and one slot
         step("tokens per second: starting the replicas")
         slots_url = _warm_replica(server.url, SLOTS_MODEL)
         _warm_replica(server.url, ONE_SLOT_MODEL)
@@ -155,6 +171,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 8, m
         **{f"{key}_default_threads": value for key, value in at_default.items()},
         **{f"{key}_{arm}": value for arm, values in stub.items() for key, value in values.items()},
         "engine_default_threads": default_threads({}),
+        **relay,
         "streams": streams,
         "stream_max_tokens": max_tokens,
         "tokens_per_s_via_gateway": round(statistics.median(via), 1),
@@ -168,6 +185,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = 8, m
         "gateway_share_of_direct_paired_interval": ([round(x, 4) for x in median_ratio_interval(direct_tps, via)]
                                                     if rounds >= 2 else None),
         "throughput_rounds": rounds,
+        "tokens_per_s_each_round": [[round(v, 1), round(d, 1)] for v, d in zip(via, direct_tps, strict=True)],
         "gateway_cpu_us_per_streamed_token": round(stream_cpu / stream_tokens * 1e6, 1) if stream_tokens else None,
         "cold_start_s": round(last["total_s"], 4),
         "cold_request_ttft_s": round(cold_ttft, 4),
@@ -242,6 +260,45 @@ def _triples(server: ServerProcess, arms: dict[str, Client], model: str,
     return times, cpu, idle, {tag: arm.reconnects - closed[tag] for tag, arm in arms.items()}
 
 
+def _relay(server: ServerProcess, stub_url: str, streams: int) -> dict[str, Any]:
+    """`streams` streams from the stand-in through the gateway and through the byte-copying proxy, rounds
+    alternating: each process's CPU per relayed event at an engine's pace, and then the events a second each
+    relays (and the stand-in gives directly) when the stand-in writes them as fast as it can."""
+    setter, splice_proc = Client(stub_url), _splice(stub_url)
+    try:
+        splice_url = f"http://127.0.0.1:{splice_proc.stdout.readline().strip()}"  # type: ignore[union-attr]
+        arms = {"gateway": (server.url, server.pid), "splice": (splice_url, splice_proc.pid)}
+        setter.post("/pace", {"seconds": RELAY_PACE_S})
+        step("stream relay: the gateway's idle CPU")
+        idle = {"gateway": _cpu_rate(server.pid, IDLE_S), "splice": 0.0}
+        cpu = dict.fromkeys(arms, 0.0)
+        events = dict.fromkeys(arms, 0)
+        for i in range(RELAY_ROUNDS):
+            step(f"stream relay, {streams} streams at the engine's pace, rounds", i, RELAY_ROUNDS)
+            for arm, (base, pid) in arms.items() if i % 2 == 0 else reversed(arms.items()):
+                before, began = _cpu_seconds(pid), time.perf_counter()
+                events[arm] += _streams(base, STUB_MODEL, streams, RELAY_EVENTS)[0]
+                cpu[arm] += _cpu_seconds(pid) - before - idle[arm] * (time.perf_counter() - began)
+        setter.post("/pace", {"seconds": 0})
+        step(f"stream relay, {streams} streams as fast as the stand-in writes")
+        ceiling = {}
+        for arm, base in (("direct", stub_url), ("gateway", server.url), ("splice", splice_url)):
+            ceiling[arm] = _throughput(base, STUB_MODEL, streams, CEILING_EVENTS)
+    finally:
+        setter.close()
+        splice_proc.kill()
+        splice_proc.wait()
+    return {
+        "relay_events_per_s_paced": round(streams / RELAY_PACE_S),
+        "relay_events": events["gateway"],
+        "relay_gateway_cpu_us_per_event": round(cpu["gateway"] / events["gateway"] * 1e6, 1),
+        "relay_splice_cpu_us_per_event": round(cpu["splice"] / events["splice"] * 1e6, 1),
+        "relay_ceiling_events_per_s_gateway": round(ceiling["gateway"]),
+        "relay_ceiling_events_per_s_splice": round(ceiling["splice"]),
+        "relay_ceiling_events_per_s_direct": round(ceiling["direct"]),
+    }
+
+
 def _cpu_rate(pid: int, seconds: float) -> float:
     """The process's CPU seconds per second while nothing is asked of it."""
     before = _cpu_seconds(pid)
@@ -274,6 +331,12 @@ def _warm_replica(base: str, model: str) -> str:
 
 def _throughput(base: str, model: str, streams: int, max_tokens: int) -> float:
     """Generated tokens per second over `streams` concurrent streams of `max_tokens` each."""
+    tokens, seconds = _streams(base, model, streams, max_tokens)
+    return tokens / seconds
+
+
+def _streams(base: str, model: str, streams: int, max_tokens: int) -> tuple[int, float]:
+    """`streams` concurrent streams of `max_tokens` each: the tokens they generated, and the seconds they took."""
     tokens = [0] * streams
     errors: list[str] = []
 
@@ -302,7 +365,7 @@ def _throughput(base: str, model: str, streams: int, max_tokens: int) -> float:
     seconds = time.perf_counter() - t
     if errors:
         raise RuntimeError(f"a stream gave no usage: {errors[0]}")
-    return sum(tokens) / seconds
+    return sum(tokens), seconds
 
 
 def _chat(i: int, max_tokens: int) -> dict[str, Any]:
@@ -320,6 +383,12 @@ def report(result: dict[str, Any]) -> str:
         *_overhead_rows(result, "_stub_at_once", "a stand-in engine computing nothing, answering at once", ""),
         *_overhead_rows(result, "_stub_waiting", "the stand-in answering after "
                         f"{result['stub_delay_ms_stub_waiting']:.1f} ms (the engine's time above)", ""),
+        (f"stream relay, {result['streams']} streams from the stand-in, {result['relay_events_per_s_paced']} events/s: "
+         "gateway CPU per event", f"{result['relay_gateway_cpu_us_per_event']:.1f} us", ""),
+        ("  the byte-copying proxy's instead (the floor)", f"{result['relay_splice_cpu_us_per_event']:.1f} us", ""),
+        ("  events/s relayed at most, the stand-in writing as fast as it can: gateway / proxy / direct",
+         f"{result['relay_ceiling_events_per_s_gateway']} / {result['relay_ceiling_events_per_s_splice']} / "
+         f"{result['relay_ceiling_events_per_s_direct']}", ""),
         (f"tokens/s, {result['streams']} streams, one replica, via warmstart",
          f"{result['tokens_per_s_via_gateway']:.1f}", ""),
         (f"tokens/s, {result['streams']} streams, same llama-server direct",

@@ -49,3 +49,32 @@ async def test_completions_health_and_a_delay_that_holds_only_the_completions():
         StubEngine.delay = 0.0
         server.close()
         await server.wait_closed()
+
+
+async def test_a_stream_sends_its_events_paced_as_set_then_usage_and_its_end():
+    from warmstart.gateway.engine_http import EngineClient
+
+    server = await asyncio.get_running_loop().create_server(StubEngine, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    client = EngineClient()
+    try:
+        assert (await _exchange(int(url.rsplit(":", 1)[1]), post("/pace", b'{"seconds": 0.02}'), 1))[0][0] == 200
+        began = asyncio.get_running_loop().time()
+        r = await client.post(url + "/v1/chat/completions", b'{"model": "m", "stream": true, "max_tokens": 5}', {})
+        assert (r.status, r.headers["content-type"]) == (200, "text/event-stream")
+        pieces = []
+        while data := await r.readany():
+            pieces.append(data)
+        took = asyncio.get_running_loop().time() - began
+        events = b"".join(pieces).split(b"\n\n")
+        assert events[-1] == b"" and events[-2] == b"data: [DONE]"
+        chunks = [json.loads(e[6:]) for e in events[:-2]]
+        assert [c["choices"][0]["delta"]["content"] for c in chunks[:-1]] == [" there"] * 5
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 5
+        assert took >= 4 * 0.02  # paced: four waits between the five events (a lower bound, never early)
+        r.release()
+    finally:
+        StubEngine.pace = 0.0
+        await client.close()
+        server.close()
+        await server.wait_closed()
