@@ -126,7 +126,11 @@ def records_table(records: list[dict[str, Any]]) -> str:
     for r in records:
         when = record_time(r)
         seconds = r.get("seconds")
-        if r.get("event") == "recovery":
+        trigger = r.get("trigger")
+        if r.get("event") == "unload" and r.get("reason"):
+            # what ended the replica, not what started it (the record's `trigger`, kept with it: the start it ends)
+            trigger, detail = r["reason"], f"ends a start by {r.get('trigger') or '-'}"
+        elif r.get("event") == "recovery":
             detail = f"acknowledged {len(r.get('torn') or [])} torn line(s)"
         elif r.get("event") == "reload":
             detail = f"{r.get('source')}: {r.get('summary')}"
@@ -135,7 +139,7 @@ def records_table(records: list[dict[str, Any]]) -> str:
                 f"{p.get('phase')} {float(p.get('seconds') or 0):.2f}s" for p in r.get("phases") or []))
         rows.append((
             when.strftime("%Y-%m-%d %H:%M:%S") if when else str(r.get("time")),
-            str(r.get("seq")), str(r.get("event")), str(r.get("model") or "-"), str(r.get("trigger") or "-"),
+            str(r.get("seq")), str(r.get("event")), str(r.get("model") or "-"), str(trigger or "-"),
             str(r.get("outcome") or "-"), f"{seconds:.2f}" if isinstance(seconds, (int, float)) else "-",
             (r.get("sha256") or "-")[:12], detail))
     return "\n".join(columns(rows))

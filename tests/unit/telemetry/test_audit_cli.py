@@ -82,7 +82,8 @@ def test_show_lists_records_with_filters(tmp_path, capsys):
     rows = out.splitlines()
     assert code == 0 and rows[0].split()[:3] == ["TIME", "(UTC)", "SEQ"] and len(rows) == 4
     assert "2026-11-18 11:06:40" in rows[1] and "spawn 0.05s load 0.50s" in rows[1] and "abababababab" in rows[1]
-    assert "reason: keep-alive" in rows[2]
+    # an unload's trigger is what ended the replica; the start it ends is named after it
+    assert rows[2].split()[3:6] == ["unload", "a", "keep-alive"] and "ends a start by request" in rows[2]
     assert "engine exited" in rows[3] and "hint" in rows[3]
     code, out, _ = run(capsys, "audit", "show", "--data-dir", str(tmp_path), "--model", "b")
     assert len(out.splitlines()) == 2
