@@ -15,14 +15,9 @@ second it relays when the stand-in writes them as fast as it can.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from warmstart.bench._harness import (
@@ -35,16 +30,11 @@ from warmstart.bench._harness import (
     write_json,
 )
 from warmstart.bench._interval import median_difference_interval, median_ratio_interval
+from warmstart.bench.serve_streams import MODEL, chat, cpu_seconds, relay_measure, start_splice, throughput
 from warmstart.cli.base import Parser, at_least
 from warmstart.engines.llamacpp_server import default_threads
 from warmstart.progress import step
 
-MODEL = "smollm2-135m-instruct"
-QUESTIONS = [
-    "What is the capital of Norway?", "What is the capital of France?", "Name a primary colour.",
-    "What is two plus two?", "Say hello.", "What is the largest planet?", "Name a fruit.",
-    "What colour is the sky?",
-]
 SLOTS_MODEL, ONE_SLOT_MODEL = "smollm2-slots", "smollm2-one-slot"
 # the same model with the engine at its default threads (half the CPUs): the gateway keeps a core of its own
 DEFAULT_THREADS_MODEL = "smollm2-default-threads"
@@ -74,13 +64,6 @@ IDLE_S = 5.0  # how long the gateway's idle CPU is measured
 # 10 % (sd) from round to round, the engine's speed with it; 40 rounds know the median to about +-4 %
 ROUNDS = 40
 ONE_SLOT_ROUNDS = 4  # the rounds that also measure the replica with one slot
-NO_EOS = {"0": -100, "2": -100}  # SmolLM2's end tokens banned: every stream runs to max_tokens
-# the relay measure: each stream one event every RELAY_PACE_S (8 streams: 1,600 events a second, an engine's pace:
-# every event comes in a read of its own), RELAY_EVENTS each, RELAY_ROUNDS rounds through the gateway and the proxy;
-# then CEILING_EVENTS each as fast as the stand-in writes them
-RELAY_PACE_S, RELAY_EVENTS, RELAY_ROUNDS, CEILING_EVENTS = 0.005, 400, 3, 4000
-
-
 def config(streams: int) -> str:
     models = [(MODEL, 4), (SLOTS_MODEL, streams), (ONE_SLOT_MODEL, 1), (DEFAULT_THREADS_MODEL, 4)]
     # every CPU for the one replica generating at a time (the engine's default is half, for many replicas),
@@ -105,7 +88,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = ROUN
         gateway = Client(server.url)
         # 1. one cold start, measured by the client and by warmstart's own phase records
         step("a cold start")
-        cold_ttft, _, headers = gateway.first_token("/v1/chat/completions", _chat(0, 8))
+        cold_ttft, _, headers = gateway.first_token("/v1/chat/completions", chat(0, 8))
         assert headers.get("x-warmstart-start") == "cold", headers
         _status, models = request_json(server.url, "GET", "/v1/models")
         model = next(m for m in models["data"] if m["id"] == MODEL)
@@ -115,11 +98,11 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = ROUN
         # 2. warm time to first token through the gateway
         step("warm-up requests")
         for i in range(10):  # warm-up of both paths
-            gateway.first_token("/v1/chat/completions", _chat(i, 8))
+            gateway.first_token("/v1/chat/completions", chat(i, 8))
         ttfts = []
         for i in range(requests):
             step("warm time to first token, requests", i, requests)
-            ttfts.append(gateway.first_token("/v1/chat/completions", _chat(i, 8))[0])
+            ttfts.append(gateway.first_token("/v1/chat/completions", chat(i, 8))[0])
 
         # 3. the gateway's added latency: the same request to the engine directly, through the gateway, and
         # through a process that only copies bytes (the floor any proxy in its own process pays here); with the
@@ -140,14 +123,14 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = ROUN
                          "stub_delay_ms": round(delay * 1000, 3)}
 
         # 4. the gateway's CPU per relayed stream event, and the most events it relays, in front of the stand-in
-        relay = _relay(server, stub_url, streams)
+        relay = relay_measure(server, stub_url, STUB_MODEL, streams)
 
         # 5. tokens per second: `streams` at once on one replica, through warmstart and directly, and one slot
         step("tokens per second: starting the replicas")
         slots_url = _warm_replica(server.url, SLOTS_MODEL)
         _warm_replica(server.url, ONE_SLOT_MODEL)
         for base, model in ((slots_url, SLOTS_MODEL), (server.url, ONE_SLOT_MODEL)):
-            _throughput(base, model, streams, max_tokens)  # unmeasured: the first full batches allocate
+            throughput(base, model, streams, max_tokens)  # unmeasured: the first full batches allocate
         via: list[float] = []
         direct_tps: list[float] = []
         one_slot: list[float] = []
@@ -158,15 +141,15 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = ROUN
             step(f"tokens per second, {streams} streams, rounds", i, rounds)
             order = [("via", via, server.url), ("direct", direct_tps, slots_url)]
             for arm, out, base in order if i % 2 == 0 else order[::-1]:
-                cpu, began = _cpu_seconds(server.pid), time.perf_counter()
-                out.append(_throughput(base, SLOTS_MODEL, streams, max_tokens))
+                cpu, began = cpu_seconds(server.pid), time.perf_counter()
+                out.append(throughput(base, SLOTS_MODEL, streams, max_tokens))
                 seconds = time.perf_counter() - began
-                gateway_cpu[arm] += _cpu_seconds(server.pid) - cpu
+                gateway_cpu[arm] += cpu_seconds(server.pid) - cpu
                 arm_seconds[arm] += seconds
                 if arm == "via":
                     stream_tokens += via[-1] * seconds
             if i < ONE_SLOT_ROUNDS:  # a figure beside the target, not set against it: a few rounds tell it
-                one_slot.append(_throughput(server.url, ONE_SLOT_MODEL, streams, max_tokens))
+                one_slot.append(throughput(server.url, ONE_SLOT_MODEL, streams, max_tokens))
 
     result = {
         "model": MODEL,
@@ -208,7 +191,7 @@ def run(requests: int, overhead_pairs: int, streams: int = 8, rounds: int = ROUN
 def _overhead(server: ServerProcess, gateway: Client, engine_url: str, model: str, pairs: int) -> dict[str, Any]:
     """Request triples (engine direct, via the gateway, via a byte-copying proxy), in rotating order so that
     each arm sees the same conditions; the gateway's added latency and its CPU per request."""
-    direct, splice_proc = Client(engine_url), _splice(engine_url)
+    direct, splice_proc = Client(engine_url), start_splice(engine_url)
     try:
         splice = Client(f"http://127.0.0.1:{splice_proc.stdout.readline().strip()}")  # type: ignore[union-attr]
         try:
@@ -258,7 +241,7 @@ def _triples(server: ServerProcess, arms: dict[str, Client], model: str,
     for arm in arms.values():  # untimed: a connection left idle that long may have been closed (uvicorn: after 5 s)
         arm.post("/v1/completions", body)
     closed = {tag: arm.reconnects for tag, arm in arms.items()}
-    cpu_before, began = _cpu_seconds(server.pid), time.perf_counter()
+    cpu_before, began = cpu_seconds(server.pid), time.perf_counter()
     for i in range(pairs):
         step(f"gateway overhead ({model}), request triples", i, pairs)
         rotation = list(arms.items())
@@ -266,127 +249,26 @@ def _triples(server: ServerProcess, arms: dict[str, Client], model: str,
             seconds, code, _, _ = arm.post("/v1/completions", body)
             assert code == 200
             times[tag].append(seconds)
-    cpu = (_cpu_seconds(server.pid) - cpu_before - idle * (time.perf_counter() - began)) / pairs
+    cpu = (cpu_seconds(server.pid) - cpu_before - idle * (time.perf_counter() - began)) / pairs
     return times, cpu, idle, {tag: arm.reconnects - closed[tag] for tag, arm in arms.items()}
-
-
-def _relay(server: ServerProcess, stub_url: str, streams: int) -> dict[str, Any]:
-    """`streams` streams from the stand-in through the gateway and through the byte-copying proxy, rounds
-    alternating: each process's CPU per relayed event at an engine's pace, and then the events a second each
-    relays (and the stand-in gives directly) when the stand-in writes them as fast as it can."""
-    setter, splice_proc = Client(stub_url), _splice(stub_url)
-    try:
-        splice_url = f"http://127.0.0.1:{splice_proc.stdout.readline().strip()}"  # type: ignore[union-attr]
-        arms = {"gateway": (server.url, server.pid), "splice": (splice_url, splice_proc.pid)}
-        setter.post("/pace", {"seconds": RELAY_PACE_S})
-        cpu = dict.fromkeys(arms, 0.0)
-        events = dict.fromkeys(arms, 0)
-        # the gateway's CPU while the streams go through the proxy instead (its timers), and those arms' seconds
-        idle_cpu, idle_seconds, relay_seconds = 0.0, 0.0, 0.0
-        for i in range(RELAY_ROUNDS):
-            step(f"stream relay, {streams} streams at the engine's pace, rounds", i, RELAY_ROUNDS)
-            for arm, (base, pid) in arms.items() if i % 2 == 0 else reversed(arms.items()):
-                before, gateway_before, began = _cpu_seconds(pid), _cpu_seconds(server.pid), time.perf_counter()
-                events[arm] += _streams(base, STUB_MODEL, streams, RELAY_EVENTS)[0]
-                cpu[arm] += _cpu_seconds(pid) - before
-                if arm == "splice":
-                    idle_cpu += _cpu_seconds(server.pid) - gateway_before
-                    idle_seconds += time.perf_counter() - began
-                else:
-                    relay_seconds += time.perf_counter() - began
-        cpu["gateway"] -= idle_cpu / idle_seconds * relay_seconds
-        setter.post("/pace", {"seconds": 0})
-        step(f"stream relay, {streams} streams as fast as the stand-in writes")
-        ceiling = {}
-        for arm, base in (("direct", stub_url), ("gateway", server.url), ("splice", splice_url)):
-            ceiling[arm] = _throughput(base, STUB_MODEL, streams, CEILING_EVENTS)
-    finally:
-        setter.close()
-        splice_proc.kill()
-        splice_proc.wait()
-    return {
-        "relay_events_per_s_paced": round(streams / RELAY_PACE_S),
-        "relay_events": events["gateway"],
-        "relay_gateway_cpu_us_per_event": round(cpu["gateway"] / events["gateway"] * 1e6, 1),
-        "relay_splice_cpu_us_per_event": round(cpu["splice"] / events["splice"] * 1e6, 1),
-        "relay_ceiling_events_per_s_gateway": round(ceiling["gateway"]),
-        "relay_ceiling_events_per_s_splice": round(ceiling["splice"]),
-        "relay_ceiling_events_per_s_direct": round(ceiling["direct"]),
-    }
 
 
 def _cpu_rate(pid: int, seconds: float) -> float:
     """The process's CPU seconds per second while nothing is asked of it."""
-    before = _cpu_seconds(pid)
+    before = cpu_seconds(pid)
     time.sleep(seconds)
-    return (_cpu_seconds(pid) - before) / seconds
+    return (cpu_seconds(pid) - before) / seconds
 
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-def _splice(engine_url: str) -> subprocess.Popen[str]:
-    host, port = engine_url.split("//")[1].split(":")
-    return subprocess.Popen([sys.executable, "-m", "warmstart.bench._splice", host, port], stdout=subprocess.PIPE,
-                            text=True)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """CPU time of one process's own threads (not its children: the engine is one)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _warm_replica(base: str, model: str) -> str:
     """Start `model` (one request) and return its replica's engine URL."""
-    Client(base).post("/v1/chat/completions", {**_chat(0, 1), "model": model})
+    Client(base).post("/v1/chat/completions", {**chat(0, 1), "model": model})
     _, models = request_json(base, "GET", "/v1/models")
     return next(m for m in models["data"] if m["id"] == model)["replicas"][0]["url"]
-
-
-def _throughput(base: str, model: str, streams: int, max_tokens: int) -> float:
-    """Generated tokens per second over `streams` concurrent streams of `max_tokens` each."""
-    tokens, seconds = _streams(base, model, streams, max_tokens)
-    return tokens / seconds
-
-
-def _streams(base: str, model: str, streams: int, max_tokens: int) -> tuple[int, float]:
-    """`streams` concurrent streams of `max_tokens` each: the tokens they generated, and the seconds they took."""
-    tokens = [0] * streams
-    errors: list[str] = []
-
-    def one(i: int) -> None:
-        client = Client(base)
-        try:
-            _, _, data, _ = client.post("/v1/chat/completions", {
-                **_chat(i, max_tokens), "model": model, "temperature": 0.8, "seed": i, "logit_bias": NO_EOS,
-                "stream": True, "stream_options": {"include_usage": True}})
-            for line in data.split(b"\n"):
-                if line.startswith(b"data: {") and b'"usage"' in line:
-                    usage = json.loads(line[6:]).get("usage")
-                    if usage:
-                        tokens[i] = usage["completion_tokens"]
-            if not tokens[i]:
-                errors.append(data[:200].decode(errors="replace"))
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
-    t = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - t
-    if errors:
-        raise RuntimeError(f"a stream gave no usage: {errors[0]}")
-    return sum(tokens), seconds
-
-
-def _chat(i: int, max_tokens: int) -> dict[str, Any]:
-    return {"model": MODEL, "max_tokens": max_tokens, "temperature": 0,
-            "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]}
 
 
 def report(result: dict[str, Any]) -> str:
