@@ -152,10 +152,10 @@ class EngineResponse:
                     continue
                 try:
                     size = int(line.split(b";", 1)[0].strip(), 16)
+                    if size < 0:
+                        raise ValueError(size)
                 except ValueError:
                     raise EngineConnectionError(f"engine sent a bad chunk size {line[:20]!r}") from None
-                if size < 0:
-                    raise EngineConnectionError(f"engine sent a bad chunk size {line[:20]!r}")
                 left = size if size > 0 else -1
         self._left = left
         self._raw = raw[at:] if at < end and not self._done else b""
