@@ -156,10 +156,19 @@ def test_bench_warming_judges_every_policy_against_the_frontier_after_learning_f
         assert ins["unseen_models"] == 0
         assert ins["unseen_models_only"]["cold_fraction"] == judged["cold_fraction"]
         assert ins["unseen_models_only"]["total_cost_fraction"] == judged["total_cost_fraction"]
+        # the default again with faster RAM tiers, against the same curve: a faster tier keeps no more
+        # requests waiting
+        faster = run["bounds"]["faster_ram_tier"]
+        assert [(f["speedup"], f["ram_cold_start_s"]) for f in faster] == [
+            (s, run["cold_start_s"] / s) for s in (3.0, 5.0, 10.0)]
+        for f in faster:
+            assert f["cold_fraction"] <= judged["cold_fraction"]
+            assert f["curve_cold_at_equal_cost"] is not None and f["above_curve"] is False
     assert (tmp_path / "f.png").stat().st_size > 10_000
     text = capsys.readouterr().out
     assert "cold vs curve" in text and "servegen-m-large" in text
     assert "shown the judged days beforehand" in text
+    assert "RAM tier faster than the assumed 1.9x" in text
 
 
 def test_bench_unknown_name_is_one_line(capsys):
