@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "default), or on every node (all)")
     p.add_argument("--net-gbps", type=float, default=1.25, metavar="GB/s",
                    help="with --nodes: the rate of a fetch from a peer (default 1.25, 10 Gbit/s)")
+    p.add_argument("--per-model", metavar="POLICY",
+                   help="also print, for this policy, each model's requests, cold requests, starts and cost "
+                        "(most cold requests first)")
     p.add_argument("--json", help="write the results as JSON to this file ('-': to stdout, the table to stderr)")
     p.add_argument("--plot", help="write a PNG of cost against warm %% to this file")
 
@@ -174,6 +177,10 @@ def run_simulation(args: argparse.Namespace, log: Any = None, on_trace: Any = No
     names = [n.strip() for n in args.policy.split(",") if n.strip()]
     if not names:
         raise CLIError("--policy: name at least one policy")
+    per_model = getattr(args, "per_model", None)
+    if per_model is not None and per_model not in names:
+        raise CLIError(f"--per-model {per_model!r}: not among the policies replayed; name one of --policy "
+                       f"({', '.join(names)})")
     try:
         policies = {name: make_policy(name, schedule=args.schedule, tz=args.tz, predictive=settings)
                     for name in names}
@@ -290,6 +297,23 @@ def nodes_table(report: dict[str, Any]) -> str:
     return "\n".join(columns(rows, numbers=True, rule=True))
 
 
+def per_model_table(name: str, report: dict[str, Any]) -> str:
+    """One policy's figures per model, most cold requests first; its cost (loaded plus priced RAM) as a share of
+    that model loaded all the time."""
+    from warmstart.cli_format import columns
+
+    rows: list[tuple[str, ...]] = [(f"{name}: model", "requests", "cold", "cold %", "starts RAM/disk", "loaded h",
+                                    "RAM h", "total cost %")]
+    for model, m in sorted(report["policies"][name]["per_model"].items(),
+                           key=lambda kv: (-kv[1]["cold_requests"], kv[0])):
+        rows.append((model, f"{m['requests']:,}", f"{m['cold_requests']:,}",
+                     f"{100 * m['cold_requests'] / m['requests']:.2f}" if m["requests"] else "-",
+                     f"{m['starts_from_ram']:,}/{m['starts'] - m['starts_from_ram']:,}",
+                     f"{m['loaded_replica_s'] / 3600:,.1f}", f"{m['ram_resident_s'] / 3600:,.1f}",
+                     f"{100 * m['total_cost_fraction']:.2f}"))
+    return "\n".join(columns(rows, numbers=True, rule=True))
+
+
 @command("simulate")
 def _simulate(args: argparse.Namespace) -> int:
     from warmstart.progress import Progress
@@ -305,6 +329,9 @@ def _simulate(args: argparse.Namespace) -> int:
             return 0
         print(table(report["policies"], report["oracle"], tiers=report["ram_tier"]["keep_alive_s"] != 0 or any(
             r["ram_resident_s"] for r in report["policies"].values()), judged=report["frontier"]))
+        if args.per_model:
+            print()
+            print(per_model_table(args.per_model, report))
         if json_path:
             write_json(Path(json_path), report)
     if args.plot:

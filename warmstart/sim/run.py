@@ -124,7 +124,8 @@ def summarize(outcomes: list[ModelOutcome], trace: Trace, ram_price_per_s: float
     waits = np.concatenate([o.waits for o in outcomes]) if outcomes else np.empty(0)
     on_ram = np.concatenate([o.waited_on_ram if o.waited_on_ram is not None else np.zeros(len(o.waits), dtype=bool)
                              for o in outcomes]) if outcomes else np.empty(0, dtype=bool)
-    always_on = len(outcomes) * (trace.end - trace.start)
+    span = trace.end - trace.start
+    always_on = len(outcomes) * span
     loaded = sum(o.loaded_s for o in outcomes)
     ram_s = sum(o.ram_s for o in outcomes)
     ram_cost = ram_s * ram_price_per_s
@@ -153,6 +154,14 @@ def summarize(outcomes: list[ModelOutcome], trace: Trace, ram_price_per_s: float
         "cold_from_disk": int(len(on_ram) - on_ram.sum()),
         **_percentiles("wait_disk", waits[~on_ram]),
         **_percentiles("wait_ram", waits[on_ram]),
+        # the same per model: where the cold requests and the cost are (`simulate --per-model`)
+        "per_model": {o.model: {"requests": o.requests, "cold_requests": o.cold, "starts": sum(o.starts.values()),
+                                "starts_from_ram": o.ram_starts, "loaded_replica_s": o.loaded_s,
+                                "ram_resident_s": o.ram_s,
+                                "total_cost_replica_s": o.loaded_s + o.ram_s * ram_price_per_s,
+                                "total_cost_fraction": (o.loaded_s + o.ram_s * ram_price_per_s) / span
+                                if span else math.nan}
+                      for o in outcomes},
     }
 
 

@@ -114,6 +114,7 @@ def test_simulate_without_the_ram_tier_prints_the_table_as_before(jsonl: Path, c
     (["--set", "slot=0"], "slot = 0: must be from 60 s to a day"),
     (["--set", "half_life=0"], "half_life = 0: must be above 0"),
     (["--schedule", "25:00-26:00"], "not a time of day"),
+    (["--per-model", "nope"], "--per-model 'nope': not among the policies replayed"),
 ])
 def test_simulate_bad_input_is_one_line(jsonl: Path, capsys, args, message):
     base = {"--trace": str(jsonl), "--format": "jsonl"}
@@ -124,6 +125,30 @@ def test_simulate_bad_input_is_one_line(jsonl: Path, capsys, args, message):
     assert status in (1, 2)
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_simulate_per_model_shows_where_the_cold_requests_and_the_cost_are(jsonl: Path, tmp_path: Path, capsys):
+    """Model a arrives every 90 s on average, b every 900 s: under a 300 s keep-alive b has the cold requests.
+    Per model, the figures add up to the policy's totals, and the table puts the coldest model first."""
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--trace", str(jsonl), "--format", "jsonl", "--policy", "keepalive-300s,default",
+                 "--cold-start", "30", "--per-model", "keepalive-300s", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for result in report["policies"].values():
+        per = result["per_model"]
+        assert set(per) == {"a", "b"}
+        assert sum(m["requests"] for m in per.values()) == result["requests"] == 600
+        assert sum(m["cold_requests"] for m in per.values()) == result["cold_requests"]
+        assert sum(m["starts"] for m in per.values()) == sum(result["starts"].values())
+        assert sum(m["loaded_replica_s"] for m in per.values()) == pytest.approx(result["loaded_replica_s"])
+        assert np.mean([m["total_cost_fraction"] for m in per.values()]) == pytest.approx(
+            result["total_cost_fraction"])
+    per = report["policies"]["keepalive-300s"]["per_model"]
+    assert per["b"]["cold_requests"] > per["a"]["cold_requests"]
+    text = capsys.readouterr().out
+    lines = text[text.index("keepalive-300s: model"):].splitlines()
+    assert [line.split()[0] for line in lines[2:4]] == ["b", "a"]
+    assert lines[2].split()[2] == str(per["b"]["cold_requests"])
 
 
 def test_bench_warming_judges_every_policy_against_the_frontier_after_learning_from_history(tmp_path: Path,
