@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from warmstart.bench._harness import median
+from warmstart.engines import procfs
 
 ARMS = ("disk_binary", "disk_binary_no_warmup", "ram_binary", "ram_router", "ram_router_warmup",
         "ram_router_tmpfs", "ram_worker")
@@ -32,12 +33,10 @@ PROMPT = "The capital of Norway is"
 def _usage(pid: int) -> dict[str, float]:
     """CPU seconds and page faults of a process so far (/proc/PID/stat)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        fields = procfs.stat_fields(pid)
     except OSError:
         return {}
-    tick = os.sysconf("SC_CLK_TCK")
-    return {"cpu_s": (int(fields[11]) + int(fields[12])) / tick, "sys_s": int(fields[12]) / tick,
+    return {"cpu_s": (int(fields[11]) + int(fields[12])) / procfs.CLK_TCK, "sys_s": int(fields[12]) / procfs.CLK_TCK,
             "minflt": int(fields[7]), "majflt": int(fields[9])}
 
 

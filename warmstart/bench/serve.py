@@ -30,9 +30,10 @@ from warmstart.bench._harness import (
     write_json,
 )
 from warmstart.bench._interval import median_difference_interval, median_ratio_interval
-from warmstart.bench.serve_streams import MODEL, chat, cpu_seconds, relay_measure, start_splice, throughput
+from warmstart.bench.serve_streams import MODEL, chat, relay_measure, start_splice, throughput
 from warmstart.cli.base import Parser, at_least
 from warmstart.engines.llamacpp_server import default_threads
+from warmstart.engines.procfs import cpu_seconds
 from warmstart.progress import step
 
 SLOTS_MODEL, ONE_SLOT_MODEL = "smollm2-slots", "smollm2-one-slot"

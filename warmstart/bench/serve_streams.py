@@ -5,15 +5,14 @@ bytes, each process's CPU per relayed event, then the most events a second each 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from warmstart.bench._harness import Client, ServerProcess
+from warmstart.engines.procfs import cpu_seconds  # the gateway's own threads, not its children (the engine is one)
 from warmstart.progress import step
 
 MODEL = "smollm2-135m-instruct"
@@ -78,12 +77,6 @@ def start_splice(engine_url: str) -> subprocess.Popen[str]:
     host, port = engine_url.split("//")[1].split(":")
     return subprocess.Popen([sys.executable, "-m", "warmstart.bench._splice", host, port], stdout=subprocess.PIPE,
                             text=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of one process's own threads (not its children: the engine is one)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def throughput(base: str, model: str, streams: int, max_tokens: int) -> float:

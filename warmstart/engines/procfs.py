@@ -1,18 +1,32 @@
-"""What /proc says about an engine's processes: alive (not a zombie), children, resident memory."""
+"""What /proc says about an engine's processes: alive (not a zombie), children, resident memory, CPU time."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat from the field after the command name on (the state first: field 3 is [0]); OSError when
+    the process is gone."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
 
 def alive(pid: int) -> bool:
     """The process exists and is not a zombie."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        return stat_fields(pid)[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of one process's own threads, user and system (not its children's)."""
+    fields = stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def children(pid: int) -> list[int]:
