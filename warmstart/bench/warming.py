@@ -126,17 +126,14 @@ def run_one(folder_of_traces: str | None, split: dict[str, Any], cold: float, na
 def bounds(trace: Any, history: Any, report: dict[str, Any], cold: float) -> dict[str, Any]:
     """What the data allows: the floor for any policy learning from history (the first burst of every model
     the history never saw), and a keep-alive per model chosen in hindsight, judged against the curve."""
-    from warmstart.sim.frontier import curve_of, judge
+    from warmstart.sim.frontier import curve_of, judged
     from warmstart.sim.run import causal_bound, hindsight_keepalive, novel_silence_bound
 
     floor = causal_bound(trace, cold, history)
     novel = novel_silence_bound(trace, cold, history)
     c = curve_of(report["frontier"])
-    hindsight = []
-    for r in hindsight_keepalive(trace, cold, history):
-        share = r["cold_requests"] / r["requests"]
-        hindsight.append({"exchange_rate": r["exchange_rate"], "total_cost_fraction": r["total_cost_fraction"],
-                          "cold_fraction": share, **judge(c, r["total_cost_fraction"], share)})
+    hindsight = [{"exchange_rate": r["exchange_rate"], **judged(c, r)}
+                 for r in hindsight_keepalive(trace, cold, history)]
     return {"history_learning_floor": floor, "novel_silence_floor": novel, "hindsight_keepalive_per_model": hindsight}
 
 
@@ -145,18 +142,15 @@ def in_sample(trace: Any, history: Any, report: dict[str, Any], ram: Any) -> dic
     every model and for only the models the history never saw, judged against the curve. How far it gets is
     what the policy's structure allows when the future repeats the past; the rest of the way from the real
     history's figure is what the judged days brought that the earlier ones did not show."""
-    from warmstart.sim.frontier import curve_of, judge
+    from warmstart.sim.frontier import curve_of, judged
     from warmstart.sim.run import in_sample_history, make_policy, simulate
 
     c = curve_of(report["frontier"])
     out: dict[str, Any] = {"unseen_models": sum(1 for m in trace.arrivals if history is None or
                                                  not len(history.arrivals.get(m, ())))}
     for key, only_unseen in (("every_model", False), ("unseen_models_only", True)):
-        r = simulate(trace, make_policy("default"), report["cold_start_s"], ram,
-                     in_sample_history(trace, history, only_unseen))
-        share = r["cold_requests"] / r["requests"]
-        out[key] = {"total_cost_fraction": r["total_cost_fraction"], "cold_fraction": share,
-                    **judge(c, r["total_cost_fraction"], share)}
+        out[key] = judged(c, simulate(trace, make_policy("default"), report["cold_start_s"], ram,
+                                      in_sample_history(trace, history, only_unseen)))
     return out
 
 
@@ -166,17 +160,15 @@ def faster_ram_tier(trace: Any, history: Any, report: dict[str, Any], ram: Any) 
     RAM): how much of the target waits on the tier's speed rather than on what the policy foresees."""
     from dataclasses import replace
 
-    from warmstart.sim.frontier import curve_of, judge
+    from warmstart.sim.frontier import curve_of, judged
     from warmstart.sim.run import make_policy, simulate
 
     c, cold = curve_of(report["frontier"]), report["cold_start_s"]
     out = []
     for speedup in FASTER_RAM:
         r = simulate(trace, make_policy("default"), cold, replace(ram, cold_start=cold / speedup), history)
-        share = r["cold_requests"] / r["requests"]
-        out.append({"speedup": speedup, "ram_cold_start_s": cold / speedup,
-                    "total_cost_fraction": r["total_cost_fraction"], "cold_fraction": share,
-                    "starts_from_ram": r["starts_from_ram"], **judge(c, r["total_cost_fraction"], share)})
+        out.append({"speedup": speedup, "ram_cold_start_s": cold / speedup, "starts_from_ram": r["starts_from_ram"],
+                    **judged(c, r)})
     return out
 
 

@@ -102,9 +102,14 @@ def frontier(policies: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {
         "curve": [{"policy": n, "total_cost_fraction": x, "cold_fraction": y}
                   for n, x, y in zip(c.names, c.costs, c.colds, strict=True)],
-        "policies": {n: {"total_cost_fraction": r["total_cost_fraction"], "cold_fraction": cold_share(r),
-                         **judge(c, r["total_cost_fraction"], cold_share(r))} for n, r in policies.items()},
+        "policies": {n: judged(c, r) for n, r in policies.items()},
     }
+
+
+def judged(c: Curve, result: Mapping[str, Any]) -> dict[str, Any]:
+    """A replay's cost and cold share (`total_cost_fraction`, `cold_fraction`), and `judge` of them against `c`."""
+    cost, share = result["total_cost_fraction"], cold_share(result)
+    return {"total_cost_fraction": cost, "cold_fraction": share, **judge(c, cost, share)}
 
 
 def curve_of(report: Mapping[str, Any]) -> Curve:
