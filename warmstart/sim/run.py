@@ -155,14 +155,15 @@ def summarize(outcomes: list[ModelOutcome], trace: Trace, ram_price_per_s: float
         **_percentiles("wait_disk", waits[~on_ram]),
         **_percentiles("wait_ram", waits[on_ram]),
         # the same per model: where the cold requests and the cost are (`simulate --per-model`)
-        "per_model": {o.model: {"requests": o.requests, "cold_requests": o.cold, "starts": sum(o.starts.values()),
-                                "starts_from_ram": o.ram_starts, "loaded_replica_s": o.loaded_s,
-                                "ram_resident_s": o.ram_s,
-                                "total_cost_replica_s": o.loaded_s + o.ram_s * ram_price_per_s,
-                                "total_cost_fraction": (o.loaded_s + o.ram_s * ram_price_per_s) / span
-                                if span else math.nan}
-                      for o in outcomes},
+        "per_model": {o.model: _per_model(o, ram_price_per_s, span) for o in outcomes},
     }
+
+
+def _per_model(o: ModelOutcome, ram_price_per_s: float, span: float) -> dict[str, Any]:
+    cost = o.loaded_s + o.ram_s * ram_price_per_s
+    return {"requests": o.requests, "cold_requests": o.cold, "starts": sum(o.starts.values()),
+            "starts_from_ram": o.ram_starts, "loaded_replica_s": o.loaded_s, "ram_resident_s": o.ram_s,
+            "total_cost_replica_s": cost, "total_cost_fraction": cost / span if span else math.nan}
 
 
 def _percentiles(prefix: str, waits: np.ndarray) -> dict[str, float | None]:
